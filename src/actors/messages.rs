@@ -1,0 +1,47 @@
+//! Every message the actors exchange, in one place.
+
+use actix::Message;
+use tokio::sync::oneshot;
+
+use crate::actors::wal::WalStart;
+use crate::error::Result;
+
+/// To `WalActor`: requests are waiting in the inbox.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// To `WalActor`, from `SyncTimerActor`: sync what was written since the last sync.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SyncTick;
+
+/// To `WalActor`, from the sync thread: the full segment is sealed (or failed to be).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SealDone(pub std::result::Result<(), String>);
+
+/// To `WalActor`: write what is queued, sync everything, then stop;
+/// the outcome goes to `reply`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopWal {
+    pub reply: oneshot::Sender<Result<()>>,
+}
+
+/// To `StoreSupervisor`: the WAL actor of `generation` is gone without being stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WalDied {
+    pub generation: u64,
+}
+
+/// To `StoreSupervisor`: re-validation after a death finished; start this WAL.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WalRecovered(pub Result<WalStart>);
+
+/// To `StoreSupervisor`: drain, sync and stop everything.
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub struct Shutdown;

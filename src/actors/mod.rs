@@ -1,0 +1,15 @@
+//! The store's actors, one concern each, under [`supervisor::StoreSupervisor`]:
+//!
+//! - [`wal::WalActor`] owns the active segment: encodes, writes, rotates and
+//!   hands appenders to the sync thread per the sync mode.
+//! - [`sync_timer::SyncTimerActor`] is the clock of `batch` and `interval` syncs.
+//! - [`supervisor::StoreSupervisor`] starts them, notices a dead WAL actor
+//!   (also after a panic), re-validates the files and starts a fresh one, and
+//!   drains everything on shutdown.
+//!
+//! Every message they exchange is in [`messages`].
+
+pub mod messages;
+pub mod supervisor;
+pub mod sync_timer;
+pub mod wal;

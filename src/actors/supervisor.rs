@@ -1,0 +1,166 @@
+//! `StoreSupervisor`: starts the WAL actor (on an arbiter of its own, so the
+//! writer has a thread to itself) and its sync timer, restarts the WAL actor
+//! when it dies, and drains everything on shutdown.
+//!
+//! actix's `Supervisor` only restarts an actor that *stops*; a panic in a
+//! handler kills the task and closes the mailbox without `restarting()`
+//! ever running. So the WAL actor carries a [`DeathNotice`] that reports its
+//! drop. On a death the supervisor fails every queued request (never leaving
+//! an appender hanging, never acknowledging what it cannot vouch for),
+//! re-runs recovery over the files on a blocking thread, and starts a fresh
+//! actor on a new segment after the recovered log.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use actix::prelude::*;
+use actix_rt::Arbiter;
+use tokio::sync::oneshot;
+
+use crate::actors::messages::{Shutdown, StopWal, WalDied, WalRecovered};
+use crate::actors::sync_timer::SyncTimerActor;
+use crate::actors::wal::{open_log, DeathNotice, WalActor, WalShared, WalStart};
+use crate::error::{Error, Result};
+use crate::fs::DirLock;
+use crate::inbox::Closed;
+
+/// Supervises one store's actors.
+pub struct StoreSupervisor {
+    shared: Arc<WalShared>,
+    arbiter: Option<Arbiter>,
+    wal: Option<Addr<WalActor>>,
+    timer: Option<Addr<SyncTimerActor>>,
+    /// Incremented at every (re)start, so a late death notice of an old
+    /// incarnation is not mistaken for the current one's.
+    generation: u64,
+    /// Released only once every writer is gone.
+    lock: Arc<Mutex<Option<DirLock>>>,
+}
+
+impl StoreSupervisor {
+    /// Starts the supervisor and, through it, the WAL actor at `start`.
+    pub(crate) fn launch(shared: Arc<WalShared>, start: WalStart, lock: DirLock) -> Addr<StoreSupervisor> {
+        StoreSupervisor::create(|ctx| {
+            let mut supervisor = StoreSupervisor {
+                shared,
+                arbiter: Some(Arbiter::new()),
+                wal: None,
+                timer: None,
+                generation: 0,
+                lock: Arc::new(Mutex::new(Some(lock))),
+            };
+            supervisor.start_wal(ctx, start);
+            supervisor
+        })
+    }
+
+    fn start_wal(&mut self, ctx: &mut Context<Self>, start: WalStart) {
+        let Some(arbiter) = &self.arbiter else {
+            return;
+        };
+        self.generation += 1;
+        let death = DeathNotice {
+            supervisor: ctx.address(),
+            generation: self.generation,
+            armed: true,
+        };
+        let shared = Arc::clone(&self.shared);
+        let wal = WalActor::start_in_arbiter(&arbiter.handle(), move |_| WalActor::new(shared, start, death));
+        self.timer = SyncTimerActor::for_mode(&self.shared.config.wal, wal.clone())
+            .map(|timer| SyncTimerActor::start_in_arbiter(&arbiter.handle(), move |_| timer));
+        self.shared.inbox.open(wal.clone());
+        self.wal = Some(wal);
+    }
+}
+
+impl Actor for StoreSupervisor {
+    type Context = Context<Self>;
+}
+
+impl Handler<WalDied> for StoreSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WalDied, ctx: &mut Context<Self>) {
+        if msg.generation != self.generation || self.arbiter.is_none() {
+            return;
+        }
+        tracing::error!(generation = msg.generation, "the WAL actor died; re-validating the log and restarting it");
+        metrics::counter!("concordkv_actor_restarts_total", "actor" => "wal").increment(1);
+        self.wal = None;
+        self.timer = None;
+        self.shared.inbox.close_and_fail(Closed::Restarting);
+        let shared = Arc::clone(&self.shared);
+        let me = ctx.address();
+        actix_rt::spawn(async move {
+            let reopened = actix_rt::task::spawn_blocking(move || open_log(shared.fs.as_ref(), &shared.config))
+                .await
+                .unwrap_or_else(|e| Err(Error::WalFailed(format!("re-validating the log panicked: {e}"))));
+            me.do_send(WalRecovered(reopened.map(|(_, start)| start)));
+        });
+    }
+}
+
+impl Handler<WalRecovered> for StoreSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WalRecovered, ctx: &mut Context<Self>) {
+        match msg.0 {
+            Ok(start) => {
+                tracing::info!("the WAL actor was restarted");
+                self.start_wal(ctx, start);
+            }
+            Err(e) => {
+                let reason = format!("restarting the WAL failed: {e}");
+                tracing::error!(%reason);
+                self.shared.inbox.close_and_fail(Closed::Failed(reason));
+            }
+        }
+    }
+}
+
+impl Handler<Shutdown> for StoreSupervisor {
+    type Result = ResponseActFuture<Self, Result<()>>;
+
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
+        self.shared.inbox.close(Closed::ShutDown);
+        let (reply, drained) = oneshot::channel();
+        match &self.wal {
+            Some(wal) => wal.do_send(StopWal { reply }),
+            None => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+        self.wal = None;
+        self.timer = None;
+        let arbiter = self.arbiter.take();
+        let shared = Arc::clone(&self.shared);
+        let lock = Arc::clone(&self.lock);
+        Box::pin(
+            async move {
+                let result = drained.await.unwrap_or(Err(Error::ActorDied));
+                // Every request after the close was refused; fail any that
+                // raced in before it, then stop the threads and release the directory.
+                shared.inbox.close_and_fail(Closed::ShutDown);
+                let finished = actix_rt::task::spawn_blocking(move || {
+                    shared.worker.stop();
+                    if let Some(arbiter) = arbiter {
+                        arbiter.stop();
+                        if arbiter.join().is_err() {
+                            tracing::error!("the WAL arbiter thread panicked");
+                        }
+                    }
+                    lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+                })
+                .await;
+                if finished.is_err() {
+                    tracing::error!("stopping the WAL threads panicked");
+                }
+                result
+            }
+            .into_actor(self)
+            .map(|result, _act, ctx| {
+                ctx.stop();
+                result
+            }),
+        )
+    }
+}

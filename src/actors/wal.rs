@@ -1,0 +1,418 @@
+//! `WalActor`: owns the active segment. It takes every request queued in the
+//! inbox at once, encodes them into one buffer, writes it with one `pwrite`,
+//! and answers per the sync mode: at once after the write, or through the
+//! sync thread once an `fdatasync` covers the records (group commit).
+//!
+//! Rotation: when the next record would take the segment past
+//! `wal.max_segment_bytes`, the segment is sealed (cut to its length and
+//! synced) on the sync thread while new requests wait in the inbox; the next
+//! segment was preallocated ahead of time on a blocking thread, so the swap
+//! is a header write and a handle exchange. Sealing before writing on keeps a
+//! power cut from leaving a later segment intact behind a torn earlier one.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::actors::messages::{Drain, SealDone, StopWal, SyncTick, WalDied};
+use crate::actors::supervisor::StoreSupervisor;
+use crate::config::{Config, SyncMode};
+use crate::entry::Seq;
+use crate::error::{Error, Result};
+use crate::format::record::encode_record;
+use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::fs::{FileSystem, WritableFile};
+use crate::inbox::{Closed, Inbox, Reply, Request};
+use crate::recovery::{recover, Recovery};
+use crate::stats::WalCounters;
+use crate::sync_worker::{SyncJob, SyncWorker, Waiter};
+
+/// What every incarnation of the WAL actor shares with the supervisor.
+pub(crate) struct WalShared {
+    pub config: Config,
+    pub fs: Arc<dyn FileSystem>,
+    pub inbox: Arc<Inbox>,
+    pub worker: SyncWorker,
+    pub counters: Arc<WalCounters>,
+}
+
+/// A segment file open for writing.
+pub(crate) struct Segment {
+    id: u64,
+    path: PathBuf,
+    file: Arc<dyn WritableFile>,
+    /// Where the next record goes.
+    offset: u64,
+    records: u64,
+}
+
+/// Where a WAL actor starts: a fresh segment after the recovered log.
+pub struct WalStart {
+    segment: Segment,
+    next_seq: Seq,
+    next_segment_id: u64,
+}
+
+/// Recovers the log in `config.data_dir` and starts a new segment after it.
+pub(crate) fn open_log(fs: &dyn FileSystem, config: &Config) -> Result<(Recovery, WalStart)> {
+    let recovered = recover(fs, config)?;
+    let next_seq = recovered.recovery.last_seq + 1;
+    let dir = config.data_dir.as_path();
+    let mut segment = create_segment(fs, dir, recovered.next_segment_id, config.wal.max_segment_bytes)
+        .map_err(|(path, e)| Error::io("create segment", path, e))?;
+    start_segment(&mut segment, next_seq).map_err(|e| Error::io("write segment header", &segment.path, e))?;
+    segment
+        .file
+        .sync_data()
+        .map_err(|e| Error::io("sync segment", &segment.path, e))?;
+    let start = WalStart {
+        segment,
+        next_seq,
+        next_segment_id: recovered.next_segment_id + 1,
+    };
+    Ok((recovered.recovery, start))
+}
+
+/// Creates and preallocates segment `id`, durably (file and directory entry).
+fn create_segment(fs: &dyn FileSystem, dir: &Path, id: u64, size: u64) -> Result<Segment, (PathBuf, std::io::Error)> {
+    let path = segment_path(dir, id);
+    let file = fs.create(&path, size).map_err(|e| (path.clone(), e))?;
+    file.sync_all().map_err(|e| (path.clone(), e))?;
+    fs.sync_dir(dir).map_err(|e| (dir.to_path_buf(), e))?;
+    Ok(Segment {
+        id,
+        path,
+        file,
+        offset: 0,
+        records: 0,
+    })
+}
+
+/// Writes the header that makes a prepared segment the active one.
+fn start_segment(segment: &mut Segment, first_seq: Seq) -> std::io::Result<()> {
+    let header = SegmentHeader {
+        id: segment.id,
+        first_seq,
+    };
+    segment.file.write_at(&header.encode(), 0)?;
+    segment.offset = SEGMENT_HEADER_BYTES as u64;
+    Ok(())
+}
+
+/// Tells the supervisor when the actor is dropped without a clean stop: a
+/// panic in a handler drops the actor but never calls `stopped()`.
+pub(crate) struct DeathNotice {
+    pub supervisor: Addr<StoreSupervisor>,
+    pub generation: u64,
+    pub armed: bool,
+}
+
+impl Drop for DeathNotice {
+    fn drop(&mut self) {
+        if self.armed {
+            self.supervisor.do_send(WalDied {
+                generation: self.generation,
+            });
+        }
+    }
+}
+
+/// The writer of the log.
+pub struct WalActor {
+    shared: Arc<WalShared>,
+    segment: Segment,
+    next_seq: Seq,
+    next_segment_id: u64,
+    /// The next segment, created ahead of time.
+    prepared: Option<Segment>,
+    preparing: bool,
+    /// Set while a full segment is being sealed; `true` once it is.
+    rotating: Option<bool>,
+    /// Requests taken from the inbox and not yet written.
+    backlog: VecDeque<Request>,
+    taken: Vec<Request>,
+    buf: Vec<u8>,
+    /// Records written since the last sync was requested.
+    unsynced: u64,
+    failed: Option<String>,
+    stopping: Option<oneshot::Sender<Result<()>>>,
+    death: DeathNotice,
+}
+
+impl WalActor {
+    pub(crate) fn new(shared: Arc<WalShared>, start: WalStart, death: DeathNotice) -> WalActor {
+        shared.counters.last_seq.store(start.next_seq - 1, Relaxed);
+        shared.counters.durable_seq.store(start.next_seq - 1, Relaxed);
+        WalActor {
+            shared,
+            segment: start.segment,
+            next_seq: start.next_seq,
+            next_segment_id: start.next_segment_id,
+            prepared: None,
+            preparing: false,
+            rotating: None,
+            backlog: VecDeque::new(),
+            taken: Vec::new(),
+            buf: Vec::new(),
+            unsynced: 0,
+            failed: None,
+            stopping: None,
+            death,
+        }
+    }
+
+    fn sync_mode(&self) -> SyncMode {
+        self.shared.config.wal.sync_mode
+    }
+
+    /// Writes everything queued, until the inbox is empty or the segment is full.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while self.rotating.is_none() {
+            if self.backlog.is_empty() {
+                self.shared.inbox.take(&mut self.taken);
+                if self.taken.is_empty() {
+                    break;
+                }
+                self.backlog.extend(self.taken.drain(..));
+            }
+            if let Some(reason) = self.failed.clone().or_else(|| self.shared.worker.failure()) {
+                self.fail(reason);
+                continue;
+            }
+            if self.write_backlog() {
+                self.start_rotation(ctx);
+            }
+        }
+        self.finish_stop_if_drained();
+    }
+
+    /// Encodes and writes the backlog; returns whether the segment is full.
+    fn write_backlog(&mut self) -> bool {
+        self.buf.clear();
+        let mut acks: Vec<Waiter> = Vec::new();
+        let mut sync_replies: Vec<Reply> = Vec::new();
+        let mut full = false;
+        let max = self.shared.config.wal.max_segment_bytes;
+        let empty_segment = self.segment.records == 0;
+        while let Some(request) = self.backlog.pop_front() {
+            match request {
+                Request::Append { entry, reply } => {
+                    let start = self.buf.len();
+                    encode_record(self.next_seq, &entry, &mut self.buf);
+                    let end = self.segment.offset + self.buf.len() as u64;
+                    // A record larger than a whole segment gets a segment of its own.
+                    let alone = empty_segment && start == 0;
+                    if end > max && !alone {
+                        self.buf.truncate(start);
+                        self.backlog.push_front(Request::Append { entry, reply });
+                        full = true;
+                        break;
+                    }
+                    acks.push(Waiter {
+                        seq: self.next_seq,
+                        reply,
+                    });
+                    self.next_seq += 1;
+                }
+                Request::Sync { reply } => sync_replies.push(reply),
+            }
+        }
+        if !self.buf.is_empty() {
+            if let Err(e) = self.segment.file.write_at(&self.buf, self.segment.offset) {
+                let reason = format!("write to {} failed: {e}", self.segment.path.display());
+                for waiter in acks {
+                    let _ = waiter.reply.send(Err(Error::WalFailed(reason.clone())));
+                }
+                for reply in sync_replies {
+                    let _ = reply.send(Err(Error::WalFailed(reason.clone())));
+                }
+                metrics::counter!("concordkv_wal_write_errors_total").increment(1);
+                self.fail(reason);
+                return false;
+            }
+            let written = self.buf.len() as u64;
+            self.segment.offset += written;
+            self.segment.records += acks.len() as u64;
+            let counters = &self.shared.counters;
+            counters.records.fetch_add(acks.len() as u64, Relaxed);
+            counters.bytes.fetch_add(written, Relaxed);
+            counters.last_seq.store(self.next_seq - 1, Relaxed);
+            metrics::counter!("concordkv_wal_records_total").increment(acks.len() as u64);
+            metrics::counter!("concordkv_wal_bytes_total").increment(written);
+        }
+        self.unsynced += acks.len() as u64;
+        let upto = self.next_seq - 1;
+        let mut waiters: Vec<Waiter> = sync_replies.into_iter().map(|reply| Waiter { seq: upto, reply }).collect();
+        match self.sync_mode() {
+            SyncMode::Always => waiters.append(&mut acks),
+            SyncMode::Batch | SyncMode::Interval | SyncMode::None => {
+                for waiter in acks {
+                    let _ = waiter.reply.send(Ok(waiter.seq));
+                }
+            }
+        }
+        let batch_due = self.sync_mode() == SyncMode::Batch && self.unsynced >= self.shared.config.wal.batch_size;
+        let always_due = self.sync_mode() == SyncMode::Always && self.unsynced > 0;
+        if !waiters.is_empty() || batch_due || always_due {
+            self.submit_sync(waiters, None);
+        }
+        full
+    }
+
+    /// Asks the sync thread to make the active segment durable up to now.
+    fn submit_sync(&mut self, waiters: Vec<Waiter>, seal: Option<crate::sync_worker::OnDone>) {
+        let seal_at = seal.as_ref().map(|_| self.segment.offset);
+        self.shared.worker.submit(SyncJob {
+            file: Arc::clone(&self.segment.file),
+            path: self.segment.path.clone(),
+            records: std::mem::take(&mut self.unsynced),
+            upto: self.next_seq - 1,
+            waiters,
+            seal_at,
+            on_done: seal,
+        });
+    }
+
+    fn start_rotation(&mut self, ctx: &mut Context<Self>) {
+        self.rotating = Some(false);
+        let me = ctx.address();
+        self.submit_sync(Vec::new(), Some(Box::new(move |result| me.do_send(SealDone(result)))));
+        self.prepare_next(ctx);
+    }
+
+    /// Creates the next segment on a blocking thread, unless one is ready or coming.
+    fn prepare_next(&mut self, ctx: &mut Context<Self>) {
+        if self.prepared.is_some() || self.preparing || self.failed.is_some() {
+            return;
+        }
+        self.preparing = true;
+        let id = self.next_segment_id;
+        self.next_segment_id += 1;
+        let fs = Arc::clone(&self.shared.fs);
+        let dir = self.shared.config.data_dir.clone();
+        let size = self.shared.config.wal.max_segment_bytes;
+        let task = actix_rt::task::spawn_blocking(move || create_segment(fs.as_ref(), &dir, id, size));
+        ctx.spawn(task.into_actor(self).map(|outcome, act, ctx| {
+            act.preparing = false;
+            match outcome {
+                Ok(Ok(segment)) => act.prepared = Some(segment),
+                Ok(Err((path, e))) => act.fail(format!("creating segment {} failed: {e}", path.display())),
+                Err(e) => act.fail(format!("the segment-creating task failed: {e}")),
+            }
+            act.finish_rotation(ctx);
+        }));
+    }
+
+    /// Swaps in the prepared segment once the full one is sealed.
+    fn finish_rotation(&mut self, ctx: &mut Context<Self>) {
+        if self.rotating != Some(true) {
+            return;
+        }
+        let Some(mut next) = self.prepared.take() else {
+            self.prepare_next(ctx);
+            return;
+        };
+        if let Err(e) = start_segment(&mut next, self.next_seq) {
+            self.fail(format!("writing the header of {} failed: {e}", next.path.display()));
+            return;
+        }
+        self.segment = next;
+        self.rotating = None;
+        self.shared.counters.rotations.fetch_add(1, Relaxed);
+        metrics::counter!("concordkv_wal_rotations_total").increment(1);
+        self.prepare_next(ctx);
+        self.drain(ctx);
+    }
+
+    /// Refuses everything from now on: the log cannot promise durability.
+    fn fail(&mut self, reason: String) {
+        if self.failed.is_none() {
+            tracing::error!(%reason, "the WAL stops accepting writes");
+            self.failed = Some(reason.clone());
+        }
+        self.shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
+        for request in self.backlog.drain(..) {
+            request.fail(Error::WalFailed(reason.clone()));
+        }
+        self.rotating = None;
+        self.finish_stop_if_drained();
+    }
+
+    /// On shutdown, once nothing is left to write: one last sync, then stop.
+    fn finish_stop_if_drained(&mut self) {
+        if self.rotating.is_some() || !self.backlog.is_empty() || !self.shared.inbox.is_empty() {
+            return;
+        }
+        let Some(reply) = self.stopping.take() else {
+            return;
+        };
+        if let Some(reason) = self.failed.clone() {
+            let _ = reply.send(Err(Error::WalFailed(reason)));
+            return;
+        }
+        self.submit_sync(Vec::new(), Some(Box::new(move |result| {
+            let _ = reply.send(result.map_err(Error::WalFailed));
+        })));
+    }
+}
+
+impl Actor for WalActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Appenders wait in the inbox, not the mailbox; the mailbox only
+        // carries wake-ups and control messages.
+        self.prepare_next(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.death.armed = false;
+    }
+}
+
+impl Handler<Drain> for WalActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Drain, ctx: &mut Context<Self>) {
+        self.drain(ctx);
+    }
+}
+
+impl Handler<SyncTick> for WalActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: SyncTick, _ctx: &mut Context<Self>) {
+        if self.unsynced > 0 && self.rotating.is_none() && self.failed.is_none() {
+            self.submit_sync(Vec::new(), None);
+        }
+    }
+}
+
+impl Handler<SealDone> for WalActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SealDone, ctx: &mut Context<Self>) {
+        match msg.0 {
+            Ok(()) if self.rotating.is_some() => {
+                self.rotating = Some(true);
+                self.finish_rotation(ctx);
+            }
+            Ok(()) => {}
+            Err(reason) => self.fail(reason),
+        }
+    }
+}
+
+impl Handler<StopWal> for WalActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StopWal, ctx: &mut Context<Self>) {
+        self.shared.inbox.close(Closed::ShutDown);
+        self.stopping = Some(msg.reply);
+        self.drain(ctx);
+    }
+}

@@ -1,0 +1,360 @@
+//! Configuration: the documented defaults in `config/default.toml` (compiled
+//! in, so no file is needed), an optional TOML file, then `CONCORDKV__…`
+//! environment variables. Unknown keys and out-of-range values are refused at
+//! start with the key's name, before any file is touched.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// The documented defaults, compiled in: this file is the single source of them.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Bytes a record adds around a key and value (frame header and encoding
+/// overhead, rounded up); `limits.max_record_bytes` must leave room for it.
+const RECORD_OVERHEAD_BYTES: u64 = 64;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub metrics: MetricsConfig,
+    pub wal: WalConfig,
+    pub compaction: CompactionConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[server]`: the RESP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_clients: u64,
+    pub max_request_bytes: u64,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: String,
+    pub enabled: bool,
+}
+
+/// `[wal]`: durability and segment layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    pub sync_mode: SyncMode,
+    pub batch_size: u64,
+    pub batch_max_delay_ms: u64,
+    pub sync_interval_ms: u64,
+    pub max_segment_bytes: u64,
+    pub recovery_mode: RecoveryMode,
+}
+
+/// `[compaction]`: when automatic compaction starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    pub threshold: u64,
+    pub ratio: f64,
+}
+
+/// `[limits]`: sizes refused before anything is written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_key_bytes: u64,
+    pub max_value_bytes: u64,
+    pub max_record_bytes: u64,
+}
+
+/// When an append is acknowledged (see the guarantees table in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// After `fdatasync` covers the record.
+    Always,
+    /// After the write; synced every `batch_size` records or `batch_max_delay_ms`.
+    Batch,
+    /// After the write; synced every `sync_interval_ms`.
+    Interval,
+    /// After the write; the OS flushes when it likes.
+    None,
+}
+
+/// What damage at open does (cf. RocksDB's WAL recovery modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryMode {
+    /// Cut a torn tail of the newest segment; fail on anything else.
+    TolerateTail,
+    /// Fail on any damage, a torn tail included.
+    Absolute,
+    /// Skip damaged records and recover the rest.
+    SkipCorrupt,
+}
+
+impl std::str::FromStr for SyncMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(SyncMode::Always),
+            "batch" => Ok(SyncMode::Batch),
+            "interval" => Ok(SyncMode::Interval),
+            "none" => Ok(SyncMode::None),
+            other => Err(format!(
+                "unknown sync mode `{other}`: accepted always | batch | interval | none"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SyncMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncMode::Always => "always",
+            SyncMode::Batch => "batch",
+            SyncMode::Interval => "interval",
+            SyncMode::None => "none",
+        })
+    }
+}
+
+impl Default for Config {
+    /// The compiled-in defaults of `config/default.toml`.
+    fn default() -> Self {
+        toml_defaults()
+    }
+}
+
+/// Parses the compiled-in defaults; a failure is a build defect caught by the tests.
+fn toml_defaults() -> Config {
+    config::Config::builder()
+        .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .unwrap_or_else(|e| panic!("config/default.toml does not parse: {e}"))
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then `CONCORDKV__…` variables,
+    /// and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests);
+    /// `None` reads the process environment.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "configuration file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let environment = Environment::with_prefix("CONCORDKV")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let config: Config = builder
+            .add_source(environment)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value against its accepted range; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(out_of_range("data_dir", "\"\"", "a non-empty path"));
+        }
+        check_addr("server.listen", &self.server.listen)?;
+        check_addr("metrics.listen", &self.metrics.listen)?;
+        check_range("server.max_clients", self.server.max_clients, 1, 1_000_000, "1 to 1000000")?;
+        check_range(
+            "server.max_request_bytes",
+            self.server.max_request_bytes,
+            1024,
+            1 << 30,
+            "1024 to 1073741824",
+        )?;
+        check_range("wal.batch_size", self.wal.batch_size, 1, 1_000_000, "1 to 1000000")?;
+        check_range("wal.batch_max_delay_ms", self.wal.batch_max_delay_ms, 1, 60_000, "1 to 60000")?;
+        check_range("wal.sync_interval_ms", self.wal.sync_interval_ms, 1, 3_600_000, "1 to 3600000")?;
+        check_range(
+            "wal.max_segment_bytes",
+            self.wal.max_segment_bytes,
+            4096,
+            1 << 32,
+            "4096 to 4294967296",
+        )?;
+        check_range("compaction.threshold", self.compaction.threshold, 1, u64::MAX, "1 or more")?;
+        if !(0.0..=1.0).contains(&self.compaction.ratio) {
+            return Err(out_of_range("compaction.ratio", self.compaction.ratio, "0.0 to 1.0"));
+        }
+        check_range("limits.max_key_bytes", self.limits.max_key_bytes, 1, 1 << 24, "1 to 16777216")?;
+        check_range("limits.max_value_bytes", self.limits.max_value_bytes, 0, 1 << 29, "0 to 536870912")?;
+        check_range(
+            "limits.max_record_bytes",
+            self.limits.max_record_bytes,
+            self.limits.max_key_bytes + self.limits.max_value_bytes + RECORD_OVERHEAD_BYTES,
+            1 << 30,
+            "at least max_key_bytes + max_value_bytes + 64, at most 1073741824",
+        )?;
+        Ok(())
+    }
+
+    /// A configuration for `dir` with everything else at its default: the
+    /// usual start for an embedded store.
+    pub fn with_data_dir(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: dir.into(),
+            ..Config::default()
+        }
+    }
+}
+
+fn out_of_range(key: &'static str, value: impl std::fmt::Display, accepted: &'static str) -> ConfigError {
+    ConfigError::OutOfRange {
+        key,
+        value: value.to_string(),
+        accepted,
+    }
+}
+
+fn check_range(key: &'static str, value: u64, min: u64, max: u64, accepted: &'static str) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(out_of_range(key, value, accepted))
+    }
+}
+
+fn check_addr(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    value
+        .parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| out_of_range(key, format!("{value:?}"), "an IP address and port, e.g. \"127.0.0.1:6380\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    fn load_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).expect("write config");
+        Config::load_with_env(Some(&path), env(&[]))
+    }
+
+    #[test]
+    fn embedded_defaults_match_the_contract() {
+        let c = Config::load_with_env(None, env(&[])).expect("defaults load");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.server.listen, "127.0.0.1:6380");
+        assert_eq!(c.metrics.listen, "127.0.0.1:9187");
+        assert_eq!(c.wal.sync_mode, SyncMode::Always);
+        assert_eq!(c.wal.batch_size, 100);
+        assert_eq!(c.wal.batch_max_delay_ms, 10);
+        assert_eq!(c.wal.sync_interval_ms, 1000);
+        assert_eq!(c.wal.max_segment_bytes, 64 << 20);
+        assert_eq!(c.wal.recovery_mode, RecoveryMode::TolerateTail);
+        assert_eq!(c.compaction.threshold, 1000);
+        assert_eq!(c.compaction.ratio, 0.3);
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscore() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("CONCORDKV__WAL__SYNC_MODE", "batch"),
+                ("CONCORDKV__WAL__MAX_SEGMENT_BYTES", "8192"),
+                ("CONCORDKV__DATA_DIR", "/tmp/x"),
+            ]),
+        )
+        .expect("env config loads");
+        assert_eq!(c.wal.sync_mode, SyncMode::Batch);
+        assert_eq!(c.wal.max_segment_bytes, 8192);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn file_overrides_only_what_it_names() {
+        let c = load_toml("[wal]\nsync_mode = \"none\"\n").expect("loads");
+        assert_eq!(c.wal.sync_mode, SyncMode::None);
+        assert_eq!(c.wal.batch_size, 100);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_toml("[wal]\nsync_mod = \"none\"\n").unwrap_err().to_string();
+        assert!(err.contains("sync_mod"), "{err}");
+        let err = load_toml("bogus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_sync_mode_is_named() {
+        let err = load_toml("[wal]\nsync_mode = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(err.contains("sync_mode"), "{err}");
+        assert!(err.contains("sometimes"), "{err}");
+        let err = Config::load_with_env(None, env(&[("CONCORDKV__WAL__SYNC_MODE", "never")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sync_mode"), "{err}");
+    }
+
+    #[test]
+    fn negative_size_is_named() {
+        let err = load_toml("[wal]\nmax_segment_bytes = -1\n").unwrap_err().to_string();
+        assert!(err.contains("max_segment_bytes"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_and_range() {
+        let err = load_toml("[wal]\nmax_segment_bytes = 100\n").unwrap_err().to_string();
+        assert!(err.contains("wal.max_segment_bytes") && err.contains("4096"), "{err}");
+        let err = load_toml("[compaction]\nratio = 1.5\n").unwrap_err().to_string();
+        assert!(err.contains("compaction.ratio") && err.contains("0.0 to 1.0"), "{err}");
+        let err = load_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        let err = load_toml("[wal]\nbatch_size = 0\n").unwrap_err().to_string();
+        assert!(err.contains("wal.batch_size"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load_with_env(Some(Path::new("/nonexistent/c.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/c.toml"), "{err}");
+    }
+}

@@ -1,0 +1,59 @@
+//! What the log stores: operations, atomic batches of them, and records
+//! (an entry with the sequence number the log gave it).
+
+use serde::{Deserialize, Serialize};
+
+/// A log sequence number. Every record gets the next one; they start at 1,
+/// never repeat, and continue across restarts.
+pub type Seq = u64;
+
+/// One change to one key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Op {
+    /// Sets `key` to `value`.
+    Set {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Removes `key`.
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+impl Op {
+    /// The key this operation changes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Set { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+/// What one record holds: a single operation, or a batch applied atomically
+/// (recovered whole or not at all, because it is one checksummed record).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Entry {
+    Op(Op),
+    Batch(Vec<Op>),
+}
+
+impl Entry {
+    /// The operations of this entry, in order.
+    pub fn ops(&self) -> &[Op] {
+        match self {
+            Entry::Op(op) => std::slice::from_ref(op),
+            Entry::Batch(ops) => ops,
+        }
+    }
+}
+
+/// An entry as the log holds it: with its sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: Seq,
+    pub entry: Entry,
+}

@@ -1,0 +1,131 @@
+//! The payload codec: bincode 2 behind one configuration constant.
+//!
+//! bincode's `standard()` and `legacy()` configurations silently misread each
+//! other, so the one in use is fixed here and the file format carries its own
+//! version. Decoding borrows byte strings from the input instead of
+//! allocating them, so a damaged length prefix can never make it allocate
+//! more than the record's own size.
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use serde::{Deserialize, Serialize};
+
+use crate::entry::{Entry, Op};
+
+/// Upper bound bincode enforces on any single decode (1 GiB, the largest
+/// record `limits.max_record_bytes` can allow).
+const DECODE_LIMIT: usize = 1 << 30;
+
+/// The only bincode configuration the format uses: little-endian varints.
+const CODEC: Configuration<LittleEndian, Varint, Limit<DECODE_LIMIT>> =
+    bincode::config::standard().with_limit::<DECODE_LIMIT>();
+
+/// Borrowed mirror of [`Op`], with the same serde shape.
+#[derive(Deserialize)]
+enum OpRef<'a> {
+    Set {
+        #[serde(borrow)]
+        key: &'a [u8],
+        #[serde(borrow)]
+        value: &'a [u8],
+    },
+    Delete {
+        #[serde(borrow)]
+        key: &'a [u8],
+    },
+}
+
+/// Borrowed mirror of [`Entry`], with the same serde shape.
+#[derive(Deserialize)]
+enum EntryRef<'a> {
+    #[serde(borrow)]
+    Op(OpRef<'a>),
+    #[serde(borrow)]
+    Batch(Vec<OpRef<'a>>),
+}
+
+impl OpRef<'_> {
+    fn to_owned_op(&self) -> Op {
+        match self {
+            OpRef::Set { key, value } => Op::Set {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            },
+            OpRef::Delete { key } => Op::Delete { key: key.to_vec() },
+        }
+    }
+}
+
+/// Appends the encoding of `entry` to `out`.
+pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
+    encode_into(entry, out)
+}
+
+fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot fail, and our types have no fallible serializer.
+    if let Err(e) = bincode::serde::encode_into_std_write(value, out, CODEC) {
+        unreachable!("encoding into memory failed: {e}");
+    }
+}
+
+/// Decodes one entry that must fill `bytes` exactly.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+    let (entry, used): (EntryRef<'_>, usize) =
+        bincode::serde::borrow_decode_from_slice(bytes, CODEC).map_err(|e| format!("undecodable payload: {e}"))?;
+    if used != bytes.len() {
+        return Err(format!(
+            "payload has {} trailing bytes after its entry",
+            bytes.len() - used
+        ));
+    }
+    Ok(match entry {
+        EntryRef::Op(op) => Entry::Op(op.to_owned_op()),
+        EntryRef::Batch(ops) => Entry::Batch(ops.iter().map(OpRef::to_owned_op).collect()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip() {
+        let entries = [
+            Entry::Op(Op::Set {
+                key: b"k".to_vec(),
+                value: vec![0; 300],
+            }),
+            Entry::Op(Op::Delete { key: b"gone".to_vec() }),
+            Entry::Batch(vec![]),
+            Entry::Batch(vec![
+                Op::Set {
+                    key: b"a".to_vec(),
+                    value: b"1".to_vec(),
+                },
+                Op::Delete { key: b"b".to_vec() },
+            ]),
+        ];
+        for entry in entries {
+            let mut buf = Vec::new();
+            encode_entry(&entry, &mut buf);
+            assert_eq!(decode_entry(&buf).expect("decodes"), entry);
+        }
+    }
+
+    #[test]
+    fn huge_claimed_length_is_refused_without_allocating_it() {
+        // Variant 0 (Op), variant 0 (Set), then a key length of u64::MAX.
+        let bytes = [0u8, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert!(decode_entry(&bytes).is_err());
+        // A batch claiming 2^32 operations with no bytes behind it.
+        let bytes = [1u8, 0xFC, 0, 0, 0, 0, 1, 0, 0, 0];
+        assert!(decode_entry(&bytes).is_err());
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut buf = Vec::new();
+        encode_entry(&Entry::Op(Op::Delete { key: b"k".to_vec() }), &mut buf);
+        buf.push(0);
+        assert!(decode_entry(&buf).unwrap_err().contains("trailing"));
+    }
+}

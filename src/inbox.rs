@@ -1,0 +1,155 @@
+//! The appenders' queue in front of the WAL actor.
+//!
+//! An actix message per append would cost a mailbox round trip per record;
+//! instead appenders push into this shared queue and only the push that finds
+//! it idle wakes the actor, which then takes everything queued at once. That
+//! batch is what one `write` and one `fdatasync` serve (group commit).
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use actix::Addr;
+use tokio::sync::oneshot;
+
+use crate::actors::messages::Drain;
+use crate::actors::wal::WalActor;
+use crate::entry::{Entry, Seq};
+use crate::error::{Error, Result};
+
+/// Where an appender's answer goes: the sequence number it was given.
+pub(crate) type Reply = oneshot::Sender<Result<Seq>>;
+
+/// One queued request, answered through its `reply`.
+pub(crate) enum Request {
+    /// Write `entry` as the next record.
+    Append { entry: Entry, reply: Reply },
+    /// Make everything queued before this durable; answered with the last
+    /// sequence number written.
+    Sync { reply: Reply },
+}
+
+impl Request {
+    /// Answers the request with an error.
+    pub(crate) fn fail(self, error: Error) {
+        let reply = match self {
+            Request::Append { reply, .. } | Request::Sync { reply } => reply,
+        };
+        // The appender may have given up waiting; nothing to do then.
+        let _ = reply.send(Err(error));
+    }
+}
+
+/// Why the inbox refuses new requests.
+#[derive(Debug, Clone)]
+pub(crate) enum Closed {
+    /// `shutdown` was called.
+    ShutDown,
+    /// The WAL actor died and is being restarted.
+    Restarting,
+    /// A write or sync failed; the log accepts nothing until reopened.
+    Failed(String),
+}
+
+impl Closed {
+    fn error(&self) -> Error {
+        match self {
+            Closed::ShutDown => Error::ShutDown,
+            Closed::Restarting => Error::ActorDied,
+            Closed::Failed(reason) => Error::WalFailed(reason.clone()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    requests: Vec<Request>,
+    /// A wake-up is on its way to the actor; later pushes need not send one.
+    wake_pending: bool,
+    closed: Option<Closed>,
+    wal: Option<Addr<WalActor>>,
+}
+
+/// The shared request queue.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    state: Mutex<State>,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere never leaves the queue half-updated: every
+        // critical section is a push, a swap or a flag change.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a request, waking the WAL actor if it is idle; a refused
+    /// request is answered with the reason at once.
+    pub(crate) fn push(&self, request: Request) {
+        let mut state = self.lock();
+        if let Some(closed) = &state.closed {
+            let error = closed.error();
+            drop(state);
+            request.fail(error);
+            return;
+        }
+        state.requests.push(request);
+        let wake = if state.wake_pending {
+            None
+        } else {
+            state.wake_pending = true;
+            state.wal.clone()
+        };
+        drop(state);
+        if let Some(wal) = wake {
+            wal.do_send(Drain);
+        }
+    }
+
+    /// Moves every queued request into `into`; the next push wakes the actor again.
+    pub(crate) fn take(&self, into: &mut Vec<Request>) {
+        let mut state = self.lock();
+        state.wake_pending = false;
+        into.append(&mut state.requests);
+    }
+
+    /// Refuses new requests from now on; queued ones stay for the actor.
+    pub(crate) fn close(&self, why: Closed) {
+        let mut state = self.lock();
+        if !matches!(state.closed, Some(Closed::Failed(_))) {
+            state.closed = Some(why);
+        }
+    }
+
+    /// Refuses new requests and fails every queued one with the reason.
+    pub(crate) fn close_and_fail(&self, why: Closed) {
+        let requests = {
+            let mut state = self.lock();
+            if !matches!(state.closed, Some(Closed::Failed(_))) {
+                state.closed = Some(why.clone());
+            }
+            std::mem::take(&mut state.requests)
+        };
+        for request in requests {
+            request.fail(why.error());
+        }
+    }
+
+    /// Accepts requests again, delivered to `wal`.
+    pub(crate) fn open(&self, wal: Addr<WalActor>) {
+        let mut state = self.lock();
+        state.closed = None;
+        state.wal = Some(wal);
+        if !state.requests.is_empty() {
+            state.wake_pending = true;
+            if let Some(wal) = &state.wal {
+                wal.do_send(Drain);
+            }
+        } else {
+            state.wake_pending = false;
+        }
+    }
+
+    /// Whether no request is waiting.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().requests.is_empty()
+    }
+}

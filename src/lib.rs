@@ -1,0 +1,41 @@
+//! # concordkv
+//!
+//! A durable key-value log for actix applications: a write-ahead log with
+//! group commit, checksummed records, segment rotation and crash recovery,
+//! run by supervised actors. See `README.md` for the guarantees of each sync
+//! mode and `FORMAT.md` for the bytes on disk.
+//!
+//! ```no_run
+//! use concordkv::{Config, Store};
+//!
+//! #[actix::main]
+//! async fn main() -> Result<(), concordkv::Error> {
+//!     let (store, recovery) = Store::open(Config::with_data_dir("./data")).await?;
+//!     println!("recovered {} records", recovery.records.len());
+//!     store.set("greeting", "hello").await?; // durable when this returns (sync_mode = always)
+//!     store.shutdown().await
+//! }
+//! ```
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod actors;
+pub mod bench;
+pub mod config;
+pub mod entry;
+pub mod error;
+pub mod format;
+pub mod fs;
+mod inbox;
+pub mod recovery;
+pub mod server;
+pub mod stats;
+pub mod store;
+mod sync_worker;
+
+pub use config::{Config, RecoveryMode, SyncMode};
+pub use entry::{Entry, Op, Record, Seq};
+pub use error::{ConfigError, Corruption, Error, Result};
+pub use recovery::{Recovery, TruncatedTail};
+pub use stats::StoreStats;
+pub use store::{Pending, Store};

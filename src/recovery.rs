@@ -1,0 +1,357 @@
+//! Open-time recovery: replay every segment in id order, check every header,
+//! frame, checksum and sequence number, and decide what damage means.
+//!
+//! Segments are preallocated with zeros and never reused, so an interrupted
+//! write can only leave, at the end of the newest segment, a partial frame,
+//! a checksum-failing frame, or zeros where a page never reached the disk.
+//! That is a *torn tail*: cut off and reported. Damage anywhere else, or
+//! damage followed by intact records with no lost (all-zero) sector between
+//! them, is corruption: the open fails naming file, offset and reason,
+//! unless `wal.recovery_mode` says otherwise.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, RecoveryMode};
+use crate::entry::{Record, Seq};
+use crate::error::{Corruption, Error, Result};
+use crate::format::codec::decode_entry;
+use crate::format::record::{read_frame, Frame, FRAME_HEADER_BYTES};
+use crate::format::segment::{parse_segment_file_name, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::fs::FileSystem;
+
+/// Granularity of a lost write: a disk sector. A whole zero sector inside a
+/// damaged span means data never reached the disk (a torn write), which bit
+/// rot cannot produce.
+const SECTOR_BYTES: usize = 512;
+
+/// What recovery found and returned.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Every intact record, in sequence order.
+    pub records: Vec<Record>,
+    /// The last recovered sequence number (0 for an empty log).
+    pub last_seq: Seq,
+    /// The torn tail that was cut, if any.
+    pub truncated: Option<TruncatedTail>,
+    /// Damaged regions passed over (only in `skip_corrupt` mode).
+    pub skipped: Vec<Corruption>,
+    /// Segments replayed.
+    pub segments: usize,
+    /// Time the replay took.
+    pub elapsed: Duration,
+}
+
+/// A torn tail cut off the newest segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruncatedTail {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// The recovered log and where the writer continues.
+pub(crate) struct RecoveredLog {
+    pub recovery: Recovery,
+    pub next_segment_id: u64,
+}
+
+struct SegmentFile {
+    id: u64,
+    path: PathBuf,
+}
+
+/// How one segment's scan ended.
+struct Scanned {
+    /// Offset just past the last intact record.
+    logical_end: usize,
+    /// A cut torn tail (newest segment only).
+    torn: Option<TruncatedTail>,
+}
+
+/// Replays the log in `config.data_dir`, cuts a torn tail, removes segments
+/// that were preallocated but never started, and says where writing resumes.
+pub(crate) fn recover(fs: &dyn FileSystem, config: &Config) -> Result<RecoveredLog> {
+    let started_at = Instant::now();
+    let dir = config.data_dir.as_path();
+    let mut files = list_segments(fs, dir)?;
+    let next_segment_id = files.last().map_or(1, |f| f.id + 1);
+
+    // Trailing segments whose header is all zeros were prepared ahead of
+    // time and never used; they hold nothing and are removed.
+    let mut contents: Vec<Vec<u8>> = Vec::new();
+    let mut unused = Vec::new();
+    while let Some(last) = files.last() {
+        let bytes = fs.read(&last.path).map_err(|e| Error::io("read segment", &last.path, e))?;
+        if matches!(SegmentHeader::decode(&bytes), Err(HeaderError::Unwritten)) {
+            unused.extend(files.pop());
+        } else {
+            contents.push(bytes);
+            break;
+        }
+    }
+
+    let mut recovery = Recovery::default();
+    let mut expected: Option<Seq> = None;
+    let count = files.len();
+    let mut removed_torn_segment = false;
+    for (index, file) in files.iter().enumerate() {
+        let newest = index + 1 == count;
+        let bytes = if newest {
+            contents.pop().unwrap_or_default()
+        } else {
+            fs.read(&file.path).map_err(|e| Error::io("read segment", &file.path, e))?
+        };
+        let header = match SegmentHeader::decode(&bytes) {
+            Ok(header) => header,
+            Err(err) => {
+                let reason = match err {
+                    HeaderError::Unwritten => "segment header is all zeros but later segments exist".to_string(),
+                    HeaderError::Damaged(reason) => reason,
+                };
+                let torn_start = newest && config.wal.recovery_mode != RecoveryMode::Absolute;
+                if !torn_start {
+                    return Err(corruption(&file.path, 0, reason));
+                }
+                // The newest segment's header was being written when the
+                // process stopped: nothing in it was ever synced.
+                recovery.truncated = Some(TruncatedTail {
+                    file: file.path.clone(),
+                    offset: 0,
+                    bytes: nonzero_extent(&bytes, 0),
+                    reason,
+                });
+                removed_torn_segment = true;
+                continue;
+            }
+        };
+        if header.id != file.id {
+            return Err(corruption(
+                &file.path,
+                16,
+                format!("header says segment {}, file name says {}", header.id, file.id),
+            ));
+        }
+        if let Some(expected) = expected {
+            if header.first_seq != expected && config.wal.recovery_mode != RecoveryMode::SkipCorrupt {
+                return Err(corruption(
+                    &file.path,
+                    24,
+                    format!(
+                        "segment starts at sequence {}, the previous segment ends before {expected}",
+                        header.first_seq
+                    ),
+                ));
+            }
+        }
+        let scanned = scan_segment(&file.path, &bytes, header.first_seq, newest, config, &mut recovery)?;
+        expected = Some(recovery.records.last().map_or(header.first_seq, |r| r.seq + 1));
+        recovery.segments += 1;
+        if newest {
+            seal_newest(fs, &file.path, &bytes, scanned.logical_end)?;
+            recovery.truncated = scanned.torn;
+        }
+    }
+
+    for file in &unused {
+        fs.remove(&file.path).map_err(|e| Error::io("remove unused segment", &file.path, e))?;
+    }
+    if removed_torn_segment {
+        if let Some(file) = files.last() {
+            fs.remove(&file.path).map_err(|e| Error::io("remove torn segment", &file.path, e))?;
+        }
+    }
+    if !unused.is_empty() || removed_torn_segment {
+        fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))?;
+    }
+    if let Some(tail) = &recovery.truncated {
+        tracing::warn!(
+            file = %tail.file.display(),
+            offset = tail.offset,
+            bytes = tail.bytes,
+            reason = %tail.reason,
+            "cut a torn tail off the newest segment"
+        );
+    }
+    for skipped in &recovery.skipped {
+        tracing::error!(%skipped, "skipped a damaged region (recovery_mode = skip_corrupt)");
+    }
+    recovery.last_seq = expected.map_or(0, |next| next - 1);
+    recovery.elapsed = started_at.elapsed();
+    Ok(RecoveredLog {
+        recovery,
+        next_segment_id,
+    })
+}
+
+fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<SegmentFile>> {
+    let mut files: Vec<SegmentFile> = fs
+        .list_dir(dir)
+        .map_err(|e| Error::io("list data directory", dir, e))?
+        .into_iter()
+        .filter_map(|path| {
+            let id = parse_segment_file_name(path.file_name()?.to_str()?)?;
+            Some(SegmentFile { id, path })
+        })
+        .collect();
+    files.sort_by_key(|f| f.id);
+    Ok(files)
+}
+
+/// Scans the frames of one segment, appending its records to `recovery`.
+fn scan_segment(
+    path: &Path,
+    bytes: &[u8],
+    first_seq: Seq,
+    newest: bool,
+    config: &Config,
+    recovery: &mut Recovery,
+) -> Result<Scanned> {
+    let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
+    let mode = config.wal.recovery_mode;
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut expected = first_seq;
+    loop {
+        let damage = match read_frame(&bytes[offset..], max_payload) {
+            Frame::Record { seq, payload, size } if seq == expected => match decode_entry(payload) {
+                Ok(entry) => {
+                    recovery.records.push(Record { seq, entry });
+                    offset += size;
+                    expected += 1;
+                    continue;
+                }
+                Err(reason) => reason,
+            },
+            Frame::Record { seq, .. } => format!("sequence number {seq}, expected {expected}"),
+            Frame::Unwritten if bytes[offset..].iter().all(|b| *b == 0) => {
+                return Ok(Scanned {
+                    logical_end: offset,
+                    torn: None,
+                });
+            }
+            Frame::Unwritten => "zeros where a record should be, with data after them".to_string(),
+            Frame::Damaged(reason) => reason,
+        };
+
+        let next_intact = find_intact_frame(bytes, offset + 1, expected, max_payload);
+        let torn = newest
+            && match next_intact {
+                None => true,
+                Some(next) => has_zero_sector(bytes, offset, next),
+            };
+        match mode {
+            RecoveryMode::TolerateTail | RecoveryMode::SkipCorrupt if torn => {
+                return Ok(Scanned {
+                    logical_end: offset,
+                    torn: Some(TruncatedTail {
+                        file: path.to_path_buf(),
+                        offset: offset as u64,
+                        bytes: nonzero_extent(bytes, offset),
+                        reason: damage,
+                    }),
+                });
+            }
+            RecoveryMode::SkipCorrupt => {
+                recovery.skipped.push(Corruption {
+                    file: path.to_path_buf(),
+                    offset: offset as u64,
+                    reason: damage,
+                });
+                match next_intact {
+                    Some(next) => {
+                        offset = next;
+                        expected = frame_seq(&bytes[next..]);
+                    }
+                    None => {
+                        return Ok(Scanned {
+                            logical_end: offset,
+                            torn: None,
+                        })
+                    }
+                }
+            }
+            RecoveryMode::TolerateTail | RecoveryMode::Absolute => {
+                let reason = if newest && next_intact.is_some() && mode == RecoveryMode::TolerateTail {
+                    format!("{damage}; intact records follow, so this is not an interrupted write")
+                } else {
+                    damage
+                };
+                return Err(corruption(path, offset as u64, reason));
+            }
+        }
+    }
+}
+
+/// The first offset at or after `from` holding an intact frame with a
+/// sequence number of at least `min_seq`.
+fn find_intact_frame(bytes: &[u8], from: usize, min_seq: Seq, max_payload: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(FRAME_HEADER_BYTES)).find(|&at| {
+        matches!(read_frame(&bytes[at..], max_payload),
+            Frame::Record { seq, payload, .. } if seq >= min_seq && decode_entry(payload).is_ok())
+    })
+}
+
+fn frame_seq(frame: &[u8]) -> Seq {
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&frame[8..16]);
+    Seq::from_le_bytes(seq)
+}
+
+/// Whether a whole, aligned, all-zero sector lies in `bytes[from..to]`.
+fn has_zero_sector(bytes: &[u8], from: usize, to: usize) -> bool {
+    let first = from.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+    (first..to)
+        .step_by(SECTOR_BYTES)
+        .take_while(|start| start + SECTOR_BYTES <= to)
+        .any(|start| bytes[start..start + SECTOR_BYTES].iter().all(|b| *b == 0))
+}
+
+/// Bytes from `from` to the last non-zero byte of the file.
+fn nonzero_extent(bytes: &[u8], from: usize) -> u64 {
+    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    end.saturating_sub(from) as u64
+}
+
+/// Cuts the newest segment to its intact records and makes that durable, so
+/// it can be sealed: the writer continues in a new segment, and data the
+/// page cache held but the disk may not (a previous writer's unsynced tail)
+/// is synced before anything after it is written.
+fn seal_newest(fs: &dyn FileSystem, path: &Path, bytes: &[u8], logical_end: usize) -> Result<()> {
+    let file = fs.open_writable(path).map_err(|e| Error::io("open newest segment", path, e))?;
+    if bytes.len() != logical_end {
+        file.set_len(logical_end as u64)
+            .map_err(|e| Error::io("truncate newest segment", path, e))?;
+    }
+    file.sync_all().map_err(|e| Error::io("sync newest segment", path, e))
+}
+
+fn corruption(path: &Path, offset: u64, reason: String) -> Error {
+    Error::Corruption(Corruption {
+        file: path.to_path_buf(),
+        offset,
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_sector_detection_needs_a_whole_aligned_sector() {
+        let mut bytes = vec![1u8; 4096];
+        assert!(!has_zero_sector(&bytes, 0, 4096));
+        bytes[600..1024].fill(0);
+        assert!(!has_zero_sector(&bytes, 0, 4096), "a partial sector is not enough");
+        bytes[512..1024].fill(0);
+        assert!(has_zero_sector(&bytes, 0, 4096));
+        assert!(!has_zero_sector(&bytes, 0, 1000), "the sector must end inside the span");
+    }
+
+    #[test]
+    fn nonzero_extent_ignores_trailing_zeros() {
+        assert_eq!(nonzero_extent(&[1, 2, 0, 3, 0, 0], 1), 3);
+        assert_eq!(nonzero_extent(&[0, 0], 0), 0);
+    }
+}

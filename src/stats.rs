@@ -1,0 +1,65 @@
+//! Counters the WAL keeps as it works, readable at any time without asking an
+//! actor (`Store::stats`): what the bench and `INFO` report.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Live counters, updated with relaxed atomics on the write and sync paths.
+#[derive(Debug, Default)]
+pub(crate) struct WalCounters {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub syncs: AtomicU64,
+    pub synced_records: AtomicU64,
+    pub sync_nanos: AtomicU64,
+    pub rotations: AtomicU64,
+    pub last_seq: AtomicU64,
+    pub durable_seq: AtomicU64,
+}
+
+/// A snapshot of the WAL's counters since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Records appended.
+    pub records: u64,
+    /// Bytes appended (frames included).
+    pub bytes: u64,
+    /// `fdatasync` calls completed.
+    pub syncs: u64,
+    /// Records made durable by those syncs.
+    pub synced_records: u64,
+    /// Time spent in them.
+    pub sync_time: Duration,
+    /// Segments sealed and replaced.
+    pub rotations: u64,
+    /// The last sequence number written.
+    pub last_seq: u64,
+    /// The last sequence number known durable.
+    pub durable_seq: u64,
+}
+
+impl StoreStats {
+    /// Mean records made durable per sync: the group-commit size.
+    pub fn records_per_sync(&self) -> f64 {
+        if self.syncs == 0 {
+            0.0
+        } else {
+            self.synced_records as f64 / self.syncs as f64
+        }
+    }
+}
+
+impl WalCounters {
+    pub fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            records: self.records.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            syncs: self.syncs.load(Relaxed),
+            synced_records: self.synced_records.load(Relaxed),
+            sync_time: Duration::from_nanos(self.sync_nanos.load(Relaxed)),
+            rotations: self.rotations.load(Relaxed),
+            last_seq: self.last_seq.load(Relaxed),
+            durable_seq: self.durable_seq.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The public handle: open a store, append, sync, read counters, shut down.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix::Addr;
+use tokio::sync::oneshot;
+
+use crate::actors::messages::Shutdown;
+use crate::actors::supervisor::StoreSupervisor;
+use crate::actors::wal::{open_log, WalShared};
+use crate::config::{Config, LimitsConfig};
+use crate::entry::{Entry, Op, Seq};
+use crate::error::{Error, Result};
+use crate::fs::{DirLock, FileSystem, RealFs};
+use crate::inbox::{Inbox, Request};
+use crate::recovery::Recovery;
+use crate::stats::{StoreStats, WalCounters};
+use crate::sync_worker::SyncWorker;
+
+/// An open store. Cheap to clone; every clone appends to the same log.
+///
+/// Must be opened and used inside an actix `System` (for example under
+/// `#[actix::main]` or `actix_rt::System::new().block_on`).
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inbox: Arc<Inbox>,
+    supervisor: Addr<StoreSupervisor>,
+    counters: Arc<WalCounters>,
+    config: Config,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.data_dir`: validates the
+    /// configuration, takes the directory lock, recovers the log, and starts
+    /// the actors. The recovered records are returned to the caller.
+    pub async fn open(config: Config) -> Result<(Store, Recovery)> {
+        Store::open_with_fs(config, Arc::new(RealFs)).await
+    }
+
+    /// As [`Store::open`], through another file-system implementation.
+    pub async fn open_with_fs(config: Config, fs: Arc<dyn FileSystem>) -> Result<(Store, Recovery)> {
+        config.validate()?;
+        if actix::System::try_current().is_none() {
+            return Err(Error::InvalidRequest(
+                "Store::open must be called inside a running actix System".into(),
+            ));
+        }
+        let opening = {
+            let config = config.clone();
+            let fs = Arc::clone(&fs);
+            actix_rt::task::spawn_blocking(move || {
+                let dir = config.data_dir.as_path();
+                fs.create_dir_all(dir)
+                    .map_err(|e| Error::io("create data directory", dir, e))?;
+                let lock = DirLock::acquire(dir).map_err(|e| Error::io("lock data directory", dir, e))?;
+                let (recovery, start) = open_log(fs.as_ref(), &config)?;
+                Ok::<_, Error>((lock, recovery, start))
+            })
+        };
+        let (lock, recovery, start) = opening
+            .await
+            .map_err(|e| Error::WalFailed(format!("opening the store panicked: {e}")))??;
+        metrics::histogram!("concordkv_recovery_seconds").record(recovery.elapsed.as_secs_f64());
+        if let Some(tail) = &recovery.truncated {
+            metrics::counter!("concordkv_recovery_truncated_bytes_total").increment(tail.bytes);
+        }
+        let inbox = Arc::new(Inbox::default());
+        let counters = Arc::new(WalCounters::default());
+        let worker = SyncWorker::start(Arc::clone(&inbox), Arc::clone(&counters))
+            .map_err(|e| Error::io("start the sync thread", &config.data_dir, e))?;
+        let wal_shared = Arc::new(WalShared {
+            config: config.clone(),
+            fs,
+            inbox: Arc::clone(&inbox),
+            worker,
+            counters: Arc::clone(&counters),
+        });
+        let supervisor = StoreSupervisor::launch(wal_shared, start, lock);
+        let store = Store {
+            shared: Arc::new(Shared {
+                inbox,
+                supervisor,
+                counters,
+                config,
+            }),
+        };
+        Ok((store, recovery))
+    }
+
+    /// Queues `entry` now and returns the acknowledgement to await. Requests
+    /// are written in the order they are submitted, so a caller can keep many
+    /// in flight (pipelining) and still know their order.
+    pub fn submit(&self, entry: Entry) -> Pending {
+        if let Err(e) = check_entry(&entry, &self.shared.config.limits) {
+            return Pending::failed(e);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.shared.inbox.push(Request::Append { entry, reply });
+        Pending::waiting(answer)
+    }
+
+    /// Sets `key` to `value`; resolves with the record's sequence number
+    /// once the sync mode's promise holds.
+    pub async fn set(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<Seq> {
+        self.append(Op::Set {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+    }
+
+    /// Deletes `key`.
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Seq> {
+        self.append(Op::Delete { key: key.into() }).await
+    }
+
+    /// Appends one operation.
+    pub async fn append(&self, op: Op) -> Result<Seq> {
+        self.submit(Entry::Op(op)).await
+    }
+
+    /// Appends `ops` as one record: recovered all together or not at all.
+    pub async fn append_batch(&self, ops: Vec<Op>) -> Result<Seq> {
+        self.submit(Entry::Batch(ops)).await
+    }
+
+    /// Makes everything appended before this call durable, whatever the sync
+    /// mode; resolves with the last sequence number written.
+    pub async fn sync(&self) -> Result<Seq> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.inbox.push(Request::Sync { reply });
+        Pending::waiting(answer).await
+    }
+
+    /// The WAL's counters since open.
+    pub fn stats(&self) -> StoreStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Refuses new requests, writes and syncs every queued one, stops the
+    /// actors and threads, and releases the directory. Appends that were
+    /// accepted before the call are durable when it returns `Ok`.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shared
+            .supervisor
+            .send(Shutdown)
+            .await
+            .unwrap_or(Err(Error::ShutDown))
+    }
+}
+
+/// Refuses what the limits do not allow, before anything is written.
+fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
+    let mut total: u64 = 0;
+    for op in entry.ops() {
+        let key = op.key();
+        if key.is_empty() {
+            return Err(Error::InvalidRequest("empty key".into()));
+        }
+        if key.len() as u64 > limits.max_key_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "key of {} bytes exceeds limits.max_key_bytes = {}",
+                key.len(),
+                limits.max_key_bytes
+            )));
+        }
+        let value_len = match op {
+            Op::Set { value, .. } => value.len() as u64,
+            Op::Delete { .. } => 0,
+        };
+        if value_len > limits.max_value_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "value of {value_len} bytes exceeds limits.max_value_bytes = {}",
+                limits.max_value_bytes
+            )));
+        }
+        // Per op: the key, the value and at most 21 bytes of varint lengths and tag.
+        total += key.len() as u64 + value_len + 21;
+    }
+    if total + 16 > limits.max_record_bytes {
+        return Err(Error::InvalidRequest(format!(
+            "batch of {} operations ({total} bytes) exceeds limits.max_record_bytes = {}",
+            entry.ops().len(),
+            limits.max_record_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// An acknowledgement to await: resolves with the record's sequence number,
+/// or with why it was not acknowledged.
+#[must_use = "an append is only acknowledged once its Pending resolves"]
+pub struct Pending {
+    state: PendingState,
+}
+
+enum PendingState {
+    Failed(Option<Error>),
+    Waiting(oneshot::Receiver<Result<Seq>>),
+}
+
+impl Pending {
+    fn failed(error: Error) -> Pending {
+        Pending {
+            state: PendingState::Failed(Some(error)),
+        }
+    }
+
+    fn waiting(answer: oneshot::Receiver<Result<Seq>>) -> Pending {
+        Pending {
+            state: PendingState::Waiting(answer),
+        }
+    }
+}
+
+impl Future for Pending {
+    type Output = Result<Seq>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            PendingState::Failed(error) => Poll::Ready(Err(error.take().unwrap_or(Error::ShutDown))),
+            // A dropped sender means the WAL actor died holding the request.
+            PendingState::Waiting(answer) => Pin::new(answer).poll(cx).map(|r| r.unwrap_or(Err(Error::ActorDied))),
+        }
+    }
+}

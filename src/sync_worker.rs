@@ -1,0 +1,200 @@
+//! The sync thread: runs `fdatasync` off the actix event loop.
+//!
+//! The WAL actor writes records and hands the waiting appenders to this
+//! thread as jobs. Each time the thread wakes it takes *every* queued job and
+//! serves all jobs on the same file with one sync (group commit), while the
+//! actor goes on writing the next records: those wait for the next sync.
+//! Jobs complete in submission order, so an acknowledgement never overtakes
+//! the durability of an earlier record. After a failed sync the thread
+//! fails every later job too: the page cache may have dropped the data, so a
+//! retried sync that "succeeds" would prove nothing (PostgreSQL's fsyncgate).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::entry::Seq;
+use crate::error::Error;
+use crate::fs::WritableFile;
+use crate::inbox::{Closed, Inbox, Reply};
+use crate::stats::WalCounters;
+
+/// An appender waiting for `seq` to become durable.
+pub(crate) struct Waiter {
+    pub seq: Seq,
+    pub reply: Reply,
+}
+
+/// Called with the outcome once a job's sync finished.
+pub(crate) type OnDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// One request to make a file durable up to what was written before it.
+pub(crate) struct SyncJob {
+    pub file: Arc<dyn WritableFile>,
+    pub path: PathBuf,
+    /// Records written since the previous job (for the group-commit size).
+    pub records: u64,
+    /// The last sequence number this job covers.
+    pub upto: Seq,
+    pub waiters: Vec<Waiter>,
+    /// Seal the segment: cut it to this length before syncing (rotation).
+    pub seal_at: Option<u64>,
+    pub on_done: Option<OnDone>,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: Vec<SyncJob>,
+    stopping: bool,
+    failed: Option<String>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Condvar,
+    inbox: Arc<Inbox>,
+    counters: Arc<WalCounters>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Handle to the sync thread.
+pub(crate) struct SyncWorker {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SyncWorker {
+    /// Starts the thread.
+    pub(crate) fn start(inbox: Arc<Inbox>, counters: Arc<WalCounters>) -> std::io::Result<SyncWorker> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            inbox,
+            counters,
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("concordkv-sync".into())
+            .spawn(move || run(&thread_shared))?;
+        Ok(SyncWorker {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a job; after an earlier failure it fails at once.
+    pub(crate) fn submit(&self, job: SyncJob) {
+        let mut state = self.shared.lock();
+        if let Some(reason) = state.failed.clone() {
+            drop(state);
+            complete(job, Err(reason));
+            return;
+        }
+        state.jobs.push(job);
+        drop(state);
+        self.shared.ready.notify_one();
+    }
+
+    /// Why syncing stopped, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.shared.lock().failed.clone()
+    }
+
+    /// Finishes every queued job, then ends the thread.
+    pub(crate) fn stop(&self) {
+        self.shared.lock().stopping = true;
+        self.shared.ready.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("the sync thread panicked");
+            }
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut batch: Vec<SyncJob> = Vec::new();
+    loop {
+        {
+            let mut state = shared.lock();
+            while state.jobs.is_empty() && !state.stopping {
+                state = shared.ready.wait(state).unwrap_or_else(PoisonError::into_inner);
+            }
+            if state.jobs.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut batch, &mut state.jobs);
+        }
+        let mut jobs = batch.drain(..).peekable();
+        while let Some(first) = jobs.next() {
+            let mut group = vec![first];
+            while let Some(next) = jobs.next_if(|j| Arc::ptr_eq(&j.file, &group[0].file) && group.last().is_some_and(|g| g.seal_at.is_none())) {
+                group.push(next);
+            }
+            let result = sync_group(shared, &group);
+            for job in group {
+                complete(job, result.clone());
+            }
+        }
+    }
+}
+
+/// Syncs the file of a group of jobs once, and records the outcome.
+fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), String> {
+    if let Some(reason) = shared.lock().failed.clone() {
+        return Err(reason);
+    }
+    let job = group.last().map(|j| (&j.file, &j.path, j.seal_at, j.upto));
+    let Some((file, path, seal_at, upto)) = job else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let outcome = match seal_at {
+        Some(len) => file.set_len(len).and_then(|()| file.sync_all()),
+        None => file.sync_data(),
+    };
+    let elapsed = started.elapsed();
+    match outcome {
+        Ok(()) => {
+            let records: u64 = group.iter().map(|j| j.records).sum();
+            let c = &shared.counters;
+            c.syncs.fetch_add(1, Relaxed);
+            c.synced_records.fetch_add(records, Relaxed);
+            c.sync_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+            c.durable_seq.fetch_max(upto, Relaxed);
+            metrics::histogram!("concordkv_wal_sync_seconds").record(elapsed.as_secs_f64());
+            metrics::histogram!("concordkv_wal_sync_batch_records").record(records as f64);
+            metrics::counter!("concordkv_wal_syncs_total").increment(1);
+            Ok(())
+        }
+        Err(e) => {
+            let reason = format!("sync of {} failed: {e}", path.display());
+            tracing::error!(%reason, "the WAL stops accepting writes");
+            metrics::counter!("concordkv_wal_sync_errors_total").increment(1);
+            shared.lock().failed = Some(reason.clone());
+            shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
+            Err(reason)
+        }
+    }
+}
+
+fn complete(job: SyncJob, result: Result<(), String>) {
+    for waiter in job.waiters {
+        let answer = match &result {
+            Ok(()) => Ok(waiter.seq),
+            Err(reason) => Err(Error::WalFailed(reason.clone())),
+        };
+        let _ = waiter.reply.send(answer);
+    }
+    if let Some(on_done) = job.on_done {
+        on_done(result);
+    }
+}
