@@ -61,7 +61,6 @@ impl StoreSupervisor {
         let death = DeathNotice {
             supervisor: ctx.address(),
             generation: self.generation,
-            armed: true,
         };
         let shared = Arc::clone(&self.shared);
         let wal = WalActor::start_in_arbiter(&arbiter.handle(), move |_| WalActor::new(shared, start, death));

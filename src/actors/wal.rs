@@ -103,21 +103,20 @@ fn start_segment(segment: &mut Segment, first_seq: Seq) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Tells the supervisor when the actor is dropped without a clean stop: a
-/// panic in a handler drops the actor but never calls `stopped()`.
+/// Tells the supervisor whenever the actor is dropped. A panic in a handler
+/// drops it too (actix even runs `stopped()` while unwinding, so that hook
+/// cannot tell a crash from a stop); the supervisor ignores the notice of an
+/// actor it stopped itself.
 pub(crate) struct DeathNotice {
     pub supervisor: Addr<StoreSupervisor>,
     pub generation: u64,
-    pub armed: bool,
 }
 
 impl Drop for DeathNotice {
     fn drop(&mut self) {
-        if self.armed {
-            self.supervisor.do_send(WalDied {
-                generation: self.generation,
-            });
-        }
+        self.supervisor.do_send(WalDied {
+            generation: self.generation,
+        });
     }
 }
 
@@ -140,7 +139,8 @@ pub struct WalActor {
     unsynced: u64,
     failed: Option<String>,
     stopping: Option<oneshot::Sender<Result<()>>>,
-    death: DeathNotice,
+    /// Held only for its `Drop`.
+    _death: DeathNotice,
 }
 
 impl WalActor {
@@ -161,7 +161,7 @@ impl WalActor {
             unsynced: 0,
             failed: None,
             stopping: None,
-            death,
+            _death: death,
         }
     }
 
@@ -367,10 +367,6 @@ impl Actor for WalActor {
         // Appenders wait in the inbox, not the mailbox; the mailbox only
         // carries wake-ups and control messages.
         self.prepare_next(ctx);
-    }
-
-    fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        self.death.armed = false;
     }
 }
 

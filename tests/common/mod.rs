@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use concordkv::format::record::{read_frame, Frame};
+use concordkv::format::segment::{parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
+use concordkv::{Config, Op, Record, SyncMode};
+
+/// A configuration for `dir` with small segments, so tests rotate often.
+pub fn config(dir: &Path, mode: SyncMode) -> Config {
+    let mut config = Config::with_data_dir(dir);
+    config.wal.sync_mode = mode;
+    config.wal.max_segment_bytes = 64 * 1024;
+    config
+}
+
+/// The segment files of `dir`, in id order.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .expect("read data dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter_map(|p| Some((parse_segment_file_name(p.file_name()?.to_str()?)?, p)))
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Segments that hold a started header (not just preallocated zeros).
+pub fn started_segments(dir: &Path) -> Vec<PathBuf> {
+    segments(dir)
+        .into_iter()
+        .filter(|p| SegmentHeader::decode(&std::fs::read(p).expect("read segment")).is_ok())
+        .collect()
+}
+
+/// Byte ranges of every intact record frame in a segment file.
+pub fn frame_ranges(path: &Path) -> Vec<std::ops::Range<usize>> {
+    let bytes = std::fs::read(path).expect("read segment");
+    let mut ranges = Vec::new();
+    let mut at = SEGMENT_HEADER_BYTES;
+    while let Frame::Record { size, .. } = read_frame(&bytes[at..], 1 << 30) {
+        ranges.push(at..at + size);
+        at += size;
+    }
+    ranges
+}
+
+/// Applies records to a map, the way a user of the library would.
+pub fn state(records: &[Record]) -> HashMap<Vec<u8>, Vec<u8>> {
+    let mut map = HashMap::new();
+    for record in records {
+        for op in record.entry.ops() {
+            match op {
+                Op::Set { key, value } => {
+                    map.insert(key.clone(), value.clone());
+                }
+                Op::Delete { key } => {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+    map
+}
+
+/// Copies every file of `from` into a new directory under `parent`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! A WAL actor that panics is noticed and restarted; the appenders waiting on
+//! it get an error, never a hang and never a false acknowledgement.
+
+mod common;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, state};
+use concordkv::fs::{FileSystem, RealFs, WritableFile};
+use concordkv::{Error, Store, SyncMode};
+
+/// A file system whose segment writes panic while `armed` is set.
+struct PanickingFs {
+    armed: Arc<AtomicBool>,
+}
+
+struct PanickingFile {
+    inner: Arc<dyn WritableFile>,
+    armed: Arc<AtomicBool>,
+}
+
+impl WritableFile for PanickingFile {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("injected panic in the WAL writer");
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn sync_all(&self) -> io::Result<()> {
+        self.inner.sync_all()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+impl FileSystem for PanickingFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        RealFs.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        RealFs.list_dir(path)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        RealFs.read(path)
+    }
+    fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>> {
+        Ok(Arc::new(PanickingFile {
+            inner: RealFs.create(path, preallocate)?,
+            armed: Arc::clone(&self.armed),
+        }))
+    }
+    fn open_writable(&self, path: &Path) -> io::Result<Arc<dyn WritableFile>> {
+        RealFs.open_writable(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        RealFs.sync_dir(path)
+    }
+}
+
+#[actix_rt::test]
+async fn a_panicking_wal_actor_is_restarted_and_its_waiters_get_an_error() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let armed = Arc::new(AtomicBool::new(false));
+    let fs = Arc::new(PanickingFs { armed: Arc::clone(&armed) });
+    let cfg = config(dir.path(), SyncMode::Always);
+    let (store, _) = Store::open_with_fs(cfg.clone(), fs).await.expect("open");
+    store.set("before", "1").await.expect("set before the panic");
+
+    armed.store(true, Ordering::SeqCst);
+    let outcome = actix_rt::time::timeout(Duration::from_secs(10), store.set("doomed", "2"))
+        .await
+        .expect("the waiter is answered, not left hanging");
+    assert!(matches!(outcome, Err(Error::ActorDied)), "{outcome:?}");
+
+    // The supervisor re-validates the files and starts a new actor; appends
+    // work again once it is up.
+    let mut acknowledged = None;
+    for _ in 0..500 {
+        let attempt = actix_rt::time::timeout(Duration::from_secs(10), store.set("after", "3")).await;
+        match attempt.expect("an append after the restart is answered") {
+            Ok(seq) => {
+                acknowledged = Some(seq);
+                break;
+            }
+            Err(Error::ActorDied) => actix_rt::time::sleep(Duration::from_millis(10)).await,
+            Err(other) => panic!("unexpected error while restarting: {other}"),
+        }
+    }
+    let seq = acknowledged.expect("appends resume after the restart");
+    assert_eq!(seq, 2, "the record that died unwritten used no sequence number");
+    actix_rt::time::timeout(Duration::from_secs(10), store.shutdown())
+        .await
+        .expect("shutdown finishes")
+        .expect("shutdown");
+
+    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    let map = state(&recovery.records);
+    assert_eq!(map.get(b"before".as_slice()), Some(&b"1".to_vec()));
+    assert_eq!(map.get(b"after".as_slice()), Some(&b"3".to_vec()));
+    assert!(!map.contains_key(b"doomed".as_slice()), "the panicking write never reached the file");
+}
