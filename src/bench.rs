@@ -1,1 +1,289 @@
-//! placeholder
+//! `concordkv bench`: in-process load on a fresh directory, reported next to
+//! the floor of that directory's disk.
+//!
+//! The floor is the raw `fdatasync` latency after a 128-byte overwrite inside
+//! a preallocated file, measured in the same run on the same directory: the
+//! cheapest durable write the disk offers, so `always`-mode latencies read
+//! as a ratio against it.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::config::{Config, SyncMode};
+use crate::error::{Error, Result};
+use crate::fs::{FileSystem, RealFs};
+use crate::store::Store;
+
+/// Size of the probe file the floor is measured in.
+const PROBE_FILE_BYTES: u64 = 1 << 20;
+/// The overwrite each floor sample syncs.
+const PROBE_WRITE_BYTES: usize = 128;
+/// Floor samples taken (or fewer if `PROBE_MAX_TIME` passes first).
+const PROBE_SAMPLES: usize = 2000;
+const PROBE_MAX_TIME: Duration = Duration::from_secs(3);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Where the data goes (must be empty or absent); a temporary directory
+    /// in the working directory when `None`, removed afterwards.
+    pub dir: Option<PathBuf>,
+    pub sync_mode: SyncMode,
+    pub writers: usize,
+    pub value_size: usize,
+    pub seconds: f64,
+    /// Keys are drawn uniformly from this many.
+    pub key_space: u64,
+    /// Operations per append (1: single sets; more: atomic batches).
+    pub batch: usize,
+    /// Draw a progress bar on the terminal.
+    pub progress: bool,
+}
+
+/// One run's figures; the JSON field names are part of the contract.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub sync_mode: String,
+    pub writers: usize,
+    pub value_bytes: usize,
+    pub batch_ops: usize,
+    pub ops: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub fsync_p50_us: f64,
+    pub fsync_p99_us: f64,
+    pub syncs: u64,
+    pub records_per_sync: f64,
+    pub dir: String,
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    // Nanoseconds from 1 ns to 60 s at three significant digits.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap_or_else(|e| unreachable!("static bounds: {e}"))
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Measures raw `fdatasync` after small in-place writes in `dir`.
+pub fn measure_fdatasync(dir: &Path) -> Result<Histogram<u64>> {
+    let path = dir.join("fdatasync-probe");
+    let file = RealFs
+        .create(&path, PROBE_FILE_BYTES)
+        .map_err(|e| Error::io("create probe file", &path, e))?;
+    file.sync_all().map_err(|e| Error::io("sync probe file", &path, e))?;
+    let mut hist = latency_histogram();
+    let block = [0xA5u8; PROBE_WRITE_BYTES];
+    let started = Instant::now();
+    for i in 0..PROBE_SAMPLES {
+        let offset = (i * PROBE_WRITE_BYTES) as u64 % PROBE_FILE_BYTES;
+        file.write_at(&block, offset).map_err(|e| Error::io("write probe file", &path, e))?;
+        let t = Instant::now();
+        file.sync_data().map_err(|e| Error::io("sync probe file", &path, e))?;
+        let _ = hist.record(t.elapsed().as_nanos() as u64);
+        if started.elapsed() > PROBE_MAX_TIME {
+            break;
+        }
+    }
+    RealFs.remove(&path).map_err(|e| Error::io("remove probe file", &path, e))?;
+    Ok(hist)
+}
+
+/// Runs the benchmark in an actix System of its own.
+pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    let scratch;
+    let dir = match &opts.dir {
+        Some(dir) => {
+            if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+                return Err(Error::InvalidRequest(format!(
+                    "bench needs a fresh directory; {} is not empty",
+                    dir.display()
+                )));
+            }
+            RealFs.create_dir_all(dir).map_err(|e| Error::io("create bench directory", dir, e))?;
+            dir.clone()
+        }
+        None => {
+            scratch = tempfile::Builder::new()
+                .prefix(".concordkv-bench-")
+                .tempdir_in(".")
+                .map_err(|e| Error::io("create bench directory", ".", e))?;
+            scratch.path().to_path_buf()
+        }
+    };
+    let floor = measure_fdatasync(&dir)?;
+    let mut config = Config::with_data_dir(&dir);
+    config.wal.sync_mode = opts.sync_mode;
+    let load = actix_rt::System::new().block_on(run_load(config, opts))?;
+    Ok(BenchReport {
+        sync_mode: opts.sync_mode.to_string(),
+        writers: opts.writers,
+        value_bytes: opts.value_size,
+        batch_ops: opts.batch,
+        ops: load.ops,
+        seconds: load.elapsed.as_secs_f64(),
+        ops_per_sec: load.ops as f64 / load.elapsed.as_secs_f64(),
+        p50_us: us(&load.latency, 0.5),
+        p99_us: us(&load.latency, 0.99),
+        p999_us: us(&load.latency, 0.999),
+        max_us: load.latency.max() as f64 / 1000.0,
+        fsync_p50_us: us(&floor, 0.5),
+        fsync_p99_us: us(&floor, 0.99),
+        syncs: load.syncs,
+        records_per_sync: load.records_per_sync,
+        dir: dir.display().to_string(),
+    })
+}
+
+struct Load {
+    ops: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    syncs: u64,
+    records_per_sync: f64,
+}
+
+async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
+    let (store, _) = Store::open(config).await?;
+    let latency = Rc::new(RefCell::new(latency_histogram()));
+    let ops = Rc::new(Cell::new(0u64));
+    let failure: Rc<RefCell<Option<Error>>> = Rc::new(RefCell::new(None));
+    let duration = Duration::from_secs_f64(opts.seconds);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let writers: Vec<_> = (0..opts.writers)
+        .map(|w| {
+            let (store, latency, ops, failure) = (store.clone(), Rc::clone(&latency), Rc::clone(&ops), Rc::clone(&failure));
+            let (key_space, batch) = (opts.key_space.max(1), opts.batch.max(1));
+            let value = vec![b'v'; opts.value_size];
+            actix_rt::spawn(async move {
+                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                let mut next_key = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % key_space).to_be_bytes().to_vec()
+                };
+                loop {
+                    let t = Instant::now();
+                    if t >= deadline {
+                        break;
+                    }
+                    let outcome = if batch == 1 {
+                        store.set(next_key(), value.clone()).await
+                    } else {
+                        let ops = (0..batch)
+                            .map(|_| crate::entry::Op::Set { key: next_key(), value: value.clone() })
+                            .collect();
+                        store.append_batch(ops).await
+                    };
+                    if let Err(e) = outcome {
+                        failure.borrow_mut().get_or_insert(e);
+                        break;
+                    }
+                    let _ = latency.borrow_mut().record(t.elapsed().as_nanos() as u64);
+                    ops.set(ops.get() + batch as u64);
+                }
+            })
+        })
+        .collect();
+    let bar = progress_bar(opts.progress, duration);
+    while Instant::now() < deadline && failure.borrow().is_none() {
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        let elapsed = started.elapsed();
+        bar.set_position(elapsed.as_millis().min(duration.as_millis()) as u64);
+        bar.set_message(format!("{:.0} ops/s", ops.get() as f64 / elapsed.as_secs_f64()));
+    }
+    for writer in writers {
+        let _ = writer.await;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let stats = store.stats();
+    store.shutdown().await?;
+    if let Some(e) = failure.take() {
+        return Err(e);
+    }
+    let latency = latency.borrow().clone();
+    Ok(Load {
+        ops: ops.get(),
+        elapsed,
+        latency,
+        syncs: stats.syncs,
+        records_per_sync: stats.records_per_sync(),
+    })
+}
+
+fn progress_bar(visible: bool, duration: Duration) -> indicatif::ProgressBar {
+    if !visible {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+impl BenchReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let ratio = |v: f64| if self.fsync_p50_us > 0.0 { v / self.fsync_p50_us } else { 0.0 };
+        format!(
+            "concordkv bench: sync_mode={} writers={} value={}B batch={} dir={}\n\
+             \n\
+             {:<28}{:>14}\n\
+             {:<28}{:>14.0}\n\
+             {:<28}{:>14.0}\n\
+             {:<28}{:>14.1}   ({:.2}x fdatasync p50)\n\
+             {:<28}{:>14.1}   ({:.2}x fdatasync p50)\n\
+             {:<28}{:>14.1}   ({:.2}x fdatasync p50)\n\
+             {:<28}{:>14.1}\n\
+             {:<28}{:>14}\n\
+             {:<28}{:>14.1}\n\
+             \n\
+             {:<28}{:>14.1}\n\
+             {:<28}{:>14.1}\n",
+            self.sync_mode,
+            self.writers,
+            self.value_bytes,
+            self.batch_ops,
+            self.dir,
+            "metric",
+            "value",
+            "ops",
+            self.ops as f64,
+            "ops/s",
+            self.ops_per_sec,
+            "append p50 (us)",
+            self.p50_us,
+            ratio(self.p50_us),
+            "append p99 (us)",
+            self.p99_us,
+            ratio(self.p99_us),
+            "append p999 (us)",
+            self.p999_us,
+            ratio(self.p999_us),
+            "append max (us)",
+            self.max_us,
+            "syncs",
+            self.syncs,
+            "records per sync",
+            self.records_per_sync,
+            "raw fdatasync p50 (us)",
+            self.fsync_p50_us,
+            "raw fdatasync p99 (us)",
+            self.fsync_p99_us,
+        )
+    }
+}

@@ -81,15 +81,12 @@ impl Inbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a request, waking the WAL actor if it is idle; a refused
-    /// request is answered with the reason at once.
-    pub(crate) fn push(&self, request: Request) {
+    /// Queues a request, waking the WAL actor if it is idle; a closed inbox
+    /// refuses it with the reason.
+    pub(crate) fn push(&self, request: Request) -> Result<()> {
         let mut state = self.lock();
         if let Some(closed) = &state.closed {
-            let error = closed.error();
-            drop(state);
-            request.fail(error);
-            return;
+            return Err(closed.error());
         }
         state.requests.push(request);
         let wake = if state.wake_pending {
@@ -102,6 +99,7 @@ impl Inbox {
         if let Some(wal) = wake {
             wal.do_send(Drain);
         }
+        Ok(())
     }
 
     /// Moves every queued request into `into`; the next push wakes the actor again.

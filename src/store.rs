@@ -94,16 +94,15 @@ impl Store {
         Ok((store, recovery))
     }
 
-    /// Queues `entry` now and returns the acknowledgement to await. Requests
-    /// are written in the order they are submitted, so a caller can keep many
-    /// in flight (pipelining) and still know their order.
-    pub fn submit(&self, entry: Entry) -> Pending {
-        if let Err(e) = check_entry(&entry, &self.shared.config.limits) {
-            return Pending::failed(e);
-        }
+    /// Queues `entry` now and returns the acknowledgement to await, or
+    /// refuses it at once (limits, shutdown, a failed log). Requests are
+    /// written in the order they are submitted, so a caller can keep many in
+    /// flight (pipelining) and still know their order.
+    pub fn submit(&self, entry: Entry) -> Result<Pending> {
+        check_entry(&entry, &self.shared.config.limits)?;
         let (reply, answer) = oneshot::channel();
-        self.shared.inbox.push(Request::Append { entry, reply });
-        Pending::waiting(answer)
+        self.shared.inbox.push(Request::Append { entry, reply })?;
+        Ok(Pending { answer })
     }
 
     /// Sets `key` to `value`; resolves with the record's sequence number
@@ -123,20 +122,20 @@ impl Store {
 
     /// Appends one operation.
     pub async fn append(&self, op: Op) -> Result<Seq> {
-        self.submit(Entry::Op(op)).await
+        self.submit(Entry::Op(op))?.await
     }
 
     /// Appends `ops` as one record: recovered all together or not at all.
     pub async fn append_batch(&self, ops: Vec<Op>) -> Result<Seq> {
-        self.submit(Entry::Batch(ops)).await
+        self.submit(Entry::Batch(ops))?.await
     }
 
     /// Makes everything appended before this call durable, whatever the sync
     /// mode; resolves with the last sequence number written.
     pub async fn sync(&self) -> Result<Seq> {
         let (reply, answer) = oneshot::channel();
-        self.shared.inbox.push(Request::Sync { reply });
-        Pending::waiting(answer).await
+        self.shared.inbox.push(Request::Sync { reply })?;
+        Pending { answer }.await
     }
 
     /// The WAL's counters since open.
@@ -203,36 +202,16 @@ fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
 /// or with why it was not acknowledged.
 #[must_use = "an append is only acknowledged once its Pending resolves"]
 pub struct Pending {
-    state: PendingState,
-}
-
-enum PendingState {
-    Failed(Option<Error>),
-    Waiting(oneshot::Receiver<Result<Seq>>),
-}
-
-impl Pending {
-    fn failed(error: Error) -> Pending {
-        Pending {
-            state: PendingState::Failed(Some(error)),
-        }
-    }
-
-    fn waiting(answer: oneshot::Receiver<Result<Seq>>) -> Pending {
-        Pending {
-            state: PendingState::Waiting(answer),
-        }
-    }
+    answer: oneshot::Receiver<Result<Seq>>,
 }
 
 impl Future for Pending {
     type Output = Result<Seq>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().state {
-            PendingState::Failed(error) => Poll::Ready(Err(error.take().unwrap_or(Error::ShutDown))),
-            // A dropped sender means the WAL actor died holding the request.
-            PendingState::Waiting(answer) => Pin::new(answer).poll(cx).map(|r| r.unwrap_or(Err(Error::ActorDied))),
-        }
+        // A dropped sender means the WAL actor died holding the request.
+        Pin::new(&mut self.get_mut().answer)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::ActorDied)))
     }
 }

@@ -67,7 +67,7 @@ fn crash_child() {
                         } else {
                             Entry::Op(Op::Set { key: key(cycle, w, i), value: value(cycle, w, i) })
                         };
-                        let seq = store.submit(entry).await.expect("child append");
+                        let seq = store.submit(entry).expect("child submit").await.expect("child append");
                         println!("ACK {seq} {cycle} {w} {i}");
                     }
                 })

@@ -1,1 +1,107 @@
-//! placeholder
+//! `concordkv serve`: a Redis-protocol (RESP2) server over the store.
+//!
+//! The accept loop runs on the actix System's thread, the WAL actor on its
+//! own arbiter and `fdatasync` on the sync thread, so the two cores serve
+//! parsing, writing and syncing at the same time. Connections beyond
+//! `server.max_clients` are told so and closed. SIGINT or SIGTERM stops
+//! accepting, drains and syncs every acknowledged write, and returns.
+
+pub mod cmd;
+pub mod connection;
+pub mod db;
+pub mod request;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::store::Store;
+use db::Db;
+
+/// Opens the store, serves until SIGINT or SIGTERM, then shuts down cleanly.
+/// Must run inside an actix System.
+pub async fn serve(config: Config) -> Result<()> {
+    let addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .map_err(|_| Error::InvalidRequest(format!("server.listen = {:?} is not an address", config.server.listen)))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io("listen on server.listen", addr.to_string(), e))?;
+    let (store, recovery) = Store::open(config.clone()).await?;
+    tracing::info!(
+        records = recovery.records.len(),
+        last_seq = recovery.last_seq,
+        segments = recovery.segments,
+        elapsed_ms = recovery.elapsed.as_millis() as u64,
+        "recovered the log"
+    );
+    let db = Arc::new(Db::new(store.clone(), &recovery));
+    drop(recovery);
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), sync_mode = %config.wal.sync_mode, "serving RESP");
+
+    let clients = Arc::new(AtomicUsize::new(0));
+    let max_clients = usize::try_from(config.server.max_clients).unwrap_or(usize::MAX);
+    let max_request = usize::try_from(config.server.max_request_bytes).unwrap_or(usize::MAX);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => {
+                let (mut socket, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of descriptors and the like: refuse this one, keep serving.
+                        tracing::warn!(%e, "accept failed");
+                        continue;
+                    }
+                };
+                if clients.fetch_add(1, Ordering::Relaxed) >= max_clients {
+                    clients.fetch_sub(1, Ordering::Relaxed);
+                    actix_rt::spawn(async move {
+                        let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+                    });
+                    continue;
+                }
+                let _ = socket.set_nodelay(true);
+                let db = Arc::clone(&db);
+                let clients = Arc::clone(&clients);
+                actix_rt::spawn(async move {
+                    if let Err(e) = connection::serve_connection(socket, db, max_request).await {
+                        tracing::debug!(%peer, %e, "connection ended with an error");
+                    }
+                    clients.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+    tracing::info!("shutting down: draining and syncing acknowledged writes");
+    drop(listener);
+    store.shutdown().await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use actix_rt::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = actix_rt::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = actix_rt::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! `INFO [section]`: the `server`, `persistence` and `keyspace` sections.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use redis_protocol::resp2::types::BytesFrame;
+
+use super::Reply;
+use crate::server::db::Db;
+
+/// `INFO [section]`.
+pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
+    let wanted = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+    let show = |name: &str| matches!(wanted.as_deref(), None | Some("all") | Some("default") | Some("everything")) || wanted.as_deref() == Some(name);
+    let store = db.store();
+    let config = store.config();
+    let stats = store.stats();
+    let mut out = String::new();
+    if show("server") {
+        let _ = write!(
+            out,
+            "# Server\r\nconcordkv_version:{}\r\nprocess_id:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        );
+    }
+    if show("persistence") {
+        let _ = write!(
+            out,
+            "# Persistence\r\nsync_mode:{}\r\nwal_last_seq:{}\r\nwal_durable_seq:{}\r\nwal_records:{}\r\nwal_bytes:{}\r\nwal_syncs:{}\r\nwal_records_per_sync:{:.2}\r\nwal_rotations:{}\r\ndata_dir:{}\r\n\r\n",
+            config.wal.sync_mode,
+            stats.last_seq,
+            stats.durable_seq,
+            stats.records,
+            stats.bytes,
+            stats.syncs,
+            stats.records_per_sync(),
+            stats.rotations,
+            config.data_dir.display(),
+        );
+    }
+    if show("keyspace") && !db.is_empty() {
+        let _ = write!(out, "# Keyspace\r\ndb0:keys={}\r\n\r\n", db.len());
+    }
+    Reply::Now(BytesFrame::BulkString(Bytes::from(out)))
+}

@@ -1,0 +1,89 @@
+//! Commands: parsing arguments into a [`Command`] and running it against the
+//! [`Db`]. Each family lives in its own file: [`keys`] reads, [`write`]
+//! changes, [`info`] reports, [`connection`] talks about the connection.
+
+pub mod connection;
+pub mod info;
+pub mod keys;
+pub mod write;
+
+use bytes::Bytes;
+use redis_protocol::resp2::types::BytesFrame;
+
+use crate::server::db::Db;
+use crate::store::Pending;
+
+/// What running a command produced.
+pub enum Reply {
+    /// A reply available at once.
+    Now(BytesFrame),
+    /// A write: `ok` is the reply once the log acknowledges it.
+    Later { pending: Pending, ok: BytesFrame },
+    /// Reply, then close the connection.
+    Close(BytesFrame),
+}
+
+/// An error reply (`-ERR …`).
+pub fn error(message: impl Into<String>) -> BytesFrame {
+    BytesFrame::Error(format!("ERR {}", message.into()).into())
+}
+
+/// The `+OK` reply.
+pub fn ok() -> BytesFrame {
+    BytesFrame::SimpleString(Bytes::from_static(b"OK"))
+}
+
+fn wrong_arity(name: &str) -> Reply {
+    Reply::Now(error(format!("wrong number of arguments for '{}' command", name.to_ascii_lowercase())))
+}
+
+/// Runs one request against `db`.
+pub fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
+    let Some(name) = args.first() else {
+        return Reply::Now(error("empty command"));
+    };
+    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let rest = &args[1..];
+    let arity_ok = match name.as_str() {
+        "PING" => rest.len() <= 1,
+        "ECHO" | "GET" => rest.len() == 1,
+        "SET" => rest.len() == 2,
+        "DEL" | "EXISTS" => !rest.is_empty(),
+        "MSET" => !rest.is_empty() && rest.len() % 2 == 0,
+        "DBSIZE" | "QUIT" => rest.is_empty(),
+        "SELECT" => rest.len() == 1,
+        "INFO" => rest.len() <= 1,
+        "CONFIG" | "COMMAND" | "CLIENT" => true,
+        _ => return Reply::Now(unknown_command(&name, rest)),
+    };
+    if !arity_ok {
+        return wrong_arity(&name);
+    }
+    match name.as_str() {
+        "PING" => connection::ping(rest),
+        "ECHO" => Reply::Now(BytesFrame::BulkString(rest[0].clone())),
+        "QUIT" => Reply::Close(ok()),
+        "SELECT" => connection::select(&rest[0]),
+        "CONFIG" | "COMMAND" | "CLIENT" => connection::compatibility(&name, rest),
+        "GET" => keys::get(db, &rest[0]),
+        "EXISTS" => keys::exists(db, rest),
+        "DBSIZE" => keys::dbsize(db),
+        "SET" => write::set(db, &rest[0], &rest[1]),
+        "MSET" => write::mset(db, rest),
+        "DEL" => write::del(db, rest),
+        _ => info::info(db, rest.first()),
+    }
+}
+
+fn unknown_command(name: &str, rest: &[Bytes]) -> BytesFrame {
+    let shown: Vec<String> = rest
+        .iter()
+        .take(4)
+        .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
+        .collect();
+    error(format!(
+        "unknown command '{}', with args beginning with: {}",
+        name.to_ascii_lowercase(),
+        shown.join(" ")
+    ))
+}
