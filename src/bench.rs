@@ -87,7 +87,8 @@ pub fn measure_fdatasync(dir: &Path) -> Result<Histogram<u64>> {
     let started = Instant::now();
     for i in 0..PROBE_SAMPLES {
         let offset = (i * PROBE_WRITE_BYTES) as u64 % PROBE_FILE_BYTES;
-        file.write_at(&block, offset).map_err(|e| Error::io("write probe file", &path, e))?;
+        file.write_at(&block, offset)
+            .map_err(|e| Error::io("write probe file", &path, e))?;
         let t = Instant::now();
         file.sync_data().map_err(|e| Error::io("sync probe file", &path, e))?;
         let _ = hist.record(t.elapsed().as_nanos() as u64);
@@ -95,7 +96,9 @@ pub fn measure_fdatasync(dir: &Path) -> Result<Histogram<u64>> {
             break;
         }
     }
-    RealFs.remove(&path).map_err(|e| Error::io("remove probe file", &path, e))?;
+    RealFs
+        .remove(&path)
+        .map_err(|e| Error::io("remove probe file", &path, e))?;
     Ok(hist)
 }
 
@@ -110,7 +113,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
                     dir.display()
                 )));
             }
-            RealFs.create_dir_all(dir).map_err(|e| Error::io("create bench directory", dir, e))?;
+            RealFs
+                .create_dir_all(dir)
+                .map_err(|e| Error::io("create bench directory", dir, e))?;
             dir.clone()
         }
         None => {
@@ -163,7 +168,8 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
     let deadline = started + duration;
     let writers: Vec<_> = (0..opts.writers)
         .map(|w| {
-            let (store, latency, ops, failure) = (store.clone(), Rc::clone(&latency), Rc::clone(&ops), Rc::clone(&failure));
+            let (store, latency, ops, failure) =
+                (store.clone(), Rc::clone(&latency), Rc::clone(&ops), Rc::clone(&failure));
             let (key_space, batch) = (opts.key_space.max(1), opts.batch.max(1));
             let value = vec![b'v'; opts.value_size];
             actix_rt::spawn(async move {
@@ -183,7 +189,10 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
                         store.set(next_key(), value.clone()).await
                     } else {
                         let ops = (0..batch)
-                            .map(|_| crate::entry::Op::Set { key: next_key(), value: value.clone() })
+                            .map(|_| crate::entry::Op::Set {
+                                key: next_key(),
+                                value: value.clone(),
+                            })
                             .collect();
                         store.append_batch(ops).await
                     };
@@ -238,7 +247,13 @@ fn progress_bar(visible: bool, duration: Duration) -> indicatif::ProgressBar {
 impl BenchReport {
     /// The human-readable table.
     pub fn table(&self) -> String {
-        let ratio = |v: f64| if self.fsync_p50_us > 0.0 { v / self.fsync_p50_us } else { 0.0 };
+        let ratio = |v: f64| {
+            if self.fsync_p50_us > 0.0 {
+                v / self.fsync_p50_us
+            } else {
+                0.0
+            }
+        };
         format!(
             "concordkv bench: sync_mode={} writers={} value={}B batch={} dir={}\n\
              \n\

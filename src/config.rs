@@ -158,8 +158,7 @@ impl Config {
         file: Option<&Path>,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        let mut builder = config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(ConfigError::Load(format!(
@@ -190,7 +189,13 @@ impl Config {
         }
         check_addr("server.listen", &self.server.listen)?;
         check_addr("metrics.listen", &self.metrics.listen)?;
-        check_range("server.max_clients", self.server.max_clients, 1, 1_000_000, "1 to 1000000")?;
+        check_range(
+            "server.max_clients",
+            self.server.max_clients,
+            1,
+            1_000_000,
+            "1 to 1000000",
+        )?;
         check_range(
             "server.max_request_bytes",
             self.server.max_request_bytes,
@@ -199,8 +204,20 @@ impl Config {
             "1024 to 1073741824",
         )?;
         check_range("wal.batch_size", self.wal.batch_size, 1, 1_000_000, "1 to 1000000")?;
-        check_range("wal.batch_max_delay_ms", self.wal.batch_max_delay_ms, 1, 60_000, "1 to 60000")?;
-        check_range("wal.sync_interval_ms", self.wal.sync_interval_ms, 1, 3_600_000, "1 to 3600000")?;
+        check_range(
+            "wal.batch_max_delay_ms",
+            self.wal.batch_max_delay_ms,
+            1,
+            60_000,
+            "1 to 60000",
+        )?;
+        check_range(
+            "wal.sync_interval_ms",
+            self.wal.sync_interval_ms,
+            1,
+            3_600_000,
+            "1 to 3600000",
+        )?;
         check_range(
             "wal.max_segment_bytes",
             self.wal.max_segment_bytes,
@@ -208,12 +225,30 @@ impl Config {
             1 << 32,
             "4096 to 4294967296",
         )?;
-        check_range("compaction.threshold", self.compaction.threshold, 1, u64::MAX, "1 or more")?;
+        check_range(
+            "compaction.threshold",
+            self.compaction.threshold,
+            1,
+            u64::MAX,
+            "1 or more",
+        )?;
         if !(0.0..=1.0).contains(&self.compaction.ratio) {
             return Err(out_of_range("compaction.ratio", self.compaction.ratio, "0.0 to 1.0"));
         }
-        check_range("limits.max_key_bytes", self.limits.max_key_bytes, 1, 1 << 24, "1 to 16777216")?;
-        check_range("limits.max_value_bytes", self.limits.max_value_bytes, 0, 1 << 29, "0 to 536870912")?;
+        check_range(
+            "limits.max_key_bytes",
+            self.limits.max_key_bytes,
+            1,
+            1 << 24,
+            "1 to 16777216",
+        )?;
+        check_range(
+            "limits.max_value_bytes",
+            self.limits.max_value_bytes,
+            0,
+            1 << 29,
+            "0 to 536870912",
+        )?;
         check_range(
             "limits.max_record_bytes",
             self.limits.max_record_bytes,
@@ -251,10 +286,13 @@ fn check_range(key: &'static str, value: u64, min: u64, max: u64, accepted: &'st
 }
 
 fn check_addr(key: &'static str, value: &str) -> Result<(), ConfigError> {
-    value
-        .parse::<SocketAddr>()
-        .map(|_| ())
-        .map_err(|_| out_of_range(key, format!("{value:?}"), "an IP address and port, e.g. \"127.0.0.1:6380\""))
+    value.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
+        out_of_range(
+            key,
+            format!("{value:?}"),
+            "an IP address and port, e.g. \"127.0.0.1:6380\"",
+        )
+    })
 }
 
 #[cfg(test)]

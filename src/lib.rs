@@ -39,3 +39,8 @@ pub use error::{ConfigError, Corruption, Error, Result};
 pub use recovery::{Recovery, TruncatedTail};
 pub use stats::StoreStats;
 pub use store::{Pending, Store};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -83,7 +83,9 @@ pub(crate) fn recover(fs: &dyn FileSystem, config: &Config) -> Result<RecoveredL
     let mut contents: Vec<Vec<u8>> = Vec::new();
     let mut unused = Vec::new();
     while let Some(last) = files.last() {
-        let bytes = fs.read(&last.path).map_err(|e| Error::io("read segment", &last.path, e))?;
+        let bytes = fs
+            .read(&last.path)
+            .map_err(|e| Error::io("read segment", &last.path, e))?;
         if matches!(SegmentHeader::decode(&bytes), Err(HeaderError::Unwritten)) {
             unused.extend(files.pop());
         } else {
@@ -101,7 +103,8 @@ pub(crate) fn recover(fs: &dyn FileSystem, config: &Config) -> Result<RecoveredL
         let bytes = if newest {
             contents.pop().unwrap_or_default()
         } else {
-            fs.read(&file.path).map_err(|e| Error::io("read segment", &file.path, e))?
+            fs.read(&file.path)
+                .map_err(|e| Error::io("read segment", &file.path, e))?
         };
         let header = match SegmentHeader::decode(&bytes) {
             Ok(header) => header,
@@ -155,11 +158,13 @@ pub(crate) fn recover(fs: &dyn FileSystem, config: &Config) -> Result<RecoveredL
     }
 
     for file in &unused {
-        fs.remove(&file.path).map_err(|e| Error::io("remove unused segment", &file.path, e))?;
+        fs.remove(&file.path)
+            .map_err(|e| Error::io("remove unused segment", &file.path, e))?;
     }
     if removed_torn_segment {
         if let Some(file) = files.last() {
-            fs.remove(&file.path).map_err(|e| Error::io("remove torn segment", &file.path, e))?;
+            fs.remove(&file.path)
+                .map_err(|e| Error::io("remove torn segment", &file.path, e))?;
         }
     }
     if !unused.is_empty() || removed_torn_segment {
@@ -318,7 +323,9 @@ fn nonzero_extent(bytes: &[u8], from: usize) -> u64 {
 /// page cache held but the disk may not (a previous writer's unsynced tail)
 /// is synced before anything after it is written.
 fn seal_newest(fs: &dyn FileSystem, path: &Path, bytes: &[u8], logical_end: usize) -> Result<()> {
-    let file = fs.open_writable(path).map_err(|e| Error::io("open newest segment", path, e))?;
+    let file = fs
+        .open_writable(path)
+        .map_err(|e| Error::io("open newest segment", path, e))?;
     if bytes.len() != logical_end {
         file.set_len(logical_end as u64)
             .map_err(|e| Error::io("truncate newest segment", path, e))?;

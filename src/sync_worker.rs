@@ -136,7 +136,9 @@ fn run(shared: &Shared) {
         let mut jobs = batch.drain(..).peekable();
         while let Some(first) = jobs.next() {
             let mut group = vec![first];
-            while let Some(next) = jobs.next_if(|j| Arc::ptr_eq(&j.file, &group[0].file) && group.last().is_some_and(|g| g.seal_at.is_none())) {
+            while let Some(next) = jobs
+                .next_if(|j| Arc::ptr_eq(&j.file, &group[0].file) && group.last().is_some_and(|g| g.seal_at.is_none()))
+            {
                 group.push(next);
             }
             let result = sync_group(shared, &group);

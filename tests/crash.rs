@@ -50,9 +50,14 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_DIR) else {
         return;
     };
-    let cycle: u32 = std::env::var(CHILD_CYCLE).expect("cycle").parse().expect("cycle number");
+    let cycle: u32 = std::env::var(CHILD_CYCLE)
+        .expect("cycle")
+        .parse()
+        .expect("cycle number");
     actix_rt::System::new().block_on(async move {
-        let (store, _) = Store::open(config(dir.as_ref(), SyncMode::Always)).await.expect("child open");
+        let (store, _) = Store::open(config(dir.as_ref(), SyncMode::Always))
+            .await
+            .expect("child open");
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let store = store.clone();
@@ -61,11 +66,19 @@ fn crash_child() {
                         let entry = if i % 7 == 3 {
                             // Every seventh append is an atomic batch of two.
                             Entry::Batch(vec![
-                                Op::Set { key: key(cycle, w, i), value: value(cycle, w, i) },
-                                Op::Delete { key: format!("absent-{w}").into_bytes() },
+                                Op::Set {
+                                    key: key(cycle, w, i),
+                                    value: value(cycle, w, i),
+                                },
+                                Op::Delete {
+                                    key: format!("absent-{w}").into_bytes(),
+                                },
                             ])
                         } else {
-                            Entry::Op(Op::Set { key: key(cycle, w, i), value: value(cycle, w, i) })
+                            Entry::Op(Op::Set {
+                                key: key(cycle, w, i),
+                                value: value(cycle, w, i),
+                            })
                         };
                         let seq = store.submit(entry).expect("child submit").await.expect("child append");
                         println!("ACK {seq} {cycle} {w} {i}");
@@ -127,7 +140,9 @@ fn acknowledged_writes_survive_sigkill() {
             }
         });
         // Wait for the first acknowledgement, then kill at a random moment.
-        let first = rx.recv_timeout(Duration::from_secs(30)).expect("the child acknowledges appends");
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the child acknowledges appends");
         std::thread::sleep(Duration::from_millis(20 + rng.below(300)));
         child.kill().expect("SIGKILL the child");
         child.wait().expect("reap the child");
@@ -150,10 +165,16 @@ fn acknowledged_writes_survive_sigkill() {
 /// Opens the store after a kill and checks the recovered log; returns how
 /// many records it holds.
 async fn check_recovery(dir: &std::path::Path, acked: &[(u64, u32, u32, u32)], before: u64) -> u64 {
-    let (store, recovery) = Store::open(config(dir, SyncMode::Always)).await.expect("open after kill");
+    let (store, recovery) = Store::open(config(dir, SyncMode::Always))
+        .await
+        .expect("open after kill");
     let records = &recovery.records;
     for (index, record) in records.iter().enumerate() {
-        assert_eq!(record.seq, index as u64 + 1, "recovered sequence is a prefix: no gap, no duplicate");
+        assert_eq!(
+            record.seq,
+            index as u64 + 1,
+            "recovered sequence is a prefix: no gap, no duplicate"
+        );
     }
     let mut next_i: HashMap<(u32, u32), u32> = HashMap::new();
     for record in records {
@@ -161,19 +182,36 @@ async fn check_recovery(dir: &std::path::Path, acked: &[(u64, u32, u32, u32)], b
             panic!("seq {}: the first op of every record is a set", record.seq);
         };
         let (cycle, w, i) = parse_key(k).unwrap_or_else(|| panic!("seq {}: invented key {k:?}", record.seq));
-        assert_eq!(v, &value(cycle, w, i), "seq {}: value is exactly what was written", record.seq);
+        assert_eq!(
+            v,
+            &value(cycle, w, i),
+            "seq {}: value is exactly what was written",
+            record.seq
+        );
         let expected_i = next_i.entry((cycle, w)).or_insert(0);
-        assert_eq!(i, *expected_i, "writer {w} of cycle {cycle}: its appends come back in order without gaps");
+        assert_eq!(
+            i, *expected_i,
+            "writer {w} of cycle {cycle}: its appends come back in order without gaps"
+        );
         *expected_i += 1;
         if i % 7 == 3 {
-            assert_eq!(record.entry.ops().len(), 2, "seq {}: an atomic batch comes back whole", record.seq);
+            assert_eq!(
+                record.entry.ops().len(),
+                2,
+                "seq {}: an atomic batch comes back whole",
+                record.seq
+            );
         }
     }
     for &(seq, cycle, w, i) in acked {
         let record = records
             .get(seq as usize - 1)
             .unwrap_or_else(|| panic!("acknowledged seq {seq} is missing after SIGKILL"));
-        assert_eq!(record.entry.ops()[0].key(), key(cycle, w, i).as_slice(), "acknowledged seq {seq}");
+        assert_eq!(
+            record.entry.ops()[0].key(),
+            key(cycle, w, i).as_slice(),
+            "acknowledged seq {seq}"
+        );
     }
     assert!(records.len() as u64 >= before, "nothing recovered earlier disappears");
     store.shutdown().await.expect("shutdown");

@@ -18,7 +18,10 @@ async fn set_delete_and_batch_survive_a_restart_and_sequence_numbers_continue() 
     assert_eq!(store.set("b", "2").await.expect("set"), 2);
     assert_eq!(store.delete("a").await.expect("delete"), 3);
     let batch = vec![
-        Op::Set { key: b"c".to_vec(), value: b"3".to_vec() },
+        Op::Set {
+            key: b"c".to_vec(),
+            value: b"3".to_vec(),
+        },
         Op::Delete { key: b"b".to_vec() },
     ];
     assert_eq!(store.append_batch(batch.clone()).await.expect("batch"), 4);
@@ -52,7 +55,10 @@ async fn concurrent_appenders(mode: SyncMode) {
             actix_rt::spawn(async move {
                 let mut seqs = Vec::with_capacity(PER_WRITER);
                 for i in 0..PER_WRITER {
-                    let seq = store.set(format!("w{w}-{i}"), vec![b'v'; 100]).await.expect("append acknowledged");
+                    let seq = store
+                        .set(format!("w{w}-{i}"), vec![b'v'; 100])
+                        .await
+                        .expect("append acknowledged");
                     seqs.push(seq);
                 }
                 seqs
@@ -62,7 +68,10 @@ async fn concurrent_appenders(mode: SyncMode) {
     let mut all = Vec::new();
     for task in tasks {
         let seqs = task.await.expect("writer task");
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one writer's sequence numbers increase");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one writer's sequence numbers increase"
+        );
         all.extend(seqs);
     }
     all.sort_unstable();
@@ -108,12 +117,19 @@ async fn rotation_spans_many_segments_in_sequence_order() {
     assert!(files.len() >= 10, "expected many segments, got {}", files.len());
     for file in &files[..files.len() - 1] {
         let len = std::fs::metadata(file).expect("stat").len();
-        assert!(len <= 4096 || len > 10_000, "sealed segment {} has {len} bytes", file.display());
+        assert!(
+            len <= 4096 || len > 10_000,
+            "sealed segment {} has {len} bytes",
+            file.display()
+        );
     }
     let (_store, recovery) = Store::open(cfg).await.expect("reopen");
     assert_eq!(recovery.records.len(), 502);
     assert!(recovery.records.iter().zip(1..).all(|(r, s)| r.seq == s));
-    assert_eq!(state(&recovery.records).get(b"big".as_slice()).map(Vec::len), Some(10_000));
+    assert_eq!(
+        state(&recovery.records).get(b"big".as_slice()).map(Vec::len),
+        Some(10_000)
+    );
 }
 
 #[actix_rt::test]
@@ -131,13 +147,23 @@ async fn invalid_requests_are_refused_and_nothing_is_written() {
     let err = store.set("k", vec![0u8; 101]).await.unwrap_err();
     assert!(err.to_string().contains("limits.max_value_bytes"), "{err}");
     let big_batch: Vec<Op> = (0..20)
-        .map(|i| Op::Set { key: format!("k{i}").into_bytes(), value: vec![0; 90] })
+        .map(|i| Op::Set {
+            key: format!("k{i}").into_bytes(),
+            value: vec![0; 90],
+        })
         .collect();
     let err = store.append_batch(big_batch).await.unwrap_err();
     assert!(err.to_string().contains("limits.max_record_bytes"), "{err}");
-    let err = store.append_batch(vec![Op::Delete { key: Vec::new() }]).await.unwrap_err();
+    let err = store
+        .append_batch(vec![Op::Delete { key: Vec::new() }])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidRequest(_)));
-    assert_eq!(store.set("ok", "v").await.expect("valid set"), 1, "refused requests use no sequence number");
+    assert_eq!(
+        store.set("ok", "v").await.expect("valid set"),
+        1,
+        "refused requests use no sequence number"
+    );
     store.shutdown().await.expect("shutdown");
     let (_store, recovery) = Store::open(cfg).await.expect("reopen");
     assert_eq!(recovery.records.len(), 1);
@@ -179,9 +205,16 @@ async fn batch_mode_syncs_every_batch_size_records() {
         store.set(i.to_be_bytes().to_vec(), "v").await.expect("set");
     }
     assert_eq!(store.stats().last_seq, 95);
-    assert!(durable_reaches(&store, 90, Duration::from_secs(5)).await, "9 full batches are synced");
+    assert!(
+        durable_reaches(&store, 90, Duration::from_secs(5)).await,
+        "9 full batches are synced"
+    );
     actix_rt::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(store.stats().durable_seq, 90, "a partial batch waits for its size or its delay");
+    assert_eq!(
+        store.stats().durable_seq,
+        90,
+        "a partial batch waits for its size or its delay"
+    );
     assert_eq!(store.sync().await.expect("sync"), 95);
     assert_eq!(store.stats().durable_seq, 95);
     store.shutdown().await.expect("shutdown");
@@ -197,7 +230,10 @@ async fn batch_mode_syncs_a_partial_batch_after_the_delay() {
     for i in 0..5u32 {
         store.set(i.to_be_bytes().to_vec(), "v").await.expect("set");
     }
-    assert!(durable_within(&store, Duration::from_secs(5)).await, "the timer syncs a partial batch");
+    assert!(
+        durable_within(&store, Duration::from_secs(5)).await,
+        "the timer syncs a partial batch"
+    );
     store.shutdown().await.expect("shutdown");
 }
 
@@ -233,10 +269,15 @@ async fn none_mode_syncs_only_when_asked() {
 async fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("open");
-    let err = Store::open(config(dir.path(), SyncMode::Always)).await.err().expect("second open fails");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("second open fails");
     assert!(err.to_string().contains("in use"), "{err}");
     store.shutdown().await.expect("shutdown");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("open after shutdown");
+    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open after shutdown");
     store.shutdown().await.expect("shutdown");
 }
 

@@ -76,7 +76,9 @@ async fn a_panicking_wal_actor_is_restarted_and_its_waiters_get_an_error() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let armed = Arc::new(AtomicBool::new(false));
-    let fs = Arc::new(PanickingFs { armed: Arc::clone(&armed) });
+    let fs = Arc::new(PanickingFs {
+        armed: Arc::clone(&armed),
+    });
     let cfg = config(dir.path(), SyncMode::Always);
     let (store, _) = Store::open_with_fs(cfg.clone(), fs).await.expect("open");
     store.set("before", "1").await.expect("set before the panic");
@@ -112,5 +114,8 @@ async fn a_panicking_wal_actor_is_restarted_and_its_waiters_get_an_error() {
     let map = state(&recovery.records);
     assert_eq!(map.get(b"before".as_slice()), Some(&b"1".to_vec()));
     assert_eq!(map.get(b"after".as_slice()), Some(&b"3".to_vec()));
-    assert!(!map.contains_key(b"doomed".as_slice()), "the panicking write never reached the file");
+    assert!(
+        !map.contains_key(b"doomed".as_slice()),
+        "the panicking write never reached the file"
+    );
 }

@@ -42,11 +42,17 @@ async fn truncation_at_every_offset_of_the_last_three_records_opens_the_intact_p
             }
             drop(file);
             let intact = frames.iter().filter(|f| f.end <= cut).count();
-            let (store, recovery) = Store::open(config(&dir, SyncMode::Always)).await.expect("torn tail opens");
+            let (store, recovery) = Store::open(config(&dir, SyncMode::Always))
+                .await
+                .expect("torn tail opens");
             let seqs: Vec<u64> = recovery.records.iter().map(|r| r.seq).collect();
             assert_eq!(seqs, (1..=intact as u64).collect::<Vec<_>>(), "cut at {cut}");
             let torn = frames.iter().any(|f| f.start < cut && cut < f.end);
-            assert_eq!(recovery.truncated.is_some(), torn, "cut at {cut}: torn tail reported iff a record was cut");
+            assert_eq!(
+                recovery.truncated.is_some(),
+                torn,
+                "cut at {cut}: torn tail reported iff a record was cut"
+            );
             if let Some(tail) = &recovery.truncated {
                 assert_eq!(tail.file, segment);
                 assert_eq!(tail.offset, frames[intact].start as u64);
@@ -80,7 +86,10 @@ async fn a_flipped_byte_in_a_sealed_segment_fails_the_open_and_names_the_file() 
     for mode in [RecoveryMode::TolerateTail, RecoveryMode::Absolute] {
         let mut cfg = cfg.clone();
         cfg.wal.recovery_mode = mode;
-        let err = Store::open(cfg).await.err().expect("damaged sealed segment fails the open");
+        let err = Store::open(cfg)
+            .await
+            .err()
+            .expect("damaged sealed segment fails the open");
         match &err {
             Error::Corruption(c) => {
                 assert_eq!(&c.file, victim);
@@ -90,7 +99,10 @@ async fn a_flipped_byte_in_a_sealed_segment_fails_the_open_and_names_the_file() 
             other => panic!("expected corruption, got {other}"),
         }
         let text = err.to_string();
-        assert!(text.contains(&victim.display().to_string()) && text.contains("offset"), "{text}");
+        assert!(
+            text.contains(&victim.display().to_string()) && text.contains("offset"),
+            "{text}"
+        );
     }
     let after = std::fs::read(victim).expect("read");
     assert_eq!(after, bytes, "a failed open changes nothing");
@@ -112,7 +124,10 @@ async fn damage_in_the_newest_segment_followed_by_intact_records_is_not_a_torn_t
     let mut bytes = std::fs::read(&newest).expect("read");
     bytes[frames[5].start + 18] ^= 0x80;
     std::fs::write(&newest, &bytes).expect("write");
-    let err = Store::open(config(dir.path(), SyncMode::Always)).await.err().expect("fails");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("fails");
     let text = err.to_string();
     assert!(text.contains("intact records follow"), "{text}");
     assert!(text.contains(&newest.display().to_string()), "{text}");
@@ -129,7 +144,10 @@ async fn absolute_mode_refuses_a_torn_tail() {
     let mut cfg = config(dir.path(), SyncMode::Always);
     cfg.wal.recovery_mode = RecoveryMode::Absolute;
     let err = Store::open(cfg).await.err().expect("absolute refuses");
-    assert!(matches!(err, Error::Corruption(ref c) if c.offset == frames[4].start as u64), "{err}");
+    assert!(
+        matches!(err, Error::Corruption(ref c) if c.offset == frames[4].start as u64),
+        "{err}"
+    );
 }
 
 #[actix_rt::test]
@@ -147,5 +165,8 @@ async fn a_damaged_segment_header_is_named() {
     bytes[3] ^= 0xFF;
     std::fs::write(&first, &bytes).expect("write");
     let err = Store::open(cfg).await.err().expect("fails");
-    assert!(matches!(&err, Error::Corruption(c) if c.file == first && c.offset == 0 && c.reason.contains("magic")), "{err}");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file == first && c.offset == 0 && c.reason.contains("magic")),
+        "{err}"
+    );
 }

@@ -82,7 +82,10 @@ impl Handler<WalDied> for StoreSupervisor {
         if msg.generation != self.generation || self.arbiter.is_none() {
             return;
         }
-        tracing::error!(generation = msg.generation, "the WAL actor died; re-validating the log and restarting it");
+        tracing::error!(
+            generation = msg.generation,
+            "the WAL actor died; re-validating the log and restarting it"
+        );
         metrics::counter!("concordkv_actor_restarts_total", "actor" => "wal").increment(1);
         self.wal = None;
         self.timer = None;

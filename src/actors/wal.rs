@@ -246,7 +246,10 @@ impl WalActor {
         }
         self.unsynced += acks.len() as u64;
         let upto = self.next_seq - 1;
-        let mut waiters: Vec<Waiter> = sync_replies.into_iter().map(|reply| Waiter { seq: upto, reply }).collect();
+        let mut waiters: Vec<Waiter> = sync_replies
+            .into_iter()
+            .map(|reply| Waiter { seq: upto, reply })
+            .collect();
         match self.sync_mode() {
             SyncMode::Always => waiters.append(&mut acks),
             SyncMode::Batch | SyncMode::Interval | SyncMode::None => {
@@ -354,9 +357,12 @@ impl WalActor {
             let _ = reply.send(Err(Error::WalFailed(reason)));
             return;
         }
-        self.submit_sync(Vec::new(), Some(Box::new(move |result| {
-            let _ = reply.send(result.map_err(Error::WalFailed));
-        })));
+        self.submit_sync(
+            Vec::new(),
+            Some(Box::new(move |result| {
+                let _ = reply.send(result.map_err(Error::WalFailed));
+            })),
+        );
     }
 }
 

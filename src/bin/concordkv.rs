@@ -9,7 +9,11 @@ use concordkv::{Config, SyncMode};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "concordkv", version, about = "A durable key-value log with a Redis-protocol server")]
+#[command(
+    name = "concordkv",
+    version,
+    about = "A durable key-value log with a Redis-protocol server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,7 +93,7 @@ fn run(command: Command) -> Result<(), concordkv::Error> {
             batch,
             json,
         } => {
-            if writers == 0 || !(seconds > 0.0) || batch == 0 {
+            if writers == 0 || !seconds.is_finite() || seconds <= 0.0 || batch == 0 {
                 return Err(concordkv::Error::InvalidRequest(
                     "--writers and --batch must be at least 1 and --seconds positive".into(),
                 ));

@@ -50,7 +50,10 @@ pub fn read_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
         return if buf.iter().all(|b| *b == 0) {
             Frame::Unwritten
         } else {
-            Frame::Damaged(format!("incomplete frame header ({} of {FRAME_HEADER_BYTES} bytes)", buf.len()))
+            Frame::Damaged(format!(
+                "incomplete frame header ({} of {FRAME_HEADER_BYTES} bytes)",
+                buf.len()
+            ))
         };
     }
     let header = &buf[..FRAME_HEADER_BYTES];
@@ -67,7 +70,9 @@ pub fn read_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
         return Frame::Damaged("frame with an empty payload".into());
     }
     if payload_len > max_payload {
-        return Frame::Damaged(format!("frame length {payload_len} exceeds the record limit {max_payload}"));
+        return Frame::Damaged(format!(
+            "frame length {payload_len} exceeds the record limit {max_payload}"
+        ));
     }
     let available = buf.len() - FRAME_HEADER_BYTES;
     if payload_len > available {
@@ -78,7 +83,9 @@ pub fn read_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
     let payload = &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + payload_len];
     let actual = frame_crc(len, seq, payload);
     if actual != crc {
-        return Frame::Damaged(format!("checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"));
+        return Frame::Damaged(format!(
+            "checksum mismatch (stored {crc:#010x}, computed {actual:#010x})"
+        ));
     }
     Frame::Record {
         seq,

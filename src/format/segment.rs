@@ -126,7 +126,10 @@ mod tests {
         for i in 0..SEGMENT_HEADER_BYTES {
             let mut bad = bytes;
             bad[i] ^= 0x40;
-            assert!(matches!(SegmentHeader::decode(&bad), Err(HeaderError::Damaged(_))), "byte {i}");
+            assert!(
+                matches!(SegmentHeader::decode(&bad), Err(HeaderError::Damaged(_))),
+                "byte {i}"
+            );
         }
         assert_eq!(SegmentHeader::decode(&[0u8; 64]), Err(HeaderError::Unwritten));
     }

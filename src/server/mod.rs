@@ -26,11 +26,10 @@ use db::Db;
 /// Opens the store, serves until SIGINT or SIGTERM, then shuts down cleanly.
 /// Must run inside an actix System.
 pub async fn serve(config: Config) -> Result<()> {
-    let addr: SocketAddr = config
-        .server
-        .listen
-        .parse()
-        .map_err(|_| Error::InvalidRequest(format!("server.listen = {:?} is not an address", config.server.listen)))?;
+    let addr: SocketAddr =
+        config.server.listen.parse().map_err(|_| {
+            Error::InvalidRequest(format!("server.listen = {:?} is not an address", config.server.listen))
+        })?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io("listen on server.listen", addr.to_string(), e))?;

@@ -55,7 +55,10 @@ fn parse_multibulk(buf: &mut BytesMut, max_request_bytes: usize) -> Result<Optio
             return Ok(None);
         }
         if buf[at] != b'$' {
-            return Err(ProtocolError(format!("expected '$', got '{}'", char::from(buf[at]).escape_default())));
+            return Err(ProtocolError(format!(
+                "expected '$', got '{}'",
+                char::from(buf[at]).escape_default()
+            )));
         }
         let Some((len, data_at)) = read_prefix(buf, at, b'$')? else {
             return Ok(None);
@@ -174,7 +177,10 @@ mod tests {
         let mut buf = BytesMut::from(&b"*2\r\n$600000\r\n"[..]);
         buf.extend_from_slice(&vec![b'a'; 600_000]);
         buf.extend_from_slice(b"\r\n$600000\r\n");
-        assert!(parse_request(&mut buf, 1 << 20).is_err(), "the sum of the arguments counts");
+        assert!(
+            parse_request(&mut buf, 1 << 20).is_err(),
+            "the sum of the arguments counts"
+        );
         let mut buf = BytesMut::from(&b"*99999999999\r\n"[..]);
         assert!(parse_request(&mut buf, 1 << 20).is_err());
     }
@@ -192,6 +198,9 @@ mod tests {
 
     #[test]
     fn empty_requests_do_nothing() {
-        assert_eq!(parse_all(b"*0\r\n\r\n").expect("parses"), vec![Vec::<Bytes>::new(), Vec::new()]);
+        assert_eq!(
+            parse_all(b"*0\r\n\r\n").expect("parses"),
+            vec![Vec::<Bytes>::new(), Vec::new()]
+        );
     }
 }

@@ -34,6 +34,10 @@ pub fn compatibility(name: &str, rest: &[Bytes]) -> Reply {
     Reply::Now(match (name, sub.as_str()) {
         ("CONFIG", "GET") | ("COMMAND", _) => BytesFrame::Array(Vec::new()),
         ("CLIENT", "SETNAME") | ("CLIENT", "SETINFO") => ok(),
-        _ => error(format!("unsupported command '{} {}'", name.to_ascii_lowercase(), sub.to_ascii_lowercase())),
+        _ => error(format!(
+            "unsupported command '{} {}'",
+            name.to_ascii_lowercase(),
+            sub.to_ascii_lowercase()
+        )),
     })
 }

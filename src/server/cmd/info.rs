@@ -11,7 +11,12 @@ use crate::server::db::Db;
 /// `INFO [section]`.
 pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
     let wanted = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
-    let show = |name: &str| matches!(wanted.as_deref(), None | Some("all") | Some("default") | Some("everything")) || wanted.as_deref() == Some(name);
+    let show = |name: &str| {
+        matches!(
+            wanted.as_deref(),
+            None | Some("all") | Some("default") | Some("everything")
+        ) || wanted.as_deref() == Some(name)
+    };
     let store = db.store();
     let config = store.config();
     let stats = store.stats();

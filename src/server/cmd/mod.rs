@@ -34,7 +34,10 @@ pub fn ok() -> BytesFrame {
 }
 
 fn wrong_arity(name: &str) -> Reply {
-    Reply::Now(error(format!("wrong number of arguments for '{}' command", name.to_ascii_lowercase())))
+    Reply::Now(error(format!(
+        "wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    )))
 }
 
 /// Runs one request against `db`.

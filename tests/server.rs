@@ -1,0 +1,336 @@
+//! `concordkv serve` as a user meets it: a real process on a loopback port,
+//! spoken to over TCP by a raw RESP client and by `redis-cli`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use redis_protocol::resp2::decode::decode_bytes_mut;
+use redis_protocol::resp2::types::BytesFrame;
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        Server::start_on(dir, port, extra_env)
+    }
+
+    fn start_on(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_concordkv"));
+        command
+            .arg("serve")
+            .env("CONCORDKV__DATA_DIR", dir)
+            .env("CONCORDKV__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("CONCORDKV__METRICS__ENABLED", "false")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start concordkv serve");
+        let server = Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "server did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn client(&self) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        Client {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) with a valid pid and signal has no memory effects.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "send SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+impl Client {
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// The next reply, or `None` if the server closed the connection.
+    fn read(&mut self) -> Option<BytesFrame> {
+        loop {
+            if let Some((frame, _, _)) = decode_bytes_mut(&mut self.buf).expect("valid reply") {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.stream.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn call(&mut self, args: &[&str]) -> BytesFrame {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send_raw(&encode(&args));
+        self.read().expect("a reply")
+    }
+}
+
+fn bulk(s: &str) -> BytesFrame {
+    BytesFrame::BulkString(s.as_bytes().to_vec().into())
+}
+
+fn ok() -> BytesFrame {
+    BytesFrame::SimpleString("OK".into())
+}
+
+fn is_error(frame: &BytesFrame, needle: &str) -> bool {
+    matches!(frame, BytesFrame::Error(e) if e.contains(needle))
+}
+
+#[test]
+fn commands_behave_like_redis() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert_eq!(c.call(&["PING"]), BytesFrame::SimpleString("PONG".into()));
+    assert_eq!(c.call(&["ping", "hi"]), bulk("hi"));
+    assert_eq!(c.call(&["SET", "a", "1"]), ok());
+    assert_eq!(c.call(&["GET", "a"]), bulk("1"));
+    assert_eq!(c.call(&["GET", "missing"]), BytesFrame::Null);
+    assert_eq!(c.call(&["MSET", "b", "2", "c", "3"]), ok());
+    assert_eq!(c.call(&["EXISTS", "a", "b", "nope", "a"]), BytesFrame::Integer(3));
+    assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(3));
+    assert_eq!(c.call(&["DEL", "a", "b", "nope"]), BytesFrame::Integer(2));
+    assert_eq!(c.call(&["DEL", "nope"]), BytesFrame::Integer(0));
+    assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(1));
+    assert!(is_error(&c.call(&["FLUSHALL"]), "unknown command 'flushall'"));
+    assert!(is_error(&c.call(&["GET"]), "wrong number of arguments for 'get'"));
+    assert!(is_error(&c.call(&["MSET", "k"]), "wrong number of arguments"));
+    assert!(is_error(&c.call(&["SET", "", "v"]), "empty key"));
+    let BytesFrame::BulkString(info) = c.call(&["INFO", "persistence"]) else {
+        panic!("INFO returns a bulk string");
+    };
+    let info = String::from_utf8_lossy(&info);
+    assert!(
+        info.contains("sync_mode:always") && info.contains("wal_last_seq:3"),
+        "{info}"
+    );
+    assert_eq!(c.call(&["QUIT"]), ok());
+    assert!(c.read().is_none(), "QUIT closes the connection");
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    let mut batch = Vec::new();
+    for i in 0..200 {
+        batch.extend(encode(&[
+            b"SET",
+            format!("k{i}").as_bytes(),
+            format!("v{i}").as_bytes(),
+        ]));
+        batch.extend(encode(&[b"GET", format!("k{i}").as_bytes()]));
+    }
+    batch.extend(encode(&[b"DBSIZE"]));
+    c.send_raw(&batch);
+    for i in 0..200 {
+        assert_eq!(c.read().expect("reply"), ok());
+        assert_eq!(
+            c.read().expect("reply"),
+            bulk(&format!("v{i}")),
+            "a read sees the write before it"
+        );
+    }
+    assert_eq!(c.read().expect("reply"), BytesFrame::Integer(200));
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_and_sigterm_drains_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert_eq!(c.call(&["SET", "a", "b"]), ok());
+    assert_eq!(c.call(&["MSET", "x", "1", "y", "2"]), ok());
+    server.kill9();
+
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert_eq!(c.call(&["GET", "a"]), bulk("b"));
+    assert_eq!(c.call(&["GET", "y"]), bulk("2"));
+    assert_eq!(c.call(&["SET", "after", "restart"]), ok());
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM exits cleanly: {status}");
+
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert_eq!(c.call(&["GET", "after"]), bulk("restart"));
+    assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(4));
+}
+
+#[test]
+fn malformed_and_oversized_requests_close_only_their_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[("CONCORDKV__SERVER__MAX_REQUEST_BYTES", "65536")]);
+    let mut bystander = server.client();
+    assert_eq!(bystander.call(&["SET", "k", "v"]), ok());
+
+    let hostile: [&[u8]; 4] = [
+        b"*1\r\n$999999999\r\n",
+        b"*2\r\n*1\r\n*1\r\n*1\r\n",
+        b"*abc\r\n",
+        b"*1\r\n$3\r\nGETxx",
+    ];
+    for request in hostile {
+        let mut c = server.client();
+        c.send_raw(request);
+        let reply = c.read().expect("an error reply before the close");
+        assert!(is_error(&reply, "Protocol error"), "{request:?}: {reply:?}");
+        assert!(c.read().is_none(), "{request:?}: the connection is closed");
+    }
+    let mut c = server.client();
+    let big = "x".repeat(70_000);
+    let reply = c.call(&["SET", "big", &big]);
+    assert!(is_error(&reply, "max_request_bytes"), "{reply:?}");
+
+    // A request cut off half-way is simply waited for; the server keeps serving others.
+    let mut half = server.client();
+    half.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nh");
+    assert_eq!(bystander.call(&["GET", "k"]), bulk("v"));
+    half.send_raw(b"\r\n$1\r\nv\r\n");
+    assert_eq!(half.read().expect("completed request"), ok());
+}
+
+#[test]
+fn clients_over_the_limit_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[("CONCORDKV__SERVER__MAX_CLIENTS", "2")]);
+    // The start-up probe's connections hold slots until the server sees them close.
+    let a = connected_client(&server);
+    let _b = connected_client(&server);
+    let mut c = server.client();
+    let reply = c.read().expect("refusal");
+    assert!(is_error(&reply, "max number of clients"), "{reply:?}");
+    assert!(c.read().is_none(), "the refused connection is closed");
+    drop(a);
+    connected_client(&server);
+}
+
+/// A client that got a slot: retries (bounded) while the server is full.
+fn connected_client(server: &Server) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = server.client();
+        client.send_raw(&encode(&[b"PING"]));
+        if client.read() == Some(BytesFrame::SimpleString("PONG".into())) {
+            return client;
+        }
+        assert!(Instant::now() < deadline, "no client slot became free");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_bad_config_stops_serve_with_the_key_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
+        .arg("serve")
+        .env("CONCORDKV__DATA_DIR", dir.path())
+        .env("CONCORDKV__WAL__SYNC_MODE", "sometimes")
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("sync_mode"), "{stderr}");
+}
+
+fn redis_cli() -> Option<&'static str> {
+    let found = Command::new("redis-cli")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && std::env::var_os("CI").is_some() {
+        panic!("redis-cli is missing on CI; .ci/run installs redis-tools");
+    }
+    found.then_some("redis-cli")
+}
+
+#[test]
+fn redis_cli_talks_to_the_server_and_the_value_survives_kill_9() {
+    let Some(cli) = redis_cli() else {
+        eprintln!("redis-cli is not installed; skipped here (CI installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let port = server.port.to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(cli)
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&["set", "a", "b"]), "OK");
+    assert_eq!(run(&["get", "a"]), "b");
+    assert_eq!(run(&["ping"]), "PONG");
+    server.kill9();
+    let server = Server::start_on(dir.path(), port.parse().expect("port"), &[]);
+    assert_eq!(run(&["get", "a"]), "b");
+    drop(server);
+}
