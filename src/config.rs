@@ -57,6 +57,7 @@ pub struct WalConfig {
     pub sync_interval_ms: u64,
     pub max_segment_bytes: u64,
     pub recovery_mode: RecoveryMode,
+    pub dedicated_writer_thread: bool,
 }
 
 /// `[compaction]`: when automatic compaction starts.
@@ -324,6 +325,7 @@ mod tests {
         assert_eq!(c.wal.sync_interval_ms, 1000);
         assert_eq!(c.wal.max_segment_bytes, 64 << 20);
         assert_eq!(c.wal.recovery_mode, RecoveryMode::TolerateTail);
+        assert!(!c.wal.dedicated_writer_thread);
         assert_eq!(c.compaction.threshold, 1000);
         assert_eq!(c.compaction.ratio, 0.3);
     }

@@ -44,11 +44,13 @@ async fn set_delete_and_batch_survive_a_restart_and_sequence_numbers_continue() 
     assert!(recovery.truncated.is_none(), "a clean shutdown leaves no torn tail");
 }
 
-async fn concurrent_appenders(mode: SyncMode) {
+async fn concurrent_appenders(mode: SyncMode, dedicated_writer_thread: bool) {
     const WRITERS: usize = 64;
     const PER_WRITER: usize = 1000;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), mode)).await.expect("open");
+    let mut cfg = config(dir.path(), mode);
+    cfg.wal.dedicated_writer_thread = dedicated_writer_thread;
+    let (store, _) = Store::open(cfg).await.expect("open");
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| {
             let store = store.clone();
@@ -92,12 +94,17 @@ async fn concurrent_appenders(mode: SyncMode) {
 
 #[actix_rt::test]
 async fn sixty_four_appenders_always_mode_all_acknowledged_and_recovered() {
-    concurrent_appenders(SyncMode::Always).await;
+    concurrent_appenders(SyncMode::Always, false).await;
+}
+
+#[actix_rt::test]
+async fn sixty_four_appenders_always_mode_on_a_dedicated_writer_thread() {
+    concurrent_appenders(SyncMode::Always, true).await;
 }
 
 #[actix_rt::test]
 async fn sixty_four_appenders_none_mode_all_acknowledged_and_recovered() {
-    concurrent_appenders(SyncMode::None).await;
+    concurrent_appenders(SyncMode::None, false).await;
 }
 
 #[actix_rt::test]

@@ -73,13 +73,23 @@ impl FileSystem for PanickingFs {
 
 #[actix_rt::test]
 async fn a_panicking_wal_actor_is_restarted_and_its_waiters_get_an_error() {
+    panic_and_restart(false).await;
+}
+
+#[actix_rt::test]
+async fn a_panicking_wal_actor_on_its_own_thread_is_restarted() {
+    panic_and_restart(true).await;
+}
+
+async fn panic_and_restart(dedicated_writer_thread: bool) {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let armed = Arc::new(AtomicBool::new(false));
     let fs = Arc::new(PanickingFs {
         armed: Arc::clone(&armed),
     });
-    let cfg = config(dir.path(), SyncMode::Always);
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.dedicated_writer_thread = dedicated_writer_thread;
     let (store, _) = Store::open_with_fs(cfg.clone(), fs).await.expect("open");
     store.set("before", "1").await.expect("set before the panic");
 

@@ -1,6 +1,6 @@
-//! `StoreSupervisor`: starts the WAL actor (on an arbiter of its own, so the
-//! writer has a thread to itself) and its sync timer, restarts the WAL actor
-//! when it dies, and drains everything on shutdown.
+//! `StoreSupervisor`: starts the WAL actor (on the opening arbiter, or on one
+//! of its own with `wal.dedicated_writer_thread`) and its sync timer,
+//! restarts the WAL actor when it dies, and drains everything on shutdown.
 //!
 //! actix's `Supervisor` only restarts an actor that *stops*; a panic in a
 //! handler kills the task and closes the mailbox without `restarting()`
@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::prelude::*;
-use actix_rt::Arbiter;
+use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::oneshot;
 
 use crate::actors::messages::{Shutdown, StopWal, WalDied, WalRecovered};
@@ -26,7 +26,11 @@ use crate::inbox::Closed;
 /// Supervises one store's actors.
 pub struct StoreSupervisor {
     shared: Arc<WalShared>,
-    arbiter: Option<Arbiter>,
+    /// Where the WAL actor and its timer run.
+    arbiter: ArbiterHandle,
+    /// The WAL's own arbiter thread, with `wal.dedicated_writer_thread`.
+    own_arbiter: Option<Arbiter>,
+    shutting_down: bool,
     wal: Option<Addr<WalActor>>,
     timer: Option<Addr<SyncTimerActor>>,
     /// Incremented at every (re)start, so a late death notice of an old
@@ -40,9 +44,12 @@ impl StoreSupervisor {
     /// Starts the supervisor and, through it, the WAL actor at `start`.
     pub(crate) fn launch(shared: Arc<WalShared>, start: WalStart, lock: DirLock) -> Addr<StoreSupervisor> {
         StoreSupervisor::create(|ctx| {
+            let own_arbiter = shared.config.wal.dedicated_writer_thread.then(Arbiter::new);
             let mut supervisor = StoreSupervisor {
+                arbiter: own_arbiter.as_ref().map_or_else(Arbiter::current, Arbiter::handle),
+                own_arbiter,
+                shutting_down: false,
                 shared,
-                arbiter: Some(Arbiter::new()),
                 wal: None,
                 timer: None,
                 generation: 0,
@@ -54,18 +61,18 @@ impl StoreSupervisor {
     }
 
     fn start_wal(&mut self, ctx: &mut Context<Self>, start: WalStart) {
-        let Some(arbiter) = &self.arbiter else {
+        if self.shutting_down {
             return;
-        };
+        }
         self.generation += 1;
         let death = DeathNotice {
             supervisor: ctx.address(),
             generation: self.generation,
         };
         let shared = Arc::clone(&self.shared);
-        let wal = WalActor::start_in_arbiter(&arbiter.handle(), move |_| WalActor::new(shared, start, death));
+        let wal = WalActor::start_in_arbiter(&self.arbiter, move |_| WalActor::new(shared, start, death));
         self.timer = SyncTimerActor::for_mode(&self.shared.config.wal, wal.clone())
-            .map(|timer| SyncTimerActor::start_in_arbiter(&arbiter.handle(), move |_| timer));
+            .map(|timer| SyncTimerActor::start_in_arbiter(&self.arbiter, move |_| timer));
         self.shared.inbox.open(wal.clone());
         self.wal = Some(wal);
     }
@@ -79,7 +86,7 @@ impl Handler<WalDied> for StoreSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: WalDied, ctx: &mut Context<Self>) {
-        if msg.generation != self.generation || self.arbiter.is_none() {
+        if msg.generation != self.generation || self.shutting_down {
             return;
         }
         tracing::error!(
@@ -123,6 +130,7 @@ impl Handler<Shutdown> for StoreSupervisor {
     type Result = ResponseActFuture<Self, Result<()>>;
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
         self.shared.inbox.close(Closed::ShutDown);
         let (reply, drained) = oneshot::channel();
         match &self.wal {
@@ -133,7 +141,7 @@ impl Handler<Shutdown> for StoreSupervisor {
         }
         self.wal = None;
         self.timer = None;
-        let arbiter = self.arbiter.take();
+        let arbiter = self.own_arbiter.take();
         let shared = Arc::clone(&self.shared);
         let lock = Arc::clone(&self.lock);
         Box::pin(

@@ -187,7 +187,7 @@ impl WalActor {
                 self.start_rotation(ctx);
             }
         }
-        self.finish_stop_if_drained();
+        self.finish_stop_if_drained(ctx);
     }
 
     /// Encodes and writes the backlog; returns whether the segment is full.
@@ -307,6 +307,7 @@ impl WalActor {
                 Err(e) => act.fail(format!("the segment-creating task failed: {e}")),
             }
             act.finish_rotation(ctx);
+            act.finish_stop_if_drained(ctx);
         }));
     }
 
@@ -321,6 +322,7 @@ impl WalActor {
         };
         if let Err(e) = start_segment(&mut next, self.next_seq) {
             self.fail(format!("writing the header of {} failed: {e}", next.path.display()));
+            self.finish_stop_if_drained(ctx);
             return;
         }
         self.segment = next;
@@ -342,27 +344,29 @@ impl WalActor {
             request.fail(Error::WalFailed(reason.clone()));
         }
         self.rotating = None;
-        self.finish_stop_if_drained();
     }
 
-    /// On shutdown, once nothing is left to write: one last sync, then stop.
-    fn finish_stop_if_drained(&mut self) {
+    /// On shutdown, once nothing is left to write: one last sync, then stop
+    /// (the sync thread holds the file until the sync is done).
+    fn finish_stop_if_drained(&mut self, ctx: &mut Context<Self>) {
         if self.rotating.is_some() || !self.backlog.is_empty() || !self.shared.inbox.is_empty() {
             return;
         }
         let Some(reply) = self.stopping.take() else {
             return;
         };
-        if let Some(reason) = self.failed.clone() {
-            let _ = reply.send(Err(Error::WalFailed(reason)));
-            return;
+        match self.failed.clone() {
+            Some(reason) => {
+                let _ = reply.send(Err(Error::WalFailed(reason)));
+            }
+            None => self.submit_sync(
+                Vec::new(),
+                Some(Box::new(move |result| {
+                    let _ = reply.send(result.map_err(Error::WalFailed));
+                })),
+            ),
         }
-        self.submit_sync(
-            Vec::new(),
-            Some(Box::new(move |result| {
-                let _ = reply.send(result.map_err(Error::WalFailed));
-            })),
-        );
+        ctx.stop();
     }
 }
 
@@ -404,7 +408,10 @@ impl Handler<SealDone> for WalActor {
                 self.finish_rotation(ctx);
             }
             Ok(()) => {}
-            Err(reason) => self.fail(reason),
+            Err(reason) => {
+                self.fail(reason);
+                self.finish_stop_if_drained(ctx);
+            }
         }
     }
 }

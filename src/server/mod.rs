@@ -1,8 +1,9 @@
 //! `concordkv serve`: a Redis-protocol (RESP2) server over the store.
 //!
-//! The accept loop runs on the actix System's thread, the WAL actor on its
-//! own arbiter and `fdatasync` on the sync thread, so the two cores serve
-//! parsing, writing and syncing at the same time. Connections beyond
+//! Connections and the WAL actor share the actix System's thread (unless
+//! `wal.dedicated_writer_thread` gives the writer its own), like Redis's
+//! single event loop; `fdatasync` runs on the sync thread, so parsing and
+//! writing go on while a sync is in flight. Connections beyond
 //! `server.max_clients` are told so and closed. SIGINT or SIGTERM stops
 //! accepting, drains and syncs every acknowledged write, and returns.
 
