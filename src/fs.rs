@@ -4,7 +4,7 @@
 //! the log's code.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,8 @@ pub trait FileSystem: Send + Sync + 'static {
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// At most the first `len` bytes of a file.
+    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>>;
     /// Creates a new file (failing if it exists) with mode 0600, with
     /// `preallocate` bytes reserved and reading as zeros.
     fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>>;
@@ -84,6 +86,12 @@ impl FileSystem for RealFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        File::open(path)?.take(len as u64).read_to_end(&mut buf)?;
+        Ok(buf)
     }
 
     fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>> {

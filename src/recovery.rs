@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, RecoveryMode};
 use crate::entry::{Record, Seq};
 use crate::error::{Corruption, Error, Result};
+use crate::format::all_zero;
 use crate::format::codec::decode_entry;
 use crate::format::record::{read_frame, Frame, FRAME_HEADER_BYTES};
 use crate::format::segment::{parse_segment_file_name, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -80,18 +81,15 @@ pub(crate) fn recover(fs: &dyn FileSystem, config: &Config) -> Result<RecoveredL
 
     // Trailing segments whose header is all zeros were prepared ahead of
     // time and never used; they hold nothing and are removed.
-    let mut contents: Vec<Vec<u8>> = Vec::new();
     let mut unused = Vec::new();
     while let Some(last) = files.last() {
-        let bytes = fs
-            .read(&last.path)
+        let head = fs
+            .read_prefix(&last.path, SEGMENT_HEADER_BYTES)
             .map_err(|e| Error::io("read segment", &last.path, e))?;
-        if matches!(SegmentHeader::decode(&bytes), Err(HeaderError::Unwritten)) {
-            unused.extend(files.pop());
-        } else {
-            contents.push(bytes);
+        if !matches!(SegmentHeader::decode(&head), Err(HeaderError::Unwritten)) {
             break;
         }
+        unused.extend(files.pop());
     }
 
     let mut recovery = Recovery::default();
@@ -100,12 +98,9 @@ pub(crate) fn recover(fs: &dyn FileSystem, config: &Config) -> Result<RecoveredL
     let mut removed_torn_segment = false;
     for (index, file) in files.iter().enumerate() {
         let newest = index + 1 == count;
-        let bytes = if newest {
-            contents.pop().unwrap_or_default()
-        } else {
-            fs.read(&file.path)
-                .map_err(|e| Error::io("read segment", &file.path, e))?
-        };
+        let bytes = fs
+            .read(&file.path)
+            .map_err(|e| Error::io("read segment", &file.path, e))?;
         let header = match SegmentHeader::decode(&bytes) {
             Ok(header) => header,
             Err(err) => {
@@ -229,7 +224,7 @@ fn scan_segment(
                 Err(reason) => reason,
             },
             Frame::Record { seq, .. } => format!("sequence number {seq}, expected {expected}"),
-            Frame::Unwritten if bytes[offset..].iter().all(|b| *b == 0) => {
+            Frame::Unwritten if all_zero(&bytes[offset..]) => {
                 return Ok(Scanned {
                     logical_end: offset,
                     torn: None,
@@ -309,7 +304,7 @@ fn has_zero_sector(bytes: &[u8], from: usize, to: usize) -> bool {
     (first..to)
         .step_by(SECTOR_BYTES)
         .take_while(|start| start + SECTOR_BYTES <= to)
-        .any(|start| bytes[start..start + SECTOR_BYTES].iter().all(|b| *b == 0))
+        .any(|start| all_zero(&bytes[start..start + SECTOR_BYTES]))
 }
 
 /// Bytes from `from` to the last non-zero byte of the file.

@@ -51,6 +51,9 @@ impl FileSystem for PanickingFs {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         RealFs.read(path)
     }
+    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
+        RealFs.read_prefix(path, len)
+    }
     fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>> {
         Ok(Arc::new(PanickingFile {
             inner: RealFs.create(path, preallocate)?,

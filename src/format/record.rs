@@ -4,7 +4,7 @@
 //! caught as surely as a damaged payload.
 
 use crate::entry::{Entry, Seq};
-use crate::format::codec;
+use crate::format::{all_zero, codec};
 
 /// Bytes before the payload: length, CRC and sequence number.
 pub const FRAME_HEADER_BYTES: usize = 16;
@@ -47,7 +47,7 @@ pub enum Frame<'a> {
 /// is damage, whatever its checksum, and nothing is allocated for it.
 pub fn read_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
     if buf.len() < FRAME_HEADER_BYTES {
-        return if buf.iter().all(|b| *b == 0) {
+        return if all_zero(buf) {
             Frame::Unwritten
         } else {
             Frame::Damaged(format!(
@@ -57,7 +57,7 @@ pub fn read_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
         };
     }
     let header = &buf[..FRAME_HEADER_BYTES];
-    if header.iter().all(|b| *b == 0) {
+    if all_zero(header) {
         return Frame::Unwritten;
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);

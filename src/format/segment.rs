@@ -51,7 +51,7 @@ impl SegmentHeader {
     /// Parses and checks the header at the start of `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
         let available = bytes.len().min(SEGMENT_HEADER_BYTES);
-        if bytes[..available].iter().all(|b| *b == 0) {
+        if crate::format::all_zero(&bytes[..available]) {
             return Err(HeaderError::Unwritten);
         }
         if bytes.len() < SEGMENT_HEADER_BYTES {
