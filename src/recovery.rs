@@ -18,8 +18,9 @@ use crate::error::{Corruption, Error, Result};
 use crate::format::all_zero;
 use crate::format::codec::decode_entry;
 use crate::format::record::{read_frame, Frame, FRAME_HEADER_BYTES};
-use crate::format::segment::{parse_segment_file_name, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::segment::{segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::FileSystem;
+use crate::manifest::ManifestStore;
 
 /// Granularity of a lost write: a disk sector. A whole zero sector inside a
 /// damaged span means data never reached the disk (a torn write), which bit
@@ -52,15 +53,12 @@ pub struct TruncatedTail {
     pub reason: String,
 }
 
-/// The recovered log and where the writer continues.
+/// The recovered log, and the segments to retire before writing resumes.
 pub(crate) struct RecoveredLog {
     pub recovery: Recovery,
-    pub next_segment_id: u64,
-}
-
-struct SegmentFile {
-    id: u64,
-    path: PathBuf,
+    /// Listed segments that hold nothing: prepared but never started, or
+    /// started by a write that never reached the disk (a torn header).
+    pub retire: Vec<u64>,
 }
 
 /// How one segment's scan ended.
@@ -71,70 +69,74 @@ struct Scanned {
     torn: Option<TruncatedTail>,
 }
 
-/// Replays the log in `config.data_dir`, cuts a torn tail, removes segments
-/// that were preallocated but never started, and says where writing resumes.
-pub(crate) fn recover(fs: &dyn FileSystem, config: &Config) -> Result<RecoveredLog> {
+/// Replays the segments the manifest lists, in id order; cuts a torn tail;
+/// says which listed segments hold nothing. Files the manifest does not
+/// list are removed first and never read.
+pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Config) -> Result<RecoveredLog> {
     let started_at = Instant::now();
     let dir = config.data_dir.as_path();
-    let mut files = list_segments(fs, dir)?;
-    let next_segment_id = files.last().map_or(1, |f| f.id + 1);
+    manifest.remove_unlisted()?;
+    let mut ids = manifest.segments();
 
     // Trailing segments whose header is all zeros were prepared ahead of
-    // time and never used; they hold nothing and are removed.
-    let mut unused = Vec::new();
-    while let Some(last) = files.last() {
-        let head = fs
-            .read_prefix(&last.path, SEGMENT_HEADER_BYTES)
-            .map_err(|e| Error::io("read segment", &last.path, e))?;
+    // time and never started: nothing in them was ever acknowledged.
+    let mut retire = Vec::new();
+    while let Some(&last) = ids.last() {
+        let path = segment_path(dir, last);
+        let head = read_listed(fs, &path, |fs, p| fs.read_prefix(p, SEGMENT_HEADER_BYTES))?;
         if !matches!(SegmentHeader::decode(&head), Err(HeaderError::Unwritten)) {
             break;
         }
-        unused.extend(files.pop());
+        retire.push(last);
+        ids.pop();
     }
 
     let mut recovery = Recovery::default();
     let mut expected: Option<Seq> = None;
-    let count = files.len();
-    let mut removed_torn_segment = false;
-    for (index, file) in files.iter().enumerate() {
+    let count = ids.len();
+    for (index, &id) in ids.iter().enumerate() {
         let newest = index + 1 == count;
-        let bytes = fs
-            .read(&file.path)
-            .map_err(|e| Error::io("read segment", &file.path, e))?;
+        let path = segment_path(dir, id);
+        let bytes = read_listed(fs, &path, |fs, p| fs.read(p))?;
         let header = match SegmentHeader::decode(&bytes) {
             Ok(header) => header,
+            // A rotator's segment prepared while the WAL restarted, never used.
+            Err(HeaderError::Unwritten) if all_zero(&bytes) => {
+                retire.push(id);
+                continue;
+            }
             Err(err) => {
                 let reason = match err {
-                    HeaderError::Unwritten => "segment header is all zeros but later segments exist".to_string(),
+                    HeaderError::Unwritten => "segment header is all zeros but records follow it".to_string(),
                     HeaderError::Damaged(reason) => reason,
                 };
                 let torn_start = newest && config.wal.recovery_mode != RecoveryMode::Absolute;
                 if !torn_start {
-                    return Err(corruption(&file.path, 0, reason));
+                    return Err(corruption(&path, 0, reason));
                 }
                 // The newest segment's header was being written when the
                 // process stopped: nothing in it was ever synced.
                 recovery.truncated = Some(TruncatedTail {
-                    file: file.path.clone(),
+                    file: path.clone(),
                     offset: 0,
                     bytes: nonzero_extent(&bytes, 0),
                     reason,
                 });
-                removed_torn_segment = true;
+                retire.push(id);
                 continue;
             }
         };
-        if header.id != file.id {
+        if header.id != id {
             return Err(corruption(
-                &file.path,
+                &path,
                 16,
-                format!("header says segment {}, file name says {}", header.id, file.id),
+                format!("header says segment {}, file name says {id}", header.id),
             ));
         }
         if let Some(expected) = expected {
             if header.first_seq != expected && config.wal.recovery_mode != RecoveryMode::SkipCorrupt {
                 return Err(corruption(
-                    &file.path,
+                    &path,
                     24,
                     format!(
                         "segment starts at sequence {}, the previous segment ends before {expected}",
@@ -143,28 +145,15 @@ pub(crate) fn recover(fs: &dyn FileSystem, config: &Config) -> Result<RecoveredL
                 ));
             }
         }
-        let scanned = scan_segment(&file.path, &bytes, header.first_seq, newest, config, &mut recovery)?;
+        let scanned = scan_segment(&path, &bytes, header.first_seq, newest, config, &mut recovery)?;
         expected = Some(recovery.records.last().map_or(header.first_seq, |r| r.seq + 1));
         recovery.segments += 1;
         if newest {
-            seal_newest(fs, &file.path, &bytes, scanned.logical_end)?;
+            seal_newest(fs, &path, &bytes, scanned.logical_end)?;
             recovery.truncated = scanned.torn;
         }
     }
 
-    for file in &unused {
-        fs.remove(&file.path)
-            .map_err(|e| Error::io("remove unused segment", &file.path, e))?;
-    }
-    if removed_torn_segment {
-        if let Some(file) = files.last() {
-            fs.remove(&file.path)
-                .map_err(|e| Error::io("remove torn segment", &file.path, e))?;
-        }
-    }
-    if !unused.is_empty() || removed_torn_segment {
-        fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))?;
-    }
     if let Some(tail) = &recovery.truncated {
         tracing::warn!(
             file = %tail.file.display(),
@@ -179,24 +168,22 @@ pub(crate) fn recover(fs: &dyn FileSystem, config: &Config) -> Result<RecoveredL
     }
     recovery.last_seq = expected.map_or(0, |next| next - 1);
     recovery.elapsed = started_at.elapsed();
-    Ok(RecoveredLog {
-        recovery,
-        next_segment_id,
-    })
+    Ok(RecoveredLog { recovery, retire })
 }
 
-fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<SegmentFile>> {
-    let mut files: Vec<SegmentFile> = fs
-        .list_dir(dir)
-        .map_err(|e| Error::io("list data directory", dir, e))?
-        .into_iter()
-        .filter_map(|path| {
-            let id = parse_segment_file_name(path.file_name()?.to_str()?)?;
-            Some(SegmentFile { id, path })
-        })
-        .collect();
-    files.sort_by_key(|f| f.id);
-    Ok(files)
+/// Reads a segment the manifest lists; its absence is damage, not an empty log.
+fn read_listed(
+    fs: &dyn FileSystem,
+    path: &Path,
+    read: impl Fn(&dyn FileSystem, &Path) -> std::io::Result<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    read(fs, path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            corruption(path, 0, "listed in MANIFEST but missing".to_string())
+        } else {
+            Error::io("read segment", path, e)
+        }
+    })
 }
 
 /// Scans the frames of one segment, appending its records to `recovery`.

@@ -16,6 +16,7 @@ use crate::entry::{Entry, Op, Seq};
 use crate::error::{Error, Result};
 use crate::fs::{DirLock, FileSystem, RealFs};
 use crate::inbox::{Inbox, Request};
+use crate::manifest::ManifestStore;
 use crate::recovery::Recovery;
 use crate::stats::{StoreStats, WalCounters};
 use crate::sync_worker::SyncWorker;
@@ -60,11 +61,12 @@ impl Store {
                 fs.create_dir_all(dir)
                     .map_err(|e| Error::io("create data directory", dir, e))?;
                 let lock = DirLock::acquire(dir).map_err(|e| Error::io("lock data directory", dir, e))?;
-                let (recovery, start) = open_log(fs.as_ref(), &config)?;
-                Ok::<_, Error>((lock, recovery, start))
+                let manifest = ManifestStore::open(Arc::clone(&fs), dir)?;
+                let (recovery, start) = open_log(fs.as_ref(), &manifest, &config)?;
+                Ok::<_, Error>((lock, manifest, recovery, start))
             })
         };
-        let (lock, recovery, start) = opening
+        let (lock, manifest, recovery, start) = opening
             .await
             .map_err(|e| Error::WalFailed(format!("opening the store panicked: {e}")))??;
         metrics::histogram!("concordkv_recovery_seconds").record(recovery.elapsed.as_secs_f64());
@@ -78,6 +80,7 @@ impl Store {
         let wal_shared = Arc::new(WalShared {
             config: config.clone(),
             fs,
+            manifest,
             inbox: Arc::clone(&inbox),
             worker,
             counters: Arc::clone(&counters),

@@ -13,7 +13,7 @@ use common::{config, state};
 use concordkv::fs::{FileSystem, RealFs, WritableFile};
 use concordkv::{Error, Store, SyncMode};
 
-/// A file system whose segment writes panic while `armed` is set.
+/// A file system whose segment writes panic once `armed` is set.
 struct PanickingFs {
     armed: Arc<AtomicBool>,
 }
@@ -55,8 +55,13 @@ impl FileSystem for PanickingFs {
         RealFs.read_prefix(path, len)
     }
     fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>> {
+        let inner = RealFs.create(path, preallocate)?;
+        // Only segments, which only the WAL actor writes; not the manifest.
+        if path.extension().is_none_or(|e| e != "wal") {
+            return Ok(inner);
+        }
         Ok(Arc::new(PanickingFile {
-            inner: RealFs.create(path, preallocate)?,
+            inner,
             armed: Arc::clone(&self.armed),
         }))
     }

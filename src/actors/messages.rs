@@ -5,6 +5,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::wal::WalStart;
 use crate::error::Result;
+use crate::segment::Segment;
 
 /// To `WalActor`: requests are waiting in the inbox.
 #[derive(Message)]
@@ -28,6 +29,11 @@ pub struct SealDone(pub std::result::Result<(), String>);
 pub struct StopWal {
     pub reply: oneshot::Sender<Result<()>>,
 }
+
+/// To `RotatorActor`, from `WalActor`: create, preallocate and list the next segment.
+#[derive(Message)]
+#[rtype(result = "Result<Segment>")]
+pub(crate) struct PrepareSegment;
 
 /// To `StoreSupervisor`: the WAL actor of `generation` is gone without being stopped.
 #[derive(Message)]

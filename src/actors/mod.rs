@@ -2,6 +2,8 @@
 //!
 //! - [`wal::WalActor`] owns the active segment: encodes, writes, rotates and
 //!   hands appenders to the sync thread per the sync mode.
+//! - [`rotator::RotatorActor`] prepares the next segment ahead of time and
+//!   keeps the manifest.
 //! - [`sync_timer::SyncTimerActor`] is the clock of `batch` and `interval` syncs.
 //! - [`supervisor::StoreSupervisor`] starts them, notices a dead WAL actor
 //!   (also after a panic), re-validates the files and starts a fresh one, and
@@ -10,6 +12,7 @@
 //! Every message they exchange is in [`messages`].
 
 pub mod messages;
+pub mod rotator;
 pub mod supervisor;
 pub mod sync_timer;
 pub mod wal;

@@ -17,6 +17,7 @@ use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::oneshot;
 
 use crate::actors::messages::{Shutdown, StopWal, WalDied, WalRecovered};
+use crate::actors::rotator::RotatorActor;
 use crate::actors::sync_timer::SyncTimerActor;
 use crate::actors::wal::{open_log, DeathNotice, WalActor, WalShared, WalStart};
 use crate::error::{Error, Result};
@@ -31,6 +32,7 @@ pub struct StoreSupervisor {
     /// The WAL's own arbiter thread, with `wal.dedicated_writer_thread`.
     own_arbiter: Option<Arbiter>,
     shutting_down: bool,
+    rotator: Addr<RotatorActor>,
     wal: Option<Addr<WalActor>>,
     timer: Option<Addr<SyncTimerActor>>,
     /// Incremented at every (re)start, so a late death notice of an old
@@ -45,8 +47,12 @@ impl StoreSupervisor {
     pub(crate) fn launch(shared: Arc<WalShared>, start: WalStart, lock: DirLock) -> Addr<StoreSupervisor> {
         StoreSupervisor::create(|ctx| {
             let own_arbiter = shared.config.wal.dedicated_writer_thread.then(Arbiter::new);
+            let arbiter = own_arbiter.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
+            let rotator_shared = Arc::clone(&shared);
+            let rotator = RotatorActor::start_in_arbiter(&arbiter, move |_| RotatorActor::new(rotator_shared));
             let mut supervisor = StoreSupervisor {
-                arbiter: own_arbiter.as_ref().map_or_else(Arbiter::current, Arbiter::handle),
+                arbiter,
+                rotator,
                 own_arbiter,
                 shutting_down: false,
                 shared,
@@ -70,7 +76,8 @@ impl StoreSupervisor {
             generation: self.generation,
         };
         let shared = Arc::clone(&self.shared);
-        let wal = WalActor::start_in_arbiter(&self.arbiter, move |_| WalActor::new(shared, start, death));
+        let rotator = self.rotator.clone();
+        let wal = WalActor::start_in_arbiter(&self.arbiter, move |_| WalActor::new(shared, rotator, start, death));
         self.timer = SyncTimerActor::for_mode(&self.shared.config.wal, wal.clone())
             .map(|timer| SyncTimerActor::start_in_arbiter(&self.arbiter, move |_| timer));
         self.shared.inbox.open(wal.clone());
@@ -100,9 +107,10 @@ impl Handler<WalDied> for StoreSupervisor {
         let shared = Arc::clone(&self.shared);
         let me = ctx.address();
         actix_rt::spawn(async move {
-            let reopened = actix_rt::task::spawn_blocking(move || open_log(shared.fs.as_ref(), &shared.config))
-                .await
-                .unwrap_or_else(|e| Err(Error::WalFailed(format!("re-validating the log panicked: {e}"))));
+            let reopened =
+                actix_rt::task::spawn_blocking(move || open_log(shared.fs.as_ref(), &shared.manifest, &shared.config))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::WalFailed(format!("re-validating the log panicked: {e}"))));
             me.do_send(WalRecovered(reopened.map(|(_, start)| start)));
         });
     }

@@ -11,23 +11,24 @@
 //! power cut from leaving a later segment intact behind a torn earlier one.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::actors::messages::{Drain, SealDone, StopWal, SyncTick, WalDied};
+use crate::actors::messages::{Drain, PrepareSegment, SealDone, StopWal, SyncTick, WalDied};
+use crate::actors::rotator::RotatorActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::config::{Config, SyncMode};
 use crate::entry::Seq;
 use crate::error::{Error, Result};
 use crate::format::record::encode_record;
-use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
-use crate::fs::{FileSystem, WritableFile};
+use crate::fs::FileSystem;
 use crate::inbox::{Closed, Inbox, Reply, Request};
+use crate::manifest::ManifestStore;
 use crate::recovery::{recover, Recovery};
+use crate::segment::Segment;
 use crate::stats::WalCounters;
 use crate::sync_worker::{SyncJob, SyncWorker, Waiter};
 
@@ -35,72 +36,31 @@ use crate::sync_worker::{SyncJob, SyncWorker, Waiter};
 pub(crate) struct WalShared {
     pub config: Config,
     pub fs: Arc<dyn FileSystem>,
+    pub manifest: ManifestStore,
     pub inbox: Arc<Inbox>,
     pub worker: SyncWorker,
     pub counters: Arc<WalCounters>,
-}
-
-/// A segment file open for writing.
-pub(crate) struct Segment {
-    id: u64,
-    path: PathBuf,
-    file: Arc<dyn WritableFile>,
-    /// Where the next record goes.
-    offset: u64,
-    records: u64,
 }
 
 /// Where a WAL actor starts: a fresh segment after the recovered log.
 pub struct WalStart {
     segment: Segment,
     next_seq: Seq,
-    next_segment_id: u64,
 }
 
-/// Recovers the log in `config.data_dir` and starts a new segment after it.
-pub(crate) fn open_log(fs: &dyn FileSystem, config: &Config) -> Result<(Recovery, WalStart)> {
-    let recovered = recover(fs, config)?;
+/// Recovers the log the manifest lists, retires segments that hold nothing,
+/// and starts a new segment after the log.
+pub(crate) fn open_log(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Config) -> Result<(Recovery, WalStart)> {
+    let recovered = recover(fs, manifest, config)?;
+    manifest.retire_segments(&recovered.retire)?;
     let next_seq = recovered.recovery.last_seq + 1;
-    let dir = config.data_dir.as_path();
-    let mut segment = create_segment(fs, dir, recovered.next_segment_id, config.wal.max_segment_bytes)
-        .map_err(|(path, e)| Error::io("create segment", path, e))?;
-    start_segment(&mut segment, next_seq).map_err(|e| Error::io("write segment header", &segment.path, e))?;
+    let mut segment = manifest.create_segment(config.wal.max_segment_bytes)?;
+    segment.start(next_seq)?;
     segment
         .file
         .sync_data()
         .map_err(|e| Error::io("sync segment", &segment.path, e))?;
-    let start = WalStart {
-        segment,
-        next_seq,
-        next_segment_id: recovered.next_segment_id + 1,
-    };
-    Ok((recovered.recovery, start))
-}
-
-/// Creates and preallocates segment `id`, durably (file and directory entry).
-fn create_segment(fs: &dyn FileSystem, dir: &Path, id: u64, size: u64) -> Result<Segment, (PathBuf, std::io::Error)> {
-    let path = segment_path(dir, id);
-    let file = fs.create(&path, size).map_err(|e| (path.clone(), e))?;
-    file.sync_all().map_err(|e| (path.clone(), e))?;
-    fs.sync_dir(dir).map_err(|e| (dir.to_path_buf(), e))?;
-    Ok(Segment {
-        id,
-        path,
-        file,
-        offset: 0,
-        records: 0,
-    })
-}
-
-/// Writes the header that makes a prepared segment the active one.
-fn start_segment(segment: &mut Segment, first_seq: Seq) -> std::io::Result<()> {
-    let header = SegmentHeader {
-        id: segment.id,
-        first_seq,
-    };
-    segment.file.write_at(&header.encode(), 0)?;
-    segment.offset = SEGMENT_HEADER_BYTES as u64;
-    Ok(())
+    Ok((recovered.recovery, WalStart { segment, next_seq }))
 }
 
 /// Tells the supervisor whenever the actor is dropped. A panic in a handler
@@ -123,10 +83,10 @@ impl Drop for DeathNotice {
 /// The writer of the log.
 pub struct WalActor {
     shared: Arc<WalShared>,
+    rotator: Addr<RotatorActor>,
     segment: Segment,
     next_seq: Seq,
-    next_segment_id: u64,
-    /// The next segment, created ahead of time.
+    /// The next segment, created ahead of time by the rotator.
     prepared: Option<Segment>,
     preparing: bool,
     /// Set while a full segment is being sealed; `true` once it is.
@@ -144,14 +104,19 @@ pub struct WalActor {
 }
 
 impl WalActor {
-    pub(crate) fn new(shared: Arc<WalShared>, start: WalStart, death: DeathNotice) -> WalActor {
+    pub(crate) fn new(
+        shared: Arc<WalShared>,
+        rotator: Addr<RotatorActor>,
+        start: WalStart,
+        death: DeathNotice,
+    ) -> WalActor {
         shared.counters.last_seq.store(start.next_seq - 1, Relaxed);
         shared.counters.durable_seq.store(start.next_seq - 1, Relaxed);
         WalActor {
             shared,
+            rotator,
             segment: start.segment,
             next_seq: start.next_seq,
-            next_segment_id: start.next_segment_id,
             prepared: None,
             preparing: false,
             rotating: None,
@@ -287,28 +252,27 @@ impl WalActor {
         self.prepare_next(ctx);
     }
 
-    /// Creates the next segment on a blocking thread, unless one is ready or coming.
+    /// Asks the rotator for the next segment, unless one is ready or coming.
     fn prepare_next(&mut self, ctx: &mut Context<Self>) {
         if self.prepared.is_some() || self.preparing || self.failed.is_some() {
             return;
         }
         self.preparing = true;
-        let id = self.next_segment_id;
-        self.next_segment_id += 1;
-        let fs = Arc::clone(&self.shared.fs);
-        let dir = self.shared.config.data_dir.clone();
-        let size = self.shared.config.wal.max_segment_bytes;
-        let task = actix_rt::task::spawn_blocking(move || create_segment(fs.as_ref(), &dir, id, size));
-        ctx.spawn(task.into_actor(self).map(|outcome, act, ctx| {
-            act.preparing = false;
-            match outcome {
-                Ok(Ok(segment)) => act.prepared = Some(segment),
-                Ok(Err((path, e))) => act.fail(format!("creating segment {} failed: {e}", path.display())),
-                Err(e) => act.fail(format!("the segment-creating task failed: {e}")),
-            }
-            act.finish_rotation(ctx);
-            act.finish_stop_if_drained(ctx);
-        }));
+        ctx.spawn(
+            self.rotator
+                .send(PrepareSegment)
+                .into_actor(self)
+                .map(|outcome, act, ctx| {
+                    act.preparing = false;
+                    match outcome {
+                        Ok(Ok(segment)) => act.prepared = Some(segment),
+                        Ok(Err(e)) => act.fail(format!("preparing the next segment failed: {e}")),
+                        Err(e) => act.fail(format!("the rotator is gone: {e}")),
+                    }
+                    act.finish_rotation(ctx);
+                    act.finish_stop_if_drained(ctx);
+                }),
+        );
     }
 
     /// Swaps in the prepared segment once the full one is sealed.
@@ -320,8 +284,8 @@ impl WalActor {
             self.prepare_next(ctx);
             return;
         };
-        if let Err(e) = start_segment(&mut next, self.next_seq) {
-            self.fail(format!("writing the header of {} failed: {e}", next.path.display()));
+        if let Err(e) = next.start(self.next_seq) {
+            self.fail(e.to_string());
             self.finish_stop_if_drained(ctx);
             return;
         }

@@ -57,10 +57,11 @@ impl OpRef<'_> {
 
 /// Appends the encoding of `entry` to `out`.
 pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
-    encode_into(entry, out)
+    encode_value(entry, out)
 }
 
-fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+/// Appends the encoding of any of the format's serde types to `out`.
+pub fn encode_value<T: Serialize>(value: &T, out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail, and our types have no fallible serializer.
     if let Err(e) = bincode::serde::encode_into_std_write(value, out, CODEC) {
         unreachable!("encoding into memory failed: {e}");
@@ -81,6 +82,17 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
         EntryRef::Op(op) => Entry::Op(op.to_owned_op()),
         EntryRef::Batch(ops) => Entry::Batch(ops.iter().map(OpRef::to_owned_op).collect()),
     })
+}
+
+/// Decodes a small owned value (not a record payload) that must fill
+/// `bytes` exactly; its sequences are bounded by the input's length.
+pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let (value, used): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, CODEC).map_err(|e| format!("undecodable payload: {e}"))?;
+    if used != bytes.len() {
+        return Err(format!("payload has {} trailing bytes", bytes.len() - used));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The on-disk format, byte by byte in `FORMAT.md`: the payload codec, the
-//! record frame and the segment file.
+//! record frame, the segment file and the manifest.
 
 pub mod codec;
+pub mod manifest;
 pub mod record;
 pub mod segment;
 

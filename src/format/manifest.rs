@@ -1,0 +1,141 @@
+//! The `MANIFEST` file: which segments are live. Layout:
+//! `magic[8] | version u32 | payload length u32 | crc u32 | payload`, the CRC
+//! covering version, length and payload; the payload is bincode (see
+//! `codec`). It is always replaced whole, atomically.
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::codec;
+
+/// Identifies a manifest.
+pub const MANIFEST_MAGIC: [u8; 8] = *b"CKVMAN\r\n";
+/// Bumped on any incompatible change to the manifest.
+pub const MANIFEST_VERSION: u32 = 1;
+/// Bytes before the payload.
+pub const MANIFEST_HEADER_BYTES: usize = 20;
+/// The file name.
+pub const MANIFEST_FILE: &str = "MANIFEST";
+/// Where a new manifest is written before it is renamed over the old one.
+pub const MANIFEST_TEMP_FILE: &str = "MANIFEST.tmp";
+
+/// What the manifest records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Incremented at every write.
+    pub generation: u64,
+    /// The id the next created segment gets; ids are never reused.
+    pub next_segment_id: u64,
+    /// The live segments, ascending: the only ones recovery reads.
+    pub segments: Vec<u64>,
+}
+
+/// Why a manifest was not accepted: the byte offset and the reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    pub offset: u64,
+    pub reason: String,
+}
+
+fn damaged(offset: u64, reason: impl Into<String>) -> ManifestError {
+    ManifestError {
+        offset,
+        reason: reason.into(),
+    }
+}
+
+impl Manifest {
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut payload = Vec::new();
+        codec::encode_value(self, &mut payload);
+        let mut out = Vec::with_capacity(MANIFEST_HEADER_BYTES + payload.len());
+        out.extend_from_slice(&MANIFEST_MAGIC);
+        out.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let crc = manifest_crc(&out[8..16], &payload);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    /// Parses and checks a whole manifest file.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        if bytes.len() < MANIFEST_HEADER_BYTES {
+            return Err(damaged(
+                0,
+                format!("manifest of {} bytes is shorter than its header", bytes.len()),
+            ));
+        }
+        if bytes[0..8] != MANIFEST_MAGIC {
+            return Err(damaged(0, "not a concordkv manifest (bad magic)"));
+        }
+        let len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        let payload = &bytes[MANIFEST_HEADER_BYTES..];
+        if payload.len() != len {
+            return Err(damaged(
+                12,
+                format!("manifest payload is {} bytes, its header says {len}", payload.len()),
+            ));
+        }
+        let stored = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+        let actual = manifest_crc(&bytes[8..16], payload);
+        if stored != actual {
+            return Err(damaged(
+                16,
+                format!("manifest checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"),
+            ));
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version != MANIFEST_VERSION {
+            return Err(damaged(
+                8,
+                format!("manifest version {version}, this build reads {MANIFEST_VERSION}"),
+            ));
+        }
+        let manifest: Manifest =
+            codec::decode_value(payload).map_err(|reason| damaged(MANIFEST_HEADER_BYTES as u64, reason))?;
+        if !manifest.segments.windows(2).all(|w| w[0] < w[1]) {
+            return Err(damaged(MANIFEST_HEADER_BYTES as u64, "segment ids are not ascending"));
+        }
+        if manifest
+            .segments
+            .last()
+            .is_some_and(|last| *last >= manifest.next_segment_id)
+        {
+            return Err(damaged(
+                MANIFEST_HEADER_BYTES as u64,
+                "a listed segment id is not below next_segment_id",
+            ));
+        }
+        Ok(manifest)
+    }
+}
+
+fn manifest_crc(header: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_every_flipped_byte_is_caught() {
+        let manifest = Manifest {
+            generation: 9,
+            next_segment_id: 12,
+            segments: vec![3, 7, 11],
+        };
+        let bytes = manifest.encode();
+        assert_eq!(Manifest::decode(&bytes), Ok(manifest.clone()));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(Manifest::decode(&bad).is_err(), "byte {i}");
+        }
+        assert!(Manifest::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+}

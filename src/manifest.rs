@@ -1,0 +1,175 @@
+//! The manifest as the store keeps it: the one place that creates, lists and
+//! retires segments.
+//!
+//! Order makes it crash-safe: a segment is created and made durable before
+//! the manifest lists it, and unlisted before its file is removed, so a crash
+//! at any step leaves at worst an unlisted file, which the next open deletes
+//! and never replays. The manifest itself is replaced atomically (temporary
+//! file, fsync, rename, directory fsync). One mutex orders every change, so
+//! the rotator and a restarting WAL never hand out the same segment id.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::error::{Corruption, Error, Result};
+use crate::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
+use crate::format::segment::{parse_segment_file_name, segment_path};
+use crate::fs::FileSystem;
+use crate::segment::Segment;
+
+/// The live manifest of one data directory.
+pub(crate) struct ManifestStore {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    current: Mutex<Manifest>,
+}
+
+impl ManifestStore {
+    /// Reads `MANIFEST` in `dir`; a directory without one must hold no
+    /// segments (a new store), and gets an empty manifest written.
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<ManifestStore> {
+        let path = dir.join(MANIFEST_FILE);
+        let manifest = match fs.read(&path) {
+            Ok(bytes) => Manifest::decode(&bytes).map_err(|e| {
+                Error::Corruption(Corruption {
+                    file: path.clone(),
+                    offset: e.offset,
+                    reason: e.reason,
+                })
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(segment) = segment_files(fs.as_ref(), dir)?.first() {
+                    return Err(Error::Corruption(Corruption {
+                        file: path,
+                        offset: 0,
+                        reason: format!(
+                            "MANIFEST is missing but segment {} exists; refusing to guess which segments are live",
+                            segment.1.display()
+                        ),
+                    }));
+                }
+                let fresh = Manifest {
+                    generation: 0,
+                    next_segment_id: 1,
+                    segments: Vec::new(),
+                };
+                write(fs.as_ref(), dir, &fresh)?;
+                fresh
+            }
+            Err(e) => return Err(Error::io("read manifest", path, e)),
+        };
+        Ok(ManifestStore {
+            fs,
+            dir: dir.to_path_buf(),
+            current: Mutex::new(manifest),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Manifest> {
+        // The in-memory manifest is replaced only after its file was written.
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The live segment ids, ascending.
+    pub fn segments(&self) -> Vec<u64> {
+        self.lock().segments.clone()
+    }
+
+    /// Removes segment files the manifest does not list, and a leftover
+    /// temporary manifest: debris of a crash between two steps.
+    pub fn remove_unlisted(&self) -> Result<()> {
+        let manifest = self.lock();
+        let mut removed = false;
+        for (id, path) in segment_files(self.fs.as_ref(), &self.dir)? {
+            if manifest.segments.binary_search(&id).is_err() {
+                tracing::warn!(file = %path.display(), "removing a segment the manifest does not list");
+                self.fs
+                    .remove(&path)
+                    .map_err(|e| Error::io("remove unlisted segment", &path, e))?;
+                removed = true;
+            }
+        }
+        let temp = self.dir.join(MANIFEST_TEMP_FILE);
+        match self.fs.remove(&temp) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove temporary manifest", temp, e)),
+        }
+        if removed {
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(|e| Error::io("sync directory", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the next segment (preallocated to `size`) and lists it.
+    pub fn create_segment(&self, size: u64) -> Result<Segment> {
+        let mut manifest = self.lock();
+        let id = manifest.next_segment_id;
+        let segment = Segment::create(self.fs.as_ref(), &self.dir, id, size)?;
+        let mut next = manifest.clone();
+        next.generation += 1;
+        next.next_segment_id = id + 1;
+        next.segments.push(id);
+        write(self.fs.as_ref(), &self.dir, &next)?;
+        *manifest = next;
+        Ok(segment)
+    }
+
+    /// Unlists `ids`, then removes their files.
+    pub fn retire_segments(&self, ids: &[u64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut manifest = self.lock();
+        let mut next = manifest.clone();
+        next.generation += 1;
+        next.segments.retain(|id| !ids.contains(id));
+        write(self.fs.as_ref(), &self.dir, &next)?;
+        *manifest = next;
+        for id in ids {
+            let path = segment_path(&self.dir, *id);
+            match self.fs.remove(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove retired segment", path, e)),
+            }
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("sync directory", &self.dir, e))
+    }
+}
+
+/// The segment files present in `dir`, by id.
+fn segment_files(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut files: Vec<(u64, PathBuf)> = fs
+        .list_dir(dir)
+        .map_err(|e| Error::io("list data directory", dir, e))?
+        .into_iter()
+        .filter_map(|path| Some((parse_segment_file_name(path.file_name()?.to_str()?)?, path)))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Replaces the manifest atomically: temporary file, fsync, rename, directory fsync.
+fn write(fs: &dyn FileSystem, dir: &Path, manifest: &Manifest) -> Result<()> {
+    let temp = dir.join(MANIFEST_TEMP_FILE);
+    let path = dir.join(MANIFEST_FILE);
+    match fs.remove(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove temporary manifest", temp, e)),
+    }
+    let file = fs
+        .create(&temp, 0)
+        .map_err(|e| Error::io("create manifest", &temp, e))?;
+    file.write_at(&manifest.encode(), 0)
+        .map_err(|e| Error::io("write manifest", &temp, e))?;
+    file.sync_all().map_err(|e| Error::io("sync manifest", &temp, e))?;
+    fs.rename(&temp, &path)
+        .map_err(|e| Error::io("rename manifest", &path, e))?;
+    fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))
+}

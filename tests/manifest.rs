@@ -1,0 +1,166 @@
+//! The MANIFEST is the source of truth on open: files it does not list are
+//! never replayed and are removed; damage to it fails the open by name.
+
+mod common;
+
+use std::path::Path;
+
+use common::{config, started_segments};
+use concordkv::entry::{Entry, Op};
+use concordkv::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
+use concordkv::format::record::encode_record;
+use concordkv::format::segment::{segment_file_name, SegmentHeader};
+use concordkv::{Error, Store, SyncMode};
+
+async fn write_records(dir: &Path, n: u32) {
+    let (store, _) = Store::open(config(dir, SyncMode::Always)).await.expect("open");
+    for i in 0..n {
+        store.set(format!("key-{i}"), "v").await.expect("set");
+    }
+    store.shutdown().await.expect("shutdown");
+}
+
+fn manifest(dir: &Path) -> Manifest {
+    Manifest::decode(&std::fs::read(dir.join(MANIFEST_FILE)).expect("read manifest")).expect("valid manifest")
+}
+
+#[actix_rt::test]
+async fn an_unlisted_segment_is_never_replayed_and_is_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_records(dir.path(), 5).await;
+    // A well-formed segment continuing the log, as a crash between creating
+    // a file and listing it could leave behind.
+    let stray = dir.path().join(segment_file_name(500));
+    let mut bytes = SegmentHeader { id: 500, first_seq: 6 }.encode().to_vec();
+    encode_record(
+        6,
+        &Entry::Op(Op::Set {
+            key: b"ghost".to_vec(),
+            value: b"x".to_vec(),
+        }),
+        &mut bytes,
+    );
+    std::fs::write(&stray, &bytes).expect("write stray segment");
+    std::fs::write(dir.path().join(MANIFEST_TEMP_FILE), b"half-written").expect("write temp manifest");
+
+    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("open");
+    assert_eq!(recovery.records.len(), 5, "the unlisted record is not replayed");
+    assert!(!stray.exists(), "the unlisted segment is removed");
+    assert!(
+        !dir.path().join(MANIFEST_TEMP_FILE).exists(),
+        "the temporary manifest is removed"
+    );
+    assert_eq!(store.set("next", "v").await.expect("set"), 6);
+    store.shutdown().await.expect("shutdown");
+    let listed = manifest(dir.path()).segments;
+    assert!(!listed.contains(&500));
+    for path in started_segments(dir.path()) {
+        let name = path.file_name().expect("name").to_string_lossy().to_string();
+        assert!(
+            listed.iter().any(|id| segment_file_name(*id) == name),
+            "{name} is listed"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_missing_manifest_with_segments_present_fails_the_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_records(dir.path(), 3).await;
+    std::fs::remove_file(dir.path().join(MANIFEST_FILE)).expect("remove manifest");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file.ends_with(MANIFEST_FILE)),
+        "{err}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_damaged_manifest_fails_the_open_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_records(dir.path(), 3).await;
+    let path = dir.path().join(MANIFEST_FILE);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x04;
+    std::fs::write(&path, &bytes).expect("write");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("refused");
+    match &err {
+        Error::Corruption(c) => {
+            assert_eq!(c.file, path);
+            assert!(c.reason.contains("checksum"), "{}", c.reason);
+        }
+        other => panic!("expected corruption, got {other}"),
+    }
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        bytes,
+        "a failed open changes nothing"
+    );
+}
+
+#[actix_rt::test]
+async fn a_listed_segment_that_is_missing_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    for i in 0..200u32 {
+        store.set(format!("key-{i}"), vec![b'x'; 40]).await.expect("set");
+    }
+    store.shutdown().await.expect("shutdown");
+    let victim = started_segments(dir.path()).remove(1);
+    std::fs::remove_file(&victim).expect("remove");
+    let err = Store::open(cfg).await.err().expect("refused");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file == victim && c.reason.contains("missing")),
+        "{err}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_listed_segment_that_was_never_started_is_retired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_records(dir.path(), 3).await;
+    write_records(dir.path(), 1).await;
+    // A segment the rotator prepared while the WAL restarted: listed, all
+    // zeros, with a started segment after it.
+    let mut m = manifest(dir.path());
+    let first_started = m.segments[0];
+    let zero_id = first_started + 1;
+    assert!(!m.segments.contains(&zero_id) && m.segments[1] > zero_id, "{m:?}");
+    std::fs::write(dir.path().join(segment_file_name(zero_id)), vec![0u8; 8192]).expect("zero segment");
+    m.segments.insert(1, zero_id);
+    m.generation += 1;
+    std::fs::write(dir.path().join(MANIFEST_FILE), m.encode()).expect("write manifest");
+
+    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("open");
+    assert_eq!(recovery.records.len(), 4, "the segments around it are replayed");
+    assert_eq!(store.set("a", "b").await.expect("set"), 5);
+    store.shutdown().await.expect("shutdown");
+    assert!(!manifest(dir.path()).segments.contains(&zero_id));
+    assert!(!dir.path().join(segment_file_name(zero_id)).exists());
+
+    // Zeros in the header with data behind it are damage, not an unused segment.
+    let mut m = manifest(dir.path());
+    let mut bytes = vec![0u8; 8192];
+    bytes[100] = 1;
+    std::fs::write(dir.path().join(segment_file_name(zero_id)), bytes).expect("damaged segment");
+    m.segments.insert(1, zero_id);
+    m.generation += 1;
+    std::fs::write(dir.path().join(MANIFEST_FILE), m.encode()).expect("write manifest");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file.ends_with(segment_file_name(zero_id))),
+        "{err}"
+    );
+}
