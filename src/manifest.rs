@@ -21,7 +21,13 @@ use crate::segment::Segment;
 pub(crate) struct ManifestStore {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
-    current: Mutex<Manifest>,
+    current: Mutex<Live>,
+}
+
+struct Live {
+    manifest: Manifest,
+    /// Set by `close`: the directory is about to be released.
+    closed: bool,
 }
 
 impl ManifestStore {
@@ -61,24 +67,43 @@ impl ManifestStore {
         Ok(ManifestStore {
             fs,
             dir: dir.to_path_buf(),
-            current: Mutex::new(manifest),
+            current: Mutex::new(Live {
+                manifest,
+                closed: false,
+            }),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Manifest> {
+    fn lock(&self) -> MutexGuard<'_, Live> {
         // The in-memory manifest is replaced only after its file was written.
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Locks for a change; refused once closed.
+    fn lock_open(&self) -> Result<MutexGuard<'_, Live>> {
+        let live = self.lock();
+        if live.closed {
+            return Err(Error::ShutDown);
+        }
+        Ok(live)
+    }
+
+    /// Waits for any change in progress, then refuses all later ones: after
+    /// this the directory can be released to another opener.
+    pub fn close(&self) {
+        self.lock().closed = true;
+    }
+
     /// The live segment ids, ascending.
     pub fn segments(&self) -> Vec<u64> {
-        self.lock().segments.clone()
+        self.lock().manifest.segments.clone()
     }
 
     /// Removes segment files the manifest does not list, and a leftover
     /// temporary manifest: debris of a crash between two steps.
     pub fn remove_unlisted(&self) -> Result<()> {
-        let manifest = self.lock();
+        let live = self.lock_open()?;
+        let manifest = &live.manifest;
         let mut removed = false;
         for (id, path) in segment_files(self.fs.as_ref(), &self.dir)? {
             if manifest.segments.binary_search(&id).is_err() {
@@ -105,15 +130,15 @@ impl ManifestStore {
 
     /// Creates the next segment (preallocated to `size`) and lists it.
     pub fn create_segment(&self, size: u64) -> Result<Segment> {
-        let mut manifest = self.lock();
-        let id = manifest.next_segment_id;
+        let mut live = self.lock_open()?;
+        let id = live.manifest.next_segment_id;
         let segment = Segment::create(self.fs.as_ref(), &self.dir, id, size)?;
-        let mut next = manifest.clone();
+        let mut next = live.manifest.clone();
         next.generation += 1;
         next.next_segment_id = id + 1;
         next.segments.push(id);
         write(self.fs.as_ref(), &self.dir, &next)?;
-        *manifest = next;
+        live.manifest = next;
         Ok(segment)
     }
 
@@ -122,12 +147,12 @@ impl ManifestStore {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut manifest = self.lock();
-        let mut next = manifest.clone();
+        let mut live = self.lock_open()?;
+        let mut next = live.manifest.clone();
         next.generation += 1;
         next.segments.retain(|id| !ids.contains(id));
         write(self.fs.as_ref(), &self.dir, &next)?;
-        *manifest = next;
+        live.manifest = next;
         for id in ids {
             let path = segment_path(&self.dir, *id);
             match self.fs.remove(&path) {

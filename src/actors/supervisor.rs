@@ -160,6 +160,7 @@ impl Handler<Shutdown> for StoreSupervisor {
                 shared.inbox.close_and_fail(Closed::ShutDown);
                 let finished = actix_rt::task::spawn_blocking(move || {
                     shared.worker.stop();
+                    shared.manifest.close();
                     if let Some(arbiter) = arbiter {
                         arbiter.stop();
                         if arbiter.join().is_err() {

@@ -313,7 +313,8 @@ impl WalActor {
     /// On shutdown, once nothing is left to write: one last sync, then stop
     /// (the sync thread holds the file until the sync is done).
     fn finish_stop_if_drained(&mut self, ctx: &mut Context<Self>) {
-        if self.rotating.is_some() || !self.backlog.is_empty() || !self.shared.inbox.is_empty() {
+        let busy = self.rotating.is_some() || self.preparing;
+        if busy || !self.backlog.is_empty() || !self.shared.inbox.is_empty() {
             return;
         }
         let Some(reply) = self.stopping.take() else {
