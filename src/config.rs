@@ -27,6 +27,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub wal: WalConfig,
     pub compaction: CompactionConfig,
+    pub snapshot: SnapshotConfig,
     pub limits: LimitsConfig,
 }
 
@@ -66,6 +67,13 @@ pub struct WalConfig {
 pub struct CompactionConfig {
     pub threshold: u64,
     pub ratio: f64,
+}
+
+/// `[snapshot]`: how many snapshots are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    pub keep: u64,
 }
 
 /// `[limits]`: sizes refused before anything is written.

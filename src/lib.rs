@@ -31,6 +31,7 @@ mod manifest;
 pub mod recovery;
 mod segment;
 pub mod server;
+mod snapshot;
 pub mod stats;
 pub mod store;
 mod sync_worker;

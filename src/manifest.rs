@@ -1,5 +1,5 @@
 //! The manifest as the store keeps it: the one place that creates, lists and
-//! retires segments.
+//! retires segments and snapshots.
 //!
 //! Order makes it crash-safe: a segment is created and made durable before
 //! the manifest lists it, and unlisted before its file is removed, so a crash
@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::error::{Corruption, Error, Result};
 use crate::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
 use crate::format::segment::{parse_segment_file_name, segment_path};
+use crate::format::snapshot::SnapshotHeader;
 use crate::fs::FileSystem;
 use crate::segment::Segment;
+use crate::snapshot::snapshot_path;
 
 /// The live manifest of one data directory.
 pub(crate) struct ManifestStore {
@@ -58,6 +60,7 @@ impl ManifestStore {
                     generation: 0,
                     next_segment_id: 1,
                     segments: Vec::new(),
+                    snapshots: Vec::new(),
                 };
                 write(fs.as_ref(), dir, &fresh)?;
                 fresh
@@ -99,26 +102,64 @@ impl ManifestStore {
         self.lock().manifest.segments.clone()
     }
 
+    /// The live snapshots, oldest first.
+    pub fn snapshots(&self) -> Vec<SnapshotHeader> {
+        self.lock().manifest.snapshots.clone()
+    }
+
+    /// Lists a written snapshot and, in the same manifest write, unlists the
+    /// segments and snapshots it makes obsolete; then removes their files.
+    pub fn add_snapshot(&self, header: SnapshotHeader, segments: &[u64], snapshots: &[SnapshotHeader]) -> Result<()> {
+        let mut live = self.lock_open()?;
+        let mut next = live.manifest.clone();
+        next.generation += 1;
+        next.snapshots.retain(|s| !snapshots.contains(s));
+        next.snapshots.push(header);
+        next.segments.retain(|id| !segments.contains(id));
+        write(self.fs.as_ref(), &self.dir, &next)?;
+        live.manifest = next;
+        let files = segments
+            .iter()
+            .map(|id| segment_path(&self.dir, *id))
+            .chain(snapshots.iter().map(|s| snapshot_path(&self.dir, s)));
+        for path in files {
+            remove_if_present(self.fs.as_ref(), &path)?;
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| Error::io("sync directory", &self.dir, e))
+    }
+
     /// Removes segment files the manifest does not list, and a leftover
     /// temporary manifest: debris of a crash between two steps.
     pub fn remove_unlisted(&self) -> Result<()> {
         let live = self.lock_open()?;
         let manifest = &live.manifest;
+        let listed_snapshots: Vec<String> = manifest.snapshots.iter().map(SnapshotHeader::file_name).collect();
         let mut removed = false;
-        for (id, path) in segment_files(self.fs.as_ref(), &self.dir)? {
-            if manifest.segments.binary_search(&id).is_err() {
-                tracing::warn!(file = %path.display(), "removing a segment the manifest does not list");
+        for path in self
+            .fs
+            .list_dir(&self.dir)
+            .map_err(|e| Error::io("list data directory", &self.dir, e))?
+        {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let unlisted = match parse_segment_file_name(name) {
+                Some(id) => manifest.segments.binary_search(&id).is_err(),
+                None => {
+                    name == MANIFEST_TEMP_FILE
+                        || name.ends_with(".snap.tmp")
+                        || (name.ends_with(".snap") && !listed_snapshots.iter().any(|l| l == name))
+                }
+            };
+            if unlisted {
+                tracing::warn!(file = %path.display(), "removing a file the manifest does not list");
                 self.fs
                     .remove(&path)
-                    .map_err(|e| Error::io("remove unlisted segment", &path, e))?;
+                    .map_err(|e| Error::io("remove unlisted file", &path, e))?;
                 removed = true;
             }
-        }
-        let temp = self.dir.join(MANIFEST_TEMP_FILE);
-        match self.fs.remove(&temp) {
-            Ok(()) => removed = true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove temporary manifest", temp, e)),
         }
         if removed {
             self.fs
@@ -154,12 +195,7 @@ impl ManifestStore {
         write(self.fs.as_ref(), &self.dir, &next)?;
         live.manifest = next;
         for id in ids {
-            let path = segment_path(&self.dir, *id);
-            match self.fs.remove(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove retired segment", path, e)),
-            }
+            remove_if_present(self.fs.as_ref(), &segment_path(&self.dir, *id))?;
         }
         self.fs
             .sync_dir(&self.dir)
@@ -177,6 +213,16 @@ fn segment_files(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(u64, PathBuf)>>
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Removes a file that a manifest write just unlisted; already gone is fine
+/// (a crash after the write, before the removal).
+fn remove_if_present(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    match fs.remove(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove obsolete file", path, e)),
+    }
 }
 
 /// Replaces the manifest atomically: temporary file, fsync, rename, directory fsync.

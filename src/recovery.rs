@@ -9,11 +9,12 @@
 //! them, is corruption: the open fails naming file, offset and reason,
 //! unless `wal.recovery_mode` says otherwise.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, RecoveryMode};
-use crate::entry::{Record, Seq};
+use crate::entry::{Op, Record, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::all_zero;
 use crate::format::codec::decode_entry;
@@ -21,16 +22,24 @@ use crate::format::record::{read_frame, Frame, FRAME_HEADER_BYTES};
 use crate::format::segment::{segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::FileSystem;
 use crate::manifest::ManifestStore;
+use crate::snapshot::load_chain;
 
 /// Granularity of a lost write: a disk sector. A whole zero sector inside a
 /// damaged span means data never reached the disk (a torn write), which bit
 /// rot cannot produce.
 const SECTOR_BYTES: usize = 512;
 
-/// What recovery found and returned.
+/// What recovery found and returned: the state the snapshot chain holds
+/// (`base`, as of `base_seq`), then every record after it.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Every intact record, in sequence order.
+    /// Every live key and its value at `base_seq`, from the snapshots.
+    pub base: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The last sequence number the snapshots cover (0: none).
+    pub base_seq: Seq,
+    /// Snapshots loaded (the newest full one and its incrementals).
+    pub snapshots: usize,
+    /// Every intact record after `base_seq`, in sequence order.
     pub records: Vec<Record>,
     /// The last recovered sequence number (0 for an empty log).
     pub last_seq: Seq,
@@ -42,6 +51,26 @@ pub struct Recovery {
     pub segments: usize,
     /// Time the replay took.
     pub elapsed: Duration,
+}
+
+impl Recovery {
+    /// The recovered key-value state: `base` with `records` applied.
+    pub fn state(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut state = self.base.clone();
+        for record in &self.records {
+            for op in record.entry.ops() {
+                match op {
+                    Op::Set { key, value } => {
+                        state.insert(key.clone(), value.clone());
+                    }
+                    Op::Delete { key } => {
+                        state.remove(key);
+                    }
+                }
+            }
+        }
+        state
+    }
 }
 
 /// A torn tail cut off the newest segment.
@@ -76,6 +105,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
     let started_at = Instant::now();
     let dir = config.data_dir.as_path();
     manifest.remove_unlisted()?;
+    let chain = load_chain(fs, config, &manifest.snapshots())?;
     let mut ids = manifest.segments();
 
     // Trailing segments whose header is all zeros were prepared ahead of
@@ -91,7 +121,16 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
         ids.pop();
     }
 
-    let mut recovery = Recovery::default();
+    let mut recovery = Recovery {
+        base: chain
+            .state
+            .into_iter()
+            .filter_map(|(k, (_, v))| Some((k, v?)))
+            .collect(),
+        base_seq: chain.covered,
+        snapshots: chain.chain.len(),
+        ..Recovery::default()
+    };
     let mut expected: Option<Seq> = None;
     let count = ids.len();
     for (index, &id) in ids.iter().enumerate() {
@@ -133,6 +172,16 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
                 format!("header says segment {}, file name says {id}", header.id),
             ));
         }
+        if expected.is_none() && header.first_seq > recovery.base_seq + 1 {
+            return Err(corruption(
+                &path,
+                24,
+                format!(
+                    "the log starts at sequence {}, but the snapshots end at {}: records are missing",
+                    header.first_seq, recovery.base_seq
+                ),
+            ));
+        }
         if let Some(expected) = expected {
             if header.first_seq != expected && config.wal.recovery_mode != RecoveryMode::SkipCorrupt {
                 return Err(corruption(
@@ -166,7 +215,9 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
     for skipped in &recovery.skipped {
         tracing::error!(%skipped, "skipped a damaged region (recovery_mode = skip_corrupt)");
     }
-    recovery.last_seq = expected.map_or(0, |next| next - 1);
+    let base_seq = recovery.base_seq;
+    recovery.records.retain(|r| r.seq > base_seq);
+    recovery.last_seq = expected.map_or(0, |next| next - 1).max(base_seq);
     recovery.elapsed = started_at.elapsed();
     Ok(RecoveredLog { recovery, retire })
 }

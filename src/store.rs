@@ -8,12 +8,14 @@ use std::task::{Context, Poll};
 use actix::Addr;
 use tokio::sync::oneshot;
 
-use crate::actors::messages::Shutdown;
+use crate::actors::messages::{Shutdown, TakeSnapshot};
+use crate::actors::snapshot::SnapshotActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::actors::wal::{open_log, WalShared};
 use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Error, Result};
+use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{DirLock, FileSystem, RealFs};
 use crate::inbox::{Inbox, Request};
 use crate::manifest::ManifestStore;
@@ -33,6 +35,8 @@ pub struct Store {
 struct Shared {
     inbox: Arc<Inbox>,
     supervisor: Addr<StoreSupervisor>,
+    snapshots: Addr<SnapshotActor>,
+    wal: Arc<WalShared>,
     counters: Arc<WalCounters>,
     config: Config,
 }
@@ -85,11 +89,13 @@ impl Store {
             worker,
             counters: Arc::clone(&counters),
         });
-        let supervisor = StoreSupervisor::launch(wal_shared, start, lock);
+        let (supervisor, snapshots) = StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);
         let store = Store {
             shared: Arc::new(Shared {
                 inbox,
                 supervisor,
+                snapshots,
+                wal: wal_shared,
                 counters,
                 config,
             }),
@@ -139,6 +145,33 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Sync { reply })?;
         Pending { answer }.await
+    }
+
+    /// Takes a full snapshot of everything acknowledged before the call
+    /// (syncing first), in the background of the writers; then removes the
+    /// segments and snapshots it makes obsolete. `None`: the snapshots
+    /// already covered everything.
+    pub async fn snapshot(&self) -> Result<Option<SnapshotHeader>> {
+        self.take_snapshot(SnapshotKind::Full).await
+    }
+
+    /// Takes an incremental snapshot: the net changes since the last snapshot.
+    pub async fn snapshot_incremental(&self) -> Result<Option<SnapshotHeader>> {
+        self.take_snapshot(SnapshotKind::Incremental).await
+    }
+
+    async fn take_snapshot(&self, kind: SnapshotKind) -> Result<Option<SnapshotHeader>> {
+        let upto = self.sync().await?;
+        self.shared
+            .snapshots
+            .send(TakeSnapshot { kind, upto })
+            .await
+            .unwrap_or(Err(Error::ShutDown))
+    }
+
+    /// The snapshots the store holds, oldest first.
+    pub fn snapshots(&self) -> Vec<SnapshotHeader> {
+        self.shared.wal.manifest.snapshots()
     }
 
     /// The WAL's counters since open.

@@ -334,3 +334,41 @@ fn redis_cli_talks_to_the_server_and_the_value_survives_kill_9() {
     assert_eq!(run(&["get", "a"]), "b");
     drop(server);
 }
+
+#[test]
+fn save_and_bgsave_take_snapshots_that_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[("CONCORDKV__WAL__MAX_SEGMENT_BYTES", "4096")]);
+    let mut c = server.client();
+    for i in 0..200 {
+        assert_eq!(c.call(&["SET", &format!("k{i}"), &format!("v{i}")]), ok());
+    }
+    assert_eq!(c.call(&["SAVE"]), ok());
+    assert_eq!(c.call(&["DEL", "k0"]), BytesFrame::Integer(1));
+    assert_eq!(c.call(&["SAVE", "INCREMENTAL"]), ok());
+    assert!(is_error(&c.call(&["SAVE", "SOMETIMES"]), "syntax error"));
+    assert_eq!(c.call(&["SET", "k1", "changed"]), ok());
+    assert_eq!(
+        c.call(&["BGSAVE"]),
+        BytesFrame::SimpleString("Background saving started".into())
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let BytesFrame::BulkString(info) = c.call(&["INFO", "persistence"]) else {
+            panic!("INFO returns a bulk string");
+        };
+        let info = String::from_utf8_lossy(&info).to_string();
+        if info.contains("last_snapshot_seq:202") && info.contains("last_snapshot_kind:full") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "BGSAVE never finished: {info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill9();
+    let server = Server::start(dir.path(), &[("CONCORDKV__WAL__MAX_SEGMENT_BYTES", "4096")]);
+    let mut c = server.client();
+    assert_eq!(c.call(&["GET", "k0"]), BytesFrame::Null);
+    assert_eq!(c.call(&["GET", "k1"]), bulk("changed"));
+    assert_eq!(c.call(&["GET", "k199"]), bulk("v199"));
+    assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(199));
+}

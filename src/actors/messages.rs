@@ -4,7 +4,9 @@ use actix::Message;
 use tokio::sync::oneshot;
 
 use crate::actors::wal::WalStart;
+use crate::entry::Seq;
 use crate::error::Result;
+use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::segment::Segment;
 
 /// To `WalActor`: requests are waiting in the inbox.
@@ -34,6 +36,15 @@ pub struct StopWal {
 #[derive(Message)]
 #[rtype(result = "Result<Segment>")]
 pub(crate) struct PrepareSegment;
+
+/// To `SnapshotActor`: take a snapshot covering the log up to `upto`, which
+/// must be durable; `None` if the snapshots already cover it.
+#[derive(Message)]
+#[rtype(result = "Result<Option<SnapshotHeader>>")]
+pub struct TakeSnapshot {
+    pub kind: SnapshotKind,
+    pub upto: Seq,
+}
 
 /// To `StoreSupervisor`: the WAL actor of `generation` is gone without being stopped.
 #[derive(Message)]

@@ -4,6 +4,8 @@
 //!   hands appenders to the sync thread per the sync mode.
 //! - [`rotator::RotatorActor`] prepares the next segment ahead of time and
 //!   keeps the manifest.
+//! - [`snapshot::SnapshotActor`] takes full and incremental snapshots and
+//!   retires what they make obsolete.
 //! - [`sync_timer::SyncTimerActor`] is the clock of `batch` and `interval` syncs.
 //! - [`supervisor::StoreSupervisor`] starts them, notices a dead WAL actor
 //!   (also after a panic), re-validates the files and starts a fresh one, and
@@ -13,6 +15,7 @@
 
 pub mod messages;
 pub mod rotator;
+pub mod snapshot;
 pub mod supervisor;
 pub mod sync_timer;
 pub mod wal;

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::messages::{Shutdown, StopWal, WalDied, WalRecovered};
 use crate::actors::rotator::RotatorActor;
+use crate::actors::snapshot::SnapshotActor;
 use crate::actors::sync_timer::SyncTimerActor;
 use crate::actors::wal::{open_log, DeathNotice, WalActor, WalShared, WalStart};
 use crate::error::{Error, Result};
@@ -43,13 +44,23 @@ pub struct StoreSupervisor {
 }
 
 impl StoreSupervisor {
-    /// Starts the supervisor and, through it, the WAL actor at `start`.
-    pub(crate) fn launch(shared: Arc<WalShared>, start: WalStart, lock: DirLock) -> Addr<StoreSupervisor> {
-        StoreSupervisor::create(|ctx| {
+    /// Starts the supervisor and, through it, the WAL actor at `start`, the
+    /// rotator and the snapshot actor.
+    pub(crate) fn launch(
+        shared: Arc<WalShared>,
+        start: WalStart,
+        lock: DirLock,
+    ) -> (Addr<StoreSupervisor>, Addr<SnapshotActor>) {
+        let mut snapshots = None;
+        let supervisor = StoreSupervisor::create(|ctx| {
             let own_arbiter = shared.config.wal.dedicated_writer_thread.then(Arbiter::new);
             let arbiter = own_arbiter.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
             let rotator_shared = Arc::clone(&shared);
             let rotator = RotatorActor::start_in_arbiter(&arbiter, move |_| RotatorActor::new(rotator_shared));
+            let snapshot_shared = Arc::clone(&shared);
+            snapshots = Some(SnapshotActor::start_in_arbiter(&arbiter, move |_| {
+                SnapshotActor::new(snapshot_shared)
+            }));
             let mut supervisor = StoreSupervisor {
                 arbiter,
                 rotator,
@@ -63,7 +74,9 @@ impl StoreSupervisor {
             };
             supervisor.start_wal(ctx, start);
             supervisor
-        })
+        });
+        let snapshots = snapshots.unwrap_or_else(|| unreachable!("create runs its closure before returning"));
+        (supervisor, snapshots)
     }
 
     fn start_wal(&mut self, ctx: &mut Context<Self>, start: WalStart) {

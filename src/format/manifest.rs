@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::format::codec;
+use crate::format::snapshot::SnapshotHeader;
 
 /// Identifies a manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"CKVMAN\r\n";
@@ -27,6 +28,8 @@ pub struct Manifest {
     pub next_segment_id: u64,
     /// The live segments, ascending: the only ones recovery reads.
     pub segments: Vec<u64>,
+    /// The live snapshots, in the order they were taken.
+    pub snapshots: Vec<SnapshotHeader>,
 }
 
 /// Why a manifest was not accepted: the byte offset and the reason.
@@ -128,6 +131,12 @@ mod tests {
             generation: 9,
             next_segment_id: 12,
             segments: vec![3, 7, 11],
+            snapshots: vec![SnapshotHeader {
+                kind: crate::format::snapshot::SnapshotKind::Full,
+                from_seq: 0,
+                to_seq: 40,
+                entries: 3,
+            }],
         };
         let bytes = manifest.encode();
         assert_eq!(Manifest::decode(&bytes), Ok(manifest.clone()));

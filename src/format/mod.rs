@@ -5,6 +5,7 @@ pub mod codec;
 pub mod manifest;
 pub mod record;
 pub mod segment;
+pub mod snapshot;
 
 /// Whether every byte is zero. Folds whole blocks without an early exit per
 /// byte, which the compiler vectorizes: recovery checks the preallocated

@@ -54,6 +54,7 @@ pub async fn serve_connection(mut socket: TcpStream, db: Arc<Db>, max_request_by
                     Ok(_) => ok,
                     Err(e) => error(e.to_string()),
                 },
+                Reply::Wait(work) => work.await,
             };
             encode(&mut output, &frame);
         }

@@ -19,9 +19,13 @@ pub struct Db {
 }
 
 impl Db {
-    /// The state the recovered records describe.
+    /// The state recovery describes: the snapshots' base, then the records after it.
     pub fn new(store: Store, recovery: &Recovery) -> Db {
-        let mut map = HashMap::new();
+        let mut map: HashMap<Vec<u8>, Bytes> = recovery
+            .base
+            .iter()
+            .map(|(key, value)| (key.clone(), Bytes::copy_from_slice(value)))
+            .collect();
         for record in &recovery.records {
             for op in record.entry.ops() {
                 apply(&mut map, op);

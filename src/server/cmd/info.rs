@@ -32,7 +32,7 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
     if show("persistence") {
         let _ = write!(
             out,
-            "# Persistence\r\nsync_mode:{}\r\nwal_last_seq:{}\r\nwal_durable_seq:{}\r\nwal_records:{}\r\nwal_bytes:{}\r\nwal_syncs:{}\r\nwal_records_per_sync:{:.2}\r\nwal_rotations:{}\r\ndata_dir:{}\r\n\r\n",
+            "# Persistence\r\nsync_mode:{}\r\nwal_last_seq:{}\r\nwal_durable_seq:{}\r\nwal_records:{}\r\nwal_bytes:{}\r\nwal_syncs:{}\r\nwal_records_per_sync:{:.2}\r\nwal_rotations:{}\r\ndata_dir:{}\r\n",
             config.wal.sync_mode,
             stats.last_seq,
             stats.durable_seq,
@@ -42,6 +42,20 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
             stats.records_per_sync(),
             stats.rotations,
             config.data_dir.display(),
+        );
+    }
+    if show("persistence") {
+        let snapshots = store.snapshots();
+        let last = snapshots.iter().max_by_key(|s| s.to_seq);
+        let _ = write!(
+            out,
+            "snapshots:{}\r\nlast_snapshot_seq:{}\r\nlast_snapshot_kind:{}\r\n\r\n",
+            snapshots.len(),
+            last.map_or(0, |s| s.to_seq),
+            last.map_or("none", |s| match s.kind {
+                crate::format::snapshot::SnapshotKind::Full => "full",
+                crate::format::snapshot::SnapshotKind::Incremental => "incremental",
+            }),
         );
     }
     if show("keyspace") && !db.is_empty() {

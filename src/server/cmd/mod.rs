@@ -1,11 +1,16 @@
 //! Commands: parsing arguments into a [`Command`] and running it against the
 //! [`Db`]. Each family lives in its own file: [`keys`] reads, [`write`]
-//! changes, [`info`] reports, [`connection`] talks about the connection.
+//! changes, [`persistence`] snapshots, [`info`] reports, [`connection`]
+//! talks about the connection.
 
 pub mod connection;
 pub mod info;
 pub mod keys;
+pub mod persistence;
 pub mod write;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
@@ -19,6 +24,8 @@ pub enum Reply {
     Now(BytesFrame),
     /// A write: `ok` is the reply once the log acknowledges it.
     Later { pending: Pending, ok: BytesFrame },
+    /// A reply that takes longer work (a snapshot) to produce.
+    Wait(Pin<Box<dyn Future<Output = BytesFrame>>>),
     /// Reply, then close the connection.
     Close(BytesFrame),
 }
@@ -55,7 +62,7 @@ pub fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         "MSET" => !rest.is_empty() && rest.len() % 2 == 0,
         "DBSIZE" | "QUIT" => rest.is_empty(),
         "SELECT" => rest.len() == 1,
-        "INFO" => rest.len() <= 1,
+        "INFO" | "SAVE" | "BGSAVE" => rest.len() <= 1,
         "CONFIG" | "COMMAND" | "CLIENT" => true,
         _ => return Reply::Now(unknown_command(&name, rest)),
     };
@@ -74,6 +81,8 @@ pub fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         "SET" => write::set(db, &rest[0], &rest[1]),
         "MSET" => write::mset(db, rest),
         "DEL" => write::del(db, rest),
+        "SAVE" => persistence::save(db, rest.first()),
+        "BGSAVE" => persistence::bgsave(db, rest.first()),
         _ => info::info(db, rest.first()),
     }
 }

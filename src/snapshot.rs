@@ -1,0 +1,300 @@
+//! Snapshots: building them from the log, writing them crash-safely, and
+//! loading the chain recovery starts from.
+//!
+//! The chain is the newest full snapshot followed by the incrementals that
+//! continue it exactly (`from_seq` = the previous one's `to_seq`); the WAL
+//! replays what comes after the chain's end. A snapshot is written to a
+//! temporary file, synced, renamed and the directory synced before the
+//! manifest lists it; only then are the segments and snapshots it makes
+//! obsolete unlisted and removed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::entry::{Entry, Op, Seq};
+use crate::error::{Corruption, Error, Result};
+use crate::format::codec::decode_entry;
+use crate::format::record::{encode_record, read_frame, Frame};
+use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::snapshot::{SnapshotHeader, SnapshotKind, SNAPSHOT_HEADER_BYTES};
+use crate::fs::FileSystem;
+use crate::manifest::ManifestStore;
+
+/// Net state by key: the sequence number of its last change, and its value
+/// (`None`: deleted, kept only in incremental snapshots).
+type NetState = BTreeMap<Vec<u8>, (Seq, Option<Vec<u8>>)>;
+
+/// The state the snapshot chain describes.
+#[derive(Debug, Default)]
+pub(crate) struct ChainState {
+    pub state: NetState,
+    /// The last sequence number the chain covers (0: no snapshot).
+    pub covered: Seq,
+    /// The snapshots in the chain, oldest first.
+    pub chain: Vec<SnapshotHeader>,
+}
+
+fn corruption(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
+    Error::Corruption(Corruption {
+        file: file.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    })
+}
+
+/// The path of a snapshot in `dir`.
+pub(crate) fn snapshot_path(dir: &Path, header: &SnapshotHeader) -> PathBuf {
+    dir.join(header.file_name())
+}
+
+/// The snapshots to load: the newest full one and the incrementals that
+/// continue it without a gap.
+pub(crate) fn select_chain(listed: &[SnapshotHeader]) -> Vec<SnapshotHeader> {
+    let mut chain: Vec<SnapshotHeader> = listed
+        .iter()
+        .filter(|s| s.kind == SnapshotKind::Full)
+        .max_by_key(|s| s.to_seq)
+        .into_iter()
+        .copied()
+        .collect();
+    let mut covered = chain.last().map_or(0, |s| s.to_seq);
+    while let Some(next) = listed
+        .iter()
+        .find(|s| s.kind == SnapshotKind::Incremental && s.from_seq == covered && s.to_seq > covered)
+    {
+        covered = next.to_seq;
+        chain.push(*next);
+    }
+    chain
+}
+
+/// Loads and checks the chain the manifest lists.
+pub(crate) fn load_chain(fs: &dyn FileSystem, config: &Config, listed: &[SnapshotHeader]) -> Result<ChainState> {
+    let mut loaded = ChainState::default();
+    for header in select_chain(listed) {
+        let path = snapshot_path(&config.data_dir, &header);
+        for (seq, op) in read_snapshot(fs, &path, &header, config)? {
+            apply(&mut loaded.state, seq, op);
+        }
+        loaded.covered = header.to_seq;
+        loaded.chain.push(header);
+    }
+    loaded.state.retain(|_, (_, value)| value.is_some());
+    Ok(loaded)
+}
+
+/// Reads every entry of a snapshot, checking it against the header the
+/// manifest lists for it.
+fn read_snapshot(fs: &dyn FileSystem, path: &Path, listed: &SnapshotHeader, config: &Config) -> Result<Vec<(Seq, Op)>> {
+    let bytes = fs.read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            corruption(path, 0, "listed in MANIFEST but missing")
+        } else {
+            Error::io("read snapshot", path, e)
+        }
+    })?;
+    let header = SnapshotHeader::decode(&bytes).map_err(|(offset, reason)| corruption(path, offset, reason))?;
+    if header != *listed {
+        return Err(corruption(
+            path,
+            0,
+            format!("header {header:?} differs from the manifest's {listed:?}"),
+        ));
+    }
+    let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
+    let mut entries = Vec::new();
+    let mut offset = SNAPSHOT_HEADER_BYTES;
+    while offset < bytes.len() {
+        let (seq, payload, size) = match read_frame(&bytes[offset..], max_payload) {
+            Frame::Record { seq, payload, size } => (seq, payload, size),
+            Frame::Unwritten => return Err(corruption(path, offset as u64, "zeros where an entry should be")),
+            Frame::Damaged(reason) => return Err(corruption(path, offset as u64, reason)),
+        };
+        if seq <= header.from_seq || seq > header.to_seq {
+            return Err(corruption(
+                path,
+                offset as u64,
+                format!("entry sequence {seq} outside the snapshot's range"),
+            ));
+        }
+        let op = match decode_entry(payload).map_err(|reason| corruption(path, offset as u64, reason))? {
+            Entry::Op(Op::Delete { .. }) if header.kind == SnapshotKind::Full => {
+                return Err(corruption(path, offset as u64, "a deletion in a full snapshot"));
+            }
+            Entry::Op(op) => op,
+            Entry::Batch(_) => return Err(corruption(path, offset as u64, "a batch in a snapshot")),
+        };
+        entries.push((seq, op));
+        offset += size;
+    }
+    if entries.len() as u64 != header.entries {
+        return Err(corruption(
+            path,
+            bytes.len() as u64,
+            format!("{} entries, the header says {}", entries.len(), header.entries),
+        ));
+    }
+    Ok(entries)
+}
+
+fn apply(state: &mut NetState, seq: Seq, op: Op) {
+    match op {
+        Op::Set { key, value } => state.insert(key, (seq, Some(value))),
+        Op::Delete { key } => state.insert(key, (seq, None)),
+    };
+}
+
+/// Applies the WAL records in `(after, upto]` of the listed segments, and
+/// fails unless it saw every one of them, in order: a snapshot missing a
+/// record would retire the only copy of it.
+fn apply_log(
+    fs: &dyn FileSystem,
+    config: &Config,
+    segments: &[u64],
+    after: Seq,
+    upto: Seq,
+    state: &mut NetState,
+) -> Result<()> {
+    let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
+    let mut expected = after + 1;
+    for &id in segments {
+        if expected > upto {
+            break;
+        }
+        let path = segment_path(&config.data_dir, id);
+        let bytes = fs.read(&path).map_err(|e| Error::io("read segment", &path, e))?;
+        if SegmentHeader::decode(&bytes).is_err() {
+            continue;
+        }
+        let mut offset = SEGMENT_HEADER_BYTES;
+        while let Frame::Record { seq, payload, size } = read_frame(&bytes[offset..], max_payload) {
+            if seq > upto {
+                break;
+            }
+            if seq >= expected {
+                if seq != expected {
+                    return Err(corruption(
+                        &path,
+                        offset as u64,
+                        format!("sequence {seq}, expected {expected}"),
+                    ));
+                }
+                let entry = decode_entry(payload).map_err(|reason| corruption(&path, offset as u64, reason))?;
+                for op in entry.ops() {
+                    apply(state, seq, op.clone());
+                }
+                expected += 1;
+            }
+            offset += size;
+        }
+    }
+    if expected != upto + 1 {
+        return Err(Error::WalFailed(format!(
+            "the log holds records up to {}, not the {upto} the snapshot must cover",
+            expected - 1
+        )));
+    }
+    Ok(())
+}
+
+/// Takes a snapshot covering the log up to `upto` (which must be durable),
+/// lists it, and retires the segments and snapshots it makes obsolete.
+/// Returns `None` when the chain already covers `upto`.
+pub(crate) fn take_snapshot(
+    fs: &dyn FileSystem,
+    manifest: &ManifestStore,
+    config: &Config,
+    kind: SnapshotKind,
+    upto: Seq,
+) -> Result<Option<SnapshotHeader>> {
+    let listed = manifest.snapshots();
+    let chain = select_chain(&listed);
+    let covered = chain.last().map_or(0, |s| s.to_seq);
+    if upto <= covered {
+        return Ok(None);
+    }
+    let segments = manifest.segments();
+    let (from_seq, mut state) = match kind {
+        SnapshotKind::Full => (0, load_chain(fs, config, &listed)?.state),
+        SnapshotKind::Incremental => (covered, NetState::new()),
+    };
+    apply_log(fs, config, &segments, covered, upto, &mut state)?;
+    if kind == SnapshotKind::Full {
+        state.retain(|_, (_, value)| value.is_some());
+    }
+    let header = SnapshotHeader {
+        kind,
+        from_seq,
+        to_seq: upto,
+        entries: state.len() as u64,
+    };
+    write_snapshot(fs, &config.data_dir, &header, state)?;
+
+    let obsolete = obsolete_snapshots(&listed, kind, config.snapshot.keep);
+    let covered_segments = covered_segments(fs, &config.data_dir, &segments, upto)?;
+    manifest.add_snapshot(header, &covered_segments, &obsolete)?;
+    Ok(Some(header))
+}
+
+/// What a new snapshot makes obsolete: after a full one, every incremental
+/// (all end at or before it) and the full ones beyond the newest `keep`
+/// (the new one included); an incremental only extends the chain.
+fn obsolete_snapshots(listed: &[SnapshotHeader], kind: SnapshotKind, keep: u64) -> Vec<SnapshotHeader> {
+    if kind == SnapshotKind::Incremental {
+        return Vec::new();
+    }
+    let mut fulls: Vec<&SnapshotHeader> = listed.iter().filter(|s| s.kind == SnapshotKind::Full).collect();
+    fulls.sort_by_key(|s| std::cmp::Reverse(s.to_seq));
+    let keep_old = usize::try_from(keep).unwrap_or(usize::MAX).saturating_sub(1);
+    let kept: Vec<&SnapshotHeader> = fulls.into_iter().take(keep_old).collect();
+    listed.iter().filter(|s| !kept.contains(s)).copied().collect()
+}
+
+/// Segments all of whose records are at or below `upto`: every segment
+/// whose successor starts at or below `upto + 1`. The newest never is.
+fn covered_segments(fs: &dyn FileSystem, dir: &Path, segments: &[u64], upto: Seq) -> Result<Vec<u64>> {
+    let mut starts = Vec::with_capacity(segments.len());
+    for &id in segments {
+        let path = segment_path(dir, id);
+        let head = fs
+            .read_prefix(&path, SEGMENT_HEADER_BYTES)
+            .map_err(|e| Error::io("read segment header", &path, e))?;
+        if let Ok(header) = SegmentHeader::decode(&head) {
+            starts.push((id, header.first_seq));
+        }
+    }
+    Ok(starts
+        .windows(2)
+        .filter(|pair| pair[1].1 <= upto + 1)
+        .map(|pair| pair[0].0)
+        .collect())
+}
+
+/// Writes a snapshot crash-safely: temporary file, fsync, rename, directory fsync.
+fn write_snapshot(fs: &dyn FileSystem, dir: &Path, header: &SnapshotHeader, state: NetState) -> Result<()> {
+    let path = snapshot_path(dir, header);
+    let temp = path.with_extension("snap.tmp");
+    if let Err(e) = fs.remove(&temp) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(Error::io("remove temporary snapshot", temp, e));
+        }
+    }
+    let mut buf = header.encode().to_vec();
+    for (key, (seq, value)) in state {
+        let op = match value {
+            Some(value) => Op::Set { key, value },
+            None => Op::Delete { key },
+        };
+        encode_record(seq, &Entry::Op(op), &mut buf);
+    }
+    let file = fs
+        .create(&temp, 0)
+        .map_err(|e| Error::io("create snapshot", &temp, e))?;
+    file.write_at(&buf, 0)
+        .map_err(|e| Error::io("write snapshot", &temp, e))?;
+    file.sync_all().map_err(|e| Error::io("sync snapshot", &temp, e))?;
+    fs.rename(&temp, &path)
+        .map_err(|e| Error::io("rename snapshot", &path, e))?;
+    fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))
+}

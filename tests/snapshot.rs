@@ -1,0 +1,243 @@
+//! Snapshots: full and incremental ones recover the same state as the log
+//! they replace, retire what they cover, and name themselves when damaged.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use common::{config, started_segments};
+use concordkv::format::snapshot::SnapshotKind;
+use concordkv::{Config, Error, Op, Store, SyncMode};
+use proptest::prelude::*;
+
+fn small(dir: &Path) -> Config {
+    let mut cfg = config(dir, SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    cfg
+}
+
+fn snapshot_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".snap"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[actix_rt::test]
+async fn a_full_snapshot_recovers_the_same_state_and_retires_covered_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(small(dir.path())).await.expect("open");
+    let mut model = BTreeMap::new();
+    for round in 0..20u32 {
+        for k in 0..20u32 {
+            let (key, value) = (format!("k{k}").into_bytes(), format!("{round}-{k}").into_bytes());
+            store.set(key.clone(), value.clone()).await.expect("set");
+            model.insert(key, value);
+        }
+    }
+    store.delete("k3").await.expect("delete");
+    model.remove(b"k3".as_slice());
+    let segments_before = started_segments(dir.path()).len();
+    let header = store.snapshot().await.expect("snapshot").expect("a new snapshot");
+    assert_eq!(header.kind, SnapshotKind::Full);
+    assert_eq!(header.to_seq, 401);
+    assert_eq!(header.entries, 19, "one entry per live key, no deletions");
+    let segments_after = started_segments(dir.path()).len();
+    assert!(segments_before > 1);
+    assert_eq!(
+        segments_after, 1,
+        "only the active segment outlives a full snapshot of everything"
+    );
+    assert!(
+        store.snapshot().await.expect("snapshot").is_none(),
+        "nothing new to cover"
+    );
+    store.set("after", "snap").await.expect("set");
+    model.insert(b"after".to_vec(), b"snap".to_vec());
+    store.shutdown().await.expect("shutdown");
+
+    let (store, recovery) = Store::open(small(dir.path())).await.expect("reopen");
+    assert_eq!(recovery.base_seq, 401);
+    assert_eq!(recovery.snapshots, 1);
+    assert_eq!(
+        recovery.records.first().map(|r| r.seq),
+        Some(402),
+        "only records after the snapshot"
+    );
+    assert_eq!(recovery.state(), model);
+    assert_eq!(
+        store.set("next", "x").await.expect("set"),
+        403,
+        "sequence numbers continue"
+    );
+    store.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn incremental_snapshots_chain_onto_the_full_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(small(dir.path())).await.expect("open");
+    let mut model = BTreeMap::new();
+    let mut write = |store: Store, key: String, value: Option<String>| {
+        match &value {
+            Some(v) => model.insert(key.clone().into_bytes(), v.clone().into_bytes()),
+            None => model.remove(key.as_bytes()),
+        };
+        async move {
+            match value {
+                Some(v) => store.set(key, v).await.expect("set"),
+                None => store.delete(key).await.expect("delete"),
+            }
+        }
+    };
+    for i in 0..50 {
+        write(store.clone(), format!("a{i}"), Some(format!("v{i}"))).await;
+    }
+    store.snapshot().await.expect("full").expect("taken");
+    for i in 0..10 {
+        write(store.clone(), format!("a{i}"), None).await;
+        write(store.clone(), format!("b{i}"), Some("new".into())).await;
+    }
+    let incr = store.snapshot_incremental().await.expect("incremental").expect("taken");
+    assert_eq!(
+        (incr.kind, incr.from_seq, incr.to_seq, incr.entries),
+        (SnapshotKind::Incremental, 50, 70, 20)
+    );
+    write(store.clone(), "a20".into(), Some("changed".into())).await;
+    store.snapshot_incremental().await.expect("incremental").expect("taken");
+    write(store.clone(), "tail".into(), Some("t".into())).await;
+    store.shutdown().await.expect("shutdown");
+
+    let (store, recovery) = Store::open(small(dir.path())).await.expect("reopen");
+    assert_eq!(recovery.snapshots, 3);
+    assert_eq!(recovery.base_seq, 71);
+    assert_eq!(recovery.state(), model);
+    // A new full snapshot replaces the chain.
+    store.snapshot().await.expect("full").expect("taken");
+    let files = snapshot_files(dir.path());
+    assert!(
+        files.iter().all(|f| f.ends_with(".full.snap")),
+        "incrementals covered by a full one are removed: {files:?}"
+    );
+    assert_eq!(files.len(), 2, "snapshot.keep = 2 full snapshots: {files:?}");
+    store.shutdown().await.expect("shutdown");
+    let (_store, recovery) = Store::open(small(dir.path())).await.expect("reopen");
+    assert_eq!(recovery.state(), model);
+}
+
+#[actix_rt::test]
+async fn a_damaged_snapshot_fails_the_open_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(small(dir.path())).await.expect("open");
+    for i in 0..100u32 {
+        store.set(format!("k{i}"), "v").await.expect("set");
+    }
+    let header = store.snapshot().await.expect("snapshot").expect("taken");
+    store.shutdown().await.expect("shutdown");
+    let path = dir.path().join(header.file_name());
+    let mut bytes = std::fs::read(&path).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let err = Store::open(small(dir.path())).await.err().expect("refused");
+    assert!(matches!(&err, Error::Corruption(c) if c.file == path), "{err}");
+    assert!(err.to_string().contains("offset"), "{err}");
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Set(u8, u8),
+    Delete(u8),
+    Batch(Vec<(u8, Option<u8>)>),
+    Full,
+    Incremental,
+    Restart,
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        6 => (0u8..24, any::<u8>()).prop_map(|(k, v)| Action::Set(k, v)),
+        2 => (0u8..24).prop_map(Action::Delete),
+        2 => proptest::collection::vec((0u8..24, proptest::option::of(any::<u8>())), 1..5).prop_map(Action::Batch),
+        1 => Just(Action::Full),
+        1 => Just(Action::Incremental),
+        1 => Just(Action::Restart),
+    ]
+}
+
+fn key(k: u8) -> Vec<u8> {
+    format!("key-{k}").into_bytes()
+}
+
+fn value(v: u8) -> Vec<u8> {
+    vec![v; 40 + usize::from(v % 50)]
+}
+
+async fn run_model(dir: &Path, actions: Vec<Action>) {
+    let cfg = small(dir);
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let (mut store, _) = Store::open(cfg.clone()).await.expect("open");
+    for action in actions {
+        match action {
+            Action::Set(k, v) => {
+                store.set(key(k), value(v)).await.expect("set");
+                model.insert(key(k), value(v));
+            }
+            Action::Delete(k) => {
+                store.delete(key(k)).await.expect("delete");
+                model.remove(&key(k));
+            }
+            Action::Batch(ops) => {
+                let ops: Vec<Op> = ops
+                    .into_iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => Op::Set {
+                            key: key(k),
+                            value: value(v),
+                        },
+                        None => Op::Delete { key: key(k) },
+                    })
+                    .collect();
+                for op in &ops {
+                    match op {
+                        Op::Set { key, value } => model.insert(key.clone(), value.clone()),
+                        Op::Delete { key } => model.remove(key),
+                    };
+                }
+                store.append_batch(ops).await.expect("batch");
+            }
+            Action::Full => {
+                store.snapshot().await.expect("full snapshot");
+            }
+            Action::Incremental => {
+                store.snapshot_incremental().await.expect("incremental snapshot");
+            }
+            Action::Restart => {
+                store.shutdown().await.expect("shutdown");
+                let (reopened, recovery) = Store::open(cfg.clone()).await.expect("reopen");
+                let recovered: HashMap<_, _> = recovery.state().into_iter().collect();
+                assert_eq!(recovered, model, "state after restart");
+                store = reopened;
+            }
+        }
+    }
+    store.shutdown().await.expect("shutdown");
+    let (store, recovery) = Store::open(cfg).await.expect("final open");
+    let recovered: HashMap<_, _> = recovery.state().into_iter().collect();
+    assert_eq!(recovered, model, "final state");
+    store.shutdown().await.expect("shutdown");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn recovered_state_equals_a_hashmap_fed_the_same_operations(actions in proptest::collection::vec(action(), 1..120)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        actix_rt::System::new().block_on(run_model(dir.path(), actions));
+    }
+}
