@@ -25,6 +25,8 @@ pub trait FileSystem: Send + Sync + 'static {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// At most the first `len` bytes of a file.
     fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>>;
+    /// The length of a file.
+    fn file_len(&self, path: &Path) -> io::Result<u64>;
     /// Creates a new file (failing if it exists) with mode 0600, with
     /// `preallocate` bytes reserved and reading as zeros.
     fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>>;
@@ -92,6 +94,10 @@ impl FileSystem for RealFs {
         let mut buf = Vec::with_capacity(len);
         File::open(path)?.take(len as u64).read_to_end(&mut buf)?;
         Ok(buf)
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(path)?.len())
     }
 
     fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>> {

@@ -25,13 +25,16 @@ pub(crate) enum Request {
     /// Make everything queued before this durable; answered with the last
     /// sequence number written.
     Sync { reply: Reply },
+    /// Seal the active segment if it holds records; answered once the next
+    /// one is in place, with the last sequence number sealed.
+    Rotate { reply: Reply },
 }
 
 impl Request {
     /// Answers the request with an error.
     pub(crate) fn fail(self, error: Error) {
         let reply = match self {
-            Request::Append { reply, .. } | Request::Sync { reply } => reply,
+            Request::Append { reply, .. } | Request::Sync { reply } | Request::Rotate { reply } => reply,
         };
         // The appender may have given up waiting; nothing to do then.
         let _ = reply.send(Err(error));

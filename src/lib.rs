@@ -21,6 +21,7 @@
 
 pub mod actors;
 pub mod bench;
+pub mod compaction;
 pub mod config;
 pub mod entry;
 pub mod error;
@@ -36,6 +37,7 @@ pub mod stats;
 pub mod store;
 mod sync_worker;
 
+pub use compaction::CompactionReport;
 pub use config::{Config, RecoveryMode, SyncMode};
 pub use entry::{Entry, Op, Record, Seq};
 pub use error::{ConfigError, Corruption, Error, Result};

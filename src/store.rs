@@ -8,10 +8,12 @@ use std::task::{Context, Poll};
 use actix::Addr;
 use tokio::sync::oneshot;
 
-use crate::actors::messages::{Shutdown, TakeSnapshot};
+use crate::actors::compactor::CompactorActor;
+use crate::actors::messages::{Compact, Shutdown, TakeSnapshot};
 use crate::actors::snapshot::SnapshotActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::actors::wal::{open_log, WalShared};
+use crate::compaction::CompactionReport;
 use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Error, Result};
@@ -36,6 +38,7 @@ struct Shared {
     inbox: Arc<Inbox>,
     supervisor: Addr<StoreSupervisor>,
     snapshots: Addr<SnapshotActor>,
+    compactor: Addr<CompactorActor>,
     wal: Arc<WalShared>,
     counters: Arc<WalCounters>,
     config: Config,
@@ -89,12 +92,13 @@ impl Store {
             worker,
             counters: Arc::clone(&counters),
         });
-        let (supervisor, snapshots) = StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);
+        let (supervisor, snapshots, compactor) = StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);
         let store = Store {
             shared: Arc::new(Shared {
                 inbox,
                 supervisor,
                 snapshots,
+                compactor,
                 wal: wal_shared,
                 counters,
                 config,
@@ -165,6 +169,21 @@ impl Store {
         self.shared
             .snapshots
             .send(TakeSnapshot { kind, upto })
+            .await
+            .unwrap_or(Err(Error::ShutDown))
+    }
+
+    /// Compacts everything acknowledged before the call, whatever its
+    /// redundancy: seals the active segment, then rewrites the sealed
+    /// segments down to the latest value of each key (see `compaction`).
+    /// `None`: there was nothing to compact.
+    pub async fn compact(&self) -> Result<Option<CompactionReport>> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.inbox.push(Request::Rotate { reply })?;
+        Pending { answer }.await?;
+        self.shared
+            .compactor
+            .send(Compact)
             .await
             .unwrap_or(Err(Error::ShutDown))
     }

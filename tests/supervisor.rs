@@ -54,6 +54,9 @@ impl FileSystem for PanickingFs {
     fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
         RealFs.read_prefix(path, len)
     }
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        RealFs.file_len(path)
+    }
     fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>> {
         let inner = RealFs.create(path, preallocate)?;
         // Only segments, which only the WAL actor writes; not the manifest.

@@ -4,6 +4,7 @@ use actix::Message;
 use tokio::sync::oneshot;
 
 use crate::actors::wal::WalStart;
+use crate::compaction::CompactionReport;
 use crate::entry::Seq;
 use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
@@ -45,6 +46,18 @@ pub struct TakeSnapshot {
     pub kind: SnapshotKind,
     pub upto: Seq,
 }
+
+/// To `CompactorActor`, from `WalActor`: a segment of `records` records was sealed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SegmentSealed {
+    pub records: u64,
+}
+
+/// To `CompactorActor`: compact the sealed segments now; `None` if there was nothing to do.
+#[derive(Message)]
+#[rtype(result = "Result<Option<CompactionReport>>")]
+pub struct Compact;
 
 /// To `StoreSupervisor`: the WAL actor of `generation` is gone without being stopped.
 #[derive(Message)]

@@ -4,6 +4,8 @@
 //!   hands appenders to the sync thread per the sync mode.
 //! - [`rotator::RotatorActor`] prepares the next segment ahead of time and
 //!   keeps the manifest.
+//! - [`compactor::CompactorActor`] decides when the sealed segments are
+//!   compacted, and has it done in the background.
 //! - [`snapshot::SnapshotActor`] takes full and incremental snapshots and
 //!   retires what they make obsolete.
 //! - [`sync_timer::SyncTimerActor`] is the clock of `batch` and `interval` syncs.
@@ -13,6 +15,7 @@
 //!
 //! Every message they exchange is in [`messages`].
 
+pub mod compactor;
 pub mod messages;
 pub mod rotator;
 pub mod snapshot;

@@ -16,6 +16,7 @@ use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::oneshot;
 
+use crate::actors::compactor::CompactorActor;
 use crate::actors::messages::{Shutdown, StopWal, WalDied, WalRecovered};
 use crate::actors::rotator::RotatorActor;
 use crate::actors::snapshot::SnapshotActor;
@@ -34,6 +35,7 @@ pub struct StoreSupervisor {
     own_arbiter: Option<Arbiter>,
     shutting_down: bool,
     rotator: Addr<RotatorActor>,
+    compactor: Addr<CompactorActor>,
     wal: Option<Addr<WalActor>>,
     timer: Option<Addr<SyncTimerActor>>,
     /// Incremented at every (re)start, so a late death notice of an old
@@ -50,20 +52,24 @@ impl StoreSupervisor {
         shared: Arc<WalShared>,
         start: WalStart,
         lock: DirLock,
-    ) -> (Addr<StoreSupervisor>, Addr<SnapshotActor>) {
-        let mut snapshots = None;
+    ) -> (Addr<StoreSupervisor>, Addr<SnapshotActor>, Addr<CompactorActor>) {
+        let mut started = None;
         let supervisor = StoreSupervisor::create(|ctx| {
             let own_arbiter = shared.config.wal.dedicated_writer_thread.then(Arbiter::new);
             let arbiter = own_arbiter.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
             let rotator_shared = Arc::clone(&shared);
             let rotator = RotatorActor::start_in_arbiter(&arbiter, move |_| RotatorActor::new(rotator_shared));
             let snapshot_shared = Arc::clone(&shared);
-            snapshots = Some(SnapshotActor::start_in_arbiter(&arbiter, move |_| {
-                SnapshotActor::new(snapshot_shared)
-            }));
+            let snapshots = SnapshotActor::start_in_arbiter(&arbiter, move |_| SnapshotActor::new(snapshot_shared));
+            let (compactor_shared, compactor_snapshots) = (Arc::clone(&shared), snapshots.clone());
+            let compactor = CompactorActor::start_in_arbiter(&arbiter, move |_| {
+                CompactorActor::new(compactor_shared, compactor_snapshots)
+            });
+            started = Some((snapshots, compactor.clone()));
             let mut supervisor = StoreSupervisor {
                 arbiter,
                 rotator,
+                compactor,
                 own_arbiter,
                 shutting_down: false,
                 shared,
@@ -75,8 +81,9 @@ impl StoreSupervisor {
             supervisor.start_wal(ctx, start);
             supervisor
         });
-        let snapshots = snapshots.unwrap_or_else(|| unreachable!("create runs its closure before returning"));
-        (supervisor, snapshots)
+        let (snapshots, compactor) =
+            started.unwrap_or_else(|| unreachable!("create runs its closure before returning"));
+        (supervisor, snapshots, compactor)
     }
 
     fn start_wal(&mut self, ctx: &mut Context<Self>, start: WalStart) {
@@ -89,8 +96,10 @@ impl StoreSupervisor {
             generation: self.generation,
         };
         let shared = Arc::clone(&self.shared);
-        let rotator = self.rotator.clone();
-        let wal = WalActor::start_in_arbiter(&self.arbiter, move |_| WalActor::new(shared, rotator, start, death));
+        let (rotator, compactor) = (self.rotator.clone(), self.compactor.clone());
+        let wal = WalActor::start_in_arbiter(&self.arbiter, move |_| {
+            WalActor::new(shared, rotator, compactor, start, death)
+        });
         self.timer = SyncTimerActor::for_mode(&self.shared.config.wal, wal.clone())
             .map(|timer| SyncTimerActor::start_in_arbiter(&self.arbiter, move |_| timer));
         self.shared.inbox.open(wal.clone());

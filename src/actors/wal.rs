@@ -17,7 +17,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::actors::messages::{Drain, PrepareSegment, SealDone, StopWal, SyncTick, WalDied};
+use crate::actors::compactor::CompactorActor;
+use crate::actors::messages::{Drain, PrepareSegment, SealDone, SegmentSealed, StopWal, SyncTick, WalDied};
 use crate::actors::rotator::RotatorActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::config::{Config, SyncMode};
@@ -84,6 +85,7 @@ impl Drop for DeathNotice {
 pub struct WalActor {
     shared: Arc<WalShared>,
     rotator: Addr<RotatorActor>,
+    compactor: Addr<CompactorActor>,
     segment: Segment,
     next_seq: Seq,
     /// The next segment, created ahead of time by the rotator.
@@ -97,6 +99,8 @@ pub struct WalActor {
     buf: Vec<u8>,
     /// Records written since the last sync was requested.
     unsynced: u64,
+    /// `Rotate` requests waiting for the rotation in progress.
+    rotation_replies: Vec<Reply>,
     failed: Option<String>,
     stopping: Option<oneshot::Sender<Result<()>>>,
     /// Held only for its `Drop`.
@@ -107,6 +111,7 @@ impl WalActor {
     pub(crate) fn new(
         shared: Arc<WalShared>,
         rotator: Addr<RotatorActor>,
+        compactor: Addr<CompactorActor>,
         start: WalStart,
         death: DeathNotice,
     ) -> WalActor {
@@ -115,6 +120,7 @@ impl WalActor {
         WalActor {
             shared,
             rotator,
+            compactor,
             segment: start.segment,
             next_seq: start.next_seq,
             prepared: None,
@@ -124,6 +130,7 @@ impl WalActor {
             taken: Vec::new(),
             buf: Vec::new(),
             unsynced: 0,
+            rotation_replies: Vec::new(),
             failed: None,
             stopping: None,
             _death: death,
@@ -184,6 +191,15 @@ impl WalActor {
                     self.next_seq += 1;
                 }
                 Request::Sync { reply } => sync_replies.push(reply),
+                Request::Rotate { reply } => {
+                    if empty_segment && self.buf.is_empty() {
+                        let _ = reply.send(Ok(self.next_seq - 1));
+                    } else {
+                        self.rotation_replies.push(reply);
+                        full = true;
+                        break;
+                    }
+                }
             }
         }
         if !self.buf.is_empty() {
@@ -289,8 +305,14 @@ impl WalActor {
             self.finish_stop_if_drained(ctx);
             return;
         }
-        self.segment = next;
+        let sealed = std::mem::replace(&mut self.segment, next);
+        self.compactor.do_send(SegmentSealed {
+            records: sealed.records,
+        });
         self.rotating = None;
+        for reply in self.rotation_replies.drain(..) {
+            let _ = reply.send(Ok(self.next_seq - 1));
+        }
         self.shared.counters.rotations.fetch_add(1, Relaxed);
         metrics::counter!("concordkv_wal_rotations_total").increment(1);
         self.prepare_next(ctx);
@@ -306,6 +328,9 @@ impl WalActor {
         self.shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
         for request in self.backlog.drain(..) {
             request.fail(Error::WalFailed(reason.clone()));
+        }
+        for reply in self.rotation_replies.drain(..) {
+            let _ = reply.send(Err(Error::WalFailed(reason.clone())));
         }
         self.rotating = None;
     }

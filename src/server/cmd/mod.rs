@@ -60,7 +60,7 @@ pub fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         "SET" => rest.len() == 2,
         "DEL" | "EXISTS" => !rest.is_empty(),
         "MSET" => !rest.is_empty() && rest.len() % 2 == 0,
-        "DBSIZE" | "QUIT" => rest.is_empty(),
+        "DBSIZE" | "QUIT" | "BGREWRITEAOF" => rest.is_empty(),
         "SELECT" => rest.len() == 1,
         "INFO" | "SAVE" | "BGSAVE" => rest.len() <= 1,
         "CONFIG" | "COMMAND" | "CLIENT" => true,
@@ -83,6 +83,7 @@ pub fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         "DEL" => write::del(db, rest),
         "SAVE" => persistence::save(db, rest.first()),
         "BGSAVE" => persistence::bgsave(db, rest.first()),
+        "BGREWRITEAOF" => persistence::bgrewriteaof(db),
         _ => info::info(db, rest.first()),
     }
 }

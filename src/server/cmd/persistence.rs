@@ -1,5 +1,6 @@
-//! Snapshots on request: `SAVE [FULL|INCREMENTAL]` waits for the snapshot,
-//! `BGSAVE [FULL|INCREMENTAL]` starts it and answers at once.
+//! Snapshots and compaction on request: `SAVE [FULL|INCREMENTAL]` waits for
+//! the snapshot, `BGSAVE [FULL|INCREMENTAL]` starts it and answers at once,
+//! `BGREWRITEAOF` starts a compaction of everything written so far.
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
@@ -56,5 +57,18 @@ pub fn bgsave(db: &Db, arg: Option<&Bytes>) -> Reply {
     });
     Reply::Now(BytesFrame::SimpleString(Bytes::from_static(
         b"Background saving started",
+    )))
+}
+
+/// `BGREWRITEAOF`: compact the log in the background.
+pub fn bgrewriteaof(db: &Db) -> Reply {
+    let store = db.store().clone();
+    actix_rt::spawn(async move {
+        if let Err(e) = store.compact().await {
+            tracing::error!(%e, "background compaction failed");
+        }
+    });
+    Reply::Now(BytesFrame::SimpleString(Bytes::from_static(
+        b"Background append only file rewriting started",
     )))
 }

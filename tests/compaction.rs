@@ -1,0 +1,167 @@
+//! Compaction: sealed segments are rewritten down to the latest value of
+//! each key, by itself when enough is redundant and on request, without
+//! changing what recovery returns.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{config, frame_ranges, started_segments};
+use concordkv::format::segment::SEGMENT_HEADER_BYTES;
+use concordkv::{Config, Store, SyncMode};
+
+fn compacting(dir: &Path, mode: SyncMode) -> Config {
+    let mut cfg = config(dir, mode);
+    cfg.compaction.threshold = 1000;
+    cfg.compaction.ratio = 0.3;
+    cfg.snapshot.keep = 1;
+    cfg
+}
+
+/// Bytes the store's files hold: snapshots whole, segments up to their last
+/// record (not the preallocated zeros after it).
+fn stored_bytes(dir: &Path) -> u64 {
+    let snapshots: u64 = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .map(|p| std::fs::metadata(p).expect("stat").len())
+        .sum();
+    let segments: u64 = started_segments(dir)
+        .iter()
+        .map(|p| frame_ranges(p).last().map_or(SEGMENT_HEADER_BYTES, |r| r.end) as u64)
+        .sum();
+    snapshots + segments
+}
+
+fn snapshot_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter(|e| {
+            e.as_ref()
+                .expect("entry")
+                .path()
+                .extension()
+                .is_some_and(|x| x == "snap")
+        })
+        .count()
+}
+
+#[actix_rt::test]
+async fn overwriting_1000_keys_100_times_compacts_to_within_10_percent_of_the_live_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = compacting(dir.path(), SyncMode::None);
+    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let mut model = BTreeMap::new();
+    let writers: Vec<_> = (0..10u32)
+        .map(|w| {
+            let store = store.clone();
+            actix_rt::spawn(async move {
+                for round in 0..100u32 {
+                    for k in (w * 100)..(w * 100 + 100) {
+                        let value = vec![(round % 251) as u8; 500];
+                        store.set(format!("key-{k:04}"), value).await.expect("set");
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    for k in 0..1000u32 {
+        model.insert(format!("key-{k:04}").into_bytes(), vec![99u8; 500]);
+    }
+    let report = store.compact().await.expect("compact").expect("something to compact");
+    assert_eq!(report.upto, 100_000);
+    assert_eq!(report.entries_after, 1000);
+    assert!(report.bytes_after < report.bytes_before, "{report:?}");
+    let live: u64 = model.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+    let stored = stored_bytes(dir.path());
+    eprintln!(
+        "after compaction: {stored} bytes stored for {live} bytes of live data ({:.3}x)",
+        stored as f64 / live as f64
+    );
+    assert!(
+        stored as f64 <= 1.1 * live as f64,
+        "stored {stored} bytes for {live} bytes of live data ({:.3}x)",
+        stored as f64 / live as f64
+    );
+    store.shutdown().await.expect("shutdown");
+    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    assert_eq!(recovery.state(), model);
+    assert_eq!(recovery.last_seq, 100_000);
+}
+
+#[actix_rt::test]
+async fn compaction_starts_by_itself_when_enough_is_redundant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = compacting(dir.path(), SyncMode::None);
+    cfg.compaction.threshold = 200;
+    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    for round in 0..40u32 {
+        for k in 0..50u32 {
+            store.set(format!("k{k}"), vec![round as u8; 200]).await.expect("set");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while snapshot_count(dir.path()) == 0 {
+        assert!(Instant::now() < deadline, "no automatic compaction happened");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.shutdown().await.expect("shutdown");
+    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    assert!(recovery.snapshots >= 1);
+    let state = recovery.state();
+    assert_eq!(state.len(), 50);
+    assert!(state.values().all(|v| v == &vec![39u8; 200]));
+}
+
+#[actix_rt::test]
+async fn nothing_redundant_means_no_automatic_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = compacting(dir.path(), SyncMode::None);
+    cfg.compaction.threshold = 100;
+    let (store, _) = Store::open(cfg).await.expect("open");
+    for k in 0..3000u32 {
+        store.set(format!("unique-{k}"), vec![1u8; 200]).await.expect("set");
+    }
+    let rotations = store.stats().rotations;
+    assert!(rotations >= 5, "the workload seals segments ({rotations})");
+    // Give a wrongly started compaction time to show itself.
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(snapshot_count(dir.path()), 0, "unique keys leave nothing to compact");
+    assert!(
+        started_segments(dir.path()).len() as u64 > rotations,
+        "no segment was retired"
+    );
+    store.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn compaction_keeps_deletions_out_and_state_intact_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = compacting(dir.path(), SyncMode::Always);
+    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    for k in 0..100u32 {
+        store.set(format!("k{k}"), "v").await.expect("set");
+    }
+    for k in 0..50u32 {
+        store.delete(format!("k{k}")).await.expect("delete");
+    }
+    let report = store.compact().await.expect("compact").expect("compacted");
+    assert_eq!(report.entries_after, 50, "deleted keys are dropped from the output");
+    assert!(
+        store.compact().await.expect("compact again").is_none(),
+        "nothing new to compact"
+    );
+    store.set("k0", "back").await.expect("set");
+    store.shutdown().await.expect("shutdown");
+    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    let state = recovery.state();
+    assert_eq!(state.len(), 51);
+    assert_eq!(state.get(b"k0".as_slice()), Some(&b"back".to_vec()));
+    assert!(!state.contains_key(b"k1".as_slice()));
+}
