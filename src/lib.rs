@@ -23,6 +23,7 @@ pub mod actors;
 pub mod bench;
 pub mod compaction;
 pub mod config;
+pub mod crash;
 pub mod entry;
 pub mod error;
 pub mod format;

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::crash::crash_point;
 use crate::error::{Corruption, Error, Result};
 use crate::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
 use crate::format::segment::{parse_segment_file_name, segment_path};
@@ -118,6 +119,7 @@ impl ManifestStore {
         next.segments.retain(|id| !segments.contains(id));
         write(self.fs.as_ref(), &self.dir, &next)?;
         live.manifest = next;
+        crash_point("snapshot.after_manifest");
         let files = segments
             .iter()
             .map(|id| segment_path(&self.dir, *id))
@@ -174,12 +176,14 @@ impl ManifestStore {
         let mut live = self.lock_open()?;
         let id = live.manifest.next_segment_id;
         let segment = Segment::create(self.fs.as_ref(), &self.dir, id, size)?;
+        crash_point("rotate.after_create");
         let mut next = live.manifest.clone();
         next.generation += 1;
         next.next_segment_id = id + 1;
         next.segments.push(id);
         write(self.fs.as_ref(), &self.dir, &next)?;
         live.manifest = next;
+        crash_point("rotate.after_list");
         Ok(segment)
     }
 
@@ -240,7 +244,9 @@ fn write(fs: &dyn FileSystem, dir: &Path, manifest: &Manifest) -> Result<()> {
     file.write_at(&manifest.encode(), 0)
         .map_err(|e| Error::io("write manifest", &temp, e))?;
     file.sync_all().map_err(|e| Error::io("sync manifest", &temp, e))?;
+    crash_point("manifest.after_temp_sync");
     fs.rename(&temp, &path)
         .map_err(|e| Error::io("rename manifest", &path, e))?;
+    crash_point("manifest.after_rename");
     fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))
 }

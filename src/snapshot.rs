@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::crash::crash_point;
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::codec::decode_entry;
@@ -294,7 +295,10 @@ fn write_snapshot(fs: &dyn FileSystem, dir: &Path, header: &SnapshotHeader, stat
     file.write_at(&buf, 0)
         .map_err(|e| Error::io("write snapshot", &temp, e))?;
     file.sync_all().map_err(|e| Error::io("sync snapshot", &temp, e))?;
+    crash_point("snapshot.after_temp_sync");
     fs.rename(&temp, &path)
         .map_err(|e| Error::io("rename snapshot", &path, e))?;
-    fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))
+    fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))?;
+    crash_point("snapshot.after_rename");
+    Ok(())
 }

@@ -88,6 +88,7 @@ impl Store {
             config: config.clone(),
             fs,
             manifest,
+            maintenance: std::sync::Mutex::new(()),
             inbox: Arc::clone(&inbox),
             worker,
             counters: Arc::clone(&counters),

@@ -15,6 +15,7 @@ use crate::actors::messages::{Compact, SegmentSealed, TakeSnapshot};
 use crate::actors::snapshot::SnapshotActor;
 use crate::actors::wal::WalShared;
 use crate::compaction::{analyze, CompactionReport};
+use crate::crash::crash_point;
 use crate::error::{Error, Result};
 use crate::format::snapshot::SnapshotKind;
 use crate::snapshot::snapshot_path;
@@ -46,13 +47,17 @@ impl CompactorActor {
             let started = Instant::now();
             let analyzed = {
                 let shared = Arc::clone(&shared);
-                actix_rt::task::spawn_blocking(move || analyze(shared.fs.as_ref(), &shared.manifest, &shared.config))
-                    .await
-                    .unwrap_or_else(|e| Err(Error::WalFailed(format!("the compaction task failed: {e}"))))?
+                actix_rt::task::spawn_blocking(move || {
+                    let _maintenance = shared.maintenance();
+                    analyze(shared.fs.as_ref(), &shared.manifest, &shared.config)
+                })
+                .await
+                .unwrap_or_else(|e| Err(Error::WalFailed(format!("the compaction task failed: {e}"))))?
             };
             if analyzed.ops == 0 || (automatic && !analyzed.due(&shared.config)) {
                 return Ok(None);
             }
+            crash_point("compaction.after_analyze");
             let taken = snapshots
                 .send(TakeSnapshot {
                     kind: SnapshotKind::Full,

@@ -38,6 +38,7 @@ impl Handler<TakeSnapshot> for SnapshotActor {
         let kind = msg.kind;
         let started = Instant::now();
         let work = actix_rt::task::spawn_blocking(move || {
+            let _maintenance = shared.maintenance();
             take_snapshot(shared.fs.as_ref(), &shared.manifest, &shared.config, kind, msg.upto)
         });
         AtomicResponse::new(Box::pin(

@@ -129,10 +129,12 @@ impl Handler<WalDied> for StoreSupervisor {
         let shared = Arc::clone(&self.shared);
         let me = ctx.address();
         actix_rt::spawn(async move {
-            let reopened =
-                actix_rt::task::spawn_blocking(move || open_log(shared.fs.as_ref(), &shared.manifest, &shared.config))
-                    .await
-                    .unwrap_or_else(|e| Err(Error::WalFailed(format!("re-validating the log panicked: {e}"))));
+            let reopened = actix_rt::task::spawn_blocking(move || {
+                let _maintenance = shared.maintenance();
+                open_log(shared.fs.as_ref(), &shared.manifest, &shared.config)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::WalFailed(format!("re-validating the log panicked: {e}"))));
             me.do_send(WalRecovered(reopened.map(|(_, start)| start)));
         });
     }

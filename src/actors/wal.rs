@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -22,6 +22,7 @@ use crate::actors::messages::{Drain, PrepareSegment, SealDone, SegmentSealed, St
 use crate::actors::rotator::RotatorActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::config::{Config, SyncMode};
+use crate::crash::crash_point;
 use crate::entry::Seq;
 use crate::error::{Error, Result};
 use crate::format::record::encode_record;
@@ -38,9 +39,22 @@ pub(crate) struct WalShared {
     pub config: Config,
     pub fs: Arc<dyn FileSystem>,
     pub manifest: ManifestStore,
+    /// Held by whatever reads segments it may retire, or retires them:
+    /// snapshots (compaction output included), compaction analysis, and
+    /// re-validation after a restart. Appends never take it.
+    pub maintenance: Mutex<()>,
     pub inbox: Arc<Inbox>,
     pub worker: SyncWorker,
     pub counters: Arc<WalCounters>,
+}
+
+impl WalShared {
+    /// Takes the maintenance lock (see the field).
+    pub fn maintenance(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.maintenance
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Where a WAL actor starts: a fresh segment after the recovered log.
@@ -300,6 +314,7 @@ impl WalActor {
             self.prepare_next(ctx);
             return;
         };
+        crash_point("rotate.before_header");
         if let Err(e) = next.start(self.next_seq) {
             self.fail(e.to_string());
             self.finish_stop_if_drained(ctx);
