@@ -43,7 +43,7 @@ pub use config::{Config, RecoveryMode, SyncMode};
 pub use entry::{Entry, Op, Record, Seq};
 pub use error::{ConfigError, Corruption, Error, Result};
 pub use recovery::{Recovery, TruncatedTail};
-pub use stats::StoreStats;
+pub use stats::{PersistenceInfo, StoreStats};
 pub use store::{Pending, Store};
 
 /// The README's examples, compiled and run as doctests.

@@ -15,6 +15,29 @@ pub(crate) struct WalCounters {
     pub rotations: AtomicU64,
     pub last_seq: AtomicU64,
     pub durable_seq: AtomicU64,
+    /// Compactions under way (0 or 1).
+    pub compacting: AtomicU64,
+    /// Unix time of the last snapshot or compaction output, in seconds.
+    pub last_snapshot_unix: AtomicU64,
+}
+
+/// The state of the store's files, as `INFO persistence` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PersistenceInfo {
+    /// Live segments.
+    pub segments: usize,
+    /// Bytes of every live file (segments at their preallocated size).
+    pub disk_bytes: u64,
+    /// Live snapshots.
+    pub snapshots: usize,
+    /// The last sequence number a snapshot covers (0: none).
+    pub last_snapshot_seq: u64,
+    /// When the last snapshot was taken by this process (Unix seconds; 0: not yet).
+    pub last_snapshot_unix: u64,
+    /// Whether a compaction is running.
+    pub compacting: bool,
+    /// Bytes of torn tail cut off at open.
+    pub recovery_truncated_bytes: u64,
 }
 
 /// A snapshot of the WAL's counters since the store was opened.

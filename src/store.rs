@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,12 +18,14 @@ use crate::compaction::CompactionReport;
 use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Error, Result};
+use crate::format::segment::segment_path;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{DirLock, FileSystem, RealFs};
 use crate::inbox::{Inbox, Request};
 use crate::manifest::ManifestStore;
 use crate::recovery::Recovery;
-use crate::stats::{StoreStats, WalCounters};
+use crate::snapshot::snapshot_path;
+use crate::stats::{PersistenceInfo, StoreStats, WalCounters};
 use crate::sync_worker::SyncWorker;
 
 /// An open store. Cheap to clone; every clone appends to the same log.
@@ -42,6 +45,8 @@ struct Shared {
     wal: Arc<WalShared>,
     counters: Arc<WalCounters>,
     config: Config,
+    /// Torn-tail bytes cut when this store was opened.
+    truncated_at_open: u64,
 }
 
 impl Store {
@@ -103,6 +108,7 @@ impl Store {
                 wal: wal_shared,
                 counters,
                 config,
+                truncated_at_open: recovery.truncated.as_ref().map_or(0, |t| t.bytes),
             }),
         };
         Ok((store, recovery))
@@ -187,6 +193,29 @@ impl Store {
             .send(Compact)
             .await
             .unwrap_or(Err(Error::ShutDown))
+    }
+
+    /// The state of the files: segments, bytes, snapshots, compaction.
+    pub fn persistence_info(&self) -> PersistenceInfo {
+        let wal = &self.shared.wal;
+        let dir = &self.shared.config.data_dir;
+        let segments = wal.manifest.segments();
+        let snapshots = wal.manifest.snapshots();
+        let segment_bytes = segments
+            .iter()
+            .map(|id| segment_path(dir, *id))
+            .chain(snapshots.iter().map(|s| snapshot_path(dir, s)))
+            .filter_map(|path| wal.fs.file_len(&path).ok())
+            .sum();
+        PersistenceInfo {
+            segments: segments.len(),
+            disk_bytes: segment_bytes,
+            snapshots: snapshots.len(),
+            last_snapshot_seq: snapshots.iter().map(|s| s.to_seq).max().unwrap_or(0),
+            last_snapshot_unix: self.shared.counters.last_snapshot_unix.load(Ordering::Relaxed),
+            compacting: self.shared.counters.compacting.load(Ordering::Relaxed) > 0,
+            recovery_truncated_bytes: self.shared.truncated_at_open,
+        }
     }
 
     /// The snapshots the store holds, oldest first.

@@ -359,6 +359,15 @@ fn save_and_bgsave_take_snapshots_that_survive_kill_9() {
         };
         let info = String::from_utf8_lossy(&info).to_string();
         if info.contains("last_snapshot_seq:202") && info.contains("last_snapshot_kind:full") {
+            for field in [
+                "segments:",
+                "disk_bytes:",
+                "compaction_in_progress:",
+                "recovery_truncated_bytes:0",
+            ] {
+                assert!(info.contains(field), "INFO persistence lacks {field}: {info}");
+            }
+            assert!(!info.contains("last_snapshot_time:0\r"), "{info}");
             break;
         }
         assert!(Instant::now() < deadline, "BGSAVE never finished: {info}");
@@ -371,4 +380,8 @@ fn save_and_bgsave_take_snapshots_that_survive_kill_9() {
     assert_eq!(c.call(&["GET", "k1"]), bulk("changed"));
     assert_eq!(c.call(&["GET", "k199"]), bulk("v199"));
     assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(199));
+    assert_eq!(
+        c.call(&["BGREWRITEAOF"]),
+        BytesFrame::SimpleString("Background append only file rewriting started".into())
+    );
 }

@@ -44,6 +44,7 @@ impl CompactorActor {
         let shared = Arc::clone(&self.shared);
         let snapshots = self.snapshots.clone();
         async move {
+            let _running = Running::mark(&shared.counters.compacting);
             let started = Instant::now();
             let analyzed = {
                 let shared = Arc::clone(&shared);
@@ -87,6 +88,22 @@ impl CompactorActor {
             tracing::info!(?report, automatic, "compaction finished");
             Ok(Some(report))
         }
+    }
+}
+
+/// Marks a compaction as under way for `INFO` while it lives.
+struct Running<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Running<'a> {
+    fn mark(flag: &'a std::sync::atomic::AtomicU64) -> Running<'a> {
+        flag.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Running(flag)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -35,6 +35,7 @@ impl Handler<TakeSnapshot> for SnapshotActor {
 
     fn handle(&mut self, msg: TakeSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
         let shared = Arc::clone(&self.shared);
+        let counters = Arc::clone(&self.shared.counters);
         let kind = msg.kind;
         let started = Instant::now();
         let work = actix_rt::task::spawn_blocking(move || {
@@ -52,6 +53,12 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                 };
                 match &outcome {
                     Ok(Some(header)) => {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        counters
+                            .last_snapshot_unix
+                            .store(now, std::sync::atomic::Ordering::Relaxed);
                         metrics::histogram!("concordkv_snapshot_seconds", "kind" => label)
                             .record(started.elapsed().as_secs_f64());
                         tracing::info!(

@@ -45,17 +45,26 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
         );
     }
     if show("persistence") {
-        let snapshots = store.snapshots();
-        let last = snapshots.iter().max_by_key(|s| s.to_seq);
-        let _ = write!(
-            out,
-            "snapshots:{}\r\nlast_snapshot_seq:{}\r\nlast_snapshot_kind:{}\r\n\r\n",
-            snapshots.len(),
-            last.map_or(0, |s| s.to_seq),
-            last.map_or("none", |s| match s.kind {
+        let files = store.persistence_info();
+        let last_kind = store
+            .snapshots()
+            .iter()
+            .max_by_key(|s| s.to_seq)
+            .map_or("none", |s| match s.kind {
                 crate::format::snapshot::SnapshotKind::Full => "full",
                 crate::format::snapshot::SnapshotKind::Incremental => "incremental",
-            }),
+            });
+        let _ = write!(
+            out,
+            "segments:{}\r\ndisk_bytes:{}\r\nsnapshots:{}\r\nlast_snapshot_seq:{}\r\nlast_snapshot_kind:{}\r\nlast_snapshot_time:{}\r\ncompaction_in_progress:{}\r\nrecovery_truncated_bytes:{}\r\n\r\n",
+            files.segments,
+            files.disk_bytes,
+            files.snapshots,
+            files.last_snapshot_seq,
+            last_kind,
+            files.last_snapshot_unix,
+            u8::from(files.compacting),
+            files.recovery_truncated_bytes,
         );
     }
     if show("keyspace") && !db.is_empty() {
