@@ -26,6 +26,9 @@ const PROBE_WRITE_BYTES: usize = 128;
 /// Floor samples taken (or fewer if `PROBE_MAX_TIME` passes first).
 const PROBE_SAMPLES: usize = 2000;
 const PROBE_MAX_TIME: Duration = Duration::from_secs(3);
+/// Keys a lifecycle writer skips between appends: a prime, so the writers
+/// spread over the key space.
+const KEY_STRIDE: u64 = 7919;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -299,6 +302,196 @@ impl BenchReport {
             self.fsync_p50_us,
             "raw fdatasync p99 (us)",
             self.fsync_p99_us,
+        )
+    }
+}
+
+/// What `bench-lifecycle` runs.
+#[derive(Debug, Clone)]
+pub struct LifecycleOptions {
+    /// Records written before measuring recovery and compaction.
+    pub records: u64,
+    /// Keys they are spread over.
+    pub keys: u64,
+    pub value_size: usize,
+    /// The append load measured with and without compaction.
+    pub sync_mode: SyncMode,
+    pub writers: usize,
+    pub seconds: f64,
+}
+
+/// `bench-lifecycle` figures, from one run on one directory.
+#[derive(Debug, Clone, Serialize)]
+pub struct LifecycleReport {
+    pub records: u64,
+    pub keys: u64,
+    pub recovery_from_segments_records_per_sec: f64,
+    pub compaction_input_records_per_sec: f64,
+    pub compaction_bytes_before: u64,
+    pub compaction_bytes_after: u64,
+    pub recovery_from_snapshot_records_per_sec: f64,
+    pub append_p50_us_idle: f64,
+    pub append_p99_us_idle: f64,
+    pub append_p50_us_compacting: f64,
+    pub append_p99_us_compacting: f64,
+    pub compactions_during_load: u64,
+}
+
+/// Fills a fresh store, then measures recovery from segments, compaction,
+/// recovery from the compacted snapshot, and appends with and without a
+/// compaction running.
+pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
+    let scratch = tempfile::Builder::new()
+        .prefix(".concordkv-bench-")
+        .tempdir_in(".")
+        .map_err(|e| Error::io("create bench directory", ".", e))?;
+    let mut config = Config::with_data_dir(scratch.path());
+    config.wal.sync_mode = SyncMode::None;
+    // Only on-request compactions, so each phase measures what it names.
+    config.compaction.threshold = u64::MAX;
+    let opts = opts.clone();
+    actix_rt::System::new().block_on(async move {
+        let (store, _) = Store::open(config.clone()).await?;
+        let value = vec![b'v'; opts.value_size];
+        let keys = opts.keys.max(1);
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..opts.records {
+            pending.push_back(store.submit(crate::entry::Entry::Op(crate::entry::Op::Set {
+                key: (i % keys).to_be_bytes().to_vec(),
+                value: value.clone(),
+            }))?);
+            if pending.len() >= 1024 {
+                if let Some(p) = pending.pop_front() {
+                    p.await?;
+                }
+            }
+        }
+        for p in pending {
+            p.await?;
+        }
+        store.shutdown().await?;
+
+        let (store, recovery) = Store::open(config.clone()).await?;
+        let from_segments = recovery.records.len() as f64 / recovery.elapsed.as_secs_f64();
+        drop(recovery);
+        let started = Instant::now();
+        let report = store
+            .compact()
+            .await?
+            .ok_or_else(|| Error::WalFailed("nothing was compacted".into()))?;
+        let compaction_rate = report.entries_before as f64 / started.elapsed().as_secs_f64();
+        store.shutdown().await?;
+
+        let mut loaded = config.clone();
+        loaded.wal.sync_mode = opts.sync_mode;
+        let (store, recovery) = Store::open(loaded).await?;
+        let from_snapshot = (recovery.base.len() + recovery.records.len()) as f64 / recovery.elapsed.as_secs_f64();
+        drop(recovery);
+
+        let idle = append_load(&store, &opts, keys, None).await?;
+        let compactions = Rc::new(Cell::new(0u64));
+        let busy = append_load(&store, &opts, keys, Some(Rc::clone(&compactions))).await?;
+        store.shutdown().await?;
+        Ok(LifecycleReport {
+            records: opts.records,
+            keys,
+            recovery_from_segments_records_per_sec: from_segments,
+            compaction_input_records_per_sec: compaction_rate,
+            compaction_bytes_before: report.bytes_before,
+            compaction_bytes_after: report.bytes_after,
+            recovery_from_snapshot_records_per_sec: from_snapshot,
+            append_p50_us_idle: us(&idle, 0.5),
+            append_p99_us_idle: us(&idle, 0.99),
+            append_p50_us_compacting: us(&busy, 0.5),
+            append_p99_us_compacting: us(&busy, 0.99),
+            compactions_during_load: compactions.get(),
+        })
+    })
+}
+
+/// Appends from `opts.writers` tasks for `opts.seconds`; with `compactions`,
+/// compacts back to back meanwhile and counts the runs.
+async fn append_load(
+    store: &Store,
+    opts: &LifecycleOptions,
+    keys: u64,
+    compactions: Option<Rc<Cell<u64>>>,
+) -> Result<Histogram<u64>> {
+    let latency = Rc::new(RefCell::new(latency_histogram()));
+    let deadline = Instant::now() + Duration::from_secs_f64(opts.seconds);
+    let compactor = compactions.map(|count| {
+        let store = store.clone();
+        actix_rt::spawn(async move {
+            while Instant::now() < deadline {
+                match store.compact().await {
+                    Ok(_) => count.set(count.get() + 1),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+    });
+    let writers: Vec<_> = (0..opts.writers)
+        .map(|w| {
+            let (store, latency) = (store.clone(), Rc::clone(&latency));
+            let value = vec![b'w'; opts.value_size];
+            actix_rt::spawn(async move {
+                let mut i = w as u64;
+                loop {
+                    let t = Instant::now();
+                    if t >= deadline {
+                        return Ok::<(), Error>(());
+                    }
+                    store.set((i % keys).to_be_bytes().to_vec(), value.clone()).await?;
+                    let _ = latency.borrow_mut().record(t.elapsed().as_nanos() as u64);
+                    i += KEY_STRIDE;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer
+            .await
+            .map_err(|e| Error::WalFailed(format!("a bench writer panicked: {e}")))??;
+    }
+    if let Some(compactor) = compactor {
+        compactor
+            .await
+            .map_err(|e| Error::WalFailed(format!("the bench compactor panicked: {e}")))??;
+    }
+    let histogram = latency.borrow().clone();
+    Ok(histogram)
+}
+
+impl LifecycleReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        format!(
+            "concordkv bench-lifecycle: {} records over {} keys\n\n\
+             {:<44}{:>14.0}\n{:<44}{:>14.0}\n{:<44}{:>14}\n{:<44}{:>14}\n{:<44}{:>14.0}\n\
+             {:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14}\n",
+            self.records,
+            self.keys,
+            "recovery from segments (records/s)",
+            self.recovery_from_segments_records_per_sec,
+            "compaction input (records/s)",
+            self.compaction_input_records_per_sec,
+            "compaction bytes before",
+            self.compaction_bytes_before,
+            "compaction bytes after",
+            self.compaction_bytes_after,
+            "recovery from snapshot (records/s)",
+            self.recovery_from_snapshot_records_per_sec,
+            "append p50, no compaction (us)",
+            self.append_p50_us_idle,
+            "append p99, no compaction (us)",
+            self.append_p99_us_idle,
+            "append p50, compaction running (us)",
+            self.append_p50_us_compacting,
+            "append p99, compaction running (us)",
+            self.append_p99_us_compacting,
+            "compactions during the loaded phase",
+            self.compactions_during_load,
         )
     }
 }

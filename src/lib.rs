@@ -20,6 +20,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod actors;
+mod background;
 pub mod bench;
 pub mod compaction;
 pub mod config;

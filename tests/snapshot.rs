@@ -1,5 +1,7 @@
 //! Snapshots: full and incremental ones recover the same state as the log
-//! they replace, retire what they cover, and name themselves when damaged.
+//! they replace, retire what they cover, and name themselves when damaged;
+//! and a model test of everything that rewrites the log (rotation, full and
+//! incremental snapshots, compaction, restarts) against a plain HashMap.
 
 mod common;
 
@@ -155,6 +157,7 @@ enum Action {
     Batch(Vec<(u8, Option<u8>)>),
     Full,
     Incremental,
+    Compact,
     Restart,
 }
 
@@ -165,6 +168,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => proptest::collection::vec((0u8..24, proptest::option::of(any::<u8>())), 1..5).prop_map(Action::Batch),
         1 => Just(Action::Full),
         1 => Just(Action::Incremental),
+        1 => Just(Action::Compact),
         1 => Just(Action::Restart),
     ]
 }
@@ -215,6 +219,9 @@ async fn run_model(dir: &Path, actions: Vec<Action>) {
             }
             Action::Incremental => {
                 store.snapshot_incremental().await.expect("incremental snapshot");
+            }
+            Action::Compact => {
+                store.compact().await.expect("compaction");
             }
             Action::Restart => {
                 store.shutdown().await.expect("shutdown");

@@ -14,6 +14,7 @@ use actix::prelude::*;
 use crate::actors::messages::{Compact, SegmentSealed, TakeSnapshot};
 use crate::actors::snapshot::SnapshotActor;
 use crate::actors::wal::WalShared;
+use crate::background;
 use crate::compaction::{analyze, CompactionReport};
 use crate::crash::crash_point;
 use crate::error::{Error, Result};
@@ -48,12 +49,11 @@ impl CompactorActor {
             let started = Instant::now();
             let analyzed = {
                 let shared = Arc::clone(&shared);
-                actix_rt::task::spawn_blocking(move || {
+                background::run("concordkv-compact", move || {
                     let _maintenance = shared.maintenance();
                     analyze(shared.fs.as_ref(), &shared.manifest, &shared.config)
                 })
-                .await
-                .unwrap_or_else(|e| Err(Error::WalFailed(format!("the compaction task failed: {e}"))))?
+                .await?
             };
             if analyzed.ops == 0 || (automatic && !analyzed.due(&shared.config)) {
                 return Ok(None);

@@ -1,6 +1,6 @@
 //! `SnapshotActor`: takes full and incremental snapshots in the background.
-//! Each one reads the log up to a durable sequence number on a blocking
-//! thread while writers go on appending; one runs at a time (the handler
+//! Each one reads the log up to a durable sequence number on a low-priority
+//! maintenance thread while writers go on appending; one runs at a time (the handler
 //! holds the mailbox until it finishes), so two never race on the manifest
 //! or retire each other's inputs.
 
@@ -11,7 +11,8 @@ use actix::prelude::*;
 
 use crate::actors::messages::TakeSnapshot;
 use crate::actors::wal::WalShared;
-use crate::error::{Error, Result};
+use crate::background;
+use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::snapshot::take_snapshot;
 
@@ -38,15 +39,13 @@ impl Handler<TakeSnapshot> for SnapshotActor {
         let counters = Arc::clone(&self.shared.counters);
         let kind = msg.kind;
         let started = Instant::now();
-        let work = actix_rt::task::spawn_blocking(move || {
+        let work = background::run("concordkv-snapshot", move || {
             let _maintenance = shared.maintenance();
             take_snapshot(shared.fs.as_ref(), &shared.manifest, &shared.config, kind, msg.upto)
         });
         AtomicResponse::new(Box::pin(
             async move {
-                let outcome = work
-                    .await
-                    .unwrap_or_else(|e| Err(Error::WalFailed(format!("the snapshot task failed: {e}"))));
+                let outcome = work.await;
                 let label = match kind {
                     SnapshotKind::Full => "full",
                     SnapshotKind::Incremental => "incremental",

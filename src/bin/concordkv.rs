@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use concordkv::bench::{self, BenchOptions};
+use concordkv::bench::{self, BenchOptions, LifecycleOptions};
 use concordkv::{Config, SyncMode};
 use tracing_subscriber::EnvFilter;
 
@@ -56,13 +56,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure recovery, compaction, and appends while compaction runs, on a
+    /// fresh temporary directory in the working directory.
+    BenchLifecycle {
+        /// Records written first.
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        /// Keys they are spread over.
+        #[arg(long, default_value_t = 200_000)]
+        keys: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Sync mode of the append load.
+        #[arg(long, default_value = "always")]
+        sync_mode: SyncMode,
+        /// Concurrent appenders of the append load.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// Length of each append-load phase.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Bench { .. } => "warn",
+        Command::Bench { .. } | Command::BenchLifecycle { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
@@ -107,6 +132,35 @@ fn run(command: Command) -> Result<(), concordkv::Error> {
                 key_space,
                 batch,
                 progress: !json,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(())
+        }
+        Command::BenchLifecycle {
+            records,
+            keys,
+            value_size,
+            sync_mode,
+            writers,
+            seconds,
+            json,
+        } => {
+            if writers == 0 || !seconds.is_finite() || seconds <= 0.0 || records == 0 {
+                return Err(concordkv::Error::InvalidRequest(
+                    "--records and --writers must be at least 1 and --seconds positive".into(),
+                ));
+            }
+            let report = bench::run_lifecycle(&LifecycleOptions {
+                records,
+                keys,
+                value_size,
+                sync_mode,
+                writers,
+                seconds,
             })?;
             if json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
