@@ -134,10 +134,13 @@ impl Inbox {
         }
     }
 
-    /// Accepts requests again, delivered to `wal`.
+    /// Accepts requests again, delivered to `wal` — unless the log failed,
+    /// which only reopening the store clears.
     pub(crate) fn open(&self, wal: Addr<WalActor>) {
         let mut state = self.lock();
-        state.closed = None;
+        if !matches!(state.closed, Some(Closed::Failed(_))) {
+            state.closed = None;
+        }
         state.wal = Some(wal);
         if !state.requests.is_empty() {
             state.wake_pending = true;

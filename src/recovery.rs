@@ -24,10 +24,13 @@ use crate::fs::FileSystem;
 use crate::manifest::ManifestStore;
 use crate::snapshot::load_chain;
 
-/// Granularity of a lost write: a disk sector. A whole zero sector inside a
-/// damaged span means data never reached the disk (a torn write), which bit
-/// rot cannot produce.
+/// Granularity of a lost write on the device: a sector. A whole zero sector
+/// inside a damaged span means data never reached the disk (a torn write),
+/// which bit rot cannot produce.
 const SECTOR_BYTES: usize = 512;
+/// Granularity of the page cache's writeback: a page that never reached the
+/// disk reads as zeros from where its unsynced part began to its end.
+const PAGE_BYTES: usize = 4096;
 
 /// What recovery found and returned: the state the snapshot chain holds
 /// (`base`, as of `base_seq`), then every record after it.
@@ -108,13 +111,13 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
     let chain = load_chain(fs, config, &manifest.snapshots())?;
     let mut ids = manifest.segments();
 
-    // Trailing segments whose header is all zeros were prepared ahead of
-    // time and never started: nothing in them was ever acknowledged.
+    // Trailing segments that begin with a whole page of zeros were prepared
+    // ahead of time and never started: nothing in them was ever written.
     let mut retire = Vec::new();
     while let Some(&last) = ids.last() {
         let path = segment_path(dir, last);
-        let head = read_listed(fs, &path, |fs, p| fs.read_prefix(p, SEGMENT_HEADER_BYTES))?;
-        if !matches!(SegmentHeader::decode(&head), Err(HeaderError::Unwritten)) {
+        let head = read_listed(fs, &path, |fs, p| fs.read_prefix(p, PAGE_BYTES))?;
+        if !all_zero(&head) {
             break;
         }
         retire.push(last);
@@ -149,12 +152,17 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
                     HeaderError::Unwritten => "segment header is all zeros but records follow it".to_string(),
                     HeaderError::Damaged(reason) => reason,
                 };
-                let torn_start = newest && config.wal.recovery_mode != RecoveryMode::Absolute;
+                // The newest segment's header is synced with its first
+                // records, so a header that never reached the disk leaves no
+                // intact record behind it. If one follows, the header was
+                // damaged after the fact and the segment holds real data:
+                // that is corruption, and nothing is deleted.
+                let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
+                let data_follows = find_intact_frame(&bytes, SEGMENT_HEADER_BYTES, 0, max_payload).is_some();
+                let torn_start = newest && !data_follows && config.wal.recovery_mode != RecoveryMode::Absolute;
                 if !torn_start {
                     return Err(corruption(&path, 0, reason));
                 }
-                // The newest segment's header was being written when the
-                // process stopped: nothing in it was ever synced.
                 recovery.truncated = Some(TruncatedTail {
                     file: path.clone(),
                     offset: 0,
@@ -276,7 +284,7 @@ fn scan_segment(
         let torn = newest
             && match next_intact {
                 None => true,
-                Some(next) => has_zero_sector(bytes, offset, next),
+                Some(next) => has_zero_sector(bytes, offset, next) || lost_page_tail(bytes, offset, next),
             };
         match mode {
             RecoveryMode::TolerateTail | RecoveryMode::SkipCorrupt if torn => {
@@ -345,6 +353,14 @@ fn has_zero_sector(bytes: &[u8], from: usize, to: usize) -> bool {
         .any(|start| all_zero(&bytes[start..start + SECTOR_BYTES]))
 }
 
+/// Whether the bytes from `from` to the end of its page are all zeros, with
+/// the next intact record beyond that page: the page holding the start of
+/// the damage never reached the disk while a later one did.
+fn lost_page_tail(bytes: &[u8], from: usize, next: usize) -> bool {
+    let page_end = (from / PAGE_BYTES + 1) * PAGE_BYTES;
+    next >= page_end && all_zero(&bytes[from..page_end.min(bytes.len())])
+}
+
 /// Bytes from `from` to the last non-zero byte of the file.
 fn nonzero_extent(bytes: &[u8], from: usize) -> u64 {
     let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
@@ -387,6 +403,22 @@ mod tests {
         bytes[512..1024].fill(0);
         assert!(has_zero_sector(&bytes, 0, 4096));
         assert!(!has_zero_sector(&bytes, 0, 1000), "the sector must end inside the span");
+    }
+
+    #[test]
+    fn a_lost_page_tail_needs_zeros_to_the_page_end_and_data_beyond() {
+        let mut bytes = vec![1u8; 3 * PAGE_BYTES];
+        bytes[4000..PAGE_BYTES].fill(0);
+        assert!(lost_page_tail(&bytes, 4000, PAGE_BYTES + 100));
+        assert!(
+            !lost_page_tail(&bytes, 4000, 4090),
+            "the next record must lie beyond the page"
+        );
+        bytes[4050] = 7;
+        assert!(
+            !lost_page_tail(&bytes, 4000, PAGE_BYTES + 100),
+            "data inside the page is not a lost page"
+        );
     }
 
     #[test]

@@ -133,18 +133,39 @@ fn run(shared: &Shared) {
             }
             std::mem::swap(&mut batch, &mut state.jobs);
         }
-        let mut jobs = batch.drain(..).peekable();
-        while let Some(first) = jobs.next() {
-            let mut group = vec![first];
-            while let Some(next) = jobs
-                .next_if(|j| Arc::ptr_eq(&j.file, &group[0].file) && group.last().is_some_and(|g| g.seal_at.is_none()))
-            {
-                group.push(next);
+        let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process(shared, &mut batch)));
+        if processed.is_err() {
+            // A panic (in a file-system implementation, say) must not leave
+            // appenders waiting on a thread that no longer syncs: from here
+            // on every job fails at once.
+            let reason = "the sync thread panicked; nothing after its last sync is durable".to_string();
+            tracing::error!(%reason);
+            let queued = {
+                let mut state = shared.lock();
+                state.failed = Some(reason.clone());
+                std::mem::take(&mut state.jobs)
+            };
+            shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
+            for job in batch.drain(..).chain(queued) {
+                complete(job, Err(reason.clone()));
             }
-            let result = sync_group(shared, &group);
-            for job in group {
-                complete(job, result.clone());
-            }
+        }
+    }
+}
+
+/// Serves a batch of jobs in order, one sync per run of jobs on one file.
+fn process(shared: &Shared, batch: &mut Vec<SyncJob>) {
+    let mut jobs = batch.drain(..).peekable();
+    while let Some(first) = jobs.next() {
+        let mut group = vec![first];
+        while let Some(next) =
+            jobs.next_if(|j| Arc::ptr_eq(&j.file, &group[0].file) && group.last().is_some_and(|g| g.seal_at.is_none()))
+        {
+            group.push(next);
+        }
+        let result = sync_group(shared, &group);
+        for job in group {
+            complete(job, result.clone());
         }
     }
 }

@@ -13,14 +13,16 @@ use common::{config, state};
 use concordkv::fs::{FileSystem, RealFs, WritableFile};
 use concordkv::{Error, Store, SyncMode};
 
-/// A file system whose segment writes panic once `armed` is set.
+/// A file system whose segment writes (or syncs) panic once armed.
 struct PanickingFs {
     armed: Arc<AtomicBool>,
+    sync_armed: Arc<AtomicBool>,
 }
 
 struct PanickingFile {
     inner: Arc<dyn WritableFile>,
     armed: Arc<AtomicBool>,
+    sync_armed: Arc<AtomicBool>,
 }
 
 impl WritableFile for PanickingFile {
@@ -31,6 +33,9 @@ impl WritableFile for PanickingFile {
         self.inner.write_at(buf, offset)
     }
     fn sync_data(&self) -> io::Result<()> {
+        if self.sync_armed.load(Ordering::SeqCst) {
+            panic!("injected panic in the sync thread");
+        }
         self.inner.sync_data()
     }
     fn sync_all(&self) -> io::Result<()> {
@@ -66,6 +71,7 @@ impl FileSystem for PanickingFs {
         Ok(Arc::new(PanickingFile {
             inner,
             armed: Arc::clone(&self.armed),
+            sync_armed: Arc::clone(&self.sync_armed),
         }))
     }
     fn open_writable(&self, path: &Path) -> io::Result<Arc<dyn WritableFile>> {
@@ -98,6 +104,7 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
     let armed = Arc::new(AtomicBool::new(false));
     let fs = Arc::new(PanickingFs {
         armed: Arc::clone(&armed),
+        sync_armed: Arc::new(AtomicBool::new(false)),
     });
     let mut cfg = config(dir.path(), SyncMode::Always);
     cfg.wal.dedicated_writer_thread = dedicated_writer_thread;
@@ -139,4 +146,31 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
         !map.contains_key(b"doomed".as_slice()),
         "the panicking write never reached the file"
     );
+}
+
+#[actix_rt::test]
+async fn a_panicking_sync_thread_fails_its_waiters_instead_of_hanging_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sync_armed = Arc::new(AtomicBool::new(false));
+    let fs = Arc::new(PanickingFs {
+        armed: Arc::new(AtomicBool::new(false)),
+        sync_armed: Arc::clone(&sync_armed),
+    });
+    let (store, _) = Store::open_with_fs(config(dir.path(), SyncMode::Always), fs)
+        .await
+        .expect("open");
+    store.set("before", "1").await.expect("set before the panic");
+    sync_armed.store(true, Ordering::SeqCst);
+    let outcome = actix_rt::time::timeout(Duration::from_secs(10), store.set("doomed", "2"))
+        .await
+        .expect("the waiter is answered, not left hanging");
+    assert!(outcome.is_err(), "an append whose sync panicked is not acknowledged");
+    let later = actix_rt::time::timeout(Duration::from_secs(10), store.set("later", "3"))
+        .await
+        .expect("answered");
+    assert!(matches!(later, Err(Error::WalFailed(_))), "{later:?}");
+    let stopped = actix_rt::time::timeout(Duration::from_secs(10), store.shutdown())
+        .await
+        .expect("shutdown finishes");
+    assert!(stopped.is_err(), "shutdown reports that the log failed");
 }

@@ -170,3 +170,61 @@ async fn a_damaged_segment_header_is_named() {
         "{err}"
     );
 }
+
+#[actix_rt::test]
+async fn a_damaged_header_on_the_newest_segment_with_records_behind_it_fails_and_deletes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_records(dir.path(), 20).await;
+    let newest = started_segments(dir.path()).pop().expect("segment");
+    let original = std::fs::read(&newest).expect("read");
+    for (name, damage) in [("checksum", 0usize..1), ("zeroed header", 0..32)] {
+        let mut bytes = original.clone();
+        if name == "checksum" {
+            bytes[13] ^= 0x01;
+        } else {
+            bytes[damage].fill(0);
+        }
+        std::fs::write(&newest, &bytes).expect("write");
+        let err = Store::open(config(dir.path(), SyncMode::Always))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name}: acknowledged records behind the header must not be dropped"));
+        assert!(
+            matches!(&err, Error::Corruption(c) if c.file == newest && c.offset == 0),
+            "{name}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&newest).expect("still there"),
+            bytes,
+            "{name}: nothing deleted or cut"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_lost_page_before_intact_records_is_a_torn_tail() {
+    let source = tempfile::tempdir().expect("tempdir");
+    write_records(source.path(), 300).await;
+    let newest = started_segments(source.path()).pop().expect("segment");
+    let frames = frame_ranges(&newest);
+    // A record starting in the last 512 bytes of the first page: zeros from
+    // there to the page end hold no whole zero sector.
+    let lost = frames
+        .iter()
+        .position(|f| f.start > 4096 - 500 && f.start < 4096 - 20)
+        .expect("a record near the end of the first page");
+    assert!(
+        frames.last().expect("frames").end > 8192,
+        "records continue past the lost page"
+    );
+    let mut bytes = std::fs::read(&newest).expect("read");
+    bytes[frames[lost].start..4096].fill(0);
+    std::fs::write(&newest, &bytes).expect("write");
+    let (store, recovery) = Store::open(config(source.path(), SyncMode::Always))
+        .await
+        .expect("a lost page opens");
+    assert_eq!(recovery.records.len(), lost, "the records before the lost page survive");
+    let tail = recovery.truncated.as_ref().expect("reported as a torn tail");
+    assert_eq!(tail.offset, frames[lost].start as u64);
+    store.shutdown().await.expect("shutdown");
+}

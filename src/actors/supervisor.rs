@@ -38,6 +38,10 @@ pub struct StoreSupervisor {
     compactor: Addr<CompactorActor>,
     wal: Option<Addr<WalActor>>,
     timer: Option<Addr<SyncTimerActor>>,
+    /// The re-validation after a death, while it runs; shutdown waits for it.
+    restarting: Option<actix_rt::task::JoinHandle<()>>,
+    /// Why the last restart failed, if it did; shutdown reports it.
+    restart_failed: Option<String>,
     /// Incremented at every (re)start, so a late death notice of an old
     /// incarnation is not mistaken for the current one's.
     generation: u64,
@@ -72,6 +76,8 @@ impl StoreSupervisor {
                 compactor,
                 own_arbiter,
                 shutting_down: false,
+                restarting: None,
+                restart_failed: None,
                 shared,
                 wal: None,
                 timer: None,
@@ -128,15 +134,21 @@ impl Handler<WalDied> for StoreSupervisor {
         self.shared.inbox.close_and_fail(Closed::Restarting);
         let shared = Arc::clone(&self.shared);
         let me = ctx.address();
-        actix_rt::spawn(async move {
+        self.restarting = Some(actix_rt::spawn(async move {
             let reopened = actix_rt::task::spawn_blocking(move || {
                 let _maintenance = shared.maintenance();
                 open_log(shared.fs.as_ref(), &shared.manifest, &shared.config)
             })
             .await
             .unwrap_or_else(|e| Err(Error::WalFailed(format!("re-validating the log panicked: {e}"))));
-            me.do_send(WalRecovered(reopened.map(|(_, start)| start)));
-        });
+            let start = reopened.map(|(recovery, start)| {
+                if let Some(tail) = &recovery.truncated {
+                    metrics::counter!("concordkv_recovery_truncated_bytes_total").increment(tail.bytes);
+                }
+                start
+            });
+            me.do_send(WalRecovered(start));
+        }));
     }
 }
 
@@ -144,6 +156,7 @@ impl Handler<WalRecovered> for StoreSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: WalRecovered, ctx: &mut Context<Self>) {
+        self.restarting = None;
         match msg.0 {
             Ok(start) => {
                 tracing::info!("the WAL actor was restarted");
@@ -152,7 +165,8 @@ impl Handler<WalRecovered> for StoreSupervisor {
             Err(e) => {
                 let reason = format!("restarting the WAL failed: {e}");
                 tracing::error!(%reason);
-                self.shared.inbox.close_and_fail(Closed::Failed(reason));
+                self.shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
+                self.restart_failed = Some(reason);
             }
         }
     }
@@ -176,9 +190,15 @@ impl Handler<Shutdown> for StoreSupervisor {
         let arbiter = self.own_arbiter.take();
         let shared = Arc::clone(&self.shared);
         let lock = Arc::clone(&self.lock);
+        let restarting = self.restarting.take();
         Box::pin(
             async move {
                 let result = drained.await.unwrap_or(Err(Error::ActorDied));
+                // A re-validation in flight touches the files: let it finish
+                // before the directory is released.
+                if let Some(restarting) = restarting {
+                    let _ = restarting.await;
+                }
                 // Every request after the close was refused; fail any that
                 // raced in before it, then stop the threads and release the directory.
                 shared.inbox.close_and_fail(Closed::ShutDown);
@@ -200,7 +220,11 @@ impl Handler<Shutdown> for StoreSupervisor {
                 result
             }
             .into_actor(self)
-            .map(|result, _act, ctx| {
+            .map(|result, act, ctx| {
+                let result = match act.restart_failed.take() {
+                    Some(reason) if result.is_ok() => Err(Error::WalFailed(reason)),
+                    _ => result,
+                };
                 ctx.stop();
                 result
             }),

@@ -248,8 +248,16 @@ impl WalActor {
         match self.sync_mode() {
             SyncMode::Always => waiters.append(&mut acks),
             SyncMode::Batch | SyncMode::Interval | SyncMode::None => {
+                // A sync that failed while this batch was being written means
+                // the page cache may have dropped earlier data: acknowledge
+                // nothing more (fsyncgate).
+                let verdict = self.shared.worker.failure();
                 for waiter in acks {
-                    let _ = waiter.reply.send(Ok(waiter.seq));
+                    let answer = match &verdict {
+                        None => Ok(waiter.seq),
+                        Some(reason) => Err(Error::WalFailed(reason.clone())),
+                    };
+                    let _ = waiter.reply.send(answer);
                 }
             }
         }
