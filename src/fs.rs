@@ -51,6 +51,10 @@ pub trait WritableFile: Send + Sync {
     fn sync_all(&self) -> io::Result<()>;
     /// Truncates or extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Starts writing back `len` bytes at `offset` without waiting, so a
+    /// large file's final sync has little left to do; best effort, and no
+    /// promise of durability.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
 }
 
 /// The operating system's file system.
@@ -74,6 +78,16 @@ impl WritableFile for RealFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
+            return;
+        };
+        // SAFETY: sync_file_range only reads its integer arguments on an open descriptor.
+        unsafe {
+            libc::sync_file_range(self.0.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
 }
 

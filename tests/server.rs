@@ -17,16 +17,24 @@ struct Server {
 }
 
 impl Server {
+    /// Starts `concordkv serve` on a free port. Tests run in parallel, so a
+    /// port found free can be taken by another test's server before ours
+    /// binds it: retry on a new port until the server answering is ours.
     fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        Server::start_on(dir, port, extra_env)
+        for _ in 0..20 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .expect("free port")
+                .local_addr()
+                .expect("addr")
+                .port();
+            if let Some(server) = Server::try_start(dir, port, extra_env) {
+                return server;
+            }
+        }
+        panic!("could not start a server on a free port");
     }
 
-    fn start_on(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Server {
+    fn try_start(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Option<Server> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_concordkv"));
         command
             .arg("serve")
@@ -35,18 +43,28 @@ impl Server {
             .env("CONCORDKV__METRICS__ENABLED", "false")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::null());
         for (k, v) in extra_env {
             command.env(k, v);
         }
         let child = command.spawn().expect("start concordkv serve");
-        let server = Server { child, port };
+        let mut server = Server { child, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "server did not start listening");
+            if server.child.try_wait().expect("wait").is_some() || Instant::now() > deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+        let BytesFrame::BulkString(info) = server.client().call(&["INFO", "server"]) else {
+            return None;
+        };
+        let ours = String::from_utf8_lossy(&info).contains(&format!("process_id:{}\r", server.child.id()));
+        if !ours {
+            let _ = server.child.kill();
+            return None;
+        }
+        Some(server)
     }
 
     fn client(&self) -> Client {
@@ -330,9 +348,13 @@ fn redis_cli_talks_to_the_server_and_the_value_survives_kill_9() {
     assert_eq!(run(&["get", "a"]), "b");
     assert_eq!(run(&["ping"]), "PONG");
     server.kill9();
-    let server = Server::start_on(dir.path(), port.parse().expect("port"), &[]);
-    assert_eq!(run(&["get", "a"]), "b");
-    drop(server);
+    let server = Server::start(dir.path(), &[]);
+    let port = server.port.to_string();
+    let out = Command::new(cli)
+        .args(["-h", "127.0.0.1", "-p", &port, "get", "a"])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "b");
 }
 
 #[test]
