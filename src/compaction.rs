@@ -23,9 +23,10 @@ use crate::entry::{Op, Seq};
 use crate::error::{Error, Result};
 use crate::format::codec::decode_entry;
 use crate::format::record::{read_frame, Frame};
-use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::segment::SEGMENT_HEADER_BYTES;
 use crate::fs::FileSystem;
 use crate::manifest::ManifestStore;
+use crate::segment::started_segments;
 use crate::snapshot::{select_chain, snapshot_path};
 
 /// The sealed part of the log, as compaction sees it.
@@ -81,24 +82,15 @@ pub(crate) fn analyze(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
         let path = snapshot_path(dir, snapshot);
         log.bytes += fs.file_len(&path).map_err(|e| Error::io("stat snapshot", &path, e))?;
     }
-    let mut started = Vec::new();
-    for id in manifest.segments() {
-        let path = segment_path(dir, id);
-        let head = fs
-            .read_prefix(&path, SEGMENT_HEADER_BYTES)
-            .map_err(|e| Error::io("read segment header", &path, e))?;
-        if let Ok(header) = SegmentHeader::decode(&head) {
-            started.push((path, header.first_seq));
-        }
-    }
-    let Some((_, active_first)) = started.pop() else {
+    let mut started = started_segments(fs, dir, &manifest.segments())?;
+    let Some((_, _, active_first)) = started.pop() else {
         return Ok(log);
     };
     log.upto = active_first.saturating_sub(1).max(covered);
     let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
     // Per key: whether its last sealed operation is a set.
     let mut last_is_set: HashMap<Vec<u8>, bool> = HashMap::new();
-    for (path, _) in &started {
+    for (_, path, _) in &started {
         let bytes = fs.read(path).map_err(|e| Error::io("read segment", path, e))?;
         log.bytes += bytes.len() as u64;
         let mut offset = SEGMENT_HEADER_BYTES;

@@ -51,3 +51,20 @@ impl Segment {
         Ok(())
     }
 }
+
+/// The started segments among `ids` (in their order), with where each
+/// starts: what rotation left behind, read from the headers alone.
+/// Prepared segments that never started are left out.
+pub(crate) fn started_segments(fs: &dyn FileSystem, dir: &Path, ids: &[u64]) -> Result<Vec<(u64, PathBuf, Seq)>> {
+    let mut started = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let path = segment_path(dir, id);
+        let head = fs
+            .read_prefix(&path, SEGMENT_HEADER_BYTES)
+            .map_err(|e| Error::io("read segment header", &path, e))?;
+        if let Ok(header) = SegmentHeader::decode(&head) {
+            started.push((id, path, header.first_seq));
+        }
+    }
+    Ok(started)
+}

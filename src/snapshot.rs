@@ -21,6 +21,7 @@ use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind, SNAPSHOT_HEADER_BYTES};
 use crate::fs::FileSystem;
 use crate::manifest::ManifestStore;
+use crate::segment::started_segments;
 
 /// How much of a snapshot is written before its writeback is started.
 const WRITEBACK_CHUNK_BYTES: usize = 1 << 20;
@@ -258,19 +259,9 @@ fn obsolete_snapshots(listed: &[SnapshotHeader], kind: SnapshotKind, keep: u64) 
 /// Segments all of whose records are at or below `upto`: every segment
 /// whose successor starts at or below `upto + 1`. The newest never is.
 fn covered_segments(fs: &dyn FileSystem, dir: &Path, segments: &[u64], upto: Seq) -> Result<Vec<u64>> {
-    let mut starts = Vec::with_capacity(segments.len());
-    for &id in segments {
-        let path = segment_path(dir, id);
-        let head = fs
-            .read_prefix(&path, SEGMENT_HEADER_BYTES)
-            .map_err(|e| Error::io("read segment header", &path, e))?;
-        if let Ok(header) = SegmentHeader::decode(&head) {
-            starts.push((id, header.first_seq));
-        }
-    }
-    Ok(starts
+    Ok(started_segments(fs, dir, segments)?
         .windows(2)
-        .filter(|pair| pair[1].1 <= upto + 1)
+        .filter(|pair| pair[1].2 <= upto + 1)
         .map(|pair| pair[0].0)
         .collect())
 }

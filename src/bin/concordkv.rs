@@ -133,11 +133,7 @@ fn run(command: Command) -> Result<(), concordkv::Error> {
                 batch,
                 progress: !json,
             })?;
-            if json {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
-            } else {
-                print!("{}", report.table());
-            }
+            print_report(json, &report, report.table());
             Ok(())
         }
         Command::BenchLifecycle {
@@ -162,12 +158,17 @@ fn run(command: Command) -> Result<(), concordkv::Error> {
                 writers,
                 seconds,
             })?;
-            if json {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
-            } else {
-                print!("{}", report.table());
-            }
+            print_report(json, &report, report.table());
             Ok(())
         }
+    }
+}
+
+/// Prints a bench report: one JSON object, or the table.
+fn print_report(json: bool, report: &impl serde::Serialize, table: String) {
+    if json {
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+    } else {
+        print!("{table}");
     }
 }
