@@ -327,6 +327,7 @@ pub struct LifecycleReport {
     pub keys: u64,
     pub recovery_from_segments_records_per_sec: f64,
     pub compaction_input_records_per_sec: f64,
+    pub compaction_seconds: f64,
     pub compaction_bytes_before: u64,
     pub compaction_bytes_after: u64,
     pub recovery_from_snapshot_records_per_sec: f64,
@@ -334,12 +335,11 @@ pub struct LifecycleReport {
     pub append_p99_us_idle: f64,
     pub append_p50_us_compacting: f64,
     pub append_p99_us_compacting: f64,
-    pub compactions_during_load: u64,
 }
 
-/// Fills a fresh store, then measures recovery from segments, compaction,
-/// recovery from the compacted snapshot, and appends with and without a
-/// compaction running.
+/// Fills a fresh store, then measures recovery from segments, appends alone
+/// and while the whole log is compacted (with that compaction's input rate),
+/// and recovery from the compacted snapshot.
 pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
     let scratch = tempfile::Builder::new()
         .prefix(".concordkv-bench-")
@@ -371,32 +371,41 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
         }
         store.shutdown().await?;
 
-        let (store, recovery) = Store::open(config.clone()).await?;
-        let from_segments = recovery.records.len() as f64 / recovery.elapsed.as_secs_f64();
-        drop(recovery);
-        let started = Instant::now();
-        let report = store
-            .compact()
-            .await?
-            .ok_or_else(|| Error::WalFailed("nothing was compacted".into()))?;
-        let compaction_rate = report.entries_before as f64 / started.elapsed().as_secs_f64();
-        store.shutdown().await?;
-
         let mut loaded = config.clone();
         loaded.wal.sync_mode = opts.sync_mode;
+        let (store, recovery) = Store::open(loaded.clone()).await?;
+        let from_segments = recovery.records.len() as f64 / recovery.elapsed.as_secs_f64();
+        drop(recovery);
+
+        // The same load twice: alone, then while the whole log is compacted.
+        let idle = append_load(&store, &opts, keys, None).await?;
+        let done = Rc::new(Cell::new(false));
+        let compaction = {
+            let (store, done) = (store.clone(), Rc::clone(&done));
+            actix_rt::spawn(async move {
+                let started = Instant::now();
+                let outcome = store.compact().await;
+                done.set(true);
+                outcome.map(|report| (report, started.elapsed()))
+            })
+        };
+        let busy = append_load(&store, &opts, keys, Some(done)).await?;
+        let (report, compaction_time) = compaction
+            .await
+            .map_err(|e| Error::WalFailed(format!("the bench compaction panicked: {e}")))??;
+        let report = report.ok_or_else(|| Error::WalFailed("nothing was compacted".into()))?;
+        store.shutdown().await?;
+
         let (store, recovery) = Store::open(loaded).await?;
         let from_snapshot = (recovery.base.len() + recovery.records.len()) as f64 / recovery.elapsed.as_secs_f64();
         drop(recovery);
-
-        let idle = append_load(&store, &opts, keys, None).await?;
-        let compactions = Rc::new(Cell::new(0u64));
-        let busy = append_load(&store, &opts, keys, Some(Rc::clone(&compactions))).await?;
         store.shutdown().await?;
         Ok(LifecycleReport {
             records: opts.records,
             keys,
             recovery_from_segments_records_per_sec: from_segments,
-            compaction_input_records_per_sec: compaction_rate,
+            compaction_input_records_per_sec: report.entries_before as f64 / compaction_time.as_secs_f64(),
+            compaction_seconds: compaction_time.as_secs_f64(),
             compaction_bytes_before: report.bytes_before,
             compaction_bytes_after: report.bytes_after,
             recovery_from_snapshot_records_per_sec: from_snapshot,
@@ -404,42 +413,33 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
             append_p99_us_idle: us(&idle, 0.99),
             append_p50_us_compacting: us(&busy, 0.5),
             append_p99_us_compacting: us(&busy, 0.99),
-            compactions_during_load: compactions.get(),
         })
     })
 }
 
-/// Appends from `opts.writers` tasks for `opts.seconds`; with `compactions`,
-/// compacts back to back meanwhile and counts the runs.
+/// Appends from `opts.writers` tasks for `opts.seconds`, or, given `done`,
+/// until it is set.
 async fn append_load(
     store: &Store,
     opts: &LifecycleOptions,
     keys: u64,
-    compactions: Option<Rc<Cell<u64>>>,
+    done: Option<Rc<Cell<bool>>>,
 ) -> Result<Histogram<u64>> {
     let latency = Rc::new(RefCell::new(latency_histogram()));
     let deadline = Instant::now() + Duration::from_secs_f64(opts.seconds);
-    let compactor = compactions.map(|count| {
-        let store = store.clone();
-        actix_rt::spawn(async move {
-            while Instant::now() < deadline {
-                match store.compact().await {
-                    Ok(_) => count.set(count.get() + 1),
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        })
-    });
     let writers: Vec<_> = (0..opts.writers)
         .map(|w| {
-            let (store, latency) = (store.clone(), Rc::clone(&latency));
+            let (store, latency, done) = (store.clone(), Rc::clone(&latency), done.clone());
             let value = vec![b'w'; opts.value_size];
             actix_rt::spawn(async move {
                 let mut i = w as u64;
                 loop {
                     let t = Instant::now();
-                    if t >= deadline {
+                    let finished = match &done {
+                        Some(done) => done.get(),
+                        None => t >= deadline,
+                    };
+                    if finished {
                         return Ok::<(), Error>(());
                     }
                     store.set((i % keys).to_be_bytes().to_vec(), value.clone()).await?;
@@ -454,11 +454,6 @@ async fn append_load(
             .await
             .map_err(|e| Error::WalFailed(format!("a bench writer panicked: {e}")))??;
     }
-    if let Some(compactor) = compactor {
-        compactor
-            .await
-            .map_err(|e| Error::WalFailed(format!("the bench compactor panicked: {e}")))??;
-    }
     let histogram = latency.borrow().clone();
     Ok(histogram)
 }
@@ -468,14 +463,16 @@ impl LifecycleReport {
     pub fn table(&self) -> String {
         format!(
             "concordkv bench-lifecycle: {} records over {} keys\n\n\
-             {:<44}{:>14.0}\n{:<44}{:>14.0}\n{:<44}{:>14}\n{:<44}{:>14}\n{:<44}{:>14.0}\n\
-             {:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14}\n",
+             {:<44}{:>14.0}\n{:<44}{:>14.0}\n{:<44}{:>14.2}\n{:<44}{:>14}\n{:<44}{:>14}\n{:<44}{:>14.0}\n\
+             {:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n",
             self.records,
             self.keys,
             "recovery from segments (records/s)",
             self.recovery_from_segments_records_per_sec,
             "compaction input (records/s)",
             self.compaction_input_records_per_sec,
+            "compaction time (s)",
+            self.compaction_seconds,
             "compaction bytes before",
             self.compaction_bytes_before,
             "compaction bytes after",
@@ -490,8 +487,6 @@ impl LifecycleReport {
             self.append_p50_us_compacting,
             "append p99, compaction running (us)",
             self.append_p99_us_compacting,
-            "compactions during the loaded phase",
-            self.compactions_during_load,
         )
     }
 }
