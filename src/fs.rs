@@ -55,6 +55,10 @@ pub trait WritableFile: Send + Sync {
     /// large file's final sync has little left to do; best effort, and no
     /// promise of durability.
     fn start_writeback(&self, _offset: u64, _len: u64) {}
+    /// Waits until the writeback of `len` bytes at `offset` has finished;
+    /// paces a large writer to the disk's speed. Best effort, like
+    /// `start_writeback`: the file's own sync still decides durability.
+    fn wait_writeback(&self, _offset: u64, _len: u64) {}
 }
 
 /// The operating system's file system.
@@ -81,12 +85,26 @@ impl WritableFile for RealFile {
     }
 
     fn start_writeback(&self, offset: u64, len: u64) {
+        self.sync_range(offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+
+    fn wait_writeback(&self, offset: u64, len: u64) {
+        self.sync_range(
+            offset,
+            len,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        );
+    }
+}
+
+impl RealFile {
+    fn sync_range(&self, offset: u64, len: u64, flags: libc::c_uint) {
         let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
             return;
         };
         // SAFETY: sync_file_range only reads its integer arguments on an open descriptor.
         unsafe {
-            libc::sync_file_range(self.0.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+            libc::sync_file_range(self.0.as_raw_fd(), offset, len, flags);
         }
     }
 }

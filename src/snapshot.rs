@@ -286,14 +286,20 @@ fn write_snapshot(fs: &dyn FileSystem, dir: &Path, header: &SnapshotHeader, stat
     let file = fs
         .create(&temp, 0)
         .map_err(|e| Error::io("create snapshot", &temp, e))?;
-    // Written a chunk at a time with writeback started behind it, so the
-    // disk sees a steady trickle instead of one burst at the final fsync that
-    // would queue the WAL's syncs behind it (RocksDB's bytes_per_sync).
+    // Written a chunk at a time, starting each chunk's writeback and waiting
+    // for the previous one's: the disk sees a steady trickle paced to its
+    // speed, never a large dirty set that the WAL's fdatasync would queue
+    // behind (RocksDB's bytes_per_sync, with a wait).
     let mut offset = 0u64;
+    let mut previous: Option<(u64, u64)> = None;
     for chunk in buf.chunks(WRITEBACK_CHUNK_BYTES) {
         file.write_at(chunk, offset)
             .map_err(|e| Error::io("write snapshot", &temp, e))?;
         file.start_writeback(offset, chunk.len() as u64);
+        if let Some((at, len)) = previous {
+            file.wait_writeback(at, len);
+        }
+        previous = Some((offset, chunk.len() as u64));
         offset += chunk.len() as u64;
     }
     file.sync_all().map_err(|e| Error::io("sync snapshot", &temp, e))?;
