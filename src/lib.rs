@@ -30,6 +30,7 @@ pub mod error;
 pub mod format;
 pub mod fs;
 mod inbox;
+pub mod inspect;
 mod manifest;
 pub mod recovery;
 mod segment;

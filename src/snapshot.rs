@@ -91,7 +91,12 @@ pub(crate) fn load_chain(fs: &dyn FileSystem, config: &Config, listed: &[Snapsho
 
 /// Reads every entry of a snapshot, checking it against the header the
 /// manifest lists for it.
-fn read_snapshot(fs: &dyn FileSystem, path: &Path, listed: &SnapshotHeader, config: &Config) -> Result<Vec<(Seq, Op)>> {
+pub(crate) fn read_snapshot(
+    fs: &dyn FileSystem,
+    path: &Path,
+    listed: &SnapshotHeader,
+    config: &Config,
+) -> Result<Vec<(Seq, Op)>> {
     let bytes = fs.read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             corruption(path, 0, "listed in MANIFEST but missing")

@@ -68,3 +68,151 @@ fn an_unknown_sync_mode_is_refused_by_name() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("sometimes"));
 }
+
+mod inspect_and_verify {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    use concordkv::format::segment::SEGMENT_HEADER_BYTES;
+    use concordkv::{Config, Store, SyncMode};
+
+    fn run(command: &str, dir: &Path) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_concordkv"))
+            .arg(command)
+            .arg(dir)
+            .output()
+            .expect("run concordkv")
+    }
+
+    /// Every file of `dir` with its bytes.
+    fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .map(|p| {
+                let bytes = std::fs::read(&p).expect("read file");
+                (p, bytes)
+            })
+            .collect()
+    }
+
+    /// A directory with sealed segments, a full and an incremental snapshot.
+    fn populated() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config::with_data_dir(dir.path());
+        cfg.wal.sync_mode = SyncMode::Always;
+        cfg.wal.max_segment_bytes = 4096;
+        actix_rt::System::new().block_on(async {
+            let (store, _) = Store::open(cfg).await.expect("open");
+            for i in 0..300u32 {
+                store
+                    .set(format!("k{}", i % 40), format!("value-{i}"))
+                    .await
+                    .expect("set");
+            }
+            store.snapshot().await.expect("full");
+            for i in 0..100u32 {
+                store
+                    .set(format!("k{}", i % 40), format!("again-{i}"))
+                    .await
+                    .expect("set");
+            }
+            store.snapshot_incremental().await.expect("incremental");
+            for i in 0..150u32 {
+                store.set(format!("x{i}"), "tail").await.expect("set");
+            }
+            store.shutdown().await.expect("shutdown");
+        });
+        dir
+    }
+
+    fn file_ending(dir: &Path, suffix: &str) -> PathBuf {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no file ending in {suffix}"))
+    }
+
+    #[test]
+    fn verify_passes_a_clean_directory_and_neither_command_changes_a_byte() {
+        let dir = populated();
+        let before = contents(dir.path());
+        let verified = run("verify", dir.path());
+        let text = String::from_utf8_lossy(&verified.stdout);
+        assert!(verified.status.success(), "{text}");
+        assert!(text.starts_with("OK"), "{text}");
+        let inspected = run("inspect", dir.path());
+        assert!(inspected.status.success());
+        let listing = String::from_utf8_lossy(&inspected.stdout);
+        for expected in ["manifest: generation", "full.snap", "incr.snap", "sealed", "redundant"] {
+            assert!(listing.contains(expected), "inspect lacks {expected:?}:\n{listing}");
+        }
+        assert_eq!(
+            contents(dir.path()),
+            before,
+            "inspect and verify leave the directory byte-for-byte unchanged"
+        );
+    }
+
+    #[test]
+    fn one_flipped_byte_in_each_kind_of_file_is_named_with_its_offset() {
+        for (kind, suffix) in [
+            ("segment", ".wal"),
+            ("snapshot", ".full.snap"),
+            ("manifest", "MANIFEST"),
+        ] {
+            let dir = populated();
+            let victim = file_ending(dir.path(), suffix);
+            let mut bytes = std::fs::read(&victim).expect("read");
+            let offset = match kind {
+                "segment" => SEGMENT_HEADER_BYTES + 20,
+                "snapshot" => bytes.len() - 3,
+                _ => bytes.len() - 1,
+            };
+            bytes[offset] ^= 0x20;
+            std::fs::write(&victim, &bytes).expect("write");
+            let before = contents(dir.path());
+            let verified = run("verify", dir.path());
+            let text = String::from_utf8_lossy(&verified.stdout);
+            assert_eq!(verified.status.code(), Some(1), "{kind}: {text}");
+            let line = text
+                .lines()
+                .find(|l| l.contains(&victim.display().to_string()))
+                .unwrap_or_else(|| panic!("{kind}: no line names {}:\n{text}", victim.display()));
+            assert!(
+                line.starts_with("DAMAGED") && line.contains("byte offset"),
+                "{kind}: {line}"
+            );
+            if kind == "segment" {
+                assert!(
+                    line.contains(&format!("byte offset {SEGMENT_HEADER_BYTES}:")),
+                    "{kind}: {line}"
+                );
+            }
+            let inspected = run("inspect", dir.path());
+            assert!(
+                String::from_utf8_lossy(&inspected.stdout).contains("DAMAGED"),
+                "{kind}: inspect shows it too"
+            );
+            assert_eq!(
+                contents(dir.path()),
+                before,
+                "{kind}: a damaged directory is reported, not repaired"
+            );
+        }
+    }
+
+    #[test]
+    fn verify_of_a_missing_directory_exits_2() {
+        let output = run("verify", Path::new("/nonexistent/concordkv"));
+        assert_eq!(output.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/concordkv"));
+    }
+}
