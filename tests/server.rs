@@ -407,3 +407,32 @@ fn save_and_bgsave_take_snapshots_that_survive_kill_9() {
         BytesFrame::SimpleString("Background append only file rewriting started".into())
     );
 }
+
+#[test]
+fn a_thousand_clients_at_once_are_all_served() {
+    const CLIENTS: usize = 1000;
+    // This process holds one socket per client too.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max.min(4096);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| server.client()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send_raw(&encode(&[b"SET", format!("client-{i}").as_bytes(), b"here"]));
+    }
+    for c in clients.iter_mut() {
+        assert_eq!(c.read().expect("every client is answered"), ok());
+    }
+    let mut last = server.client();
+    assert_eq!(last.call(&["DBSIZE"]), BytesFrame::Integer(CLIENTS as i64));
+    drop(clients);
+    assert_eq!(last.call(&["PING"]), BytesFrame::SimpleString("PONG".into()));
+}

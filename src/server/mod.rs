@@ -48,6 +48,7 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let clients = Arc::new(AtomicUsize::new(0));
     let max_clients = usize::try_from(config.server.max_clients).unwrap_or(usize::MAX);
+    raise_open_file_limit(config.server.max_clients);
     let max_request = usize::try_from(config.server.max_request_bytes).unwrap_or(usize::MAX);
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -87,6 +88,43 @@ pub async fn serve(config: Config) -> Result<()> {
     store.shutdown().await?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Descriptors kept beyond one per client: data files, listeners, the log.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft limit on open files toward `max_clients` plus what the
+/// store itself needs (as Redis does): the common default of 1024 would
+/// otherwise refuse clients long before `server.max_clients`.
+fn raise_open_file_limit(max_clients: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = (max_clients + RESERVED_DESCRIPTORS).min(limit.rlim_max);
+        if wanted > limit.rlim_cur {
+            let raised = libc::rlimit {
+                rlim_cur: wanted,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                tracing::warn!(current = limit.rlim_cur, wanted, "could not raise the open-file limit");
+                return;
+            }
+        }
+        if wanted < max_clients + RESERVED_DESCRIPTORS {
+            tracing::warn!(
+                limit = wanted,
+                max_clients,
+                "the open-file hard limit allows fewer clients than server.max_clients"
+            );
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

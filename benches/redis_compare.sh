@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# redis-benchmark against Redis and against `concordkv serve`, on this
+# machine, in one run, with the same fsync policy on both sides:
+#   concordkv wal.sync_mode=always             vs  Redis appendfsync always
+#   concordkv wal.sync_mode=interval (1000 ms) vs  Redis appendfsync everysec
+# for SET with 100-byte values over 100,000 random keys, at 50 clients,
+# 1 client (latency) and 50 clients pipelining 16. Prints requests/s and the
+# ratio concordkv / Redis. A benchmark, not a test: run it by hand.
+#
+#   bash benches/redis_compare.sh            # REQUESTS=200000 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-200000}
+REDIS_PORT=${REDIS_PORT:-6391}
+CONCORDKV_PORT=${CONCORDKV_PORT:-6392}
+
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+fi
+cargo build --release -q
+
+work=$(mktemp -d "$PWD/.redis-compare-XXXXXX")
+server_pid=""
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+trap 'stop_server; rm -rf "$work"' EXIT
+
+wait_ready() {
+    for _ in $(seq 400); do
+        [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = "PONG" ] && return 0
+        sleep 0.05
+    done
+    echo "server on port $1 did not start" >&2
+    exit 1
+}
+
+# requests/s of one redis-benchmark run: PORT REQUESTS ARGS...
+rps() {
+    local port=$1 requests=$2
+    shift 2
+    local out
+    if ! out=$(redis-benchmark -h 127.0.0.1 -p "$port" -t set -d 100 -r 100000 -n "$requests" "$@" --csv \
+        2>>"$work/redis-benchmark.log"); then
+        echo "redis-benchmark failed on port $port ($*); see its log" >&2
+        tail -3 "$work/redis-benchmark.log" >&2
+        echo 0
+        return
+    fi
+    awk -F'"' '$2 == "SET" { print $4 }' <<<"$out"
+}
+
+# Every start gets an empty directory of its own: both sides begin empty.
+fresh_dir() {
+    mktemp -d "$work/$1-XXXXXX"
+}
+
+start_redis() {
+    local dir
+    dir=$(fresh_dir "redis-$1")
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
+        --appendfsync "$1" --save "" --logfile "$dir.log" &
+    server_pid=$!
+    wait_ready "$REDIS_PORT"
+}
+
+start_concordkv() {
+    local dir
+    dir=$(fresh_dir "concordkv-$1")
+    CONCORDKV__DATA_DIR="$dir" CONCORDKV__SERVER__LISTEN="127.0.0.1:$CONCORDKV_PORT" \
+        CONCORDKV__WAL__SYNC_MODE="$1" CONCORDKV__WAL__SYNC_INTERVAL_MS=1000 CONCORDKV__METRICS__ENABLED=false \
+        RUST_LOG=warn target/release/concordkv serve 2>"$dir.log" &
+    server_pid=$!
+    wait_ready "$CONCORDKV_PORT"
+}
+
+printf '%-38s %-12s %14s %14s %8s\n' "policy" "load" "redis rps" "concordkv rps" "ratio"
+for pair in "always always" "everysec interval"; do
+    set -- $pair
+    redis_policy=$1 concordkv_mode=$2
+    for load in "-c 50" "-c 1" "-c 50 -P 16"; do
+        requests=$REQUESTS
+        [ "$load" = "-c 1" ] && requests=$((REQUESTS / 10))
+        start_redis "$redis_policy"
+        # shellcheck disable=SC2086
+        redis=$(rps "$REDIS_PORT" "$requests" $load)
+        stop_server
+        start_concordkv "$concordkv_mode"
+        # shellcheck disable=SC2086
+        concordkv=$(rps "$CONCORDKV_PORT" "$requests" $load)
+        stop_server
+        ratio=$(awk -v a="$concordkv" -v b="$redis" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+        printf '%-38s %-12s %14s %14s %8s\n' "appendfsync $redis_policy / $concordkv_mode" "$load" "$redis" "$concordkv" "$ratio"
+    done
+done
