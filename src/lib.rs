@@ -31,6 +31,7 @@ pub mod format;
 pub mod fs;
 mod inbox;
 pub mod inspect;
+pub mod latency;
 mod manifest;
 pub mod recovery;
 mod segment;

@@ -86,3 +86,28 @@ impl WalCounters {
         }
     }
 }
+
+impl PersistenceInfo {
+    /// Reads the manifest's lists and the files' sizes (the torn bytes are
+    /// the store's to add: they belong to its open).
+    pub(crate) fn read(wal: &crate::actors::wal::WalShared) -> PersistenceInfo {
+        let dir = &wal.config.data_dir;
+        let segments = wal.manifest.segments();
+        let snapshots = wal.manifest.snapshots();
+        let disk_bytes = segments
+            .iter()
+            .map(|id| crate::format::segment::segment_path(dir, *id))
+            .chain(snapshots.iter().map(|s| crate::snapshot::snapshot_path(dir, s)))
+            .filter_map(|path| wal.fs.file_len(&path).ok())
+            .sum();
+        PersistenceInfo {
+            segments: segments.len(),
+            disk_bytes,
+            snapshots: snapshots.len(),
+            last_snapshot_seq: snapshots.iter().map(|s| s.to_seq).max().unwrap_or(0),
+            last_snapshot_unix: wal.counters.last_snapshot_unix.load(Relaxed),
+            compacting: wal.counters.compacting.load(Relaxed) > 0,
+            recovery_truncated_bytes: 0,
+        }
+    }
+}

@@ -2,15 +2,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use actix::Addr;
 use tokio::sync::oneshot;
 
 use crate::actors::compactor::CompactorActor;
-use crate::actors::messages::{Compact, Shutdown, TakeSnapshot};
+use crate::actors::messages::{Compact, GetStats, Shutdown, TakeSnapshot};
+use crate::actors::metrics::{MetricsActor, StatsReport};
 use crate::actors::snapshot::SnapshotActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::actors::wal::{open_log, WalShared};
@@ -18,13 +19,12 @@ use crate::compaction::CompactionReport;
 use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Error, Result};
-use crate::format::segment::segment_path;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{DirLock, FileSystem, RealFs};
 use crate::inbox::{Inbox, Request};
+use crate::latency::Latencies;
 use crate::manifest::ManifestStore;
 use crate::recovery::Recovery;
-use crate::snapshot::snapshot_path;
 use crate::stats::{PersistenceInfo, StoreStats, WalCounters};
 use crate::sync_worker::SyncWorker;
 
@@ -42,6 +42,7 @@ struct Shared {
     supervisor: Addr<StoreSupervisor>,
     snapshots: Addr<SnapshotActor>,
     compactor: Addr<CompactorActor>,
+    metrics: Addr<MetricsActor>,
     wal: Arc<WalShared>,
     counters: Arc<WalCounters>,
     config: Config,
@@ -87,24 +88,27 @@ impl Store {
         }
         let inbox = Arc::new(Inbox::default());
         let counters = Arc::new(WalCounters::default());
-        let worker = SyncWorker::start(Arc::clone(&inbox), Arc::clone(&counters))
+        let latencies = Arc::new(Latencies::default());
+        let worker = SyncWorker::start(Arc::clone(&inbox), Arc::clone(&counters), Arc::clone(&latencies))
             .map_err(|e| Error::io("start the sync thread", &config.data_dir, e))?;
         let wal_shared = Arc::new(WalShared {
             config: config.clone(),
             fs,
             manifest,
             maintenance: std::sync::Mutex::new(()),
+            latencies,
             inbox: Arc::clone(&inbox),
             worker,
             counters: Arc::clone(&counters),
         });
-        let (supervisor, snapshots, compactor) = StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);
+        let (supervisor, snapshots, compactor, metrics) = StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);
         let store = Store {
             shared: Arc::new(Shared {
                 inbox,
                 supervisor,
                 snapshots,
                 compactor,
+                metrics,
                 wal: wal_shared,
                 counters,
                 config,
@@ -122,7 +126,10 @@ impl Store {
         check_entry(&entry, &self.shared.config.limits)?;
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Append { entry, reply })?;
-        Ok(Pending { answer })
+        Ok(Pending {
+            answer,
+            timed: Some((Instant::now(), Arc::clone(&self.shared.wal))),
+        })
     }
 
     /// Sets `key` to `value`; resolves with the record's sequence number
@@ -155,7 +162,7 @@ impl Store {
     pub async fn sync(&self) -> Result<Seq> {
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Sync { reply })?;
-        Pending { answer }.await
+        Pending { answer, timed: None }.await
     }
 
     /// Takes a full snapshot of everything acknowledged before the call
@@ -187,7 +194,7 @@ impl Store {
     pub async fn compact(&self) -> Result<Option<CompactionReport>> {
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Rotate { reply })?;
-        Pending { answer }.await?;
+        Pending { answer, timed: None }.await?;
         self.shared
             .compactor
             .send(Compact)
@@ -197,25 +204,17 @@ impl Store {
 
     /// The state of the files: segments, bytes, snapshots, compaction.
     pub fn persistence_info(&self) -> PersistenceInfo {
-        let wal = &self.shared.wal;
-        let dir = &self.shared.config.data_dir;
-        let segments = wal.manifest.segments();
-        let snapshots = wal.manifest.snapshots();
-        let segment_bytes = segments
-            .iter()
-            .map(|id| segment_path(dir, *id))
-            .chain(snapshots.iter().map(|s| snapshot_path(dir, s)))
-            .filter_map(|path| wal.fs.file_len(&path).ok())
-            .sum();
         PersistenceInfo {
-            segments: segments.len(),
-            disk_bytes: segment_bytes,
-            snapshots: snapshots.len(),
-            last_snapshot_seq: snapshots.iter().map(|s| s.to_seq).max().unwrap_or(0),
-            last_snapshot_unix: self.shared.counters.last_snapshot_unix.load(Ordering::Relaxed),
-            compacting: self.shared.counters.compacting.load(Ordering::Relaxed) > 0,
             recovery_truncated_bytes: self.shared.truncated_at_open,
+            ..PersistenceInfo::read(&self.shared.wal)
         }
+    }
+
+    /// Per kind of operation (append, sync, compaction, snapshot): count,
+    /// throughput and latency, as of the `MetricsActor`'s last publication
+    /// (at most a second old).
+    pub async fn stats_report(&self) -> Result<StatsReport> {
+        self.shared.metrics.send(GetStats).await.map_err(|_| Error::ShutDown)
     }
 
     /// The snapshots the store holds, oldest first.
@@ -288,15 +287,20 @@ fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
 #[must_use = "an append is only acknowledged once its Pending resolves"]
 pub struct Pending {
     answer: oneshot::Receiver<Result<Seq>>,
+    /// For appends: when it was submitted, and where its latency is recorded.
+    timed: Option<(Instant, Arc<WalShared>)>,
 }
 
 impl Future for Pending {
     type Output = Result<Seq>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
         // A dropped sender means the WAL actor died holding the request.
-        Pin::new(&mut self.get_mut().answer)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(Error::ActorDied)))
+        let answer = std::task::ready!(Pin::new(&mut this.answer).poll(cx)).unwrap_or(Err(Error::ActorDied));
+        if let (Ok(_), Some((started, wal))) = (&answer, this.timed.take()) {
+            wal.latencies.append.record(started.elapsed());
+        }
+        Poll::Ready(answer)
     }
 }

@@ -19,6 +19,7 @@ use crate::entry::Seq;
 use crate::error::Error;
 use crate::fs::WritableFile;
 use crate::inbox::{Closed, Inbox, Reply};
+use crate::latency::Latencies;
 use crate::stats::WalCounters;
 
 /// An appender waiting for `seq` to become durable.
@@ -56,6 +57,7 @@ struct Shared {
     ready: Condvar,
     inbox: Arc<Inbox>,
     counters: Arc<WalCounters>,
+    latencies: Arc<Latencies>,
 }
 
 impl Shared {
@@ -72,12 +74,17 @@ pub(crate) struct SyncWorker {
 
 impl SyncWorker {
     /// Starts the thread.
-    pub(crate) fn start(inbox: Arc<Inbox>, counters: Arc<WalCounters>) -> std::io::Result<SyncWorker> {
+    pub(crate) fn start(
+        inbox: Arc<Inbox>,
+        counters: Arc<WalCounters>,
+        latencies: Arc<Latencies>,
+    ) -> std::io::Result<SyncWorker> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
             inbox,
             counters,
+            latencies,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -193,6 +200,7 @@ fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), String> {
             c.synced_records.fetch_add(records, Relaxed);
             c.sync_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
             c.durable_seq.fetch_max(upto, Relaxed);
+            shared.latencies.sync.record(elapsed);
             metrics::histogram!("concordkv_wal_sync_seconds").record(elapsed.as_secs_f64());
             metrics::histogram!("concordkv_wal_sync_batch_records").record(records as f64);
             metrics::counter!("concordkv_wal_syncs_total").increment(1);

@@ -82,6 +82,7 @@ impl CompactorActor {
                 bytes_after,
             };
             metrics::histogram!("concordkv_compaction_seconds").record(started.elapsed().as_secs_f64());
+            shared.latencies.compaction.record(started.elapsed());
             metrics::counter!("concordkv_compactions_total").increment(1);
             metrics::counter!("concordkv_compaction_reclaimed_bytes_total")
                 .increment(report.bytes_before.saturating_sub(report.bytes_after));

@@ -59,6 +59,11 @@ pub struct SegmentSealed {
 #[rtype(result = "Result<Option<CompactionReport>>")]
 pub struct Compact;
 
+/// To `MetricsActor`: the in-process statistics.
+#[derive(Message)]
+#[rtype(result = "crate::actors::metrics::StatsReport")]
+pub struct GetStats;
+
 /// To `StoreSupervisor`: the WAL actor of `generation` is gone without being stopped.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -6,6 +6,8 @@
 //!   keeps the manifest.
 //! - [`compactor::CompactorActor`] decides when the sealed segments are
 //!   compacted, and has it done in the background.
+//! - [`metrics::MetricsActor`] publishes latencies, counts and file gauges,
+//!   and answers the in-process `Stats` query.
 //! - [`snapshot::SnapshotActor`] takes full and incremental snapshots and
 //!   retires what they make obsolete.
 //! - [`sync_timer::SyncTimerActor`] is the clock of `batch` and `interval` syncs.
@@ -17,6 +19,7 @@
 
 pub mod compactor;
 pub mod messages;
+pub mod metrics;
 pub mod rotator;
 pub mod snapshot;
 pub mod supervisor;

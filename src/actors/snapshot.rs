@@ -37,6 +37,7 @@ impl Handler<TakeSnapshot> for SnapshotActor {
     fn handle(&mut self, msg: TakeSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
         let shared = Arc::clone(&self.shared);
         let counters = Arc::clone(&self.shared.counters);
+        let latencies = Arc::clone(&self.shared.latencies);
         let kind = msg.kind;
         let started = Instant::now();
         let work = background::run("concordkv-snapshot", move || {
@@ -58,6 +59,7 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                         counters
                             .last_snapshot_unix
                             .store(now, std::sync::atomic::Ordering::Relaxed);
+                        latencies.snapshot.record(started.elapsed());
                         metrics::histogram!("concordkv_snapshot_seconds", "kind" => label)
                             .record(started.elapsed().as_secs_f64());
                         tracing::info!(

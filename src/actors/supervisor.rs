@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::compactor::CompactorActor;
 use crate::actors::messages::{Shutdown, StopWal, WalDied, WalRecovered};
+use crate::actors::metrics::MetricsActor;
 use crate::actors::rotator::RotatorActor;
 use crate::actors::snapshot::SnapshotActor;
 use crate::actors::sync_timer::SyncTimerActor;
@@ -56,7 +57,12 @@ impl StoreSupervisor {
         shared: Arc<WalShared>,
         start: WalStart,
         lock: DirLock,
-    ) -> (Addr<StoreSupervisor>, Addr<SnapshotActor>, Addr<CompactorActor>) {
+    ) -> (
+        Addr<StoreSupervisor>,
+        Addr<SnapshotActor>,
+        Addr<CompactorActor>,
+        Addr<MetricsActor>,
+    ) {
         let mut started = None;
         let supervisor = StoreSupervisor::create(|ctx| {
             let own_arbiter = shared.config.wal.dedicated_writer_thread.then(Arbiter::new);
@@ -69,7 +75,9 @@ impl StoreSupervisor {
             let compactor = CompactorActor::start_in_arbiter(&arbiter, move |_| {
                 CompactorActor::new(compactor_shared, compactor_snapshots)
             });
-            started = Some((snapshots, compactor.clone()));
+            let metrics_shared = Arc::clone(&shared);
+            let metrics = MetricsActor::start_in_arbiter(&arbiter, move |_| MetricsActor::new(metrics_shared));
+            started = Some((snapshots, compactor.clone(), metrics));
             let mut supervisor = StoreSupervisor {
                 arbiter,
                 rotator,
@@ -87,9 +95,9 @@ impl StoreSupervisor {
             supervisor.start_wal(ctx, start);
             supervisor
         });
-        let (snapshots, compactor) =
+        let (snapshots, compactor, metrics) =
             started.unwrap_or_else(|| unreachable!("create runs its closure before returning"));
-        (supervisor, snapshots, compactor)
+        (supervisor, snapshots, compactor, metrics)
     }
 
     fn start_wal(&mut self, ctx: &mut Context<Self>, start: WalStart) {

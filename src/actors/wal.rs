@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::format::record::encode_record;
 use crate::fs::FileSystem;
 use crate::inbox::{Closed, Inbox, Reply, Request};
+use crate::latency::Latencies;
 use crate::manifest::ManifestStore;
 use crate::recovery::{recover, Recovery};
 use crate::segment::Segment;
@@ -43,6 +44,8 @@ pub(crate) struct WalShared {
     /// snapshots (compaction output included), compaction analysis, and
     /// re-validation after a restart. Appends never take it.
     pub maintenance: Mutex<()>,
+    /// Latency samples for the `MetricsActor` to drain.
+    pub latencies: Arc<Latencies>,
     pub inbox: Arc<Inbox>,
     pub worker: SyncWorker,
     pub counters: Arc<WalCounters>,

@@ -145,6 +145,10 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
         }
         Command::Serve { config } => {
             let config = Config::load(config.as_deref())?;
+            // Before the System: the exporter then has a thread of its own.
+            if config.metrics.enabled {
+                concordkv::actors::metrics::install_exporter(&config.metrics)?;
+            }
             actix_rt::System::new().block_on(concordkv::server::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }

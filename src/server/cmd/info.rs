@@ -8,7 +8,7 @@ use redis_protocol::resp2::types::BytesFrame;
 use super::Reply;
 use crate::server::db::Db;
 
-/// `INFO [section]`.
+/// `INFO [section]`: `server`, `persistence`, `stats` and `keyspace`.
 pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
     let wanted = section.map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
     let show = |name: &str| {
@@ -70,5 +70,22 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
     if show("keyspace") && !db.is_empty() {
         let _ = write!(out, "# Keyspace\r\ndb0:keys={}\r\n\r\n", db.len());
     }
-    Reply::Now(BytesFrame::BulkString(Bytes::from(out)))
+    if !show("stats") {
+        return Reply::Now(BytesFrame::BulkString(Bytes::from(out)));
+    }
+    let store = store.clone();
+    Reply::Wait(Box::pin(async move {
+        if let Ok(report) = store.stats_report().await {
+            out.push_str("# Stats\r\n");
+            for kind in report.kinds {
+                let _ = write!(
+                    out,
+                    "{}_count:{}\r\n{}_per_sec:{:.1}\r\n{}_mean_us:{:.1}\r\n{}_p99_us:{:.1}\r\n",
+                    kind.kind, kind.count, kind.kind, kind.per_sec, kind.kind, kind.mean_us, kind.kind, kind.p99_us
+                );
+            }
+            out.push_str("\r\n");
+        }
+        BytesFrame::BulkString(Bytes::from(out))
+    }))
 }

@@ -1,0 +1,248 @@
+//! `MetricsActor`: publishes the store's latencies and counts to the
+//! `metrics` facade (and so to Prometheus when `concordkv serve` installed
+//! the exporter), and answers the in-process `Stats` query: per kind of
+//! operation, count, throughput, mean and p99 latency.
+//!
+//! Samples are gathered where operations complete (see `crate::latency`);
+//! once a second this actor drains them, forwards them to the histograms
+//! with `record_many`, and refreshes the file gauges.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use hdrhistogram::Histogram;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use serde::Serialize;
+
+use crate::actors::messages::GetStats;
+use crate::actors::wal::WalShared;
+use crate::config::MetricsConfig;
+use crate::error::{Error, Result};
+use crate::latency::{nanos_histogram, OpKind};
+use crate::stats::PersistenceInfo;
+
+/// How often samples are drained and gauges refreshed.
+const PUBLISH_PERIOD: Duration = Duration::from_secs(1);
+
+/// Bucket bounds of the latency histograms, in seconds: this store's
+/// operations range from tens of microseconds (a write to the page cache)
+/// through milliseconds (an fdatasync) to seconds (a large compaction).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Bucket bounds of the group-commit size (records made durable by one sync).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
+];
+
+/// Installs the Prometheus exporter on `metrics.listen`. Call it before the
+/// actix System starts: the exporter then serves scrapes from a thread of
+/// its own, never waiting for a busy actor.
+pub fn install_exporter(config: &MetricsConfig) -> Result<()> {
+    let addr: std::net::SocketAddr = config
+        .listen
+        .parse()
+        .map_err(|_| Error::InvalidRequest(format!("metrics.listen = {:?} is not an address", config.listen)))?;
+    let failed = |e: metrics_exporter_prometheus::BuildError| {
+        Error::InvalidRequest(format!("cannot serve metrics on metrics.listen = {addr}: {e}"))
+    };
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(failed)?
+        .set_buckets_for_metric(Matcher::Full("concordkv_wal_sync_batch_records".into()), BATCH_BUCKETS)
+        .map_err(failed)?
+        .install()
+        .map_err(failed)?;
+    describe();
+    Ok(())
+}
+
+/// Help text of every metric the store publishes (Prometheus's HELP lines).
+fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_histogram!(
+        "concordkv_wal_append_seconds",
+        Unit::Seconds,
+        "Append call to acknowledgement."
+    );
+    describe_histogram!("concordkv_wal_sync_seconds", Unit::Seconds, "One fdatasync of the WAL.");
+    describe_histogram!(
+        "concordkv_wal_sync_batch_records",
+        Unit::Count,
+        "Records made durable by one sync (group-commit size)."
+    );
+    describe_histogram!("concordkv_compaction_seconds", Unit::Seconds, "One compaction run.");
+    describe_histogram!("concordkv_snapshot_seconds", Unit::Seconds, "One snapshot, by kind.");
+    describe_histogram!("concordkv_recovery_seconds", Unit::Seconds, "Open-time recovery.");
+    describe_counter!("concordkv_wal_records_total", Unit::Count, "Records appended.");
+    describe_counter!(
+        "concordkv_wal_bytes_total",
+        Unit::Bytes,
+        "Bytes appended, frames included."
+    );
+    describe_counter!("concordkv_wal_syncs_total", Unit::Count, "fdatasync calls completed.");
+    describe_counter!(
+        "concordkv_wal_rotations_total",
+        Unit::Count,
+        "Segments sealed and replaced."
+    );
+    describe_counter!("concordkv_compactions_total", Unit::Count, "Compactions completed.");
+    describe_counter!(
+        "concordkv_compaction_reclaimed_bytes_total",
+        Unit::Bytes,
+        "Bytes compactions removed."
+    );
+    describe_counter!(
+        "concordkv_recovery_truncated_bytes_total",
+        Unit::Bytes,
+        "Torn-tail bytes cut at open."
+    );
+    describe_counter!(
+        "concordkv_wal_sync_errors_total",
+        Unit::Count,
+        "Failed fdatasync calls."
+    );
+    describe_counter!(
+        "concordkv_wal_write_errors_total",
+        Unit::Count,
+        "Failed writes to a segment."
+    );
+    describe_counter!(
+        "concordkv_actor_restarts_total",
+        Unit::Count,
+        "Actors restarted after dying."
+    );
+    describe_gauge!("concordkv_wal_segments", Unit::Count, "Live WAL segments.");
+    describe_gauge!(
+        "concordkv_disk_bytes",
+        Unit::Bytes,
+        "Bytes of every live file under data_dir."
+    );
+}
+
+/// Latency figures of one kind of operation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct KindStats {
+    pub kind: &'static str,
+    /// Operations since the store was opened.
+    pub count: u64,
+    /// Operations per second over the last whole publishing period (1 s).
+    pub per_sec: f64,
+    pub mean_us: f64,
+    pub p99_us: f64,
+}
+
+/// The answer to the `Stats` query.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatsReport {
+    pub kinds: Vec<KindStats>,
+}
+
+struct Totals {
+    histogram: Histogram<u64>,
+    per_sec: f64,
+    /// Samples since the last periodic tick.
+    since_tick: u64,
+}
+
+/// Publishes metrics and answers `Stats`.
+pub struct MetricsActor {
+    shared: Arc<WalShared>,
+    totals: Vec<(OpKind, Totals)>,
+    last_publish: Instant,
+}
+
+impl MetricsActor {
+    pub(crate) fn new(shared: Arc<WalShared>) -> MetricsActor {
+        let totals = OpKind::ALL
+            .iter()
+            .map(|kind| {
+                (
+                    *kind,
+                    Totals {
+                        histogram: nanos_histogram(),
+                        per_sec: 0.0,
+                        since_tick: 0,
+                    },
+                )
+            })
+            .collect();
+        MetricsActor {
+            shared,
+            totals,
+            last_publish: Instant::now(),
+        }
+    }
+
+    /// Drains the samples into the histograms and totals. Rates are taken
+    /// only on the periodic tick (`period` = true), over a whole period.
+    fn publish(&mut self, period: bool) {
+        let elapsed = self.last_publish.elapsed().as_secs_f64().max(1e-9);
+        if period {
+            self.last_publish = Instant::now();
+        }
+        for (kind, totals) in &mut self.totals {
+            let batch = self.shared.latencies.of(*kind).take();
+            totals.since_tick += batch.len();
+            if period {
+                totals.per_sec = totals.since_tick as f64 / elapsed;
+                totals.since_tick = 0;
+            }
+            if *kind == OpKind::Append {
+                let histogram = ::metrics::histogram!("concordkv_wal_append_seconds");
+                for value in batch.iter_recorded() {
+                    let count = usize::try_from(value.count_at_value()).unwrap_or(usize::MAX);
+                    histogram.record_many(value.value_iterated_to() as f64 / 1e9, count);
+                }
+            }
+            let _ = totals.histogram.add(&batch);
+        }
+        let files = PersistenceInfo::read(&self.shared);
+        ::metrics::gauge!("concordkv_wal_segments").set(files.segments as f64);
+        ::metrics::gauge!("concordkv_disk_bytes").set(files.disk_bytes as f64);
+    }
+}
+
+impl Actor for MetricsActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Counters that may stay at zero still appear in every scrape.
+        for name in [
+            "concordkv_wal_records_total",
+            "concordkv_wal_bytes_total",
+            "concordkv_wal_syncs_total",
+            "concordkv_wal_rotations_total",
+            "concordkv_compactions_total",
+            "concordkv_compaction_reclaimed_bytes_total",
+            "concordkv_recovery_truncated_bytes_total",
+        ] {
+            ::metrics::counter!(name).increment(0);
+        }
+        self.publish(true);
+        ctx.run_interval(PUBLISH_PERIOD, |actor, _| actor.publish(true));
+    }
+}
+
+impl Handler<GetStats> for MetricsActor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _msg: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
+        self.publish(false);
+        let kinds = self
+            .totals
+            .iter()
+            .map(|(kind, totals)| KindStats {
+                kind: kind.name(),
+                count: totals.histogram.len(),
+                per_sec: totals.per_sec,
+                mean_us: totals.histogram.mean() / 1000.0,
+                p99_us: totals.histogram.value_at_quantile(0.99) as f64 / 1000.0,
+            })
+            .collect();
+        MessageResult(StatsReport { kinds })
+    }
+}

@@ -1,0 +1,173 @@
+//! The Prometheus endpoint of `concordkv serve`, scraped for real: every
+//! metric of the contract is there, histograms have buckets, `promtool`
+//! accepts the scrape, and `INFO stats` reports per-kind latencies.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::server::{ok, Server};
+use redis_protocol::resp2::types::BytesFrame;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn scrape(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+fn promtool_available() -> bool {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && std::env::var_os("CI").is_some() {
+        panic!("promtool is missing on CI; .ci/run installs Debian's prometheus package");
+    }
+    found
+}
+
+#[test]
+fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("CONCORDKV__METRICS__ENABLED", "true"),
+            ("CONCORDKV__METRICS__LISTEN", &listen),
+            ("CONCORDKV__WAL__MAX_SEGMENT_BYTES", "4096"),
+        ],
+    );
+    let mut c = server.client();
+    for i in 0..300 {
+        assert_eq!(c.call(&["SET", &format!("k{}", i % 30), &format!("v{i}")]), ok());
+    }
+    assert_eq!(c.call(&["SAVE"]), ok());
+    assert_eq!(c.call(&["SET", "k1", "again"]), ok());
+    assert_eq!(c.call(&["SAVE", "INCREMENTAL"]), ok());
+    for i in 0..100 {
+        assert_eq!(c.call(&["SET", &format!("k{}", i % 30), "more"]), ok());
+    }
+    assert_eq!(
+        c.call(&["BGREWRITEAOF"]),
+        BytesFrame::SimpleString("Background append only file rewriting started".into())
+    );
+
+    // The MetricsActor publishes once a second; wait (bounded) for the batch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let body = scrape(metrics_port);
+        let appends_counted = body
+            .lines()
+            .any(|l| l.starts_with("concordkv_wal_append_seconds_count") && !l.ends_with(" 0"));
+        if appends_counted && body.contains("concordkv_compaction_seconds_bucket") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "appends and the compaction never showed up:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for histogram in [
+        "concordkv_wal_append_seconds",
+        "concordkv_wal_sync_seconds",
+        "concordkv_wal_sync_batch_records",
+        "concordkv_compaction_seconds",
+        "concordkv_snapshot_seconds",
+        "concordkv_recovery_seconds",
+    ] {
+        assert!(
+            body.contains(&format!("{histogram}_bucket{{")),
+            "{histogram} has buckets:\n{body}"
+        );
+        assert!(
+            body.contains(&format!("# TYPE {histogram} histogram")),
+            "{histogram} is a histogram"
+        );
+    }
+    assert!(
+        body.contains("concordkv_snapshot_seconds_bucket{kind=\"full\""),
+        "{body}"
+    );
+    assert!(
+        body.contains("concordkv_snapshot_seconds_bucket{kind=\"incremental\""),
+        "{body}"
+    );
+    for series in [
+        "concordkv_wal_records_total",
+        "concordkv_wal_bytes_total",
+        "concordkv_wal_syncs_total",
+        "concordkv_wal_rotations_total",
+        "concordkv_compactions_total",
+        "concordkv_compaction_reclaimed_bytes_total",
+        "concordkv_recovery_truncated_bytes_total",
+        "concordkv_wal_segments",
+        "concordkv_disk_bytes",
+    ] {
+        assert!(
+            body.lines().any(|l| l.starts_with(series) && !l.starts_with('#')),
+            "{series} is exported:\n{body}"
+        );
+    }
+
+    if promtool_available() {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body.as_bytes())
+            .expect("feed promtool");
+        let checked = child.wait_with_output().expect("promtool result");
+        assert!(
+            checked.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+
+    let BytesFrame::BulkString(info) = c.call(&["INFO", "stats"]) else {
+        panic!("INFO stats is a bulk string");
+    };
+    let info = String::from_utf8_lossy(&info);
+    for field in [
+        "append_count:",
+        "append_p99_us:",
+        "sync_count:",
+        "compaction_count:",
+        "snapshot_mean_us:",
+    ] {
+        assert!(info.contains(field), "INFO stats lacks {field}: {info}");
+    }
+    assert!(!info.contains("append_count:0\r"), "appends are counted: {info}");
+}
