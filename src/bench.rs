@@ -39,7 +39,10 @@ pub struct BenchOptions {
     pub sync_mode: SyncMode,
     pub writers: usize,
     pub value_size: usize,
+    /// Longest the load runs.
     pub seconds: f64,
+    /// Stop after this many operations (whichever of the two comes first).
+    pub ops: Option<u64>,
     /// Keys are drawn uniformly from this many.
     pub key_space: u64,
     /// Operations per append (1: single sets; more: atomic batches).
@@ -165,14 +168,22 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
     let (store, _) = Store::open(config).await?;
     let latency = Rc::new(RefCell::new(latency_histogram()));
     let ops = Rc::new(Cell::new(0u64));
+    // Operations handed out to writers, checked against `opts.ops`.
+    let issued = Rc::new(Cell::new(0u64));
     let failure: Rc<RefCell<Option<Error>>> = Rc::new(RefCell::new(None));
     let duration = Duration::from_secs_f64(opts.seconds);
     let started = Instant::now();
     let deadline = started + duration;
     let writers: Vec<_> = (0..opts.writers)
         .map(|w| {
-            let (store, latency, ops, failure) =
-                (store.clone(), Rc::clone(&latency), Rc::clone(&ops), Rc::clone(&failure));
+            let (store, latency, ops, failure, issued) = (
+                store.clone(),
+                Rc::clone(&latency),
+                Rc::clone(&ops),
+                Rc::clone(&failure),
+                Rc::clone(&issued),
+            );
+            let limit = opts.ops.unwrap_or(u64::MAX);
             let (key_space, batch) = (opts.key_space.max(1), opts.batch.max(1));
             let value = vec![b'v'; opts.value_size];
             actix_rt::spawn(async move {
@@ -185,9 +196,10 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
                 };
                 loop {
                     let t = Instant::now();
-                    if t >= deadline {
+                    if t >= deadline || issued.get() >= limit {
                         break;
                     }
+                    issued.set(issued.get() + batch as u64);
                     let outcome = if batch == 1 {
                         store.set(next_key(), value.clone()).await
                     } else {
@@ -210,7 +222,8 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
         })
         .collect();
     let bar = progress_bar(opts.progress, duration);
-    while Instant::now() < deadline && failure.borrow().is_none() {
+    let limit = opts.ops.unwrap_or(u64::MAX);
+    while Instant::now() < deadline && failure.borrow().is_none() && ops.get() < limit {
         actix_rt::time::sleep(Duration::from_millis(100)).await;
         let elapsed = started.elapsed();
         bar.set_position(elapsed.as_millis().min(duration.as_millis()) as u64);

@@ -60,6 +60,26 @@ fn bench_json_reports_the_contract_fields() {
 }
 
 #[test]
+fn bench_stops_after_an_op_count() {
+    let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
+        .args([
+            "bench",
+            "--sync-mode",
+            "none",
+            "--writers",
+            "4",
+            "--ops",
+            "500",
+            "--json",
+        ])
+        .output()
+        .expect("run bench");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(report["ops"], 500);
+}
+
+#[test]
 fn an_unknown_sync_mode_is_refused_by_name() {
     let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
         .args(["bench", "--sync-mode", "sometimes"])

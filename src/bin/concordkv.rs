@@ -45,8 +45,12 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         value_size: usize,
         /// How long the load runs.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
+        /// How long the load runs (default 10 s; with --ops, a cap only if given).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Stop after this many operations instead.
+        #[arg(long)]
+        ops: Option<u64>,
         /// Keys are drawn from this many.
         #[arg(long, default_value_t = 1_000_000)]
         key_space: u64,
@@ -158,13 +162,16 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
             writers,
             value_size,
             seconds,
+            ops,
             key_space,
             batch,
             json,
         } => {
-            if writers == 0 || !seconds.is_finite() || seconds <= 0.0 || batch == 0 {
+            // With --ops and no --seconds, the count alone ends the run.
+            let seconds = seconds.unwrap_or(if ops.is_some() { 86_400.0 } else { 10.0 });
+            if writers == 0 || !seconds.is_finite() || seconds <= 0.0 || batch == 0 || ops == Some(0) {
                 return Err(concordkv::Error::InvalidRequest(
-                    "--writers and --batch must be at least 1 and --seconds positive".into(),
+                    "--writers, --batch and --ops must be at least 1 and --seconds positive".into(),
                 ));
             }
             let report = bench::run(&BenchOptions {
@@ -173,6 +180,7 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
                 writers,
                 value_size,
                 seconds,
+                ops,
                 key_space,
                 batch,
                 progress: !json,
