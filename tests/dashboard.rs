@@ -5,19 +5,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::{ok, Server};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use common::server::{free_port, ok, Server};
 
 /// GET `path` from 127.0.0.1:`port`; the body, or `None` if unreachable.
 fn http_get(port: u16, path: &str) -> Option<String> {

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{config, started_segments};
+use common::{config, fill_small_segments, started_segments};
 use concordkv::entry::{Entry, Op};
 use concordkv::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
 use concordkv::format::record::encode_record;
@@ -108,13 +108,7 @@ async fn a_damaged_manifest_fails_the_open_naming_it() {
 #[actix_rt::test]
 async fn a_listed_segment_that_is_missing_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = config(dir.path(), SyncMode::Always);
-    cfg.wal.max_segment_bytes = 4096;
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
-    for i in 0..200u32 {
-        store.set(format!("key-{i}"), vec![b'x'; 40]).await.expect("set");
-    }
-    store.shutdown().await.expect("shutdown");
+    let cfg = fill_small_segments(dir.path()).await;
     let victim = started_segments(dir.path()).remove(1);
     std::fs::remove_file(&victim).expect("remove");
     let err = Store::open(cfg).await.err().expect("refused");

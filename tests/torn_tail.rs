@@ -6,7 +6,7 @@ mod common;
 use std::fs::OpenOptions;
 use std::path::Path;
 
-use common::{config, copy_dir, frame_ranges, started_segments};
+use common::{config, copy_dir, fill_small_segments, frame_ranges, started_segments};
 use concordkv::{Error, RecoveryMode, Store, SyncMode};
 
 /// Writes `n` records (one batch among them) and shuts down cleanly.
@@ -153,13 +153,7 @@ async fn absolute_mode_refuses_a_torn_tail() {
 #[actix_rt::test]
 async fn a_damaged_segment_header_is_named() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = config(dir.path(), SyncMode::Always);
-    cfg.wal.max_segment_bytes = 4096;
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
-    for i in 0..200u32 {
-        store.set(format!("key-{i}"), vec![b'x'; 40]).await.expect("set");
-    }
-    store.shutdown().await.expect("shutdown");
+    let cfg = fill_small_segments(dir.path()).await;
     let first = started_segments(dir.path()).remove(0);
     let mut bytes = std::fs::read(&first).expect("read");
     bytes[3] ^= 0xFF;

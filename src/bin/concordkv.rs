@@ -169,11 +169,11 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
         } => {
             // With --ops and no --seconds, the count alone ends the run.
             let seconds = seconds.unwrap_or(if ops.is_some() { 86_400.0 } else { 10.0 });
-            if writers == 0 || !seconds.is_finite() || seconds <= 0.0 || batch == 0 || ops == Some(0) {
-                return Err(concordkv::Error::InvalidRequest(
-                    "--writers, --batch and --ops must be at least 1 and --seconds positive".into(),
-                ));
-            }
+            check_load(
+                writers,
+                seconds,
+                [("--batch", batch as u64), ("--ops", ops.unwrap_or(1))],
+            )?;
             let report = bench::run(&BenchOptions {
                 dir,
                 sync_mode,
@@ -197,11 +197,7 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
             seconds,
             json,
         } => {
-            if writers == 0 || !seconds.is_finite() || seconds <= 0.0 || records == 0 {
-                return Err(concordkv::Error::InvalidRequest(
-                    "--records and --writers must be at least 1 and --seconds positive".into(),
-                ));
-            }
+            check_load(writers, seconds, [("--records", records), ("--keys", keys)])?;
             let report = bench::run_lifecycle(&LifecycleOptions {
                 records,
                 keys,
@@ -222,5 +218,22 @@ fn print_report(json: bool, report: &impl serde::Serialize, table: String) {
         println!("{}", serde_json::to_string(report).unwrap_or_default());
     } else {
         print!("{table}");
+    }
+}
+
+/// Refuses a load that could not run: no writers, a non-positive duration,
+/// or a count of zero.
+fn check_load(writers: usize, seconds: f64, counts: [(&str, u64); 2]) -> Result<(), concordkv::Error> {
+    if writers == 0 {
+        return Err(concordkv::Error::InvalidRequest("--writers must be at least 1".into()));
+    }
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(concordkv::Error::InvalidRequest(format!(
+            "--seconds must be positive, not {seconds}"
+        )));
+    }
+    match counts.iter().find(|(_, n)| *n == 0) {
+        Some((flag, _)) => Err(concordkv::Error::InvalidRequest(format!("{flag} must be at least 1"))),
+        None => Ok(()),
     }
 }

@@ -18,6 +18,19 @@ pub fn config(dir: &Path, mode: SyncMode) -> Config {
     config
 }
 
+/// Writes 200 records of 40-byte values into 4 KiB segments (several
+/// sealed ones), shuts down, and returns the configuration used.
+pub async fn fill_small_segments(dir: &Path) -> Config {
+    let mut cfg = config(dir, SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (store, _) = concordkv::Store::open(cfg.clone()).await.expect("open");
+    for i in 0..200u32 {
+        store.set(format!("key-{i}"), vec![b'x'; 40]).await.expect("set");
+    }
+    store.shutdown().await.expect("shutdown");
+    cfg
+}
+
 /// The segment files of `dir`, in id order.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)

@@ -10,6 +10,15 @@ use bytes::BytesMut;
 use redis_protocol::resp2::decode::decode_bytes_mut;
 use redis_protocol::resp2::types::BytesFrame;
 
+/// A loopback port nobody listens on at the moment of asking.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 pub struct Server {
     pub child: Child,
     pub port: u16,
@@ -21,11 +30,7 @@ impl Server {
     /// binds it: retry on a new port until the server answering is ours.
     pub fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         for _ in 0..20 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .expect("free port")
-                .local_addr()
-                .expect("addr")
-                .port();
+            let port = free_port();
             if let Some(server) = Server::try_start(dir, port, extra_env) {
                 return server;
             }
