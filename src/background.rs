@@ -23,10 +23,12 @@ pub(crate) fn run<T: Send + 'static>(
     job: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> impl Future<Output = Result<T>> {
     let (tx, rx) = oneshot::channel();
-    let spawned = std::thread::Builder::new().name(name.to_string()).spawn(move || {
-        lower_priority();
-        let _ = tx.send(job());
-    });
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            lower_priority();
+            let _ = tx.send(job());
+        });
     async move {
         spawned.map_err(|e| Error::WalFailed(format!("cannot start a maintenance thread: {e}")))?;
         rx.await
@@ -41,6 +43,11 @@ fn lower_priority() {
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid);
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, MAINTENANCE_NICE);
-        libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, IOPRIO_BEST_EFFORT_LOWEST);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid,
+            IOPRIO_BEST_EFFORT_LOWEST,
+        );
     }
 }

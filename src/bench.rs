@@ -74,7 +74,8 @@ pub struct BenchReport {
 
 fn latency_histogram() -> Histogram<u64> {
     // Nanoseconds from 1 ns to 60 s at three significant digits.
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap_or_else(|e| unreachable!("static bounds: {e}"))
+    Histogram::new_with_bounds(1, 60_000_000_000, 3)
+        .unwrap_or_else(|e| unreachable!("static bounds: {e}"))
 }
 
 fn us(h: &Histogram<u64>, q: f64) -> f64 {
@@ -87,7 +88,8 @@ pub fn measure_fdatasync(dir: &Path) -> Result<Histogram<u64>> {
     let file = RealFs
         .create(&path, PROBE_FILE_BYTES)
         .map_err(|e| Error::io("create probe file", &path, e))?;
-    file.sync_all().map_err(|e| Error::io("sync probe file", &path, e))?;
+    file.sync_all()
+        .map_err(|e| Error::io("sync probe file", &path, e))?;
     let mut hist = latency_histogram();
     let block = [0xA5u8; PROBE_WRITE_BYTES];
     let started = Instant::now();
@@ -96,7 +98,8 @@ pub fn measure_fdatasync(dir: &Path) -> Result<Histogram<u64>> {
         file.write_at(&block, offset)
             .map_err(|e| Error::io("write probe file", &path, e))?;
         let t = Instant::now();
-        file.sync_data().map_err(|e| Error::io("sync probe file", &path, e))?;
+        file.sync_data()
+            .map_err(|e| Error::io("sync probe file", &path, e))?;
         let _ = hist.record(t.elapsed().as_nanos() as u64);
         if started.elapsed() > PROBE_MAX_TIME {
             break;
@@ -113,7 +116,11 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let scratch;
     let dir = match &opts.dir {
         Some(dir) => {
-            if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            if dir.exists()
+                && std::fs::read_dir(dir)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true)
+            {
                 return Err(Error::InvalidRequest(format!(
                     "bench needs a fresh directory; {} is not empty",
                     dir.display()
@@ -187,7 +194,8 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
             let (key_space, batch) = (opts.key_space.max(1), opts.batch.max(1));
             let value = vec![b'v'; opts.value_size];
             actix_rt::spawn(async move {
-                let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                let mut rng =
+                    0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
                 let mut next_key = move || {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
@@ -227,7 +235,10 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
         actix_rt::time::sleep(Duration::from_millis(100)).await;
         let elapsed = started.elapsed();
         bar.set_position(elapsed.as_millis().min(duration.as_millis()) as u64);
-        bar.set_message(format!("{:.0} ops/s", ops.get() as f64 / elapsed.as_secs_f64()));
+        bar.set_message(format!(
+            "{:.0} ops/s",
+            ops.get() as f64 / elapsed.as_secs_f64()
+        ));
     }
     for writer in writers {
         let _ = writer.await;
@@ -254,7 +265,9 @@ fn progress_bar(visible: bool, duration: Duration) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+    {
         bar.set_style(style);
     }
     bar
@@ -410,14 +423,16 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
         store.shutdown().await?;
 
         let (store, recovery) = Store::open(loaded).await?;
-        let from_snapshot = (recovery.base.len() + recovery.records.len()) as f64 / recovery.elapsed.as_secs_f64();
+        let from_snapshot =
+            (recovery.base.len() + recovery.records.len()) as f64 / recovery.elapsed.as_secs_f64();
         drop(recovery);
         store.shutdown().await?;
         Ok(LifecycleReport {
             records: opts.records,
             keys,
             recovery_from_segments_records_per_sec: from_segments,
-            compaction_input_records_per_sec: report.entries_before as f64 / compaction_time.as_secs_f64(),
+            compaction_input_records_per_sec: report.entries_before as f64
+                / compaction_time.as_secs_f64(),
             compaction_seconds: compaction_time.as_secs_f64(),
             compaction_bytes_before: report.bytes_before,
             compaction_bytes_after: report.bytes_after,
@@ -455,7 +470,9 @@ async fn append_load(
                     if finished {
                         return Ok::<(), Error>(());
                     }
-                    store.set((i % keys).to_be_bytes().to_vec(), value.clone()).await?;
+                    store
+                        .set((i % keys).to_be_bytes().to_vec(), value.clone())
+                        .await?;
                     let _ = latency.borrow_mut().record(t.elapsed().as_nanos() as u64);
                     i += KEY_STRIDE;
                 }

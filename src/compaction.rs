@@ -70,7 +70,11 @@ pub struct CompactionReport {
 
 /// Reads the sealed segments (every started segment but the newest) and
 /// counts what a compaction would keep and drop.
-pub(crate) fn analyze(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Config) -> Result<SealedLog> {
+pub(crate) fn analyze(
+    fs: &dyn FileSystem,
+    manifest: &ManifestStore,
+    config: &Config,
+) -> Result<SealedLog> {
     let dir = config.data_dir.as_path();
     let chain = select_chain(&manifest.snapshots());
     let covered = chain.last().map_or(0, |s| s.to_seq);
@@ -80,7 +84,9 @@ pub(crate) fn analyze(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
     };
     for snapshot in &chain {
         let path = snapshot_path(dir, snapshot);
-        log.bytes += fs.file_len(&path).map_err(|e| Error::io("stat snapshot", &path, e))?;
+        log.bytes += fs
+            .file_len(&path)
+            .map_err(|e| Error::io("stat snapshot", &path, e))?;
     }
     let mut started = started_segments(fs, dir, &manifest.segments())?;
     let Some((_, _, active_first)) = started.pop() else {
@@ -91,7 +97,9 @@ pub(crate) fn analyze(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
     // Per key: whether its last sealed operation is a set.
     let mut last_is_set: HashMap<Vec<u8>, bool> = HashMap::new();
     for (_, path, _) in &started {
-        let bytes = fs.read(path).map_err(|e| Error::io("read segment", path, e))?;
+        let bytes = fs
+            .read(path)
+            .map_err(|e| Error::io("read segment", path, e))?;
         log.bytes += bytes.len() as u64;
         let mut offset = SEGMENT_HEADER_BYTES;
         while let Frame::Record { seq, payload, size } = read_frame(&bytes[offset..], max_payload) {

@@ -167,7 +167,8 @@ impl Config {
         file: Option<&Path>,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(ConfigError::Load(format!(
@@ -212,7 +213,13 @@ impl Config {
             1 << 30,
             "1024 to 1073741824",
         )?;
-        check_range("wal.batch_size", self.wal.batch_size, 1, 1_000_000, "1 to 1000000")?;
+        check_range(
+            "wal.batch_size",
+            self.wal.batch_size,
+            1,
+            1_000_000,
+            "1 to 1000000",
+        )?;
         check_range(
             "wal.batch_max_delay_ms",
             self.wal.batch_max_delay_ms,
@@ -242,7 +249,11 @@ impl Config {
             "1 or more",
         )?;
         if !(0.0..=1.0).contains(&self.compaction.ratio) {
-            return Err(out_of_range("compaction.ratio", self.compaction.ratio, "0.0 to 1.0"));
+            return Err(out_of_range(
+                "compaction.ratio",
+                self.compaction.ratio,
+                "0.0 to 1.0",
+            ));
         }
         check_range(
             "limits.max_key_bytes",
@@ -278,7 +289,11 @@ impl Config {
     }
 }
 
-fn out_of_range(key: &'static str, value: impl std::fmt::Display, accepted: &'static str) -> ConfigError {
+fn out_of_range(
+    key: &'static str,
+    value: impl std::fmt::Display,
+    accepted: &'static str,
+) -> ConfigError {
     ConfigError::OutOfRange {
         key,
         value: value.to_string(),
@@ -286,7 +301,13 @@ fn out_of_range(key: &'static str, value: impl std::fmt::Display, accepted: &'st
     }
 }
 
-fn check_range(key: &'static str, value: u64, min: u64, max: u64, accepted: &'static str) -> Result<(), ConfigError> {
+fn check_range(
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    accepted: &'static str,
+) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
@@ -310,7 +331,12 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     fn load_toml(text: &str) -> Result<Config, ConfigError> {
@@ -363,7 +389,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = load_toml("[wal]\nsync_mod = \"none\"\n").unwrap_err().to_string();
+        let err = load_toml("[wal]\nsync_mod = \"none\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sync_mod"), "{err}");
         let err = load_toml("bogus = 1\n").unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
@@ -371,7 +399,9 @@ mod tests {
 
     #[test]
     fn bad_sync_mode_is_named() {
-        let err = load_toml("[wal]\nsync_mode = \"sometimes\"\n").unwrap_err().to_string();
+        let err = load_toml("[wal]\nsync_mode = \"sometimes\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sync_mode"), "{err}");
         assert!(err.contains("sometimes"), "{err}");
         let err = Config::load_with_env(None, env(&[("CONCORDKV__WAL__SYNC_MODE", "never")]))
@@ -382,19 +412,35 @@ mod tests {
 
     #[test]
     fn negative_size_is_named() {
-        let err = load_toml("[wal]\nmax_segment_bytes = -1\n").unwrap_err().to_string();
+        let err = load_toml("[wal]\nmax_segment_bytes = -1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_segment_bytes"), "{err}");
     }
 
     #[test]
     fn out_of_range_values_name_key_and_range() {
-        let err = load_toml("[wal]\nmax_segment_bytes = 100\n").unwrap_err().to_string();
-        assert!(err.contains("wal.max_segment_bytes") && err.contains("4096"), "{err}");
-        let err = load_toml("[compaction]\nratio = 1.5\n").unwrap_err().to_string();
-        assert!(err.contains("compaction.ratio") && err.contains("0.0 to 1.0"), "{err}");
-        let err = load_toml("[server]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        let err = load_toml("[wal]\nmax_segment_bytes = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wal.max_segment_bytes") && err.contains("4096"),
+            "{err}"
+        );
+        let err = load_toml("[compaction]\nratio = 1.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("compaction.ratio") && err.contains("0.0 to 1.0"),
+            "{err}"
+        );
+        let err = load_toml("[server]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("server.listen"), "{err}");
-        let err = load_toml("[wal]\nbatch_size = 0\n").unwrap_err().to_string();
+        let err = load_toml("[wal]\nbatch_size = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("wal.batch_size"), "{err}");
     }
 

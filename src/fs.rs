@@ -92,14 +92,19 @@ impl WritableFile for RealFile {
         self.sync_range(
             offset,
             len,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
         );
     }
 }
 
 impl RealFile {
     fn sync_range(&self, offset: u64, len: u64, flags: libc::c_uint) {
-        let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
+        let (Ok(offset), Ok(len)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) else {
             return;
         };
         // SAFETY: sync_file_range only reads its integer arguments on an open descriptor.
@@ -111,7 +116,10 @@ impl RealFile {
 
 impl FileSystem for RealFs {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(path)
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(path)
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
@@ -260,7 +268,10 @@ mod tests {
         let data = RealFs.read(&path).expect("read");
         assert_eq!(&data[10..13], b"abc");
         assert!(data[..10].iter().all(|b| *b == 0));
-        assert!(RealFs.create(&path, 0).is_err(), "create must not replace a file");
+        assert!(
+            RealFs.create(&path, 0).is_err(),
+            "create must not replace a file"
+        );
     }
 
     #[test]

@@ -34,7 +34,9 @@ impl Request {
     /// Answers the request with an error.
     pub(crate) fn fail(self, error: Error) {
         let reply = match self {
-            Request::Append { reply, .. } | Request::Sync { reply } | Request::Rotate { reply } => reply,
+            Request::Append { reply, .. } | Request::Sync { reply } | Request::Rotate { reply } => {
+                reply
+            }
         };
         // The appender may have given up waiting; nothing to do then.
         let _ = reply.send(Err(error));

@@ -14,7 +14,9 @@ use crate::format::all_zero;
 use crate::format::codec::decode_entry;
 use crate::format::manifest::{Manifest, MANIFEST_FILE};
 use crate::format::record::{read_frame, Frame};
-use crate::format::segment::{parse_segment_file_name, segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::segment::{
+    parse_segment_file_name, segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
 use crate::snapshot::{read_snapshot, snapshot_path};
@@ -81,12 +83,17 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         .filter_map(|p| Some(p.file_name()?.to_str()?.to_string()))
         .collect();
     let manifest_path = dir.join(MANIFEST_FILE);
-    let mut segment_ids: Vec<u64> = names.iter().filter_map(|n| parse_segment_file_name(n)).collect();
+    let mut segment_ids: Vec<u64> = names
+        .iter()
+        .filter_map(|n| parse_segment_file_name(n))
+        .collect();
     segment_ids.sort_unstable();
     match fs.read(&manifest_path) {
         Ok(bytes) => match Manifest::decode(&bytes) {
             Ok(manifest) => found.manifest = Some(manifest),
-            Err(e) => found.damage.push(damage(&manifest_path, e.offset, e.reason)),
+            Err(e) => found
+                .damage
+                .push(damage(&manifest_path, e.offset, e.reason)),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             found.damage.push(damage(
@@ -136,7 +143,9 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         let bytes = match fs.read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                found.damage.push(damage(&path, 0, "listed in MANIFEST but missing"));
+                found
+                    .damage
+                    .push(damage(&path, 0, "listed in MANIFEST but missing"));
                 continue;
             }
             Err(e) => return Err(Error::io("read segment", path, e)),
@@ -157,9 +166,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
                 continue;
             }
             Err(HeaderError::Unwritten) => {
-                found
-                    .damage
-                    .push(damage(&path, 0, "segment header is all zeros but data follows it"));
+                found.damage.push(damage(
+                    &path,
+                    0,
+                    "segment header is all zeros but data follows it",
+                ));
                 report.state = "damaged";
                 found.segments.push(report);
                 continue;
@@ -194,23 +205,28 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         let mut next = header.first_seq;
         loop {
             match read_frame(&bytes[offset..], max_payload) {
-                Frame::Record { seq, payload, size } if seq == next => match decode_entry(payload) {
-                    Ok(entry) => {
-                        for op in entry.ops() {
-                            found.ops += 1;
-                            last_is_set.insert(op.key().to_vec(), matches!(op, crate::entry::Op::Set { .. }));
+                Frame::Record { seq, payload, size } if seq == next => {
+                    match decode_entry(payload) {
+                        Ok(entry) => {
+                            for op in entry.ops() {
+                                found.ops += 1;
+                                last_is_set.insert(
+                                    op.key().to_vec(),
+                                    matches!(op, crate::entry::Op::Set { .. }),
+                                );
+                            }
+                            report.seqs = Some((report.seqs.map_or(seq, |(first, _)| first), seq));
+                            report.records += 1;
+                            next += 1;
+                            offset += size;
                         }
-                        report.seqs = Some((report.seqs.map_or(seq, |(first, _)| first), seq));
-                        report.records += 1;
-                        next += 1;
-                        offset += size;
+                        Err(reason) => {
+                            found.damage.push(damage(&path, offset as u64, reason));
+                            report.state = "damaged";
+                            break;
+                        }
                     }
-                    Err(reason) => {
-                        found.damage.push(damage(&path, offset as u64, reason));
-                        report.state = "damaged";
-                        break;
-                    }
-                },
+                }
                 Frame::Record { seq, .. } => {
                     found.damage.push(damage(
                         &path,
@@ -275,7 +291,9 @@ impl Inspection {
             "file", "bytes", "sequence range", "records"
         );
         for s in &self.segments {
-            let range = s.seqs.map_or("-".to_string(), |(a, b)| format!("{a}..={b}"));
+            let range = s
+                .seqs
+                .map_or("-".to_string(), |(a, b)| format!("{a}..={b}"));
             let name = s
                 .path
                 .file_name()
@@ -317,7 +335,11 @@ impl Inspection {
             }
         );
         for path in &self.unlisted {
-            let _ = writeln!(out, "unlisted (removed at the next open): {}", path.display());
+            let _ = writeln!(
+                out,
+                "unlisted (removed at the next open): {}",
+                path.display()
+            );
         }
         for line in self.damage_lines() {
             let _ = writeln!(out, "{line}");
@@ -329,7 +351,14 @@ impl Inspection {
     pub fn damage_lines(&self) -> Vec<String> {
         self.damage
             .iter()
-            .map(|d| format!("DAMAGED {} at byte offset {}: {}", d.file.display(), d.offset, d.reason))
+            .map(|d| {
+                format!(
+                    "DAMAGED {} at byte offset {}: {}",
+                    d.file.display(),
+                    d.offset,
+                    d.reason
+                )
+            })
             .collect()
     }
 }

@@ -22,7 +22,12 @@ pub enum OpKind {
 
 impl OpKind {
     /// Every kind, in report order.
-    pub const ALL: [OpKind; 4] = [OpKind::Append, OpKind::Sync, OpKind::Compaction, OpKind::Snapshot];
+    pub const ALL: [OpKind; 4] = [
+        OpKind::Append,
+        OpKind::Sync,
+        OpKind::Compaction,
+        OpKind::Snapshot,
+    ];
 
     /// The kind's name in reports.
     pub fn name(self) -> &'static str {
@@ -37,7 +42,8 @@ impl OpKind {
 
 /// A new histogram of nanoseconds, 1 ns to 10 minutes at three significant digits.
 pub(crate) fn nanos_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000_000, 3).unwrap_or_else(|e| unreachable!("static bounds: {e}"))
+    Histogram::new_with_bounds(1, 600_000_000_000, 3)
+        .unwrap_or_else(|e| unreachable!("static bounds: {e}"))
 }
 
 /// Samples of one kind since the last drain.

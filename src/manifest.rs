@@ -110,7 +110,12 @@ impl ManifestStore {
 
     /// Lists a written snapshot and, in the same manifest write, unlists the
     /// segments and snapshots it makes obsolete; then removes their files.
-    pub fn add_snapshot(&self, header: SnapshotHeader, segments: &[u64], snapshots: &[SnapshotHeader]) -> Result<()> {
+    pub fn add_snapshot(
+        &self,
+        header: SnapshotHeader,
+        segments: &[u64],
+        snapshots: &[SnapshotHeader],
+    ) -> Result<()> {
         let mut live = self.lock_open()?;
         let mut next = live.manifest.clone();
         next.generation += 1;
@@ -137,7 +142,11 @@ impl ManifestStore {
     pub fn remove_unlisted(&self) -> Result<()> {
         let live = self.lock_open()?;
         let manifest = &live.manifest;
-        let listed_snapshots: Vec<String> = manifest.snapshots.iter().map(SnapshotHeader::file_name).collect();
+        let listed_snapshots: Vec<String> = manifest
+            .snapshots
+            .iter()
+            .map(SnapshotHeader::file_name)
+            .collect();
         let mut removed = false;
         for path in self
             .fs
@@ -243,10 +252,12 @@ fn write(fs: &dyn FileSystem, dir: &Path, manifest: &Manifest) -> Result<()> {
         .map_err(|e| Error::io("create manifest", &temp, e))?;
     file.write_at(&manifest.encode(), 0)
         .map_err(|e| Error::io("write manifest", &temp, e))?;
-    file.sync_all().map_err(|e| Error::io("sync manifest", &temp, e))?;
+    file.sync_all()
+        .map_err(|e| Error::io("sync manifest", &temp, e))?;
     crash_point("manifest.after_temp_sync");
     fs.rename(&temp, &path)
         .map_err(|e| Error::io("rename manifest", &path, e))?;
     crash_point("manifest.after_rename");
-    fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("sync directory", dir, e))
 }

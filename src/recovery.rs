@@ -104,7 +104,11 @@ struct Scanned {
 /// Replays the segments the manifest lists, in id order; cuts a torn tail;
 /// says which listed segments hold nothing. Files the manifest does not
 /// list are removed first and never read.
-pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Config) -> Result<RecoveredLog> {
+pub(crate) fn recover(
+    fs: &dyn FileSystem,
+    manifest: &ManifestStore,
+    config: &Config,
+) -> Result<RecoveredLog> {
     let started_at = Instant::now();
     let dir = config.data_dir.as_path();
     manifest.remove_unlisted()?;
@@ -149,7 +153,9 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
             }
             Err(err) => {
                 let reason = match err {
-                    HeaderError::Unwritten => "segment header is all zeros but records follow it".to_string(),
+                    HeaderError::Unwritten => {
+                        "segment header is all zeros but records follow it".to_string()
+                    }
                     HeaderError::Damaged(reason) => reason,
                 };
                 // The newest segment's header is synced with its first
@@ -157,9 +163,12 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
                 // intact record behind it. If one follows, the header was
                 // damaged after the fact and the segment holds real data:
                 // that is corruption, and nothing is deleted.
-                let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
-                let data_follows = find_intact_frame(&bytes, SEGMENT_HEADER_BYTES, 0, max_payload).is_some();
-                let torn_start = newest && !data_follows && config.wal.recovery_mode != RecoveryMode::Absolute;
+                let max_payload =
+                    usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
+                let data_follows =
+                    find_intact_frame(&bytes, SEGMENT_HEADER_BYTES, 0, max_payload).is_some();
+                let torn_start =
+                    newest && !data_follows && config.wal.recovery_mode != RecoveryMode::Absolute;
                 if !torn_start {
                     return Err(corruption(&path, 0, reason));
                 }
@@ -191,7 +200,8 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
             ));
         }
         if let Some(expected) = expected {
-            if header.first_seq != expected && config.wal.recovery_mode != RecoveryMode::SkipCorrupt {
+            if header.first_seq != expected && config.wal.recovery_mode != RecoveryMode::SkipCorrupt
+            {
                 return Err(corruption(
                     &path,
                     24,
@@ -202,8 +212,20 @@ pub(crate) fn recover(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Co
                 ));
             }
         }
-        let scanned = scan_segment(&path, &bytes, header.first_seq, newest, config, &mut recovery)?;
-        expected = Some(recovery.records.last().map_or(header.first_seq, |r| r.seq + 1));
+        let scanned = scan_segment(
+            &path,
+            &bytes,
+            header.first_seq,
+            newest,
+            config,
+            &mut recovery,
+        )?;
+        expected = Some(
+            recovery
+                .records
+                .last()
+                .map_or(header.first_seq, |r| r.seq + 1),
+        );
         recovery.segments += 1;
         if newest {
             seal_newest(fs, &path, &bytes, scanned.logical_end)?;
@@ -260,15 +282,17 @@ fn scan_segment(
     let mut expected = first_seq;
     loop {
         let damage = match read_frame(&bytes[offset..], max_payload) {
-            Frame::Record { seq, payload, size } if seq == expected => match decode_entry(payload) {
-                Ok(entry) => {
-                    recovery.records.push(Record { seq, entry });
-                    offset += size;
-                    expected += 1;
-                    continue;
+            Frame::Record { seq, payload, size } if seq == expected => {
+                match decode_entry(payload) {
+                    Ok(entry) => {
+                        recovery.records.push(Record { seq, entry });
+                        offset += size;
+                        expected += 1;
+                        continue;
+                    }
+                    Err(reason) => reason,
                 }
-                Err(reason) => reason,
-            },
+            }
             Frame::Record { seq, .. } => format!("sequence number {seq}, expected {expected}"),
             Frame::Unwritten if all_zero(&bytes[offset..]) => {
                 return Ok(Scanned {
@@ -284,7 +308,9 @@ fn scan_segment(
         let torn = newest
             && match next_intact {
                 None => true,
-                Some(next) => has_zero_sector(bytes, offset, next) || lost_page_tail(bytes, offset, next),
+                Some(next) => {
+                    has_zero_sector(bytes, offset, next) || lost_page_tail(bytes, offset, next)
+                }
             };
         match mode {
             RecoveryMode::TolerateTail | RecoveryMode::SkipCorrupt if torn => {
@@ -318,7 +344,10 @@ fn scan_segment(
                 }
             }
             RecoveryMode::TolerateTail | RecoveryMode::Absolute => {
-                let reason = if newest && next_intact.is_some() && mode == RecoveryMode::TolerateTail {
+                let reason = if newest
+                    && next_intact.is_some()
+                    && mode == RecoveryMode::TolerateTail
+                {
                     format!("{damage}; intact records follow, so this is not an interrupted write")
                 } else {
                     damage
@@ -379,7 +408,8 @@ fn seal_newest(fs: &dyn FileSystem, path: &Path, bytes: &[u8], logical_end: usiz
         file.set_len(logical_end as u64)
             .map_err(|e| Error::io("truncate newest segment", path, e))?;
     }
-    file.sync_all().map_err(|e| Error::io("sync newest segment", path, e))
+    file.sync_all()
+        .map_err(|e| Error::io("sync newest segment", path, e))
 }
 
 fn corruption(path: &Path, offset: u64, reason: String) -> Error {
@@ -399,10 +429,16 @@ mod tests {
         let mut bytes = vec![1u8; 4096];
         assert!(!has_zero_sector(&bytes, 0, 4096));
         bytes[600..1024].fill(0);
-        assert!(!has_zero_sector(&bytes, 0, 4096), "a partial sector is not enough");
+        assert!(
+            !has_zero_sector(&bytes, 0, 4096),
+            "a partial sector is not enough"
+        );
         bytes[512..1024].fill(0);
         assert!(has_zero_sector(&bytes, 0, 4096));
-        assert!(!has_zero_sector(&bytes, 0, 1000), "the sector must end inside the span");
+        assert!(
+            !has_zero_sector(&bytes, 0, 1000),
+            "the sector must end inside the span"
+        );
     }
 
     #[test]

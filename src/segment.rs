@@ -29,8 +29,10 @@ impl Segment {
         let file = fs
             .create(&path, size)
             .map_err(|e| Error::io("create segment", &path, e))?;
-        file.sync_all().map_err(|e| Error::io("sync new segment", &path, e))?;
-        fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("sync new segment", &path, e))?;
+        fs.sync_dir(dir)
+            .map_err(|e| Error::io("sync directory", dir, e))?;
         Ok(Segment {
             id,
             path,
@@ -43,7 +45,10 @@ impl Segment {
     /// Writes the header that makes a prepared segment the active one; it
     /// becomes durable with the segment's first sync.
     pub fn start(&mut self, first_seq: Seq) -> Result<()> {
-        let header = SegmentHeader { id: self.id, first_seq };
+        let header = SegmentHeader {
+            id: self.id,
+            first_seq,
+        };
         self.file
             .write_at(&header.encode(), 0)
             .map_err(|e| Error::io("write segment header", &self.path, e))?;
@@ -55,7 +60,11 @@ impl Segment {
 /// The started segments among `ids` (in their order), with where each
 /// starts: what rotation left behind, read from the headers alone.
 /// Prepared segments that never started are left out.
-pub(crate) fn started_segments(fs: &dyn FileSystem, dir: &Path, ids: &[u64]) -> Result<Vec<(u64, PathBuf, Seq)>> {
+pub(crate) fn started_segments(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    ids: &[u64],
+) -> Result<Vec<(u64, PathBuf, Seq)>> {
     let mut started = Vec::with_capacity(ids.len());
     for &id in ids {
         let path = segment_path(dir, id);

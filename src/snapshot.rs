@@ -64,10 +64,9 @@ pub(crate) fn select_chain(listed: &[SnapshotHeader]) -> Vec<SnapshotHeader> {
         .copied()
         .collect();
     let mut covered = chain.last().map_or(0, |s| s.to_seq);
-    while let Some(next) = listed
-        .iter()
-        .find(|s| s.kind == SnapshotKind::Incremental && s.from_seq == covered && s.to_seq > covered)
-    {
+    while let Some(next) = listed.iter().find(|s| {
+        s.kind == SnapshotKind::Incremental && s.from_seq == covered && s.to_seq > covered
+    }) {
         covered = next.to_seq;
         chain.push(*next);
     }
@@ -75,7 +74,11 @@ pub(crate) fn select_chain(listed: &[SnapshotHeader]) -> Vec<SnapshotHeader> {
 }
 
 /// Loads and checks the chain the manifest lists.
-pub(crate) fn load_chain(fs: &dyn FileSystem, config: &Config, listed: &[SnapshotHeader]) -> Result<ChainState> {
+pub(crate) fn load_chain(
+    fs: &dyn FileSystem,
+    config: &Config,
+    listed: &[SnapshotHeader],
+) -> Result<ChainState> {
     let mut loaded = ChainState::default();
     for header in select_chain(listed) {
         let path = snapshot_path(&config.data_dir, &header);
@@ -104,7 +107,8 @@ pub(crate) fn read_snapshot(
             Error::io("read snapshot", path, e)
         }
     })?;
-    let header = SnapshotHeader::decode(&bytes).map_err(|(offset, reason)| corruption(path, offset, reason))?;
+    let header = SnapshotHeader::decode(&bytes)
+        .map_err(|(offset, reason)| corruption(path, offset, reason))?;
     if header != *listed {
         return Err(corruption(
             path,
@@ -118,7 +122,13 @@ pub(crate) fn read_snapshot(
     while offset < bytes.len() {
         let (seq, payload, size) = match read_frame(&bytes[offset..], max_payload) {
             Frame::Record { seq, payload, size } => (seq, payload, size),
-            Frame::Unwritten => return Err(corruption(path, offset as u64, "zeros where an entry should be")),
+            Frame::Unwritten => {
+                return Err(corruption(
+                    path,
+                    offset as u64,
+                    "zeros where an entry should be",
+                ))
+            }
             Frame::Damaged(reason) => return Err(corruption(path, offset as u64, reason)),
         };
         if seq <= header.from_seq || seq > header.to_seq {
@@ -128,12 +138,20 @@ pub(crate) fn read_snapshot(
                 format!("entry sequence {seq} outside the snapshot's range"),
             ));
         }
-        let op = match decode_entry(payload).map_err(|reason| corruption(path, offset as u64, reason))? {
+        let op = match decode_entry(payload)
+            .map_err(|reason| corruption(path, offset as u64, reason))?
+        {
             Entry::Op(Op::Delete { .. }) if header.kind == SnapshotKind::Full => {
-                return Err(corruption(path, offset as u64, "a deletion in a full snapshot"));
+                return Err(corruption(
+                    path,
+                    offset as u64,
+                    "a deletion in a full snapshot",
+                ));
             }
             Entry::Op(op) => op,
-            Entry::Batch(_) => return Err(corruption(path, offset as u64, "a batch in a snapshot")),
+            Entry::Batch(_) => {
+                return Err(corruption(path, offset as u64, "a batch in a snapshot"))
+            }
         };
         entries.push((seq, op));
         offset += size;
@@ -142,7 +160,11 @@ pub(crate) fn read_snapshot(
         return Err(corruption(
             path,
             bytes.len() as u64,
-            format!("{} entries, the header says {}", entries.len(), header.entries),
+            format!(
+                "{} entries, the header says {}",
+                entries.len(),
+                header.entries
+            ),
         ));
     }
     Ok(entries)
@@ -173,7 +195,9 @@ fn apply_log(
             break;
         }
         let path = segment_path(&config.data_dir, id);
-        let bytes = fs.read(&path).map_err(|e| Error::io("read segment", &path, e))?;
+        let bytes = fs
+            .read(&path)
+            .map_err(|e| Error::io("read segment", &path, e))?;
         if SegmentHeader::decode(&bytes).is_err() {
             continue;
         }
@@ -190,7 +214,8 @@ fn apply_log(
                         format!("sequence {seq}, expected {expected}"),
                     ));
                 }
-                let entry = decode_entry(payload).map_err(|reason| corruption(&path, offset as u64, reason))?;
+                let entry = decode_entry(payload)
+                    .map_err(|reason| corruption(&path, offset as u64, reason))?;
                 for op in entry.ops() {
                     apply(state, seq, op.clone());
                 }
@@ -250,20 +275,38 @@ pub(crate) fn take_snapshot(
 /// What a new snapshot makes obsolete: after a full one, every incremental
 /// (all end at or before it) and the full ones beyond the newest `keep`
 /// (the new one included); an incremental only extends the chain.
-fn obsolete_snapshots(listed: &[SnapshotHeader], kind: SnapshotKind, keep: u64) -> Vec<SnapshotHeader> {
+fn obsolete_snapshots(
+    listed: &[SnapshotHeader],
+    kind: SnapshotKind,
+    keep: u64,
+) -> Vec<SnapshotHeader> {
     if kind == SnapshotKind::Incremental {
         return Vec::new();
     }
-    let mut fulls: Vec<&SnapshotHeader> = listed.iter().filter(|s| s.kind == SnapshotKind::Full).collect();
+    let mut fulls: Vec<&SnapshotHeader> = listed
+        .iter()
+        .filter(|s| s.kind == SnapshotKind::Full)
+        .collect();
     fulls.sort_by_key(|s| std::cmp::Reverse(s.to_seq));
-    let keep_old = usize::try_from(keep).unwrap_or(usize::MAX).saturating_sub(1);
+    let keep_old = usize::try_from(keep)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(1);
     let kept: Vec<&SnapshotHeader> = fulls.into_iter().take(keep_old).collect();
-    listed.iter().filter(|s| !kept.contains(s)).copied().collect()
+    listed
+        .iter()
+        .filter(|s| !kept.contains(s))
+        .copied()
+        .collect()
 }
 
 /// Segments all of whose records are at or below `upto`: every segment
 /// whose successor starts at or below `upto + 1`. The newest never is.
-fn covered_segments(fs: &dyn FileSystem, dir: &Path, segments: &[u64], upto: Seq) -> Result<Vec<u64>> {
+fn covered_segments(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    segments: &[u64],
+    upto: Seq,
+) -> Result<Vec<u64>> {
     Ok(started_segments(fs, dir, segments)?
         .windows(2)
         .filter(|pair| pair[1].2 <= upto + 1)
@@ -272,7 +315,12 @@ fn covered_segments(fs: &dyn FileSystem, dir: &Path, segments: &[u64], upto: Seq
 }
 
 /// Writes a snapshot crash-safely: temporary file, fsync, rename, directory fsync.
-fn write_snapshot(fs: &dyn FileSystem, dir: &Path, header: &SnapshotHeader, state: NetState) -> Result<()> {
+fn write_snapshot(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    header: &SnapshotHeader,
+    state: NetState,
+) -> Result<()> {
     let path = snapshot_path(dir, header);
     let temp = path.with_extension("snap.tmp");
     if let Err(e) = fs.remove(&temp) {
@@ -307,11 +355,13 @@ fn write_snapshot(fs: &dyn FileSystem, dir: &Path, header: &SnapshotHeader, stat
         previous = Some((offset, chunk.len() as u64));
         offset += chunk.len() as u64;
     }
-    file.sync_all().map_err(|e| Error::io("sync snapshot", &temp, e))?;
+    file.sync_all()
+        .map_err(|e| Error::io("sync snapshot", &temp, e))?;
     crash_point("snapshot.after_temp_sync");
     fs.rename(&temp, &path)
         .map_err(|e| Error::io("rename snapshot", &path, e))?;
-    fs.sync_dir(dir).map_err(|e| Error::io("sync directory", dir, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("sync directory", dir, e))?;
     crash_point("snapshot.after_rename");
     Ok(())
 }

@@ -97,7 +97,11 @@ impl PersistenceInfo {
         let disk_bytes = segments
             .iter()
             .map(|id| crate::format::segment::segment_path(dir, *id))
-            .chain(snapshots.iter().map(|s| crate::snapshot::snapshot_path(dir, s)))
+            .chain(
+                snapshots
+                    .iter()
+                    .map(|s| crate::snapshot::snapshot_path(dir, s)),
+            )
             .filter_map(|path| wal.fs.file_len(&path).ok())
             .sum();
         PersistenceInfo {

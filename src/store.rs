@@ -59,7 +59,10 @@ impl Store {
     }
 
     /// As [`Store::open`], through another file-system implementation.
-    pub async fn open_with_fs(config: Config, fs: Arc<dyn FileSystem>) -> Result<(Store, Recovery)> {
+    pub async fn open_with_fs(
+        config: Config,
+        fs: Arc<dyn FileSystem>,
+    ) -> Result<(Store, Recovery)> {
         config.validate()?;
         if actix::System::try_current().is_none() {
             return Err(Error::InvalidRequest(
@@ -73,7 +76,8 @@ impl Store {
                 let dir = config.data_dir.as_path();
                 fs.create_dir_all(dir)
                     .map_err(|e| Error::io("create data directory", dir, e))?;
-                let lock = DirLock::acquire(dir).map_err(|e| Error::io("lock data directory", dir, e))?;
+                let lock =
+                    DirLock::acquire(dir).map_err(|e| Error::io("lock data directory", dir, e))?;
                 let manifest = ManifestStore::open(Arc::clone(&fs), dir)?;
                 let (recovery, start) = open_log(fs.as_ref(), &manifest, &config)?;
                 Ok::<_, Error>((lock, manifest, recovery, start))
@@ -89,8 +93,12 @@ impl Store {
         let inbox = Arc::new(Inbox::default());
         let counters = Arc::new(WalCounters::default());
         let latencies = Arc::new(Latencies::default());
-        let worker = SyncWorker::start(Arc::clone(&inbox), Arc::clone(&counters), Arc::clone(&latencies))
-            .map_err(|e| Error::io("start the sync thread", &config.data_dir, e))?;
+        let worker = SyncWorker::start(
+            Arc::clone(&inbox),
+            Arc::clone(&counters),
+            Arc::clone(&latencies),
+        )
+        .map_err(|e| Error::io("start the sync thread", &config.data_dir, e))?;
         let wal_shared = Arc::new(WalShared {
             config: config.clone(),
             fs,
@@ -101,7 +109,8 @@ impl Store {
             worker,
             counters: Arc::clone(&counters),
         });
-        let (supervisor, snapshots, compactor, metrics) = StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);
+        let (supervisor, snapshots, compactor, metrics) =
+            StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);
         let store = Store {
             shared: Arc::new(Shared {
                 inbox,
@@ -162,7 +171,11 @@ impl Store {
     pub async fn sync(&self) -> Result<Seq> {
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Sync { reply })?;
-        Pending { answer, timed: None }.await
+        Pending {
+            answer,
+            timed: None,
+        }
+        .await
     }
 
     /// Takes a full snapshot of everything acknowledged before the call
@@ -190,11 +203,16 @@ impl Store {
     /// Compacts everything acknowledged before the call, whatever its
     /// redundancy: seals the active segment, then rewrites the sealed
     /// segments down to the latest value of each key (see `compaction`).
-    /// `None`: there was nothing to compact.
+    /// `None`: there was nothing left to compact (an automatic compaction
+    /// running at the same time may already have covered it all).
     pub async fn compact(&self) -> Result<Option<CompactionReport>> {
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Rotate { reply })?;
-        Pending { answer, timed: None }.await?;
+        Pending {
+            answer,
+            timed: None,
+        }
+        .await?;
         self.shared
             .compactor
             .send(Compact)
@@ -214,7 +232,11 @@ impl Store {
     /// throughput and latency, as of the `MetricsActor`'s last publication
     /// (at most a second old).
     pub async fn stats_report(&self) -> Result<StatsReport> {
-        self.shared.metrics.send(GetStats).await.map_err(|_| Error::ShutDown)
+        self.shared
+            .metrics
+            .send(GetStats)
+            .await
+            .map_err(|_| Error::ShutDown)
     }
 
     /// The snapshots the store holds, oldest first.
@@ -297,7 +319,8 @@ impl Future for Pending {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         // A dropped sender means the WAL actor died holding the request.
-        let answer = std::task::ready!(Pin::new(&mut this.answer).poll(cx)).unwrap_or(Err(Error::ActorDied));
+        let answer =
+            std::task::ready!(Pin::new(&mut this.answer).poll(cx)).unwrap_or(Err(Error::ActorDied));
         if let (Ok(_), Some((started, wal))) = (&answer, this.timed.take()) {
             wal.latencies.append.record(started.elapsed());
         }

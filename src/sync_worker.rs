@@ -118,7 +118,11 @@ impl SyncWorker {
     pub(crate) fn stop(&self) {
         self.shared.lock().stopping = true;
         self.shared.ready.notify_one();
-        let handle = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(handle) = handle {
             if handle.join().is_err() {
                 tracing::error!("the sync thread panicked");
@@ -133,19 +137,24 @@ fn run(shared: &Shared) {
         {
             let mut state = shared.lock();
             while state.jobs.is_empty() && !state.stopping {
-                state = shared.ready.wait(state).unwrap_or_else(PoisonError::into_inner);
+                state = shared
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
             if state.jobs.is_empty() {
                 return;
             }
             std::mem::swap(&mut batch, &mut state.jobs);
         }
-        let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process(shared, &mut batch)));
+        let processed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process(shared, &mut batch)));
         if processed.is_err() {
             // A panic (in a file-system implementation, say) must not leave
             // appenders waiting on a thread that no longer syncs: from here
             // on every job fails at once.
-            let reason = "the sync thread panicked; nothing after its last sync is durable".to_string();
+            let reason =
+                "the sync thread panicked; nothing after its last sync is durable".to_string();
             tracing::error!(%reason);
             let queued = {
                 let mut state = shared.lock();
@@ -165,9 +174,10 @@ fn process(shared: &Shared, batch: &mut Vec<SyncJob>) {
     let mut jobs = batch.drain(..).peekable();
     while let Some(first) = jobs.next() {
         let mut group = vec![first];
-        while let Some(next) =
-            jobs.next_if(|j| Arc::ptr_eq(&j.file, &group[0].file) && group.last().is_some_and(|g| g.seal_at.is_none()))
-        {
+        while let Some(next) = jobs.next_if(|j| {
+            Arc::ptr_eq(&j.file, &group[0].file)
+                && group.last().is_some_and(|g| g.seal_at.is_none())
+        }) {
             group.push(next);
         }
         let result = sync_group(shared, &group);

@@ -23,8 +23,13 @@ fn bench_json_reports_the_contract_fields() {
         .arg(&data)
         .output()
         .expect("run bench");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
     for field in [
         "sync_mode",
         "writers",
@@ -55,7 +60,10 @@ fn bench_json_reports_the_contract_fields() {
         .arg(&data)
         .output()
         .expect("run bench");
-    assert!(!again.status.success(), "bench refuses a directory that is not fresh");
+    assert!(
+        !again.status.success(),
+        "bench refuses a directory that is not fresh"
+    );
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 }
 
@@ -74,8 +82,13 @@ fn bench_stops_after_an_op_count() {
         ])
         .output()
         .expect("run bench");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON object");
     assert_eq!(report["ops"], 500);
 }
 
@@ -171,8 +184,17 @@ mod inspect_and_verify {
         let inspected = run("inspect", dir.path());
         assert!(inspected.status.success());
         let listing = String::from_utf8_lossy(&inspected.stdout);
-        for expected in ["manifest: generation", "full.snap", "incr.snap", "sealed", "redundant"] {
-            assert!(listing.contains(expected), "inspect lacks {expected:?}:\n{listing}");
+        for expected in [
+            "manifest: generation",
+            "full.snap",
+            "incr.snap",
+            "sealed",
+            "redundant",
+        ] {
+            assert!(
+                listing.contains(expected),
+                "inspect lacks {expected:?}:\n{listing}"
+            );
         }
         assert_eq!(
             contents(dir.path()),

@@ -31,7 +31,11 @@ fn stored_bytes(dir: &Path) -> u64 {
         .sum();
     let segments: u64 = started_segments(dir)
         .iter()
-        .map(|p| frame_ranges(p).last().map_or(SEGMENT_HEADER_BYTES, |r| r.end) as u64)
+        .map(|p| {
+            frame_ranges(p)
+                .last()
+                .map_or(SEGMENT_HEADER_BYTES, |r| r.end) as u64
+        })
         .sum();
     snapshots + segments
 }
@@ -74,10 +78,20 @@ async fn overwriting_1000_keys_100_times_compacts_to_within_10_percent_of_the_li
     for k in 0..1000u32 {
         model.insert(format!("key-{k:04}").into_bytes(), vec![99u8; 500]);
     }
-    let report = store.compact().await.expect("compact").expect("something to compact");
-    assert_eq!(report.upto, 100_000);
-    assert_eq!(report.entries_after, 1000);
-    assert!(report.bytes_after < report.bytes_before, "{report:?}");
+    // The rotation compact() asks for seals a segment, which may start an
+    // automatic compaction that covers everything first; then compact()
+    // finds nothing left and says so. Either way the log is compacted.
+    match store.compact().await.expect("compact") {
+        Some(report) => {
+            assert_eq!(report.upto, 100_000);
+            assert_eq!(report.entries_after, 1000);
+            assert!(report.bytes_after < report.bytes_before, "{report:?}");
+        }
+        None => {
+            let newest = store.snapshots().iter().map(|s| s.to_seq).max();
+            assert_eq!(newest, Some(100_000), "a compaction covered every record");
+        }
+    }
     let live: u64 = model.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
     let stored = stored_bytes(dir.path());
     eprintln!(
@@ -103,12 +117,18 @@ async fn compaction_starts_by_itself_when_enough_is_redundant() {
     let (store, _) = Store::open(cfg.clone()).await.expect("open");
     for round in 0..40u32 {
         for k in 0..50u32 {
-            store.set(format!("k{k}"), vec![round as u8; 200]).await.expect("set");
+            store
+                .set(format!("k{k}"), vec![round as u8; 200])
+                .await
+                .expect("set");
         }
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while snapshot_count(dir.path()) == 0 {
-        assert!(Instant::now() < deadline, "no automatic compaction happened");
+        assert!(
+            Instant::now() < deadline,
+            "no automatic compaction happened"
+        );
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
     store.shutdown().await.expect("shutdown");
@@ -126,13 +146,20 @@ async fn nothing_redundant_means_no_automatic_compaction() {
     cfg.compaction.threshold = 100;
     let (store, _) = Store::open(cfg).await.expect("open");
     for k in 0..3000u32 {
-        store.set(format!("unique-{k}"), vec![1u8; 200]).await.expect("set");
+        store
+            .set(format!("unique-{k}"), vec![1u8; 200])
+            .await
+            .expect("set");
     }
     let rotations = store.stats().rotations;
     assert!(rotations >= 5, "the workload seals segments ({rotations})");
     // Give a wrongly started compaction time to show itself.
     actix_rt::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(snapshot_count(dir.path()), 0, "unique keys leave nothing to compact");
+    assert_eq!(
+        snapshot_count(dir.path()),
+        0,
+        "unique keys leave nothing to compact"
+    );
     assert!(
         started_segments(dir.path()).len() as u64 > rotations,
         "no segment was retired"
@@ -152,7 +179,10 @@ async fn compaction_keeps_deletions_out_and_state_intact_across_restarts() {
         store.delete(format!("k{k}")).await.expect("delete");
     }
     let report = store.compact().await.expect("compact").expect("compacted");
-    assert_eq!(report.entries_after, 50, "deleted keys are dropped from the output");
+    assert_eq!(
+        report.entries_after, 50,
+        "deleted keys are dropped from the output"
+    );
     assert!(
         store.compact().await.expect("compact again").is_none(),
         "nothing new to compact"

@@ -80,7 +80,11 @@ fn crash_child() {
                                 value: value(cycle, w, i),
                             })
                         };
-                        let seq = store.submit(entry).expect("child submit").await.expect("child append");
+                        let seq = store
+                            .submit(entry)
+                            .expect("child submit")
+                            .await
+                            .expect("child append");
                         println!("ACK {seq} {cycle} {w} {i}");
                     }
                 })
@@ -109,7 +113,13 @@ fn acknowledged_writes_survive_sigkill() {
     let seed = std::env::var("CONCORDKV_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as u64 | 1);
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("crash test seed {seed} (set CONCORDKV_CRASH_SEED to repeat)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -119,7 +129,13 @@ fn acknowledged_writes_survive_sigkill() {
 
     for cycle in 0..CYCLES {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR, dir.path())
             .env(CHILD_CYCLE, cycle.to_string())
             .stdout(Stdio::piped())
@@ -132,8 +148,14 @@ fn acknowledged_writes_survive_sigkill() {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(ack) = line.strip_prefix("ACK ") {
-                    let f: Vec<u64> = ack.split(' ').map(|x| x.parse().expect("ack field")).collect();
-                    if tx.send((f[0], f[1] as u32, f[2] as u32, f[3] as u32)).is_err() {
+                    let f: Vec<u64> = ack
+                        .split(' ')
+                        .map(|x| x.parse().expect("ack field"))
+                        .collect();
+                    if tx
+                        .send((f[0], f[1] as u32, f[2] as u32, f[3] as u32))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -151,7 +173,8 @@ fn acknowledged_writes_survive_sigkill() {
         acked.extend(rx.try_iter());
         total_acked += acked.len();
 
-        let recovered_len = actix_rt::System::new().block_on(check_recovery(dir.path(), &acked, expected_records));
+        let recovered_len =
+            actix_rt::System::new().block_on(check_recovery(dir.path(), &acked, expected_records));
         assert!(
             recovered_len >= expected_records + acked.len() as u64,
             "cycle {cycle}: recovered {recovered_len} records, acknowledged at least {}",
@@ -159,7 +182,9 @@ fn acknowledged_writes_survive_sigkill() {
         );
         expected_records = recovered_len;
     }
-    eprintln!("{CYCLES} kills, {total_acked} acknowledged appends, {expected_records} records recovered");
+    eprintln!(
+        "{CYCLES} kills, {total_acked} acknowledged appends, {expected_records} records recovered"
+    );
 }
 
 /// Opens the store after a kill and checks the recovered log; returns how
@@ -181,7 +206,8 @@ async fn check_recovery(dir: &std::path::Path, acked: &[(u64, u32, u32, u32)], b
         let Op::Set { key: k, value: v } = &record.entry.ops()[0] else {
             panic!("seq {}: the first op of every record is a set", record.seq);
         };
-        let (cycle, w, i) = parse_key(k).unwrap_or_else(|| panic!("seq {}: invented key {k:?}", record.seq));
+        let (cycle, w, i) =
+            parse_key(k).unwrap_or_else(|| panic!("seq {}: invented key {k:?}", record.seq));
         assert_eq!(
             v,
             &value(cycle, w, i),
@@ -213,7 +239,10 @@ async fn check_recovery(dir: &std::path::Path, acked: &[(u64, u32, u32, u32)], b
             "acknowledged seq {seq}"
         );
     }
-    assert!(records.len() as u64 >= before, "nothing recovered earlier disappears");
+    assert!(
+        records.len() as u64 >= before,
+        "nothing recovered earlier disappears"
+    );
     store.shutdown().await.expect("shutdown");
     records.len() as u64
 }

@@ -33,7 +33,9 @@ fn value(i: u32) -> String {
 
 /// The state after writes `0..n`.
 fn model(n: u32) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    (0..n).map(|i| (key(i).into_bytes(), value(i).into_bytes())).collect()
+    (0..n)
+        .map(|i| (key(i).into_bytes(), value(i).into_bytes()))
+        .collect()
 }
 
 #[test]
@@ -43,7 +45,9 @@ fn crash_point_child() {
         return;
     };
     actix_rt::System::new().block_on(async move {
-        let (store, _) = Store::open(child_config(dir.as_ref())).await.expect("child open");
+        let (store, _) = Store::open(child_config(dir.as_ref()))
+            .await
+            .expect("child open");
         for i in 0..WRITES {
             store.set(key(i), value(i)).await.expect("child set");
             println!("ACK {i}");
@@ -99,14 +103,23 @@ fn a_crash_at_every_point_keeps_the_acknowledged_state() {
             .map(|n| n.parse::<u32>().expect("ack") + 1)
             .max()
             .unwrap_or(0);
-        assert!(acked > 0, "{point}: the child acknowledged writes before dying");
+        assert!(
+            acked > 0,
+            "{point}: the child acknowledged writes before dying"
+        );
         let state = actix_rt::System::new().block_on(async {
             let (store, recovery) = Store::open(child_config(dir.path()))
                 .await
                 .expect("open after the crash");
             let state = recovery.state();
-            let next = store.set("after", "crash").await.expect("the store accepts writes");
-            assert!(next > recovery.last_seq, "{point}: sequence numbers continue");
+            let next = store
+                .set("after", "crash")
+                .await
+                .expect("the store accepts writes");
+            assert!(
+                next > recovery.last_seq,
+                "{point}: sequence numbers continue"
+            );
             store.shutdown().await.expect("shutdown");
             state
         });

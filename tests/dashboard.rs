@@ -14,7 +14,9 @@ use common::server::{free_port, ok, Server};
 /// GET `path` from 127.0.0.1:`port`; the body, or `None` if unreachable.
 fn http_get(port: u16, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .ok()?;
@@ -26,7 +28,9 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -43,7 +47,10 @@ impl Drop for Prometheus {
 
 /// The number of series a PromQL query returns, or `None` if it failed.
 fn series(port: u16, query: &str) -> Option<usize> {
-    let body = http_get(port, &format!("/api/v1/query?query={}", percent_encode(query)))?;
+    let body = http_get(
+        port,
+        &format!("/api/v1/query?query={}", percent_encode(query)),
+    )?;
     let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
     (answer["status"] == "success").then(|| answer["data"]["result"].as_array().map_or(0, Vec::len))
 }
@@ -63,7 +70,8 @@ fn every_dashboard_query_returns_data_from_a_live_prometheus() {
         return;
     }
     let dashboard: serde_json::Value =
-        serde_json::from_str(include_str!("../grafana/dashboards/concordkv.json")).expect("dashboard JSON");
+        serde_json::from_str(include_str!("../grafana/dashboards/concordkv.json"))
+            .expect("dashboard JSON");
     let exprs: Vec<String> = dashboard["panels"]
         .as_array()
         .expect("panels")
@@ -96,7 +104,10 @@ fn every_dashboard_query_returns_data_from_a_live_prometheus() {
     let _prometheus = Prometheus(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -12,7 +12,9 @@ use concordkv::{Entry, Error, Op, Store, SyncMode};
 #[actix_rt::test]
 async fn set_delete_and_batch_survive_a_restart_and_sequence_numbers_continue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("open");
+    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
     assert!(recovery.records.is_empty());
     assert_eq!(store.set("a", "1").await.expect("set"), 1);
     assert_eq!(store.set("b", "2").await.expect("set"), 2);
@@ -28,7 +30,9 @@ async fn set_delete_and_batch_survive_a_restart_and_sequence_numbers_continue() 
     store.shutdown().await.expect("shutdown");
     assert!(matches!(store.set("x", "y").await, Err(Error::ShutDown)));
 
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("reopen");
+    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("reopen");
     let seqs: Vec<u64> = recovery.records.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
     assert_eq!(recovery.records[3].entry, Entry::Batch(batch));
@@ -39,9 +43,14 @@ async fn set_delete_and_batch_survive_a_restart_and_sequence_numbers_continue() 
     assert_eq!(store.set("d", "4").await.expect("set after restart"), 5);
     store.shutdown().await.expect("shutdown");
 
-    let (_store, recovery) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("reopen");
+    let (_store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("reopen");
     assert_eq!(recovery.last_seq, 5);
-    assert!(recovery.truncated.is_none(), "a clean shutdown leaves no torn tail");
+    assert!(
+        recovery.truncated.is_none(),
+        "a clean shutdown leaves no torn tail"
+    );
 }
 
 async fn concurrent_appenders(mode: SyncMode, dedicated_writer_thread: bool) {
@@ -81,7 +90,10 @@ async fn concurrent_appenders(mode: SyncMode, dedicated_writer_thread: bool) {
     assert_eq!(all, expected, "sequence numbers are unique and gap-free");
     let stats = store.stats();
     assert_eq!(stats.records, (WRITERS * PER_WRITER) as u64);
-    assert!(stats.rotations > 0, "100-byte records in 64 KiB segments must rotate");
+    assert!(
+        stats.rotations > 0,
+        "100-byte records in 64 KiB segments must rotate"
+    );
     store.shutdown().await.expect("shutdown");
 
     let (_store, recovery) = Store::open(config(dir.path(), mode)).await.expect("reopen");
@@ -114,14 +126,24 @@ async fn rotation_spans_many_segments_in_sequence_order() {
     cfg.wal.max_segment_bytes = 4096;
     let (store, _) = Store::open(cfg.clone()).await.expect("open");
     for i in 0..500u32 {
-        store.set(i.to_be_bytes().to_vec(), vec![7u8; 64]).await.expect("set");
+        store
+            .set(i.to_be_bytes().to_vec(), vec![7u8; 64])
+            .await
+            .expect("set");
     }
     // A record larger than a whole segment gets a segment of its own.
-    store.set("big", vec![1u8; 10_000]).await.expect("oversized record");
+    store
+        .set("big", vec![1u8; 10_000])
+        .await
+        .expect("oversized record");
     store.set("after", "x").await.expect("set after big");
     store.shutdown().await.expect("shutdown");
     let files = started_segments(dir.path());
-    assert!(files.len() >= 10, "expected many segments, got {}", files.len());
+    assert!(
+        files.len() >= 10,
+        "expected many segments, got {}",
+        files.len()
+    );
     for file in &files[..files.len() - 1] {
         let len = std::fs::metadata(file).expect("stat").len();
         assert!(
@@ -134,7 +156,9 @@ async fn rotation_spans_many_segments_in_sequence_order() {
     assert_eq!(recovery.records.len(), 502);
     assert!(recovery.records.iter().zip(1..).all(|(r, s)| r.seq == s));
     assert_eq!(
-        state(&recovery.records).get(b"big".as_slice()).map(Vec::len),
+        state(&recovery.records)
+            .get(b"big".as_slice())
+            .map(Vec::len),
         Some(10_000)
     );
 }
@@ -260,11 +284,17 @@ async fn interval_mode_syncs_on_the_timer() {
 #[actix_rt::test]
 async fn none_mode_syncs_only_when_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::None)).await.expect("open");
+    let (store, _) = Store::open(config(dir.path(), SyncMode::None))
+        .await
+        .expect("open");
     for i in 0..50u32 {
         store.set(i.to_be_bytes().to_vec(), "v").await.expect("set");
     }
-    assert_eq!(store.stats().syncs, 0, "none mode leaves flushing to the OS");
+    assert_eq!(
+        store.stats().syncs,
+        0,
+        "none mode leaves flushing to the OS"
+    );
     assert_eq!(store.sync().await.expect("sync"), 50);
     let stats = store.stats();
     assert_eq!(stats.durable_seq, 50);
@@ -275,7 +305,9 @@ async fn none_mode_syncs_only_when_asked() {
 #[actix_rt::test]
 async fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("open");
+    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
     let err = Store::open(config(dir.path(), SyncMode::Always))
         .await
         .err()
@@ -296,5 +328,8 @@ async fn an_invalid_config_opens_nothing() {
     cfg.wal.max_segment_bytes = 10;
     let err = Store::open(cfg).await.err().expect("refused");
     assert!(err.to_string().contains("wal.max_segment_bytes"), "{err}");
-    assert!(!data.exists(), "nothing is created for a refused configuration");
+    assert!(
+        !data.exists(),
+        "nothing is created for a refused configuration"
+    );
 }

@@ -13,7 +13,9 @@ use concordkv::format::segment::{segment_file_name, SegmentHeader};
 use concordkv::{Error, Store, SyncMode};
 
 async fn write_records(dir: &Path, n: u32) {
-    let (store, _) = Store::open(config(dir, SyncMode::Always)).await.expect("open");
+    let (store, _) = Store::open(config(dir, SyncMode::Always))
+        .await
+        .expect("open");
     for i in 0..n {
         store.set(format!("key-{i}"), "v").await.expect("set");
     }
@@ -21,7 +23,8 @@ async fn write_records(dir: &Path, n: u32) {
 }
 
 fn manifest(dir: &Path) -> Manifest {
-    Manifest::decode(&std::fs::read(dir.join(MANIFEST_FILE)).expect("read manifest")).expect("valid manifest")
+    Manifest::decode(&std::fs::read(dir.join(MANIFEST_FILE)).expect("read manifest"))
+        .expect("valid manifest")
 }
 
 #[actix_rt::test]
@@ -31,7 +34,12 @@ async fn an_unlisted_segment_is_never_replayed_and_is_removed() {
     // A well-formed segment continuing the log, as a crash between creating
     // a file and listing it could leave behind.
     let stray = dir.path().join(segment_file_name(500));
-    let mut bytes = SegmentHeader { id: 500, first_seq: 6 }.encode().to_vec();
+    let mut bytes = SegmentHeader {
+        id: 500,
+        first_seq: 6,
+    }
+    .encode()
+    .to_vec();
     encode_record(
         6,
         &Entry::Op(Op::Set {
@@ -41,10 +49,17 @@ async fn an_unlisted_segment_is_never_replayed_and_is_removed() {
         &mut bytes,
     );
     std::fs::write(&stray, &bytes).expect("write stray segment");
-    std::fs::write(dir.path().join(MANIFEST_TEMP_FILE), b"half-written").expect("write temp manifest");
+    std::fs::write(dir.path().join(MANIFEST_TEMP_FILE), b"half-written")
+        .expect("write temp manifest");
 
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("open");
-    assert_eq!(recovery.records.len(), 5, "the unlisted record is not replayed");
+    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
+    assert_eq!(
+        recovery.records.len(),
+        5,
+        "the unlisted record is not replayed"
+    );
     assert!(!stray.exists(), "the unlisted segment is removed");
     assert!(
         !dir.path().join(MANIFEST_TEMP_FILE).exists(),
@@ -55,7 +70,11 @@ async fn an_unlisted_segment_is_never_replayed_and_is_removed() {
     let listed = manifest(dir.path()).segments;
     assert!(!listed.contains(&500));
     for path in started_segments(dir.path()) {
-        let name = path.file_name().expect("name").to_string_lossy().to_string();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
         assert!(
             listed.iter().any(|id| segment_file_name(*id) == name),
             "{name} is listed"
@@ -128,14 +147,24 @@ async fn a_listed_segment_that_was_never_started_is_retired() {
     let mut m = manifest(dir.path());
     let first_started = m.segments[0];
     let zero_id = first_started + 1;
-    assert!(!m.segments.contains(&zero_id) && m.segments[1] > zero_id, "{m:?}");
-    std::fs::write(dir.path().join(segment_file_name(zero_id)), vec![0u8; 8192]).expect("zero segment");
+    assert!(
+        !m.segments.contains(&zero_id) && m.segments[1] > zero_id,
+        "{m:?}"
+    );
+    std::fs::write(dir.path().join(segment_file_name(zero_id)), vec![0u8; 8192])
+        .expect("zero segment");
     m.segments.insert(1, zero_id);
     m.generation += 1;
     std::fs::write(dir.path().join(MANIFEST_FILE), m.encode()).expect("write manifest");
 
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always)).await.expect("open");
-    assert_eq!(recovery.records.len(), 4, "the segments around it are replayed");
+    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
+    assert_eq!(
+        recovery.records.len(),
+        4,
+        "the segments around it are replayed"
+    );
     assert_eq!(store.set("a", "b").await.expect("set"), 5);
     store.shutdown().await.expect("shutdown");
     assert!(!manifest(dir.path()).segments.contains(&zero_id));

@@ -14,7 +14,9 @@ use redis_protocol::resp2::types::BytesFrame;
 
 fn scrape(port: u16) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     stream
         .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         .expect("send request");
@@ -54,7 +56,10 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
     );
     let mut c = server.client();
     for i in 0..300 {
-        assert_eq!(c.call(&["SET", &format!("k{}", i % 30), &format!("v{i}")]), ok());
+        assert_eq!(
+            c.call(&["SET", &format!("k{}", i % 30), &format!("v{i}")]),
+            ok()
+        );
     }
     assert_eq!(c.call(&["SAVE"]), ok());
     assert_eq!(c.call(&["SET", "k1", "again"]), ok());
@@ -120,7 +125,8 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
         "concordkv_disk_bytes",
     ] {
         assert!(
-            body.lines().any(|l| l.starts_with(series) && !l.starts_with('#')),
+            body.lines()
+                .any(|l| l.starts_with(series) && !l.starts_with('#')),
             "{series} is exported:\n{body}"
         );
     }
@@ -161,5 +167,8 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
     ] {
         assert!(info.contains(field), "INFO stats lacks {field}: {info}");
     }
-    assert!(!info.contains("append_count:0\r"), "appends are counted: {info}");
+    assert!(
+        !info.contains("append_count:0\r"),
+        "appends are counted: {info}"
+    );
 }

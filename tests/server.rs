@@ -20,14 +20,26 @@ fn commands_behave_like_redis() {
     assert_eq!(c.call(&["GET", "a"]), bulk("1"));
     assert_eq!(c.call(&["GET", "missing"]), BytesFrame::Null);
     assert_eq!(c.call(&["MSET", "b", "2", "c", "3"]), ok());
-    assert_eq!(c.call(&["EXISTS", "a", "b", "nope", "a"]), BytesFrame::Integer(3));
+    assert_eq!(
+        c.call(&["EXISTS", "a", "b", "nope", "a"]),
+        BytesFrame::Integer(3)
+    );
     assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(3));
     assert_eq!(c.call(&["DEL", "a", "b", "nope"]), BytesFrame::Integer(2));
     assert_eq!(c.call(&["DEL", "nope"]), BytesFrame::Integer(0));
     assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(1));
-    assert!(is_error(&c.call(&["FLUSHALL"]), "unknown command 'flushall'"));
-    assert!(is_error(&c.call(&["GET"]), "wrong number of arguments for 'get'"));
-    assert!(is_error(&c.call(&["MSET", "k"]), "wrong number of arguments"));
+    assert!(is_error(
+        &c.call(&["FLUSHALL"]),
+        "unknown command 'flushall'"
+    ));
+    assert!(is_error(
+        &c.call(&["GET"]),
+        "wrong number of arguments for 'get'"
+    ));
+    assert!(is_error(
+        &c.call(&["MSET", "k"]),
+        "wrong number of arguments"
+    ));
     assert!(is_error(&c.call(&["SET", "", "v"]), "empty key"));
     let BytesFrame::BulkString(info) = c.call(&["INFO", "persistence"]) else {
         panic!("INFO returns a bulk string");
@@ -94,7 +106,10 @@ fn acknowledged_writes_survive_kill_9_and_sigterm_drains_cleanly() {
 #[test]
 fn malformed_and_oversized_requests_close_only_their_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &[("CONCORDKV__SERVER__MAX_REQUEST_BYTES", "65536")]);
+    let server = Server::start(
+        dir.path(),
+        &[("CONCORDKV__SERVER__MAX_REQUEST_BYTES", "65536")],
+    );
     let mut bystander = server.client();
     assert_eq!(bystander.call(&["SET", "k", "v"]), ok());
 
@@ -239,7 +254,10 @@ fn save_and_bgsave_take_snapshots_that_survive_kill_9() {
                 "compaction_in_progress:",
                 "recovery_truncated_bytes:0",
             ] {
-                assert!(info.contains(field), "INFO persistence lacks {field}: {info}");
+                assert!(
+                    info.contains(field),
+                    "INFO persistence lacks {field}: {info}"
+                );
             }
             assert!(!info.contains("last_snapshot_time:0\r"), "{info}");
             break;
@@ -278,7 +296,11 @@ fn a_thousand_clients_at_once_are_all_served() {
     let server = Server::start(dir.path(), &[]);
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| server.client()).collect();
     for (i, c) in clients.iter_mut().enumerate() {
-        c.send_raw(&encode(&[b"SET", format!("client-{i}").as_bytes(), b"here"]));
+        c.send_raw(&encode(&[
+            b"SET",
+            format!("client-{i}").as_bytes(),
+            b"here",
+        ]));
     }
     for c in clients.iter_mut() {
         assert_eq!(c.read().expect("every client is answered"), ok());
@@ -286,5 +308,8 @@ fn a_thousand_clients_at_once_are_all_served() {
     let mut last = server.client();
     assert_eq!(last.call(&["DBSIZE"]), BytesFrame::Integer(CLIENTS as i64));
     drop(clients);
-    assert_eq!(last.call(&["PING"]), BytesFrame::SimpleString("PONG".into()));
+    assert_eq!(
+        last.call(&["PING"]),
+        BytesFrame::SimpleString("PONG".into())
+    );
 }

@@ -36,7 +36,10 @@ async fn a_full_snapshot_recovers_the_same_state_and_retires_covered_segments() 
     let mut model = BTreeMap::new();
     for round in 0..20u32 {
         for k in 0..20u32 {
-            let (key, value) = (format!("k{k}").into_bytes(), format!("{round}-{k}").into_bytes());
+            let (key, value) = (
+                format!("k{k}").into_bytes(),
+                format!("{round}-{k}").into_bytes(),
+            );
             store.set(key.clone(), value.clone()).await.expect("set");
             model.insert(key, value);
         }
@@ -44,7 +47,11 @@ async fn a_full_snapshot_recovers_the_same_state_and_retires_covered_segments() 
     store.delete("k3").await.expect("delete");
     model.remove(b"k3".as_slice());
     let segments_before = started_segments(dir.path()).len();
-    let header = store.snapshot().await.expect("snapshot").expect("a new snapshot");
+    let header = store
+        .snapshot()
+        .await
+        .expect("snapshot")
+        .expect("a new snapshot");
     assert_eq!(header.kind, SnapshotKind::Full);
     assert_eq!(header.to_seq, 401);
     assert_eq!(header.entries, 19, "one entry per live key, no deletions");
@@ -104,13 +111,21 @@ async fn incremental_snapshots_chain_onto_the_full_one() {
         write(store.clone(), format!("a{i}"), None).await;
         write(store.clone(), format!("b{i}"), Some("new".into())).await;
     }
-    let incr = store.snapshot_incremental().await.expect("incremental").expect("taken");
+    let incr = store
+        .snapshot_incremental()
+        .await
+        .expect("incremental")
+        .expect("taken");
     assert_eq!(
         (incr.kind, incr.from_seq, incr.to_seq, incr.entries),
         (SnapshotKind::Incremental, 50, 70, 20)
     );
     write(store.clone(), "a20".into(), Some("changed".into())).await;
-    store.snapshot_incremental().await.expect("incremental").expect("taken");
+    store
+        .snapshot_incremental()
+        .await
+        .expect("incremental")
+        .expect("taken");
     write(store.clone(), "tail".into(), Some("t".into())).await;
     store.shutdown().await.expect("shutdown");
 
@@ -125,7 +140,11 @@ async fn incremental_snapshots_chain_onto_the_full_one() {
         files.iter().all(|f| f.ends_with(".full.snap")),
         "incrementals covered by a full one are removed: {files:?}"
     );
-    assert_eq!(files.len(), 2, "snapshot.keep = 2 full snapshots: {files:?}");
+    assert_eq!(
+        files.len(),
+        2,
+        "snapshot.keep = 2 full snapshots: {files:?}"
+    );
     store.shutdown().await.expect("shutdown");
     let (_store, recovery) = Store::open(small(dir.path())).await.expect("reopen");
     assert_eq!(recovery.state(), model);
@@ -146,7 +165,10 @@ async fn a_damaged_snapshot_fails_the_open_naming_it() {
     bytes[middle] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
     let err = Store::open(small(dir.path())).await.err().expect("refused");
-    assert!(matches!(&err, Error::Corruption(c) if c.file == path), "{err}");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file == path),
+        "{err}"
+    );
     assert!(err.to_string().contains("offset"), "{err}");
 }
 
@@ -218,7 +240,10 @@ async fn run_model(dir: &Path, actions: Vec<Action>) {
                 store.snapshot().await.expect("full snapshot");
             }
             Action::Incremental => {
-                store.snapshot_incremental().await.expect("incremental snapshot");
+                store
+                    .snapshot_incremental()
+                    .await
+                    .expect("incremental snapshot");
             }
             Action::Compact => {
                 store.compact().await.expect("compaction");

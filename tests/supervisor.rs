@@ -109,7 +109,10 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
     let mut cfg = config(dir.path(), SyncMode::Always);
     cfg.wal.dedicated_writer_thread = dedicated_writer_thread;
     let (store, _) = Store::open_with_fs(cfg.clone(), fs).await.expect("open");
-    store.set("before", "1").await.expect("set before the panic");
+    store
+        .set("before", "1")
+        .await
+        .expect("set before the panic");
 
     armed.store(true, Ordering::SeqCst);
     let outcome = actix_rt::time::timeout(Duration::from_secs(10), store.set("doomed", "2"))
@@ -121,7 +124,8 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
     // work again once it is up.
     let mut acknowledged = None;
     for _ in 0..500 {
-        let attempt = actix_rt::time::timeout(Duration::from_secs(10), store.set("after", "3")).await;
+        let attempt =
+            actix_rt::time::timeout(Duration::from_secs(10), store.set("after", "3")).await;
         match attempt.expect("an append after the restart is answered") {
             Ok(seq) => {
                 acknowledged = Some(seq);
@@ -132,7 +136,10 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
         }
     }
     let seq = acknowledged.expect("appends resume after the restart");
-    assert_eq!(seq, 2, "the record that died unwritten used no sequence number");
+    assert_eq!(
+        seq, 2,
+        "the record that died unwritten used no sequence number"
+    );
     actix_rt::time::timeout(Duration::from_secs(10), store.shutdown())
         .await
         .expect("shutdown finishes")
@@ -159,12 +166,18 @@ async fn a_panicking_sync_thread_fails_its_waiters_instead_of_hanging_them() {
     let (store, _) = Store::open_with_fs(config(dir.path(), SyncMode::Always), fs)
         .await
         .expect("open");
-    store.set("before", "1").await.expect("set before the panic");
+    store
+        .set("before", "1")
+        .await
+        .expect("set before the panic");
     sync_armed.store(true, Ordering::SeqCst);
     let outcome = actix_rt::time::timeout(Duration::from_secs(10), store.set("doomed", "2"))
         .await
         .expect("the waiter is answered, not left hanging");
-    assert!(outcome.is_err(), "an append whose sync panicked is not acknowledged");
+    assert!(
+        outcome.is_err(),
+        "an append whose sync panicked is not acknowledged"
+    );
     let later = actix_rt::time::timeout(Duration::from_secs(10), store.set("later", "3"))
         .await
         .expect("answered");

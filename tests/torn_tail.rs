@@ -11,9 +11,14 @@ use concordkv::{Error, RecoveryMode, Store, SyncMode};
 
 /// Writes `n` records (one batch among them) and shuts down cleanly.
 async fn write_records(dir: &Path, n: u32) {
-    let (store, _) = Store::open(config(dir, SyncMode::Always)).await.expect("open");
+    let (store, _) = Store::open(config(dir, SyncMode::Always))
+        .await
+        .expect("open");
     for i in 0..n {
-        store.set(format!("key-{i}"), format!("value-{i}")).await.expect("set");
+        store
+            .set(format!("key-{i}"), format!("value-{i}"))
+            .await
+            .expect("set");
     }
     store.shutdown().await.expect("shutdown");
 }
@@ -22,7 +27,9 @@ async fn write_records(dir: &Path, n: u32) {
 async fn truncation_at_every_offset_of_the_last_three_records_opens_the_intact_prefix() {
     let source = tempfile::tempdir().expect("tempdir");
     write_records(source.path(), 20).await;
-    let newest = started_segments(source.path()).pop().expect("a started segment");
+    let newest = started_segments(source.path())
+        .pop()
+        .expect("a started segment");
     let frames = frame_ranges(&newest);
     assert_eq!(frames.len(), 20);
     let first_cut = frames[frames.len() - 3].start;
@@ -35,7 +42,10 @@ async fn truncation_at_every_offset_of_the_last_three_records_opens_the_intact_p
             let dir = scratch.path().join(format!("{case}-{zero_fill}"));
             copy_dir(source.path(), &dir);
             let segment = dir.join(newest.file_name().expect("name"));
-            let file = OpenOptions::new().write(true).open(&segment).expect("open segment");
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&segment)
+                .expect("open segment");
             file.set_len(cut as u64).expect("truncate");
             if zero_fill {
                 file.set_len(end as u64 + 4096).expect("extend with zeros");
@@ -46,7 +56,11 @@ async fn truncation_at_every_offset_of_the_last_three_records_opens_the_intact_p
                 .await
                 .expect("torn tail opens");
             let seqs: Vec<u64> = recovery.records.iter().map(|r| r.seq).collect();
-            assert_eq!(seqs, (1..=intact as u64).collect::<Vec<_>>(), "cut at {cut}");
+            assert_eq!(
+                seqs,
+                (1..=intact as u64).collect::<Vec<_>>(),
+                "cut at {cut}"
+            );
             let torn = frames.iter().any(|f| f.start < cut && cut < f.end);
             assert_eq!(
                 recovery.truncated.is_some(),
@@ -57,8 +71,15 @@ async fn truncation_at_every_offset_of_the_last_three_records_opens_the_intact_p
                 assert_eq!(tail.file, segment);
                 assert_eq!(tail.offset, frames[intact].start as u64);
             }
-            let next = store.set("after", "restart").await.expect("append after recovery");
-            assert_eq!(next, intact as u64 + 1, "sequence numbers continue after the cut");
+            let next = store
+                .set("after", "restart")
+                .await
+                .expect("append after recovery");
+            assert_eq!(
+                next,
+                intact as u64 + 1,
+                "sequence numbers continue after the cut"
+            );
             store.shutdown().await.expect("shutdown");
         }
     }
@@ -71,7 +92,10 @@ async fn a_flipped_byte_in_a_sealed_segment_fails_the_open_and_names_the_file() 
     cfg.wal.max_segment_bytes = 4096;
     let (store, _) = Store::open(cfg.clone()).await.expect("open");
     for i in 0..300u32 {
-        store.set(format!("key-{i}"), vec![b'x'; 40]).await.expect("set");
+        store
+            .set(format!("key-{i}"), vec![b'x'; 40])
+            .await
+            .expect("set");
     }
     store.shutdown().await.expect("shutdown");
     let segments = started_segments(dir.path());
@@ -111,7 +135,11 @@ async fn a_flipped_byte_in_a_sealed_segment_fails_the_open_and_names_the_file() 
     cfg.wal.recovery_mode = RecoveryMode::SkipCorrupt;
     let (store, recovery) = Store::open(cfg).await.expect("skip_corrupt opens");
     assert_eq!(recovery.skipped.len(), 1);
-    assert_eq!(recovery.records.len(), 299, "only the damaged record is lost");
+    assert_eq!(
+        recovery.records.len(),
+        299,
+        "only the damaged record is lost"
+    );
     store.shutdown().await.expect("shutdown");
 }
 
@@ -182,7 +210,9 @@ async fn a_damaged_header_on_the_newest_segment_with_records_behind_it_fails_and
         let err = Store::open(config(dir.path(), SyncMode::Always))
             .await
             .err()
-            .unwrap_or_else(|| panic!("{name}: acknowledged records behind the header must not be dropped"));
+            .unwrap_or_else(|| {
+                panic!("{name}: acknowledged records behind the header must not be dropped")
+            });
         assert!(
             matches!(&err, Error::Corruption(c) if c.file == newest && c.offset == 0),
             "{name}: {err}"
@@ -217,8 +247,15 @@ async fn a_lost_page_before_intact_records_is_a_torn_tail() {
     let (store, recovery) = Store::open(config(source.path(), SyncMode::Always))
         .await
         .expect("a lost page opens");
-    assert_eq!(recovery.records.len(), lost, "the records before the lost page survive");
-    let tail = recovery.truncated.as_ref().expect("reported as a torn tail");
+    assert_eq!(
+        recovery.records.len(),
+        lost,
+        "the records before the lost page survive"
+    );
+    let tail = recovery
+        .truncated
+        .as_ref()
+        .expect("reported as a torn tail");
     assert_eq!(tail.offset, frames[lost].start as u64);
     store.shutdown().await.expect("shutdown");
 }

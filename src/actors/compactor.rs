@@ -41,7 +41,10 @@ impl CompactorActor {
     }
 
     /// One compaction; an automatic one only if the sealed log is due.
-    fn run(&self, automatic: bool) -> impl Future<Output = Result<Option<CompactionReport>>> + 'static {
+    fn run(
+        &self,
+        automatic: bool,
+    ) -> impl Future<Output = Result<Option<CompactionReport>>> + 'static {
         let shared = Arc::clone(&self.shared);
         let snapshots = self.snapshots.clone();
         async move {
@@ -81,7 +84,8 @@ impl CompactorActor {
                 bytes_before: analyzed.bytes,
                 bytes_after,
             };
-            metrics::histogram!("concordkv_compaction_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("concordkv_compaction_seconds")
+                .record(started.elapsed().as_secs_f64());
             shared.latencies.compaction.record(started.elapsed());
             metrics::counter!("concordkv_compactions_total").increment(1);
             metrics::counter!("concordkv_compaction_reclaimed_bytes_total")

@@ -29,8 +29,8 @@ const PUBLISH_PERIOD: Duration = Duration::from_secs(1);
 /// operations range from tens of microseconds (a write to the page cache)
 /// through milliseconds (an fdatasync) to seconds (a large compaction).
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Bucket bounds of the group-commit size (records made durable by one sync).
 const BATCH_BUCKETS: &[f64] = &[
@@ -41,18 +41,25 @@ const BATCH_BUCKETS: &[f64] = &[
 /// actix System starts: the exporter then serves scrapes from a thread of
 /// its own, never waiting for a busy actor.
 pub fn install_exporter(config: &MetricsConfig) -> Result<()> {
-    let addr: std::net::SocketAddr = config
-        .listen
-        .parse()
-        .map_err(|_| Error::InvalidRequest(format!("metrics.listen = {:?} is not an address", config.listen)))?;
+    let addr: std::net::SocketAddr = config.listen.parse().map_err(|_| {
+        Error::InvalidRequest(format!(
+            "metrics.listen = {:?} is not an address",
+            config.listen
+        ))
+    })?;
     let failed = |e: metrics_exporter_prometheus::BuildError| {
-        Error::InvalidRequest(format!("cannot serve metrics on metrics.listen = {addr}: {e}"))
+        Error::InvalidRequest(format!(
+            "cannot serve metrics on metrics.listen = {addr}: {e}"
+        ))
     };
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .map_err(failed)?
-        .set_buckets_for_metric(Matcher::Full("concordkv_wal_sync_batch_records".into()), BATCH_BUCKETS)
+        .set_buckets_for_metric(
+            Matcher::Full("concordkv_wal_sync_batch_records".into()),
+            BATCH_BUCKETS,
+        )
         .map_err(failed)?
         .install()
         .map_err(failed)?;
@@ -68,28 +75,56 @@ fn describe() {
         Unit::Seconds,
         "Append call to acknowledgement."
     );
-    describe_histogram!("concordkv_wal_sync_seconds", Unit::Seconds, "One fdatasync of the WAL.");
+    describe_histogram!(
+        "concordkv_wal_sync_seconds",
+        Unit::Seconds,
+        "One fdatasync of the WAL."
+    );
     describe_histogram!(
         "concordkv_wal_sync_batch_records",
         Unit::Count,
         "Records made durable by one sync (group-commit size)."
     );
-    describe_histogram!("concordkv_compaction_seconds", Unit::Seconds, "One compaction run.");
-    describe_histogram!("concordkv_snapshot_seconds", Unit::Seconds, "One snapshot, by kind.");
-    describe_histogram!("concordkv_recovery_seconds", Unit::Seconds, "Open-time recovery.");
-    describe_counter!("concordkv_wal_records_total", Unit::Count, "Records appended.");
+    describe_histogram!(
+        "concordkv_compaction_seconds",
+        Unit::Seconds,
+        "One compaction run."
+    );
+    describe_histogram!(
+        "concordkv_snapshot_seconds",
+        Unit::Seconds,
+        "One snapshot, by kind."
+    );
+    describe_histogram!(
+        "concordkv_recovery_seconds",
+        Unit::Seconds,
+        "Open-time recovery."
+    );
+    describe_counter!(
+        "concordkv_wal_records_total",
+        Unit::Count,
+        "Records appended."
+    );
     describe_counter!(
         "concordkv_wal_bytes_total",
         Unit::Bytes,
         "Bytes appended, frames included."
     );
-    describe_counter!("concordkv_wal_syncs_total", Unit::Count, "fdatasync calls completed.");
+    describe_counter!(
+        "concordkv_wal_syncs_total",
+        Unit::Count,
+        "fdatasync calls completed."
+    );
     describe_counter!(
         "concordkv_wal_rotations_total",
         Unit::Count,
         "Segments sealed and replaced."
     );
-    describe_counter!("concordkv_compactions_total", Unit::Count, "Compactions completed.");
+    describe_counter!(
+        "concordkv_compactions_total",
+        Unit::Count,
+        "Compactions completed."
+    );
     describe_counter!(
         "concordkv_compaction_reclaimed_bytes_total",
         Unit::Bytes,

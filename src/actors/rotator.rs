@@ -37,7 +37,11 @@ impl Handler<PrepareSegment> for RotatorActor {
             let size = shared.config.wal.max_segment_bytes;
             actix_rt::task::spawn_blocking(move || shared.manifest.create_segment(size))
                 .await
-                .unwrap_or_else(|e| Err(Error::WalFailed(format!("the segment-creating task failed: {e}"))))
+                .unwrap_or_else(|e| {
+                    Err(Error::WalFailed(format!(
+                        "the segment-creating task failed: {e}"
+                    )))
+                })
         })
     }
 }

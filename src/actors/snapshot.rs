@@ -42,7 +42,13 @@ impl Handler<TakeSnapshot> for SnapshotActor {
         let started = Instant::now();
         let work = background::run("concordkv-snapshot", move || {
             let _maintenance = shared.maintenance();
-            take_snapshot(shared.fs.as_ref(), &shared.manifest, &shared.config, kind, msg.upto)
+            take_snapshot(
+                shared.fs.as_ref(),
+                &shared.manifest,
+                &shared.config,
+                kind,
+                msg.upto,
+            )
         });
         AtomicResponse::new(Box::pin(
             async move {

@@ -66,17 +66,25 @@ impl StoreSupervisor {
         let mut started = None;
         let supervisor = StoreSupervisor::create(|ctx| {
             let own_arbiter = shared.config.wal.dedicated_writer_thread.then(Arbiter::new);
-            let arbiter = own_arbiter.as_ref().map_or_else(Arbiter::current, Arbiter::handle);
+            let arbiter = own_arbiter
+                .as_ref()
+                .map_or_else(Arbiter::current, Arbiter::handle);
             let rotator_shared = Arc::clone(&shared);
-            let rotator = RotatorActor::start_in_arbiter(&arbiter, move |_| RotatorActor::new(rotator_shared));
+            let rotator = RotatorActor::start_in_arbiter(&arbiter, move |_| {
+                RotatorActor::new(rotator_shared)
+            });
             let snapshot_shared = Arc::clone(&shared);
-            let snapshots = SnapshotActor::start_in_arbiter(&arbiter, move |_| SnapshotActor::new(snapshot_shared));
+            let snapshots = SnapshotActor::start_in_arbiter(&arbiter, move |_| {
+                SnapshotActor::new(snapshot_shared)
+            });
             let (compactor_shared, compactor_snapshots) = (Arc::clone(&shared), snapshots.clone());
             let compactor = CompactorActor::start_in_arbiter(&arbiter, move |_| {
                 CompactorActor::new(compactor_shared, compactor_snapshots)
             });
             let metrics_shared = Arc::clone(&shared);
-            let metrics = MetricsActor::start_in_arbiter(&arbiter, move |_| MetricsActor::new(metrics_shared));
+            let metrics = MetricsActor::start_in_arbiter(&arbiter, move |_| {
+                MetricsActor::new(metrics_shared)
+            });
             started = Some((snapshots, compactor.clone(), metrics));
             let mut supervisor = StoreSupervisor {
                 arbiter,
@@ -148,10 +156,15 @@ impl Handler<WalDied> for StoreSupervisor {
                 open_log(shared.fs.as_ref(), &shared.manifest, &shared.config)
             })
             .await
-            .unwrap_or_else(|e| Err(Error::WalFailed(format!("re-validating the log panicked: {e}"))));
+            .unwrap_or_else(|e| {
+                Err(Error::WalFailed(format!(
+                    "re-validating the log panicked: {e}"
+                )))
+            });
             let start = reopened.map(|(recovery, start)| {
                 if let Some(tail) = &recovery.truncated {
-                    metrics::counter!("concordkv_recovery_truncated_bytes_total").increment(tail.bytes);
+                    metrics::counter!("concordkv_recovery_truncated_bytes_total")
+                        .increment(tail.bytes);
                 }
                 start
             });
@@ -173,7 +186,9 @@ impl Handler<WalRecovered> for StoreSupervisor {
             Err(e) => {
                 let reason = format!("restarting the WAL failed: {e}");
                 tracing::error!(%reason);
-                self.shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
+                self.shared
+                    .inbox
+                    .close_and_fail(Closed::Failed(reason.clone()));
                 self.restart_failed = Some(reason);
             }
         }

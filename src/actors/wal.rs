@@ -18,7 +18,9 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::actors::compactor::CompactorActor;
-use crate::actors::messages::{Drain, PrepareSegment, SealDone, SegmentSealed, StopWal, SyncTick, WalDied};
+use crate::actors::messages::{
+    Drain, PrepareSegment, SealDone, SegmentSealed, StopWal, SyncTick, WalDied,
+};
 use crate::actors::rotator::RotatorActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::config::{Config, SyncMode};
@@ -68,7 +70,11 @@ pub struct WalStart {
 
 /// Recovers the log the manifest lists, retires segments that hold nothing,
 /// and starts a new segment after the log.
-pub(crate) fn open_log(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Config) -> Result<(Recovery, WalStart)> {
+pub(crate) fn open_log(
+    fs: &dyn FileSystem,
+    manifest: &ManifestStore,
+    config: &Config,
+) -> Result<(Recovery, WalStart)> {
     let recovered = recover(fs, manifest, config)?;
     manifest.retire_segments(&recovered.retire)?;
     let next_seq = recovered.recovery.last_seq + 1;
@@ -133,7 +139,10 @@ impl WalActor {
         death: DeathNotice,
     ) -> WalActor {
         shared.counters.last_seq.store(start.next_seq - 1, Relaxed);
-        shared.counters.durable_seq.store(start.next_seq - 1, Relaxed);
+        shared
+            .counters
+            .durable_seq
+            .store(start.next_seq - 1, Relaxed);
         WalActor {
             shared,
             rotator,
@@ -264,7 +273,8 @@ impl WalActor {
                 }
             }
         }
-        let batch_due = self.sync_mode() == SyncMode::Batch && self.unsynced >= self.shared.config.wal.batch_size;
+        let batch_due = self.sync_mode() == SyncMode::Batch
+            && self.unsynced >= self.shared.config.wal.batch_size;
         let always_due = self.sync_mode() == SyncMode::Always && self.unsynced > 0;
         if !waiters.is_empty() || batch_due || always_due {
             self.submit_sync(waiters, None);
@@ -289,7 +299,10 @@ impl WalActor {
     fn start_rotation(&mut self, ctx: &mut Context<Self>) {
         self.rotating = Some(false);
         let me = ctx.address();
-        self.submit_sync(Vec::new(), Some(Box::new(move |result| me.do_send(SealDone(result)))));
+        self.submit_sync(
+            Vec::new(),
+            Some(Box::new(move |result| me.do_send(SealDone(result)))),
+        );
         self.prepare_next(ctx);
     }
 
@@ -351,7 +364,9 @@ impl WalActor {
             tracing::error!(%reason, "the WAL stops accepting writes");
             self.failed = Some(reason.clone());
         }
-        self.shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
+        self.shared
+            .inbox
+            .close_and_fail(Closed::Failed(reason.clone()));
         for request in self.backlog.drain(..) {
             request.fail(Error::WalFailed(reason.clone()));
         }

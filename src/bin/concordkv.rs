@@ -105,12 +105,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
-        Command::Bench { .. } | Command::BenchLifecycle { .. } | Command::Inspect { .. } | Command::Verify { .. } => {
-            "warn"
-        }
+        Command::Bench { .. }
+        | Command::BenchLifecycle { .. }
+        | Command::Inspect { .. }
+        | Command::Verify { .. } => "warn",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(cli.command) {
@@ -223,9 +226,15 @@ fn print_report(json: bool, report: &impl serde::Serialize, table: String) {
 
 /// Refuses a load that could not run: no writers, a non-positive duration,
 /// or a count of zero.
-fn check_load(writers: usize, seconds: f64, counts: [(&str, u64); 2]) -> Result<(), concordkv::Error> {
+fn check_load(
+    writers: usize,
+    seconds: f64,
+    counts: [(&str, u64); 2],
+) -> Result<(), concordkv::Error> {
     if writers == 0 {
-        return Err(concordkv::Error::InvalidRequest("--writers must be at least 1".into()));
+        return Err(concordkv::Error::InvalidRequest(
+            "--writers must be at least 1".into(),
+        ));
     }
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(concordkv::Error::InvalidRequest(format!(
@@ -233,7 +242,9 @@ fn check_load(writers: usize, seconds: f64, counts: [(&str, u64); 2]) -> Result<
         )));
     }
     match counts.iter().find(|(_, n)| *n == 0) {
-        Some((flag, _)) => Err(concordkv::Error::InvalidRequest(format!("{flag} must be at least 1"))),
+        Some((flag, _)) => Err(concordkv::Error::InvalidRequest(format!(
+            "{flag} must be at least 1"
+        ))),
         None => Ok(()),
     }
 }

@@ -71,7 +71,8 @@ pub fn encode_value<T: Serialize>(value: &T, out: &mut Vec<u8>) {
 /// Decodes one entry that must fill `bytes` exactly.
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     let (entry, used): (EntryRef<'_>, usize) =
-        bincode::serde::borrow_decode_from_slice(bytes, CODEC).map_err(|e| format!("undecodable payload: {e}"))?;
+        bincode::serde::borrow_decode_from_slice(bytes, CODEC)
+            .map_err(|e| format!("undecodable payload: {e}"))?;
     if used != bytes.len() {
         return Err(format!(
             "payload has {} trailing bytes after its entry",
@@ -87,8 +88,8 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
 /// Decodes a small owned value (not a record payload) that must fill
 /// `bytes` exactly; its sequences are bounded by the input's length.
 pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (value, used): (T, usize) =
-        bincode::serde::decode_from_slice(bytes, CODEC).map_err(|e| format!("undecodable payload: {e}"))?;
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(bytes, CODEC)
+        .map_err(|e| format!("undecodable payload: {e}"))?;
     if used != bytes.len() {
         return Err(format!("payload has {} trailing bytes", bytes.len() - used));
     }
@@ -106,7 +107,9 @@ mod tests {
                 key: b"k".to_vec(),
                 value: vec![0; 300],
             }),
-            Entry::Op(Op::Delete { key: b"gone".to_vec() }),
+            Entry::Op(Op::Delete {
+                key: b"gone".to_vec(),
+            }),
             Entry::Batch(vec![]),
             Entry::Batch(vec![
                 Op::Set {

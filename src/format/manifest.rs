@@ -66,7 +66,10 @@ impl Manifest {
         if bytes.len() < MANIFEST_HEADER_BYTES {
             return Err(damaged(
                 0,
-                format!("manifest of {} bytes is shorter than its header", bytes.len()),
+                format!(
+                    "manifest of {} bytes is shorter than its header",
+                    bytes.len()
+                ),
             ));
         }
         if bytes[0..8] != MANIFEST_MAGIC {
@@ -77,7 +80,10 @@ impl Manifest {
         if payload.len() != len {
             return Err(damaged(
                 12,
-                format!("manifest payload is {} bytes, its header says {len}", payload.len()),
+                format!(
+                    "manifest payload is {} bytes, its header says {len}",
+                    payload.len()
+                ),
             ));
         }
         let stored = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
@@ -85,7 +91,9 @@ impl Manifest {
         if stored != actual {
             return Err(damaged(
                 16,
-                format!("manifest checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"),
+                format!(
+                    "manifest checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+                ),
             ));
         }
         let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
@@ -95,10 +103,13 @@ impl Manifest {
                 format!("manifest version {version}, this build reads {MANIFEST_VERSION}"),
             ));
         }
-        let manifest: Manifest =
-            codec::decode_value(payload).map_err(|reason| damaged(MANIFEST_HEADER_BYTES as u64, reason))?;
+        let manifest: Manifest = codec::decode_value(payload)
+            .map_err(|reason| damaged(MANIFEST_HEADER_BYTES as u64, reason))?;
         if !manifest.segments.windows(2).all(|w| w[0] < w[1]) {
-            return Err(damaged(MANIFEST_HEADER_BYTES as u64, "segment ids are not ascending"));
+            return Err(damaged(
+                MANIFEST_HEADER_BYTES as u64,
+                "segment ids are not ascending",
+            ));
         }
         if manifest
             .segments

@@ -35,7 +35,11 @@ fn frame_crc(len: u32, seq: Seq, payload: &[u8]) -> u32 {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
     /// An intact frame: its sequence number, payload and whole size.
-    Record { seq: Seq, payload: &'a [u8], size: usize },
+    Record {
+        seq: Seq,
+        payload: &'a [u8],
+        size: usize,
+    },
     /// Only zeros from here on in the frame header: the preallocated,
     /// never-written rest of a segment.
     Unwritten,
@@ -104,7 +108,8 @@ mod tests {
     fn arb_op() -> impl Strategy<Value = Op> {
         let bytes = || proptest::collection::vec(any::<u8>(), 0..64);
         prop_oneof![
-            (proptest::collection::vec(any::<u8>(), 1..32), bytes()).prop_map(|(key, value)| Op::Set { key, value }),
+            (proptest::collection::vec(any::<u8>(), 1..32), bytes())
+                .prop_map(|(key, value)| Op::Set { key, value }),
             proptest::collection::vec(any::<u8>(), 1..32).prop_map(|key| Op::Delete { key }),
         ]
     }

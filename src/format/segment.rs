@@ -62,7 +62,9 @@ impl SegmentHeader {
         }
         let buf = &bytes[..SEGMENT_HEADER_BYTES];
         if buf[0..8] != SEGMENT_MAGIC {
-            return Err(HeaderError::Damaged("not a concordkv segment (bad magic)".into()));
+            return Err(HeaderError::Damaged(
+                "not a concordkv segment (bad magic)".into(),
+            ));
         }
         let stored = u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]);
         let actual = header_crc(buf);
@@ -120,7 +122,10 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_every_flipped_byte() {
-        let header = SegmentHeader { id: 7, first_seq: 1234 };
+        let header = SegmentHeader {
+            id: 7,
+            first_seq: 1234,
+        };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         for i in 0..SEGMENT_HEADER_BYTES {
@@ -131,15 +136,24 @@ mod tests {
                 "byte {i}"
             );
         }
-        assert_eq!(SegmentHeader::decode(&[0u8; 64]), Err(HeaderError::Unwritten));
+        assert_eq!(
+            SegmentHeader::decode(&[0u8; 64]),
+            Err(HeaderError::Unwritten)
+        );
     }
 
     #[test]
     fn file_names_sort_and_parse() {
         assert_eq!(segment_file_name(42), "00000000000000000042.wal");
-        assert_eq!(parse_segment_file_name("00000000000000000042.wal"), Some(42));
+        assert_eq!(
+            parse_segment_file_name("00000000000000000042.wal"),
+            Some(42)
+        );
         assert_eq!(parse_segment_file_name("42.wal"), None);
-        assert_eq!(parse_segment_file_name("00000000000000000042.wal.tmp"), None);
+        assert_eq!(
+            parse_segment_file_name("00000000000000000042.wal.tmp"),
+            None
+        );
         assert!(segment_file_name(9) < segment_file_name(10));
     }
 }

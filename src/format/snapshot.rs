@@ -61,14 +61,18 @@ impl SnapshotHeader {
         if bytes.len() < SNAPSHOT_HEADER_BYTES {
             return Err((
                 0,
-                format!("snapshot of {} bytes is shorter than its header", bytes.len()),
+                format!(
+                    "snapshot of {} bytes is shorter than its header",
+                    bytes.len()
+                ),
             ));
         }
         let buf = &bytes[..SNAPSHOT_HEADER_BYTES];
         if buf[0..8] != SNAPSHOT_MAGIC {
             return Err((0, "not a concordkv snapshot (bad magic)".into()));
         }
-        let u32_at = |at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+        let u32_at =
+            |at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
         let u64_at = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&buf[at..at + 8]);
@@ -85,7 +89,10 @@ impl SnapshotHeader {
         if u32_at(8) != SNAPSHOT_VERSION {
             return Err((
                 8,
-                format!("snapshot version {}, this build reads {SNAPSHOT_VERSION}", u32_at(8)),
+                format!(
+                    "snapshot version {}, this build reads {SNAPSHOT_VERSION}",
+                    u32_at(8)
+                ),
             ));
         }
         let kind = match u32_at(16) {
@@ -102,7 +109,10 @@ impl SnapshotHeader {
         if header.from_seq > header.to_seq || (kind == SnapshotKind::Full && header.from_seq != 0) {
             return Err((
                 24,
-                format!("invalid sequence range ({}, {}]", header.from_seq, header.to_seq),
+                format!(
+                    "invalid sequence range ({}, {}]",
+                    header.from_seq, header.to_seq
+                ),
             ));
         }
         Ok(header)
@@ -112,7 +122,9 @@ impl SnapshotHeader {
     pub fn file_name(&self) -> String {
         match self.kind {
             SnapshotKind::Full => format!("{:020}.full.snap", self.to_seq),
-            SnapshotKind::Incremental => format!("{:020}-{:020}.incr.snap", self.from_seq, self.to_seq),
+            SnapshotKind::Incremental => {
+                format!("{:020}-{:020}.incr.snap", self.from_seq, self.to_seq)
+            }
         }
     }
 }

@@ -22,7 +22,11 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// Serves one connection until the client leaves, sends `QUIT`, or breaks
 /// the protocol.
-pub async fn serve_connection(mut socket: TcpStream, db: Arc<Db>, max_request_bytes: usize) -> std::io::Result<()> {
+pub async fn serve_connection(
+    mut socket: TcpStream,
+    db: Arc<Db>,
+    max_request_bytes: usize,
+) -> std::io::Result<()> {
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut replies: Vec<Reply> = Vec::new();

@@ -27,10 +27,12 @@ use db::Db;
 /// Opens the store, serves until SIGINT or SIGTERM, then shuts down cleanly.
 /// Must run inside an actix System.
 pub async fn serve(config: Config) -> Result<()> {
-    let addr: SocketAddr =
-        config.server.listen.parse().map_err(|_| {
-            Error::InvalidRequest(format!("server.listen = {:?} is not an address", config.server.listen))
-        })?;
+    let addr: SocketAddr = config.server.listen.parse().map_err(|_| {
+        Error::InvalidRequest(format!(
+            "server.listen = {:?} is not an address",
+            config.server.listen
+        ))
+    })?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io("listen on server.listen", addr.to_string(), e))?;
@@ -113,7 +115,11 @@ fn raise_open_file_limit(max_clients: u64) {
                 rlim_max: limit.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                tracing::warn!(current = limit.rlim_cur, wanted, "could not raise the open-file limit");
+                tracing::warn!(
+                    current = limit.rlim_cur,
+                    wanted,
+                    "could not raise the open-file limit"
+                );
                 return;
             }
         }

@@ -26,7 +26,10 @@ pub struct ProtocolError(pub String);
 /// Takes one complete request off the front of `buf`, if there is one.
 /// `Ok(None)` means more bytes are needed; an empty argument list is a
 /// request with nothing to do (`*0\r\n`, an empty line).
-pub fn parse_request(buf: &mut BytesMut, max_request_bytes: usize) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+pub fn parse_request(
+    buf: &mut BytesMut,
+    max_request_bytes: usize,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -37,7 +40,10 @@ pub fn parse_request(buf: &mut BytesMut, max_request_bytes: usize) -> Result<Opt
     }
 }
 
-fn parse_multibulk(buf: &mut BytesMut, max_request_bytes: usize) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+fn parse_multibulk(
+    buf: &mut BytesMut,
+    max_request_bytes: usize,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     let Some((count, mut at)) = read_prefix(buf, 0, b'*')? else {
         return Ok(None);
     };
@@ -81,12 +87,18 @@ fn parse_multibulk(buf: &mut BytesMut, max_request_bytes: usize) -> Result<Optio
         at = end + 2;
     }
     let request = buf.split_to(at).freeze();
-    Ok(Some(spans.into_iter().map(|span| request.slice(span)).collect()))
+    Ok(Some(
+        spans.into_iter().map(|span| request.slice(span)).collect(),
+    ))
 }
 
 /// Reads `<marker><integer>\r\n` at `at`; returns the integer and where the
 /// line ends, or `None` if the line is not complete yet.
-fn read_prefix(buf: &BytesMut, at: usize, marker: u8) -> Result<Option<(i64, usize)>, ProtocolError> {
+fn read_prefix(
+    buf: &BytesMut,
+    at: usize,
+    marker: u8,
+) -> Result<Option<(i64, usize)>, ProtocolError> {
     debug_assert_eq!(buf[at], marker);
     let window = &buf[at..buf.len().min(at + MAX_PREFIX_LINE)];
     let Some(cr) = window.iter().position(|b| *b == b'\r') else {
@@ -102,7 +114,8 @@ fn read_prefix(buf: &BytesMut, at: usize, marker: u8) -> Result<Option<(i64, usi
     if window[cr + 1] != b'\n' {
         return Err(ProtocolError("length prefix not terminated by CRLF".into()));
     }
-    let digits = std::str::from_utf8(&window[1..cr]).map_err(|_| ProtocolError("invalid length prefix".into()))?;
+    let digits = std::str::from_utf8(&window[1..cr])
+        .map_err(|_| ProtocolError("invalid length prefix".into()))?;
     let value: i64 = digits
         .parse()
         .map_err(|_| ProtocolError(format!("invalid length '{}'", digits.escape_default())))?;
@@ -153,9 +166,14 @@ mod tests {
 
     #[test]
     fn pipelined_multibulk_and_inline_requests() {
-        let got = parse_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\nPING\r\n*1\r\n$4\r\nPING\r\n").expect("parses");
+        let got =
+            parse_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\nPING\r\n*1\r\n$4\r\nPING\r\n")
+                .expect("parses");
         assert_eq!(got.len(), 3);
-        assert_eq!(got[0], vec![Bytes::from("SET"), Bytes::from("k"), Bytes::new()]);
+        assert_eq!(
+            got[0],
+            vec![Bytes::from("SET"), Bytes::from("k"), Bytes::new()]
+        );
         assert_eq!(got[1], vec![Bytes::from("PING")]);
         assert_eq!(got[2], vec![Bytes::from("PING")]);
     }
@@ -166,7 +184,11 @@ mod tests {
         for cut in 0..full.len() {
             let mut buf = BytesMut::from(&full[..cut]);
             assert_eq!(parse_request(&mut buf, 1 << 20), Ok(None), "cut at {cut}");
-            assert_eq!(buf.len(), cut, "nothing consumed from an incomplete request");
+            assert_eq!(
+                buf.len(),
+                cut,
+                "nothing consumed from an incomplete request"
+            );
         }
     }
 

@@ -25,7 +25,10 @@ pub async fn fill_small_segments(dir: &Path) -> Config {
     cfg.wal.max_segment_bytes = 4096;
     let (store, _) = concordkv::Store::open(cfg.clone()).await.expect("open");
     for i in 0..200u32 {
-        store.set(format!("key-{i}"), vec![b'x'; 40]).await.expect("set");
+        store
+            .set(format!("key-{i}"), vec![b'x'; 40])
+            .await
+            .expect("set");
     }
     store.shutdown().await.expect("shutdown");
     cfg

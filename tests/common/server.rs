@@ -63,7 +63,8 @@ impl Server {
         let BytesFrame::BulkString(info) = server.client().call(&["INFO", "server"]) else {
             return None;
         };
-        let ours = String::from_utf8_lossy(&info).contains(&format!("process_id:{}\r", server.child.id()));
+        let ours =
+            String::from_utf8_lossy(&info).contains(&format!("process_id:{}\r", server.child.id()));
         if !ours {
             let _ = server.child.kill();
             return None;
@@ -73,7 +74,9 @@ impl Server {
 
     pub fn client(&self) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         Client {
             stream,
             buf: BytesMut::new(),
@@ -94,7 +97,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

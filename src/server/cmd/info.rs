@@ -46,14 +46,15 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
     }
     if show("persistence") {
         let files = store.persistence_info();
-        let last_kind = store
-            .snapshots()
-            .iter()
-            .max_by_key(|s| s.to_seq)
-            .map_or("none", |s| match s.kind {
-                crate::format::snapshot::SnapshotKind::Full => "full",
-                crate::format::snapshot::SnapshotKind::Incremental => "incremental",
-            });
+        let last_kind =
+            store
+                .snapshots()
+                .iter()
+                .max_by_key(|s| s.to_seq)
+                .map_or("none", |s| match s.kind {
+                    crate::format::snapshot::SnapshotKind::Full => "full",
+                    crate::format::snapshot::SnapshotKind::Incremental => "incremental",
+                });
         let _ = write!(
             out,
             "segments:{}\r\ndisk_bytes:{}\r\nsnapshots:{}\r\nlast_snapshot_seq:{}\r\nlast_snapshot_kind:{}\r\nlast_snapshot_time:{}\r\ncompaction_in_progress:{}\r\nrecovery_truncated_bytes:{}\r\n\r\n",
@@ -81,7 +82,14 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
                 let _ = write!(
                     out,
                     "{}_count:{}\r\n{}_per_sec:{:.1}\r\n{}_mean_us:{:.1}\r\n{}_p99_us:{:.1}\r\n",
-                    kind.kind, kind.count, kind.kind, kind.per_sec, kind.kind, kind.mean_us, kind.kind, kind.p99_us
+                    kind.kind,
+                    kind.count,
+                    kind.kind,
+                    kind.per_sec,
+                    kind.kind,
+                    kind.mean_us,
+                    kind.kind,
+                    kind.p99_us
                 );
             }
             out.push_str("\r\n");

@@ -16,7 +16,10 @@ enum Kind {
 }
 
 fn kind(arg: Option<&Bytes>) -> Option<Kind> {
-    match arg.map(|a| String::from_utf8_lossy(a).to_ascii_uppercase()).as_deref() {
+    match arg
+        .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
+        .as_deref()
+    {
         None | Some("FULL") => Some(Kind::Full),
         Some("INCREMENTAL") => Some(Kind::Incremental),
         Some(_) => None,
