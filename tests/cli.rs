@@ -2,13 +2,28 @@
 
 use std::process::Command;
 
+/// Runs `concordkv bench` with `args` and `--json`; the parsed report.
+fn bench_json(args: &[&str], dir: Option<&std::path::Path>) -> serde_json::Value {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_concordkv"));
+    command.arg("bench").args(args).arg("--json");
+    if let Some(dir) = dir {
+        command.arg("--dir").arg(dir);
+    }
+    let output = command.output().expect("run bench");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
 #[test]
 fn bench_json_reports_the_contract_fields() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("bench");
-    let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
-        .args([
-            "bench",
+    let report = bench_json(
+        &[
             "--sync-mode",
             "batch",
             "--writers",
@@ -17,19 +32,9 @@ fn bench_json_reports_the_contract_fields() {
             "100",
             "--seconds",
             "0.3",
-            "--json",
-            "--dir",
-        ])
-        .arg(&data)
-        .output()
-        .expect("run bench");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
+        Some(&data),
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("one JSON object");
     for field in [
         "sync_mode",
         "writers",
@@ -69,26 +74,10 @@ fn bench_json_reports_the_contract_fields() {
 
 #[test]
 fn bench_stops_after_an_op_count() {
-    let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
-        .args([
-            "bench",
-            "--sync-mode",
-            "none",
-            "--writers",
-            "4",
-            "--ops",
-            "500",
-            "--json",
-        ])
-        .output()
-        .expect("run bench");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = bench_json(
+        &["--sync-mode", "none", "--writers", "4", "--ops", "500"],
+        None,
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("one JSON object");
     assert_eq!(report["ops"], 500);
 }
 

@@ -2,7 +2,7 @@
 //! in step with the log by applying each write under the same lock that
 //! submits it, so the map changes in exactly the log's order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -79,11 +79,12 @@ impl Db {
     /// were removed, and the acknowledgement if anything was logged.
     pub fn delete(&self, keys: &[Bytes]) -> Result<(usize, Option<Pending>)> {
         let mut map = self.lock();
+        // A key named twice is deleted once; a set keeps a long DEL linear.
+        let mut seen: HashSet<&[u8]> = HashSet::new();
         let mut ops: Vec<Op> = Vec::new();
         for key in keys {
-            let op = Op::Delete { key: key.to_vec() };
-            if map.contains_key(key.as_ref()) && !ops.contains(&op) {
-                ops.push(op);
+            if map.contains_key(key.as_ref()) && seen.insert(key.as_ref()) {
+                ops.push(Op::Delete { key: key.to_vec() });
             }
         }
         if ops.is_empty() {
