@@ -2,8 +2,9 @@
 //! each key.
 //!
 //! The output is a full snapshot at the last sealed sequence number, built
-//! from the current snapshot chain and the sealed segments; the manifest
-//! write that lists it unlists those segments and the snapshots it replaces.
+//! from the current snapshot chain and the sealed segments in one pass that
+//! also measures what is redundant; the manifest write that lists it
+//! unlists those segments and the snapshots it replaces.
 //! A full snapshot holds nothing older than itself, so deletions are dropped
 //! safely: no older record of the key remains to bring it back.
 //!
@@ -14,34 +15,25 @@
 //! sealed operations reach `compaction.threshold` and the redundant fraction
 //! of them reaches `compaction.ratio`.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::entry::{Op, Seq};
+use crate::crash::crash_point;
+use crate::entry::Seq;
 use crate::error::{Error, Result};
-use crate::format::codec::decode_entry;
-use crate::format::record::{read_frame, Frame};
-use crate::format::segment::SEGMENT_HEADER_BYTES;
+use crate::format::snapshot::SnapshotKind;
 use crate::fs::FileSystem;
 use crate::manifest::ManifestStore;
 use crate::segment::started_segments;
-use crate::snapshot::{select_chain, snapshot_path};
+use crate::snapshot::{build_snapshot, publish_snapshot, snapshot_path, Built};
 
 /// The sealed part of the log, as compaction sees it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SealedLog {
-    /// The last sealed sequence number: what a compaction would cover.
-    pub upto: Seq,
     /// Operations in sealed segments after the snapshot chain.
     pub ops: u64,
     /// Of those, the ones a compaction drops.
     pub redundant: u64,
-    /// Bytes of the sealed segments and the chain's snapshots.
-    pub bytes: u64,
-    /// Entries in the chain's snapshots.
-    pub snapshot_entries: u64,
 }
 
 impl SealedLog {
@@ -68,58 +60,58 @@ pub struct CompactionReport {
     pub bytes_after: u64,
 }
 
-/// Reads the sealed segments (every started segment but the newest) and
-/// counts what a compaction would keep and drop.
-pub(crate) fn analyze(
+/// The last sealed sequence number: everything before the newest started
+/// segment (or what the snapshots already cover).
+fn sealed_upto(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Config) -> Result<Seq> {
+    let started = started_segments(fs, &config.data_dir, &manifest.segments())?;
+    Ok(started
+        .last()
+        .map_or(0, |(_, _, active_first)| active_first.saturating_sub(1)))
+}
+
+/// Compacts the sealed log; an automatic compaction only writes its output if
+/// the sealed log is due. `None`: nothing was written.
+pub(crate) fn compact(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
-) -> Result<SealedLog> {
-    let dir = config.data_dir.as_path();
-    let chain = select_chain(&manifest.snapshots());
-    let covered = chain.last().map_or(0, |s| s.to_seq);
-    let mut log = SealedLog {
-        snapshot_entries: chain.iter().map(|s| s.entries).sum(),
-        ..SealedLog::default()
+    automatic: bool,
+) -> Result<Option<CompactionReport>> {
+    let upto = sealed_upto(fs, manifest, config)?;
+    let Some(built) = build_snapshot(fs, manifest, config, SnapshotKind::Full, upto)? else {
+        return Ok(None);
     };
-    for snapshot in &chain {
-        let path = snapshot_path(dir, snapshot);
-        log.bytes += fs
+    let sealed = SealedLog {
+        ops: built.log.ops,
+        redundant: built.log.ops - built.live_from_log().min(built.log.ops),
+    };
+    if sealed.ops == 0 || (automatic && !sealed.due(config)) {
+        return Ok(None);
+    }
+    crash_point("compaction.after_build");
+    let bytes_before = built.log.bytes + chain_bytes(fs, config, &built)?;
+    let entries_before = sealed.ops + built.chain.iter().map(|s| s.entries).sum::<u64>();
+    let header = publish_snapshot(fs, manifest, config, built)?;
+    let output = snapshot_path(&config.data_dir, &header);
+    let bytes_after = fs
+        .file_len(&output)
+        .map_err(|e| Error::io("stat compaction output", &output, e))?;
+    Ok(Some(CompactionReport {
+        upto: header.to_seq,
+        entries_before,
+        entries_after: header.entries,
+        bytes_before,
+        bytes_after,
+    }))
+}
+
+/// Bytes of the snapshots a compaction's output replaces.
+fn chain_bytes(fs: &dyn FileSystem, config: &Config, built: &Built) -> Result<u64> {
+    built.chain.iter().try_fold(0, |total, snapshot| {
+        let path = snapshot_path(&config.data_dir, snapshot);
+        let len = fs
             .file_len(&path)
             .map_err(|e| Error::io("stat snapshot", &path, e))?;
-    }
-    let mut started = started_segments(fs, dir, &manifest.segments())?;
-    let Some((_, _, active_first)) = started.pop() else {
-        return Ok(log);
-    };
-    log.upto = active_first.saturating_sub(1).max(covered);
-    let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
-    // Per key: whether its last sealed operation is a set.
-    let mut last_is_set: HashMap<Vec<u8>, bool> = HashMap::new();
-    for (_, path, _) in &started {
-        let bytes = fs
-            .read(path)
-            .map_err(|e| Error::io("read segment", path, e))?;
-        log.bytes += bytes.len() as u64;
-        let mut offset = SEGMENT_HEADER_BYTES;
-        while let Frame::Record { seq, payload, size } = read_frame(&bytes[offset..], max_payload) {
-            if seq > covered {
-                let entry = decode_entry(payload).map_err(|reason| {
-                    Error::Corruption(crate::error::Corruption {
-                        file: path.clone(),
-                        offset: offset as u64,
-                        reason,
-                    })
-                })?;
-                for op in entry.ops() {
-                    log.ops += 1;
-                    last_is_set.insert(op.key().to_vec(), matches!(op, Op::Set { .. }));
-                }
-            }
-            offset += size;
-        }
-    }
-    let kept = last_is_set.values().filter(|is_set| **is_set).count() as u64;
-    log.redundant = log.ops - kept.min(log.ops);
-    Ok(log)
+        Ok(total + len)
+    })
 }

@@ -19,7 +19,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "snapshot.after_temp_sync",
     "snapshot.after_rename",
     "snapshot.after_manifest",
-    "compaction.after_analyze",
+    "compaction.after_build",
 ];
 
 #[cfg(feature = "crash-points")]

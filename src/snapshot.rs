@@ -8,14 +8,14 @@
 //! manifest lists it; only then are the segments and snapshots it makes
 //! obsolete unlisted and removed.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::crash::crash_point;
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Corruption, Error, Result};
-use crate::format::codec::decode_entry;
+use crate::format::codec::{decode_entry, for_each_op};
 use crate::format::record::{encode_record, read_frame, Frame};
 use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind, SNAPSHOT_HEADER_BYTES};
@@ -27,8 +27,9 @@ use crate::segment::started_segments;
 const WRITEBACK_CHUNK_BYTES: usize = 1 << 20;
 
 /// Net state by key: the sequence number of its last change, and its value
-/// (`None`: deleted, kept only in incremental snapshots).
-type NetState = BTreeMap<Vec<u8>, (Seq, Option<Vec<u8>>)>;
+/// (`None`: deleted, kept only in incremental snapshots). Hashed while it is
+/// built, sorted once when written.
+pub(crate) type NetState = HashMap<Vec<u8>, (Seq, Option<Vec<u8>>)>;
 
 /// The state the snapshot chain describes.
 #[derive(Debug, Default)]
@@ -83,7 +84,10 @@ pub(crate) fn load_chain(
     for header in select_chain(listed) {
         let path = snapshot_path(&config.data_dir, &header);
         for (seq, op) in read_snapshot(fs, &path, &header, config)? {
-            apply(&mut loaded.state, seq, op);
+            match op {
+                Op::Set { key, value } => loaded.state.insert(key, (seq, Some(value))),
+                Op::Delete { key } => loaded.state.insert(key, (seq, None)),
+            };
         }
         loaded.covered = header.to_seq;
         loaded.chain.push(header);
@@ -170,11 +174,31 @@ pub(crate) fn read_snapshot(
     Ok(entries)
 }
 
-fn apply(state: &mut NetState, seq: Seq, op: Op) {
-    match op {
-        Op::Set { key, value } => state.insert(key, (seq, Some(value))),
-        Op::Delete { key } => state.insert(key, (seq, None)),
+/// Applies one logged operation (`value` `None`: a deletion). A key already
+/// present keeps its allocations: rewriting a hot key a million times
+/// allocates once.
+fn apply(state: &mut NetState, seq: Seq, key: &[u8], value: Option<&[u8]>) {
+    let Some(slot) = state.get_mut(key) else {
+        state.insert(key.to_vec(), (seq, value.map(<[u8]>::to_vec)));
+        return;
     };
+    slot.0 = seq;
+    match (&mut slot.1, value) {
+        (Some(old), Some(new)) => {
+            old.clear();
+            old.extend_from_slice(new);
+        }
+        (old, new) => *old = new.map(<[u8]>::to_vec),
+    }
+}
+
+/// What [`apply_log`] read.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LogRead {
+    /// Operations applied (a batch counts each of its operations).
+    pub ops: u64,
+    /// Bytes of the segments read.
+    pub bytes: u64,
 }
 
 /// Applies the WAL records in `(after, upto]` of the listed segments, and
@@ -187,7 +211,8 @@ fn apply_log(
     after: Seq,
     upto: Seq,
     state: &mut NetState,
-) -> Result<()> {
+) -> Result<LogRead> {
+    let mut read = LogRead::default();
     let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
     let mut expected = after + 1;
     for &id in segments {
@@ -198,6 +223,7 @@ fn apply_log(
         let bytes = fs
             .read(&path)
             .map_err(|e| Error::io("read segment", &path, e))?;
+        read.bytes += bytes.len() as u64;
         if SegmentHeader::decode(&bytes).is_err() {
             continue;
         }
@@ -214,11 +240,11 @@ fn apply_log(
                         format!("sequence {seq}, expected {expected}"),
                     ));
                 }
-                let entry = decode_entry(payload)
-                    .map_err(|reason| corruption(&path, offset as u64, reason))?;
-                for op in entry.ops() {
-                    apply(state, seq, op.clone());
-                }
+                for_each_op(payload, |key, value| {
+                    apply(state, seq, key, value);
+                    read.ops += 1;
+                })
+                .map_err(|reason| corruption(&path, offset as u64, reason))?;
                 expected += 1;
             }
             offset += size;
@@ -230,7 +256,97 @@ fn apply_log(
             expected - 1
         )));
     }
-    Ok(())
+    Ok(read)
+}
+
+/// A snapshot built in memory, not yet written.
+pub(crate) struct Built {
+    pub header: SnapshotHeader,
+    state: NetState,
+    /// The chain it was built on (empty for an incremental snapshot).
+    pub chain: Vec<SnapshotHeader>,
+    /// What was read from the log after the chain.
+    pub log: LogRead,
+    listed: Vec<SnapshotHeader>,
+    segments: Vec<u64>,
+}
+
+impl Built {
+    /// Keys whose last operation in the log read is a set: what the log
+    /// contributes to a full snapshot.
+    pub fn live_from_log(&self) -> u64 {
+        let after = self
+            .header
+            .from_seq
+            .max(self.chain.last().map_or(0, |s| s.to_seq));
+        self.state
+            .values()
+            .filter(|(seq, value)| *seq > after && value.is_some())
+            .count() as u64
+    }
+}
+
+/// Builds the snapshot of `kind` covering the log up to `upto` (which must be
+/// durable); `None` when the chain already covers `upto`.
+pub(crate) fn build_snapshot(
+    fs: &dyn FileSystem,
+    manifest: &ManifestStore,
+    config: &Config,
+    kind: SnapshotKind,
+    upto: Seq,
+) -> Result<Option<Built>> {
+    let listed = manifest.snapshots();
+    let covered = select_chain(&listed).last().map_or(0, |s| s.to_seq);
+    if upto <= covered {
+        return Ok(None);
+    }
+    let segments = manifest.segments();
+    let (from_seq, mut state, chain) = match kind {
+        SnapshotKind::Full => {
+            let loaded = load_chain(fs, config, &listed)?;
+            (0, loaded.state, loaded.chain)
+        }
+        SnapshotKind::Incremental => (covered, NetState::new(), Vec::new()),
+    };
+    let log = apply_log(fs, config, &segments, covered, upto, &mut state)?;
+    if kind == SnapshotKind::Full {
+        state.retain(|_, (_, value)| value.is_some());
+    }
+    Ok(Some(Built {
+        header: SnapshotHeader {
+            kind,
+            from_seq,
+            to_seq: upto,
+            entries: state.len() as u64,
+        },
+        state,
+        chain,
+        log,
+        listed,
+        segments,
+    }))
+}
+
+/// Writes a built snapshot, lists it, and retires the segments and
+/// snapshots it makes obsolete.
+pub(crate) fn publish_snapshot(
+    fs: &dyn FileSystem,
+    manifest: &ManifestStore,
+    config: &Config,
+    built: Built,
+) -> Result<SnapshotHeader> {
+    let Built {
+        header,
+        state,
+        listed,
+        segments,
+        ..
+    } = built;
+    write_snapshot(fs, &config.data_dir, &header, state)?;
+    let obsolete = obsolete_snapshots(&listed, header.kind, config.snapshot.keep);
+    let covered_segments = covered_segments(fs, &config.data_dir, &segments, header.to_seq)?;
+    manifest.add_snapshot(header, &covered_segments, &obsolete)?;
+    Ok(header)
 }
 
 /// Takes a snapshot covering the log up to `upto` (which must be durable),
@@ -243,33 +359,9 @@ pub(crate) fn take_snapshot(
     kind: SnapshotKind,
     upto: Seq,
 ) -> Result<Option<SnapshotHeader>> {
-    let listed = manifest.snapshots();
-    let chain = select_chain(&listed);
-    let covered = chain.last().map_or(0, |s| s.to_seq);
-    if upto <= covered {
-        return Ok(None);
-    }
-    let segments = manifest.segments();
-    let (from_seq, mut state) = match kind {
-        SnapshotKind::Full => (0, load_chain(fs, config, &listed)?.state),
-        SnapshotKind::Incremental => (covered, NetState::new()),
-    };
-    apply_log(fs, config, &segments, covered, upto, &mut state)?;
-    if kind == SnapshotKind::Full {
-        state.retain(|_, (_, value)| value.is_some());
-    }
-    let header = SnapshotHeader {
-        kind,
-        from_seq,
-        to_seq: upto,
-        entries: state.len() as u64,
-    };
-    write_snapshot(fs, &config.data_dir, &header, state)?;
-
-    let obsolete = obsolete_snapshots(&listed, kind, config.snapshot.keep);
-    let covered_segments = covered_segments(fs, &config.data_dir, &segments, upto)?;
-    manifest.add_snapshot(header, &covered_segments, &obsolete)?;
-    Ok(Some(header))
+    build_snapshot(fs, manifest, config, kind, upto)?
+        .map(|built| publish_snapshot(fs, manifest, config, built))
+        .transpose()
 }
 
 /// What a new snapshot makes obsolete: after a full one, every incremental
@@ -328,8 +420,10 @@ fn write_snapshot(
             return Err(Error::io("remove temporary snapshot", temp, e));
         }
     }
+    let mut entries: Vec<_> = state.into_iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut buf = header.encode().to_vec();
-    for (key, (seq, value)) in state {
+    for (key, (seq, value)) in entries {
         let op = match value {
             Some(value) => Op::Set { key, value },
             None => Op::Delete { key },

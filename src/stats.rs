@@ -21,6 +21,16 @@ pub(crate) struct WalCounters {
     pub last_snapshot_unix: AtomicU64,
 }
 
+impl WalCounters {
+    /// Notes that a snapshot (or a compaction's output) was just listed.
+    pub fn snapshot_taken(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_snapshot_unix.store(now, Relaxed);
+    }
+}
+
 /// The state of the store's files, as `INFO persistence` reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PersistenceInfo {

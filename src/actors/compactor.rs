@@ -1,9 +1,9 @@
 //! `CompactorActor`: decides when to compact and runs it in the background.
 //! It counts the records of every segment the WAL seals; once they reach
-//! `compaction.threshold` it analyzes the sealed log on a blocking thread and,
-//! if the redundant fraction reaches `compaction.ratio`, has the snapshot
-//! actor write the compacted output (see `crate::compaction`). Appends never
-//! wait for any of it.
+//! `compaction.threshold` it builds the compacted state on a maintenance
+//! thread and, if the redundant fraction reaches `compaction.ratio`, writes
+//! it out (see `crate::compaction`). Appends never wait for any of it; the
+//! maintenance lock keeps it from racing a snapshot on the manifest.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,30 +11,24 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::actors::messages::{Compact, SegmentSealed, TakeSnapshot};
-use crate::actors::snapshot::SnapshotActor;
+use crate::actors::messages::{Compact, SegmentSealed};
 use crate::actors::wal::WalShared;
 use crate::background;
-use crate::compaction::{analyze, CompactionReport};
-use crate::crash::crash_point;
-use crate::error::{Error, Result};
-use crate::format::snapshot::SnapshotKind;
-use crate::snapshot::snapshot_path;
+use crate::compaction::{compact, CompactionReport};
+use crate::error::Result;
 
 /// Starts compactions, by itself and on request.
 pub struct CompactorActor {
     shared: Arc<WalShared>,
-    snapshots: Addr<SnapshotActor>,
     /// Records sealed since the last automatic check.
     sealed_since_check: u64,
     running: bool,
 }
 
 impl CompactorActor {
-    pub(crate) fn new(shared: Arc<WalShared>, snapshots: Addr<SnapshotActor>) -> CompactorActor {
+    pub(crate) fn new(shared: Arc<WalShared>) -> CompactorActor {
         CompactorActor {
             shared,
-            snapshots,
             sealed_since_check: 0,
             running: false,
         }
@@ -46,44 +40,26 @@ impl CompactorActor {
         automatic: bool,
     ) -> impl Future<Output = Result<Option<CompactionReport>>> + 'static {
         let shared = Arc::clone(&self.shared);
-        let snapshots = self.snapshots.clone();
         async move {
             let _running = Running::mark(&shared.counters.compacting);
             let started = Instant::now();
-            let analyzed = {
+            let outcome = {
                 let shared = Arc::clone(&shared);
                 background::run("concordkv-compact", move || {
                     let _maintenance = shared.maintenance();
-                    analyze(shared.fs.as_ref(), &shared.manifest, &shared.config)
+                    compact(
+                        shared.fs.as_ref(),
+                        &shared.manifest,
+                        &shared.config,
+                        automatic,
+                    )
                 })
                 .await?
             };
-            if analyzed.ops == 0 || (automatic && !analyzed.due(&shared.config)) {
-                return Ok(None);
-            }
-            crash_point("compaction.after_analyze");
-            let taken = snapshots
-                .send(TakeSnapshot {
-                    kind: SnapshotKind::Full,
-                    upto: analyzed.upto,
-                })
-                .await
-                .unwrap_or(Err(Error::ShutDown))?;
-            let Some(header) = taken else {
+            let Some(report) = outcome else {
                 return Ok(None);
             };
-            let output = snapshot_path(&shared.config.data_dir, &header);
-            let bytes_after = shared
-                .fs
-                .file_len(&output)
-                .map_err(|e| Error::io("stat compaction output", &output, e))?;
-            let report = CompactionReport {
-                upto: header.to_seq,
-                entries_before: analyzed.ops + analyzed.snapshot_entries,
-                entries_after: header.entries,
-                bytes_before: analyzed.bytes,
-                bytes_after,
-            };
+            shared.counters.snapshot_taken();
             metrics::histogram!("concordkv_compaction_seconds")
                 .record(started.elapsed().as_secs_f64());
             shared.latencies.compaction.record(started.elapsed());

@@ -59,12 +59,7 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                 };
                 match &outcome {
                     Ok(Some(header)) => {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs());
-                        counters
-                            .last_snapshot_unix
-                            .store(now, std::sync::atomic::Ordering::Relaxed);
+                        counters.snapshot_taken();
                         latencies.snapshot.record(started.elapsed());
                         metrics::histogram!("concordkv_snapshot_seconds", "kind" => label)
                             .record(started.elapsed().as_secs_f64());

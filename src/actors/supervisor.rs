@@ -77,9 +77,9 @@ impl StoreSupervisor {
             let snapshots = SnapshotActor::start_in_arbiter(&arbiter, move |_| {
                 SnapshotActor::new(snapshot_shared)
             });
-            let (compactor_shared, compactor_snapshots) = (Arc::clone(&shared), snapshots.clone());
+            let compactor_shared = Arc::clone(&shared);
             let compactor = CompactorActor::start_in_arbiter(&arbiter, move |_| {
-                CompactorActor::new(compactor_shared, compactor_snapshots)
+                CompactorActor::new(compactor_shared)
             });
             let metrics_shared = Arc::clone(&shared);
             let metrics = MetricsActor::start_in_arbiter(&arbiter, move |_| {

@@ -43,7 +43,7 @@ pub(crate) struct WalShared {
     pub fs: Arc<dyn FileSystem>,
     pub manifest: ManifestStore,
     /// Held by whatever reads segments it may retire, or retires them:
-    /// snapshots (compaction output included), compaction analysis, and
+    /// snapshots, compactions, and
     /// re-validation after a restart. Appends never take it.
     pub maintenance: Mutex<()>,
     /// Latency samples for the `MetricsActor` to drain.

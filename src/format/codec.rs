@@ -70,6 +70,29 @@ pub fn encode_value<T: Serialize>(value: &T, out: &mut Vec<u8>) {
 
 /// Decodes one entry that must fill `bytes` exactly.
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+    Ok(match decode_entry_ref(bytes)? {
+        EntryRef::Op(op) => Entry::Op(op.to_owned_op()),
+        EntryRef::Batch(ops) => Entry::Batch(ops.iter().map(OpRef::to_owned_op).collect()),
+    })
+}
+
+/// Calls `f(key, value)` for each operation of the entry `bytes` encodes
+/// (`value` is `None` for a deletion), borrowing from `bytes`: snapshots and
+/// compaction fold millions of operations into a map and need no copy of
+/// the ones a later operation replaces.
+pub fn for_each_op(bytes: &[u8], mut f: impl FnMut(&[u8], Option<&[u8]>)) -> Result<(), String> {
+    let mut visit = |op: &OpRef<'_>| match op {
+        OpRef::Set { key, value } => f(key, Some(value)),
+        OpRef::Delete { key } => f(key, None),
+    };
+    match decode_entry_ref(bytes)? {
+        EntryRef::Op(op) => visit(&op),
+        EntryRef::Batch(ops) => ops.iter().for_each(visit),
+    }
+    Ok(())
+}
+
+fn decode_entry_ref(bytes: &[u8]) -> Result<EntryRef<'_>, String> {
     let (entry, used): (EntryRef<'_>, usize) =
         bincode::serde::borrow_decode_from_slice(bytes, CODEC)
             .map_err(|e| format!("undecodable payload: {e}"))?;
@@ -79,10 +102,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
             bytes.len() - used
         ));
     }
-    Ok(match entry {
-        EntryRef::Op(op) => Entry::Op(op.to_owned_op()),
-        EntryRef::Batch(ops) => Entry::Batch(ops.iter().map(OpRef::to_owned_op).collect()),
-    })
+    Ok(entry)
 }
 
 /// Decodes a small owned value (not a record payload) that must fill
@@ -123,6 +143,18 @@ mod tests {
             let mut buf = Vec::new();
             encode_entry(&entry, &mut buf);
             assert_eq!(decode_entry(&buf).expect("decodes"), entry);
+            let mut visited = Vec::new();
+            for_each_op(&buf, |key, value| {
+                visited.push(match value {
+                    Some(value) => Op::Set {
+                        key: key.to_vec(),
+                        value: value.to_vec(),
+                    },
+                    None => Op::Delete { key: key.to_vec() },
+                })
+            })
+            .expect("visits");
+            assert_eq!(visited, entry.ops());
         }
     }
 
