@@ -38,6 +38,9 @@ pub trait FileSystem: Send + Sync + 'static {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes creations, renames and removals in a directory durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Takes the directory's exclusive lock, failing at once with
+    /// `WouldBlock` if another holder exists.
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock>;
 }
 
 /// An open file the store writes at explicit offsets; shared between the
@@ -169,6 +172,32 @@ impl FileSystem for RealFs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
     }
+
+    /// `flock` on the file `LOCK` in `dir`.
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+        let path = dir.join("LOCK");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .open(&path)?;
+        // SAFETY: flock only reads its integer arguments on an open descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "the data directory is in use by another store (LOCK is held)",
+                )
+            } else {
+                err
+            });
+        }
+        Ok(DirLock::holding(file))
+    }
 }
 
 /// Zeros written per step when filling a preallocated file.
@@ -212,37 +241,24 @@ fn preallocate_zeros(file: &File, len: u64) -> io::Result<()> {
 }
 
 /// An exclusive lock on a data directory: two processes writing one log
-/// would interleave records, so the second open fails instead.
-#[derive(Debug)]
+/// would interleave records, so the second open fails instead. Released
+/// when dropped.
 pub struct DirLock {
-    _file: File,
+    _held: Box<dyn Send + Sync>,
 }
 
 impl DirLock {
-    /// Takes the lock file `LOCK` in `dir`, failing at once if another holder exists.
-    pub fn acquire(dir: &Path) -> io::Result<DirLock> {
-        let path = dir.join("LOCK");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(FILE_MODE)
-            .open(&path)?;
-        // SAFETY: flock only reads its integer arguments on an open descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "the data directory is in use by another store (LOCK is held)",
-                )
-            } else {
-                err
-            });
+    /// A lock that lasts as long as `held` does.
+    pub fn holding(held: impl Send + Sync + 'static) -> DirLock {
+        DirLock {
+            _held: Box::new(held),
         }
-        Ok(DirLock { _file: file })
+    }
+}
+
+impl std::fmt::Debug for DirLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirLock")
     }
 }
 
@@ -277,10 +293,10 @@ mod tests {
     #[test]
     fn second_lock_on_a_directory_fails() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = DirLock::acquire(dir.path()).expect("first lock");
-        let err = DirLock::acquire(dir.path()).unwrap_err();
+        let first = RealFs.lock_dir(dir.path()).expect("first lock");
+        let err = RealFs.lock_dir(dir.path()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         drop(first);
-        DirLock::acquire(dir.path()).expect("lock after release");
+        RealFs.lock_dir(dir.path()).expect("lock after release");
     }
 }

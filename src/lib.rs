@@ -36,10 +36,12 @@ mod manifest;
 pub mod recovery;
 mod segment;
 pub mod server;
+pub mod sim_fs;
 mod snapshot;
 pub mod stats;
 pub mod store;
 mod sync_worker;
+pub mod torture;
 
 pub use compaction::CompactionReport;
 pub use config::{Config, RecoveryMode, SyncMode};

@@ -20,7 +20,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Error, Result};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
-use crate::fs::{DirLock, FileSystem, RealFs};
+use crate::fs::{FileSystem, RealFs};
 use crate::inbox::{Inbox, Request};
 use crate::latency::Latencies;
 use crate::manifest::ManifestStore;
@@ -76,8 +76,9 @@ impl Store {
                 let dir = config.data_dir.as_path();
                 fs.create_dir_all(dir)
                     .map_err(|e| Error::io("create data directory", dir, e))?;
-                let lock =
-                    DirLock::acquire(dir).map_err(|e| Error::io("lock data directory", dir, e))?;
+                let lock = fs
+                    .lock_dir(dir)
+                    .map_err(|e| Error::io("lock data directory", dir, e))?;
                 let manifest = ManifestStore::open(Arc::clone(&fs), dir)?;
                 let (recovery, start) = open_log(fs.as_ref(), &manifest, &config)?;
                 Ok::<_, Error>((lock, manifest, recovery, start))

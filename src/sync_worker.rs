@@ -8,10 +8,15 @@
 //! the durability of an earlier record. After a failed sync the thread
 //! fails every later job too: the page cache may have dropped the data, so a
 //! retried sync that "succeeds" would prove nothing (PostgreSQL's fsyncgate).
+//! It also cuts the file back to the length its last successful sync made
+//! durable: the page cache still holds the lost bytes and would show them to
+//! a reopen in the same boot, and later writeback could persist pages past a
+//! lost one, leaving a hole. A write gate keeps the WAL from writing while
+//! that happens, and after it.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -39,6 +44,8 @@ pub(crate) struct SyncJob {
     pub records: u64,
     /// The last sequence number this job covers.
     pub upto: Seq,
+    /// The file's length of written data when the job was submitted.
+    pub end: u64,
     pub waiters: Vec<Waiter>,
     /// Seal the segment: cut it to this length before syncing (rotation).
     pub seal_at: Option<u64>,
@@ -54,6 +61,9 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Read-held by the WAL around each write; write-held while a failure
+    /// is recorded and the file cut back.
+    gate: RwLock<()>,
     ready: Condvar,
     inbox: Arc<Inbox>,
     counters: Arc<WalCounters>,
@@ -81,6 +91,7 @@ impl SyncWorker {
     ) -> std::io::Result<SyncWorker> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            gate: RwLock::new(()),
             ready: Condvar::new(),
             inbox,
             counters,
@@ -114,6 +125,21 @@ impl SyncWorker {
         self.shared.lock().failed.clone()
     }
 
+    /// Admits one write to the log: the guard keeps a failure from being
+    /// recorded (and the file cut back) until the write is done; after a
+    /// failure, the reason instead.
+    pub(crate) fn admit_write(&self) -> Result<RwLockReadGuard<'_, ()>, String> {
+        let gate = self
+            .shared
+            .gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match self.failure() {
+            Some(reason) => Err(reason),
+            None => Ok(gate),
+        }
+    }
+
     /// Finishes every queued job, then ends the thread.
     pub(crate) fn stop(&self) {
         self.shared.lock().stopping = true;
@@ -133,6 +159,7 @@ impl SyncWorker {
 
 fn run(shared: &Shared) {
     let mut batch: Vec<SyncJob> = Vec::new();
+    let mut durable = Durable::default();
     loop {
         {
             let mut state = shared.lock();
@@ -147,8 +174,9 @@ fn run(shared: &Shared) {
             }
             std::mem::swap(&mut batch, &mut state.jobs);
         }
-        let processed =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process(shared, &mut batch)));
+        let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            process(shared, &mut batch, &mut durable)
+        }));
         if processed.is_err() {
             // A panic (in a file-system implementation, say) must not leave
             // appenders waiting on a thread that no longer syncs: from here
@@ -169,8 +197,22 @@ fn run(shared: &Shared) {
     }
 }
 
+/// The file the last successful sync was on, and the length it made durable.
+#[derive(Default)]
+struct Durable(Option<(Arc<dyn WritableFile>, u64)>);
+
+impl Durable {
+    /// What is durable of `file`: nothing unless a sync of it succeeded.
+    fn end_of(&self, file: &Arc<dyn WritableFile>) -> u64 {
+        match &self.0 {
+            Some((synced, end)) if Arc::ptr_eq(synced, file) => *end,
+            _ => 0,
+        }
+    }
+}
+
 /// Serves a batch of jobs in order, one sync per run of jobs on one file.
-fn process(shared: &Shared, batch: &mut Vec<SyncJob>) {
+fn process(shared: &Shared, batch: &mut Vec<SyncJob>, durable: &mut Durable) {
     let mut jobs = batch.drain(..).peekable();
     while let Some(first) = jobs.next() {
         let mut group = vec![first];
@@ -180,7 +222,7 @@ fn process(shared: &Shared, batch: &mut Vec<SyncJob>) {
         }) {
             group.push(next);
         }
-        let result = sync_group(shared, &group);
+        let result = sync_group(shared, &group, durable);
         for job in group {
             complete(job, result.clone());
         }
@@ -188,12 +230,14 @@ fn process(shared: &Shared, batch: &mut Vec<SyncJob>) {
 }
 
 /// Syncs the file of a group of jobs once, and records the outcome.
-fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), String> {
+fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Result<(), String> {
     if let Some(reason) = shared.lock().failed.clone() {
         return Err(reason);
     }
-    let job = group.last().map(|j| (&j.file, &j.path, j.seal_at, j.upto));
-    let Some((file, path, seal_at, upto)) = job else {
+    let job = group
+        .last()
+        .map(|j| (&j.file, &j.path, j.seal_at, j.upto, j.end));
+    let Some((file, path, seal_at, upto, end)) = job else {
         return Ok(());
     };
     let started = Instant::now();
@@ -214,13 +258,28 @@ fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), String> {
             metrics::histogram!("concordkv_wal_sync_seconds").record(elapsed.as_secs_f64());
             metrics::histogram!("concordkv_wal_sync_batch_records").record(records as f64);
             metrics::counter!("concordkv_wal_syncs_total").increment(1);
+            durable.0 = Some((Arc::clone(file), seal_at.unwrap_or(end)));
             Ok(())
         }
         Err(e) => {
             let reason = format!("sync of {} failed: {e}", path.display());
             tracing::error!(%reason, "the WAL stops accepting writes");
             metrics::counter!("concordkv_wal_sync_errors_total").increment(1);
+            let _gate = shared.gate.write().unwrap_or_else(PoisonError::into_inner);
             shared.lock().failed = Some(reason.clone());
+            let keep = durable.end_of(file);
+            match file.set_len(keep).and_then(|()| file.sync_all()) {
+                Ok(()) => tracing::warn!(
+                    file = %path.display(),
+                    length = keep,
+                    "cut the segment back to what its last successful sync made durable"
+                ),
+                Err(e) => tracing::error!(
+                    file = %path.display(),
+                    %e,
+                    "cannot cut the segment back to its durable length; the next open checks it"
+                ),
+            }
             shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
             Err(reason)
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{config, state};
-use concordkv::fs::{FileSystem, RealFs, WritableFile};
+use concordkv::fs::{DirLock, FileSystem, RealFs, WritableFile};
 use concordkv::{Error, Store, SyncMode};
 
 /// A file system whose segment writes (or syncs) panic once armed.
@@ -85,6 +85,9 @@ impl FileSystem for PanickingFs {
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         RealFs.sync_dir(path)
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+        RealFs.lock_dir(dir)
     }
 }
 

@@ -229,8 +229,15 @@ impl WalActor {
             }
         }
         if !self.buf.is_empty() {
-            if let Err(e) = self.segment.file.write_at(&self.buf, self.segment.offset) {
-                let reason = format!("write to {} failed: {e}", self.segment.path.display());
+            let written = match self.shared.worker.admit_write() {
+                Ok(_gate) => self
+                    .segment
+                    .file
+                    .write_at(&self.buf, self.segment.offset)
+                    .map_err(|e| format!("write to {} failed: {e}", self.segment.path.display())),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = written {
                 for waiter in acks {
                     let _ = waiter.reply.send(Err(Error::WalFailed(reason.clone())));
                 }
@@ -290,6 +297,7 @@ impl WalActor {
             path: self.segment.path.clone(),
             records: std::mem::take(&mut self.unsynced),
             upto: self.next_seq - 1,
+            end: self.segment.offset,
             waiters,
             seal_at,
             on_done: seal,
