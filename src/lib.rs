@@ -29,6 +29,7 @@ pub mod entry;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod fuzzing;
 mod inbox;
 pub mod inspect;
 pub mod latency;

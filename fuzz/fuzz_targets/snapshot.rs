@@ -1,0 +1,6 @@
+//! A snapshot file (header, entries) as recovery loads it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| concordkv::fuzzing::snapshot(data));
