@@ -343,7 +343,10 @@ pub struct LifecycleOptions {
     /// The append load measured with and without compaction.
     pub sync_mode: SyncMode,
     pub writers: usize,
+    /// Length of each window without compaction.
     pub seconds: f64,
+    /// Compactions run under the load, each between two quiet windows.
+    pub rounds: u32,
 }
 
 /// `bench-lifecycle` figures, from one run on one directory.
@@ -352,6 +355,7 @@ pub struct LifecycleReport {
     pub records: u64,
     pub keys: u64,
     pub recovery_from_segments_records_per_sec: f64,
+    /// Of the first compaction (the whole filled log), under the load.
     pub compaction_input_records_per_sec: f64,
     pub compaction_seconds: f64,
     pub compaction_bytes_before: u64,
@@ -361,11 +365,18 @@ pub struct LifecycleReport {
     pub append_p99_us_idle: f64,
     pub append_p50_us_compacting: f64,
     pub append_p99_us_compacting: f64,
+    /// Compactions measured, and the appends that started during them or not.
+    pub rounds: u32,
+    pub appends_idle: u64,
+    pub appends_compacting: u64,
 }
 
-/// Fills a fresh store, then measures recovery from segments, appends alone
-/// and while the whole log is compacted (with that compaction's input rate),
-/// and recovery from the compacted snapshot.
+/// Fills a fresh store, then measures recovery from segments; then, under
+/// one continuous append load, alternates quiet windows with compactions of
+/// the whole log, so latencies with and without a compaction running come
+/// from the same load, interleaved, not from two runs a noisy disk and
+/// scheduler may treat differently; finally recovery from the compacted
+/// snapshot.
 pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
     let scratch = tempfile::Builder::new()
         .prefix(".concordkv-bench-")
@@ -373,7 +384,7 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
         .map_err(|e| Error::io("create bench directory", ".", e))?;
     let mut config = Config::with_data_dir(scratch.path());
     config.wal.sync_mode = SyncMode::None;
-    // Only on-request compactions, so each phase measures what it names.
+    // Only on-request compactions, so each window measures what it names.
     config.compaction.threshold = u64::MAX;
     let opts = opts.clone();
     actix_rt::System::new().block_on(async move {
@@ -403,24 +414,25 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
         let from_segments = recovery.records.len() as f64 / recovery.elapsed.as_secs_f64();
         drop(recovery);
 
-        // The same load twice: alone, then while the whole log is compacted.
-        let idle = append_load(&store, &opts, keys, None).await?;
-        let done = Rc::new(Cell::new(false));
-        let compaction = {
-            let (store, done) = (store.clone(), Rc::clone(&done));
-            actix_rt::spawn(async move {
-                let started = Instant::now();
-                let outcome = store.compact().await;
-                done.set(true);
-                outcome.map(|report| (report, started.elapsed()))
-            })
-        };
-        let busy = append_load(&store, &opts, keys, Some(done)).await?;
-        let (report, compaction_time) = compaction
-            .await
-            .map_err(|e| Error::WalFailed(format!("the bench compaction panicked: {e}")))??;
-        let report = report.ok_or_else(|| Error::WalFailed("nothing was compacted".into()))?;
+        let load = InterleavedLoad::start(&store, &opts, keys);
+        let quiet = Duration::from_secs_f64(opts.seconds);
+        let mut first = None;
+        for _ in 0..opts.rounds {
+            actix_rt::time::sleep(quiet).await;
+            load.compacting.set(true);
+            let started = Instant::now();
+            let outcome = store.compact().await;
+            load.compacting.set(false);
+            let report =
+                outcome?.ok_or_else(|| Error::WalFailed("nothing was compacted".into()))?;
+            first.get_or_insert((report, started.elapsed()));
+        }
+        actix_rt::time::sleep(quiet).await;
+        let [idle, busy] = load.finish().await?;
         store.shutdown().await?;
+        let Some((report, compaction_time)) = first else {
+            return Err(Error::WalFailed("no compaction ran".into()));
+        };
 
         let (store, recovery) = Store::open(loaded).await?;
         let from_snapshot =
@@ -441,51 +453,69 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
             append_p99_us_idle: us(&idle, 0.99),
             append_p50_us_compacting: us(&busy, 0.5),
             append_p99_us_compacting: us(&busy, 0.99),
+            rounds: opts.rounds,
+            appends_idle: idle.len(),
+            appends_compacting: busy.len(),
         })
     })
 }
 
-/// Appends from `opts.writers` tasks for `opts.seconds`, or, given `done`,
-/// until it is set.
-async fn append_load(
-    store: &Store,
-    opts: &LifecycleOptions,
-    keys: u64,
-    done: Option<Rc<Cell<bool>>>,
-) -> Result<Histogram<u64>> {
-    let latency = Rc::new(RefCell::new(latency_histogram()));
-    let deadline = Instant::now() + Duration::from_secs_f64(opts.seconds);
-    let writers: Vec<_> = (0..opts.writers)
-        .map(|w| {
-            let (store, latency, done) = (store.clone(), Rc::clone(&latency), done.clone());
-            let value = vec![b'w'; opts.value_size];
-            actix_rt::spawn(async move {
-                let mut i = w as u64;
-                loop {
-                    let t = Instant::now();
-                    let finished = match &done {
-                        Some(done) => done.get(),
-                        None => t >= deadline,
-                    };
-                    if finished {
-                        return Ok::<(), Error>(());
+/// Appenders that run until told to stop, filing each append's latency
+/// under whether a compaction was running when it started.
+struct InterleavedLoad {
+    compacting: Rc<Cell<bool>>,
+    stop: Rc<Cell<bool>>,
+    latency: Rc<RefCell<[Histogram<u64>; 2]>>,
+    writers: Vec<actix_rt::task::JoinHandle<Result<()>>>,
+}
+
+impl InterleavedLoad {
+    fn start(store: &Store, opts: &LifecycleOptions, keys: u64) -> InterleavedLoad {
+        let compacting = Rc::new(Cell::new(false));
+        let stop = Rc::new(Cell::new(false));
+        let latency = Rc::new(RefCell::new([latency_histogram(), latency_histogram()]));
+        let writers = (0..opts.writers)
+            .map(|w| {
+                let store = store.clone();
+                let (compacting, stop, latency) = (
+                    Rc::clone(&compacting),
+                    Rc::clone(&stop),
+                    Rc::clone(&latency),
+                );
+                let value = vec![b'w'; opts.value_size];
+                actix_rt::spawn(async move {
+                    let mut i = w as u64;
+                    while !stop.get() {
+                        let (t, during) = (Instant::now(), usize::from(compacting.get()));
+                        store
+                            .set((i % keys).to_be_bytes().to_vec(), value.clone())
+                            .await?;
+                        let _ = latency.borrow_mut()[during].record(t.elapsed().as_nanos() as u64);
+                        i += KEY_STRIDE;
                     }
-                    store
-                        .set((i % keys).to_be_bytes().to_vec(), value.clone())
-                        .await?;
-                    let _ = latency.borrow_mut().record(t.elapsed().as_nanos() as u64);
-                    i += KEY_STRIDE;
-                }
+                    Ok(())
+                })
             })
-        })
-        .collect();
-    for writer in writers {
-        writer
-            .await
-            .map_err(|e| Error::WalFailed(format!("a bench writer panicked: {e}")))??;
+            .collect();
+        InterleavedLoad {
+            compacting,
+            stop,
+            latency,
+            writers,
+        }
     }
-    let histogram = latency.borrow().clone();
-    Ok(histogram)
+
+    /// Stops the appenders; the latencies without and with a compaction running.
+    async fn finish(self) -> Result<[Histogram<u64>; 2]> {
+        self.stop.set(true);
+        for writer in self.writers {
+            writer
+                .await
+                .map_err(|e| Error::WalFailed(format!("a bench writer panicked: {e}")))??;
+        }
+        let histograms = self.latency.borrow().clone();
+        Ok(histograms)
+    }
 }
 
 impl LifecycleReport {
@@ -494,7 +524,7 @@ impl LifecycleReport {
         format!(
             "concordkv bench-lifecycle: {} records over {} keys\n\n\
              {:<44}{:>14.0}\n{:<44}{:>14.0}\n{:<44}{:>14.2}\n{:<44}{:>14}\n{:<44}{:>14}\n{:<44}{:>14.0}\n\
-             {:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n",
+             {:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14}\n",
             self.records,
             self.keys,
             "recovery from segments (records/s)",
@@ -517,6 +547,8 @@ impl LifecycleReport {
             self.append_p50_us_compacting,
             "append p99, compaction running (us)",
             self.append_p99_us_compacting,
+            "compactions under the load",
+            self.rounds,
         )
     }
 }

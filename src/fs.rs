@@ -23,6 +23,13 @@ pub trait FileSystem: Send + Sync + 'static {
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// The whole content of a file, into `buf` (replacing what it held):
+    /// a reader of many large files reuses one buffer instead of faulting in
+    /// fresh memory for each.
+    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+        *buf = self.read(path)?;
+        Ok(())
+    }
     /// At most the first `len` bytes of a file.
     fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>>;
     /// The length of a file.
@@ -131,6 +138,15 @@ impl FileSystem for RealFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+        let mut file = File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len()).unwrap_or(0);
+        buf.clear();
+        buf.reserve(len);
+        file.read_to_end(buf)?;
+        Ok(())
     }
 
     fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {

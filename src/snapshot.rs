@@ -215,13 +215,17 @@ fn apply_log(
     let mut read = LogRead::default();
     let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
     let mut expected = after + 1;
+    // One buffer for every segment. Measured under a 64-writer `always`
+    // load on 2 cores: reading each segment into fresh memory doubled the
+    // appenders' p99 (the page faults of a low-priority thread stall the
+    // process's others), while a reused buffer left it within 10-25%.
+    let mut bytes = Vec::new();
     for &id in segments {
         if expected > upto {
             break;
         }
         let path = segment_path(&config.data_dir, id);
-        let bytes = fs
-            .read(&path)
+        fs.read_into(&path, &mut bytes)
             .map_err(|e| Error::io("read segment", &path, e))?;
         read.bytes += bytes.len() as u64;
         if SegmentHeader::decode(&bytes).is_err() {

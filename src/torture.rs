@@ -319,19 +319,20 @@ fn random_config(rng: &mut StdRng) -> Config {
 }
 
 fn random_fault(rng: &mut StdRng) -> Fault {
-    let call = match rng.random_range(0..7) {
+    let call = match rng.random_range(0..8) {
         0 => Call::Write,
         1 => Call::SyncData,
         2 => Call::SyncAll,
         3 => Call::SyncDir,
         4 => Call::Rename,
         5 => Call::Create,
-        _ => Call::SetLen,
+        6 => Call::SetLen,
+        _ => Call::Read,
     };
     Fault {
         call,
         nth: rng.random_range(1..=20),
-        errno: if rng.random_bool(0.5) {
+        errno: if call == Call::Read || rng.random_bool(0.5) {
             libc::EIO
         } else {
             libc::ENOSPC

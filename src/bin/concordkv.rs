@@ -93,9 +93,12 @@ enum Command {
         /// Concurrent appenders of the append load.
         #[arg(long, default_value_t = 64)]
         writers: usize,
-        /// Length of each append-load phase.
-        #[arg(long, default_value_t = 5.0)]
+        /// Length of each window without compaction.
+        #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Compactions run under the load, each between two quiet windows.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -196,7 +199,7 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
             check_load(
                 writers,
                 seconds,
-                [("--batch", batch as u64), ("--ops", ops.unwrap_or(1))],
+                &[("--batch", batch as u64), ("--ops", ops.unwrap_or(1))],
             )?;
             let report = bench::run(&BenchOptions {
                 dir,
@@ -219,9 +222,18 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
             sync_mode,
             writers,
             seconds,
+            rounds,
             json,
         } => {
-            check_load(writers, seconds, [("--records", records), ("--keys", keys)])?;
+            check_load(
+                writers,
+                seconds,
+                &[
+                    ("--records", records),
+                    ("--keys", keys),
+                    ("--rounds", u64::from(rounds)),
+                ],
+            )?;
             let report = bench::run_lifecycle(&LifecycleOptions {
                 records,
                 keys,
@@ -229,6 +241,7 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
                 sync_mode,
                 writers,
                 seconds,
+                rounds,
             })?;
             print_report(json, &report, report.table());
             Ok(ExitCode::SUCCESS)
@@ -276,7 +289,7 @@ fn print_report(json: bool, report: &impl serde::Serialize, table: String) {
 fn check_load(
     writers: usize,
     seconds: f64,
-    counts: [(&str, u64); 2],
+    counts: &[(&str, u64)],
 ) -> Result<(), concordkv::Error> {
     if writers == 0 {
         return Err(concordkv::Error::InvalidRequest(
