@@ -81,6 +81,80 @@ fn bench_stops_after_an_op_count() {
     assert_eq!(report["ops"], 500);
 }
 
+/// Runs a `concordkv` subcommand with `--json` in `dir`; the parsed report.
+fn json_of(args: &[&str], dir: &std::path::Path) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
+        .args(args)
+        .arg("--json")
+        .current_dir(dir)
+        .output()
+        .expect("run concordkv");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
+#[test]
+fn bench_lifecycle_compacts_under_load_and_splits_the_latencies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = json_of(
+        &[
+            "bench-lifecycle",
+            "--records",
+            "30000",
+            "--keys",
+            "1000",
+            "--sync-mode",
+            "none",
+            "--writers",
+            "4",
+            "--seconds",
+            "0.2",
+            "--rounds",
+            "2",
+        ],
+        dir.path(),
+    );
+    assert_eq!(report["rounds"], 2);
+    assert!(
+        report["appends_idle"].as_u64().expect("idle") > 0,
+        "{report}"
+    );
+    assert!(
+        report["appends_compacting"].as_u64().expect("busy") > 0,
+        "{report}"
+    );
+    assert!(
+        report["compaction_bytes_after"].as_u64() < report["compaction_bytes_before"].as_u64(),
+        "{report}"
+    );
+    for rate in [
+        "recovery_from_segments_records_per_sec",
+        "compaction_input_records_per_sec",
+        "recovery_from_snapshot_records_per_sec",
+    ] {
+        assert!(report[rate].as_f64().expect(rate) > 0.0, "{rate}: {report}");
+    }
+    assert_eq!(
+        dir.path().read_dir().expect("list").count(),
+        0,
+        "the scratch directory is removed"
+    );
+}
+
+#[test]
+fn torture_reports_its_seed_cycles_and_faults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = json_of(&["torture", "--seed", "5", "--cycles", "40"], dir.path());
+    assert_eq!(report["seed"], 5);
+    assert_eq!(report["cycles"], 40);
+    assert!(report["ops_acknowledged"].as_u64().expect("acked") > 0);
+    assert!(report["faults"].is_object());
+}
+
 #[test]
 fn an_unknown_sync_mode_is_refused_by_name() {
     let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
