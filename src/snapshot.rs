@@ -426,25 +426,31 @@ fn write_snapshot(
     }
     let mut entries: Vec<_> = state.into_iter().collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut buf = header.encode().to_vec();
-    for (key, (seq, value)) in entries {
-        let op = match value {
-            Some(value) => Op::Set { key, value },
-            None => Op::Delete { key },
-        };
-        encode_record(seq, &Entry::Op(op), &mut buf);
-    }
     let file = fs
         .create(&temp, 0)
         .map_err(|e| Error::io("create snapshot", &temp, e))?;
-    // Written a chunk at a time, starting each chunk's writeback and waiting
-    // for the previous one's: the disk sees a steady trickle paced to its
-    // speed, never a large dirty set that the WAL's fdatasync would queue
-    // behind (RocksDB's bytes_per_sync, with a wait).
+    // Encoded and written a chunk at a time through one buffer (never the
+    // whole file in fresh memory), starting each chunk's writeback and
+    // waiting for the previous one's: the disk sees a steady trickle paced
+    // to its speed, never a large dirty set that the WAL's fdatasync would
+    // queue behind (RocksDB's bytes_per_sync, with a wait).
+    let mut chunk = Vec::with_capacity(WRITEBACK_CHUNK_BYTES * 2);
+    chunk.extend_from_slice(&header.encode());
     let mut offset = 0u64;
     let mut previous: Option<(u64, u64)> = None;
-    for chunk in buf.chunks(WRITEBACK_CHUNK_BYTES) {
-        file.write_at(chunk, offset)
+    let mut entries = entries.into_iter().peekable();
+    while entries.peek().is_some() || !chunk.is_empty() {
+        while chunk.len() < WRITEBACK_CHUNK_BYTES {
+            let Some((key, (seq, value))) = entries.next() else {
+                break;
+            };
+            let op = match value {
+                Some(value) => Op::Set { key, value },
+                None => Op::Delete { key },
+            };
+            encode_record(seq, &Entry::Op(op), &mut chunk);
+        }
+        file.write_at(&chunk, offset)
             .map_err(|e| Error::io("write snapshot", &temp, e))?;
         file.start_writeback(offset, chunk.len() as u64);
         if let Some((at, len)) = previous {
@@ -452,6 +458,7 @@ fn write_snapshot(
         }
         previous = Some((offset, chunk.len() as u64));
         offset += chunk.len() as u64;
+        chunk.clear();
     }
     file.sync_all()
         .map_err(|e| Error::io("sync snapshot", &temp, e))?;
