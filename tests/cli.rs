@@ -2,20 +2,32 @@
 
 use std::process::Command;
 
-/// Runs `concordkv bench` with `args` and `--json`; the parsed report.
-fn bench_json(args: &[&str], dir: Option<&std::path::Path>) -> serde_json::Value {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_concordkv"));
-    command.arg("bench").args(args).arg("--json");
-    if let Some(dir) = dir {
-        command.arg("--dir").arg(dir);
-    }
-    let output = command.output().expect("run bench");
+/// Runs a `concordkv` subcommand with `--json` in `dir`; the parsed report.
+fn json_of(args: &[&str], dir: &std::path::Path) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
+        .args(args)
+        .arg("--json")
+        .current_dir(dir)
+        .output()
+        .expect("run concordkv");
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
+/// Runs `concordkv bench` with `args` and `--json`; the parsed report.
+fn bench_json(args: &[&str], dir: Option<&std::path::Path>) -> serde_json::Value {
+    let mut all: Vec<&str> = vec!["bench"];
+    all.extend_from_slice(args);
+    let data = dir.map(|d| d.to_str().expect("utf-8 path"));
+    if let Some(data) = data {
+        all.extend_from_slice(&["--dir", data]);
+    }
+    let cwd = tempfile::tempdir().expect("tempdir");
+    json_of(&all, cwd.path())
 }
 
 #[test]
@@ -79,22 +91,6 @@ fn bench_stops_after_an_op_count() {
         None,
     );
     assert_eq!(report["ops"], 500);
-}
-
-/// Runs a `concordkv` subcommand with `--json` in `dir`; the parsed report.
-fn json_of(args: &[&str], dir: &std::path::Path) -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
-        .args(args)
-        .arg("--json")
-        .current_dir(dir)
-        .output()
-        .expect("run concordkv");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("one JSON object")
 }
 
 #[test]

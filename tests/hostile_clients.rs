@@ -8,7 +8,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::server::{encode, is_error, ok, Client, Server};
+use common::server::{encode, is_error, ok, raise_fd_limit, Client, Server};
 use redis_protocol::resp2::types::BytesFrame;
 
 /// The server's resident memory, in KiB.
@@ -27,19 +27,6 @@ fn open_fds(server: &Server) -> usize {
     std::fs::read_dir(format!("/proc/{}/fd", server.child.id()))
         .expect("server fds")
         .count()
-}
-
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max.min(8192);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
 }
 
 fn pong(client: &mut Client) {

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::server::{bulk, encode, is_error, ok, Client, Server};
+use common::server::{bulk, encode, is_error, ok, raise_fd_limit, Client, Server};
 use redis_protocol::resp2::types::BytesFrame;
 
 #[test]
@@ -282,16 +282,7 @@ fn save_and_bgsave_take_snapshots_that_survive_kill_9() {
 fn a_thousand_clients_at_once_are_all_served() {
     const CLIENTS: usize = 1000;
     // This process holds one socket per client too.
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max.min(4096);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
+    raise_fd_limit();
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path(), &[]);
     let mut clients: Vec<Client> = (0..CLIENTS).map(|_| server.client()).collect();
