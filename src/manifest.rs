@@ -98,6 +98,11 @@ impl ManifestStore {
         self.lock().closed = true;
     }
 
+    /// Whether `close` was called: the store has shut down.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// The live segment ids, ascending.
     pub fn segments(&self) -> Vec<u64> {
         self.lock().manifest.segments.clone()

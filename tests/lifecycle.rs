@@ -333,3 +333,28 @@ async fn an_invalid_config_opens_nothing() {
         "nothing is created for a refused configuration"
     );
 }
+
+#[actix_rt::test]
+async fn shutdown_lets_go_of_everything_the_store_held() {
+    let fs: std::sync::Arc<dyn concordkv::fs::FileSystem> =
+        std::sync::Arc::new(concordkv::sim_fs::SimFs::new(1));
+    let mut cfg = concordkv::Config::with_data_dir("/sim/released");
+    cfg.wal.sync_mode = SyncMode::Always;
+    let (store, _) = Store::open_with_fs(cfg, std::sync::Arc::clone(&fs))
+        .await
+        .expect("open");
+    store.set("k", "v").await.expect("set");
+    store.shutdown().await.expect("shutdown");
+    drop(store);
+    // Every actor and thread of the store drops its handle on the files
+    // (the metrics actor at its next tick, within a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::sync::Arc::strong_count(&fs) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} holders of the store's files remain after shutdown",
+            std::sync::Arc::strong_count(&fs) - 1
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -258,7 +258,15 @@ impl Actor for MetricsActor {
             ::metrics::counter!(name).increment(0);
         }
         self.publish(true);
-        ctx.run_interval(PUBLISH_PERIOD, |actor, _| actor.publish(true));
+        // The interval would keep the actor (and the store's files and state
+        // it holds) alive forever; it ends once the store has shut down.
+        ctx.run_interval(PUBLISH_PERIOD, |actor, ctx| {
+            if actor.shared.manifest.is_closed() {
+                ctx.stop();
+            } else {
+                actor.publish(true);
+            }
+        });
     }
 }
 
