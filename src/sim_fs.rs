@@ -13,12 +13,14 @@
 //!   changes;
 //! - a failed sync drops the changes it was to make durable, while reads
 //!   still return them: a later sync that succeeds has *not* saved them
-//!   (PostgreSQL's fsyncgate), so a store must never trust a retry.
+//!   (PostgreSQL's fsyncgate), so a store must never trust a retry. As in
+//!   the page cache, loss is by 4 KiB page: a later write into a lost page
+//!   dirties it again and carries the whole page's current content.
 //!
 //! After the cut every call fails with `EIO`, as on a machine that lost
 //! power; [`SimFs::reboot`] gives the disk as it is found at the next boot.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -98,6 +100,9 @@ impl Change {
     }
 }
 
+/// The page cache's unit: what a failed sync loses, and what a write dirties.
+const PAGE: u64 = 4096;
+
 #[derive(Debug, Clone, Default)]
 struct Inode {
     /// What reads see (the page cache).
@@ -106,6 +111,8 @@ struct Inode {
     durable: Vec<u8>,
     /// Changes since the last sync, oldest first.
     unsynced: Vec<Change>,
+    /// Pages whose changes a failed sync dropped: clean in the cache, old on disk.
+    lost_pages: BTreeSet<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +338,7 @@ impl Disk {
                     durable: data.clone(),
                     data,
                     unsynced: Vec::new(),
+                    lost_pages: BTreeSet::new(),
                 },
             );
         }
@@ -364,6 +372,26 @@ impl Disk {
     fn change(&mut self, inode: u64, change: Change) -> io::Result<()> {
         let file = self.file(inode)?;
         change.apply(&mut file.data);
+        let change = match change {
+            Change::Write { offset, bytes } if !bytes.is_empty() => {
+                let pages = offset / PAGE..=(offset + bytes.len() as u64 - 1) / PAGE;
+                if file.lost_pages.range(pages.clone()).next().is_some() {
+                    // A lost page written again goes to disk whole.
+                    for page in pages.clone() {
+                        file.lost_pages.remove(&page);
+                    }
+                    let start = *pages.start() * PAGE;
+                    let end = ((*pages.end() + 1) * PAGE).min(file.data.len() as u64);
+                    Change::Write {
+                        offset: start,
+                        bytes: file.data[start as usize..end as usize].to_vec(),
+                    }
+                } else {
+                    Change::Write { offset, bytes }
+                }
+            }
+            other => other,
+        };
         file.unsynced.push(change);
         Ok(())
     }
@@ -380,7 +408,14 @@ impl Disk {
     /// durability pipeline but stay visible to reads.
     fn lose_unsynced(&mut self, inode: u64) {
         if let Some(file) = self.inodes.get_mut(&inode) {
-            file.unsynced.clear();
+            for change in std::mem::take(&mut file.unsynced) {
+                if let Change::Write { offset, bytes } = change {
+                    if !bytes.is_empty() {
+                        let last = (offset + bytes.len() as u64 - 1) / PAGE;
+                        file.lost_pages.extend(offset / PAGE..=last);
+                    }
+                }
+            }
         }
     }
 
@@ -668,6 +703,28 @@ mod tests {
             b"",
             "but nothing was saved"
         );
+    }
+
+    #[test]
+    fn a_lost_page_written_again_reaches_the_disk_whole() {
+        let fs = setup();
+        let path = dir().join("a");
+        let file = fs.create(&path, 0).expect("create");
+        fs.sync_dir(&dir()).expect("sync dir");
+        file.write_at(b"first", 0).expect("write");
+        fs.inject(Fault {
+            call: Call::SyncData,
+            nth: 1,
+            errno: libc::EIO,
+            path_contains: None,
+            sticky: false,
+        });
+        assert!(file.sync_data().is_err());
+        file.write_at(b"-second", 5)
+            .expect("write into the lost page");
+        file.sync_data().expect("sync");
+        let (after, _) = fs.reboot(0);
+        assert_eq!(after.read(&path).expect("read"), b"first-second");
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub struct SyncTick;
 #[rtype(result = "()")]
 pub struct SealDone(pub std::result::Result<(), String>);
 
+/// To `WalActor`, from the sync thread: the new segment's header is durable
+/// (or failed to become so).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HeaderSynced(pub std::result::Result<(), String>);
+
 /// To `WalActor`: write what is queued, sync everything, then stop;
 /// the outcome goes to `reply`.
 #[derive(Message)]

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::compactor::CompactorActor;
 use crate::actors::messages::{
-    Drain, PrepareSegment, SealDone, SegmentSealed, StopWal, SyncTick, WalDied,
+    Drain, HeaderSynced, PrepareSegment, SealDone, SegmentSealed, StopWal, SyncTick, WalDied,
 };
 use crate::actors::rotator::RotatorActor;
 use crate::actors::supervisor::StoreSupervisor;
@@ -356,6 +356,29 @@ impl WalActor {
         self.compactor.do_send(SegmentSealed {
             records: sealed.records,
         });
+        // The header is made durable before any record follows it. Synced
+        // together, a failed sync could lose the header's page while later
+        // pages still reach the disk by writeback: a segment whose header
+        // reads as zeros with records behind it, which recovery must treat
+        // as damage, not as a write that never happened.
+        let me = ctx.address();
+        self.shared.worker.submit(SyncJob {
+            file: Arc::clone(&self.segment.file),
+            path: self.segment.path.clone(),
+            records: 0,
+            upto: self.next_seq - 1,
+            end: self.segment.offset,
+            waiters: Vec::new(),
+            seal_at: None,
+            on_done: Some(Box::new(move |result| me.do_send(HeaderSynced(result)))),
+        });
+        // Still rotating (nothing is written meanwhile), but no longer
+        // waiting for a prepared segment.
+        self.rotating = Some(false);
+    }
+
+    /// The new segment's header is durable: the rotation is complete.
+    fn finish_start(&mut self, ctx: &mut Context<Self>) {
         self.rotating = None;
         for reply in self.rotation_replies.drain(..) {
             let _ = reply.send(Ok(self.next_seq - 1));
@@ -446,6 +469,21 @@ impl Handler<SealDone> for WalActor {
                 self.rotating = Some(true);
                 self.finish_rotation(ctx);
             }
+            Ok(()) => {}
+            Err(reason) => {
+                self.fail(reason);
+                self.finish_stop_if_drained(ctx);
+            }
+        }
+    }
+}
+
+impl Handler<HeaderSynced> for WalActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HeaderSynced, ctx: &mut Context<Self>) {
+        match msg.0 {
+            Ok(()) if self.rotating.is_some() => self.finish_start(ctx),
             Ok(()) => {}
             Err(reason) => {
                 self.fail(reason);
