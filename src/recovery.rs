@@ -158,9 +158,9 @@ pub(crate) fn recover(
                     }
                     HeaderError::Damaged(reason) => reason,
                 };
-                // The newest segment's header is synced with its first
-                // records, so a header that never reached the disk leaves no
-                // intact record behind it. If one follows, the header was
+                // A segment's header is synced before any record is written
+                // behind it, so a header that never reached the disk leaves
+                // no intact record behind it. If one follows, the header was
                 // damaged after the fact and the segment holds real data:
                 // that is corruption, and nothing is deleted.
                 let max_payload =
