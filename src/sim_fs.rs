@@ -677,13 +677,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_failed_sync_loses_its_data_even_if_a_later_sync_succeeds() {
-        let fs = setup();
-        let path = dir().join("a");
-        let file = fs.create(&path, 0).expect("create");
+    /// A durably created file `a` holding `data` whose first sync fails with EIO.
+    fn failed_first_sync(fs: &SimFs, data: &[u8]) -> Arc<dyn WritableFile> {
+        let file = fs.create(&dir().join("a"), 0).expect("create");
         fs.sync_dir(&dir()).expect("sync dir");
-        file.write_at(b"lost", 0).expect("write");
+        file.write_at(data, 0).expect("write");
         fs.inject(Fault {
             call: Call::SyncData,
             nth: 1,
@@ -695,6 +693,14 @@ mod tests {
             file.sync_data().unwrap_err().raw_os_error(),
             Some(libc::EIO)
         );
+        file
+    }
+
+    #[test]
+    fn a_failed_sync_loses_its_data_even_if_a_later_sync_succeeds() {
+        let fs = setup();
+        let path = dir().join("a");
+        let file = failed_first_sync(&fs, b"lost");
         assert_eq!(fs.read(&path).expect("read"), b"lost", "reads still see it");
         file.sync_data().expect("the retry succeeds");
         let (after, _) = fs.reboot(0);
@@ -709,17 +715,7 @@ mod tests {
     fn a_lost_page_written_again_reaches_the_disk_whole() {
         let fs = setup();
         let path = dir().join("a");
-        let file = fs.create(&path, 0).expect("create");
-        fs.sync_dir(&dir()).expect("sync dir");
-        file.write_at(b"first", 0).expect("write");
-        fs.inject(Fault {
-            call: Call::SyncData,
-            nth: 1,
-            errno: libc::EIO,
-            path_contains: None,
-            sticky: false,
-        });
-        assert!(file.sync_data().is_err());
+        let file = failed_first_sync(&fs, b"first");
         file.write_at(b"-second", 5)
             .expect("write into the lost page");
         file.sync_data().expect("sync");
