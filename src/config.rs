@@ -17,6 +17,8 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// Bytes a record adds around a key and value (frame header and encoding
 /// overhead, rounded up); `limits.max_record_bytes` must leave room for it.
 const RECORD_OVERHEAD_BYTES: u64 = 64;
+/// Slowest accepted maintenance rate (1 MiB/s).
+const MIN_MAINTENANCE_RATE: u64 = 1 << 20;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,7 @@ pub struct Config {
     pub wal: WalConfig,
     pub compaction: CompactionConfig,
     pub snapshot: SnapshotConfig,
+    pub maintenance: MaintenanceConfig,
     pub limits: LimitsConfig,
 }
 
@@ -74,6 +77,16 @@ pub struct CompactionConfig {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotConfig {
     pub keep: u64,
+}
+
+/// `[maintenance]`: how fast snapshots and compactions may use the disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Bytes per second a snapshot or compaction output is written at (0: no limit).
+    pub write_bytes_per_sec: u64,
+    /// Bytes per second of retired files given back to the file system (0: no limit).
+    pub delete_bytes_per_sec: u64,
 }
 
 /// `[limits]`: sizes refused before anything is written.
@@ -255,6 +268,14 @@ impl Config {
                 "0.0 to 1.0",
             ));
         }
+        check_rate(
+            "maintenance.write_bytes_per_sec",
+            self.maintenance.write_bytes_per_sec,
+        )?;
+        check_rate(
+            "maintenance.delete_bytes_per_sec",
+            self.maintenance.delete_bytes_per_sec,
+        )?;
         check_range(
             "limits.max_key_bytes",
             self.limits.max_key_bytes,
@@ -312,6 +333,20 @@ fn check_range(
         Ok(())
     } else {
         Err(out_of_range(key, value, accepted))
+    }
+}
+
+/// A maintenance rate: 0 (no limit) or at least 1 MiB/s, below which a
+/// snapshot of any size would take longer than anyone means.
+fn check_rate(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 || value >= MIN_MAINTENANCE_RATE {
+        Ok(())
+    } else {
+        Err(out_of_range(
+            key,
+            value,
+            "0 (no limit) or 1048576 to 2^64-1",
+        ))
     }
 }
 
@@ -442,6 +477,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("wal.batch_size"), "{err}");
+        let err = load_toml("[maintenance]\nwrite_bytes_per_sec = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("maintenance.write_bytes_per_sec") && err.contains("0 (no limit)"),
+            "{err}"
+        );
+        assert!(load_toml("[maintenance]\ndelete_bytes_per_sec = 0\n").is_ok());
     }
 
     #[test]

@@ -23,13 +23,10 @@ pub trait FileSystem: Send + Sync + 'static {
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
-    /// The whole content of a file, into `buf` (replacing what it held):
-    /// a reader of many large files reuses one buffer instead of faulting in
-    /// fresh memory for each.
-    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
-        *buf = self.read(path)?;
-        Ok(())
-    }
+    /// Reads from `offset` into `buf` until it is full or the file ends;
+    /// the bytes read (fewer than `buf.len()` only at the end). A reader of
+    /// large files goes through them a piece at a time with one buffer.
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
     /// At most the first `len` bytes of a file.
     fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>>;
     /// The length of a file.
@@ -140,13 +137,18 @@ impl FileSystem for RealFs {
         fs::read(path)
     }
 
-    fn read_into(&self, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
-        let mut file = File::open(path)?;
-        let len = usize::try_from(file.metadata()?.len()).unwrap_or(0);
-        buf.clear();
-        buf.reserve(len);
-        file.read_to_end(buf)?;
-        Ok(())
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let file = File::open(path)?;
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
     }
 
     fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
@@ -167,7 +169,7 @@ impl FileSystem for RealFs {
             .mode(FILE_MODE)
             .open(path)?;
         if preallocate > 0 {
-            preallocate_zeros(&file, preallocate)?;
+            reserve(&file, preallocate)?;
         }
         Ok(Arc::new(RealFile(file)))
     }
@@ -216,18 +218,9 @@ impl FileSystem for RealFs {
     }
 }
 
-/// Zeros written per step when filling a preallocated file.
-const ZERO_FILL_CHUNK: usize = 1 << 20;
-
-/// Reserves `len` bytes with `fallocate` and writes zeros over them, so later
-/// writes inside the file need no block allocation, length change or
-/// unwritten-extent conversion at `fdatasync` time. On ext4 a sync after a
-/// 6.5 KB append (a 50-record group commit) measured 166 us p50 in a merely
-/// fallocated file against 108 us in a zero-filled one; the fill costs about
-/// 30 ms per 64 MiB and is done ahead of time. Writeback is paced a chunk at
-/// a time, so filling never floods the disk the log syncs to. File systems
-/// without `fallocate` fall back to a plain length extension before the fill.
-fn preallocate_zeros(file: &File, len: u64) -> io::Result<()> {
+/// Reserves `len` bytes with `fallocate` (reading as zeros); file systems
+/// without it get a plain length extension.
+fn reserve(file: &File, len: u64) -> io::Result<()> {
     let len_off = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "preallocation too large"))?;
     // SAFETY: fallocate only reads its integer arguments; the descriptor is open for writing.
@@ -238,20 +231,6 @@ fn preallocate_zeros(file: &File, len: u64) -> io::Result<()> {
             Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len)?,
             _ => return Err(err),
         }
-    }
-    let zeros = vec![0u8; ZERO_FILL_CHUNK];
-    let written = RealFile(file.try_clone()?);
-    let mut offset = 0u64;
-    let mut previous: Option<(u64, u64)> = None;
-    while offset < len {
-        let step = (len - offset).min(ZERO_FILL_CHUNK as u64);
-        file.write_all_at(&zeros[..step as usize], offset)?;
-        written.start_writeback(offset, step);
-        if let Some((at, n)) = previous {
-            written.wait_writeback(at, n);
-        }
-        previous = Some((offset, step));
-        offset += step;
     }
     Ok(())
 }

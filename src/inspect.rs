@@ -31,8 +31,9 @@ pub struct SegmentReport {
     /// Sequence numbers of its first and last intact records.
     pub seqs: Option<(Seq, Seq)>,
     pub records: u64,
-    /// `sealed`, `active` (ends in preallocated zeros), `prepared` (never
-    /// started) or `damaged`.
+    /// `sealed` (a later segment has started), `active` (the newest started
+    /// one), `prepared` (never started) or `damaged`. A sealed segment keeps
+    /// its preallocated zeros, so only the order tells the two apart.
     pub state: &'static str,
 }
 
@@ -122,9 +123,10 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     }
 
     let config = Config::with_data_dir(dir);
+    let mut buf = Vec::new();
     for header in &listed_snapshots {
         let path = snapshot_path(dir, header);
-        match read_snapshot(&fs, &path, header, &config) {
+        match read_snapshot(&fs, &path, header, &config, &mut buf, |_, _| {}) {
             Ok(_) => found.snapshots.push(SnapshotReport {
                 header: *header,
                 bytes: fs.file_len(&path).unwrap_or(0),
@@ -236,12 +238,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
                     report.state = "damaged";
                     break;
                 }
-                Frame::Unwritten if all_zero(&bytes[offset..]) => {
-                    if offset < bytes.len() {
-                        report.state = "active";
-                    }
-                    break;
-                }
+                Frame::Unwritten if all_zero(&bytes[offset..]) => break,
                 Frame::Unwritten => {
                     found.damage.push(damage(
                         &path,
@@ -260,6 +257,9 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         }
         expected = Some(next);
         found.segments.push(report);
+    }
+    if let Some(newest) = found.segments.iter_mut().rfind(|s| s.state == "sealed") {
+        newest.state = "active";
     }
     found.live_keys = last_is_set.values().filter(|set| **set).count() as u64;
     Ok(found)

@@ -1,14 +1,22 @@
-//! An open segment file: created preallocated and durable before it is
-//! listed in the manifest, started by writing its header, then appended to
-//! in place by the WAL actor.
+//! An open segment file: prepared (preallocated, zero-filled and durable)
+//! under a temporary name, installed under its id before the manifest lists
+//! it, started by writing its header, then appended to in place by the WAL
+//! actor.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::entry::Seq;
 use crate::error::{Error, Result};
 use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::{FileSystem, WritableFile};
+use crate::pacing::Pacer;
+
+/// Zeros written, and their writeback started, per step of a fill: small,
+/// so that a WAL sync never finds more than this of the fill ahead of it at
+/// the disk.
+const FILL_CHUNK_BYTES: usize = 64 << 10;
 
 /// A segment file open for writing.
 pub(crate) struct Segment {
@@ -21,16 +29,63 @@ pub(crate) struct Segment {
     pub records: u64,
 }
 
+/// Creates `temp` (replacing a leftover) preallocated to `size` bytes and
+/// filled with zeros at `fill_bytes_per_sec` (0: at once; at once from the
+/// moment `hurry` is set too), and makes it durable. Zeros written ahead of time spare later appends any block
+/// allocation, length change or unwritten-extent conversion at `fdatasync`:
+/// on ext4 a sync after a 6.5 KB append (a 50-record group commit) measured
+/// 166 us p50 in a merely fallocated file against 108 us in a zero-filled
+/// one. Paced, the fill leaves the appenders' syncs alone: unpaced, 64 MiB of
+/// zeros raised their median from 0.2 to 0.5 ms while it ran.
+pub(crate) fn prepare_file(
+    fs: &dyn FileSystem,
+    temp: &Path,
+    size: u64,
+    fill_bytes_per_sec: u64,
+    hurry: &AtomicBool,
+) -> Result<Arc<dyn WritableFile>> {
+    if let Err(e) = fs.remove(temp) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(Error::io("remove leftover segment", temp, e));
+        }
+    }
+    let file = fs
+        .create(temp, size)
+        .map_err(|e| Error::io("create segment", temp, e))?;
+    let zeros = vec![0u8; FILL_CHUNK_BYTES];
+    let mut pacer = Pacer::new(fill_bytes_per_sec);
+    let mut offset = 0u64;
+    let mut previous: Option<(u64, u64)> = None;
+    while offset < size {
+        let step = (size - offset).min(FILL_CHUNK_BYTES as u64);
+        file.write_at(&zeros[..step as usize], offset)
+            .map_err(|e| Error::io("fill segment", temp, e))?;
+        file.start_writeback(offset, step);
+        if let Some((at, len)) = previous {
+            file.wait_writeback(at, len);
+        }
+        pacer.pace_unless(step, hurry);
+        previous = Some((offset, step));
+        offset += step;
+    }
+    file.sync_all()
+        .map_err(|e| Error::io("sync new segment", temp, e))?;
+    Ok(file)
+}
+
 impl Segment {
-    /// Creates segment `id` in `dir`, preallocated to `size` bytes, and makes
-    /// the file and its directory entry durable.
-    pub fn create(fs: &dyn FileSystem, dir: &Path, id: u64, size: u64) -> Result<Segment> {
+    /// Renames a prepared file to segment `id` in `dir` and makes the name
+    /// durable.
+    pub fn install(
+        fs: &dyn FileSystem,
+        dir: &Path,
+        id: u64,
+        temp: &Path,
+        file: Arc<dyn WritableFile>,
+    ) -> Result<Segment> {
         let path = segment_path(dir, id);
-        let file = fs
-            .create(&path, size)
-            .map_err(|e| Error::io("create segment", &path, e))?;
-        file.sync_all()
-            .map_err(|e| Error::io("sync new segment", &path, e))?;
+        fs.rename(temp, &path)
+            .map_err(|e| Error::io("rename prepared segment", &path, e))?;
         fs.sync_dir(dir)
             .map_err(|e| Error::io("sync directory", dir, e))?;
         Ok(Segment {

@@ -530,6 +530,19 @@ impl FileSystem for SimFs {
         Ok(disk.file(inode)?.data.clone())
     }
 
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut disk = self.disk();
+        disk.enter(Call::Read, path)?;
+        let inode = disk.inode_of(path)?;
+        let data = &disk.file(inode)?.data;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+
     fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
         let mut disk = self.disk();
         disk.enter(Call::Read, path)?;

@@ -109,6 +109,7 @@ impl Store {
             inbox: Arc::clone(&inbox),
             worker,
             counters: Arc::clone(&counters),
+            segment_wanted: std::sync::atomic::AtomicBool::new(false),
         });
         let (supervisor, snapshots, compactor, metrics) =
             StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);

@@ -315,6 +315,11 @@ fn random_config(rng: &mut StdRng) -> Config {
     config.compaction.threshold = rng.random_range(10..=200);
     config.compaction.ratio = rng.random_range(0.0..0.9);
     config.snapshot.keep = rng.random_range(1..=3);
+    // The piecewise writing, filling and retiring run (retired files are cut
+    // down step by step), but nothing sleeps: a simulated disk has no
+    // appenders' syncs to spare.
+    config.maintenance.write_bytes_per_sec = u64::MAX;
+    config.maintenance.delete_bytes_per_sec = u64::MAX;
     config
 }
 

@@ -51,6 +51,9 @@ async fn an_unlisted_segment_is_never_replayed_and_is_removed() {
     std::fs::write(&stray, &bytes).expect("write stray segment");
     std::fs::write(dir.path().join(MANIFEST_TEMP_FILE), b"half-written")
         .expect("write temp manifest");
+    // A segment the rotator was still filling under its temporary name.
+    let half_prepared = dir.path().join("3.wal.prep");
+    std::fs::write(&half_prepared, [0u8; 512]).expect("write prepared segment");
 
     let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
         .await
@@ -64,6 +67,10 @@ async fn an_unlisted_segment_is_never_replayed_and_is_removed() {
     assert!(
         !dir.path().join(MANIFEST_TEMP_FILE).exists(),
         "the temporary manifest is removed"
+    );
+    assert!(
+        !half_prepared.exists(),
+        "a half-prepared segment is removed"
     );
     assert_eq!(store.set("next", "v").await.expect("set"), 6);
     store.shutdown().await.expect("shutdown");

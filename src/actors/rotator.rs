@@ -1,8 +1,10 @@
 //! `RotatorActor`: prepares the next segment ahead of time and keeps the
-//! manifest. Creating and preallocating a segment, syncing it and rewriting
-//! the manifest take several fsyncs; they run on a blocking thread while the
-//! WAL keeps writing, so a rotation itself is only a header write and a
-//! handle swap.
+//! manifest. Creating, zero-filling and syncing a segment and rewriting the
+//! manifest run on a blocking thread while the WAL keeps writing, so a
+//! rotation itself is only a header write and a handle swap. The fill is
+//! paced at `maintenance.write_bytes_per_sec` (a whole segment's worth of
+//! appends is the time it has), and goes at full speed once the WAL is
+//! waiting for it.
 
 use std::sync::Arc;
 
@@ -35,13 +37,18 @@ impl Handler<PrepareSegment> for RotatorActor {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
             let size = shared.config.wal.max_segment_bytes;
-            actix_rt::task::spawn_blocking(move || shared.manifest.create_segment(size))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(Error::WalFailed(format!(
-                        "the segment-creating task failed: {e}"
-                    )))
-                })
+            let fill = shared.config.maintenance.write_bytes_per_sec;
+            actix_rt::task::spawn_blocking(move || {
+                shared
+                    .manifest
+                    .create_segment(size, fill, &shared.segment_wanted)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::WalFailed(format!(
+                    "the segment-creating task failed: {e}"
+                )))
+            })
         })
     }
 }

@@ -4,13 +4,14 @@
 //! sync thread once an `fdatasync` covers the records (group commit).
 //!
 //! Rotation: when the next record would take the segment past
-//! `wal.max_segment_bytes`, the segment is sealed (cut to its length and
-//! synced) on the sync thread while new requests wait in the inbox; the next
+//! `wal.max_segment_bytes`, the segment is sealed (synced a last time) on
+//! the sync thread while new requests wait in the inbox; the next
 //! segment was preallocated ahead of time on a blocking thread, so the swap
 //! is a header write and a handle exchange. Sealing before writing on keeps a
 //! power cut from leaving a later segment intact behind a torn earlier one.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
@@ -51,6 +52,9 @@ pub(crate) struct WalShared {
     pub inbox: Arc<Inbox>,
     pub worker: SyncWorker,
     pub counters: Arc<WalCounters>,
+    /// Set while a rotation waits for the segment the rotator is preparing,
+    /// which then stops pacing its fill.
+    pub segment_wanted: AtomicBool,
 }
 
 impl WalShared {
@@ -78,7 +82,9 @@ pub(crate) fn open_log(
     let recovered = recover(fs, manifest, config)?;
     manifest.retire_segments(&recovered.retire)?;
     let next_seq = recovered.recovery.last_seq + 1;
-    let mut segment = manifest.create_segment(config.wal.max_segment_bytes)?;
+    // Unpaced: appends wait for this one.
+    let mut segment =
+        manifest.create_segment(config.wal.max_segment_bytes, 0, &AtomicBool::new(true))?;
     segment.start(next_seq)?;
     segment
         .file
@@ -326,6 +332,7 @@ impl WalActor {
                 .into_actor(self)
                 .map(|outcome, act, ctx| {
                     act.preparing = false;
+                    act.shared.segment_wanted.store(false, Relaxed);
                     match outcome {
                         Ok(Ok(segment)) => act.prepared = Some(segment),
                         Ok(Err(e)) => act.fail(format!("preparing the next segment failed: {e}")),
@@ -343,6 +350,7 @@ impl WalActor {
             return;
         }
         let Some(mut next) = self.prepared.take() else {
+            self.shared.segment_wanted.store(true, Relaxed);
             self.prepare_next(ctx);
             return;
         };
