@@ -130,6 +130,7 @@ fn bench_lifecycle_compacts_under_load_and_splits_the_latencies() {
     for rate in [
         "recovery_from_segments_records_per_sec",
         "compaction_input_records_per_sec",
+        "compaction_under_load_input_records_per_sec",
         "recovery_from_snapshot_records_per_sec",
     ] {
         assert!(report[rate].as_f64().expect(rate) > 0.0, "{rate}: {report}");
