@@ -22,7 +22,7 @@ use crate::format::record::{read_frame, Frame, FRAME_HEADER_BYTES};
 use crate::format::segment::{segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::FileSystem;
 use crate::manifest::ManifestStore;
-use crate::snapshot::load_chain;
+use crate::snapshot::load_base;
 
 /// Granularity of a lost write on the device: a sector. A whole zero sector
 /// inside a damaged span means data never reached the disk (a torn write),
@@ -112,7 +112,7 @@ pub(crate) fn recover(
     let started_at = Instant::now();
     let dir = config.data_dir.as_path();
     manifest.remove_unlisted()?;
-    let chain = load_chain(fs, config, &manifest.snapshots())?;
+    let base = load_base(fs, config, &manifest.snapshots())?;
     let mut ids = manifest.segments();
 
     // Trailing segments that begin with a whole page of zeros were prepared
@@ -129,13 +129,9 @@ pub(crate) fn recover(
     }
 
     let mut recovery = Recovery {
-        base: chain
-            .state
-            .into_iter()
-            .filter_map(|(k, (_, v))| Some((k, v?)))
-            .collect(),
-        base_seq: chain.covered,
-        snapshots: chain.chain.len(),
+        base: base.state,
+        base_seq: base.covered,
+        snapshots: base.snapshots,
         ..Recovery::default()
     };
     let mut expected: Option<Seq> = None;
