@@ -53,6 +53,10 @@ pub(crate) struct SyncJob {
     /// segment sealed early by a compaction); the whole file is given back,
     /// paced, when a snapshot retires it.
     pub seal_at: Option<u64>,
+    /// Cut the preallocated rest off before this sync: at shutdown, where
+    /// no append waits for the discard, so the next open reads only what
+    /// was written, not a segment's worth of zeros.
+    pub trim: bool,
     pub on_done: Option<OnDone>,
 }
 
@@ -240,12 +244,16 @@ fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Resu
     }
     let job = group
         .last()
-        .map(|j| (&j.file, &j.path, j.seal_at, j.upto, j.end));
-    let Some((file, path, seal_at, upto, end)) = job else {
+        .map(|j| (&j.file, &j.path, j.seal_at, j.trim, j.upto, j.end));
+    let Some((file, path, seal_at, trim, upto, end)) = job else {
         return Ok(());
     };
     let started = Instant::now();
-    let outcome = file.sync_data();
+    let outcome = if trim {
+        file.set_len(end).and_then(|()| file.sync_all())
+    } else {
+        file.sync_data()
+    };
     let elapsed = started.elapsed();
     match outcome {
         Ok(()) => {

@@ -290,13 +290,20 @@ impl WalActor {
             && self.unsynced >= self.shared.config.wal.batch_size;
         let always_due = self.sync_mode() == SyncMode::Always && self.unsynced > 0;
         if !waiters.is_empty() || batch_due || always_due {
-            self.submit_sync(waiters, None);
+            self.submit_sync(waiters, None, false);
         }
         full
     }
 
     /// Asks the sync thread to make the active segment durable up to now.
-    fn submit_sync(&mut self, waiters: Vec<Waiter>, seal: Option<crate::sync_worker::OnDone>) {
+    /// `seal`: the segment's last sync (rotation or shutdown), and what to
+    /// do when it is done; `trim`: cut the preallocated rest off first.
+    fn submit_sync(
+        &mut self,
+        waiters: Vec<Waiter>,
+        seal: Option<crate::sync_worker::OnDone>,
+        trim: bool,
+    ) {
         let seal_at = seal.as_ref().map(|_| self.segment.offset);
         self.shared.worker.submit(SyncJob {
             file: Arc::clone(&self.segment.file),
@@ -306,6 +313,7 @@ impl WalActor {
             end: self.segment.offset,
             waiters,
             seal_at,
+            trim,
             on_done: seal,
         });
     }
@@ -316,6 +324,7 @@ impl WalActor {
         self.submit_sync(
             Vec::new(),
             Some(Box::new(move |result| me.do_send(SealDone(result)))),
+            false,
         );
         self.prepare_next(ctx);
     }
@@ -378,6 +387,7 @@ impl WalActor {
             end: self.segment.offset,
             waiters: Vec::new(),
             seal_at: None,
+            trim: false,
             on_done: Some(Box::new(move |result| me.do_send(HeaderSynced(result)))),
         });
         // Still rotating (nothing is written meanwhile), but no longer
@@ -434,6 +444,7 @@ impl WalActor {
                 Some(Box::new(move |result| {
                     let _ = reply.send(result.map_err(Error::WalFailed));
                 })),
+                true,
             ),
         }
         ctx.stop();
@@ -463,7 +474,7 @@ impl Handler<SyncTick> for WalActor {
 
     fn handle(&mut self, _msg: SyncTick, _ctx: &mut Context<Self>) {
         if self.unsynced > 0 && self.rotating.is_none() && self.failed.is_none() {
-            self.submit_sync(Vec::new(), None);
+            self.submit_sync(Vec::new(), None, false);
         }
     }
 }
