@@ -47,12 +47,13 @@ pub(crate) struct SyncJob {
     /// The file's length of written data when the job was submitted.
     pub end: u64,
     pub waiters: Vec<Waiter>,
-    /// A seal (rotation): the segment's last sync, at this length. The
-    /// preallocated zeros after it stay: cutting them off made the disk
-    /// discard them while every append waited for the seal (11 ms for a
-    /// segment sealed early by a compaction); the whole file is given back,
-    /// paced, when a snapshot retires it.
-    pub seal_at: Option<u64>,
+    /// A seal (rotation or shutdown): the segment's last sync, never merged
+    /// with a later job's. At a rotation the preallocated zeros after `end`
+    /// stay: cutting them off made the disk discard them while every append
+    /// waited for the seal (11 ms for a segment sealed early by a
+    /// compaction); the whole file is given back, paced, when a snapshot
+    /// retires it.
+    pub seal: bool,
     /// Cut the preallocated rest off before this sync: at shutdown, where
     /// no append waits for the discard, so the next open reads only what
     /// was written, not a segment's worth of zeros.
@@ -225,8 +226,7 @@ fn process(shared: &Shared, batch: &mut Vec<SyncJob>, durable: &mut Durable) {
     while let Some(first) = jobs.next() {
         let mut group = vec![first];
         while let Some(next) = jobs.next_if(|j| {
-            Arc::ptr_eq(&j.file, &group[0].file)
-                && group.last().is_some_and(|g| g.seal_at.is_none())
+            Arc::ptr_eq(&j.file, &group[0].file) && group.last().is_some_and(|g| !g.seal)
         }) {
             group.push(next);
         }
@@ -244,8 +244,8 @@ fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Resu
     }
     let job = group
         .last()
-        .map(|j| (&j.file, &j.path, j.seal_at, j.trim, j.upto, j.end));
-    let Some((file, path, seal_at, trim, upto, end)) = job else {
+        .map(|j| (&j.file, &j.path, j.trim, j.upto, j.end));
+    let Some((file, path, trim, upto, end)) = job else {
         return Ok(());
     };
     let started = Instant::now();
@@ -267,7 +267,7 @@ fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Resu
             metrics::histogram!("concordkv_wal_sync_seconds").record(elapsed.as_secs_f64());
             metrics::histogram!("concordkv_wal_sync_batch_records").record(records as f64);
             metrics::counter!("concordkv_wal_syncs_total").increment(1);
-            durable.0 = Some((Arc::clone(file), seal_at.unwrap_or(end)));
+            durable.0 = Some((Arc::clone(file), end));
             Ok(())
         }
         Err(e) => {

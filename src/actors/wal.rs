@@ -304,7 +304,6 @@ impl WalActor {
         seal: Option<crate::sync_worker::OnDone>,
         trim: bool,
     ) {
-        let seal_at = seal.as_ref().map(|_| self.segment.offset);
         self.shared.worker.submit(SyncJob {
             file: Arc::clone(&self.segment.file),
             path: self.segment.path.clone(),
@@ -312,7 +311,7 @@ impl WalActor {
             upto: self.next_seq - 1,
             end: self.segment.offset,
             waiters,
-            seal_at,
+            seal: seal.is_some(),
             trim,
             on_done: seal,
         });
@@ -386,7 +385,7 @@ impl WalActor {
             upto: self.next_seq - 1,
             end: self.segment.offset,
             waiters: Vec::new(),
-            seal_at: None,
+            seal: false,
             trim: false,
             on_done: Some(Box::new(move |result| me.do_send(HeaderSynced(result)))),
         });
