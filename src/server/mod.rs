@@ -4,16 +4,22 @@
 //! `wal.dedicated_writer_thread` gives the writer its own), like Redis's
 //! single event loop; `fdatasync` runs on the sync thread, so parsing and
 //! writing go on while a sync is in flight. Connections beyond
-//! `server.max_clients` are told so and closed. SIGINT or SIGTERM stops
-//! accepting, drains and syncs every acknowledged write, and returns.
+//! `server.max_clients` are told so and closed, and so are clients from
+//! other hosts while protected mode is on (see [`protected_mode`]). SIGINT
+//! or SIGTERM stops accepting, drains and syncs every acknowledged write,
+//! and returns.
 
+pub mod accept_backoff;
+pub mod auth;
+pub mod clients;
 pub mod cmd;
 pub mod connection;
+pub mod cross_protocol;
 pub mod db;
+pub mod protected_mode;
 pub mod request;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -22,6 +28,9 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::Store;
+use accept_backoff::AcceptBackoff;
+use clients::Clients;
+use connection::ConnectionSettings;
 use db::Db;
 
 /// Opens the store, serves until SIGINT or SIGTERM, then shuts down cleanly.
@@ -48,10 +57,14 @@ pub async fn serve(config: Config) -> Result<()> {
     drop(recovery);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), sync_mode = %config.wal.sync_mode, "serving RESP");
 
-    let clients = Arc::new(AtomicUsize::new(0));
+    protected_mode::warn_if_exposed(&config.server, addr);
+    let clients = Clients::new(
+        usize::try_from(config.server.max_total_client_buffer_bytes).unwrap_or(usize::MAX),
+    );
     let max_clients = usize::try_from(config.server.max_clients).unwrap_or(usize::MAX);
     raise_open_file_limit(config.server.max_clients);
-    let max_request = usize::try_from(config.server.max_request_bytes).unwrap_or(usize::MAX);
+    let settings = Arc::new(ConnectionSettings::new(&config.server));
+    let mut backoff = AcceptBackoff::default();
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -61,13 +74,31 @@ pub async fn serve(config: Config) -> Result<()> {
                 let (mut socket, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // Out of descriptors and the like: refuse this one, keep serving.
-                        tracing::warn!(%e, "accept failed");
-                        continue;
+                        // Out of descriptors and the like: the connection
+                        // waits in the backlog, and retrying at once would
+                        // spin; pause, longer while it goes on.
+                        let (pause, first) = backoff.failed();
+                        if first {
+                            tracing::warn!(%e, "accept failed; retrying with growing pauses (up to 1 s) until it succeeds");
+                        }
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            () = tokio::time::sleep(pause) => continue,
+                        }
                     }
                 };
-                if clients.fetch_add(1, Ordering::Relaxed) >= max_clients {
-                    clients.fetch_sub(1, Ordering::Relaxed);
+                let failures = backoff.succeeded();
+                if failures > 0 {
+                    tracing::info!(failures, "accept works again");
+                }
+                if protected_mode::refuses(&config.server, peer.ip()) {
+                    tracing::warn!(%peer, "refused a client from another host: protected mode is on and no password is set");
+                    actix_rt::spawn(async move {
+                        let _ = socket.write_all(protected_mode::DENIED).await;
+                    });
+                    continue;
+                }
+                if clients.len() >= max_clients {
                     actix_rt::spawn(async move {
                         let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
                     });
@@ -75,12 +106,12 @@ pub async fn serve(config: Config) -> Result<()> {
                 }
                 let _ = socket.set_nodelay(true);
                 let db = Arc::clone(&db);
-                let clients = Arc::clone(&clients);
+                let settings = Arc::clone(&settings);
+                let slot = clients.register(peer);
                 actix_rt::spawn(async move {
-                    if let Err(e) = connection::serve_connection(socket, db, max_request).await {
+                    if let Err(e) = connection::serve_connection(socket, peer, db, settings, slot).await {
                         tracing::debug!(%peer, %e, "connection ended with an error");
                     }
-                    clients.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         }
