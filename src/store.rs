@@ -112,7 +112,7 @@ impl Store {
             segment_wanted: std::sync::atomic::AtomicBool::new(false),
         });
         let (supervisor, snapshots, compactor, metrics) =
-            StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);
+            StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock, Arc::default());
         let store = Store {
             shared: Arc::new(Shared {
                 inbox,
