@@ -19,6 +19,8 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const RECORD_OVERHEAD_BYTES: u64 = 64;
 /// Slowest accepted maintenance rate (1 MiB/s).
 const MIN_MAINTENANCE_RATE: u64 = 1 << 20;
+/// The variable setting `server.requirepass`, read verbatim.
+const REQUIREPASS_ENV: &str = "CONCORDKV__SERVER__REQUIREPASS";
 /// Longest accepted client timeout (a week, in ms).
 const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Smallest accepted cap on all clients' buffers (1 MiB): below it a few
@@ -239,16 +241,24 @@ impl Config {
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
+        // Read as given: `try_parsing` would turn the password "000123" into 123.
+        let password = match &env {
+            Some(vars) => vars.get(REQUIREPASS_ENV).cloned(),
+            None => std::env::var(REQUIREPASS_ENV).ok(),
+        };
         let environment = Environment::with_prefix("CONCORDKV")
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
             .source(env);
-        let config: Config = builder
+        let mut config: Config = builder
             .add_source(environment)
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Load(e.to_string()))?;
+        if let Some(password) = password {
+            config.server.requirepass = Secret::new(password);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -569,6 +579,12 @@ mod tests {
         )
         .expect("env config loads");
         assert_eq!(c.server.requirepass.expose(), "s3cret");
+        for password in ["000123", "123456", "true", "1.50", " padded "] {
+            let c =
+                Config::load_with_env(None, env(&[("CONCORDKV__SERVER__REQUIREPASS", password)]))
+                    .expect("env config loads");
+            assert_eq!(c.server.requirepass.expose(), password, "kept as given");
+        }
         assert!(!c.server.protected_mode);
         assert_eq!(c.server.idle_timeout_ms, 5000);
         assert!(

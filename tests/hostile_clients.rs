@@ -315,7 +315,7 @@ fn a_request_that_never_completes_is_closed_after_request_timeout() {
     );
     // A slow loris: a request begun, then a byte now and then.
     let mut slow = raw_stream(&server, Duration::from_millis(100));
-    std::io::Write::write_all(&mut slow, b"*2\r\n$4\r\nECHO\r\n$20\r\nhel").expect("send");
+    std::io::Write::write_all(&mut slow, b"*2\r\n$4\r\nECHO\r\n$2000\r\nhel").expect("send");
     let mut closed = false;
     for _ in 0..200 {
         if std::io::Write::write_all(&mut slow, b"l").is_err() || closed_by_server(&mut slow) {
