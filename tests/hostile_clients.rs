@@ -438,3 +438,42 @@ fn out_of_descriptors_the_accept_loop_pauses_and_logs_once() {
     answered.expect("a reply once descriptors are free");
     assert_eq!(&reply, b"+PONG\r\n");
 }
+
+/// The server's peak resident memory so far, in KiB.
+fn peak_rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("server status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn replies_a_client_does_not_read_are_not_all_held_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    let big = "v".repeat(1 << 20);
+    assert_eq!(c.call(&["SET", "big", &big]), ok());
+    let before = peak_rss_kib(&server);
+    // 300 pipelined GETs of a 1 MiB value (7 KiB of requests asking for
+    // 300 MiB of replies), none of them read.
+    let mut greedy = raw_stream(&server, Duration::from_secs(20));
+    let mut requests = Vec::new();
+    for _ in 0..300 {
+        requests.extend(encode(&[b"GET", b"big"]));
+    }
+    std::io::Write::write_all(&mut greedy, &requests).expect("send");
+    pong(&mut c);
+    std::thread::sleep(Duration::from_millis(500));
+    pong(&mut c);
+    let grown = peak_rss_kib(&server).saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "the server's peak memory grew by {grown} KiB for replies nobody reads"
+    );
+    drop(greedy);
+    pong(&mut c);
+}

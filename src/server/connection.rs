@@ -1,5 +1,7 @@
 //! One client connection: read whatever arrived, run every complete request
-//! in it, then answer them all in order with one write.
+//! in it, then answer them all in order with one write (or one per
+//! [`FLUSH_BYTES`] of replies, so a client that does not read its replies
+//! holds little of the server's memory).
 //!
 //! Writes in a pipeline are all submitted before the first is awaited, so a
 //! client that pipelines N writes has them all in one group commit instead
@@ -35,6 +37,10 @@ use crate::server::request::RequestParser;
 
 /// Bytes read from the socket at a time (grown when a request is larger).
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies are written out once they fill this much: a few bytes of
+/// pipelined GETs of a large value must not become gigabytes of encoded
+/// replies held at once for a client that does not read them.
+const FLUSH_BYTES: usize = 64 * 1024;
 
 /// What every connection is served with, from `[server]`.
 pub struct ConnectionSettings {
@@ -131,14 +137,14 @@ pub async fn serve_connection(
                 Reply::Wait(work) => work.await,
             };
             encode(&mut output, &frame);
-        }
-        if !output.is_empty() {
-            slot.set_buffered(input.len() + output.len());
-            tokio::select! {
-                written = socket.write_all(&output) => written?,
-                () = slot.evicted() => return Ok(()),
+            if output.len() >= FLUSH_BYTES
+                && !flush(&mut socket, &mut output, &slot, &input).await?
+            {
+                return Ok(());
             }
-            output.clear();
+        }
+        if !flush(&mut socket, &mut output, &slot, &input).await? {
+            return Ok(());
         }
         if closing {
             return socket.shutdown().await;
@@ -180,6 +186,26 @@ pub async fn serve_connection(
         }
         slot.set_buffered(input.len());
     }
+}
+
+/// Writes out and clears `output`; `false` if the client was disconnected
+/// meanwhile to bring all buffers under their cap.
+async fn flush(
+    socket: &mut TcpStream,
+    output: &mut BytesMut,
+    slot: &ClientSlot,
+    input: &BytesMut,
+) -> std::io::Result<bool> {
+    if output.is_empty() {
+        return Ok(true);
+    }
+    slot.set_buffered(input.len() + output.len());
+    tokio::select! {
+        written = socket.write_all(output) => written?,
+        () = slot.evicted() => return Ok(false),
+    }
+    output.clear();
+    Ok(true)
 }
 
 /// Resolves with the deadline's name when it passes; never without one.
