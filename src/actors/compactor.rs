@@ -15,7 +15,7 @@ use crate::actors::messages::{Compact, SegmentSealed};
 use crate::actors::wal::WalShared;
 use crate::background::Jobs;
 use crate::compaction::{compact, CompactionReport};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Starts compactions, by itself and on request.
 pub struct CompactorActor {
@@ -107,8 +107,11 @@ impl Handler<SegmentSealed> for CompactorActor {
         self.running = true;
         ctx.spawn(self.run(true).into_actor(self).map(|outcome, act, _| {
             act.running = false;
-            if let Err(e) = outcome {
-                tracing::error!(%e, "automatic compaction failed; the sealed segments stay in use");
+            match outcome {
+                // Shutdown refuses new maintenance jobs: nothing failed.
+                Err(Error::ShutDown) => tracing::debug!("automatic compaction skipped: shutting down"),
+                Err(e) => tracing::error!(%e, "automatic compaction failed; the sealed segments stay in use"),
+                Ok(_) => {}
             }
         }));
     }
