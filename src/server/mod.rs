@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -42,9 +42,8 @@ pub async fn serve(config: Config) -> Result<()> {
             config.server.listen
         ))
     })?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::io("listen on server.listen", addr.to_string(), e))?;
+    let listener =
+        listen(addr).map_err(|e| Error::io("listen on server.listen", addr.to_string(), e))?;
     let (store, recovery) = Store::open(config.clone()).await?;
     tracing::info!(
         records = recovery.records.len(),
@@ -121,6 +120,23 @@ pub async fn serve(config: Config) -> Result<()> {
     store.shutdown().await?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Connections the kernel may hold for `accept` (capped by
+/// `net.core.somaxconn`). The default of 128 overflows when a burst of
+/// clients connects while the event loop is busy, and an overflowing
+/// handshake can end in a reset the client only sees on its first write.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Descriptors kept beyond one per client: data files, listeners, the log.
