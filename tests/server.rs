@@ -340,7 +340,7 @@ fn pipelined_bgrewriteaof_and_bgsave_start_one_job_at_a_time() {
         }
         // The batch arrives in a few reads; a job may end between two.
         assert!(
-            (1..=3).contains(&starts),
+            (1..=5).contains(&starts),
             "{command}: {starts} of 3000 started"
         );
     }
