@@ -19,6 +19,13 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const RECORD_OVERHEAD_BYTES: u64 = 64;
 /// Slowest accepted maintenance rate (1 MiB/s).
 const MIN_MAINTENANCE_RATE: u64 = 1 << 20;
+/// The variable setting `server.requirepass`, read verbatim.
+const REQUIREPASS_ENV: &str = "CONCORDKV__SERVER__REQUIREPASS";
+/// Longest accepted client timeout (a week, in ms).
+const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Smallest accepted cap on all clients' buffers (1 MiB): below it a few
+/// ordinary pipelines would already be disconnected.
+const MIN_TOTAL_CLIENT_BUFFER: u64 = 1 << 20;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +48,49 @@ pub struct ServerConfig {
     pub listen: String,
     pub max_clients: u64,
     pub max_request_bytes: u64,
+    /// The password `AUTH` must give before any other command (empty: none).
+    pub requirepass: Secret,
+    /// While no password is set, refuse clients that are not on loopback.
+    pub protected_mode: bool,
+    /// Close a connection with no complete request for this long (0: never).
+    pub idle_timeout_ms: u64,
+    /// Close a connection whose request takes longer than this to arrive (0: never).
+    pub request_timeout_ms: u64,
+    /// Input and output bytes all clients together may hold (0: no limit).
+    pub max_total_client_buffer_bytes: u64,
+}
+
+/// A password from the configuration: `Debug` never shows it, so logging a
+/// configuration cannot leak it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret holding `value`.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(unset)"
+        } else {
+            "Secret(<redacted>)"
+        })
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -191,16 +241,24 @@ impl Config {
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
+        // Read as given: `try_parsing` would turn the password "000123" into 123.
+        let password = match &env {
+            Some(vars) => vars.get(REQUIREPASS_ENV).cloned(),
+            None => std::env::var(REQUIREPASS_ENV).ok(),
+        };
         let environment = Environment::with_prefix("CONCORDKV")
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
             .source(env);
-        let config: Config = builder
+        let mut config: Config = builder
             .add_source(environment)
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Load(e.to_string()))?;
+        if let Some(password) = password {
+            config.server.requirepass = Secret::new(password);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -226,6 +284,28 @@ impl Config {
             1 << 30,
             "1024 to 1073741824",
         )?;
+        check_range(
+            "server.idle_timeout_ms",
+            self.server.idle_timeout_ms,
+            0,
+            MAX_TIMEOUT_MS,
+            "0 (never) to 604800000",
+        )?;
+        check_range(
+            "server.request_timeout_ms",
+            self.server.request_timeout_ms,
+            0,
+            MAX_TIMEOUT_MS,
+            "0 (never) to 604800000",
+        )?;
+        let total = self.server.max_total_client_buffer_bytes;
+        if total != 0 && !(MIN_TOTAL_CLIENT_BUFFER..=1 << 40).contains(&total) {
+            return Err(out_of_range(
+                "server.max_total_client_buffer_bytes",
+                total,
+                "0 (no limit) or 1048576 to 1099511627776",
+            ));
+        }
         check_range(
             "wal.batch_size",
             self.wal.batch_size,
@@ -485,6 +565,50 @@ mod tests {
             "{err}"
         );
         assert!(load_toml("[maintenance]\ndelete_bytes_per_sec = 0\n").is_ok());
+    }
+
+    #[test]
+    fn server_hardening_keys_load_from_env_and_are_range_checked() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("CONCORDKV__SERVER__REQUIREPASS", "s3cret"),
+                ("CONCORDKV__SERVER__PROTECTED_MODE", "false"),
+                ("CONCORDKV__SERVER__IDLE_TIMEOUT_MS", "5000"),
+            ]),
+        )
+        .expect("env config loads");
+        assert_eq!(c.server.requirepass.expose(), "s3cret");
+        for password in ["000123", "123456", "true", "1.50", " padded "] {
+            let c =
+                Config::load_with_env(None, env(&[("CONCORDKV__SERVER__REQUIREPASS", password)]))
+                    .expect("env config loads");
+            assert_eq!(c.server.requirepass.expose(), password, "kept as given");
+        }
+        assert!(!c.server.protected_mode);
+        assert_eq!(c.server.idle_timeout_ms, 5000);
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "Debug never shows the password"
+        );
+        let d = Config::default();
+        assert!(d.server.requirepass.is_empty() && d.server.protected_mode);
+        assert_eq!(
+            (d.server.idle_timeout_ms, d.server.request_timeout_ms),
+            (0, 30_000)
+        );
+        assert_eq!(d.server.max_total_client_buffer_bytes, 256 << 20);
+        let err = load_toml("[server]\nmax_total_client_buffer_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.max_total_client_buffer_bytes") && err.contains("0 (no limit)"),
+            "{err}"
+        );
+        let err = load_toml("[server]\nrequest_timeout_ms = 999999999999\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.request_timeout_ms"), "{err}");
     }
 
     #[test]

@@ -48,3 +48,27 @@ pub(crate) fn crash_point(name: &str) {
 #[cfg(not(feature = "crash-points"))]
 #[inline(always)]
 pub(crate) fn crash_point(_name: &str) {}
+
+/// A named place where a test makes the process wait: armed by
+/// `CONCORDKV_PAUSE_POINT=<name>:<milliseconds>`, it sleeps that long each
+/// time it is reached, so a test can act while a thread is held there.
+#[cfg(feature = "crash-points")]
+pub(crate) fn pause_point(name: &str) {
+    use std::sync::OnceLock;
+
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| {
+        let value = std::env::var("CONCORDKV_PAUSE_POINT").ok()?;
+        let (point, ms) = value.rsplit_once(':')?;
+        Some((point.to_string(), ms.parse().ok()?))
+    });
+    if let Some((point, ms)) = armed {
+        if point == name {
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+        }
+    }
+}
+
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub(crate) fn pause_point(_name: &str) {}

@@ -45,6 +45,11 @@ pub enum Error {
     #[error("{0}")]
     Untrusted(String),
 
+    /// A compaction or snapshot asked for while another of its kind, asked
+    /// for earlier, is still running; nothing was started.
+    #[error("a {0} is already in progress")]
+    InProgress(&'static str),
+
     /// The store is shutting down or was shut down.
     #[error("the store is shut down")]
     ShutDown,

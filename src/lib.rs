@@ -40,6 +40,7 @@ pub mod recovery;
 mod segment;
 pub mod server;
 pub mod sim_fs;
+mod single_flight;
 mod snapshot;
 pub mod stats;
 pub mod store;

@@ -25,6 +25,7 @@ use crate::inbox::{Inbox, Request};
 use crate::latency::Latencies;
 use crate::manifest::ManifestStore;
 use crate::recovery::Recovery;
+use crate::single_flight::SingleFlight;
 use crate::stats::{PersistenceInfo, StoreStats, WalCounters};
 use crate::sync_worker::{AckBound, SyncWorker};
 
@@ -48,6 +49,10 @@ struct Shared {
     config: Config,
     /// Torn-tail bytes cut when this store was opened.
     truncated_at_open: u64,
+    /// Compactions asked for through [`Store::compact`]: one at a time.
+    compaction: SingleFlight,
+    /// Snapshots asked for through [`Store::snapshot`]: one at a time.
+    snapshot: SingleFlight,
 }
 
 impl Store {
@@ -115,7 +120,7 @@ impl Store {
             segment_wanted: std::sync::atomic::AtomicBool::new(false),
         });
         let (supervisor, snapshots, compactor, metrics) =
-            StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock);
+            StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock, Arc::default());
         let store = Store {
             shared: Arc::new(Shared {
                 inbox,
@@ -127,6 +132,8 @@ impl Store {
                 counters,
                 config,
                 truncated_at_open: recovery.truncated.as_ref().map_or(0, |t| t.bytes),
+                compaction: SingleFlight::new("compaction"),
+                snapshot: SingleFlight::new("snapshot"),
             }),
         };
         Ok((store, recovery))
@@ -186,43 +193,82 @@ impl Store {
     /// Takes a full snapshot of everything acknowledged before the call
     /// (syncing first), in the background of the writers; then removes the
     /// segments and snapshots it makes obsolete. `None`: the snapshots
-    /// already covered everything.
+    /// already covered everything. One snapshot (full or incremental) runs
+    /// at a time: while one is under way this fails at once with
+    /// [`Error::InProgress`] (see [`Store::begin_snapshot`]).
     pub async fn snapshot(&self) -> Result<Option<SnapshotHeader>> {
-        self.take_snapshot(SnapshotKind::Full).await
+        self.begin_snapshot(SnapshotKind::Full)?.await
     }
 
     /// Takes an incremental snapshot: the net changes since the last snapshot.
     pub async fn snapshot_incremental(&self) -> Result<Option<SnapshotHeader>> {
-        self.take_snapshot(SnapshotKind::Incremental).await
+        self.begin_snapshot(SnapshotKind::Incremental)?.await
     }
 
-    async fn take_snapshot(&self, kind: SnapshotKind) -> Result<Option<SnapshotHeader>> {
-        let upto = self.sync().await?;
-        self.shared
-            .snapshots
-            .send(TakeSnapshot { kind, upto })
-            .await
-            .unwrap_or(Err(Error::ShutDown))
+    /// Claims the store's one snapshot slot now, or fails at once with
+    /// [`Error::InProgress`] if a snapshot is under way; the returned
+    /// future takes the snapshot and frees the slot when it ends. A caller
+    /// is refused rather than handed the running snapshot's result because
+    /// that one may have started before the caller's last write, which the
+    /// caller's snapshot must cover.
+    pub fn begin_snapshot(
+        &self,
+        kind: SnapshotKind,
+    ) -> Result<impl Future<Output = Result<Option<SnapshotHeader>>> + 'static> {
+        let flight = self.shared.snapshot.claim()?;
+        let store = self.clone();
+        Ok(async move {
+            let _flight = flight;
+            let upto = store.sync().await?;
+            store
+                .shared
+                .snapshots
+                .send(TakeSnapshot { kind, upto })
+                .await
+                .unwrap_or(Err(Error::ShutDown))
+        })
     }
 
     /// Compacts everything acknowledged before the call, whatever its
     /// redundancy: seals the active segment, then rewrites the sealed
     /// segments down to the latest value of each key (see `compaction`).
     /// `None`: there was nothing left to compact (an automatic compaction
-    /// running at the same time may already have covered it all).
+    /// running at the same time may already have covered it all). One
+    /// compaction asked for this way runs at a time: while one is under way
+    /// this fails at once with [`Error::InProgress`] (see
+    /// [`Store::begin_compaction`]); an automatic compaction under way is
+    /// waited for instead.
     pub async fn compact(&self) -> Result<Option<CompactionReport>> {
-        let (reply, answer) = oneshot::channel();
-        self.shared.inbox.push(Request::Rotate { reply })?;
-        Pending {
-            answer,
-            timed: None,
-        }
-        .await?;
-        self.shared
-            .compactor
-            .send(Compact)
-            .await
-            .unwrap_or(Err(Error::ShutDown))
+        self.begin_compaction()?.await
+    }
+
+    /// Claims the store's one compaction slot now, or fails at once with
+    /// [`Error::InProgress`] if a compaction asked for earlier is under way,
+    /// before anything is rotated or started; the returned future compacts
+    /// and frees the slot when it ends. As with snapshots, a caller is
+    /// refused rather than handed the running compaction's result, which
+    /// may not cover the caller's last writes.
+    pub fn begin_compaction(
+        &self,
+    ) -> Result<impl Future<Output = Result<Option<CompactionReport>>> + 'static> {
+        let flight = self.shared.compaction.claim()?;
+        let store = self.clone();
+        Ok(async move {
+            let _flight = flight;
+            let (reply, answer) = oneshot::channel();
+            store.shared.inbox.push(Request::Rotate { reply })?;
+            Pending {
+                answer,
+                timed: None,
+            }
+            .await?;
+            store
+                .shared
+                .compactor
+                .send(Compact)
+                .await
+                .unwrap_or(Err(Error::ShutDown))
+        })
     }
 
     /// The state of the files: segments, bytes, snapshots, compaction.

@@ -195,3 +195,39 @@ async fn compaction_keeps_deletions_out_and_state_intact_across_restarts() {
     assert_eq!(state.get(b"k0".as_slice()), Some(&b"back".to_vec()));
     assert!(!state.contains_key(b"k1".as_slice()));
 }
+
+#[actix_rt::test]
+async fn a_compaction_asked_for_while_one_runs_is_refused_without_rotating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = compacting(dir.path(), SyncMode::Always);
+    let (store, _) = Store::open(cfg).await.expect("open");
+    for k in 0..100u32 {
+        store.set(format!("k{k}"), "v").await.expect("set");
+    }
+    let segments_before = started_segments(dir.path()).len();
+    let first = store.begin_compaction().expect("the first starts");
+    for _ in 0..100 {
+        assert!(
+            matches!(
+                store.begin_compaction(),
+                Err(concordkv::Error::InProgress(_))
+            ),
+            "a second compaction is refused while the first runs"
+        );
+    }
+    assert!(matches!(
+        store.compact().await,
+        Err(concordkv::Error::InProgress(_))
+    ));
+    assert_eq!(
+        started_segments(dir.path()).len(),
+        segments_before,
+        "a refused compaction rotates nothing"
+    );
+    first.await.expect("first compaction").expect("compacted");
+    assert!(
+        store.compact().await.is_ok(),
+        "once it ended, the next one runs"
+    );
+    store.shutdown().await.expect("shutdown");
+}

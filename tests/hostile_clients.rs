@@ -162,3 +162,318 @@ fn thousands_of_dropped_and_half_sent_connections_leave_memory_and_fds_bounded()
         BytesFrame::BulkString("here".into())
     );
 }
+
+/// Reads until the server closes the connection; `true` if it did within
+/// the stream's read timeout, `false` if the connection stayed open.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut sink = [0u8; 65536];
+    loop {
+        match std::io::Read::read(stream, &mut sink) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn raw_stream(server: &Server, read_timeout: Duration) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(read_timeout))
+        .expect("read timeout");
+    stream
+}
+
+#[test]
+fn http_sent_to_the_resp_port_runs_nothing_and_is_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert_eq!(c.call(&["SET", "victim", "here"]), ok());
+    let body = "SET pwned yes\r\nDEL victim\r\n";
+    let attacks = [
+        // What a web page's fetch() to http://127.0.0.1:<port>/ sends.
+        format!(
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        format!(
+            "PUT /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        // A header line first (the request line cut off) is caught too.
+        format!("Host: 127.0.0.1\r\n\r\n{body}"),
+    ];
+    for attack in &attacks {
+        let mut stream = raw_stream(&server, Duration::from_secs(20));
+        std::io::Write::write_all(&mut stream, attack.as_bytes()).expect("send");
+        let mut reply = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut reply);
+        assert!(
+            reply.is_empty(),
+            "{attack:?} was answered: {:?}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    assert_eq!(
+        c.call(&["GET", "victim"]),
+        BytesFrame::BulkString("here".into())
+    );
+    assert_eq!(c.call(&["GET", "pwned"]), BytesFrame::Null);
+    assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(1));
+}
+
+#[test]
+fn with_requirepass_only_auth_and_quit_run_before_the_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path(),
+        &[("CONCORDKV__SERVER__REQUIREPASS", "open sesame")],
+    );
+    let mut c = server.client();
+    for command in [
+        &["GET", "k"][..],
+        &["SET", "k", "v"],
+        &["PING"],
+        &["BGSAVE"],
+    ] {
+        let reply = c.call(command);
+        assert_eq!(
+            reply,
+            BytesFrame::Error("NOAUTH Authentication required.".into()),
+            "{command:?}"
+        );
+    }
+    let wrongpass =
+        BytesFrame::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
+    assert_eq!(c.call(&["AUTH", "open"]), wrongpass);
+    assert_eq!(c.call(&["AUTH", "default", "open sesamE"]), wrongpass);
+    assert_eq!(c.call(&["AUTH", "admin", "open sesame"]), wrongpass);
+    assert_eq!(c.call(&["AUTH", "open sesame"]), ok());
+    assert_eq!(
+        c.call(&["DBSIZE"]),
+        BytesFrame::Integer(0),
+        "nothing ran before AUTH"
+    );
+    assert_eq!(c.call(&["SET", "k", "v"]), ok());
+
+    let mut other = server.client();
+    assert_eq!(other.call(&["AUTH", "default", "open sesame"]), ok());
+    assert_eq!(
+        other.call(&["GET", "k"]),
+        BytesFrame::BulkString("v".into())
+    );
+    let mut leaving = server.client();
+    assert_eq!(leaving.call(&["QUIT"]), ok());
+    assert!(leaving.read().is_none());
+}
+
+#[test]
+fn auth_without_a_password_configured_is_refused_as_redis_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    let reply = c.call(&["AUTH", "guess"]);
+    assert!(
+        is_error(
+            &reply,
+            "AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?"
+        ),
+        "{reply:?}"
+    );
+    pong(&mut c);
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_idle_timeout_and_a_busy_one_is_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[("CONCORDKV__SERVER__IDLE_TIMEOUT_MS", "500")]);
+    let mut idle = raw_stream(&server, Duration::from_secs(20));
+    std::io::Write::write_all(&mut idle, &encode(&[b"PING"])).expect("send");
+    let mut busy = server.client();
+    // Requests every 50 ms for 1.5 s: never 500 ms without one.
+    for _ in 0..30 {
+        pong(&mut busy);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        closed_by_server(&mut idle),
+        "the idle client was not closed"
+    );
+    pong(&mut busy);
+}
+
+#[test]
+fn a_request_that_never_completes_is_closed_after_request_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path(),
+        &[("CONCORDKV__SERVER__REQUEST_TIMEOUT_MS", "300")],
+    );
+    // A slow loris: a request begun, then a byte now and then.
+    let mut slow = raw_stream(&server, Duration::from_millis(100));
+    std::io::Write::write_all(&mut slow, b"*2\r\n$4\r\nECHO\r\n$2000\r\nhel").expect("send");
+    let mut closed = false;
+    for _ in 0..200 {
+        if std::io::Write::write_all(&mut slow, b"l").is_err() || closed_by_server(&mut slow) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow request was never closed");
+    // With no request under way, a quiet connection is left alone.
+    let mut quiet = server.client();
+    pong(&mut quiet);
+    std::thread::sleep(Duration::from_millis(600));
+    pong(&mut quiet);
+}
+
+#[test]
+fn over_the_total_buffer_cap_the_client_holding_the_most_is_disconnected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path(),
+        &[(
+            "CONCORDKV__SERVER__MAX_TOTAL_CLIENT_BUFFER_BYTES",
+            "4194304",
+        )],
+    );
+    // Three half-sent SETs holding 1.0, 2.2 and 1.3 MB: 4.5 MB together,
+    // over the 4 MiB cap; dropping the 2.2 MB one is enough.
+    let begin = |claim: usize, sent: usize| {
+        let mut stream = raw_stream(&server, Duration::from_secs(10));
+        let head = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${claim}\r\n");
+        std::io::Write::write_all(&mut stream, head.as_bytes()).expect("send claim");
+        let _ = std::io::Write::write_all(&mut stream, &vec![b'x'; sent]);
+        stream
+    };
+    let mut a = begin(2_000_000, 1_000_000);
+    let mut b = begin(2_200_000, 2_200_000 - 10);
+    let mut c = begin(1_300_000, 1_300_000 - 10);
+    assert!(
+        closed_by_server(&mut b),
+        "the biggest client was not disconnected"
+    );
+    let finish = |stream: &mut TcpStream, rest: usize| {
+        let mut tail = vec![b'x'; rest];
+        tail.extend_from_slice(b"\r\n");
+        std::io::Write::write_all(stream, &tail).expect("send the rest");
+        let mut reply = [0u8; 5];
+        std::io::Read::read_exact(stream, &mut reply).expect("a reply");
+        assert_eq!(&reply, b"+OK\r\n");
+    };
+    finish(&mut c, 10);
+    finish(&mut a, 1_000_000);
+    pong(&mut server.client());
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_pauses_and_logs_once() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("stderr.log");
+    let port = common::server::free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_concordkv"));
+    command
+        .arg("serve")
+        .env("CONCORDKV__DATA_DIR", dir.path().join("data"))
+        .env("CONCORDKV__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONCORDKV__METRICS__ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log file"));
+    // SAFETY: setrlimit is async-signal-safe and only reads the struct.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("start concordkv serve");
+    let started = std::time::Instant::now();
+    let first = loop {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+            break stream;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // More connections than the server has descriptors: the last ones wait
+    // in the backlog while every accept fails with EMFILE.
+    let held: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let failures = std::fs::read_to_string(&log_path)
+        .expect("log")
+        .matches("accept failed")
+        .count();
+    drop(held);
+    drop(first);
+    // Descriptors free again: the server serves new clients.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut stream, &encode(&[b"PING"])).expect("send");
+    let mut reply = [0u8; 7];
+    let answered = std::io::Read::read_exact(&mut stream, &mut reply);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(failures, 1, "accept failures logged over 1.5 s of EMFILE");
+    answered.expect("a reply once descriptors are free");
+    assert_eq!(&reply, b"+PONG\r\n");
+}
+
+/// The server's peak resident memory so far, in KiB.
+fn peak_rss_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("server status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn replies_a_client_does_not_read_are_not_all_held_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    let big = "v".repeat(1 << 20);
+    assert_eq!(c.call(&["SET", "big", &big]), ok());
+    let before = peak_rss_kib(&server);
+    // 300 pipelined GETs of a 1 MiB value (7 KiB of requests asking for
+    // 300 MiB of replies), none of them read.
+    let mut greedy = raw_stream(&server, Duration::from_secs(20));
+    let mut requests = Vec::new();
+    for _ in 0..300 {
+        requests.extend(encode(&[b"GET", b"big"]));
+    }
+    std::io::Write::write_all(&mut greedy, &requests).expect("send");
+    pong(&mut c);
+    std::thread::sleep(Duration::from_millis(500));
+    pong(&mut c);
+    let grown = peak_rss_kib(&server).saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "the server's peak memory grew by {grown} KiB for replies nobody reads"
+    );
+    drop(greedy);
+    pong(&mut c);
+}

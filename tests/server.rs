@@ -304,3 +304,45 @@ fn a_thousand_clients_at_once_are_all_served() {
         BytesFrame::SimpleString("PONG".into())
     );
 }
+
+#[test]
+fn pipelined_bgrewriteaof_and_bgsave_start_one_job_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    for i in 0..100 {
+        assert_eq!(c.call(&["SET", &format!("k{i}"), "v"]), ok());
+    }
+    for (command, started, refused) in [
+        (
+            "BGREWRITEAOF",
+            "Background append only file rewriting started",
+            "ERR Background append only file rewriting already in progress",
+        ),
+        (
+            "BGSAVE",
+            "Background saving started",
+            "ERR Background save already in progress",
+        ),
+    ] {
+        let mut batch = Vec::new();
+        for _ in 0..3000 {
+            batch.extend(encode(&[command.as_bytes()]));
+        }
+        c.send_raw(&batch);
+        let mut starts = 0;
+        for _ in 0..3000 {
+            match c.read().expect("reply") {
+                BytesFrame::SimpleString(s) if s == started.as_bytes() => starts += 1,
+                BytesFrame::Error(e) if e == refused => {}
+                other => panic!("{command}: unexpected reply {other:?}"),
+            }
+        }
+        // The batch arrives in a few reads; a job may end between two.
+        assert!(
+            (1..=5).contains(&starts),
+            "{command}: {starts} of 3000 started"
+        );
+    }
+    assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(100));
+}

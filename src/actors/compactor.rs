@@ -13,22 +13,24 @@ use actix::prelude::*;
 
 use crate::actors::messages::{Compact, SegmentSealed};
 use crate::actors::wal::WalShared;
-use crate::background;
+use crate::background::Jobs;
 use crate::compaction::{compact, CompactionReport};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Starts compactions, by itself and on request.
 pub struct CompactorActor {
     shared: Arc<WalShared>,
+    jobs: Arc<Jobs>,
     /// Records sealed since the last automatic check.
     sealed_since_check: u64,
     running: bool,
 }
 
 impl CompactorActor {
-    pub(crate) fn new(shared: Arc<WalShared>) -> CompactorActor {
+    pub(crate) fn new(shared: Arc<WalShared>, jobs: Arc<Jobs>) -> CompactorActor {
         CompactorActor {
             shared,
+            jobs,
             sealed_since_check: 0,
             running: false,
         }
@@ -40,12 +42,13 @@ impl CompactorActor {
         automatic: bool,
     ) -> impl Future<Output = Result<Option<CompactionReport>>> + 'static {
         let shared = Arc::clone(&self.shared);
+        let jobs = Arc::clone(&self.jobs);
         async move {
             let _running = Running::mark(&shared.counters.compacting);
             let started = Instant::now();
             let outcome = {
                 let shared = Arc::clone(&shared);
-                background::run("concordkv-compact", move || {
+                jobs.run("concordkv-compact", move || {
                     let _maintenance = shared.maintenance();
                     compact(
                         shared.fs.as_ref(),
@@ -104,8 +107,11 @@ impl Handler<SegmentSealed> for CompactorActor {
         self.running = true;
         ctx.spawn(self.run(true).into_actor(self).map(|outcome, act, _| {
             act.running = false;
-            if let Err(e) = outcome {
-                tracing::error!(%e, "automatic compaction failed; the sealed segments stay in use");
+            match outcome {
+                // Shutdown refuses new maintenance jobs: nothing failed.
+                Err(Error::ShutDown) => tracing::debug!("automatic compaction skipped: shutting down"),
+                Err(e) => tracing::error!(%e, "automatic compaction failed; the sealed segments stay in use"),
+                Ok(_) => {}
             }
         }));
     }

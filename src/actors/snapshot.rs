@@ -11,7 +11,7 @@ use actix::prelude::*;
 
 use crate::actors::messages::TakeSnapshot;
 use crate::actors::wal::WalShared;
-use crate::background;
+use crate::background::Jobs;
 use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::snapshot::take_snapshot;
@@ -19,11 +19,12 @@ use crate::snapshot::take_snapshot;
 /// Takes snapshots for the store.
 pub struct SnapshotActor {
     shared: Arc<WalShared>,
+    jobs: Arc<Jobs>,
 }
 
 impl SnapshotActor {
-    pub(crate) fn new(shared: Arc<WalShared>) -> SnapshotActor {
-        SnapshotActor { shared }
+    pub(crate) fn new(shared: Arc<WalShared>, jobs: Arc<Jobs>) -> SnapshotActor {
+        SnapshotActor { shared, jobs }
     }
 }
 
@@ -40,7 +41,7 @@ impl Handler<TakeSnapshot> for SnapshotActor {
         let latencies = Arc::clone(&self.shared.latencies);
         let kind = msg.kind;
         let started = Instant::now();
-        let work = background::run("concordkv-snapshot", move || {
+        let work = self.jobs.run("concordkv-snapshot", move || {
             let _maintenance = shared.maintenance();
             take_snapshot(
                 shared.fs.as_ref(),

@@ -23,6 +23,7 @@ use crate::actors::rotator::RotatorActor;
 use crate::actors::snapshot::SnapshotActor;
 use crate::actors::sync_timer::SyncTimerActor;
 use crate::actors::wal::{open_log, DeathNotice, WalActor, WalShared, WalStart};
+use crate::background::Jobs;
 use crate::error::{Error, Result};
 use crate::fs::DirLock;
 use crate::inbox::Closed;
@@ -48,6 +49,8 @@ pub struct StoreSupervisor {
     generation: u64,
     /// Released only once every writer is gone.
     lock: Arc<Mutex<Option<DirLock>>>,
+    /// Snapshot and compaction threads; shutdown waits for them.
+    jobs: Arc<Jobs>,
 }
 
 impl StoreSupervisor {
@@ -57,6 +60,7 @@ impl StoreSupervisor {
         shared: Arc<WalShared>,
         start: WalStart,
         lock: DirLock,
+        jobs: Arc<Jobs>,
     ) -> (
         Addr<StoreSupervisor>,
         Addr<SnapshotActor>,
@@ -74,12 +78,14 @@ impl StoreSupervisor {
                 RotatorActor::new(rotator_shared)
             });
             let snapshot_shared = Arc::clone(&shared);
+            let snapshot_jobs = Arc::clone(&jobs);
             let snapshots = SnapshotActor::start_in_arbiter(&arbiter, move |_| {
-                SnapshotActor::new(snapshot_shared)
+                SnapshotActor::new(snapshot_shared, snapshot_jobs)
             });
             let compactor_shared = Arc::clone(&shared);
+            let compactor_jobs = Arc::clone(&jobs);
             let compactor = CompactorActor::start_in_arbiter(&arbiter, move |_| {
-                CompactorActor::new(compactor_shared)
+                CompactorActor::new(compactor_shared, compactor_jobs)
             });
             let metrics_shared = Arc::clone(&shared);
             let metrics = MetricsActor::start_in_arbiter(&arbiter, move |_| {
@@ -99,6 +105,7 @@ impl StoreSupervisor {
                 timer: None,
                 generation: 0,
                 lock: Arc::new(Mutex::new(Some(lock))),
+                jobs,
             };
             supervisor.start_wal(ctx, start);
             supervisor
@@ -213,6 +220,7 @@ impl Handler<Shutdown> for StoreSupervisor {
         let arbiter = self.own_arbiter.take();
         let shared = Arc::clone(&self.shared);
         let lock = Arc::clone(&self.lock);
+        let jobs = Arc::clone(&self.jobs);
         let restarting = self.restarting.take();
         Box::pin(
             async move {
@@ -226,6 +234,10 @@ impl Handler<Shutdown> for StoreSupervisor {
                 // raced in before it, then stop the threads and release the directory.
                 shared.inbox.close_and_fail(Closed::ShutDown);
                 let finished = actix_rt::task::spawn_blocking(move || {
+                    // A snapshot or compaction still writing into the
+                    // directory ends before anything it uses is closed and
+                    // before another process can take the directory.
+                    jobs.close_and_wait();
                     shared.worker.stop();
                     shared.manifest.close();
                     if let Some(arbiter) = arbiter {

@@ -1,55 +1,131 @@
 //! One client connection: read whatever arrived, run every complete request
-//! in it, then answer them all in order with one write.
+//! in it, then answer them all in order with one write (or one per
+//! [`FLUSH_BYTES`] of replies, so a client that does not read its replies
+//! holds little of the server's memory).
 //!
 //! Writes in a pipeline are all submitted before the first is awaited, so a
 //! client that pipelines N writes has them all in one group commit instead
 //! of paying N syncs; the replies still go out in request order.
+//!
+//! A connection is closed at once when it speaks HTTP (see
+//! [`cross_protocol`]), when it sends no complete request for
+//! `server.idle_timeout_ms`, when a request takes longer than
+//! `server.request_timeout_ms` to arrive, or when its buffers are the
+//! largest while all clients' together exceed their cap (see [`clients`]).
+//!
+//! [`cross_protocol`]: crate::server::cross_protocol
+//! [`clients`]: crate::server::clients
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use redis_protocol::resp2::encode::extend_encode;
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
+use crate::config::{Secret, ServerConfig};
+use crate::server::auth;
+use crate::server::clients::ClientSlot;
 use crate::server::cmd::{self, error, Reply};
+use crate::server::cross_protocol::looks_like_http;
 use crate::server::db::Db;
-use crate::server::request::parse_request;
+use crate::server::request::RequestParser;
 
 /// Bytes read from the socket at a time (grown when a request is larger).
 const READ_CHUNK: usize = 16 * 1024;
+/// Replies are written out once they fill this much: a few bytes of
+/// pipelined GETs of a large value must not become gigabytes of encoded
+/// replies held at once for a client that does not read them.
+const FLUSH_BYTES: usize = 64 * 1024;
 
-/// Serves one connection until the client leaves, sends `QUIT`, or breaks
-/// the protocol.
+/// What every connection is served with, from `[server]`.
+pub struct ConnectionSettings {
+    pub max_request_bytes: usize,
+    pub password: Secret,
+    /// Longest time without a complete request.
+    pub idle_timeout: Option<Duration>,
+    /// Longest time a request may take to arrive once it has begun.
+    pub request_timeout: Option<Duration>,
+}
+
+impl ConnectionSettings {
+    /// The settings `[server]` describes (a timeout of 0 is none).
+    pub fn new(config: &ServerConfig) -> ConnectionSettings {
+        let timeout = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        ConnectionSettings {
+            max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
+            password: config.requirepass.clone(),
+            idle_timeout: timeout(config.idle_timeout_ms),
+            request_timeout: timeout(config.request_timeout_ms),
+        }
+    }
+}
+
+/// Serves one connection until the client leaves, sends `QUIT`, breaks the
+/// protocol, times out, or is disconnected to bring the buffers under their cap.
 pub async fn serve_connection(
     mut socket: TcpStream,
+    peer: SocketAddr,
     db: Arc<Db>,
-    max_request_bytes: usize,
+    settings: Arc<ConnectionSettings>,
+    slot: ClientSlot,
 ) -> std::io::Result<()> {
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
+    let mut parser = RequestParser::new(settings.max_request_bytes);
     let mut replies: Vec<Reply> = Vec::new();
+    let mut authenticated = settings.password.is_empty();
+    let mut first_request = true;
+    let mut last_request = Instant::now();
+    // When the incomplete request at the front of `input` began to arrive.
+    let mut request_began: Option<Instant> = None;
     loop {
         let mut closing = false;
+        let mut completed = false;
         loop {
-            match parse_request(&mut input, max_request_bytes) {
-                Ok(Some(args)) if args.is_empty() => {}
-                Ok(Some(args)) => {
-                    let reply = cmd::execute(args, &db);
-                    closing = matches!(reply, Reply::Close(_));
-                    replies.push(reply);
-                    if closing {
-                        break;
-                    }
-                }
+            let request = match parser.parse(&mut input) {
+                Ok(Some(request)) => request,
                 Ok(None) => break,
                 Err(e) => {
                     replies.push(Reply::Close(error(e.to_string())));
                     closing = true;
                     break;
                 }
+            };
+            completed = true;
+            let Some(command) = request.args.first() else {
+                continue;
+            };
+            let first_inline = std::mem::take(&mut first_request) && request.inline;
+            if looks_like_http(&request.args, first_inline) {
+                tracing::warn!(
+                    %peer,
+                    "possible cross-protocol attack: the client sent HTTP to the RESP port; \
+                     connection closed before running anything it sent after it"
+                );
+                return Ok(());
             }
+            let reply = if command.eq_ignore_ascii_case(b"AUTH") {
+                let (reply, now_authenticated) = auth::auth(&settings.password, &request.args[1..]);
+                authenticated |= now_authenticated;
+                Reply::Now(reply)
+            } else if !authenticated && !auth::allowed_before_auth(command) {
+                Reply::Now(auth::noauth())
+            } else {
+                cmd::execute(request.args, &db)
+            };
+            closing = matches!(reply, Reply::Close(_));
+            replies.push(reply);
+            if closing {
+                break;
+            }
+        }
+        if completed {
+            last_request = Instant::now();
         }
         for reply in replies.drain(..) {
             let frame = match reply {
@@ -61,18 +137,85 @@ pub async fn serve_connection(
                 Reply::Wait(work) => work.await,
             };
             encode(&mut output, &frame);
+            if output.len() >= FLUSH_BYTES
+                && !flush(&mut socket, &mut output, &slot, &input).await?
+            {
+                return Ok(());
+            }
         }
-        if !output.is_empty() {
-            socket.write_all(&output).await?;
-            output.clear();
+        if !flush(&mut socket, &mut output, &slot, &input).await? {
+            return Ok(());
         }
         if closing {
             return socket.shutdown().await;
         }
+        request_began = match request_began {
+            _ if input.is_empty() => None,
+            Some(began) if !completed => Some(began),
+            _ => Some(Instant::now()),
+        };
+        slot.set_buffered(input.len());
+        let deadline = [
+            settings.idle_timeout.map(|t| (last_request + t, "idle")),
+            settings
+                .request_timeout
+                .zip(request_began)
+                .map(|(t, began)| (began + t, "request")),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by_key(|(at, _)| *at);
         input.reserve(READ_CHUNK);
-        if socket.read_buf(&mut input).await? == 0 {
+        let read = tokio::select! {
+            read = socket.read_buf(&mut input) => read?,
+            () = slot.evicted() => return Ok(()),
+            why = expire(deadline) => {
+                match why {
+                    "idle" => tracing::debug!(%peer, "closing a client idle for server.idle_timeout_ms"),
+                    _ => tracing::info!(
+                        %peer,
+                        bytes = input.len(),
+                        "closing a client whose request took longer than server.request_timeout_ms"
+                    ),
+                }
+                return Ok(());
+            }
+        };
+        if read == 0 {
             return Ok(());
         }
+        slot.set_buffered(input.len());
+    }
+}
+
+/// Writes out and clears `output`; `false` if the client was disconnected
+/// meanwhile to bring all buffers under their cap.
+async fn flush(
+    socket: &mut TcpStream,
+    output: &mut BytesMut,
+    slot: &ClientSlot,
+    input: &BytesMut,
+) -> std::io::Result<bool> {
+    if output.is_empty() {
+        return Ok(true);
+    }
+    slot.set_buffered(input.len() + output.len());
+    tokio::select! {
+        written = socket.write_all(output) => written?,
+        () = slot.evicted() => return Ok(false),
+    }
+    output.clear();
+    Ok(true)
+}
+
+/// Resolves with the deadline's name when it passes; never without one.
+async fn expire(deadline: Option<(Instant, &'static str)>) -> &'static str {
+    match deadline {
+        Some((at, why)) => {
+            tokio::time::sleep_until(at).await;
+            why
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -4,24 +4,33 @@
 //! `wal.dedicated_writer_thread` gives the writer its own), like Redis's
 //! single event loop; `fdatasync` runs on the sync thread, so parsing and
 //! writing go on while a sync is in flight. Connections beyond
-//! `server.max_clients` are told so and closed. SIGINT or SIGTERM stops
-//! accepting, drains and syncs every acknowledged write, and returns.
+//! `server.max_clients` are told so and closed, and so are clients from
+//! other hosts while protected mode is on (see [`protected_mode`]). SIGINT
+//! or SIGTERM stops accepting, drains and syncs every acknowledged write,
+//! and returns.
 
+pub mod accept_backoff;
+pub mod auth;
+pub mod clients;
 pub mod cmd;
 pub mod connection;
+pub mod cross_protocol;
 pub mod db;
+pub mod protected_mode;
 pub mod request;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::Store;
+use accept_backoff::AcceptBackoff;
+use clients::Clients;
+use connection::ConnectionSettings;
 use db::Db;
 
 /// Opens the store, serves until SIGINT or SIGTERM, then shuts down cleanly.
@@ -33,9 +42,8 @@ pub async fn serve(config: Config) -> Result<()> {
             config.server.listen
         ))
     })?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| Error::io("listen on server.listen", addr.to_string(), e))?;
+    let listener =
+        listen(addr).map_err(|e| Error::io("listen on server.listen", addr.to_string(), e))?;
     let (store, recovery) = Store::open(config.clone()).await?;
     tracing::info!(
         records = recovery.records.len(),
@@ -48,10 +56,14 @@ pub async fn serve(config: Config) -> Result<()> {
     drop(recovery);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), sync_mode = %config.wal.sync_mode, "serving RESP");
 
-    let clients = Arc::new(AtomicUsize::new(0));
+    protected_mode::warn_if_exposed(&config.server, addr);
+    let clients = Clients::new(
+        usize::try_from(config.server.max_total_client_buffer_bytes).unwrap_or(usize::MAX),
+    );
     let max_clients = usize::try_from(config.server.max_clients).unwrap_or(usize::MAX);
     raise_open_file_limit(config.server.max_clients);
-    let max_request = usize::try_from(config.server.max_request_bytes).unwrap_or(usize::MAX);
+    let settings = Arc::new(ConnectionSettings::new(&config.server));
+    let mut backoff = AcceptBackoff::default();
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -61,13 +73,31 @@ pub async fn serve(config: Config) -> Result<()> {
                 let (mut socket, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // Out of descriptors and the like: refuse this one, keep serving.
-                        tracing::warn!(%e, "accept failed");
-                        continue;
+                        // Out of descriptors and the like: the connection
+                        // waits in the backlog, and retrying at once would
+                        // spin; pause, longer while it goes on.
+                        let (pause, first) = backoff.failed();
+                        if first {
+                            tracing::warn!(%e, "accept failed; retrying with growing pauses (up to 1 s) until it succeeds");
+                        }
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            () = tokio::time::sleep(pause) => continue,
+                        }
                     }
                 };
-                if clients.fetch_add(1, Ordering::Relaxed) >= max_clients {
-                    clients.fetch_sub(1, Ordering::Relaxed);
+                let failures = backoff.succeeded();
+                if failures > 0 {
+                    tracing::info!(failures, "accept works again");
+                }
+                if protected_mode::refuses(&config.server, peer.ip()) {
+                    tracing::warn!(%peer, "refused a client from another host: protected mode is on and no password is set");
+                    actix_rt::spawn(async move {
+                        let _ = socket.write_all(protected_mode::DENIED).await;
+                    });
+                    continue;
+                }
+                if clients.len() >= max_clients {
                     actix_rt::spawn(async move {
                         let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
                     });
@@ -75,12 +105,12 @@ pub async fn serve(config: Config) -> Result<()> {
                 }
                 let _ = socket.set_nodelay(true);
                 let db = Arc::clone(&db);
-                let clients = Arc::clone(&clients);
+                let settings = Arc::clone(&settings);
+                let slot = clients.register(peer);
                 actix_rt::spawn(async move {
-                    if let Err(e) = connection::serve_connection(socket, db, max_request).await {
+                    if let Err(e) = connection::serve_connection(socket, peer, db, settings, slot).await {
                         tracing::debug!(%peer, %e, "connection ended with an error");
                     }
-                    clients.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         }
@@ -90,6 +120,23 @@ pub async fn serve(config: Config) -> Result<()> {
     store.shutdown().await?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Connections the kernel may hold for `accept` (capped by
+/// `net.core.somaxconn`). The default of 128 overflows when a burst of
+/// clients connects while the event loop is busy, and an overflowing
+/// handshake can end in a reset the client only sees on its first write.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Descriptors kept beyond one per client: data files, listeners, the log.

@@ -9,6 +9,8 @@
 //! checks every claimed length against the request limit before waiting
 //! for the bytes, and never allocates by a claimed size.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 
 /// Most arguments one request may claim (Redis's own limit).
@@ -23,97 +25,224 @@ const MAX_PREFIX_LINE: usize = 32;
 #[error("Protocol error: {0}")]
 pub struct ProtocolError(pub String);
 
-/// Takes one complete request off the front of `buf`, if there is one.
-/// `Ok(None)` means more bytes are needed; an empty argument list is a
-/// request with nothing to do (`*0\r\n`, an empty line).
-pub fn parse_request(
-    buf: &mut BytesMut,
+/// One complete request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The command and its arguments; empty for a request with nothing to
+    /// do (`*0\r\n`, an empty line).
+    pub args: Vec<Bytes>,
+    /// Whether it came as an inline line rather than a RESP array.
+    pub inline: bool,
+}
+
+/// Parses requests off a connection's input buffer, keeping its progress
+/// through a partial request between reads: a request that arrives in many
+/// small pieces costs what it would in one, never a re-parse from its start.
+///
+/// Between calls the caller may only append to the buffer; the parser takes
+/// each complete request off its front.
+#[derive(Debug)]
+pub struct RequestParser {
     max_request_bytes: usize,
-) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    if buf.is_empty() {
-        return Ok(None);
+    progress: Progress,
+    /// Bytes examined so far (prefix lines, terminators, inline lines): the
+    /// arguments' data is never looked at, and nothing is looked at twice.
+    scanned: u64,
+}
+
+/// How far into the request at the front of the buffer the parser is.
+#[derive(Debug, Default)]
+enum Progress {
+    /// Nothing of the next request seen yet.
+    #[default]
+    Start,
+    /// An inline line; its first `searched` bytes hold no newline.
+    Inline { searched: usize },
+    /// A RESP array of bulk strings.
+    Multibulk(Multibulk),
+}
+
+#[derive(Debug)]
+struct Multibulk {
+    /// Arguments claimed by the `*` line (0 until that line is complete).
+    count: usize,
+    /// Where the next unparsed byte is.
+    at: usize,
+    /// Bytes of the line at `at` already searched for its CR.
+    line_searched: usize,
+    /// The argument whose data is awaited: its span in the buffer.
+    bulk: Option<Range<usize>>,
+    /// Spans of the arguments complete so far.
+    spans: Vec<Range<usize>>,
+    /// Bytes the arguments claim together.
+    claimed: usize,
+}
+
+impl RequestParser {
+    /// A parser refusing requests that claim more than `max_request_bytes`.
+    pub fn new(max_request_bytes: usize) -> RequestParser {
+        RequestParser {
+            max_request_bytes,
+            progress: Progress::Start,
+            scanned: 0,
+        }
     }
-    if buf[0] == b'*' {
-        parse_multibulk(buf, max_request_bytes)
-    } else {
-        parse_inline(buf)
+
+    /// Bytes examined since the parser was made.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
+    }
+
+    /// Takes one complete request off the front of `buf`, if there is one.
+    /// `Ok(None)` means more bytes are needed. After an error the
+    /// connection must be closed: the parser's state is not meaningful.
+    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        if let Progress::Start = self.progress {
+            match buf.first() {
+                None => return Ok(None),
+                Some(b'*') => {
+                    self.scanned += 1;
+                    self.progress = Progress::Multibulk(Multibulk {
+                        count: 0,
+                        at: 0,
+                        line_searched: 0,
+                        bulk: None,
+                        spans: Vec::new(),
+                        claimed: 0,
+                    })
+                }
+                Some(_) => self.progress = Progress::Inline { searched: 0 },
+            }
+        }
+        let parsed = match &mut self.progress {
+            Progress::Start => unreachable!("set above"),
+            Progress::Inline { searched } => parse_inline(buf, searched, &mut self.scanned),
+            Progress::Multibulk(state) => {
+                parse_multibulk(buf, state, self.max_request_bytes, &mut self.scanned)
+            }
+        };
+        if !matches!(parsed, Ok(None)) {
+            self.progress = Progress::Start;
+        }
+        parsed
     }
 }
 
 fn parse_multibulk(
     buf: &mut BytesMut,
+    state: &mut Multibulk,
     max_request_bytes: usize,
-) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let Some((count, mut at)) = read_prefix(buf, 0, b'*')? else {
-        return Ok(None);
-    };
-    if count > MAX_ARGS {
-        return Err(ProtocolError("invalid multibulk length".into()));
-    }
-    if count <= 0 {
-        let _ = buf.split_to(at);
-        return Ok(Some(Vec::new()));
-    }
-    let mut spans = Vec::with_capacity((count as usize).min(64));
-    let mut claimed = 0usize;
-    for _ in 0..count {
-        if at >= buf.len() {
-            return Ok(None);
-        }
-        if buf[at] != b'$' {
-            return Err(ProtocolError(format!(
-                "expected '$', got '{}'",
-                char::from(buf[at]).escape_default()
-            )));
-        }
-        let Some((len, data_at)) = read_prefix(buf, at, b'$')? else {
+    scanned: &mut u64,
+) -> Result<Option<Request>, ProtocolError> {
+    if state.at == 0 {
+        let Some((count, at)) = read_prefix(buf, 0, &mut state.line_searched, scanned)? else {
             return Ok(None);
         };
-        let len = usize::try_from(len).map_err(|_| ProtocolError("invalid bulk length".into()))?;
-        claimed = claimed.saturating_add(len);
-        if len > max_request_bytes || claimed > max_request_bytes {
-            return Err(ProtocolError(format!(
-                "request larger than server.max_request_bytes ({max_request_bytes})"
-            )));
+        if count > MAX_ARGS {
+            return Err(ProtocolError("invalid multibulk length".into()));
         }
-        let end = data_at + len;
-        if buf.len() < end + 2 {
+        if count <= 0 {
+            let _ = buf.split_to(at);
+            return Ok(Some(Request {
+                args: Vec::new(),
+                inline: false,
+            }));
+        }
+        state.count = count as usize;
+        state.at = at;
+        state.spans.reserve(state.count.min(64));
+    }
+    while state.spans.len() < state.count {
+        let span = match state.bulk.clone() {
+            Some(span) => span,
+            None => {
+                let Some(&marker) = buf.get(state.at) else {
+                    return Ok(None);
+                };
+                // Checked when the line starts, not again while it arrives.
+                if state.line_searched == 0 {
+                    *scanned += 1;
+                    if marker != b'$' {
+                        return Err(ProtocolError(format!(
+                            "expected '$', got '{}'",
+                            char::from(marker).escape_default()
+                        )));
+                    }
+                }
+                let Some((len, data_at)) =
+                    read_prefix(buf, state.at, &mut state.line_searched, scanned)?
+                else {
+                    return Ok(None);
+                };
+                let len = usize::try_from(len)
+                    .map_err(|_| ProtocolError("invalid bulk length".into()))?;
+                state.claimed = state.claimed.saturating_add(len);
+                if len > max_request_bytes || state.claimed > max_request_bytes {
+                    return Err(ProtocolError(format!(
+                        "request larger than server.max_request_bytes ({max_request_bytes})"
+                    )));
+                }
+                let span = data_at..data_at + len;
+                state.bulk = Some(span.clone());
+                span
+            }
+        };
+        if buf.len() < span.end + 2 {
             return Ok(None);
         }
-        if &buf[end..end + 2] != b"\r\n" {
+        *scanned += 2;
+        if &buf[span.end..span.end + 2] != b"\r\n" {
             return Err(ProtocolError("bulk string not terminated by CRLF".into()));
         }
-        spans.push(data_at..end);
-        at = end + 2;
+        state.at = span.end + 2;
+        state.bulk = None;
+        state.spans.push(span);
     }
-    let request = buf.split_to(at).freeze();
-    Ok(Some(
-        spans.into_iter().map(|span| request.slice(span)).collect(),
-    ))
+    let request = buf.split_to(state.at).freeze();
+    Ok(Some(Request {
+        args: state
+            .spans
+            .drain(..)
+            .map(|span| request.slice(span))
+            .collect(),
+        inline: false,
+    }))
 }
 
-/// Reads `<marker><integer>\r\n` at `at`; returns the integer and where the
-/// line ends, or `None` if the line is not complete yet.
+/// Reads `<marker><integer>\r\n` at `at`, resuming the search for its CR
+/// after the `searched` bytes already looked at; returns the integer and
+/// where the line ends, or `None` if the line is not complete yet.
 fn read_prefix(
     buf: &BytesMut,
     at: usize,
-    marker: u8,
+    searched: &mut usize,
+    scanned: &mut u64,
 ) -> Result<Option<(i64, usize)>, ProtocolError> {
-    debug_assert_eq!(buf[at], marker);
     let window = &buf[at..buf.len().min(at + MAX_PREFIX_LINE)];
-    let Some(cr) = window.iter().position(|b| *b == b'\r') else {
+    let from = (*searched).max(1).min(window.len());
+    let Some(cr) = window[from..]
+        .iter()
+        .position(|b| *b == b'\r')
+        .map(|p| from + p)
+    else {
+        *scanned += (window.len() - from) as u64;
+        *searched = window.len();
         return if window.len() == MAX_PREFIX_LINE {
             Err(ProtocolError("length prefix too long".into()))
         } else {
             Ok(None)
         };
     };
+    *scanned += (cr + 1 - from) as u64;
+    *searched = cr;
     if cr + 1 >= window.len() {
         return Ok(None);
     }
+    *scanned += 1;
     if window[cr + 1] != b'\n' {
         return Err(ProtocolError("length prefix not terminated by CRLF".into()));
     }
+    *searched = 0;
     let digits = std::str::from_utf8(&window[1..cr])
         .map_err(|_| ProtocolError("invalid length prefix".into()))?;
     let value: i64 = digits
@@ -122,15 +251,27 @@ fn read_prefix(
     Ok(Some((value, at + cr + 2)))
 }
 
-fn parse_inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+fn parse_inline(
+    buf: &mut BytesMut,
+    searched: &mut usize,
+    scanned: &mut u64,
+) -> Result<Option<Request>, ProtocolError> {
     let window = &buf[..buf.len().min(MAX_INLINE_BYTES)];
-    let Some(newline) = window.iter().position(|b| *b == b'\n') else {
+    let from = (*searched).min(window.len());
+    let Some(newline) = window[from..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map(|p| from + p)
+    else {
+        *scanned += (window.len() - from) as u64;
+        *searched = window.len();
         return if window.len() == MAX_INLINE_BYTES {
             Err(ProtocolError("too big inline request".into()))
         } else {
             Ok(None)
         };
     };
+    *scanned += (newline + 1 - from) as u64;
     let line = buf.split_to(newline + 1).freeze();
     let text = line.slice(..newline);
     let mut args = Vec::new();
@@ -148,7 +289,7 @@ fn parse_inline(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError>
     if let Some(s) = start {
         args.push(text.slice(s..));
     }
-    Ok(Some(args))
+    Ok(Some(Request { args, inline: true }))
 }
 
 #[cfg(test)]
@@ -157,11 +298,16 @@ mod tests {
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
         let mut buf = BytesMut::from(input);
+        let mut parser = RequestParser::new(1 << 20);
         let mut out = Vec::new();
-        while let Some(args) = parse_request(&mut buf, 1 << 20)? {
-            out.push(args);
+        while let Some(request) = parser.parse(&mut buf)? {
+            out.push(request.args);
         }
         Ok(out)
+    }
+
+    fn parse_once(input: &[u8]) -> Result<Option<Request>, ProtocolError> {
+        RequestParser::new(1 << 20).parse(&mut BytesMut::from(input))
     }
 
     #[test]
@@ -182,29 +328,29 @@ mod tests {
     fn every_split_point_waits_for_more_bytes() {
         let full = b"*2\r\n$3\r\nGET\r\n$5\r\nhello\r\n";
         for cut in 0..full.len() {
+            let mut parser = RequestParser::new(1 << 20);
             let mut buf = BytesMut::from(&full[..cut]);
-            assert_eq!(parse_request(&mut buf, 1 << 20), Ok(None), "cut at {cut}");
+            assert_eq!(parser.parse(&mut buf), Ok(None), "cut at {cut}");
             assert_eq!(
                 buf.len(),
                 cut,
                 "nothing consumed from an incomplete request"
             );
+            buf.extend_from_slice(&full[cut..]);
+            let request = parser.parse(&mut buf).expect("valid").expect("complete");
+            assert_eq!(request.args, vec![Bytes::from("GET"), Bytes::from("hello")]);
+            assert!(buf.is_empty());
         }
     }
 
     #[test]
     fn claimed_sizes_over_the_limit_are_refused_before_the_data_arrives() {
-        let mut buf = BytesMut::from(&b"*1\r\n$999999999\r\n"[..]);
-        assert!(parse_request(&mut buf, 1 << 20).is_err());
-        let mut buf = BytesMut::from(&b"*2\r\n$600000\r\n"[..]);
+        assert!(parse_once(b"*1\r\n$999999999\r\n").is_err());
+        let mut buf = b"*2\r\n$600000\r\n".to_vec();
         buf.extend_from_slice(&vec![b'a'; 600_000]);
         buf.extend_from_slice(b"\r\n$600000\r\n");
-        assert!(
-            parse_request(&mut buf, 1 << 20).is_err(),
-            "the sum of the arguments counts"
-        );
-        let mut buf = BytesMut::from(&b"*99999999999\r\n"[..]);
-        assert!(parse_request(&mut buf, 1 << 20).is_err());
+        assert!(parse_once(&buf).is_err(), "the sum of the arguments counts");
+        assert!(parse_once(b"*99999999999\r\n").is_err());
     }
 
     #[test]
@@ -216,6 +362,66 @@ mod tests {
         let mut long = b"*1\r\n$".to_vec();
         long.extend(std::iter::repeat_n(b'1', 100));
         assert!(parse_all(&long).is_err());
+    }
+
+    /// A request of `args` arguments of a few bytes each, and its length.
+    fn many_args(args: usize) -> Vec<u8> {
+        let mut out = format!("*{args}\r\n").into_bytes();
+        for i in 0..args {
+            let arg = format!("a{}", i % 1000);
+            out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn a_request_fed_in_small_pieces_is_scanned_once() {
+        let full = many_args(20_000);
+        for piece in [1, 3, 7] {
+            let mut parser = RequestParser::new(1 << 20);
+            let mut buf = BytesMut::new();
+            let mut parsed = None;
+            for chunk in full.chunks(piece) {
+                buf.extend_from_slice(chunk);
+                if let Some(request) = parser.parse(&mut buf).expect("valid") {
+                    parsed = Some(request);
+                }
+            }
+            let request = parsed.expect("the whole request parsed");
+            assert_eq!(request.args.len(), 20_000);
+            assert_eq!(request.args[1234], Bytes::from("a234"));
+            assert!(buf.is_empty());
+            // Every byte of the prefixes and terminators at most once, the
+            // arguments' data not at all.
+            assert!(
+                parser.scanned() <= full.len() as u64,
+                "{} bytes examined for a {}-byte request fed {piece} at a time",
+                parser.scanned(),
+                full.len()
+            );
+        }
+    }
+
+    #[test]
+    fn an_inline_line_fed_byte_by_byte_is_scanned_once() {
+        let line = format!("{}\r\n", "x ".repeat(30_000));
+        let mut parser = RequestParser::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut parsed = None;
+        for b in line.as_bytes() {
+            buf.extend_from_slice(&[*b]);
+            if let Some(request) = parser.parse(&mut buf).expect("valid") {
+                parsed = Some(request);
+            }
+        }
+        let request = parsed.expect("parsed");
+        assert!(request.inline);
+        assert_eq!(request.args.len(), 30_000);
+        assert!(
+            parser.scanned() <= line.len() as u64,
+            "{}",
+            parser.scanned()
+        );
     }
 
     #[test]

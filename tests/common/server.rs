@@ -74,7 +74,14 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let BytesFrame::BulkString(info) = server.client().call(&["INFO", "server"]) else {
+        let mut probe = server.client();
+        let password = extra_env
+            .iter()
+            .find(|(k, _)| *k == "CONCORDKV__SERVER__REQUIREPASS");
+        if let Some((_, password)) = password {
+            probe.call(&["AUTH", password]);
+        }
+        let BytesFrame::BulkString(info) = probe.call(&["INFO", "server"]) else {
             return None;
         };
         let ours =

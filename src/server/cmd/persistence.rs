@@ -1,47 +1,52 @@
 //! Snapshots and compaction on request: `SAVE [FULL|INCREMENTAL]` waits for
 //! the snapshot, `BGSAVE [FULL|INCREMENTAL]` starts it and answers at once,
-//! `BGREWRITEAOF` starts a compaction of everything written so far.
+//! `BGREWRITEAOF` starts a compaction of everything written so far. One
+//! snapshot and one compaction run at a time (the store's single flight):
+//! asked for again meanwhile, they answer Redis's "already in progress"
+//! error and start nothing.
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use super::{error, ok, Reply};
+use crate::error::Error;
+use crate::format::snapshot::SnapshotKind;
 use crate::server::db::Db;
-use crate::store::Store;
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Full,
-    Incremental,
-}
-
-fn kind(arg: Option<&Bytes>) -> Option<Kind> {
+fn kind(arg: Option<&Bytes>) -> Option<SnapshotKind> {
     match arg
         .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
         .as_deref()
     {
-        None | Some("FULL") => Some(Kind::Full),
-        Some("INCREMENTAL") => Some(Kind::Incremental),
+        None | Some("FULL") => Some(SnapshotKind::Full),
+        Some("INCREMENTAL") => Some(SnapshotKind::Incremental),
         Some(_) => None,
     }
 }
 
-async fn snapshot(store: Store, kind: Kind) -> crate::error::Result<()> {
-    match kind {
-        Kind::Full => store.snapshot().await.map(drop),
-        Kind::Incremental => store.snapshot_incremental().await.map(drop),
-    }
+/// The reply to a refused start: Redis's text for a job already running.
+fn refused(e: Error, in_progress: &'static str) -> Reply {
+    Reply::Now(match e {
+        Error::InProgress(_) => BytesFrame::Error(in_progress.into()),
+        e => error(e.to_string()),
+    })
 }
+
+const SAVE_IN_PROGRESS: &str = "ERR Background save already in progress";
+const REWRITE_IN_PROGRESS: &str = "ERR Background append only file rewriting already in progress";
 
 /// `SAVE [FULL|INCREMENTAL]`.
 pub fn save(db: &Db, arg: Option<&Bytes>) -> Reply {
     let Some(kind) = kind(arg) else {
         return Reply::Now(error("syntax error: SAVE [FULL|INCREMENTAL]"));
     };
-    let store = db.store().clone();
+    let work = match db.store().begin_snapshot(kind) {
+        Ok(work) => work,
+        Err(e) => return refused(e, SAVE_IN_PROGRESS),
+    };
     Reply::Wait(Box::pin(async move {
-        match snapshot(store, kind).await {
-            Ok(()) => ok(),
+        match work.await {
+            Ok(_) => ok(),
             Err(e) => error(e.to_string()),
         }
     }))
@@ -52,9 +57,12 @@ pub fn bgsave(db: &Db, arg: Option<&Bytes>) -> Reply {
     let Some(kind) = kind(arg) else {
         return Reply::Now(error("syntax error: BGSAVE [FULL|INCREMENTAL]"));
     };
-    let store = db.store().clone();
+    let work = match db.store().begin_snapshot(kind) {
+        Ok(work) => work,
+        Err(e) => return refused(e, SAVE_IN_PROGRESS),
+    };
     actix_rt::spawn(async move {
-        if let Err(e) = snapshot(store, kind).await {
+        if let Err(e) = work.await {
             tracing::error!(%e, "background snapshot failed");
         }
     });
@@ -65,9 +73,12 @@ pub fn bgsave(db: &Db, arg: Option<&Bytes>) -> Reply {
 
 /// `BGREWRITEAOF`: compact the log in the background.
 pub fn bgrewriteaof(db: &Db) -> Reply {
-    let store = db.store().clone();
+    let work = match db.store().begin_compaction() {
+        Ok(work) => work,
+        Err(e) => return refused(e, REWRITE_IN_PROGRESS),
+    };
     actix_rt::spawn(async move {
-        if let Err(e) = store.compact().await {
+        if let Err(e) = work.await {
             tracing::error!(%e, "background compaction failed");
         }
     });
