@@ -19,8 +19,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 const RECORD_OVERHEAD_BYTES: u64 = 64;
 /// Slowest accepted maintenance rate (1 MiB/s).
 const MIN_MAINTENANCE_RATE: u64 = 1 << 20;
-/// The variable setting `server.requirepass`, read verbatim.
-const REQUIREPASS_ENV: &str = "CONCORDKV__SERVER__REQUIREPASS";
+
 /// Longest accepted client timeout (a week, in ms).
 const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Smallest accepted cap on all clients' buffers (1 MiB): below it a few
@@ -241,24 +240,18 @@ impl Config {
             }
             builder = builder.add_source(File::from(path).format(FileFormat::Toml));
         }
-        // Read as given: `try_parsing` would turn the password "000123" into 123.
-        let password = match &env {
-            Some(vars) => vars.get(REQUIREPASS_ENV).cloned(),
-            None => std::env::var(REQUIREPASS_ENV).ok(),
-        };
+        // Values stay text until a field asks for a number or a boolean
+        // (no `try_parsing`, which would turn the password or directory
+        // "000123" into the number 123).
         let environment = Environment::with_prefix("CONCORDKV")
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
             .source(env);
-        let mut config: Config = builder
+        let config: Config = builder
             .add_source(environment)
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Load(e.to_string()))?;
-        if let Some(password) = password {
-            config.server.requirepass = Secret::new(password);
-        }
         config.validate()?;
         Ok(config)
     }
@@ -585,6 +578,13 @@ mod tests {
                     .expect("env config loads");
             assert_eq!(c.server.requirepass.expose(), password, "kept as given");
         }
+        let digits = Config::load_with_env(None, env(&[("CONCORDKV__DATA_DIR", "000123")]))
+            .expect("env config loads");
+        assert_eq!(
+            digits.data_dir,
+            PathBuf::from("000123"),
+            "text settings are kept as given"
+        );
         assert!(!c.server.protected_mode);
         assert_eq!(c.server.idle_timeout_ms, 5000);
         assert!(
