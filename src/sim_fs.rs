@@ -168,7 +168,7 @@ impl DirChange {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Disk {
     inodes: HashMap<u64, Inode>,
     next_inode: u64,
@@ -185,6 +185,9 @@ struct Disk {
     cut_at_call: Option<u64>,
     /// How long each file sync takes (`None`: no time).
     sync_delay: Option<Duration>,
+    /// Whether a cut may write dirty pages back out of order (see the
+    /// module comment); kept across reboots.
+    reorder_writeback: bool,
     /// The disk as found after the cut.
     after_cut: Option<(Box<Disk>, CutReport)>,
     stats: SimStats,
@@ -222,6 +225,7 @@ impl SimFs {
             faults: Vec::new(),
             cut_at_call: None,
             sync_delay: None,
+            reorder_writeback: true,
             after_cut: None,
             stats: SimStats::default(),
             rng: StdRng::seed_from_u64(seed),
@@ -252,6 +256,39 @@ impl SimFs {
     /// (`None`: none), so that writes go on while a sync is in flight.
     pub fn slow_syncs(&self, delay: Option<Duration>) {
         self.disk().sync_delay = delay;
+    }
+
+    /// Whether power cuts may write dirty pages back out of order and tear
+    /// them by sector (the default), or keep only in-order prefixes; off,
+    /// a test can tell whether a failure needs reordering.
+    pub fn reorder_writeback(&self, enabled: bool) {
+        self.disk().reorder_writeback = enabled;
+    }
+
+    /// An independent copy of the disk as it is now: what happens to one
+    /// no longer shows on the other.
+    pub fn duplicate(&self) -> SimFs {
+        SimFs::from_disk(self.disk().clone())
+    }
+
+    /// Media damage: overwrites `bytes` at `offset` of the file at `path`,
+    /// in what reads see and in what survives a cut alike, as a bad sector
+    /// or a flipped bit on the device would (no call is counted).
+    pub fn damage(&self, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut disk = self.disk();
+        let inode = disk.inode_of(path)?;
+        let file = disk.file(inode)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(bytes.len());
+        if end > file.data.len() || end > file.durable.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "damage past the end of the file (simulated)",
+            ));
+        }
+        file.data[start..end].copy_from_slice(bytes);
+        file.durable[start..end].copy_from_slice(bytes);
+        Ok(())
     }
 
     /// Cuts the power when the `calls`-th call from now is made (that call
@@ -437,7 +474,7 @@ impl Disk {
                     report.torn_writes += 1;
                 }
             }
-            if self.rng.random_bool(0.5) {
+            if self.reorder_writeback && self.rng.random_bool(0.5) {
                 writeback_out_of_order(file, &mut data, &mut self.rng, &mut report);
             }
             inodes.insert(
@@ -462,6 +499,7 @@ impl Disk {
             faults: Vec::new(),
             cut_at_call: None,
             sync_delay: None,
+            reorder_writeback: self.reorder_writeback,
             after_cut: None,
             stats: SimStats::default(),
             rng: StdRng::seed_from_u64(0),
@@ -1013,5 +1051,22 @@ mod tests {
             later_write_lost,
             "a write made while the sync ran must not always be saved by it"
         );
+    }
+    #[test]
+    fn media_damage_hits_one_copy_durably() {
+        let fs = setup();
+        let file = synced_pages(&fs, 1, 7);
+        drop(file);
+        let copy = fs.duplicate();
+        copy.damage(&dir().join("a"), 10, &[0, 0]).expect("damage");
+        assert!(copy.damage(&dir().join("a"), PAGE - 1, &[0, 0]).is_err());
+        assert_eq!(
+            fs.read(&dir().join("a")).expect("read")[10],
+            7,
+            "the original is untouched"
+        );
+        let (after, _) = copy.reboot(0);
+        let data = after.read(&dir().join("a")).expect("read");
+        assert_eq!(&data[9..13], &[7, 0, 0, 7], "the damage is on the disk");
     }
 }
