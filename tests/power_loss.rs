@@ -19,6 +19,7 @@ fn random_power_cuts_keep_every_guarantee() {
             seed,
             cycles: CYCLES,
             ops_per_cycle: 120,
+            without: Vec::new(),
         })
         .unwrap_or_else(|failure| panic!("{failure}"));
         assert_eq!(report.cycles, CYCLES);
