@@ -1082,9 +1082,16 @@ async fn damaged_open(
         target.kind,
         config.wal.recovery_mode
     );
+    // A segment damaged down to nothing but zeros is what a segment prepared
+    // and never used looks like: recovery may retire it, and then only the
+    // gap it leaves (noticed in the next segment) or the model can tell.
+    let now_blank = target.kind.ends_with("segment")
+        && copy
+            .read(&target.path)
+            .is_ok_and(|b| b.iter().all(|x| *x == 0));
     let outcome = match Store::open_with_fs(config, Arc::new(copy.clone())).await {
         Err(Error::Corruption(corruption)) => {
-            if corruption.file != target.path {
+            if corruption.file != target.path && !now_blank {
                 return Err(format!(
                     "after {described}, the open failed naming another file: {corruption}"
                 ));
@@ -1099,13 +1106,6 @@ async fn damaged_open(
         Err(e) => return Err(format!("after {described}, the open failed: {e}")),
         Ok((store, recovery)) => {
             let skipped = recovery.skipped.iter().any(|c| c.file == target.path);
-            // A segment damaged down to nothing but zeros is what a segment
-            // prepared and never used looks like: recovery may retire it,
-            // and the model then says whether anything was lost.
-            let now_blank = target.kind.ends_with("segment")
-                && copy
-                    .read(&target.path)
-                    .is_ok_and(|b| b.iter().all(|x| *x == 0));
             let outcome = if skipped {
                 "skipped the region"
             } else if target.kind != "newest segment" && !now_blank {
