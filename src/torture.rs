@@ -883,10 +883,10 @@ async fn run_cycle(
     // sync interval and the cut can land while a sync lags: the loss bounds
     // are tested where they matter.
     let mut cutter = None;
-    let pause = if opts.injects(FaultKind::SlowSyncs) && rng.random_bool(0.15) {
+    let pause = if opts.injects(FaultKind::SlowSyncs) && rng.random_bool(0.1) {
         report.slow_sync_cycles += 1;
         fs.slow_syncs(Some(Duration::from_millis(rng.random_range(5..=30))));
-        let at = Duration::from_millis(rng.random_range(1..=60));
+        let at = Duration::from_millis(rng.random_range(1..=50));
         let fs = fs.clone();
         cutter = Some(actix_rt::spawn(async move {
             actix_rt::time::sleep(at).await;
@@ -911,6 +911,9 @@ async fn run_cycle(
             (store.clone(), Rc::clone(&submitted), Rc::clone(&refused));
         let quota = ops / writers + usize::from(writer < ops % writers);
         tasks.push(actix_rt::spawn(async move {
+            // No more pauses once the log refuses appends (the power is
+            // out): they would only stretch the run.
+            let mut pause = pause;
             for _ in 0..quota {
                 if let Some(max_micros) = pause {
                     let micros = maker.rng.random_range(0..=max_micros);
@@ -925,6 +928,8 @@ async fn run_cycle(
                     Err(e) => {
                         if matches!(e, Error::InvalidRequest(_)) {
                             *refused.borrow_mut() += 1;
+                        } else {
+                            pause = None;
                         }
                         continue;
                     }
@@ -939,10 +944,13 @@ async fn run_cycle(
                     });
                     list.len() - 1
                 };
-                if let Ok(seq) = pending.await {
-                    let mut list = submitted.borrow_mut();
-                    list[index].acked = Some(seq);
-                    list[index].acked_at = Some(Instant::now());
+                match pending.await {
+                    Ok(seq) => {
+                        let mut list = submitted.borrow_mut();
+                        list[index].acked = Some(seq);
+                        list[index].acked_at = Some(Instant::now());
+                    }
+                    Err(_) => pause = None,
                 }
             }
         }));
