@@ -251,8 +251,8 @@ impl Config {
             "wal.max_segment_bytes",
             self.wal.max_segment_bytes,
             4096,
-            1 << 32,
-            "4096 to 4294967296",
+            1 << 31,
+            "4096 to 2147483648",
         )?;
         check_range(
             "compaction.threshold",

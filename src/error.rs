@@ -40,6 +40,11 @@ pub enum Error {
     #[error("the WAL actor stopped before acknowledging this request; it was restarted, retry the request")]
     ActorDied,
 
+    /// The data directory cannot be trusted before the machine restarts: a
+    /// sync of it failed earlier in this boot (see `SYNC_FAILED`).
+    #[error("{0}")]
+    Untrusted(String),
+
     /// The store is shutting down or was shut down.
     #[error("the store is shut down")]
     ShutDown,

@@ -12,7 +12,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::format::record::{read_frame, Frame, FRAME_HEADER_BYTES};
+use crate::format::record::{read_frame_at, Frame, Layout};
 use crate::fs::FileSystem;
 
 /// Bytes read from the file at a time.
@@ -33,6 +33,7 @@ pub(crate) struct FrameReader<'a> {
     base: u64,
     at_eof: bool,
     max_payload: usize,
+    layout: Layout,
 }
 
 impl<'a> FrameReader<'a> {
@@ -54,7 +55,14 @@ impl<'a> FrameReader<'a> {
             base: 0,
             at_eof: false,
             max_payload,
+            layout: Layout::Plain,
         }
+    }
+
+    /// Reads the frames from here on in `layout` (a segment's, once its
+    /// header has been read); plain until then.
+    pub fn set_layout(&mut self, layout: Layout) {
+        self.layout = layout;
     }
 
     /// The file offset of the next unconsumed byte.
@@ -78,16 +86,20 @@ impl<'a> FrameReader<'a> {
     /// The frame at the current offset; [`FrameReader::consume`] its size to
     /// move past it. At the end of the file: `Frame::Unwritten`.
     pub fn frame(&mut self) -> io::Result<Frame<'_>> {
-        self.fill(FRAME_HEADER_BYTES)?;
+        let header_bytes = self.layout.header_bytes();
+        self.fill(header_bytes)?;
         let rest = &self.buf[self.start..self.end];
-        if rest.len() >= FRAME_HEADER_BYTES {
+        if rest.len() >= header_bytes {
             let payload = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
             if payload <= self.max_payload {
-                self.fill(FRAME_HEADER_BYTES + payload)?;
+                self.fill(header_bytes + payload)?;
             }
         }
-        Ok(read_frame(
+        let offset = self.offset();
+        Ok(read_frame_at(
             &self.buf[self.start..self.end],
+            self.layout,
+            offset,
             self.max_payload,
         ))
     }
@@ -202,7 +214,7 @@ mod tests {
         let fs = SimFs::new(1);
         let path = Path::new("/d/huge");
         fs.create_dir_all(Path::new("/d")).expect("dir");
-        let mut bytes = vec![0xff; FRAME_HEADER_BYTES];
+        let mut bytes = vec![0xff; crate::format::record::FRAME_HEADER_BYTES];
         bytes.extend_from_slice(&[1; 100]);
         file_of(&fs, path, &bytes);
 

@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 /// Data files are private to the owner.
 const FILE_MODE: u32 = 0o600;
+/// The file a store's directory lock is held on.
+pub const LOCK_FILE: &str = "LOCK";
+
 /// Data directories are private to the owner.
 const DIR_MODE: u32 = 0o700;
 
@@ -45,6 +48,8 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Takes the directory's exclusive lock, failing at once with
     /// `WouldBlock` if another holder exists.
     fn lock_dir(&self, dir: &Path) -> io::Result<DirLock>;
+    /// Names the running boot: what the page cache holds belongs to it.
+    fn boot_id(&self) -> io::Result<String>;
 }
 
 /// An open file the store writes at explicit offsets; shared between the
@@ -122,11 +127,31 @@ impl RealFile {
 }
 
 impl FileSystem for RealFs {
+    /// Creates the missing directories and makes each one's entry durable
+    /// in its parent: a new data directory whose name a power cut loses
+    /// would take everything acknowledged in it along.
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let missing: Vec<&Path> = path.ancestors().take_while(|dir| !dir.exists()).collect();
         fs::DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
-            .create(path)
+            .create(path)?;
+        for dir in missing.iter().rev() {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                self.sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn boot_id(&self) -> io::Result<String> {
+        // Linux names each boot; elsewhere no boot can be told from
+        // another, and a failed-sync marker stays until removed by hand.
+        match fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+            Ok(id) => Ok(id.trim().to_string()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok("unknown".to_string()),
+            Err(e) => Err(e),
+        }
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
@@ -193,7 +218,7 @@ impl FileSystem for RealFs {
 
     /// `flock` on the file `LOCK` in `dir`.
     fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
-        let path = dir.join("LOCK");
+        let path = dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .read(true)
             .write(true)

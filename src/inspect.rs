@@ -7,13 +7,12 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
 use crate::entry::Seq;
 use crate::error::{Corruption, Error, Result};
 use crate::format::all_zero;
 use crate::format::codec::decode_entry;
 use crate::format::manifest::{Manifest, MANIFEST_FILE};
-use crate::format::record::{read_frame, Frame};
+use crate::format::record::{read_frame_at, Frame, MAX_PAYLOAD_BYTES};
 use crate::format::segment::{
     parse_segment_file_name, segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
@@ -122,11 +121,10 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         }
     }
 
-    let config = Config::with_data_dir(dir);
     let mut buf = Vec::new();
     for header in &listed_snapshots {
         let path = snapshot_path(dir, header);
-        match read_snapshot(&fs, &path, header, &config, &mut buf, |_, _| {}) {
+        match read_snapshot(&fs, &path, header, &mut buf, |_, _| {}) {
             Ok(_) => found.snapshots.push(SnapshotReport {
                 header: *header,
                 bytes: fs.file_len(&path).unwrap_or(0),
@@ -137,7 +135,6 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         }
     }
 
-    let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
     let mut last_is_set: HashMap<Vec<u8>, bool> = HashMap::new();
     let mut expected: Option<Seq> = None;
     for &id in &listed_segments {
@@ -205,30 +202,31 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         }
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut next = header.first_seq;
+        let layout = header.layout();
         loop {
-            match read_frame(&bytes[offset..], max_payload) {
-                Frame::Record { seq, payload, size } if seq == next => {
-                    match decode_entry(payload) {
-                        Ok(entry) => {
-                            for op in entry.ops() {
-                                found.ops += 1;
-                                last_is_set.insert(
-                                    op.key().to_vec(),
-                                    matches!(op, crate::entry::Op::Set { .. }),
-                                );
-                            }
-                            report.seqs = Some((report.seqs.map_or(seq, |(first, _)| first), seq));
-                            report.records += 1;
-                            next += 1;
-                            offset += size;
+            match read_frame_at(&bytes[offset..], layout, offset as u64, MAX_PAYLOAD_BYTES) {
+                Frame::Record {
+                    seq, payload, size, ..
+                } if seq == next => match decode_entry(payload) {
+                    Ok(entry) => {
+                        for op in entry.ops() {
+                            found.ops += 1;
+                            last_is_set.insert(
+                                op.key().to_vec(),
+                                matches!(op, crate::entry::Op::Set { .. }),
+                            );
                         }
-                        Err(reason) => {
-                            found.damage.push(damage(&path, offset as u64, reason));
-                            report.state = "damaged";
-                            break;
-                        }
+                        report.seqs = Some((report.seqs.map_or(seq, |(first, _)| first), seq));
+                        report.records += 1;
+                        next += 1;
+                        offset += size;
                     }
-                }
+                    Err(reason) => {
+                        found.damage.push(damage(&path, offset as u64, reason));
+                        report.state = "damaged";
+                        break;
+                    }
+                },
                 Frame::Record { seq, .. } => {
                     found.damage.push(damage(
                         &path,

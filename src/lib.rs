@@ -43,6 +43,7 @@ pub mod sim_fs;
 mod snapshot;
 pub mod stats;
 pub mod store;
+mod sync_failure;
 mod sync_worker;
 pub mod torture;
 

@@ -16,7 +16,7 @@ use crate::crash::crash_point;
 use crate::error::{Corruption, Error, Result};
 use crate::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
 use crate::format::segment::{parse_segment_file_name, segment_path};
-use crate::format::snapshot::SnapshotHeader;
+use crate::format::snapshot::{is_snapshot_file_name, SnapshotHeader};
 use crate::fs::FileSystem;
 use crate::pacing::Pacer;
 use crate::segment::{prepare_file, Segment};
@@ -44,12 +44,14 @@ struct Live {
 }
 
 impl ManifestStore {
-    /// Reads `MANIFEST` in `dir`; a directory without one must hold no
-    /// segments (a new store), and gets an empty manifest written. Segments
-    /// a crash left half-prepared are removed here, once per open: later,
-    /// the rotator may be preparing one.
+    /// Reads `MANIFEST` in `dir`. A directory without one becomes a new
+    /// store only if it holds nothing but what a first open writes before
+    /// its manifest (`LOCK`, `MANIFEST.tmp`), as `initdb` insists on an
+    /// empty directory: anything else may be a store that lost its manifest
+    /// or somebody else's files, and is refused, never deleted. Segments a
+    /// crash left half-prepared are removed here, once per open: later, the
+    /// rotator may be preparing one.
     pub fn open(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<ManifestStore> {
-        remove_half_prepared(fs.as_ref(), dir)?;
         let path = dir.join(MANIFEST_FILE);
         let manifest = match fs.read(&path) {
             Ok(bytes) => Manifest::decode(&bytes).map_err(|e| {
@@ -60,13 +62,16 @@ impl ManifestStore {
                 })
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(segment) = segment_files(fs.as_ref(), dir)?.first() {
+                let foreign = foreign_files(fs.as_ref(), dir)?;
+                if !foreign.is_empty() {
                     return Err(Error::Corruption(Corruption {
                         file: path,
                         offset: 0,
                         reason: format!(
-                            "MANIFEST is missing but segment {} exists; refusing to guess which segments are live",
-                            segment.1.display()
+                            "no MANIFEST, but the directory is not empty ({}); a new store is \
+                             created only in an empty directory, and a store whose MANIFEST \
+                             is lost is not guessed at",
+                            foreign.join(", ")
                         ),
                     }));
                 }
@@ -81,6 +86,7 @@ impl ManifestStore {
             }
             Err(e) => return Err(Error::io("read manifest", path, e)),
         };
+        remove_half_prepared(fs.as_ref(), dir)?;
         Ok(ManifestStore {
             fs,
             dir: dir.to_path_buf(),
@@ -172,19 +178,19 @@ impl ManifestStore {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
+            // Only names the store itself gives files, exactly.
             let unlisted = match parse_segment_file_name(name) {
                 Some(id) => manifest.segments.binary_search(&id).is_err(),
                 None => {
                     name == MANIFEST_TEMP_FILE
-                        || name.ends_with(".snap.tmp")
-                        || (name.ends_with(".snap") && !listed_snapshots.iter().any(|l| l == name))
+                        || name.strip_suffix(".tmp").is_some_and(is_snapshot_file_name)
+                        || (is_snapshot_file_name(name)
+                            && !listed_snapshots.iter().any(|l| l == name))
                 }
             };
             if unlisted {
                 tracing::warn!(file = %path.display(), "removing a file the manifest does not list");
-                self.fs
-                    .remove(&path)
-                    .map_err(|e| Error::io("remove unlisted file", &path, e))?;
+                remove_if_present(self.fs.as_ref(), &path)?;
                 removed = true;
             }
         }
@@ -268,7 +274,8 @@ fn remove_half_prepared(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
         let half_prepared = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.ends_with(PREPARED_SEGMENT_SUFFIX));
+            .and_then(|n| n.strip_suffix(PREPARED_SEGMENT_SUFFIX))
+            .is_some_and(|stem| !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()));
         if half_prepared {
             tracing::warn!(file = %path.display(), "removing a segment left half-prepared");
             remove_if_present(fs, &path)?;
@@ -277,16 +284,21 @@ fn remove_half_prepared(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The segment files present in `dir`, by id.
-fn segment_files(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let mut files: Vec<(u64, PathBuf)> = fs
+/// What a first open writes before its manifest exists.
+const PRE_MANIFEST_FILES: [&str; 2] = [crate::fs::LOCK_FILE, MANIFEST_TEMP_FILE];
+
+/// The names in `dir` other than [`PRE_MANIFEST_FILES`], sorted.
+fn foreign_files(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = fs
         .list_dir(dir)
         .map_err(|e| Error::io("list data directory", dir, e))?
-        .into_iter()
-        .filter_map(|path| Some((parse_segment_file_name(path.file_name()?.to_str()?)?, path)))
+        .iter()
+        .filter_map(|path| path.file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| !PRE_MANIFEST_FILES.contains(&name.as_str()))
         .collect();
-    files.sort();
-    Ok(files)
+    names.sort();
+    Ok(names)
 }
 
 /// Removes a file that a manifest write just unlisted; already gone is fine

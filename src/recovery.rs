@@ -2,12 +2,16 @@
 //! frame, checksum and sequence number, and decide what damage means.
 //!
 //! Segments are preallocated with zeros and never reused, so an interrupted
-//! write can only leave, at the end of the newest segment, a partial frame,
-//! a checksum-failing frame, or zeros where a page never reached the disk.
-//! That is a *torn tail*: cut off and reported. Damage anywhere else, or
-//! damage followed by intact records with no lost (all-zero) sector between
-//! them, is corruption: the open fails naming file, offset and reason,
-//! unless `wal.recovery_mode` says otherwise.
+//! write can only leave, in the newest segment and past the last point a
+//! sync made durable, partial frames, checksum-failing frames, or zeros
+//! where pages never reached the disk, in any order. That is a *torn tail*:
+//! cut off and reported. Every format-2 frame carries the offset up to which
+//! its segment was durable when it was written, so damage below what any
+//! intact later frame attests is known to be damage, not a lost write. Damage
+//! anywhere else (a sealed segment, or attested data) is corruption: the open
+//! fails naming file, offset and reason, unless `wal.recovery_mode` says
+//! otherwise. Frames are judged by the format's own size limit, never by the
+//! current configuration's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,18 +22,14 @@ use crate::entry::{Op, Record, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::all_zero;
 use crate::format::codec::decode_entry;
-use crate::format::record::{read_frame, Frame, FRAME_HEADER_BYTES};
+use crate::format::record::{read_frame_at, Frame, Layout, MAX_PAYLOAD_BYTES};
 use crate::format::segment::{segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::FileSystem;
 use crate::manifest::ManifestStore;
 use crate::snapshot::load_base;
+use crate::sync_failure;
 
-/// Granularity of a lost write on the device: a sector. A whole zero sector
-/// inside a damaged span means data never reached the disk (a torn write),
-/// which bit rot cannot produce.
-const SECTOR_BYTES: usize = 512;
-/// Granularity of the page cache's writeback: a page that never reached the
-/// disk reads as zeros from where its unsynced part began to its end.
+/// A segment whose first page is zeros was prepared and never started.
 const PAGE_BYTES: usize = 4096;
 
 /// What recovery found and returned: the state the snapshot chain holds
@@ -111,6 +111,7 @@ pub(crate) fn recover(
 ) -> Result<RecoveredLog> {
     let started_at = Instant::now();
     let dir = config.data_dir.as_path();
+    sync_failure::check(fs, dir)?;
     manifest.remove_unlisted()?;
     let base = load_base(fs, config, &manifest.snapshots())?;
     let mut ids = manifest.segments();
@@ -159,10 +160,14 @@ pub(crate) fn recover(
                 // no intact record behind it. If one follows, the header was
                 // damaged after the fact and the segment holds real data:
                 // that is corruption, and nothing is deleted.
-                let max_payload =
-                    usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
-                let data_follows =
-                    find_intact_frame(&bytes, SEGMENT_HEADER_BYTES, 0, max_payload).is_some();
+                // Either format: the header that would say which is damaged.
+                let data_follows = [Layout::Segment { segment: id as u32 }, Layout::Plain]
+                    .into_iter()
+                    .any(|layout| {
+                        intact_after(&bytes, SEGMENT_HEADER_BYTES, layout, 0)
+                            .first
+                            .is_some()
+                    });
                 let torn_start =
                     newest && !data_follows && config.wal.recovery_mode != RecoveryMode::Absolute;
                 if !torn_start {
@@ -196,8 +201,12 @@ pub(crate) fn recover(
             ));
         }
         if let Some(expected) = expected {
-            if header.first_seq != expected && config.wal.recovery_mode != RecoveryMode::SkipCorrupt
-            {
+            // `skip_corrupt` may have lost records at the end of the previous
+            // segment, so a later start is a gap it reports; an earlier one
+            // would replay sequence numbers twice, which no mode accepts.
+            let gap_allowed = config.wal.recovery_mode == RecoveryMode::SkipCorrupt
+                && header.first_seq > expected;
+            if header.first_seq != expected && !gap_allowed {
                 return Err(corruption(
                     &path,
                     24,
@@ -208,14 +217,18 @@ pub(crate) fn recover(
                 ));
             }
         }
-        let scanned = scan_segment(
-            &path,
-            &bytes,
-            header.first_seq,
-            newest,
-            config,
-            &mut recovery,
-        )?;
+        if let Some(expected) = expected.filter(|e| header.first_seq > *e) {
+            recovery.skipped.push(Corruption {
+                file: path.clone(),
+                offset: 24,
+                reason: format!(
+                    "segment starts at sequence {}, the previous segment ends before {expected}: records {expected} to {} are missing",
+                    header.first_seq,
+                    header.first_seq - 1
+                ),
+            });
+        }
+        let scanned = scan_segment(&path, &bytes, &header, newest, config, &mut recovery)?;
         expected = Some(
             recovery
                 .records
@@ -224,7 +237,7 @@ pub(crate) fn recover(
         );
         recovery.segments += 1;
         if newest {
-            seal_newest(fs, &path, &bytes, scanned.logical_end)?;
+            seal_newest(fs, dir, &path, &bytes, scanned.logical_end)?;
             recovery.truncated = scanned.torn;
         }
     }
@@ -267,28 +280,29 @@ fn read_listed(
 fn scan_segment(
     path: &Path,
     bytes: &[u8],
-    first_seq: Seq,
+    header: &SegmentHeader,
     newest: bool,
     config: &Config,
     recovery: &mut Recovery,
 ) -> Result<Scanned> {
-    let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
     let mode = config.wal.recovery_mode;
+    let layout = header.layout();
     let mut offset = SEGMENT_HEADER_BYTES;
-    let mut expected = first_seq;
+    let mut expected = header.first_seq;
     loop {
-        let damage = match read_frame(&bytes[offset..], max_payload) {
-            Frame::Record { seq, payload, size } if seq == expected => {
-                match decode_entry(payload) {
-                    Ok(entry) => {
-                        recovery.records.push(Record { seq, entry });
-                        offset += size;
-                        expected += 1;
-                        continue;
-                    }
-                    Err(reason) => reason,
+        let damage = match read_frame_at(&bytes[offset..], layout, offset as u64, MAX_PAYLOAD_BYTES)
+        {
+            Frame::Record {
+                seq, payload, size, ..
+            } if seq == expected => match decode_entry(payload) {
+                Ok(entry) => {
+                    recovery.records.push(Record { seq, entry });
+                    offset += size;
+                    expected += 1;
+                    continue;
                 }
-            }
+                Err(reason) => reason,
+            },
             Frame::Record { seq, .. } => format!("sequence number {seq}, expected {expected}"),
             Frame::Unwritten if all_zero(&bytes[offset..]) => {
                 return Ok(Scanned {
@@ -300,14 +314,17 @@ fn scan_segment(
             Frame::Damaged(reason) => reason,
         };
 
-        let next_intact = find_intact_frame(bytes, offset + 1, expected, max_payload);
-        let torn = newest
-            && match next_intact {
-                None => true,
-                Some(next) => {
-                    has_zero_sector(bytes, offset, next) || lost_page_tail(bytes, offset, next)
-                }
-            };
+        let later = intact_after(bytes, offset + 1, layout, expected);
+        // Format 2: every frame says how far the segment was durable when
+        // it was written, so damage below what a later intact frame
+        // attests was on the disk already: it is not an interrupted write,
+        // whatever the bytes look like. Format 1 frames carry no such
+        // offset: any intact record after the damage makes it corruption.
+        let attested = match layout {
+            Layout::Segment { .. } => later.attested > offset as u64,
+            Layout::Plain => later.first.is_some(),
+        };
+        let torn = newest && !attested;
         match mode {
             RecoveryMode::TolerateTail | RecoveryMode::SkipCorrupt if torn => {
                 return Ok(Scanned {
@@ -326,10 +343,10 @@ fn scan_segment(
                     offset: offset as u64,
                     reason: damage,
                 });
-                match next_intact {
-                    Some(next) => {
+                match later.first {
+                    Some((next, seq)) => {
                         offset = next;
-                        expected = frame_seq(&bytes[next..]);
+                        expected = seq;
                     }
                     None => {
                         return Ok(Scanned {
@@ -340,13 +357,16 @@ fn scan_segment(
                 }
             }
             RecoveryMode::TolerateTail | RecoveryMode::Absolute => {
-                let reason = if newest
-                    && next_intact.is_some()
-                    && mode == RecoveryMode::TolerateTail
-                {
-                    format!("{damage}; intact records follow, so this is not an interrupted write")
-                } else {
-                    damage
+                let reason = match layout {
+                    _ if !newest || mode == RecoveryMode::Absolute => damage,
+                    Layout::Segment { .. } if attested => format!(
+                        "{damage}; a later record shows the segment was durable up to byte {}, so this is damage, not an interrupted write",
+                        later.attested
+                    ),
+                    Layout::Plain if attested => format!(
+                        "{damage}; intact records follow, so this is not an interrupted write"
+                    ),
+                    _ => damage,
                 };
                 return Err(corruption(path, offset as u64, reason));
             }
@@ -354,36 +374,46 @@ fn scan_segment(
     }
 }
 
-/// The first offset at or after `from` holding an intact frame with a
-/// sequence number of at least `min_seq`.
-fn find_intact_frame(bytes: &[u8], from: usize, min_seq: Seq, max_payload: usize) -> Option<usize> {
-    (from..bytes.len().saturating_sub(FRAME_HEADER_BYTES)).find(|&at| {
-        matches!(read_frame(&bytes[at..], max_payload),
-            Frame::Record { seq, payload, .. } if seq >= min_seq && decode_entry(payload).is_ok())
-    })
+/// What intact frames lie after a damaged one.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Later {
+    /// The first intact frame: its offset and sequence number.
+    first: Option<(usize, Seq)>,
+    /// The highest durable offset an intact frame carries (format 2).
+    attested: u64,
 }
 
-fn frame_seq(frame: &[u8]) -> Seq {
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&frame[8..16]);
-    Seq::from_le_bytes(seq)
-}
-
-/// Whether a whole, aligned, all-zero sector lies in `bytes[from..to]`.
-fn has_zero_sector(bytes: &[u8], from: usize, to: usize) -> bool {
-    let first = from.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
-    (first..to)
-        .step_by(SECTOR_BYTES)
-        .take_while(|start| start + SECTOR_BYTES <= to)
-        .any(|start| all_zero(&bytes[start..start + SECTOR_BYTES]))
-}
-
-/// Whether the bytes from `from` to the end of its page are all zeros, with
-/// the next intact record beyond that page: the page holding the start of
-/// the damage never reached the disk while a later one did.
-fn lost_page_tail(bytes: &[u8], from: usize, next: usize) -> bool {
-    let page_end = (from / PAGE_BYTES + 1) * PAGE_BYTES;
-    next >= page_end && all_zero(&bytes[from..page_end.min(bytes.len())])
+/// Finds the intact frames at or after `from` with a sequence number of at
+/// least `min_seq`. Intact frames are stepped over whole (a frame a value
+/// happens to contain is not looked at), anything else a byte at a time;
+/// runs of zeros are skipped at once, since no frame header is all zeros.
+fn intact_after(bytes: &[u8], from: usize, layout: Layout, min_seq: Seq) -> Later {
+    let header_bytes = layout.header_bytes();
+    let mut later = Later::default();
+    let mut at = from;
+    while at + header_bytes <= bytes.len() {
+        let Some(nonzero) = bytes[at..].iter().position(|b| *b != 0) else {
+            break;
+        };
+        at = (at + nonzero).saturating_sub(header_bytes - 1).max(at);
+        match read_frame_at(&bytes[at..], layout, at as u64, MAX_PAYLOAD_BYTES) {
+            Frame::Record {
+                seq,
+                payload,
+                size,
+                durable,
+            } if seq >= min_seq && decode_entry(payload).is_ok() => {
+                later.first.get_or_insert((at, seq));
+                later.attested = later.attested.max(durable);
+                if layout == Layout::Plain {
+                    break;
+                }
+                at += size;
+            }
+            _ => at += 1,
+        }
+    }
+    later
 }
 
 /// Bytes from `from` to the last non-zero byte of the file.
@@ -396,7 +426,18 @@ fn nonzero_extent(bytes: &[u8], from: usize) -> u64 {
 /// it can be sealed: the writer continues in a new segment, and data the
 /// page cache held but the disk may not (a previous writer's unsynced tail)
 /// is synced before anything after it is written.
-fn seal_newest(fs: &dyn FileSystem, path: &Path, bytes: &[u8], logical_end: usize) -> Result<()> {
+///
+/// If that sync fails, the page cache may show records the disk does not
+/// hold, and a second open in the same boot would get a successful sync of
+/// them (the error was already reported): the directory is marked so that
+/// no open trusts it again before a reboot.
+fn seal_newest(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+    logical_end: usize,
+) -> Result<()> {
     let file = fs
         .open_writable(path)
         .map_err(|e| Error::io("open newest segment", path, e))?;
@@ -404,8 +445,10 @@ fn seal_newest(fs: &dyn FileSystem, path: &Path, bytes: &[u8], logical_end: usiz
         file.set_len(logical_end as u64)
             .map_err(|e| Error::io("truncate newest segment", path, e))?;
     }
-    file.sync_all()
-        .map_err(|e| Error::io("sync newest segment", path, e))
+    file.sync_all().map_err(|e| {
+        sync_failure::mark(fs, dir, path, &e);
+        Error::io("sync newest segment", path, e)
+    })
 }
 
 fn corruption(path: &Path, offset: u64, reason: String) -> Error {
@@ -419,39 +462,6 @@ fn corruption(path: &Path, offset: u64, reason: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn zero_sector_detection_needs_a_whole_aligned_sector() {
-        let mut bytes = vec![1u8; 4096];
-        assert!(!has_zero_sector(&bytes, 0, 4096));
-        bytes[600..1024].fill(0);
-        assert!(
-            !has_zero_sector(&bytes, 0, 4096),
-            "a partial sector is not enough"
-        );
-        bytes[512..1024].fill(0);
-        assert!(has_zero_sector(&bytes, 0, 4096));
-        assert!(
-            !has_zero_sector(&bytes, 0, 1000),
-            "the sector must end inside the span"
-        );
-    }
-
-    #[test]
-    fn a_lost_page_tail_needs_zeros_to_the_page_end_and_data_beyond() {
-        let mut bytes = vec![1u8; 3 * PAGE_BYTES];
-        bytes[4000..PAGE_BYTES].fill(0);
-        assert!(lost_page_tail(&bytes, 4000, PAGE_BYTES + 100));
-        assert!(
-            !lost_page_tail(&bytes, 4000, 4090),
-            "the next record must lie beyond the page"
-        );
-        bytes[4050] = 7;
-        assert!(
-            !lost_page_tail(&bytes, 4000, PAGE_BYTES + 100),
-            "data inside the page is not a lost page"
-        );
-    }
 
     #[test]
     fn nonzero_extent_ignores_trailing_zeros() {

@@ -4,11 +4,12 @@
 //! actor.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use crate::entry::Seq;
 use crate::error::{Error, Result};
+use crate::format::record::Layout;
 use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::{FileSystem, WritableFile};
 use crate::pacing::Pacer;
@@ -27,6 +28,9 @@ pub(crate) struct Segment {
     pub offset: u64,
     /// Records written to it.
     pub records: u64,
+    /// The offset up to which a sync is known to have made the file
+    /// durable; the sync thread raises it, and every frame carries it.
+    pub durable: Arc<AtomicU64>,
 }
 
 /// Creates `temp` (replacing a leftover) preallocated to `size` bytes and
@@ -74,6 +78,11 @@ pub(crate) fn prepare_file(
 }
 
 impl Segment {
+    /// How this segment's frames are laid out: always the current format.
+    pub fn layout(&self) -> Layout {
+        SegmentHeader::new(self.id, 0).layout()
+    }
+
     /// Renames a prepared file to segment `id` in `dir` and makes the name
     /// durable.
     pub fn install(
@@ -94,16 +103,14 @@ impl Segment {
             file,
             offset: 0,
             records: 0,
+            durable: Arc::new(AtomicU64::new(0)),
         })
     }
 
     /// Writes the header that makes a prepared segment the active one; it
-    /// becomes durable with the segment's first sync.
+    /// becomes durable with the segment's first sync, before any record.
     pub fn start(&mut self, first_seq: Seq) -> Result<()> {
-        let header = SegmentHeader {
-            id: self.id,
-            first_seq,
-        };
+        let header = SegmentHeader::new(self.id, first_seq);
         self.file
             .write_at(&header.encode(), 0)
             .map_err(|e| Error::io("write segment header", &self.path, e))?;

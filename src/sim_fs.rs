@@ -192,6 +192,8 @@ struct Disk {
     after_cut: Option<(Box<Disk>, CutReport)>,
     stats: SimStats,
     rng: StdRng,
+    /// Counts the boots: a power cut starts a new one.
+    boot: u64,
 }
 
 /// The simulated disk; clones share it.
@@ -229,6 +231,7 @@ impl SimFs {
             after_cut: None,
             stats: SimStats::default(),
             rng: StdRng::seed_from_u64(seed),
+            boot: 0,
         })
     }
 
@@ -503,6 +506,7 @@ impl Disk {
             after_cut: None,
             stats: SimStats::default(),
             rng: StdRng::seed_from_u64(0),
+            boot: self.boot + 1,
         };
         self.after_cut = Some((Box::new(image), report));
     }
@@ -668,6 +672,10 @@ impl Drop for SimLock {
 }
 
 impl FileSystem for SimFs {
+    fn boot_id(&self) -> io::Result<String> {
+        Ok(format!("simulated boot {}", self.disk().boot))
+    }
+
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut disk = self.disk();
         disk.enter(Call::Create, path)?;

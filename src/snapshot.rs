@@ -16,7 +16,7 @@ use crate::crash::crash_point;
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::codec::{decode_entry, for_each_op};
-use crate::format::record::{encode_record, Frame};
+use crate::format::record::{encode_record, Frame, MAX_PAYLOAD_BYTES};
 use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind, SNAPSHOT_HEADER_BYTES};
 use crate::frame_reader::FrameReader;
@@ -96,7 +96,7 @@ pub(crate) fn load_chain(
         loaded
             .state
             .reserve(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
-        read_snapshot(fs, &path, &header, config, &mut buf, |seq, op| {
+        read_snapshot(fs, &path, &header, &mut buf, |seq, op| {
             match op {
                 Op::Set { key, value } => loaded.state.insert(key, (seq, Some(value))),
                 Op::Delete { key } => loaded.state.insert(key, (seq, None)),
@@ -142,7 +142,7 @@ pub(crate) fn load_base(
     };
     let path = snapshot_path(&config.data_dir, header);
     let mut entries = Vec::with_capacity(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
-    read_snapshot(fs, &path, header, config, &mut Vec::new(), |_, op| {
+    read_snapshot(fs, &path, header, &mut Vec::new(), |_, op| {
         if let Op::Set { key, value } = op {
             entries.push((key, value));
         }
@@ -161,7 +161,6 @@ pub(crate) fn read_snapshot(
     fs: &dyn FileSystem,
     path: &Path,
     listed: &SnapshotHeader,
-    config: &Config,
     buf: &mut Vec<u8>,
     mut visit: impl FnMut(Seq, Op),
 ) -> Result<()> {
@@ -172,8 +171,7 @@ pub(crate) fn read_snapshot(
             Error::io("read snapshot", path, e)
         }
     };
-    let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
-    let mut reader = FrameReader::new(fs, path, buf, max_payload);
+    let mut reader = FrameReader::new(fs, path, buf, MAX_PAYLOAD_BYTES);
     let header = SnapshotHeader::decode(reader.peek(SNAPSHOT_HEADER_BYTES).map_err(io_error)?)
         .map_err(|(offset, reason)| corruption(path, offset, reason))?;
     if header != *listed {
@@ -188,7 +186,9 @@ pub(crate) fn read_snapshot(
     while !reader.at_end().map_err(io_error)? {
         let offset = reader.offset();
         let (seq, op, size) = match reader.frame().map_err(io_error)? {
-            Frame::Record { seq, payload, size } => {
+            Frame::Record {
+                seq, payload, size, ..
+            } => {
                 let entry =
                     decode_entry(payload).map_err(|reason| corruption(path, offset, reason))?;
                 (seq, entry, size)
@@ -265,7 +265,6 @@ fn apply_log(
     state: &mut NetState,
 ) -> Result<LogRead> {
     let mut read = LogRead::default();
-    let max_payload = usize::try_from(config.limits.max_record_bytes).unwrap_or(usize::MAX);
     let mut expected = after + 1;
     let mut buf = Vec::new();
     for &id in segments {
@@ -274,15 +273,21 @@ fn apply_log(
         }
         let path = segment_path(&config.data_dir, id);
         let io_error = |e| Error::io("read segment", &path, e);
-        let mut reader = FrameReader::new(fs, &path, &mut buf, max_payload);
-        if SegmentHeader::decode(reader.peek(SEGMENT_HEADER_BYTES).map_err(io_error)?).is_err() {
+        let mut reader = FrameReader::new(fs, &path, &mut buf, MAX_PAYLOAD_BYTES);
+        let Ok(header) =
+            SegmentHeader::decode(reader.peek(SEGMENT_HEADER_BYTES).map_err(io_error)?)
+        else {
             continue;
-        }
+        };
+        reader.set_layout(header.layout());
         reader.consume(SEGMENT_HEADER_BYTES);
         read.bytes += SEGMENT_HEADER_BYTES as u64;
         loop {
             let offset = reader.offset();
-            let Frame::Record { seq, payload, size } = reader.frame().map_err(io_error)? else {
+            let Frame::Record {
+                seq, payload, size, ..
+            } = reader.frame().map_err(io_error)?
+            else {
                 break;
             };
             if seq > upto {

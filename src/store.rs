@@ -26,7 +26,7 @@ use crate::latency::Latencies;
 use crate::manifest::ManifestStore;
 use crate::recovery::Recovery;
 use crate::stats::{PersistenceInfo, StoreStats, WalCounters};
-use crate::sync_worker::SyncWorker;
+use crate::sync_worker::{AckBound, SyncWorker};
 
 /// An open store. Cheap to clone; every clone appends to the same log.
 ///
@@ -98,6 +98,9 @@ impl Store {
             Arc::clone(&inbox),
             Arc::clone(&counters),
             Arc::clone(&latencies),
+            AckBound::of(&config.wal),
+            Arc::clone(&fs),
+            config.data_dir.clone(),
         )
         .map_err(|e| Error::io("start the sync thread", &config.data_dir, e))?;
         let wal_shared = Arc::new(WalShared {

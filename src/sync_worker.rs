@@ -13,19 +13,29 @@
 //! a reopen in the same boot, and later writeback could persist pages past a
 //! lost one, leaving a hole. A write gate keeps the WAL from writing while
 //! that happens, and after it.
+//!
+//! In `batch` and `interval` modes an append is acknowledged before it is
+//! durable, but only within the mode's promise ([`AckBound`]): an
+//! acknowledgement that would put more than that at risk waits here until
+//! a sync brings the unsynced part back within it. So a slow `fdatasync`
+//! slows the appenders down instead of widening what a crash may lose.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::config::{SyncMode, WalConfig};
 use crate::entry::Seq;
 use crate::error::Error;
-use crate::fs::WritableFile;
+use crate::fs::{FileSystem, WritableFile};
 use crate::inbox::{Closed, Inbox, Reply};
 use crate::latency::Latencies;
 use crate::stats::WalCounters;
+use crate::sync_failure;
 
 /// An appender waiting for `seq` to become durable.
 pub(crate) struct Waiter {
@@ -46,6 +56,9 @@ pub(crate) struct SyncJob {
     pub upto: Seq,
     /// The file's length of written data when the job was submitted.
     pub end: u64,
+    /// The file's known-durable offset, raised to `end` once the sync
+    /// succeeds (the WAL writes it into every frame).
+    pub durable: Arc<AtomicU64>,
     pub waiters: Vec<Waiter>,
     /// A seal (rotation or shutdown): the segment's last sync, never merged
     /// with a later job's. At a rotation the preallocated zeros after `end`
@@ -61,15 +74,67 @@ pub(crate) struct SyncJob {
     pub on_done: Option<OnDone>,
 }
 
-#[derive(Default)]
+/// How far acknowledgements may run ahead of durability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckBound {
+    /// Acknowledge only after a sync (`always`).
+    Durable,
+    /// At most this many acknowledged records not yet durable (`batch`).
+    Records(u64),
+    /// Acknowledged records not yet durable were all written within this
+    /// long after the oldest unsynced write (`interval`).
+    Age(Duration),
+    /// No bound (`none`).
+    Unbounded,
+}
+
+impl AckBound {
+    /// The bound `wal.sync_mode` promises.
+    pub(crate) fn of(wal: &WalConfig) -> AckBound {
+        match wal.sync_mode {
+            SyncMode::Always => AckBound::Durable,
+            SyncMode::Batch => AckBound::Records(wal.batch_size),
+            SyncMode::Interval => AckBound::Age(Duration::from_millis(wal.sync_interval_ms)),
+            SyncMode::None => AckBound::Unbounded,
+        }
+    }
+}
+
 struct State {
     jobs: Vec<SyncJob>,
     stopping: bool,
     failed: Option<String>,
+    bound: AckBound,
+    /// Appenders whose acknowledgement waits for the bound, in sequence order.
+    deferred: VecDeque<Waiter>,
+    /// The last sequence number and time of each write not yet known
+    /// durable, oldest first (for [`AckBound::Age`]).
+    unsynced_writes: VecDeque<(Seq, Instant)>,
+}
+
+impl State {
+    /// Whether record `seq` may be acknowledged now, durable or not.
+    fn may_acknowledge(&self, seq: Seq, durable_seq: Seq, now: Instant) -> bool {
+        if seq <= durable_seq {
+            return true;
+        }
+        match self.bound {
+            AckBound::Durable => false,
+            AckBound::Records(n) => seq - durable_seq <= n,
+            AckBound::Age(limit) => self
+                .unsynced_writes
+                .front()
+                .is_none_or(|(_, written)| now.duration_since(*written) < limit),
+            AckBound::Unbounded => true,
+        }
+    }
 }
 
 struct Shared {
     state: Mutex<State>,
+    /// Where a failed cut-back leaves the failed-sync marker.
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
     /// Read-held by the WAL around each write; write-held while a failure
     /// is recorded and the file cut back.
     gate: RwLock<()>,
@@ -97,9 +162,21 @@ impl SyncWorker {
         inbox: Arc<Inbox>,
         counters: Arc<WalCounters>,
         latencies: Arc<Latencies>,
+        bound: AckBound,
+        fs: Arc<dyn FileSystem>,
+        dir: PathBuf,
     ) -> std::io::Result<SyncWorker> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                jobs: Vec::new(),
+                stopping: false,
+                failed: None,
+                bound,
+                deferred: VecDeque::new(),
+                unsynced_writes: VecDeque::new(),
+            }),
+            fs,
+            dir,
             gate: RwLock::new(()),
             ready: Condvar::new(),
             inbox,
@@ -127,6 +204,36 @@ impl SyncWorker {
         state.jobs.push(job);
         drop(state);
         self.shared.ready.notify_one();
+    }
+
+    /// Notes a write of records up to `last` (for [`AckBound::Age`]).
+    pub(crate) fn wrote(&self, last: Seq, at: Instant) {
+        let mut state = self.shared.lock();
+        if matches!(state.bound, AckBound::Age(_)) {
+            state.unsynced_writes.push_back((last, at));
+        }
+    }
+
+    /// Answers written (not yet durable) appends: at once where the bound
+    /// allows, otherwise once a sync brings them within it.
+    pub(crate) fn acknowledge(&self, waiters: Vec<Waiter>) {
+        let mut state = self.shared.lock();
+        if let Some(reason) = state.failed.clone() {
+            drop(state);
+            for waiter in waiters {
+                let _ = waiter.reply.send(Err(Error::WalFailed(reason.clone())));
+            }
+            return;
+        }
+        let durable_seq = self.shared.counters.durable_seq.load(Relaxed);
+        let now = Instant::now();
+        for waiter in waiters {
+            if state.deferred.is_empty() && state.may_acknowledge(waiter.seq, durable_seq, now) {
+                let _ = waiter.reply.send(Ok(waiter.seq));
+            } else {
+                state.deferred.push_back(waiter);
+            }
+        }
     }
 
     /// Why syncing stopped, if it did.
@@ -193,11 +300,15 @@ fn run(shared: &Shared) {
             let reason =
                 "the sync thread panicked; nothing after its last sync is durable".to_string();
             tracing::error!(%reason);
-            let queued = {
+            let (queued, deferred) = {
                 let mut state = shared.lock();
                 state.failed = Some(reason.clone());
-                std::mem::take(&mut state.jobs)
+                (
+                    std::mem::take(&mut state.jobs),
+                    std::mem::take(&mut state.deferred),
+                )
             };
+            fail_waiters(deferred, &reason);
             shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
             for job in batch.drain(..).chain(queued) {
                 complete(job, Err(reason.clone()));
@@ -262,12 +373,15 @@ fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Resu
             c.syncs.fetch_add(1, Relaxed);
             c.synced_records.fetch_add(records, Relaxed);
             c.sync_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
-            c.durable_seq.fetch_max(upto, Relaxed);
             shared.latencies.sync.record(elapsed);
             metrics::histogram!("concordkv_wal_sync_seconds").record(elapsed.as_secs_f64());
             metrics::histogram!("concordkv_wal_sync_batch_records").record(records as f64);
             metrics::counter!("concordkv_wal_syncs_total").increment(1);
             durable.0 = Some((Arc::clone(file), end));
+            if let Some(last) = group.last() {
+                last.durable.fetch_max(end, Relaxed);
+            }
+            release_deferred(shared, upto);
             Ok(())
         }
         Err(e) => {
@@ -275,7 +389,12 @@ fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Resu
             tracing::error!(%reason, "the WAL stops accepting writes");
             metrics::counter!("concordkv_wal_sync_errors_total").increment(1);
             let _gate = shared.gate.write().unwrap_or_else(PoisonError::into_inner);
-            shared.lock().failed = Some(reason.clone());
+            let deferred = {
+                let mut state = shared.lock();
+                state.failed = Some(reason.clone());
+                std::mem::take(&mut state.deferred)
+            };
+            fail_waiters(deferred, &reason);
             let keep = durable.end_of(file);
             match file.set_len(keep).and_then(|()| file.sync_all()) {
                 Ok(()) => tracing::warn!(
@@ -283,15 +402,51 @@ fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Resu
                     length = keep,
                     "cut the segment back to what its last successful sync made durable"
                 ),
-                Err(e) => tracing::error!(
-                    file = %path.display(),
-                    %e,
-                    "cannot cut the segment back to its durable length; the next open checks it"
-                ),
+                Err(e) => {
+                    tracing::error!(
+                        file = %path.display(),
+                        %e,
+                        "cannot cut the segment back to its durable length; the directory is untrusted until a reboot"
+                    );
+                    sync_failure::mark(shared.fs.as_ref(), &shared.dir, path, &e);
+                }
             }
             shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
             Err(reason)
         }
+    }
+}
+
+/// Records that everything up to `upto` is durable, and answers the
+/// deferred appenders the bound now allows, in order.
+fn release_deferred(shared: &Shared, upto: Seq) {
+    let mut state = shared.lock();
+    let durable_seq = shared
+        .counters
+        .durable_seq
+        .fetch_max(upto, Relaxed)
+        .max(upto);
+    while state
+        .unsynced_writes
+        .front()
+        .is_some_and(|(last, _)| *last <= durable_seq)
+    {
+        state.unsynced_writes.pop_front();
+    }
+    let now = Instant::now();
+    while let Some(front) = state.deferred.front() {
+        if !state.may_acknowledge(front.seq, durable_seq, now) {
+            break;
+        }
+        if let Some(waiter) = state.deferred.pop_front() {
+            let _ = waiter.reply.send(Ok(waiter.seq));
+        }
+    }
+}
+
+fn fail_waiters(waiters: VecDeque<Waiter>, reason: &str) {
+    for waiter in waiters {
+        let _ = waiter.reply.send(Err(Error::WalFailed(reason.to_string())));
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use common::{config, fill_small_segments, started_segments};
 use concordkv::entry::{Entry, Op};
 use concordkv::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
-use concordkv::format::record::encode_record;
+use concordkv::format::record::encode_segment_record;
 use concordkv::format::segment::{segment_file_name, SegmentHeader};
 use concordkv::{Error, Store, SyncMode};
 
@@ -34,18 +34,17 @@ async fn an_unlisted_segment_is_never_replayed_and_is_removed() {
     // A well-formed segment continuing the log, as a crash between creating
     // a file and listing it could leave behind.
     let stray = dir.path().join(segment_file_name(500));
-    let mut bytes = SegmentHeader {
-        id: 500,
-        first_seq: 6,
-    }
-    .encode()
-    .to_vec();
-    encode_record(
+    let header = SegmentHeader::new(500, 6);
+    let mut bytes = header.encode().to_vec();
+    encode_segment_record(
         6,
         &Entry::Op(Op::Set {
             key: b"ghost".to_vec(),
             value: b"x".to_vec(),
         }),
+        header.layout(),
+        32,
+        bytes.len() as u64,
         &mut bytes,
     );
     std::fs::write(&stray, &bytes).expect("write stray segment");
@@ -193,4 +192,88 @@ async fn a_listed_segment_that_was_never_started_is_retired() {
         matches!(&err, Error::Corruption(c) if c.file.ends_with(segment_file_name(zero_id))),
         "{err}"
     );
+}
+
+#[actix_rt::test]
+async fn a_missing_manifest_next_to_snapshots_fails_the_open_and_deletes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
+    store.set("a", "1").await.expect("set");
+    store.snapshot().await.expect("snapshot");
+    store.shutdown().await.expect("shutdown");
+    let before = names(dir.path());
+    assert!(
+        before.iter().any(|n| n.ends_with(".full.snap")),
+        "{before:?}"
+    );
+    std::fs::remove_file(dir.path().join(MANIFEST_FILE)).expect("remove manifest");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file.ends_with(MANIFEST_FILE) && c.reason.contains("not empty")),
+        "{err}"
+    );
+    let mut after = names(dir.path());
+    after.push(MANIFEST_FILE.to_string());
+    after.sort();
+    assert_eq!(after, before, "every file is still there");
+}
+
+#[actix_rt::test]
+async fn a_new_store_is_created_only_in_an_empty_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("notes.txt"), b"mine").expect("write");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("a directory holding other files is refused");
+    assert!(err.to_string().contains("notes.txt"), "{err}");
+    assert_eq!(
+        names(dir.path()),
+        vec!["LOCK".to_string(), "notes.txt".to_string()]
+    );
+
+    let empty = tempfile::tempdir().expect("tempdir");
+    let fresh = empty.path().join("a").join("b");
+    let (store, _) = Store::open(config(&fresh, SyncMode::Always))
+        .await
+        .expect("a new or empty directory becomes a store");
+    store.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn only_files_named_like_the_stores_own_are_ever_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_records(dir.path(), 3).await;
+    let keep = [
+        "backup.snap",
+        "old.full.snap",
+        "x.snap.tmp",
+        "my.wal.prep",
+        "notes.wal",
+    ];
+    for name in keep {
+        std::fs::write(dir.path().join(name), b"user data").expect("write");
+    }
+    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
+    store.shutdown().await.expect("shutdown");
+    for name in keep {
+        assert!(dir.path().join(name).exists(), "{name} was removed");
+    }
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }

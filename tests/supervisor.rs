@@ -96,6 +96,9 @@ impl FileSystem for PanickingFs {
     fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
         RealFs.lock_dir(dir)
     }
+    fn boot_id(&self) -> io::Result<String> {
+        RealFs.boot_id()
+    }
 }
 
 #[actix_rt::test]

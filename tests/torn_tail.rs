@@ -7,7 +7,9 @@ use std::fs::OpenOptions;
 use std::path::Path;
 
 use common::{config, copy_dir, fill_small_segments, frame_ranges, started_segments};
-use concordkv::{Error, RecoveryMode, Store, SyncMode};
+use concordkv::format::record::encode_segment_record;
+use concordkv::format::segment::SegmentHeader;
+use concordkv::{Entry, Error, Op, RecoveryMode, Store, SyncMode};
 
 /// Writes `n` records (one batch among them) and shuts down cleanly.
 async fn write_records(dir: &Path, n: u32) {
@@ -157,8 +159,74 @@ async fn damage_in_the_newest_segment_followed_by_intact_records_is_not_a_torn_t
         .err()
         .expect("fails");
     let text = err.to_string();
-    assert!(text.contains("intact records follow"), "{text}");
+    assert!(
+        text.contains("so this is damage, not an interrupted write"),
+        "{text}"
+    );
     assert!(text.contains(&newest.display().to_string()), "{text}");
+}
+
+/// The audit's case: a record whose value holds whole zero sectors, synced
+/// records after it, then one flipped byte in it. The zeros inside the value
+/// once passed for a lost write, and every later record was cut.
+#[actix_rt::test]
+async fn damage_to_a_synced_record_full_of_zeros_fails_the_open_instead_of_cutting_later_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
+    store.set("a", vec![0u8; 2048]).await.expect("set a");
+    store.set("b", "1").await.expect("set b");
+    store.set("c", "2").await.expect("set c");
+    store.shutdown().await.expect("shutdown");
+    let newest = started_segments(dir.path()).pop().expect("segment");
+    let frames = frame_ranges(&newest);
+    assert_eq!(frames.len(), 3);
+    let mut bytes = std::fs::read(&newest).expect("read");
+    bytes[frames[0].start + 40] ^= 0x01;
+    std::fs::write(&newest, &bytes).expect("write");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("the open refuses: b and c were acknowledged after a sync");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file == newest && c.offset == frames[0].start as u64),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&newest).expect("read"), bytes, "nothing cut");
+}
+
+/// Records over a lowered `limits.max_record_bytes` were written under the
+/// old limit: they are read by the format's own limit, never cut as torn.
+#[actix_rt::test]
+async fn lowering_the_record_limit_never_cuts_a_record_written_under_the_old_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
+    store.set("small", "v").await.expect("set");
+    store
+        .set("big", vec![7u8; 2 << 20])
+        .await
+        .expect("set a 2 MiB value");
+    store.shutdown().await.expect("shutdown");
+    let mut lowered = config(dir.path(), SyncMode::Always);
+    lowered.limits.max_value_bytes = 512 << 10;
+    lowered.limits.max_record_bytes = 1 << 20;
+    let (store, recovery) = Store::open(lowered)
+        .await
+        .expect("opens with the lower limit");
+    assert!(recovery.truncated.is_none(), "{:?}", recovery.truncated);
+    assert_eq!(
+        recovery.state().get(b"big".as_slice()),
+        Some(&vec![7u8; 2 << 20])
+    );
+    store.shutdown().await.expect("shutdown");
+    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("reopen on the defaults");
+    assert_eq!(recovery.state().len(), 2, "still there on the defaults");
+    store.shutdown().await.expect("shutdown");
 }
 
 #[actix_rt::test]
@@ -225,14 +293,31 @@ async fn a_damaged_header_on_the_newest_segment_with_records_behind_it_fails_and
     }
 }
 
+/// Unsynced pages may reach the disk in any order: a lost page with intact
+/// records after it is a torn tail while no later record says the lost page
+/// had been synced (here: nothing was synced while they were written).
 #[actix_rt::test]
-async fn a_lost_page_before_intact_records_is_a_torn_tail() {
+async fn a_lost_unsynced_page_before_intact_records_is_a_torn_tail() {
     let source = tempfile::tempdir().expect("tempdir");
-    write_records(source.path(), 300).await;
+    let (store, _) = Store::open(config(source.path(), SyncMode::None))
+        .await
+        .expect("open");
+    let acks: Vec<_> = (0..300u32)
+        .map(|i| {
+            store
+                .submit(concordkv::Entry::Op(concordkv::Op::Set {
+                    key: format!("key-{i}").into_bytes(),
+                    value: format!("value-{i}").into_bytes(),
+                }))
+                .expect("submit")
+        })
+        .collect();
+    for ack in acks {
+        ack.await.expect("written");
+    }
+    store.shutdown().await.expect("shutdown");
     let newest = started_segments(source.path()).pop().expect("segment");
     let frames = frame_ranges(&newest);
-    // A record starting in the last 512 bytes of the first page: zeros from
-    // there to the page end hold no whole zero sector.
     let lost = frames
         .iter()
         .position(|f| f.start > 4096 - 500 && f.start < 4096 - 20)
@@ -243,8 +328,13 @@ async fn a_lost_page_before_intact_records_is_a_torn_tail() {
     );
     let mut bytes = std::fs::read(&newest).expect("read");
     bytes[frames[lost].start..4096].fill(0);
-    std::fs::write(&newest, &bytes).expect("write");
-    let (store, recovery) = Store::open(config(source.path(), SyncMode::Always))
+
+    // Written in one unsynced run: nothing after the page attests it.
+    let unsynced = tempfile::tempdir().expect("tempdir");
+    copy_dir(source.path(), unsynced.path());
+    let copy = unsynced.path().join(newest.file_name().expect("name"));
+    std::fs::write(&copy, &bytes).expect("write");
+    let (store, recovery) = Store::open(config(unsynced.path(), SyncMode::Always))
         .await
         .expect("a lost page opens");
     assert_eq!(
@@ -257,5 +347,99 @@ async fn a_lost_page_before_intact_records_is_a_torn_tail() {
         .as_ref()
         .expect("reported as a torn tail");
     assert_eq!(tail.offset, frames[lost].start as u64);
+    store.shutdown().await.expect("shutdown");
+}
+
+/// The same lost page, where every record was synced before the next was
+/// written (`always`, one appender): later records attest it was durable.
+#[actix_rt::test]
+async fn a_lost_page_that_later_records_attest_was_synced_is_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_records(dir.path(), 300).await;
+    let newest = started_segments(dir.path()).pop().expect("segment");
+    let frames = frame_ranges(&newest);
+    let lost = frames
+        .iter()
+        .position(|f| f.start > 4096 - 500 && f.start < 4096 - 20)
+        .expect("a record near the end of the first page");
+    let mut bytes = std::fs::read(&newest).expect("read");
+    bytes[frames[lost].start..4096].fill(0);
+    std::fs::write(&newest, &bytes).expect("write");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file == newest && c.offset == frames[lost].start as u64),
+        "{err}"
+    );
+}
+
+#[actix_rt::test]
+async fn skip_corrupt_refuses_a_segment_that_starts_before_the_previous_one_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = fill_small_segments(dir.path()).await;
+    let third = started_segments(dir.path()).remove(2);
+    let mut bytes = std::fs::read(&third).expect("read");
+    let header = SegmentHeader::decode(&bytes).expect("header");
+    let earlier = SegmentHeader {
+        first_seq: header.first_seq - 1,
+        ..header
+    };
+    bytes[..32].copy_from_slice(&earlier.encode());
+    std::fs::write(&third, &bytes).expect("write");
+    let mut cfg = cfg.clone();
+    cfg.wal.recovery_mode = RecoveryMode::SkipCorrupt;
+    let err = Store::open(cfg)
+        .await
+        .err()
+        .expect("a sequence number twice is never accepted");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file == third && c.offset == 24),
+        "{err}"
+    );
+}
+
+/// `skip_corrupt` resynchronises on intact frames only where they are: a
+/// frame a value contains (copied from another place) is not one.
+#[actix_rt::test]
+async fn skip_corrupt_does_not_take_a_frame_inside_a_value_for_a_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
+    store.set("first", "1").await.expect("set");
+    let newest = started_segments(dir.path()).pop().expect("segment");
+    let layout = SegmentHeader::decode(&std::fs::read(&newest).expect("read"))
+        .expect("header")
+        .layout();
+    // A well-formed frame for the next sequence number, as a client could
+    // copy it out of another segment file.
+    let mut forged = Vec::new();
+    encode_segment_record(
+        3,
+        &Entry::Op(Op::Set {
+            key: b"forged".to_vec(),
+            value: b"x".to_vec(),
+        }),
+        layout,
+        32,
+        4096,
+        &mut forged,
+    );
+    store.set("carrier", forged).await.expect("set");
+    store.set("last", "3").await.expect("set");
+    store.shutdown().await.expect("shutdown");
+    let frames = frame_ranges(&newest);
+    let mut bytes = std::fs::read(&newest).expect("read");
+    bytes[frames[1].start + 4] ^= 0x01; // the carrier's CRC
+    std::fs::write(&newest, &bytes).expect("write");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.recovery_mode = RecoveryMode::SkipCorrupt;
+    let (store, recovery) = Store::open(cfg).await.expect("skip_corrupt opens");
+    let state = recovery.state();
+    assert!(!state.contains_key(b"forged".as_slice()), "{state:?}");
+    assert!(state.contains_key(b"last".as_slice()));
+    assert_eq!(recovery.skipped.len(), 1);
     store.shutdown().await.expect("shutdown");
 }

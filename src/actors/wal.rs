@@ -28,7 +28,8 @@ use crate::config::{Config, SyncMode};
 use crate::crash::crash_point;
 use crate::entry::Seq;
 use crate::error::{Error, Result};
-use crate::format::record::encode_record;
+use crate::format::record::encode_segment_record;
+use crate::format::segment::SEGMENT_HEADER_BYTES;
 use crate::fs::FileSystem;
 use crate::inbox::{Closed, Inbox, Reply, Request};
 use crate::latency::Latencies;
@@ -90,6 +91,10 @@ pub(crate) fn open_log(
         .file
         .sync_data()
         .map_err(|e| Error::io("sync segment", &segment.path, e))?;
+    segment.durable.store(
+        SEGMENT_HEADER_BYTES as u64,
+        std::sync::atomic::Ordering::Release,
+    );
     Ok((recovered.recovery, WalStart { segment, next_seq }))
 }
 
@@ -202,11 +207,23 @@ impl WalActor {
         let mut full = false;
         let max = self.shared.config.wal.max_segment_bytes;
         let empty_segment = self.segment.records == 0;
+        let layout = self.segment.layout();
+        let durable = self
+            .segment
+            .durable
+            .load(std::sync::atomic::Ordering::Acquire);
         while let Some(request) = self.backlog.pop_front() {
             match request {
                 Request::Append { entry, reply } => {
                     let start = self.buf.len();
-                    encode_record(self.next_seq, &entry, &mut self.buf);
+                    encode_segment_record(
+                        self.next_seq,
+                        &entry,
+                        layout,
+                        durable,
+                        self.segment.offset + start as u64,
+                        &mut self.buf,
+                    );
                     let end = self.segment.offset + self.buf.len() as u64;
                     // A record larger than a whole segment gets a segment of its own.
                     let alone = empty_segment && start == 0;
@@ -255,6 +272,9 @@ impl WalActor {
                 return false;
             }
             let written = self.buf.len() as u64;
+            self.shared
+                .worker
+                .wrote(self.next_seq - 1, std::time::Instant::now());
             self.segment.offset += written;
             self.segment.records += acks.len() as u64;
             let counters = &self.shared.counters;
@@ -272,17 +292,14 @@ impl WalActor {
             .collect();
         match self.sync_mode() {
             SyncMode::Always => waiters.append(&mut acks),
+            // Acknowledged within the mode's bound on what is not yet
+            // durable; after a failed sync, not at all (fsyncgate). One held
+            // back is answered by a sync already coming: the one in flight,
+            // the next batch's (a batch-mode append is held back only when a
+            // whole batch is unsynced), or the timer's.
             SyncMode::Batch | SyncMode::Interval | SyncMode::None => {
-                // A sync that failed while this batch was being written means
-                // the page cache may have dropped earlier data: acknowledge
-                // nothing more (fsyncgate).
-                let verdict = self.shared.worker.failure();
-                for waiter in acks {
-                    let answer = match &verdict {
-                        None => Ok(waiter.seq),
-                        Some(reason) => Err(Error::WalFailed(reason.clone())),
-                    };
-                    let _ = waiter.reply.send(answer);
+                if !acks.is_empty() {
+                    self.shared.worker.acknowledge(acks);
                 }
             }
         }
@@ -310,6 +327,7 @@ impl WalActor {
             records: std::mem::take(&mut self.unsynced),
             upto: self.next_seq - 1,
             end: self.segment.offset,
+            durable: Arc::clone(&self.segment.durable),
             waiters,
             seal: seal.is_some(),
             trim,
@@ -384,6 +402,7 @@ impl WalActor {
             records: 0,
             upto: self.next_seq - 1,
             end: self.segment.offset,
+            durable: Arc::clone(&self.segment.durable),
             waiters: Vec::new(),
             seal: false,
             trim: false,

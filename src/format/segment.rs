@@ -2,16 +2,22 @@
 //! (while the segment is active) preallocated zeros.
 //!
 //! Header: `magic[8] | version u32 | crc u32 | segment id u64 | first seq u64`;
-//! the CRC covers every other header byte.
+//! the CRC covers every other header byte. Version 2 segments use the
+//! segment frame layout (each frame names its segment and the durable
+//! offset); version 1 segments, still read, use the plain one.
 
 use std::path::{Path, PathBuf};
 
 use crate::entry::Seq;
+use crate::format::record::Layout;
 
 /// Identifies a segment file. The `\r\n` catches text-mode transfer damage.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CKVWAL\r\n";
-/// Bumped on any incompatible change to the header, frame or codec.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version new segments are written in; bumped on any incompatible
+/// change to the header, frame or codec.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version still read: segments a previous release wrote.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Size of the segment header.
 pub const SEGMENT_HEADER_BYTES: usize = 32;
 /// File-name extension of segments.
@@ -24,6 +30,8 @@ pub struct SegmentHeader {
     pub id: u64,
     /// Sequence number of the segment's first record.
     pub first_seq: Seq,
+    /// The format version the segment is written in.
+    pub version: u32,
 }
 
 /// Why a header was not accepted.
@@ -36,11 +44,33 @@ pub enum HeaderError {
 }
 
 impl SegmentHeader {
+    /// The header of a new segment, in the current format.
+    pub fn new(id: u64, first_seq: Seq) -> SegmentHeader {
+        SegmentHeader {
+            id,
+            first_seq,
+            version: FORMAT_VERSION,
+        }
+    }
+
+    /// How the segment's frames are laid out.
+    pub fn layout(&self) -> Layout {
+        if self.version >= 2 {
+            // The low half of the id: enough to tell a recycled file's old
+            // frames from new ones, as RocksDB's recyclable log format does.
+            Layout::Segment {
+                segment: self.id as u32,
+            }
+        } else {
+            Layout::Plain
+        }
+    }
+
     /// The header's bytes.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut buf = [0u8; SEGMENT_HEADER_BYTES];
         buf[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        buf[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        buf[8..12].copy_from_slice(&self.version.to_le_bytes());
         buf[16..24].copy_from_slice(&self.id.to_le_bytes());
         buf[24..32].copy_from_slice(&self.first_seq.to_le_bytes());
         let crc = header_crc(&buf);
@@ -74,9 +104,9 @@ impl SegmentHeader {
             )));
         }
         let version = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(HeaderError::Damaged(format!(
-                "segment format version {version}, this build reads {FORMAT_VERSION}"
+                "segment format version {version}, this build reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}"
             )));
         }
         let mut id = [0u8; 8];
@@ -86,6 +116,7 @@ impl SegmentHeader {
         Ok(SegmentHeader {
             id: u64::from_le_bytes(id),
             first_seq: Seq::from_le_bytes(first),
+            version,
         })
     }
 }
@@ -122,10 +153,7 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_detects_every_flipped_byte() {
-        let header = SegmentHeader {
-            id: 7,
-            first_seq: 1234,
-        };
+        let header = SegmentHeader::new(7, 1234);
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         for i in 0..SEGMENT_HEADER_BYTES {
@@ -140,6 +168,28 @@ mod tests {
             SegmentHeader::decode(&[0u8; 64]),
             Err(HeaderError::Unwritten)
         );
+    }
+
+    #[test]
+    fn version_1_headers_are_still_read_with_the_plain_layout() {
+        let old = SegmentHeader {
+            version: 1,
+            ..SegmentHeader::new(9, 1)
+        };
+        let decoded = SegmentHeader::decode(&old.encode()).expect("version 1 is read");
+        assert_eq!(decoded.layout(), Layout::Plain);
+        assert_eq!(
+            SegmentHeader::new(9, 1).layout(),
+            Layout::Segment { segment: 9 }
+        );
+        let future = SegmentHeader {
+            version: 3,
+            ..SegmentHeader::new(9, 1)
+        };
+        assert!(matches!(
+            SegmentHeader::decode(&future.encode()),
+            Err(HeaderError::Damaged(r)) if r.contains("version 3")
+        ));
     }
 
     #[test]

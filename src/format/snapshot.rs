@@ -129,6 +129,19 @@ impl SnapshotHeader {
     }
 }
 
+/// Whether `name` is a snapshot file's name (`<20 digits>.full.snap` or
+/// `<20 digits>-<20 digits>.incr.snap`): the only files besides segments
+/// and the manifest the store ever removes are named so.
+pub fn is_snapshot_file_name(name: &str) -> bool {
+    let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(stem) = name.strip_suffix(".full.snap") {
+        return digits(stem);
+    }
+    name.strip_suffix(".incr.snap")
+        .and_then(|stem| stem.split_once('-'))
+        .is_some_and(|(from, to)| digits(from) && digits(to))
+}
+
 fn header_crc(buf: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&buf[0..12]);
@@ -159,5 +172,32 @@ mod tests {
             header.file_name(),
             "00000000000000000010-00000000000000000099.incr.snap"
         );
+    }
+
+    #[test]
+    fn only_exact_snapshot_names_are_snapshot_names() {
+        let full = SnapshotHeader {
+            kind: SnapshotKind::Full,
+            from_seq: 0,
+            to_seq: 42,
+            entries: 1,
+        };
+        assert!(is_snapshot_file_name(&full.file_name()));
+        let incr = SnapshotHeader {
+            kind: SnapshotKind::Incremental,
+            from_seq: 42,
+            to_seq: 50,
+            entries: 1,
+        };
+        assert!(is_snapshot_file_name(&incr.file_name()));
+        for other in [
+            "backup.snap",
+            "42.full.snap",
+            "my.full.snap",
+            "00000000000000000042.full.snap.bak",
+            "x-y.incr.snap",
+        ] {
+            assert!(!is_snapshot_file_name(other), "{other}");
+        }
     }
 }

@@ -6,7 +6,7 @@ pub mod server;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use concordkv::format::record::{read_frame, Frame};
+use concordkv::format::record::{read_frame_at, Frame, MAX_PAYLOAD_BYTES};
 use concordkv::format::segment::{parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
 use concordkv::{Config, Op, Record, SyncMode};
 
@@ -56,9 +56,14 @@ pub fn started_segments(dir: &Path) -> Vec<PathBuf> {
 /// Byte ranges of every intact record frame in a segment file.
 pub fn frame_ranges(path: &Path) -> Vec<std::ops::Range<usize>> {
     let bytes = std::fs::read(path).expect("read segment");
+    let layout = SegmentHeader::decode(&bytes)
+        .expect("segment header")
+        .layout();
     let mut ranges = Vec::new();
     let mut at = SEGMENT_HEADER_BYTES;
-    while let Frame::Record { size, .. } = read_frame(&bytes[at..], 1 << 30) {
+    while let Frame::Record { size, .. } =
+        read_frame_at(&bytes[at..], layout, at as u64, MAX_PAYLOAD_BYTES)
+    {
         ranges.push(at..at + size);
         at += size;
     }
