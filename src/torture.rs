@@ -227,6 +227,13 @@ impl Model {
     /// submitted sequence, holding everything known durable, within the
     /// sync mode's loss bound. Returns the acknowledged records it lost.
     fn verify(&self, recovery: &Recovery) -> Result<u64, String> {
+        self.verify_with(recovery, true)
+    }
+
+    /// As [`Model::verify`]; without `loss_bounds`, acknowledged records
+    /// may be missing at the end (media damage the durability rule lets
+    /// recovery cut as a torn tail), but never records recovered before.
+    fn verify_with(&self, recovery: &Recovery, loss_bounds: bool) -> Result<u64, String> {
         let last = recovery.last_seq;
         if last < self.recovered_seq {
             return Err(format!(
@@ -275,7 +282,11 @@ impl Model {
                 ));
             }
         }
-        let lost = self.check_loss_bound(last)?;
+        let lost = if loss_bounds {
+            self.check_loss_bound(last)?
+        } else {
+            0
+        };
         PrefixSearch::new(self, recovery).run()?;
         Ok(lost)
     }
@@ -1090,16 +1101,17 @@ async fn damaged_open(
         target.kind,
         config.wal.recovery_mode
     );
-    // A segment damaged down to nothing but zeros is what a segment prepared
-    // and never used looks like: recovery may retire it, and then only the
-    // gap it leaves (noticed in the next segment) or the model can tell.
-    let now_blank = target.kind.ends_with("segment")
-        && copy
-            .read(&target.path)
-            .is_ok_and(|b| b.iter().all(|x| *x == 0));
+    // A segment whose damage leaves only zeros from there to its end looks
+    // like one whose records ended earlier (or, all zeros, like one
+    // prepared and never used): only the gap it leaves, which the next
+    // segment shows, or the model can tell.
+    let mut damaged = bytes.clone();
+    damaged[offset..offset + damage.len()].copy_from_slice(&damage);
+    let zeroed_to_end =
+        target.kind.ends_with("segment") && damaged[offset..].iter().all(|x| *x == 0);
     let outcome = match Store::open_with_fs(config, Arc::new(copy.clone())).await {
         Err(Error::Corruption(corruption)) => {
-            if corruption.file != target.path && !now_blank {
+            if corruption.file != target.path && !zeroed_to_end {
                 return Err(format!(
                     "after {described}, the open failed naming another file: {corruption}"
                 ));
@@ -1113,18 +1125,33 @@ async fn damaged_open(
         }
         Err(e) => return Err(format!("after {described}, the open failed: {e}")),
         Ok((store, recovery)) => {
-            let skipped = recovery.skipped.iter().any(|c| c.file == target.path);
+            let skipped = recovery
+                .skipped
+                .iter()
+                .any(|c| c.file == target.path || zeroed_to_end);
             let outcome = if skipped {
                 "skipped the region"
-            } else if target.kind != "newest segment" && !now_blank {
+            } else if target.kind != "newest segment" && !zeroed_to_end {
                 let _ = actix_rt::time::timeout(SHUTDOWN_LIMIT, store.shutdown()).await;
                 return Err(format!(
-                    "after {described}, the open succeeded without reporting it"
+                    "after {described}, the open succeeded without reporting it (torn tail cut: {:?}; regions skipped: {:?})",
+                    recovery.truncated, recovery.skipped
                 ));
             } else {
-                model
-                    .verify(&recovery)
-                    .map_err(|e| format!("after {described}, the open returned a bad log: {e}"))?;
+                let checked = if target.kind == "newest segment" {
+                    check_newest_segment_rule(&damaged, &recovery)
+                        .and_then(|()| model.verify_with(&recovery, false).map(drop))
+                } else {
+                    // A sealed segment was synced whole: nothing in it may
+                    // be lost, so every bound holds as after a plain cut.
+                    model.verify(&recovery).map(drop)
+                };
+                if let Err(e) = checked {
+                    let _ = actix_rt::time::timeout(SHUTDOWN_LIMIT, store.shutdown()).await;
+                    return Err(format!(
+                        "after {described}, the open returned a bad log: {e}"
+                    ));
+                }
                 if recovery.truncated.is_some() {
                     "cut a torn tail"
                 } else {
@@ -1140,6 +1167,124 @@ async fn damaged_open(
         .entry(format!("{}: {outcome}", target.kind))
         .or_default() += 1;
     Ok(())
+}
+
+/// What the oracle reads in a damaged format-2 segment, with its own
+/// parser (FORMAT.md), independently of recovery.
+#[derive(Debug)]
+struct SegmentScan {
+    /// Where the run of intact, consecutive frames after the header ends:
+    /// the damage as recovery meets it, or the end of the records.
+    damage_at: usize,
+    /// Whether anything but zeros follows `damage_at`.
+    damaged: bool,
+    /// The last sequence number in that run.
+    last_intact_seq: Option<Seq>,
+    /// The highest `durable` of the frames intact at their own offset
+    /// after `damage_at`, and where that frame is.
+    durable_after: Option<(u64, usize)>,
+}
+
+const SEGMENT_HEADER: usize = 32;
+const FRAME_HEADER: usize = 24;
+const MAX_PAYLOAD: usize = 1 << 30;
+
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// The format-2 frame intact at `at` (its CRC covers its own offset), if
+/// any: its sequence number, `durable` field and size.
+fn intact_frame(bytes: &[u8], at: usize) -> Option<(Seq, u64, usize)> {
+    let head = bytes.get(at..at + FRAME_HEADER)?;
+    let len = le_u32(head, 0) as usize;
+    if len == 0 || len > MAX_PAYLOAD {
+        return None;
+    }
+    let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[0..4]);
+    crc.update(&head[8..]);
+    crc.update(&(at as u64).to_le_bytes());
+    crc.update(payload);
+    (crc.finalize() == le_u32(head, 4)).then(|| {
+        (
+            le_u64(head, 8),
+            u64::from(le_u32(head, 20)),
+            FRAME_HEADER + len,
+        )
+    })
+}
+
+/// Scans a segment the way FORMAT.md describes it; `None` unless its
+/// header says format 2 (or the header is what is damaged).
+fn scan_segment(bytes: &[u8]) -> Option<SegmentScan> {
+    let header = bytes.get(..SEGMENT_HEADER)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header[0..12]);
+    crc.update(&header[16..32]);
+    let header_intact = &header[0..8] == b"CKVWAL\r\n" && crc.finalize() == le_u32(header, 12);
+    if header_intact && le_u32(header, 8) != 2 {
+        return None;
+    }
+    let mut at = if header_intact { SEGMENT_HEADER } else { 0 };
+    let mut last_intact_seq = None;
+    if header_intact {
+        let mut expected = le_u64(header, 24);
+        while let Some((seq, _, size)) = intact_frame(bytes, at) {
+            if seq != expected {
+                break;
+            }
+            last_intact_seq = Some(seq);
+            expected += 1;
+            at += size;
+        }
+    }
+    let durable_after = (at + 1..bytes.len())
+        .filter_map(|later| intact_frame(bytes, later).map(|(_, durable, _)| (durable, later)))
+        .max();
+    Some(SegmentScan {
+        damage_at: at,
+        damaged: bytes[at..].iter().any(|b| *b != 0),
+        last_intact_seq,
+        durable_after,
+    })
+}
+
+/// The durability rule for an open that went through damage in the newest
+/// segment: damage at X is a torn tail only if no intact frame after X
+/// says the segment was durable past X; and every record whose frame lies
+/// wholly before the damage is returned.
+fn check_newest_segment_rule(bytes: &[u8], recovery: &Recovery) -> Result<(), String> {
+    let Some(scan) = scan_segment(bytes) else {
+        return Ok(());
+    };
+    if !scan.damaged {
+        return Ok(());
+    }
+    if let Some((durable, frame)) = scan.durable_after {
+        if durable > scan.damage_at as u64 {
+            return Err(format!(
+                "damage at byte {} lies below the durable offset {durable} that the intact frame at byte {frame} carries, yet the open cut it as a torn tail ({:?})",
+                scan.damage_at, recovery.truncated
+            ));
+        }
+    }
+    match scan.last_intact_seq {
+        Some(seq) if recovery.last_seq < seq => Err(format!(
+            "the frames before the damage at byte {} hold records up to {seq}, but recovery ends at {}",
+            scan.damage_at, recovery.last_seq
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A bit flip or a zeroed 512-byte sector somewhere in `bytes` that changes
