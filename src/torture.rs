@@ -137,6 +137,9 @@ pub struct TortureReport {
     pub ops_refused: u64,
     /// Acknowledged records a cut lost (`batch`, `interval` and `none` modes).
     pub acknowledged_lost: u64,
+    /// Opens whose prefix check had too many ways to choose which
+    /// unacknowledged operations were written, and was left undecided.
+    pub prefix_checks_undecided: u64,
     /// Records after the snapshots that recovery returned, over all opens.
     pub records_recovered: u64,
     pub snapshots_recovered: u64,
@@ -226,14 +229,14 @@ impl Model {
     /// Checks what an open recovered against the model: a prefix of the
     /// submitted sequence, holding everything known durable, within the
     /// sync mode's loss bound. Returns the acknowledged records it lost.
-    fn verify(&self, recovery: &Recovery) -> Result<u64, String> {
+    fn verify(&self, recovery: &Recovery) -> Result<Verified, String> {
         self.verify_with(recovery, true)
     }
 
     /// As [`Model::verify`]; without `loss_bounds`, acknowledged records
     /// may be missing at the end (media damage the durability rule lets
     /// recovery cut as a torn tail), but never records recovered before.
-    fn verify_with(&self, recovery: &Recovery, loss_bounds: bool) -> Result<u64, String> {
+    fn verify_with(&self, recovery: &Recovery, loss_bounds: bool) -> Result<Verified, String> {
         let last = recovery.last_seq;
         if last < self.recovered_seq {
             return Err(format!(
@@ -287,8 +290,8 @@ impl Model {
         } else {
             0
         };
-        PrefixSearch::new(self, recovery).run()?;
-        Ok(lost)
+        let decided = PrefixSearch::new(self, recovery).run()?;
+        Ok(Verified { lost, decided })
     }
 
     /// The acknowledged records past the recovered end: none in `always`
@@ -345,6 +348,14 @@ impl Model {
     }
 }
 
+/// What a passed check found.
+struct Verified {
+    /// Acknowledged records lost.
+    lost: u64,
+    /// Whether the prefix search decided (it may give up, see [`SEARCH_BUDGET`]).
+    decided: bool,
+}
+
 /// Whether the recovered records after the last open's end are a prefix of
 /// what was submitted since: a choice of which unacknowledged submissions
 /// were written (the others failed before reaching the log) under which
@@ -390,7 +401,8 @@ impl<'a> PrefixSearch<'a> {
         }
     }
 
-    fn run(mut self) -> Result<(), String> {
+    /// Whether a fitting prefix exists; `Ok(false)` when the search gave up.
+    fn run(mut self) -> Result<bool, String> {
         let start = self.model.recovered_seq;
         let last = self.recovery.last_seq;
         if (last - start) as usize > self.subs.len() {
@@ -402,10 +414,10 @@ impl<'a> PrefixSearch<'a> {
         }
         let mut chosen = Vec::new();
         match self.search(0, &mut chosen) {
-            Some(true) => Ok(()),
-            // Too many ways to choose: the check is left undecided rather
-            // than failed.
-            None => Ok(()),
+            Some(true) => Ok(true),
+            // Too many ways to choose: the check is left undecided (and
+            // counted) rather than failed.
+            None => Ok(false),
             Some(false) => Err(self.explain()),
         }
     }
@@ -843,7 +855,7 @@ async fn run_cycle(
         }
         Err(e) => return Err(format!("open failed: {e}")),
     };
-    let lost = model.verify(&recovery)?;
+    let verified = model.verify(&recovery)?;
     if fs.is_dead() {
         // The cut landed after recovery read everything but before the open
         // finished writing; the next open checks the same model again.
@@ -851,7 +863,8 @@ async fn run_cycle(
         let _ = actix_rt::time::timeout(SHUTDOWN_LIMIT, store.shutdown()).await;
         return Ok(reboot(&fs, rng, report));
     }
-    report.acknowledged_lost += lost;
+    report.acknowledged_lost += verified.lost;
+    report.prefix_checks_undecided += u64::from(!verified.decided);
     report.records_recovered += recovery.records.len() as u64;
     report.snapshots_recovered += recovery.snapshots as u64;
     *report
@@ -1350,9 +1363,10 @@ impl TortureReport {
             self.dir_changes_lost
         );
         out += &format!(
-            "  operations refused (over a limit) {}, acknowledged and lost {}\n  pages written back out of order {}, pages torn by sector {}\n  cycles with slow syncs {}, syncs slowed {}\n  reopens with lowered limits {}\n",
+            "  operations refused (over a limit) {}, acknowledged and lost {}, prefix checks undecided {}\n  pages written back out of order {}, pages torn by sector {}\n  cycles with slow syncs {}, syncs slowed {}\n  reopens with lowered limits {}\n",
             self.ops_refused,
             self.acknowledged_lost,
+            self.prefix_checks_undecided,
             self.pages_out_of_order,
             self.sector_tears,
             self.slow_sync_cycles,
