@@ -1286,8 +1286,8 @@ fn check_newest_segment_rule(bytes: &[u8], recovery: &Recovery) -> Result<(), St
     if let Some((durable, frame)) = scan.durable_after {
         if durable > scan.damage_at as u64 {
             return Err(format!(
-                "damage at byte {} lies below the durable offset {durable} that the intact frame at byte {frame} carries, yet the open cut it as a torn tail ({:?})",
-                scan.damage_at, recovery.truncated
+                "damage at byte {} lies below the durable offset {durable} that the intact frame at byte {frame} carries, yet the open neither failed nor reported it (torn tail cut: {:?}; recovered up to {})",
+                scan.damage_at, recovery.truncated, recovery.last_seq
             ));
         }
     }
