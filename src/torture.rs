@@ -47,6 +47,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_rt::time::timeout;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -68,6 +69,9 @@ const DATA_DIR: &str = "/sim/concordkv";
 const KEYS: u64 = 40;
 /// How long shutting down a store on a dead disk may take before it counts as a hang.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(20);
+/// How long an append, sync, snapshot or compaction may go unanswered
+/// before it counts as a hang (the slowest simulated sync takes 30 ms).
+const ANSWER_LIMIT: Duration = Duration::from_secs(20);
 /// Steps the prefix search may take before it gives up (see [`PrefixSearch`]).
 const SEARCH_BUDGET: u64 = 200_000;
 
@@ -968,7 +972,13 @@ async fn run_cycle(
                     });
                     list.len() - 1
                 };
-                match pending.await {
+                let Ok(answer) = actix_rt::time::timeout(ANSWER_LIMIT, pending).await else {
+                    return Err(format!(
+                        "an append ({} ops) went unanswered for {ANSWER_LIMIT:?}",
+                        submitted.borrow()[index].entry.ops().len()
+                    ));
+                };
+                match answer {
                     Ok(seq) => {
                         let mut list = submitted.borrow_mut();
                         list[index].acked = Some(seq);
@@ -977,6 +987,7 @@ async fn run_cycle(
                     Err(_) => pause = None,
                 }
             }
+            Ok(())
         }));
     }
     let maintenance = {
@@ -986,22 +997,48 @@ async fn run_cycle(
         actix_rt::spawn(async move {
             for _ in 0..rounds {
                 actix_rt::time::sleep(Duration::from_micros(mrng.random_range(0..3000))).await;
-                let _ = match mrng.random_range(0..4) {
-                    0 => store.snapshot().await.map(drop),
-                    1 => store.snapshot_incremental().await.map(drop),
-                    2 => store.compact().await.map(drop),
-                    _ => store.sync().await.map(drop),
+                let limit = ANSWER_LIMIT;
+                let (what, answered) = match mrng.random_range(0..4) {
+                    0 => (
+                        "a snapshot",
+                        timeout(limit, store.snapshot()).await.map(drop),
+                    ),
+                    1 => (
+                        "an incremental snapshot",
+                        timeout(limit, store.snapshot_incremental()).await.map(drop),
+                    ),
+                    2 => (
+                        "a compaction",
+                        timeout(limit, store.compact()).await.map(drop),
+                    ),
+                    _ => ("a sync", timeout(limit, store.sync()).await.map(drop)),
                 };
+                if answered.is_err() {
+                    return Err(format!("{what} went unanswered for {limit:?}"));
+                }
             }
+            Ok(())
         })
+    };
+    let context = |e: String| {
+        format!(
+            "{e} (sync mode {:?}, batch_size {}, sync_interval_ms {}, slow syncs {}, power {})",
+            config.wal.sync_mode,
+            config.wal.batch_size,
+            config.wal.sync_interval_ms,
+            pause.is_some(),
+            if fs.is_dead() { "cut" } else { "on" }
+        )
     };
     for task in tasks {
         task.await
-            .map_err(|e| format!("a writer task failed: {e}"))?;
+            .map_err(|e| format!("a writer task failed: {e}"))?
+            .map_err(context)?;
     }
     maintenance
         .await
-        .map_err(|e| format!("the maintenance task failed: {e}"))?;
+        .map_err(|e| format!("the maintenance task failed: {e}"))?
+        .map_err(context)?;
     if let Some(cutter) = cutter {
         cutter.abort();
     }
