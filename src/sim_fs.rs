@@ -11,11 +11,24 @@
 //!   random number of its unsynced changes, the last of which may be torn
 //!   at a random byte; each directory keeps a random prefix of its unsynced
 //!   changes;
+//! - or, for about half the files at a cut, writeback is out of order, as a
+//!   disk's queue and the page cache are: each dirty page inside the
+//!   file's durable length reaches the disk or not on its own, whatever
+//!   order it was written in, and one may be torn by 512-byte sector (some
+//!   sectors new, others old; a sector itself is atomic). Pages past the
+//!   durable length follow the in-order rule, as the file's size does: a
+//!   file system that extends a file (ext4's `data=ordered`) writes the new
+//!   data before the size that exposes it;
 //! - a failed sync drops the changes it was to make durable, while reads
 //!   still return them: a later sync that succeeds has *not* saved them
 //!   (PostgreSQL's fsyncgate), so a store must never trust a retry. As in
 //!   the page cache, loss is by 4 KiB page: a later write into a lost page
 //!   dirties it again and carries the whole page's current content.
+//!
+//! A *slow sync* ([`SimFs::slow_syncs`]) makes every `fdatasync`/`fsync`
+//! take a set time without holding the disk: writes go on meanwhile, and the
+//! sync saves only what was written before it began, as on Linux. It is how
+//! a test makes a writer run ahead of its syncs.
 //!
 //! After the cut every call fails with `EIO`, as on a machine that lost
 //! power; [`SimFs::reboot`] gives the disk as it is found at the next boot.
@@ -24,6 +37,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -63,6 +77,8 @@ pub struct SimStats {
     pub calls: u64,
     /// Calls failed by an injected fault, by kind of call and errno.
     pub faults: BTreeMap<(Call, i32), u64>,
+    /// Syncs slowed by [`SimFs::slow_syncs`].
+    pub slow_syncs: u64,
 }
 
 /// What a power cut did to the disk.
@@ -76,6 +92,12 @@ pub struct CutReport {
     pub torn_writes: u64,
     /// Unsynced directory changes lost.
     pub dir_changes_lost: u64,
+    /// Pages that reached the disk although a page written before them
+    /// (in the same file, since its last sync) did not.
+    pub pages_out_of_order: u64,
+    /// Pages that reached the disk only in part, some 512-byte sectors new
+    /// and others old.
+    pub sector_tears: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +124,8 @@ impl Change {
 
 /// The page cache's unit: what a failed sync loses, and what a write dirties.
 const PAGE: u64 = 4096;
+/// The device's atomic unit: a torn page is torn at sector boundaries.
+const SECTOR: usize = 512;
 
 #[derive(Debug, Clone, Default)]
 struct Inode {
@@ -111,6 +135,9 @@ struct Inode {
     durable: Vec<u8>,
     /// Changes since the last sync, oldest first.
     unsynced: Vec<Change>,
+    /// Changes ever taken off the front of `unsynced` (synced or dropped),
+    /// so a slow sync can tell which changes came after it began.
+    retired: u64,
     /// Pages whose changes a failed sync dropped: clean in the cache, old on disk.
     lost_pages: BTreeSet<u64>,
 }
@@ -141,7 +168,7 @@ impl DirChange {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Disk {
     inodes: HashMap<u64, Inode>,
     next_inode: u64,
@@ -156,6 +183,11 @@ struct Disk {
     faults: Vec<Fault>,
     /// Power is cut when `stats.calls` reaches this.
     cut_at_call: Option<u64>,
+    /// How long each file sync takes (`None`: no time).
+    sync_delay: Option<Duration>,
+    /// Whether a cut may write dirty pages back out of order (see the
+    /// module comment); kept across reboots.
+    reorder_writeback: bool,
     /// The disk as found after the cut.
     after_cut: Option<(Box<Disk>, CutReport)>,
     stats: SimStats,
@@ -194,6 +226,8 @@ impl SimFs {
             locked: HashSet::new(),
             faults: Vec::new(),
             cut_at_call: None,
+            sync_delay: None,
+            reorder_writeback: true,
             after_cut: None,
             stats: SimStats::default(),
             rng: StdRng::seed_from_u64(seed),
@@ -219,6 +253,45 @@ impl SimFs {
     /// Disarms every fault.
     pub fn clear_faults(&self) {
         self.disk().faults.clear();
+    }
+
+    /// Makes every later file sync (`fdatasync` and `fsync`) take `delay`
+    /// (`None`: none), so that writes go on while a sync is in flight.
+    pub fn slow_syncs(&self, delay: Option<Duration>) {
+        self.disk().sync_delay = delay;
+    }
+
+    /// Whether power cuts may write dirty pages back out of order and tear
+    /// them by sector (the default), or keep only in-order prefixes; off,
+    /// a test can tell whether a failure needs reordering.
+    pub fn reorder_writeback(&self, enabled: bool) {
+        self.disk().reorder_writeback = enabled;
+    }
+
+    /// An independent copy of the disk as it is now: what happens to one
+    /// no longer shows on the other.
+    pub fn duplicate(&self) -> SimFs {
+        SimFs::from_disk(self.disk().clone())
+    }
+
+    /// Media damage: overwrites `bytes` at `offset` of the file at `path`,
+    /// in what reads see and in what survives a cut alike, as a bad sector
+    /// or a flipped bit on the device would (no call is counted).
+    pub fn damage(&self, path: &Path, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut disk = self.disk();
+        let inode = disk.inode_of(path)?;
+        let file = disk.file(inode)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(bytes.len());
+        if end > file.data.len() || end > file.durable.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "damage past the end of the file (simulated)",
+            ));
+        }
+        file.data[start..end].copy_from_slice(bytes);
+        file.durable[start..end].copy_from_slice(bytes);
+        Ok(())
     }
 
     /// Cuts the power when the `calls`-th call from now is made (that call
@@ -254,6 +327,75 @@ impl SimFs {
             .unwrap_or_else(|| unreachable!("cut() always leaves an image"));
         image.rng = StdRng::seed_from_u64(seed);
         (SimFs::from_disk(*image), report)
+    }
+}
+
+/// Redoes, page by page, what a cut left of the dirty pages inside a
+/// file's durable length (`data` holds the in-order outcome): each such page
+/// ends up old (as last synced), new (as the page cache holds it), or torn
+/// by sector, independently of the order the pages were written in. Bytes
+/// past the durable length keep the in-order outcome, and synced bytes that
+/// no unsynced change touched are never altered.
+fn writeback_out_of_order(file: &Inode, data: &mut [u8], rng: &mut StdRng, report: &mut CutReport) {
+    let bound = file.durable.len().min(data.len()).min(file.data.len());
+    // Dirty pages in the order they were first written since the last sync.
+    let mut order: Vec<u64> = Vec::new();
+    for change in &file.unsynced {
+        if let Change::Write { offset, bytes } = change {
+            if bytes.is_empty() {
+                continue;
+            }
+            for page in offset / PAGE..=(offset + bytes.len() as u64 - 1) / PAGE {
+                if !order.contains(&page) {
+                    order.push(page);
+                }
+            }
+        }
+    }
+    let mut earlier_lost = false;
+    for page in order {
+        let start = (page * PAGE) as usize;
+        if start >= bound {
+            continue;
+        }
+        let end = (start + PAGE as usize).min(bound);
+        let old = &file.durable[start..end];
+        let new = &file.data[start..end];
+        if old == new {
+            continue;
+        }
+        let outcome = rng.random_range(0..10);
+        let mut reached = false;
+        if outcome < 4 {
+            data[start..end].copy_from_slice(old);
+        } else if outcome < 8 {
+            data[start..end].copy_from_slice(new);
+            reached = true;
+        } else {
+            let (mut some_old, mut some_new) = (false, false);
+            for sector in (0..end - start).step_by(SECTOR) {
+                let range = sector..(sector + SECTOR).min(end - start);
+                if old[range.clone()] == new[range.clone()] {
+                    data[start + range.start..start + range.end].copy_from_slice(&new[range]);
+                } else if rng.random_bool(0.5) {
+                    data[start + range.start..start + range.end].copy_from_slice(&new[range]);
+                    some_new = true;
+                } else {
+                    data[start + range.start..start + range.end].copy_from_slice(&old[range]);
+                    some_old = true;
+                }
+            }
+            if some_old && some_new {
+                report.sector_tears += 1;
+            }
+            reached = some_new;
+        }
+        if reached && earlier_lost {
+            report.pages_out_of_order += 1;
+        }
+        if !reached {
+            earlier_lost = true;
+        }
     }
 }
 
@@ -335,12 +477,16 @@ impl Disk {
                     report.torn_writes += 1;
                 }
             }
+            if self.reorder_writeback && self.rng.random_bool(0.5) {
+                writeback_out_of_order(file, &mut data, &mut self.rng, &mut report);
+            }
             inodes.insert(
                 *inode,
                 Inode {
                     durable: data.clone(),
                     data,
                     unsynced: Vec::new(),
+                    retired: 0,
                     lost_pages: BTreeSet::new(),
                 },
             );
@@ -355,6 +501,8 @@ impl Disk {
             locked: HashSet::new(),
             faults: Vec::new(),
             cut_at_call: None,
+            sync_delay: None,
+            reorder_writeback: self.reorder_writeback,
             after_cut: None,
             stats: SimStats::default(),
             rng: StdRng::seed_from_u64(0),
@@ -400,9 +548,13 @@ impl Disk {
         Ok(())
     }
 
-    fn sync(&mut self, inode: u64) -> io::Result<()> {
+    /// Makes the oldest `count` unsynced changes of a file durable (all of
+    /// them if `None`).
+    fn sync(&mut self, inode: u64, count: Option<usize>) -> io::Result<()> {
         let file = self.file(inode)?;
-        for change in std::mem::take(&mut file.unsynced) {
+        let count = count.unwrap_or(usize::MAX).min(file.unsynced.len());
+        file.retired += count as u64;
+        for change in file.unsynced.drain(..count) {
             change.apply(&mut file.durable);
         }
         Ok(())
@@ -412,6 +564,7 @@ impl Disk {
     /// durability pipeline but stay visible to reads.
     fn lose_unsynced(&mut self, inode: u64) {
         if let Some(file) = self.inodes.get_mut(&inode) {
+            file.retired += file.unsynced.len() as u64;
             for change in std::mem::take(&mut file.unsynced) {
                 if let Change::Write { offset, bytes } = change {
                     if !bytes.is_empty() {
@@ -447,15 +600,30 @@ impl SimFile {
         self.disk.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A file sync. A slow one waits without holding the disk, then saves
+    /// only the changes made before it began: writes during it stay unsynced.
     fn sync(&self, call: Call) -> io::Result<()> {
-        let mut disk = self.disk();
-        match disk.enter(call, &self.path) {
-            Ok(()) => disk.sync(self.inode),
-            Err(e) => {
+        let (delay, covered) = {
+            let mut disk = self.disk();
+            if let Err(e) = disk.enter(call, &self.path) {
                 disk.lose_unsynced(self.inode);
-                Err(e)
+                return Err(e);
             }
+            let Some(delay) = disk.sync_delay else {
+                return disk.sync(self.inode, None);
+            };
+            disk.stats.slow_syncs += 1;
+            let file = disk.file(self.inode)?;
+            (delay, file.retired + file.unsynced.len() as u64)
+        };
+        std::thread::sleep(delay);
+        let mut disk = self.disk();
+        if disk.after_cut.is_some() {
+            return Err(power_lost());
         }
+        let retired = disk.file(self.inode)?.retired;
+        let count = usize::try_from(covered.saturating_sub(retired)).unwrap_or(usize::MAX);
+        disk.sync(self.inode, Some(count))
     }
 }
 
@@ -782,5 +950,131 @@ mod tests {
         let (after, _) = fs.reboot(3);
         assert_eq!(after.read(&dir().join("final")).expect("read"), b"new");
         assert!(after.read(&dir().join("tmp")).is_err());
+    }
+    /// A durably created file of `pages` pages of `fill`, synced.
+    fn synced_pages(fs: &SimFs, pages: usize, fill: u8) -> Arc<dyn WritableFile> {
+        let file = fs.create(&dir().join("a"), 0).expect("create");
+        file.write_at(&vec![fill; pages * PAGE as usize], 0)
+            .expect("write");
+        file.sync_data().expect("sync");
+        fs.sync_dir(&dir()).expect("sync dir");
+        file
+    }
+
+    #[test]
+    fn pages_can_reach_the_disk_out_of_order_and_synced_bytes_never_change() {
+        let mut out_of_order = false;
+        for seed in 0..200 {
+            let fs = SimFs::new(seed);
+            fs.create_dir_all(&dir()).expect("mkdir");
+            let file = synced_pages(&fs, 4, 1);
+            // Pages 0..3 rewritten in order; page 3 keeps its synced bytes.
+            for page in 0..3u8 {
+                file.write_at(&vec![page + 10; PAGE as usize], u64::from(page) * PAGE)
+                    .expect("write");
+            }
+            let (after, report) = fs.reboot(seed);
+            let data = after.read(&dir().join("a")).expect("read");
+            assert_eq!(data.len(), 4 * PAGE as usize);
+            let page = |n: usize| &data[n * PAGE as usize..(n + 1) * PAGE as usize];
+            assert!(page(3).iter().all(|b| *b == 1), "synced bytes changed");
+            for n in 0..3 {
+                assert!(
+                    page(n).iter().all(|b| *b == 1 || *b == n as u8 + 10),
+                    "page {n} holds bytes never written there"
+                );
+            }
+            let reached = |n: usize| page(n).iter().any(|b| *b != 1);
+            if (0..3).any(|n| reached(n) && (0..n).any(|m| !reached(m))) {
+                assert!(report.pages_out_of_order > 0, "{report:?}");
+                out_of_order = true;
+            }
+        }
+        assert!(
+            out_of_order,
+            "a later page must sometimes reach the disk before an earlier one"
+        );
+    }
+
+    #[test]
+    fn a_page_can_be_torn_by_sector_and_each_sector_is_whole() {
+        let mut torn = false;
+        for seed in 0..200 {
+            let fs = SimFs::new(seed);
+            fs.create_dir_all(&dir()).expect("mkdir");
+            let file = synced_pages(&fs, 1, 1);
+            file.write_at(&[2; PAGE as usize], 0).expect("write");
+            let (after, report) = fs.reboot(seed);
+            if report.sector_tears == 0 {
+                continue;
+            }
+            let data = after.read(&dir().join("a")).expect("read");
+            let sectors: Vec<u8> = data
+                .chunks(SECTOR)
+                .map(|sector| {
+                    assert!(
+                        sector.iter().all(|b| *b == sector[0]),
+                        "a sector of a sector-torn page is mixed"
+                    );
+                    sector[0]
+                })
+                .collect();
+            assert!(sectors.contains(&1) && sectors.contains(&2), "{sectors:?}");
+            torn = true;
+        }
+        assert!(torn, "no cut ever tore a page by sector");
+    }
+
+    #[test]
+    fn a_slow_sync_lets_writes_go_on_and_saves_only_what_came_before_it() {
+        let mut later_write_lost = false;
+        for seed in 0..20 {
+            let fs = SimFs::new(seed);
+            fs.create_dir_all(&dir()).expect("mkdir");
+            let file = synced_pages(&fs, 2, 0);
+            fs.slow_syncs(Some(Duration::from_millis(40)));
+            file.write_at(b"before", 0).expect("write");
+            let syncing = {
+                let file = Arc::clone(&file);
+                std::thread::spawn(move || file.sync_data())
+            };
+            std::thread::sleep(Duration::from_millis(10));
+            let started = std::time::Instant::now();
+            file.write_at(b"during", PAGE).expect("write");
+            assert!(
+                started.elapsed() < Duration::from_millis(30),
+                "a write waited for the sync"
+            );
+            syncing
+                .join()
+                .expect("the sync thread")
+                .expect("the slow sync succeeds");
+            assert_eq!(fs.stats().slow_syncs, 1);
+            let (after, _) = fs.reboot(seed);
+            let data = after.read(&dir().join("a")).expect("read");
+            assert_eq!(&data[..6], b"before", "the sync covered it");
+            later_write_lost |= data[PAGE as usize] == 0;
+        }
+        assert!(
+            later_write_lost,
+            "a write made while the sync ran must not always be saved by it"
+        );
+    }
+    #[test]
+    fn media_damage_hits_one_copy_durably() {
+        let fs = setup();
+        let file = synced_pages(&fs, 1, 7);
+        drop(file);
+        let copy = fs.duplicate();
+        copy.damage(&dir().join("a"), 10, &[0, 0]).expect("damage");
+        assert!(copy.damage(&dir().join("a"), PAGE - 1, &[0, 0]).is_err());
+        assert_eq!(
+            fs.read(&dir().join("a")).expect("read")[10],
+            7,
+            "the original is untouched"
+        );
+        let (after, _) = copy.reboot(0);
+        let data = after.read(&dir().join("a")).expect("read");
+        assert_eq!(&data[9..13], &[7, 0, 0, 7], "the damage is on the disk");
     }
 }

@@ -14,11 +14,13 @@ fn random_power_cuts_keep_every_guarantee() {
     let mut cycles = 0;
     let mut faults = 0;
     let mut torn = 0;
+    let mut totals = [0u64; 6];
     for seed in SEEDS {
         let report = torture::run(&TortureOptions {
             seed,
             cycles: CYCLES,
             ops_per_cycle: 120,
+            without: Vec::new(),
         })
         .unwrap_or_else(|failure| panic!("{failure}"));
         assert_eq!(report.cycles, CYCLES);
@@ -30,9 +32,31 @@ fn random_power_cuts_keep_every_guarantee() {
         cycles += report.cycles;
         faults += report.faults.values().sum::<u64>();
         torn += report.torn_writes;
+        for (total, count) in totals.iter_mut().zip([
+            report.pages_out_of_order,
+            report.sector_tears,
+            report.slow_syncs,
+            report.limit_changes,
+            report.media_damage.values().sum(),
+            report.ops_refused,
+        ]) {
+            *total += count;
+        }
         eprint!("{}", report.table());
     }
     assert!(cycles >= 2000);
     assert!(faults > 0, "no injected fault ever fired");
     assert!(torn > 0, "no power cut ever tore a write");
+    // Every fault kind must really have been injected.
+    let names = [
+        "pages written back out of order",
+        "pages torn by sector",
+        "slow syncs",
+        "lowered limits",
+        "media damage",
+        "operations refused over a limit",
+    ];
+    for (name, total) in names.iter().zip(totals) {
+        assert!(total > 0, "no {name} in {cycles} cycles");
+    }
 }

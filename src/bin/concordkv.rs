@@ -117,6 +117,10 @@ enum Command {
         /// Operations submitted per cycle, at most.
         #[arg(long, default_value_t = 200)]
         ops_per_cycle: usize,
+        /// A kind of fault not to inject, to tell which one a failure needs
+        /// (repeatable): io-errors | reordering | slow-syncs | media-damage | limit-changes.
+        #[arg(long)]
+        without: Vec<torture::FaultKind>,
         /// Print one JSON object instead of the summary.
         #[arg(long)]
         json: bool,
@@ -250,6 +254,7 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
             seed,
             cycles,
             ops_per_cycle,
+            without,
             json,
         } => {
             let seed = seed.unwrap_or_else(|| {
@@ -261,6 +266,7 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
                 seed,
                 cycles,
                 ops_per_cycle,
+                without,
             }) {
                 Ok(report) => {
                     print_report(json, &report, report.table());
