@@ -56,6 +56,7 @@ pub fn segment(data: &[u8]) {
         next_segment_id: 2,
         segments: vec![1],
         snapshots: Vec::new(),
+        sealed_through: 0,
     }
     .encode();
     let segment = segment_path(Path::new(DIR), 1);
@@ -79,6 +80,7 @@ pub fn snapshot(data: &[u8]) {
         next_segment_id: 1,
         segments: Vec::new(),
         snapshots: vec![header],
+        sealed_through: 0,
     }
     .encode();
     let path = snapshot_path(Path::new(DIR), &header);

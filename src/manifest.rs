@@ -80,6 +80,7 @@ impl ManifestStore {
                     next_segment_id: 1,
                     segments: Vec::new(),
                     snapshots: Vec::new(),
+                    sealed_through: 0,
                 };
                 write(fs.as_ref(), dir, &fresh)?;
                 fresh
@@ -126,6 +127,11 @@ impl ManifestStore {
     /// The live segment ids, ascending.
     pub fn segments(&self) -> Vec<u64> {
         self.lock().manifest.segments.clone()
+    }
+
+    /// Every segment up to this id is synced whole (see [`Manifest`]).
+    pub fn sealed_through(&self) -> u64 {
+        self.lock().manifest.sealed_through
     }
 
     /// The live snapshots, oldest first.
@@ -242,15 +248,18 @@ impl ManifestStore {
         Ok(segment)
     }
 
-    /// Unlists `ids`, then removes their files.
-    pub fn retire_segments(&self, ids: &[u64]) -> Result<()> {
-        if ids.is_empty() {
+    /// What an open learnt: unlists `ids` and records that every segment
+    /// up to `sealed_through` is synced whole, in one manifest write, then
+    /// removes the unlisted files.
+    pub fn finish_recovery(&self, ids: &[u64], sealed_through: u64) -> Result<()> {
+        let mut live = self.lock_open()?;
+        if ids.is_empty() && sealed_through <= live.manifest.sealed_through {
             return Ok(());
         }
-        let mut live = self.lock_open()?;
         let mut next = live.manifest.clone();
         next.generation += 1;
         next.segments.retain(|id| !ids.contains(id));
+        next.sealed_through = next.sealed_through.max(sealed_through);
         write(self.fs.as_ref(), &self.dir, &next)?;
         live.manifest = next;
         for id in ids {

@@ -29,8 +29,8 @@ use crate::manifest::ManifestStore;
 use crate::snapshot::load_base;
 use crate::sync_failure;
 
-/// A segment whose first page is zeros was prepared and never started.
-const PAGE_BYTES: usize = 4096;
+/// How much of a segment is checked for zeros at a time.
+const ZERO_CHECK_BYTES: usize = 1 << 20;
 
 /// What recovery found and returned: the state the snapshot chain holds
 /// (`base`, as of `base_seq`), then every record after it.
@@ -91,6 +91,11 @@ pub(crate) struct RecoveredLog {
     /// Listed segments that hold nothing: prepared but never started, or
     /// started by a write that never reached the disk (a torn header).
     pub retire: Vec<u64>,
+    /// The newest segment recovery read, now synced whole: from here on,
+    /// damage in it is never an interrupted write, even if it stays the
+    /// last started segment (a crash before the next one's header is
+    /// durable).
+    pub sealed_through: u64,
 }
 
 /// How one segment's scan ended.
@@ -116,14 +121,19 @@ pub(crate) fn recover(
     let base = load_base(fs, config, &manifest.snapshots())?;
     let mut ids = manifest.segments();
 
-    // Trailing segments that begin with a whole page of zeros were prepared
-    // ahead of time and never started: nothing in them was ever written.
+    // Trailing segments of nothing but zeros were prepared ahead of time and
+    // never started. The whole file is checked, not its first page: user
+    // values hold zero pages, and media damage can zero a header with
+    // records behind it, which the scan below must see.
+    let sealed_through = manifest.sealed_through();
     let mut retire = Vec::new();
     while let Some(&last) = ids.last() {
         let path = segment_path(dir, last);
-        let head = read_listed(fs, &path, |fs, p| fs.read_prefix(p, PAGE_BYTES))?;
-        if !all_zero(&head) {
+        if !all_zero_file(fs, &path)? {
             break;
+        }
+        if last <= sealed_through {
+            return Err(sealed_but_zero(&path));
         }
         retire.push(last);
         ids.pop();
@@ -137,14 +147,18 @@ pub(crate) fn recover(
     };
     let mut expected: Option<Seq> = None;
     let count = ids.len();
+    let mut newest_read = 0;
     for (index, &id) in ids.iter().enumerate() {
-        let newest = index + 1 == count;
+        let newest = index + 1 == count && id > sealed_through;
         let path = segment_path(dir, id);
         let bytes = read_listed(fs, &path, |fs, p| fs.read(p))?;
         let header = match SegmentHeader::decode(&bytes) {
             Ok(header) => header,
             // A rotator's segment prepared while the WAL restarted, never used.
             Err(HeaderError::Unwritten) if all_zero(&bytes) => {
+                if id <= sealed_through {
+                    return Err(sealed_but_zero(&path));
+                }
                 retire.push(id);
                 continue;
             }
@@ -236,6 +250,7 @@ pub(crate) fn recover(
                 .map_or(header.first_seq, |r| r.seq + 1),
         );
         recovery.segments += 1;
+        newest_read = id;
         if newest {
             seal_newest(fs, dir, &path, &bytes, scanned.logical_end)?;
             recovery.truncated = scanned.torn;
@@ -258,7 +273,33 @@ pub(crate) fn recover(
     recovery.records.retain(|r| r.seq > base_seq);
     recovery.last_seq = expected.map_or(0, |next| next - 1).max(base_seq);
     recovery.elapsed = started_at.elapsed();
-    Ok(RecoveredLog { recovery, retire })
+    Ok(RecoveredLog {
+        recovery,
+        retire,
+        sealed_through: newest_read,
+    })
+}
+
+/// Whether a listed segment holds nothing but zeros, read a piece at a time.
+fn all_zero_file(fs: &dyn FileSystem, path: &Path) -> Result<bool> {
+    let mut buf = vec![0u8; ZERO_CHECK_BYTES];
+    let mut offset = 0u64;
+    loop {
+        let n = fs.read_at(path, offset, &mut buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                corruption(path, 0, "listed in MANIFEST but missing".to_string())
+            } else {
+                Error::io("read segment", path, e)
+            }
+        })?;
+        if !all_zero(&buf[..n]) {
+            return Ok(false);
+        }
+        if n < buf.len() {
+            return Ok(true);
+        }
+        offset += n as u64;
+    }
 }
 
 /// Reads a segment the manifest lists; its absence is damage, not an empty log.
@@ -449,6 +490,15 @@ fn seal_newest(
         sync_failure::mark(fs, dir, path, &e);
         Error::io("sync newest segment", path, e)
     })
+}
+
+/// A segment an earlier open sealed reads as zeros: it held records.
+fn sealed_but_zero(path: &Path) -> Error {
+    corruption(
+        path,
+        0,
+        "the segment reads as all zeros, but an earlier open synced records in it".to_string(),
+    )
 }
 
 fn corruption(path: &Path, offset: u64, reason: String) -> Error {

@@ -236,6 +236,13 @@ impl SyncWorker {
         }
     }
 
+    /// Fails every appender held back by the bound: the log stopped, and
+    /// the syncs that would have answered them will not come.
+    pub(crate) fn fail_deferred(&self, reason: &str) {
+        let deferred = std::mem::take(&mut self.shared.lock().deferred);
+        fail_waiters(deferred, reason);
+    }
+
     /// Why syncing stopped, if it did.
     pub(crate) fn failure(&self) -> Option<String> {
         self.shared.lock().failed.clone()
@@ -270,12 +277,13 @@ impl SyncWorker {
                 tracing::error!("the sync thread panicked");
             }
         }
+        // Every sync has run: whoever still waits would wait forever.
+        self.fail_deferred("the store shut down before a sync covered this append");
     }
 }
 
 fn run(shared: &Shared) {
     let mut batch: Vec<SyncJob> = Vec::new();
-    let mut durable = Durable::default();
     loop {
         {
             let mut state = shared.lock();
@@ -290,9 +298,8 @@ fn run(shared: &Shared) {
             }
             std::mem::swap(&mut batch, &mut state.jobs);
         }
-        let processed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            process(shared, &mut batch, &mut durable)
-        }));
+        let processed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process(shared, &mut batch)));
         if processed.is_err() {
             // A panic (in a file-system implementation, say) must not leave
             // appenders waiting on a thread that no longer syncs: from here
@@ -317,22 +324,8 @@ fn run(shared: &Shared) {
     }
 }
 
-/// The file the last successful sync was on, and the length it made durable.
-#[derive(Default)]
-struct Durable(Option<(Arc<dyn WritableFile>, u64)>);
-
-impl Durable {
-    /// What is durable of `file`: nothing unless a sync of it succeeded.
-    fn end_of(&self, file: &Arc<dyn WritableFile>) -> u64 {
-        match &self.0 {
-            Some((synced, end)) if Arc::ptr_eq(synced, file) => *end,
-            _ => 0,
-        }
-    }
-}
-
 /// Serves a batch of jobs in order, one sync per run of jobs on one file.
-fn process(shared: &Shared, batch: &mut Vec<SyncJob>, durable: &mut Durable) {
+fn process(shared: &Shared, batch: &mut Vec<SyncJob>) {
     let mut jobs = batch.drain(..).peekable();
     while let Some(first) = jobs.next() {
         let mut group = vec![first];
@@ -341,7 +334,7 @@ fn process(shared: &Shared, batch: &mut Vec<SyncJob>, durable: &mut Durable) {
         }) {
             group.push(next);
         }
-        let result = sync_group(shared, &group, durable);
+        let result = sync_group(shared, &group);
         for job in group {
             complete(job, result.clone());
         }
@@ -349,7 +342,7 @@ fn process(shared: &Shared, batch: &mut Vec<SyncJob>, durable: &mut Durable) {
 }
 
 /// Syncs the file of a group of jobs once, and records the outcome.
-fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Result<(), String> {
+fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), String> {
     if let Some(reason) = shared.lock().failed.clone() {
         return Err(reason);
     }
@@ -377,7 +370,6 @@ fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Resu
             metrics::histogram!("concordkv_wal_sync_seconds").record(elapsed.as_secs_f64());
             metrics::histogram!("concordkv_wal_sync_batch_records").record(records as f64);
             metrics::counter!("concordkv_wal_syncs_total").increment(1);
-            durable.0 = Some((Arc::clone(file), end));
             if let Some(last) = group.last() {
                 last.durable.fetch_max(end, Relaxed);
             }
@@ -395,7 +387,13 @@ fn sync_group(shared: &Shared, group: &[SyncJob], durable: &mut Durable) -> Resu
                 std::mem::take(&mut state.deferred)
             };
             fail_waiters(deferred, &reason);
-            let keep = durable.end_of(file);
+            // What a successful sync made durable, the header's included
+            // (a new segment's header may have been synced outside this
+            // thread, at open): cutting below it would unstart the segment
+            // and make the previous one the newest again.
+            let keep = group.last().map_or(0, |job| {
+                job.durable.load(std::sync::atomic::Ordering::Acquire)
+            });
             match file.set_len(keep).and_then(|()| file.sync_all()) {
                 Ok(()) => tracing::warn!(
                     file = %path.display(),
@@ -460,5 +458,62 @@ fn complete(job: SyncJob, result: Result<(), String>) {
     }
     if let Some(on_done) = job.on_done {
         on_done(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_fs::SimFs;
+
+    fn worker(bound: AckBound) -> SyncWorker {
+        SyncWorker::start(
+            Arc::new(Inbox::default()),
+            Arc::new(WalCounters::default()),
+            Arc::new(Latencies::default()),
+            bound,
+            Arc::new(SimFs::new(1)),
+            PathBuf::from("/d"),
+        )
+        .expect("start")
+    }
+
+    fn waiter(
+        seq: Seq,
+    ) -> (
+        Waiter,
+        tokio::sync::oneshot::Receiver<crate::error::Result<Seq>>,
+    ) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        (Waiter { seq, reply }, answer)
+    }
+
+    #[test]
+    fn appends_within_the_bound_are_answered_at_once_and_the_rest_wait() {
+        let worker = worker(AckBound::Records(2));
+        let (first, mut first_answer) = waiter(2);
+        let (third, mut third_answer) = waiter(3);
+        worker.acknowledge(vec![first, third]);
+        assert!(matches!(first_answer.try_recv(), Ok(Ok(2))));
+        assert!(third_answer.try_recv().is_err(), "3 is beyond 0 + 2");
+        worker.stop();
+    }
+
+    #[test]
+    fn held_back_appends_get_an_error_when_the_log_stops_or_fails() {
+        let worker = worker(AckBound::Records(1));
+        let (held, mut answer) = waiter(5);
+        worker.acknowledge(vec![held]);
+        assert!(answer.try_recv().is_err(), "held back");
+        worker.fail_deferred("the WAL failed");
+        assert!(matches!(answer.try_recv(), Ok(Err(Error::WalFailed(_)))));
+
+        let (held, mut answer) = waiter(9);
+        worker.acknowledge(vec![held]);
+        worker.stop();
+        assert!(
+            matches!(answer.try_recv(), Ok(Err(Error::WalFailed(_)))),
+            "no sync will come after the thread stopped"
+        );
     }
 }

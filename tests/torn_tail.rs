@@ -443,3 +443,24 @@ async fn skip_corrupt_does_not_take_a_frame_inside_a_value_for_a_record() {
     assert_eq!(recovery.skipped.len(), 1);
     store.shutdown().await.expect("shutdown");
 }
+
+/// A zeroed first sector (header and first records) of a segment with
+/// records behind it is damage, never a segment that was never started.
+#[actix_rt::test]
+async fn a_zeroed_header_sector_with_records_behind_it_is_not_a_never_started_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_records(dir.path(), 300).await;
+    let newest = started_segments(dir.path()).pop().expect("segment");
+    let mut bytes = std::fs::read(&newest).expect("read");
+    bytes[..4096].fill(0);
+    std::fs::write(&newest, &bytes).expect("write");
+    let err = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .err()
+        .expect("refused, not retired");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file == newest && c.offset == 0),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&newest).expect("still there"), bytes);
+}

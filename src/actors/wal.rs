@@ -81,7 +81,7 @@ pub(crate) fn open_log(
     config: &Config,
 ) -> Result<(Recovery, WalStart)> {
     let recovered = recover(fs, manifest, config)?;
-    manifest.retire_segments(&recovered.retire)?;
+    manifest.finish_recovery(&recovered.retire, recovered.sealed_through)?;
     let next_seq = recovered.recovery.last_seq + 1;
     // Unpaced: appends wait for this one.
     let mut segment =
@@ -440,6 +440,9 @@ impl WalActor {
         for reply in self.rotation_replies.drain(..) {
             let _ = reply.send(Err(Error::WalFailed(reason.clone())));
         }
+        // Appenders held back by the loss bound wait for a sync that will
+        // not come now.
+        self.shared.worker.fail_deferred(&reason);
         self.rotating = None;
     }
 

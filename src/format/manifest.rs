@@ -10,8 +10,9 @@ use crate::format::snapshot::SnapshotHeader;
 
 /// Identifies a manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"CKVMAN\r\n";
-/// Bumped on any incompatible change to the manifest.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Bumped on any incompatible change to the manifest. Version 2 added
+/// `sealed_through`; version 1 manifests are still read (as 0).
+pub const MANIFEST_VERSION: u32 = 2;
 /// Bytes before the payload.
 pub const MANIFEST_HEADER_BYTES: usize = 20;
 /// The file name.
@@ -30,6 +31,19 @@ pub struct Manifest {
     pub segments: Vec<u64>,
     /// The live snapshots, in the order they were taken.
     pub snapshots: Vec<SnapshotHeader>,
+    /// Every segment up to this id is known synced whole (an open sealed
+    /// it), even when a crash leaves it the last one started: recovery
+    /// never takes damage in it for an interrupted write.
+    pub sealed_through: u64,
+}
+
+/// A version-1 manifest's payload.
+#[derive(Deserialize)]
+struct ManifestV1 {
+    generation: u64,
+    next_segment_id: u64,
+    segments: Vec<u64>,
+    snapshots: Vec<SnapshotHeader>,
 }
 
 /// Why a manifest was not accepted: the byte offset and the reason.
@@ -97,14 +111,26 @@ impl Manifest {
             ));
         }
         let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if version != MANIFEST_VERSION {
-            return Err(damaged(
-                8,
-                format!("manifest version {version}, this build reads {MANIFEST_VERSION}"),
-            ));
-        }
-        let manifest: Manifest = codec::decode_value(payload)
-            .map_err(|reason| damaged(MANIFEST_HEADER_BYTES as u64, reason))?;
+        let at_payload = |reason| damaged(MANIFEST_HEADER_BYTES as u64, reason);
+        let manifest: Manifest = match version {
+            1 => {
+                let old: ManifestV1 = codec::decode_value(payload).map_err(at_payload)?;
+                Manifest {
+                    generation: old.generation,
+                    next_segment_id: old.next_segment_id,
+                    segments: old.segments,
+                    snapshots: old.snapshots,
+                    sealed_through: 0,
+                }
+            }
+            MANIFEST_VERSION => codec::decode_value(payload).map_err(at_payload)?,
+            _ => {
+                return Err(damaged(
+                    8,
+                    format!("manifest version {version}, this build reads 1 to {MANIFEST_VERSION}"),
+                ))
+            }
+        };
         if !manifest.segments.windows(2).all(|w| w[0] < w[1]) {
             return Err(damaged(
                 MANIFEST_HEADER_BYTES as u64,
@@ -148,6 +174,7 @@ mod tests {
                 to_seq: 40,
                 entries: 3,
             }],
+            sealed_through: 7,
         };
         let bytes = manifest.encode();
         assert_eq!(Manifest::decode(&bytes), Ok(manifest.clone()));
@@ -157,5 +184,30 @@ mod tests {
             assert!(Manifest::decode(&bad).is_err(), "byte {i}");
         }
         assert!(Manifest::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_version_1_manifest_is_read_with_nothing_sealed() {
+        let segments: Vec<u64> = vec![2, 3];
+        let snapshots: Vec<SnapshotHeader> = Vec::new();
+        let mut payload = Vec::new();
+        codec::encode_value(&(5u64, 4u64, segments, snapshots), &mut payload);
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&MANIFEST_MAGIC);
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let crc = manifest_crc(&bytes[8..16], &payload);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        assert_eq!(
+            Manifest::decode(&bytes),
+            Ok(Manifest {
+                generation: 5,
+                next_segment_id: 4,
+                segments: vec![2, 3],
+                snapshots: Vec::new(),
+                sealed_through: 0,
+            })
+        );
     }
 }
