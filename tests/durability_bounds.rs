@@ -11,16 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concordkv::fs::{DirLock, FileSystem, RealFs, WritableFile};
+use common::WrappingFs;
+use concordkv::fs::WritableFile;
 use concordkv::sim_fs::{Call, Fault, SimFs};
 use concordkv::{Config, Entry, Error, Op, Store, SyncMode};
 
-/// The real disk, with every `fdatasync` taking `delay` longer once armed.
-struct SlowSyncFs {
-    armed: Arc<AtomicBool>,
-    delay: Duration,
-}
-
+/// A file whose every `fdatasync` takes `delay` longer once armed.
 struct SlowSyncFile {
     inner: Arc<dyn WritableFile>,
     armed: Arc<AtomicBool>,
@@ -45,52 +41,6 @@ impl WritableFile for SlowSyncFile {
     }
 }
 
-impl FileSystem for SlowSyncFs {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        RealFs.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
-        RealFs.list_dir(path)
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        RealFs.read(path)
-    }
-    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        RealFs.read_at(path, offset, buf)
-    }
-    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
-        RealFs.read_prefix(path, len)
-    }
-    fn file_len(&self, path: &Path) -> io::Result<u64> {
-        RealFs.file_len(path)
-    }
-    fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>> {
-        Ok(Arc::new(SlowSyncFile {
-            inner: RealFs.create(path, preallocate)?,
-            armed: Arc::clone(&self.armed),
-            delay: self.delay,
-        }))
-    }
-    fn open_writable(&self, path: &Path) -> io::Result<Arc<dyn WritableFile>> {
-        RealFs.open_writable(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        RealFs.remove(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        RealFs.sync_dir(path)
-    }
-    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
-        RealFs.lock_dir(dir)
-    }
-    fn boot_id(&self) -> io::Result<String> {
-        RealFs.boot_id()
-    }
-}
-
 /// Opens a store on a disk whose syncs take `delay` once the open is done.
 async fn open_slow(
     dir: &Path,
@@ -101,10 +51,14 @@ async fn open_slow(
     let mut cfg = common::config(dir, mode);
     tune(&mut cfg);
     let armed = Arc::new(AtomicBool::new(false));
-    let fs = SlowSyncFs {
-        armed: Arc::clone(&armed),
-        delay,
-    };
+    let slow = Arc::clone(&armed);
+    let fs = WrappingFs(move |_: &Path, inner: Arc<dyn WritableFile>| {
+        Arc::new(SlowSyncFile {
+            inner,
+            armed: Arc::clone(&slow),
+            delay,
+        }) as Arc<dyn WritableFile>
+    });
     let (store, _) = Store::open_with_fs(cfg, Arc::new(fs)).await.expect("open");
     armed.store(true, Ordering::SeqCst);
     store

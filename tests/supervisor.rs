@@ -4,19 +4,32 @@
 mod common;
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, state};
-use concordkv::fs::{DirLock, FileSystem, RealFs, WritableFile};
+use common::{config, state, WrappingFs};
+use concordkv::fs::{FileSystem, WritableFile};
 use concordkv::{Error, Store, SyncMode};
 
-/// A file system whose segment writes (or syncs) panic once armed.
-struct PanickingFs {
-    armed: Arc<AtomicBool>,
-    sync_armed: Arc<AtomicBool>,
+/// The real disk, whose segment writes (or syncs) panic once armed. Only
+/// segments (created as `<n>.wal.prep`, then renamed), which only the WAL
+/// actor writes; not the manifest or snapshots.
+fn panicking_fs(armed: &Arc<AtomicBool>, sync_armed: &Arc<AtomicBool>) -> Arc<dyn FileSystem> {
+    let (armed, sync_armed) = (Arc::clone(armed), Arc::clone(sync_armed));
+    Arc::new(WrappingFs(
+        move |path: &Path, inner: Arc<dyn WritableFile>| {
+            if !path.to_string_lossy().contains(".wal") {
+                return inner;
+            }
+            Arc::new(PanickingFile {
+                inner,
+                armed: Arc::clone(&armed),
+                sync_armed: Arc::clone(&sync_armed),
+            }) as Arc<dyn WritableFile>
+        },
+    ))
 }
 
 struct PanickingFile {
@@ -49,58 +62,6 @@ impl WritableFile for PanickingFile {
     }
 }
 
-impl FileSystem for PanickingFs {
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        RealFs.create_dir_all(path)
-    }
-    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
-        RealFs.list_dir(path)
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        RealFs.read(path)
-    }
-    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        RealFs.read_at(path, offset, buf)
-    }
-    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
-        RealFs.read_prefix(path, len)
-    }
-    fn file_len(&self, path: &Path) -> io::Result<u64> {
-        RealFs.file_len(path)
-    }
-    fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>> {
-        let inner = RealFs.create(path, preallocate)?;
-        // Only segments (created as `<n>.wal.prep`, then renamed), which
-        // only the WAL actor writes; not the manifest or snapshots.
-        if !path.to_string_lossy().contains(".wal") {
-            return Ok(inner);
-        }
-        Ok(Arc::new(PanickingFile {
-            inner,
-            armed: Arc::clone(&self.armed),
-            sync_armed: Arc::clone(&self.sync_armed),
-        }))
-    }
-    fn open_writable(&self, path: &Path) -> io::Result<Arc<dyn WritableFile>> {
-        RealFs.open_writable(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        RealFs.rename(from, to)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        RealFs.remove(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        RealFs.sync_dir(path)
-    }
-    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
-        RealFs.lock_dir(dir)
-    }
-    fn boot_id(&self) -> io::Result<String> {
-        RealFs.boot_id()
-    }
-}
-
 #[actix_rt::test]
 async fn a_panicking_wal_actor_is_restarted_and_its_waiters_get_an_error() {
     panic_and_restart(false).await;
@@ -115,10 +76,7 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile::tempdir().expect("tempdir");
     let armed = Arc::new(AtomicBool::new(false));
-    let fs = Arc::new(PanickingFs {
-        armed: Arc::clone(&armed),
-        sync_armed: Arc::new(AtomicBool::new(false)),
-    });
+    let fs = panicking_fs(&armed, &Arc::new(AtomicBool::new(false)));
     let mut cfg = config(dir.path(), SyncMode::Always);
     cfg.wal.dedicated_writer_thread = dedicated_writer_thread;
     let (store, _) = Store::open_with_fs(cfg.clone(), fs).await.expect("open");
@@ -172,10 +130,7 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
 async fn a_panicking_sync_thread_fails_its_waiters_instead_of_hanging_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sync_armed = Arc::new(AtomicBool::new(false));
-    let fs = Arc::new(PanickingFs {
-        armed: Arc::new(AtomicBool::new(false)),
-        sync_armed: Arc::clone(&sync_armed),
-    });
+    let fs = panicking_fs(&Arc::new(AtomicBool::new(false)), &sync_armed);
     let (store, _) = Store::open_with_fs(config(dir.path(), SyncMode::Always), fs)
         .await
         .expect("open");

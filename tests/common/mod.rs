@@ -4,10 +4,13 @@
 pub mod server;
 
 use std::collections::HashMap;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use concordkv::format::record::{read_frame_at, Frame, MAX_PAYLOAD_BYTES};
 use concordkv::format::segment::{parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
+use concordkv::fs::{DirLock, FileSystem, RealFs, WritableFile};
 use concordkv::{Config, Op, Record, SyncMode};
 
 /// A configuration for `dir` with small segments, so tests rotate often.
@@ -96,5 +99,54 @@ pub fn copy_dir(from: &Path, to: &Path) {
         if path.is_file() {
             std::fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
         }
+    }
+}
+
+/// The real disk, with every file it creates passed through `wrap`: how
+/// tests slow down, fail or break the files a store writes.
+pub struct WrappingFs<W>(pub W);
+
+impl<W> FileSystem for WrappingFs<W>
+where
+    W: Fn(&Path, Arc<dyn WritableFile>) -> Arc<dyn WritableFile> + Send + Sync + 'static,
+{
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        RealFs.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        RealFs.list_dir(path)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        RealFs.read(path)
+    }
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        RealFs.read_at(path, offset, buf)
+    }
+    fn read_prefix(&self, path: &Path, len: usize) -> io::Result<Vec<u8>> {
+        RealFs.read_prefix(path, len)
+    }
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        RealFs.file_len(path)
+    }
+    fn create(&self, path: &Path, preallocate: u64) -> io::Result<Arc<dyn WritableFile>> {
+        Ok((self.0)(path, RealFs.create(path, preallocate)?))
+    }
+    fn open_writable(&self, path: &Path) -> io::Result<Arc<dyn WritableFile>> {
+        RealFs.open_writable(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        RealFs.sync_dir(path)
+    }
+    fn lock_dir(&self, dir: &Path) -> io::Result<DirLock> {
+        RealFs.lock_dir(dir)
+    }
+    fn boot_id(&self) -> io::Result<String> {
+        RealFs.boot_id()
     }
 }
