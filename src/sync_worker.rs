@@ -104,7 +104,6 @@ struct State {
     jobs: Vec<SyncJob>,
     stopping: bool,
     failed: Option<String>,
-    bound: AckBound,
     /// Appenders whose acknowledgement waits for the bound, in sequence order.
     deferred: VecDeque<Waiter>,
     /// The last sequence number and time of each write not yet known
@@ -114,11 +113,11 @@ struct State {
 
 impl State {
     /// Whether record `seq` may be acknowledged now, durable or not.
-    fn may_acknowledge(&self, seq: Seq, durable_seq: Seq, now: Instant) -> bool {
+    fn may_acknowledge(&self, bound: AckBound, seq: Seq, durable_seq: Seq, now: Instant) -> bool {
         if seq <= durable_seq {
             return true;
         }
-        match self.bound {
+        match bound {
             AckBound::Durable => false,
             AckBound::Records(n) => seq - durable_seq <= n,
             AckBound::Age(limit) => self
@@ -132,6 +131,8 @@ impl State {
 
 struct Shared {
     state: Mutex<State>,
+    /// What `wal.sync_mode` promises; fixed for the store's life.
+    bound: AckBound,
     /// Where a failed cut-back leaves the failed-sync marker.
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
@@ -171,10 +172,10 @@ impl SyncWorker {
                 jobs: Vec::new(),
                 stopping: false,
                 failed: None,
-                bound,
                 deferred: VecDeque::new(),
                 unsynced_writes: VecDeque::new(),
             }),
+            bound,
             fs,
             dir,
             gate: RwLock::new(()),
@@ -208,9 +209,9 @@ impl SyncWorker {
 
     /// Notes a write of records up to `last` (for [`AckBound::Age`]).
     pub(crate) fn wrote(&self, last: Seq, at: Instant) {
-        let mut state = self.shared.lock();
-        if matches!(state.bound, AckBound::Age(_)) {
-            state.unsynced_writes.push_back((last, at));
+        // Only the age bound needs the times; the others skip the lock.
+        if matches!(self.shared.bound, AckBound::Age(_)) {
+            self.shared.lock().unsynced_writes.push_back((last, at));
         }
     }
 
@@ -228,7 +229,9 @@ impl SyncWorker {
         let durable_seq = self.shared.counters.durable_seq.load(Relaxed);
         let now = Instant::now();
         for waiter in waiters {
-            if state.deferred.is_empty() && state.may_acknowledge(waiter.seq, durable_seq, now) {
+            if state.deferred.is_empty()
+                && state.may_acknowledge(self.shared.bound, waiter.seq, durable_seq, now)
+            {
                 let _ = waiter.reply.send(Ok(waiter.seq));
             } else {
                 state.deferred.push_back(waiter);
@@ -433,7 +436,7 @@ fn release_deferred(shared: &Shared, upto: Seq) {
     }
     let now = Instant::now();
     while let Some(front) = state.deferred.front() {
-        if !state.may_acknowledge(front.seq, durable_seq, now) {
+        if !state.may_acknowledge(shared.bound, front.seq, durable_seq, now) {
             break;
         }
         if let Some(waiter) = state.deferred.pop_front() {
