@@ -151,6 +151,10 @@ async fn interval_mode_stops_acknowledging_once_the_unsynced_writes_are_an_inter
     let (a1, d1) = (acked.load(Ordering::SeqCst), store.stats().durable_seq);
     actix_rt::time::sleep(Duration::from_millis(400)).await;
     let (a2, d2) = (acked.load(Ordering::SeqCst), store.stats().durable_seq);
+    assert!(
+        a1 > 0,
+        "appends younger than the interval are acknowledged before any sync"
+    );
     assert_eq!(d1, d2, "the sync is still in flight");
     assert_eq!(
         a1, a2,

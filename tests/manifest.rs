@@ -277,3 +277,66 @@ fn names(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+#[actix_rt::test]
+async fn unlisted_snapshots_are_removed_and_listed_ones_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
+    store.set("a", "1").await.expect("set");
+    store.snapshot().await.expect("snapshot");
+    store.shutdown().await.expect("shutdown");
+    let listed: Vec<String> = names(dir.path())
+        .into_iter()
+        .filter(|n| n.ends_with(".full.snap"))
+        .collect();
+    assert_eq!(listed.len(), 1);
+    let strays = [
+        "00000000000000000099.full.snap",
+        "00000000000000000099.full.snap.tmp",
+        "00000000000000000001-00000000000000000002.incr.snap",
+    ];
+    for stray in strays {
+        std::fs::write(dir.path().join(stray), b"debris").expect("write");
+    }
+    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open");
+    assert_eq!(recovery.snapshots, 1);
+    store.shutdown().await.expect("shutdown");
+    for stray in strays {
+        assert!(!dir.path().join(stray).exists(), "{stray} was kept");
+    }
+    assert!(
+        dir.path().join(&listed[0]).exists(),
+        "the listed snapshot was removed"
+    );
+}
+
+#[actix_rt::test]
+async fn a_manifest_that_cannot_be_read_is_an_io_error_not_a_missing_one() {
+    use concordkv::sim_fs::{Call, Fault, SimFs};
+    let fs = SimFs::new(3);
+    let mut cfg = concordkv::Config::with_data_dir("/sim/db");
+    cfg.compaction.threshold = u64::MAX;
+    let (store, _) = Store::open_with_fs(cfg.clone(), std::sync::Arc::new(fs.clone()))
+        .await
+        .expect("open");
+    store.shutdown().await.expect("shutdown");
+    fs.inject(Fault {
+        call: Call::Read,
+        nth: 1,
+        errno: libc::EIO,
+        path_contains: Some(MANIFEST_FILE.into()),
+        sticky: false,
+    });
+    let err = Store::open_with_fs(cfg, std::sync::Arc::new(fs.clone()))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(&err, Error::Io { op, .. } if *op == "read manifest"),
+        "{err}"
+    );
+}

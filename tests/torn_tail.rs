@@ -464,3 +464,48 @@ async fn a_zeroed_header_sector_with_records_behind_it_is_not_a_never_started_se
     );
     assert_eq!(std::fs::read(&newest).expect("still there"), bytes);
 }
+
+/// An open syncs the newest segment whole and records that in the
+/// MANIFEST: if a crash later leaves that segment the last one started
+/// again, damage in it is still damage, not an interrupted write.
+#[actix_rt::test]
+async fn a_segment_an_earlier_open_sealed_is_never_cut_as_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), SyncMode::None);
+    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    for i in 0..50u32 {
+        store.set(format!("key-{i}"), "v").await.expect("set");
+    }
+    store.shutdown().await.expect("shutdown");
+    let written = started_segments(dir.path()).pop().expect("segment");
+    // This open seals `written` and starts the next segment.
+    let (store, recovery) = Store::open(cfg.clone()).await.expect("reopen");
+    assert_eq!(recovery.last_seq, 50);
+    store.shutdown().await.expect("shutdown");
+    let manifest = concordkv::format::manifest::Manifest::decode(
+        &std::fs::read(dir.path().join("MANIFEST")).expect("read manifest"),
+    )
+    .expect("manifest");
+    let sealed_id = concordkv::format::segment::parse_segment_file_name(
+        &written.file_name().expect("name").to_string_lossy(),
+    )
+    .expect("id");
+    assert_eq!(manifest.sealed_through, sealed_id);
+
+    // The next segment's start is lost (all zeros), and a record of the
+    // sealed one, attested by no later frame (nothing was synced while
+    // they were written), is damaged.
+    let next = started_segments(dir.path()).pop().expect("next segment");
+    assert_ne!(next, written);
+    let len = std::fs::metadata(&next).expect("stat").len();
+    std::fs::write(&next, vec![0u8; len as usize]).expect("zero");
+    let frames = frame_ranges(&written);
+    let mut bytes = std::fs::read(&written).expect("read");
+    bytes[frames[25].start + 4] ^= 0x01;
+    std::fs::write(&written, &bytes).expect("write");
+    let err = Store::open(cfg).await.err().expect("refused, not cut");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file == written && c.offset == frames[25].start as u64),
+        "{err}"
+    );
+}
