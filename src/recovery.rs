@@ -151,7 +151,7 @@ pub(crate) fn recover(
     for (index, &id) in ids.iter().enumerate() {
         let newest = index + 1 == count && id > sealed_through;
         let path = segment_path(dir, id);
-        let bytes = read_listed(fs, &path, |fs, p| fs.read(p))?;
+        let bytes = fs.read(&path).map_err(|e| listed_read_error(&path, e))?;
         let header = match SegmentHeader::decode(&bytes) {
             Ok(header) => header,
             // A rotator's segment prepared while the WAL restarted, never used.
@@ -285,13 +285,9 @@ fn all_zero_file(fs: &dyn FileSystem, path: &Path) -> Result<bool> {
     let mut buf = vec![0u8; ZERO_CHECK_BYTES];
     let mut offset = 0u64;
     loop {
-        let n = fs.read_at(path, offset, &mut buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                corruption(path, 0, "listed in MANIFEST but missing".to_string())
-            } else {
-                Error::io("read segment", path, e)
-            }
-        })?;
+        let n = fs
+            .read_at(path, offset, &mut buf)
+            .map_err(|e| listed_read_error(path, e))?;
         if !all_zero(&buf[..n]) {
             return Ok(false);
         }
@@ -302,19 +298,13 @@ fn all_zero_file(fs: &dyn FileSystem, path: &Path) -> Result<bool> {
     }
 }
 
-/// Reads a segment the manifest lists; its absence is damage, not an empty log.
-fn read_listed(
-    fs: &dyn FileSystem,
-    path: &Path,
-    read: impl Fn(&dyn FileSystem, &Path) -> std::io::Result<Vec<u8>>,
-) -> Result<Vec<u8>> {
-    read(fs, path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            corruption(path, 0, "listed in MANIFEST but missing".to_string())
-        } else {
-            Error::io("read segment", path, e)
-        }
-    })
+/// A failed read of a segment the manifest lists; its absence is damage, not an empty log.
+fn listed_read_error(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        corruption(path, 0, "listed in MANIFEST but missing".to_string())
+    } else {
+        Error::io("read segment", path, e)
+    }
 }
 
 /// Scans the frames of one segment, appending its records to `recovery`.
