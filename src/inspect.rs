@@ -18,7 +18,7 @@ use crate::format::segment::{
 };
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
-use crate::snapshot::{read_snapshot, snapshot_path};
+use crate::lifecycle::snapshot::{read_snapshot, snapshot_path};
 
 /// What a segment holds.
 #[derive(Debug, Clone)]

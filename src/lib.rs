@@ -2,8 +2,9 @@
 //!
 //! A durable key-value log for actix applications: a write-ahead log with
 //! group commit, checksummed records, segment rotation and crash recovery,
-//! run by supervised actors. See `README.md` for the guarantees of each sync
-//! mode and `FORMAT.md` for the bytes on disk.
+//! run by supervised actors, with full and incremental snapshots and
+//! compaction in the background. See `README.md` for the guarantees of each
+//! sync mode and `FORMAT.md` for the bytes on disk.
 //!
 //! ```no_run
 //! use concordkv::{Config, Store};
@@ -16,43 +17,56 @@
 //!     store.shutdown().await
 //! }
 //! ```
+//!
+//! ## Layout
+//!
+//! - `log/`: segments, the frame reader, the sync thread, recovery;
+//! - `lifecycle/`: the manifest, snapshots, compaction and the background
+//!   work that writes them;
+//! - `actors/`: the supervised actors that run it all;
+//! - `format/`: the bytes on disk.
+//!
+//! ## Features
+//!
+//! - `prometheus-exporter`: [`install_prometheus_exporter`] serves the
+//!   metrics over HTTP for Prometheus (the store publishes them through the
+//!   `metrics` facade either way, to whatever recorder is installed).
+//! - `testing`: the simulated disk, the torture model and the fuzz entry
+//!   points, for this crate's own tests and tools.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
-pub mod actors;
-mod background;
-pub mod bench;
-pub mod compaction;
-pub mod config;
-pub mod crash;
-pub mod entry;
-pub mod error;
-pub mod format;
-mod frame_reader;
-pub mod fs;
-pub mod fuzzing;
-mod inbox;
-pub mod inspect;
-pub mod latency;
-mod manifest;
-mod pacing;
-pub mod recovery;
-mod segment;
-pub mod server;
-pub mod sim_fs;
-mod single_flight;
-mod snapshot;
-pub mod stats;
-pub mod store;
-mod sync_failure;
-mod sync_worker;
-pub mod torture;
+mod actors;
+mod config;
+mod crash;
+mod entry;
+mod error;
+mod format;
+mod fs;
+mod inspect;
+mod latency;
+mod lifecycle;
+mod log;
+mod stats;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-pub use compaction::CompactionReport;
-pub use config::{Config, RecoveryMode, SyncMode};
+#[cfg(feature = "prometheus-exporter")]
+pub use actors::metrics::install_prometheus_exporter;
+pub use actors::metrics::{KindStats, StatsReport};
+pub use config::{
+    CompactionConfig, Config, LimitsConfig, MaintenanceConfig, MetricsConfig, RecoveryMode, Secret,
+    ServerConfig, SnapshotConfig, SyncMode, WalConfig, DEFAULT_TOML,
+};
 pub use entry::{Entry, Op, Record, Seq};
 pub use error::{ConfigError, Corruption, Error, Result};
-pub use recovery::{Recovery, TruncatedTail};
+pub use format::snapshot::{SnapshotHeader, SnapshotKind};
+pub use inspect::{inspect, Inspection, SegmentReport, SnapshotReport};
+pub use latency::OpKind;
+pub use lifecycle::compaction::CompactionReport;
+pub use log::recovery::{Recovery, TruncatedTail};
 pub use stats::{PersistenceInfo, StoreStats};
 pub use store::{Pending, Store};
 

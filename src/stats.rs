@@ -110,7 +110,7 @@ impl PersistenceInfo {
             .chain(
                 snapshots
                     .iter()
-                    .map(|s| crate::snapshot::snapshot_path(dir, s)),
+                    .map(|s| crate::lifecycle::snapshot::snapshot_path(dir, s)),
             )
             .filter_map(|path| wal.fs.file_len(&path).ok())
             .sum();

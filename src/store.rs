@@ -15,19 +15,19 @@ use crate::actors::metrics::{MetricsActor, StatsReport};
 use crate::actors::snapshot::SnapshotActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::actors::wal::{open_log, WalShared};
-use crate::compaction::CompactionReport;
 use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Error, Result};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
-use crate::inbox::{Inbox, Request};
 use crate::latency::Latencies;
-use crate::manifest::ManifestStore;
-use crate::recovery::Recovery;
-use crate::single_flight::SingleFlight;
+use crate::lifecycle::compaction::CompactionReport;
+use crate::lifecycle::manifest::ManifestStore;
+use crate::lifecycle::single_flight::SingleFlight;
+use crate::log::inbox::{Inbox, Request};
+use crate::log::recovery::Recovery;
+use crate::log::sync_worker::{AckBound, SyncWorker};
 use crate::stats::{PersistenceInfo, StoreStats, WalCounters};
-use crate::sync_worker::{AckBound, SyncWorker};
 
 /// An open store. Cheap to clone; every clone appends to the same log.
 ///
@@ -64,7 +64,7 @@ impl Store {
     }
 
     /// As [`Store::open`], through another file-system implementation.
-    pub async fn open_with_fs(
+    pub(crate) async fn open_with_fs(
         config: Config,
         fs: Arc<dyn FileSystem>,
     ) -> Result<(Store, Recovery)> {
@@ -353,6 +353,13 @@ fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// As [`Store::open`], through another file-system implementation (the
+/// simulated disk of the tests, or a wrapper that injects faults).
+#[cfg(feature = "testing")]
+pub async fn open_with_fs(config: Config, fs: Arc<dyn FileSystem>) -> Result<(Store, Recovery)> {
+    Store::open_with_fs(config, fs).await
 }
 
 /// An acknowledgement to await: resolves with the record's sequence number,

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{config, frame_ranges, started_segments};
-use concordkv::format::segment::SEGMENT_HEADER_BYTES;
+use concordkv::testing::format::segment::SEGMENT_HEADER_BYTES;
 use concordkv::{Config, Store, SyncMode};
 
 fn compacting(dir: &Path, mode: SyncMode) -> Config {

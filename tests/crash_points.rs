@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
-use concordkv::crash::CRASH_POINTS;
+use concordkv::testing::CRASH_POINTS;
 use concordkv::{Config, Store, SyncMode};
 
 const CHILD_DIR: &str = "CONCORDKV_CRASH_POINT_CHILD_DIR";

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::WrappingFs;
-use concordkv::fs::WritableFile;
-use concordkv::sim_fs::{Call, Fault, SimFs};
+use concordkv::testing::fs::WritableFile;
+use concordkv::testing::sim_fs::{Call, Fault, SimFs};
 use concordkv::{Config, Entry, Error, Op, Store, SyncMode};
 
 /// A file whose every `fdatasync` takes `delay` longer once armed.
@@ -59,7 +59,9 @@ async fn open_slow(
             delay,
         }) as Arc<dyn WritableFile>
     });
-    let (store, _) = Store::open_with_fs(cfg, Arc::new(fs)).await.expect("open");
+    let (store, _) = concordkv::testing::open_with_fs(cfg, Arc::new(fs))
+        .await
+        .expect("open");
     armed.store(true, Ordering::SeqCst);
     store
 }
@@ -174,7 +176,7 @@ fn sim_config() -> Config {
 #[actix_rt::test]
 async fn an_open_whose_sync_failed_leaves_the_directory_refused_until_a_reboot() {
     let fs = SimFs::new(7);
-    let (store, _) = Store::open_with_fs(sim_config(), Arc::new(fs.clone()))
+    let (store, _) = concordkv::testing::open_with_fs(sim_config(), Arc::new(fs.clone()))
         .await
         .expect("open");
     for i in 0..20u32 {
@@ -190,12 +192,12 @@ async fn an_open_whose_sync_failed_leaves_the_directory_refused_until_a_reboot()
         path_contains: Some(".wal".into()),
         sticky: false,
     });
-    let err = Store::open_with_fs(sim_config(), Arc::new(fs.clone()))
+    let err = concordkv::testing::open_with_fs(sim_config(), Arc::new(fs.clone()))
         .await
         .err()
         .expect("the sealing sync fails");
     assert!(matches!(err, Error::Io { .. }), "{err}");
-    let err = Store::open_with_fs(sim_config(), Arc::new(fs.clone()))
+    let err = concordkv::testing::open_with_fs(sim_config(), Arc::new(fs.clone()))
         .await
         .err()
         .expect("the same boot does not trust the page cache again");
@@ -204,7 +206,7 @@ async fn an_open_whose_sync_failed_leaves_the_directory_refused_until_a_reboot()
         "{err}"
     );
     let (rebooted, _) = fs.reboot(8);
-    let (store, recovery) = Store::open_with_fs(sim_config(), Arc::new(rebooted))
+    let (store, recovery) = concordkv::testing::open_with_fs(sim_config(), Arc::new(rebooted))
         .await
         .expect("a new boot opens what the disk holds");
     assert!(recovery.last_seq <= 20);

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{config, started_segments};
-use concordkv::entry::{Entry, Op};
-use concordkv::format::manifest::{Manifest, MANIFEST_FILE};
-use concordkv::format::record::{encode_record, Layout};
-use concordkv::format::segment::{segment_file_name, SegmentHeader};
+use concordkv::testing::format::manifest::{Manifest, MANIFEST_FILE};
+use concordkv::testing::format::record::{encode_record, Layout};
+use concordkv::testing::format::segment::{segment_file_name, SegmentHeader};
+use concordkv::{Entry, Op};
 use concordkv::{Store, SyncMode};
 
 #[actix_rt::test]

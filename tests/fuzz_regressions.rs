@@ -26,20 +26,15 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn segment_inputs() {
-    replay("segment", concordkv::fuzzing::segment);
+    replay("segment", concordkv::testing::fuzzing::segment);
 }
 
 #[test]
 fn snapshot_inputs() {
-    replay("snapshot", concordkv::fuzzing::snapshot);
+    replay("snapshot", concordkv::testing::fuzzing::snapshot);
 }
 
 #[test]
 fn manifest_inputs() {
-    replay("manifest", concordkv::fuzzing::manifest);
-}
-
-#[test]
-fn request_inputs() {
-    replay("request", concordkv::fuzzing::request);
+    replay("manifest", concordkv::testing::fuzzing::manifest);
 }

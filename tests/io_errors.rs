@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use concordkv::sim_fs::{Call, Fault, SimFs};
+use concordkv::testing::sim_fs::{Call, Fault, SimFs};
 use concordkv::{Config, Error, Store, SyncMode};
 
 fn config() -> Config {
@@ -30,7 +30,7 @@ fn fault(call: Call, errno: i32, path_contains: &str) -> Fault {
 }
 
 async fn open(fs: &SimFs) -> Store {
-    Store::open_with_fs(config(), Arc::new(fs.clone()))
+    concordkv::testing::open_with_fs(config(), Arc::new(fs.clone()))
         .await
         .expect("open")
         .0
@@ -52,7 +52,7 @@ async fn fill(store: &Store, from: u32, n: u32) -> BTreeMap<Vec<u8>, Vec<u8>> {
 
 /// The state a fresh open of `fs` recovers.
 async fn recovered(fs: &SimFs) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let (store, recovery) = Store::open_with_fs(config(), Arc::new(fs.clone()))
+    let (store, recovery) = concordkv::testing::open_with_fs(config(), Arc::new(fs.clone()))
         .await
         .expect("reopen");
     store.shutdown().await.expect("shutdown");

@@ -336,11 +336,11 @@ async fn an_invalid_config_opens_nothing() {
 
 #[actix_rt::test]
 async fn shutdown_lets_go_of_everything_the_store_held() {
-    let fs: std::sync::Arc<dyn concordkv::fs::FileSystem> =
-        std::sync::Arc::new(concordkv::sim_fs::SimFs::new(1));
+    let fs: std::sync::Arc<dyn concordkv::testing::fs::FileSystem> =
+        std::sync::Arc::new(concordkv::testing::sim_fs::SimFs::new(1));
     let mut cfg = concordkv::Config::with_data_dir("/sim/released");
     cfg.wal.sync_mode = SyncMode::Always;
-    let (store, _) = Store::open_with_fs(cfg, std::sync::Arc::clone(&fs))
+    let (store, _) = concordkv::testing::open_with_fs(cfg, std::sync::Arc::clone(&fs))
         .await
         .expect("open");
     store.set("k", "v").await.expect("set");

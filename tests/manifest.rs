@@ -6,10 +6,10 @@ mod common;
 use std::path::Path;
 
 use common::{config, fill_small_segments, started_segments};
-use concordkv::entry::{Entry, Op};
-use concordkv::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
-use concordkv::format::record::encode_segment_record;
-use concordkv::format::segment::{segment_file_name, SegmentHeader};
+use concordkv::testing::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
+use concordkv::testing::format::record::encode_segment_record;
+use concordkv::testing::format::segment::{segment_file_name, SegmentHeader};
+use concordkv::{Entry, Op};
 use concordkv::{Error, Store, SyncMode};
 
 async fn write_records(dir: &Path, n: u32) {
@@ -316,11 +316,11 @@ async fn unlisted_snapshots_are_removed_and_listed_ones_kept() {
 
 #[actix_rt::test]
 async fn a_manifest_that_cannot_be_read_is_an_io_error_not_a_missing_one() {
-    use concordkv::sim_fs::{Call, Fault, SimFs};
+    use concordkv::testing::sim_fs::{Call, Fault, SimFs};
     let fs = SimFs::new(3);
     let mut cfg = concordkv::Config::with_data_dir("/sim/db");
     cfg.compaction.threshold = u64::MAX;
-    let (store, _) = Store::open_with_fs(cfg.clone(), std::sync::Arc::new(fs.clone()))
+    let (store, _) = concordkv::testing::open_with_fs(cfg.clone(), std::sync::Arc::new(fs.clone()))
         .await
         .expect("open");
     store.shutdown().await.expect("shutdown");
@@ -331,7 +331,7 @@ async fn a_manifest_that_cannot_be_read_is_an_io_error_not_a_missing_one() {
         path_contains: Some(MANIFEST_FILE.into()),
         sticky: false,
     });
-    let err = Store::open_with_fs(cfg, std::sync::Arc::new(fs.clone()))
+    let err = concordkv::testing::open_with_fs(cfg, std::sync::Arc::new(fs.clone()))
         .await
         .err()
         .expect("refused");

@@ -1,9 +1,9 @@
 //! Crash consistency under simulated power loss: thousands of random
 //! workloads cut at random points of a simulated disk, with injected I/O
-//! errors, each recovery checked against a model (see `concordkv::torture`).
+//! errors, each recovery checked against a model (see `concordkv::testing::torture`).
 //! Longer runs: `concordkv torture --cycles N --seed S`.
 
-use concordkv::torture::{self, TortureOptions};
+use concordkv::testing::torture::{self, TortureOptions};
 
 /// Seeds run here; each is a run of `CYCLES` power cuts on one disk.
 const SEEDS: std::ops::Range<u64> = 1..9;

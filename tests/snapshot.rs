@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use common::{config, started_segments};
-use concordkv::format::snapshot::SnapshotKind;
+use concordkv::testing::format::snapshot::SnapshotKind;
 use concordkv::{Config, Error, Op, Store, SyncMode};
 use proptest::prelude::*;
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{config, state, WrappingFs};
-use concordkv::fs::{FileSystem, WritableFile};
+use concordkv::testing::fs::{FileSystem, WritableFile};
 use concordkv::{Error, Store, SyncMode};
 
 /// The real disk, whose segment writes (or syncs) panic once armed. Only
@@ -79,7 +79,9 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
     let fs = panicking_fs(&armed, &Arc::new(AtomicBool::new(false)));
     let mut cfg = config(dir.path(), SyncMode::Always);
     cfg.wal.dedicated_writer_thread = dedicated_writer_thread;
-    let (store, _) = Store::open_with_fs(cfg.clone(), fs).await.expect("open");
+    let (store, _) = concordkv::testing::open_with_fs(cfg.clone(), fs)
+        .await
+        .expect("open");
     store
         .set("before", "1")
         .await
@@ -131,7 +133,7 @@ async fn a_panicking_sync_thread_fails_its_waiters_instead_of_hanging_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sync_armed = Arc::new(AtomicBool::new(false));
     let fs = panicking_fs(&Arc::new(AtomicBool::new(false)), &sync_armed);
-    let (store, _) = Store::open_with_fs(config(dir.path(), SyncMode::Always), fs)
+    let (store, _) = concordkv::testing::open_with_fs(config(dir.path(), SyncMode::Always), fs)
         .await
         .expect("open");
     store

@@ -7,8 +7,8 @@ use std::fs::OpenOptions;
 use std::path::Path;
 
 use common::{config, copy_dir, fill_small_segments, frame_ranges, started_segments};
-use concordkv::format::record::encode_segment_record;
-use concordkv::format::segment::SegmentHeader;
+use concordkv::testing::format::record::encode_segment_record;
+use concordkv::testing::format::segment::SegmentHeader;
 use concordkv::{Entry, Error, Op, RecoveryMode, Store, SyncMode};
 
 /// Writes `n` records (one batch among them) and shuts down cleanly.
@@ -482,11 +482,11 @@ async fn a_segment_an_earlier_open_sealed_is_never_cut_as_a_torn_tail() {
     let (store, recovery) = Store::open(cfg.clone()).await.expect("reopen");
     assert_eq!(recovery.last_seq, 50);
     store.shutdown().await.expect("shutdown");
-    let manifest = concordkv::format::manifest::Manifest::decode(
+    let manifest = concordkv::testing::format::manifest::Manifest::decode(
         &std::fs::read(dir.path().join("MANIFEST")).expect("read manifest"),
     )
     .expect("manifest");
-    let sealed_id = concordkv::format::segment::parse_segment_file_name(
+    let sealed_id = concordkv::testing::format::segment::parse_segment_file_name(
         &written.file_name().expect("name").to_string_lossy(),
     )
     .expect("id");

@@ -2,7 +2,7 @@
 //! It counts the records of every segment the WAL seals; once they reach
 //! `compaction.threshold` it builds the compacted state on a maintenance
 //! thread and, if the redundant fraction reaches `compaction.ratio`, writes
-//! it out (see `crate::compaction`). Appends never wait for any of it; the
+//! it out (see `crate::lifecycle::compaction`). Appends never wait for any of it; the
 //! maintenance lock keeps it from racing a snapshot on the manifest.
 
 use std::future::Future;
@@ -13,9 +13,9 @@ use actix::prelude::*;
 
 use crate::actors::messages::{Compact, SegmentSealed};
 use crate::actors::wal::WalShared;
-use crate::background::Jobs;
-use crate::compaction::{compact, CompactionReport};
 use crate::error::{Error, Result};
+use crate::lifecycle::background::Jobs;
+use crate::lifecycle::compaction::{compact, CompactionReport};
 
 /// Starts compactions, by itself and on request.
 pub struct CompactorActor {

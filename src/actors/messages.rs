@@ -4,11 +4,11 @@ use actix::Message;
 use tokio::sync::oneshot;
 
 use crate::actors::wal::WalStart;
-use crate::compaction::CompactionReport;
 use crate::entry::Seq;
 use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
-use crate::segment::Segment;
+use crate::lifecycle::compaction::CompactionReport;
+use crate::log::segment::Segment;
 
 /// To `WalActor`: requests are waiting in the inbox.
 #[derive(Message)]

@@ -12,13 +12,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use hdrhistogram::Histogram;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde::Serialize;
 
 use crate::actors::messages::GetStats;
 use crate::actors::wal::WalShared;
-use crate::config::MetricsConfig;
-use crate::error::{Error, Result};
 use crate::latency::{nanos_histogram, OpKind};
 use crate::stats::PersistenceInfo;
 
@@ -28,11 +25,13 @@ const PUBLISH_PERIOD: Duration = Duration::from_secs(1);
 /// Bucket bounds of the latency histograms, in seconds: this store's
 /// operations range from tens of microseconds (a write to the page cache)
 /// through milliseconds (an fdatasync) to seconds (a large compaction).
+#[cfg(feature = "prometheus-exporter")]
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Bucket bounds of the group-commit size (records made durable by one sync).
+#[cfg(feature = "prometheus-exporter")]
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
 ];
@@ -40,7 +39,13 @@ const BATCH_BUCKETS: &[f64] = &[
 /// Installs the Prometheus exporter on `metrics.listen`. Call it before the
 /// actix System starts: the exporter then serves scrapes from a thread of
 /// its own, never waiting for a busy actor.
-pub fn install_exporter(config: &MetricsConfig) -> Result<()> {
+#[cfg(feature = "prometheus-exporter")]
+pub fn install_prometheus_exporter(
+    config: &crate::config::MetricsConfig,
+) -> crate::error::Result<()> {
+    use crate::error::Error;
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
     let addr: std::net::SocketAddr = config.listen.parse().map_err(|_| {
         Error::InvalidRequest(format!(
             "metrics.listen = {:?} is not an address",
@@ -63,12 +68,12 @@ pub fn install_exporter(config: &MetricsConfig) -> Result<()> {
         .map_err(failed)?
         .install()
         .map_err(failed)?;
-    describe();
     Ok(())
 }
 
-/// Help text of every metric the store publishes (Prometheus's HELP lines).
-fn describe() {
+/// Help text of every metric the store publishes (Prometheus's HELP lines),
+/// given to whichever recorder is installed when a store opens.
+pub(crate) fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_histogram!(
         "concordkv_wal_append_seconds",
@@ -245,6 +250,7 @@ impl Actor for MetricsActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        describe();
         // Counters that may stay at zero still appear in every scrape.
         for name in [
             "concordkv_wal_records_total",

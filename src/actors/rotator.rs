@@ -13,7 +13,7 @@ use actix::prelude::*;
 use crate::actors::messages::PrepareSegment;
 use crate::actors::wal::WalShared;
 use crate::error::{Error, Result};
-use crate::segment::Segment;
+use crate::log::segment::Segment;
 
 /// Creates and lists segments for the WAL actor.
 pub struct RotatorActor {

@@ -11,10 +11,10 @@ use actix::prelude::*;
 
 use crate::actors::messages::TakeSnapshot;
 use crate::actors::wal::WalShared;
-use crate::background::Jobs;
 use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
-use crate::snapshot::take_snapshot;
+use crate::lifecycle::background::Jobs;
+use crate::lifecycle::snapshot::take_snapshot;
 
 /// Takes snapshots for the store.
 pub struct SnapshotActor {

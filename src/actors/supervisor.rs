@@ -23,10 +23,10 @@ use crate::actors::rotator::RotatorActor;
 use crate::actors::snapshot::SnapshotActor;
 use crate::actors::sync_timer::SyncTimerActor;
 use crate::actors::wal::{open_log, DeathNotice, WalActor, WalShared, WalStart};
-use crate::background::Jobs;
 use crate::error::{Error, Result};
 use crate::fs::DirLock;
-use crate::inbox::Closed;
+use crate::lifecycle::background::Jobs;
+use crate::log::inbox::Closed;
 
 /// Supervises one store's actors.
 pub struct StoreSupervisor {

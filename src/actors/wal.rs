@@ -31,13 +31,13 @@ use crate::error::{Error, Result};
 use crate::format::record::encode_segment_record;
 use crate::format::segment::SEGMENT_HEADER_BYTES;
 use crate::fs::FileSystem;
-use crate::inbox::{Closed, Inbox, Reply, Request};
 use crate::latency::Latencies;
-use crate::manifest::ManifestStore;
-use crate::recovery::{recover, Recovery};
-use crate::segment::Segment;
+use crate::lifecycle::manifest::ManifestStore;
+use crate::log::inbox::{Closed, Inbox, Reply, Request};
+use crate::log::recovery::{recover, Recovery};
+use crate::log::segment::Segment;
+use crate::log::sync_worker::{SyncJob, SyncWorker, Waiter};
 use crate::stats::WalCounters;
-use crate::sync_worker::{SyncJob, SyncWorker, Waiter};
 
 /// What every incarnation of the WAL actor shares with the supervisor.
 pub(crate) struct WalShared {
@@ -318,7 +318,7 @@ impl WalActor {
     fn submit_sync(
         &mut self,
         waiters: Vec<Waiter>,
-        seal: Option<crate::sync_worker::OnDone>,
+        seal: Option<crate::log::sync_worker::OnDone>,
         trim: bool,
     ) {
         self.shared.worker.submit(SyncJob {

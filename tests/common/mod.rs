@@ -1,16 +1,16 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod server;
-
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use concordkv::format::record::{read_frame_at, Frame, MAX_PAYLOAD_BYTES};
-use concordkv::format::segment::{parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES};
-use concordkv::fs::{DirLock, FileSystem, RealFs, WritableFile};
+use concordkv::testing::format::record::{read_frame_at, Frame, MAX_PAYLOAD_BYTES};
+use concordkv::testing::format::segment::{
+    parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
+use concordkv::testing::fs::{DirLock, FileSystem, RealFs, WritableFile};
 use concordkv::{Config, Op, Record, SyncMode};
 
 /// A configuration for `dir` with small segments, so tests rotate often.

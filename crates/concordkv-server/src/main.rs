@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use concordkv::bench::{self, BenchOptions, LifecycleOptions};
-use concordkv::torture::{self, TortureOptions};
+use concordkv::testing::torture::{self, TortureOptions};
 use concordkv::{Config, SyncMode};
+use concordkv_server::bench::{self, BenchOptions, LifecycleOptions};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -147,20 +147,20 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("concordkv: {e}");
+            eprintln!("concordkv: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
-fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Inspect { data_dir } => {
-            print!("{}", concordkv::inspect::inspect(&data_dir)?.report());
+            print!("{}", concordkv::inspect(&data_dir)?.report());
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { data_dir } => {
-            let found = concordkv::inspect::inspect(&data_dir)?;
+            let found = concordkv::inspect(&data_dir)?;
             let lines = found.damage_lines();
             if lines.is_empty() {
                 let records: u64 = found.segments.iter().map(|s| s.records).sum();
@@ -182,9 +182,9 @@ fn run(command: Command) -> Result<ExitCode, concordkv::Error> {
             let config = Config::load(config.as_deref())?;
             // Before the System: the exporter then has a thread of its own.
             if config.metrics.enabled {
-                concordkv::actors::metrics::install_exporter(&config.metrics)?;
+                concordkv::install_prometheus_exporter(&config.metrics)?;
             }
-            actix_rt::System::new().block_on(concordkv::server::serve(config))?;
+            actix_rt::System::new().block_on(concordkv_server::server::serve(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -292,25 +292,15 @@ fn print_report(json: bool, report: &impl serde::Serialize, table: String) {
 
 /// Refuses a load that could not run: no writers, a non-positive duration,
 /// or a count of zero.
-fn check_load(
-    writers: usize,
-    seconds: f64,
-    counts: &[(&str, u64)],
-) -> Result<(), concordkv::Error> {
+fn check_load(writers: usize, seconds: f64, counts: &[(&str, u64)]) -> anyhow::Result<()> {
     if writers == 0 {
-        return Err(concordkv::Error::InvalidRequest(
-            "--writers must be at least 1".into(),
-        ));
+        anyhow::bail!("--writers must be at least 1");
     }
     if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(concordkv::Error::InvalidRequest(format!(
-            "--seconds must be positive, not {seconds}"
-        )));
+        anyhow::bail!("--seconds must be positive, not {seconds}");
     }
     match counts.iter().find(|(_, n)| *n == 0) {
-        Some((flag, _)) => Err(concordkv::Error::InvalidRequest(format!(
-            "{flag} must be at least 1"
-        ))),
+        Some((flag, _)) => anyhow::bail!("{flag} must be at least 1"),
         None => Ok(()),
     }
 }

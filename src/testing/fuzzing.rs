@@ -7,22 +7,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-
 use crate::config::{Config, RecoveryMode};
 use crate::format::manifest::{Manifest, MANIFEST_FILE};
 use crate::format::segment::segment_path;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::FileSystem;
-use crate::manifest::ManifestStore;
-use crate::recovery::recover;
-use crate::server::request::RequestParser;
-use crate::sim_fs::SimFs;
-use crate::snapshot::snapshot_path;
+use crate::lifecycle::manifest::ManifestStore;
+use crate::lifecycle::snapshot::snapshot_path;
+use crate::log::recovery::recover;
+use crate::testing::sim_fs::SimFs;
 
 const DIR: &str = "/fuzz";
-/// The request limit the RESP target parses with (the default's order).
-const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// A simulated directory holding `files`, recovered in every recovery mode.
 fn recover_files(files: &[(&Path, &[u8])]) {
@@ -93,46 +88,4 @@ pub fn snapshot(data: &[u8]) {
 /// `data` as the manifest of an otherwise empty directory.
 pub fn manifest(data: &[u8]) {
     recover_files(&[(&Path::new(DIR).join(MANIFEST_FILE), data)]);
-}
-
-/// `data` as bytes from a client: every request parsed off it in turn, once
-/// with all of it there and once arriving in pieces (sizes taken from the
-/// data itself), and both must parse the same requests.
-pub fn request(data: &[u8]) {
-    let whole = parse_arriving(data, data.len().max(1));
-    let piece = usize::from(data.first().copied().unwrap_or(1) % 16) + 1;
-    let pieces = parse_arriving(data, piece);
-    assert_eq!(
-        whole, pieces,
-        "the same bytes in pieces of {piece} parse differently"
-    );
-}
-
-/// The requests parsed off `data` arriving `piece` bytes at a time, up to
-/// the first error (`None` in the list), or what is left incomplete.
-fn parse_arriving(data: &[u8], piece: usize) -> Vec<Option<Vec<bytes::Bytes>>> {
-    let mut parser = RequestParser::new(MAX_REQUEST_BYTES);
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    for chunk in data.chunks(piece) {
-        buf.extend_from_slice(chunk);
-        loop {
-            let before = buf.len();
-            match parser.parse(&mut buf) {
-                Ok(Some(request)) => {
-                    assert!(
-                        buf.len() < before,
-                        "a request was taken without consuming input"
-                    );
-                    out.push(Some(request.args));
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    out.push(None);
-                    return out;
-                }
-            }
-        }
-    }
-    out
 }

@@ -23,9 +23,9 @@ use crate::entry::Seq;
 use crate::error::{Error, Result};
 use crate::format::snapshot::SnapshotKind;
 use crate::fs::FileSystem;
-use crate::manifest::ManifestStore;
-use crate::segment::started_segments;
-use crate::snapshot::{build_snapshot, publish_snapshot, snapshot_path, Built};
+use crate::lifecycle::manifest::ManifestStore;
+use crate::lifecycle::snapshot::{build_snapshot, publish_snapshot, snapshot_path, Built};
+use crate::log::segment::started_segments;
 
 /// The sealed part of the log, as compaction sees it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::config::ServerConfig;
+use concordkv::ServerConfig;
 
 /// What a refused client is told before the connection is closed.
 pub const DENIED: &[u8] = b"-DENIED concordkv is running in protected mode because protected \
@@ -44,7 +44,7 @@ pub fn warn_if_exposed(config: &ServerConfig, listen: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, Secret};
+    use concordkv::{Config, Secret};
 
     #[test]
     fn without_a_password_only_loopback_clients_are_served() {

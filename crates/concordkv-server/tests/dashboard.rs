@@ -70,7 +70,7 @@ fn every_dashboard_query_returns_data_from_a_live_prometheus() {
         return;
     }
     let dashboard: serde_json::Value =
-        serde_json::from_str(include_str!("../grafana/dashboards/concordkv.json"))
+        serde_json::from_str(include_str!("../../../grafana/dashboards/concordkv.json"))
             .expect("dashboard JSON");
     let exprs: Vec<String> = dashboard["panels"]
         .as_array()

@@ -18,9 +18,9 @@ use crate::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
 use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::{is_snapshot_file_name, SnapshotHeader};
 use crate::fs::FileSystem;
-use crate::pacing::Pacer;
-use crate::segment::{prepare_file, Segment};
-use crate::snapshot::snapshot_path;
+use crate::lifecycle::pacing::Pacer;
+use crate::lifecycle::snapshot::snapshot_path;
+use crate::log::segment::{prepare_file, Segment};
 
 /// How much of a retired file is given back to the file system at a time.
 const RETIRE_STEP_BYTES: u64 = 256 << 10;

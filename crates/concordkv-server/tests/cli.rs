@@ -167,7 +167,7 @@ mod inspect_and_verify {
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output};
 
-    use concordkv::format::segment::SEGMENT_HEADER_BYTES;
+    use concordkv::testing::format::segment::SEGMENT_HEADER_BYTES;
     use concordkv::{Config, Store, SyncMode};
 
     fn run(command: &str, dir: &Path) -> Output {

@@ -27,13 +27,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::{Secret, ServerConfig};
 use crate::server::auth;
 use crate::server::clients::ClientSlot;
 use crate::server::cmd::{self, error, Reply};
 use crate::server::cross_protocol::looks_like_http;
 use crate::server::db::Db;
 use crate::server::request::RequestParser;
+use concordkv::{Secret, ServerConfig};
 
 /// Bytes read from the socket at a time (grown when a request is larger).
 const READ_CHUNK: usize = 16 * 1024;

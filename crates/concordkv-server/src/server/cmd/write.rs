@@ -5,9 +5,9 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use super::{error, ok, Reply};
-use crate::entry::Op;
-use crate::error::Error;
 use crate::server::db::Db;
+use concordkv::Error;
+use concordkv::Op;
 
 fn refused(e: Error) -> Reply {
     Reply::Now(error(e.to_string()))

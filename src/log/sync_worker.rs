@@ -32,10 +32,10 @@ use crate::config::{SyncMode, WalConfig};
 use crate::entry::Seq;
 use crate::error::Error;
 use crate::fs::{FileSystem, WritableFile};
-use crate::inbox::{Closed, Inbox, Reply};
 use crate::latency::Latencies;
+use crate::log::inbox::{Closed, Inbox, Reply};
+use crate::log::sync_failure;
 use crate::stats::WalCounters;
-use crate::sync_failure;
 
 /// An appender waiting for `seq` to become durable.
 pub(crate) struct Waiter {
@@ -467,7 +467,7 @@ fn complete(job: SyncJob, result: Result<(), String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim_fs::SimFs;
+    use crate::testing::sim_fs::SimFs;
 
     fn worker(bound: AckBound) -> SyncWorker {
         SyncWorker::start(

@@ -7,6 +7,7 @@
 //! as a ratio against it.
 
 use std::cell::{Cell, RefCell};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -14,10 +15,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::config::{Config, SyncMode};
-use crate::error::{Error, Result};
-use crate::fs::{FileSystem, RealFs};
-use crate::store::Store;
+use anyhow::{anyhow, bail, Context, Result};
+use concordkv::{Config, Store, SyncMode};
 
 /// Size of the probe file the floor is measured in.
 const PROBE_FILE_BYTES: u64 = 1 << 20;
@@ -85,29 +84,32 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
 /// Measures raw `fdatasync` after small in-place writes in `dir`.
 pub fn measure_fdatasync(dir: &Path) -> Result<Histogram<u64>> {
     let path = dir.join("fdatasync-probe");
-    let file = RealFs
-        .create(&path, PROBE_FILE_BYTES)
-        .map_err(|e| Error::io("create probe file", &path, e))?;
+    // Written out whole first, so the timed syncs find every block allocated
+    // (as the WAL's preallocated segments do) and flush data, not metadata.
+    std::fs::write(&path, vec![0u8; PROBE_FILE_BYTES as usize])
+        .with_context(|| format!("create probe file {}", path.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open probe file {}", path.display()))?;
     file.sync_all()
-        .map_err(|e| Error::io("sync probe file", &path, e))?;
+        .with_context(|| format!("sync probe file {}", path.display()))?;
     let mut hist = latency_histogram();
     let block = [0xA5u8; PROBE_WRITE_BYTES];
     let started = Instant::now();
     for i in 0..PROBE_SAMPLES {
         let offset = (i * PROBE_WRITE_BYTES) as u64 % PROBE_FILE_BYTES;
         file.write_at(&block, offset)
-            .map_err(|e| Error::io("write probe file", &path, e))?;
+            .with_context(|| format!("write probe file {}", path.display()))?;
         let t = Instant::now();
         file.sync_data()
-            .map_err(|e| Error::io("sync probe file", &path, e))?;
+            .with_context(|| format!("sync probe file {}", path.display()))?;
         let _ = hist.record(t.elapsed().as_nanos() as u64);
         if started.elapsed() > PROBE_MAX_TIME {
             break;
         }
     }
-    RealFs
-        .remove(&path)
-        .map_err(|e| Error::io("remove probe file", &path, e))?;
+    std::fs::remove_file(&path).with_context(|| format!("remove probe file {}", path.display()))?;
     Ok(hist)
 }
 
@@ -121,21 +123,22 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
                     .map(|mut d| d.next().is_some())
                     .unwrap_or(true)
             {
-                return Err(Error::InvalidRequest(format!(
+                bail!(
                     "bench needs a fresh directory; {} is not empty",
                     dir.display()
-                )));
+                );
             }
-            RealFs
-                .create_dir_all(dir)
-                .map_err(|e| Error::io("create bench directory", dir, e))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("create bench directory {}", dir.display()))?;
             dir.clone()
         }
         None => {
             scratch = tempfile::Builder::new()
                 .prefix(".concordkv-bench-")
                 .tempdir_in(".")
-                .map_err(|e| Error::io("create bench directory", ".", e))?;
+                .with_context(|| {
+                    format!("create bench directory in {}", "the current directory")
+                })?;
             scratch.path().to_path_buf()
         }
     };
@@ -177,7 +180,7 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
     let ops = Rc::new(Cell::new(0u64));
     // Operations handed out to writers, checked against `opts.ops`.
     let issued = Rc::new(Cell::new(0u64));
-    let failure: Rc<RefCell<Option<Error>>> = Rc::new(RefCell::new(None));
+    let failure: Rc<RefCell<Option<concordkv::Error>>> = Rc::new(RefCell::new(None));
     let duration = Duration::from_secs_f64(opts.seconds);
     let started = Instant::now();
     let deadline = started + duration;
@@ -212,7 +215,7 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
                         store.set(next_key(), value.clone()).await
                     } else {
                         let ops = (0..batch)
-                            .map(|_| crate::entry::Op::Set {
+                            .map(|_| concordkv::Op::Set {
                                 key: next_key(),
                                 value: value.clone(),
                             })
@@ -248,7 +251,7 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
     let stats = store.stats();
     store.shutdown().await?;
     if let Some(e) = failure.take() {
-        return Err(e);
+        return Err(e.into());
     }
     let latency = latency.borrow().clone();
     Ok(Load {
@@ -385,7 +388,7 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
     let scratch = tempfile::Builder::new()
         .prefix(".concordkv-bench-")
         .tempdir_in(".")
-        .map_err(|e| Error::io("create bench directory", ".", e))?;
+        .with_context(|| format!("create bench directory in {}", "the current directory"))?;
     let mut config = Config::with_data_dir(scratch.path());
     config.wal.sync_mode = SyncMode::None;
     // Only on-request compactions, so each window measures what it names.
@@ -397,7 +400,7 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
         let keys = opts.keys.max(1);
         let mut pending = std::collections::VecDeque::new();
         for i in 0..opts.records {
-            pending.push_back(store.submit(crate::entry::Entry::Op(crate::entry::Op::Set {
+            pending.push_back(store.submit(concordkv::Entry::Op(concordkv::Op::Set {
                 key: (i % keys).to_be_bytes().to_vec(),
                 value: value.clone(),
             }))?);
@@ -422,7 +425,7 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
         let report = store
             .compact()
             .await?
-            .ok_or_else(|| Error::WalFailed("nothing was compacted".into()))?;
+            .ok_or_else(|| anyhow!("nothing was compacted"))?;
         let compaction_time = started.elapsed();
         store.shutdown().await?;
 
@@ -442,8 +445,7 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
             let started = Instant::now();
             let outcome = store.compact().await;
             load.compacting.set(false);
-            let report =
-                outcome?.ok_or_else(|| Error::WalFailed("nothing was compacted".into()))?;
+            let report = outcome?.ok_or_else(|| anyhow!("nothing was compacted"))?;
             loaded_input += report.entries_before;
             loaded_time += started.elapsed();
         }
@@ -524,7 +526,7 @@ impl InterleavedLoad {
         for writer in self.writers {
             writer
                 .await
-                .map_err(|e| Error::WalFailed(format!("a bench writer panicked: {e}")))??;
+                .map_err(|e| anyhow!("a bench writer panicked: {e}"))??;
         }
         let histograms = self.latency.borrow().clone();
         Ok(histograms)

@@ -9,9 +9,9 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use super::{error, ok, Reply};
-use crate::error::Error;
-use crate::format::snapshot::SnapshotKind;
 use crate::server::db::Db;
+use concordkv::Error;
+use concordkv::SnapshotKind;
 
 fn kind(arg: Option<&Bytes>) -> Option<SnapshotKind> {
     match arg

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
 use crate::server::cmd::{error, ok};
+use concordkv::Secret;
 
 /// The reply to any other command before authentication.
 pub fn noauth() -> BytesFrame {

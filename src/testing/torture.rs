@@ -58,10 +58,10 @@ use crate::error::Error;
 use crate::format::manifest::{Manifest, MANIFEST_FILE};
 use crate::format::segment::segment_path;
 use crate::fs::FileSystem;
-use crate::recovery::Recovery;
-use crate::sim_fs::{Call, Fault, SimFs};
-use crate::snapshot::select_chain;
+use crate::lifecycle::snapshot::select_chain;
+use crate::log::recovery::Recovery;
 use crate::store::Store;
+use crate::testing::sim_fs::{Call, Fault, SimFs};
 
 /// Where the simulated disk keeps the store.
 const DATA_DIR: &str = "/sim/concordkv";

@@ -52,8 +52,8 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
                 .iter()
                 .max_by_key(|s| s.to_seq)
                 .map_or("none", |s| match s.kind {
-                    crate::format::snapshot::SnapshotKind::Full => "full",
-                    crate::format::snapshot::SnapshotKind::Incremental => "incremental",
+                    concordkv::SnapshotKind::Full => "full",
+                    concordkv::SnapshotKind::Incremental => "incremental",
                 });
         let _ = write!(
             out,

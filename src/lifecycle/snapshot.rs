@@ -19,11 +19,11 @@ use crate::format::codec::{decode_entry, for_each_op};
 use crate::format::record::{encode_record, Frame, MAX_PAYLOAD_BYTES};
 use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind, SNAPSHOT_HEADER_BYTES};
-use crate::frame_reader::FrameReader;
 use crate::fs::FileSystem;
-use crate::manifest::{remove_retired, ManifestStore};
-use crate::pacing::Pacer;
-use crate::segment::started_segments;
+use crate::lifecycle::manifest::{remove_retired, ManifestStore};
+use crate::lifecycle::pacing::Pacer;
+use crate::log::reader::FrameReader;
+use crate::log::segment::started_segments;
 
 /// How much of a snapshot is written, and its writeback started, at a time.
 /// Small, so that a WAL sync never finds more than this of ours ahead of it

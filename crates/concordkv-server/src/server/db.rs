@@ -7,10 +7,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
-use crate::entry::{Entry, Op};
-use crate::error::Result;
-use crate::recovery::Recovery;
-use crate::store::{Pending, Store};
+use concordkv::Recovery;
+use concordkv::Result;
+use concordkv::{Entry, Op};
+use concordkv::{Pending, Store};
 
 /// The key-value map and the log behind it.
 pub struct Db {

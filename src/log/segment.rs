@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::record::Layout;
 use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::{FileSystem, WritableFile};
-use crate::pacing::Pacer;
+use crate::lifecycle::pacing::Pacer;
 
 /// Zeros written, and their writeback started, per step of a fill: small,
 /// so that a WAL sync never finds more than this of the fill ahead of it at

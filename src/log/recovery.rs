@@ -25,9 +25,9 @@ use crate::format::codec::decode_entry;
 use crate::format::record::{read_frame_at, Frame, Layout, MAX_PAYLOAD_BYTES};
 use crate::format::segment::{segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::fs::FileSystem;
-use crate::manifest::ManifestStore;
-use crate::snapshot::load_base;
-use crate::sync_failure;
+use crate::lifecycle::manifest::ManifestStore;
+use crate::lifecycle::snapshot::load_base;
+use crate::log::sync_failure;
 
 /// How much of a segment is checked for zeros at a time.
 const ZERO_CHECK_BYTES: usize = 1 << 20;

@@ -25,25 +25,42 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::store::Store;
 use accept_backoff::AcceptBackoff;
 use clients::Clients;
+use concordkv::Config;
+use concordkv::Store;
 use connection::ConnectionSettings;
 use db::Db;
 
+/// Why the server could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `server.listen` does not parse as `ip:port`.
+    #[error("server.listen = {0:?} is not an address (expected ip:port)")]
+    BadListen(String),
+    /// The listening socket could not be bound.
+    #[error("cannot listen on server.listen = {addr}: {source}")]
+    Listen {
+        /// The address from `server.listen`.
+        addr: SocketAddr,
+        /// Why binding failed (address in use, permission denied, ...).
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening, running or shutting down the store failed.
+    #[error(transparent)]
+    Store(#[from] concordkv::Error),
+}
+
 /// Opens the store, serves until SIGINT or SIGTERM, then shuts down cleanly.
 /// Must run inside an actix System.
-pub async fn serve(config: Config) -> Result<()> {
-    let addr: SocketAddr = config.server.listen.parse().map_err(|_| {
-        Error::InvalidRequest(format!(
-            "server.listen = {:?} is not an address",
-            config.server.listen
-        ))
-    })?;
-    let listener =
-        listen(addr).map_err(|e| Error::io("listen on server.listen", addr.to_string(), e))?;
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .map_err(|_| ServeError::BadListen(config.server.listen.clone()))?;
+    let listener = listen(addr).map_err(|source| ServeError::Listen { addr, source })?;
     let (store, recovery) = Store::open(config.clone()).await?;
     tracing::info!(
         records = recovery.records.len(),

@@ -141,7 +141,7 @@ mod tests {
     use super::*;
     use crate::entry::{Entry, Op};
     use crate::format::record::encode_record;
-    use crate::sim_fs::SimFs;
+    use crate::testing::sim_fs::SimFs;
 
     fn file_of(fs: &SimFs, path: &Path, bytes: &[u8]) {
         let file = fs.create(path, 0).expect("create");

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use crate::server::db::Db;
-use crate::store::Pending;
+use concordkv::Pending;
 
 /// What running a command produced.
 pub enum Reply {

@@ -1,0 +1,10 @@
+//! The log itself: segment files and their writer, the one frame reader,
+//! the appenders' inbox, the sync thread and its failure marker, and the
+//! recovery that reads it all back.
+
+pub mod inbox;
+pub mod reader;
+pub mod recovery;
+pub mod segment;
+pub mod sync_failure;
+pub mod sync_worker;
