@@ -30,13 +30,22 @@ const MIN_TOTAL_CLIENT_BUFFER: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Directory holding every file of the store (created 0700 if missing).
     pub data_dir: PathBuf,
+    /// The RESP listener of `concordkv serve`; the library only validates it,
+    /// so that one file configures a whole deployment.
     pub server: ServerConfig,
+    /// The Prometheus endpoint (served by `install_prometheus_exporter`).
     pub metrics: MetricsConfig,
+    /// Durability and segment layout.
     pub wal: WalConfig,
+    /// When automatic compaction starts.
     pub compaction: CompactionConfig,
+    /// How many snapshots are kept.
     pub snapshot: SnapshotConfig,
+    /// How fast background work may use the disk.
     pub maintenance: MaintenanceConfig,
+    /// Sizes refused before anything is written.
     pub limits: LimitsConfig,
 }
 
@@ -44,8 +53,11 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    /// `ip:port` to listen on (loopback by default).
     pub listen: String,
+    /// Connections beyond this are answered with an error and closed.
     pub max_clients: u64,
+    /// Largest single command a client may send, in bytes.
     pub max_request_bytes: u64,
     /// The password `AUTH` must give before any other command (empty: none).
     pub requirepass: Secret,
@@ -96,7 +108,9 @@ impl std::fmt::Debug for Secret {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
+    /// `ip:port` of the `/metrics` endpoint.
     pub listen: String,
+    /// Whether `concordkv serve` serves the endpoint at all.
     pub enabled: bool,
 }
 
@@ -104,12 +118,23 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WalConfig {
+    /// When an append is acknowledged, and so what a crash may lose.
     pub sync_mode: SyncMode,
+    /// `batch`: records per sync, and the most acknowledged records a crash
+    /// may lose.
     pub batch_size: u64,
+    /// `batch`: longest a record waits for its sync, in ms.
     pub batch_max_delay_ms: u64,
+    /// `interval`: the sync period, in ms.
     pub sync_interval_ms: u64,
+    /// Size a segment is preallocated to and sealed at (at most 2 GiB, so
+    /// every offset fits the 32-bit fields of its frames).
     pub max_segment_bytes: u64,
+    /// What damage found at open does.
     pub recovery_mode: RecoveryMode,
+    /// Run the WAL actor on an arbiter thread of its own instead of the one
+    /// that opened the store: an application's event loop then never waits
+    /// for a `write(2)`, at the cost of one thread hop per append.
     pub dedicated_writer_thread: bool,
 }
 
@@ -117,7 +142,9 @@ pub struct WalConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompactionConfig {
+    /// Sealed entries before automatic compaction is considered.
     pub threshold: u64,
+    /// Fraction of sealed entries overwritten or deleted later that starts it.
     pub ratio: f64,
 }
 
@@ -125,6 +152,7 @@ pub struct CompactionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotConfig {
+    /// Full snapshots kept, the newest included.
     pub keep: u64,
 }
 
@@ -142,8 +170,13 @@ pub struct MaintenanceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Longest key, in bytes (empty keys are always refused).
     pub max_key_bytes: u64,
+    /// Longest value, in bytes.
     pub max_value_bytes: u64,
+    /// Largest single record (a set, a delete or an atomic batch), in bytes.
+    /// Only appends are held to it: stored records are read against the
+    /// format's own limit, so lowering it never hides data.
     pub max_record_bytes: u64,
 }
 

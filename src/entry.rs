@@ -12,13 +12,16 @@ pub type Seq = u64;
 pub enum Op {
     /// Sets `key` to `value`.
     Set {
+        /// The key (never empty).
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        /// Its new value.
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Removes `key`.
     Delete {
+        /// The key (never empty).
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
@@ -37,7 +40,9 @@ impl Op {
 /// (recovered whole or not at all, because it is one checksummed record).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Entry {
+    /// One operation.
     Op(Op),
+    /// Operations applied in order, all or none.
     Batch(Vec<Op>),
 }
 
@@ -54,6 +59,8 @@ impl Entry {
 /// An entry as the log holds it: with its sequence number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The sequence number the log gave it.
     pub seq: Seq,
+    /// What it holds.
     pub entry: Entry,
 }

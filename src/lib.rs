@@ -28,7 +28,7 @@
 //!
 //! ## Features
 //!
-//! - `prometheus-exporter`: [`install_prometheus_exporter`] serves the
+//! - `prometheus-exporter`: `install_prometheus_exporter` serves the
 //!   metrics over HTTP for Prometheus (the store publishes them through the
 //!   `metrics` facade either way, to whatever recorder is installed).
 //! - `testing`: the simulated disk, the torture model and the fuzz entry

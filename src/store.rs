@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
 use crate::latency::Latencies;
+use crate::lifecycle::closing;
 use crate::lifecycle::compaction::CompactionReport;
 use crate::lifecycle::manifest::ManifestStore;
 use crate::lifecycle::single_flight::SingleFlight;
@@ -74,6 +75,8 @@ impl Store {
                 "Store::open must be called inside a running actix System".into(),
             ));
         }
+        // A store of this directory dropped without `shutdown` releases it soon.
+        closing::wait(&config.data_dir).await;
         let opening = {
             let config = config.clone();
             let fs = Arc::clone(&fs);
@@ -314,6 +317,32 @@ impl Store {
             .send(Shutdown)
             .await
             .unwrap_or(Err(Error::ShutDown))
+    }
+}
+
+impl Drop for Shared {
+    /// The last handle went without [`Store::shutdown`]: shut down the same
+    /// way (queued appends written and synced as the sync mode promised,
+    /// threads stopped, directory released), in the background, since the
+    /// actors may run on this very thread. An open of the same directory in
+    /// this process waits for it to finish.
+    fn drop(&mut self) {
+        let Some(arbiter) = actix_rt::Arbiter::try_current() else {
+            // Dropped off the actix threads: nothing here can wait for the
+            // reply, but the supervisor still shuts down.
+            self.supervisor.do_send(Shutdown);
+            return;
+        };
+        let guard = closing::begin(&self.config.data_dir);
+        let supervisor = self.supervisor.clone();
+        // If the arbiter is stopping, the future is dropped unrun and
+        // `guard` with it: the actors and the lock go with the arbiter.
+        arbiter.spawn(async move {
+            if let Ok(Err(e)) = supervisor.send(Shutdown).await {
+                tracing::error!("closing a dropped store failed: {e}");
+            }
+            drop(guard);
+        });
     }
 }
 

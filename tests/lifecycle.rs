@@ -358,3 +358,52 @@ async fn shutdown_lets_go_of_everything_the_store_held() {
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[actix_rt::test]
+async fn a_store_dropped_without_shutdown_syncs_what_it_acknowledged() {
+    let sim = concordkv::testing::sim_fs::SimFs::new(3);
+    let fs: std::sync::Arc<dyn concordkv::testing::fs::FileSystem> =
+        std::sync::Arc::new(sim.clone());
+    let mut cfg = concordkv::Config::with_data_dir("/sim/dropped");
+    // Acknowledged once written: only a sync at close makes them durable.
+    cfg.wal.sync_mode = SyncMode::Batch;
+    cfg.wal.batch_size = 1_000_000;
+    cfg.wal.batch_max_delay_ms = 60_000;
+    let (store, _) = concordkv::testing::open_with_fs(cfg.clone(), std::sync::Arc::clone(&fs))
+        .await
+        .expect("open");
+    for i in 0..50u32 {
+        store.set(format!("k{i}"), "v").await.expect("set");
+    }
+    drop(store);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::sync::Arc::strong_count(&fs) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} holders of the store's files remain after the store was dropped",
+            std::sync::Arc::strong_count(&fs) - 1
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The power goes: only what was synced is left.
+    let (rebooted, _) = sim.reboot(4);
+    let (store, recovery) = concordkv::testing::open_with_fs(cfg, std::sync::Arc::new(rebooted))
+        .await
+        .expect("open after the power cut");
+    assert_eq!(recovery.last_seq, 50, "acknowledged appends were lost");
+    store.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn a_dropped_store_lets_the_same_process_open_its_directory_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = common::config(dir.path(), SyncMode::Always);
+    let (store, _) = concordkv::Store::open(cfg.clone()).await.expect("open");
+    store.set("k", "v").await.expect("set");
+    drop(store);
+    let (store, recovery) = concordkv::Store::open(cfg)
+        .await
+        .expect("open again right after the drop");
+    assert_eq!(recovery.last_seq, 1);
+    store.shutdown().await.expect("shutdown");
+}

@@ -166,18 +166,22 @@ pub(crate) fn describe() {
 /// Latency figures of one kind of operation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct KindStats {
+    /// `append`, `sync`, `compaction` or `snapshot`.
     pub kind: &'static str,
     /// Operations since the store was opened.
     pub count: u64,
     /// Operations per second over the last whole publishing period (1 s).
     pub per_sec: f64,
+    /// Mean latency since the store was opened, in microseconds.
     pub mean_us: f64,
+    /// 99th percentile latency since the store was opened, in microseconds.
     pub p99_us: f64,
 }
 
 /// The answer to the `Stats` query.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatsReport {
+    /// One entry per kind of operation, in a fixed order.
     pub kinds: Vec<KindStats>,
 }
 

@@ -31,15 +31,20 @@ pub enum SnapshotKind {
 /// What a snapshot covers; also how the manifest lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotHeader {
+    /// Full or incremental.
     pub kind: SnapshotKind,
+    /// An incremental snapshot's base: it holds the changes after this
+    /// sequence number (0 for a full snapshot).
     pub from_seq: Seq,
+    /// The last sequence number it covers: recovery replays the log after it.
     pub to_seq: Seq,
+    /// Key-value entries in the file (deletions included for an incremental one).
     pub entries: u64,
 }
 
 impl SnapshotHeader {
     /// The header's bytes.
-    pub fn encode(&self) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    pub(crate) fn encode(&self) -> [u8; SNAPSHOT_HEADER_BYTES] {
         let mut buf = [0u8; SNAPSHOT_HEADER_BYTES];
         buf[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
         buf[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
@@ -57,7 +62,7 @@ impl SnapshotHeader {
     }
 
     /// Parses and checks a header: `Err((offset, reason))` when damaged.
-    pub fn decode(bytes: &[u8]) -> Result<SnapshotHeader, (u64, String)> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<SnapshotHeader, (u64, String)> {
         if bytes.len() < SNAPSHOT_HEADER_BYTES {
             return Err((
                 0,

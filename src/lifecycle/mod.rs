@@ -3,6 +3,7 @@
 //! deletes their files without holding up appends.
 
 pub mod background;
+pub mod closing;
 pub mod compaction;
 pub mod manifest;
 pub mod pacing;
