@@ -175,4 +175,25 @@ mod tests {
         buf.push(0);
         assert!(decode_entry(&buf).unwrap_err().contains("trailing"));
     }
+
+    /// The bytes FORMAT.md promises: any bincode release that encodes
+    /// differently fails here before it could misread a stored log.
+    #[test]
+    fn encoding_is_the_documented_bytes() {
+        let mut buf = Vec::new();
+        encode_entry(
+            &Entry::Batch(vec![
+                Op::Set {
+                    key: b"k".to_vec(),
+                    value: vec![7; 300],
+                },
+                Op::Delete { key: b"gone".to_vec() },
+            ]),
+            &mut buf,
+        );
+        let mut expected = vec![1u8, 2, 0, 1, b'k', 0xFB, 0x2C, 0x01];
+        expected.extend([7u8; 300]);
+        expected.extend([1u8, 4, b'g', b'o', b'n', b'e']);
+        assert_eq!(buf, expected);
+    }
 }
