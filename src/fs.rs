@@ -17,6 +17,8 @@ pub const LOCK_FILE: &str = "LOCK";
 
 /// Data directories are private to the owner.
 const DIR_MODE: u32 = 0o700;
+/// The boot id where the system names none: every boot looks the same.
+const UNKNOWN_BOOT: &str = "unknown";
 
 /// The file operations the store needs, and nothing else.
 pub trait FileSystem: Send + Sync + 'static {
@@ -97,22 +99,27 @@ impl WritableFile for RealFile {
     }
 
     fn start_writeback(&self, offset: u64, len: u64) {
-        self.sync_range(offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        self.writeback(offset, len, false);
     }
 
     fn wait_writeback(&self, offset: u64, len: u64) {
-        self.sync_range(
-            offset,
-            len,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-        );
+        self.writeback(offset, len, true);
     }
 }
 
 impl RealFile {
-    fn sync_range(&self, offset: u64, len: u64, flags: libc::c_uint) {
+    /// Starts writing back the range's dirty pages, and with `wait` waits
+    /// for them: background writers hand the disk small pieces this way
+    /// instead of leaving a large backlog for the WAL's next `fdatasync`.
+    #[cfg(target_os = "linux")]
+    fn writeback(&self, offset: u64, len: u64, wait: bool) {
+        let flags = if wait {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        } else {
+            libc::SYNC_FILE_RANGE_WRITE
+        };
         let (Ok(offset), Ok(len)) = (
             libc::off64_t::try_from(offset),
             libc::off64_t::try_from(len),
@@ -124,6 +131,11 @@ impl RealFile {
             libc::sync_file_range(self.0.as_raw_fd(), offset, len, flags);
         }
     }
+
+    /// Without `sync_file_range` the kernel writes back when it likes:
+    /// durability never rested on this, only the pacing of background I/O.
+    #[cfg(not(target_os = "linux"))]
+    fn writeback(&self, _offset: u64, _len: u64, _wait: bool) {}
 }
 
 impl FileSystem for RealFs {
@@ -147,11 +159,14 @@ impl FileSystem for RealFs {
     fn boot_id(&self) -> io::Result<String> {
         // Linux names each boot; elsewhere no boot can be told from
         // another, and a failed-sync marker stays until removed by hand.
+        #[cfg(target_os = "linux")]
         match fs::read_to_string("/proc/sys/kernel/random/boot_id") {
             Ok(id) => Ok(id.trim().to_string()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok("unknown".to_string()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(UNKNOWN_BOOT.to_string()),
             Err(e) => Err(e),
         }
+        #[cfg(not(target_os = "linux"))]
+        Ok(UNKNOWN_BOOT.to_string())
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
@@ -245,6 +260,7 @@ impl FileSystem for RealFs {
 
 /// Reserves `len` bytes with `fallocate` (reading as zeros); file systems
 /// without it get a plain length extension.
+#[cfg(target_os = "linux")]
 fn reserve(file: &File, len: u64) -> io::Result<()> {
     let len_off = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "preallocation too large"))?;
@@ -258,6 +274,13 @@ fn reserve(file: &File, len: u64) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A plain length extension (reading as zeros) where `fallocate` does not
+/// exist; the segment's zero fill then allocates its blocks.
+#[cfg(not(target_os = "linux"))]
+fn reserve(file: &File, len: u64) -> io::Result<()> {
+    file.set_len(len)
 }
 
 /// An exclusive lock on a data directory: two processes writing one log

@@ -187,7 +187,9 @@ mod tests {
                     key: b"k".to_vec(),
                     value: vec![7; 300],
                 },
-                Op::Delete { key: b"gone".to_vec() },
+                Op::Delete {
+                    key: b"gone".to_vec(),
+                },
             ]),
             &mut buf,
         );

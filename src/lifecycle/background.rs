@@ -19,7 +19,9 @@ use crate::error::{Error, Result};
 
 /// `ioprio_set` arguments: one thread (IOPRIO_WHO_PROCESS with a thread id),
 /// best-effort class (2) at its lowest level (7).
+#[cfg(target_os = "linux")]
 const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+#[cfg(target_os = "linux")]
 const IOPRIO_BEST_EFFORT_LOWEST: libc::c_long = (2 << 13) | 7;
 
 /// A store's maintenance threads: how many run, and whether new ones are refused.
@@ -107,6 +109,7 @@ impl Drop for Running<'_> {
 }
 
 /// Lowers the calling thread's CPU and I/O priority; failing to is harmless.
+#[cfg(target_os = "linux")]
 fn lower_priority() {
     let idle = libc::sched_param { sched_priority: 0 };
     // SAFETY: gettid, sched_setscheduler and ioprio_set read their integer
@@ -123,3 +126,8 @@ fn lower_priority() {
         );
     }
 }
+
+/// `SCHED_IDLE` and `ioprio_set` are Linux's: elsewhere maintenance threads
+/// run at normal priority (only the byte-rate pacing holds them back).
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
