@@ -3,4 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| concordkv::fuzzing::manifest(data));
+fuzz_target!(|data: &[u8]| concordkv::testing::fuzzing::manifest(data));
