@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -21,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
 use crate::latency::Latencies;
+use crate::lifecycle::background::Jobs;
 use crate::lifecycle::closing;
 use crate::lifecycle::compaction::CompactionReport;
 use crate::lifecycle::manifest::ManifestStore;
@@ -54,6 +57,9 @@ struct Shared {
     compaction: SingleFlight,
     /// Snapshots asked for through [`Store::snapshot`]: one at a time.
     snapshot: SingleFlight,
+    /// Set once [`Store::shutdown`] is called: an actor's mailbox closed
+    /// after that is a stopped store, before it a dead actor.
+    shut_down: AtomicBool,
 }
 
 impl Store {
@@ -71,9 +77,7 @@ impl Store {
     ) -> Result<(Store, Recovery)> {
         config.validate()?;
         if actix::System::try_current().is_none() {
-            return Err(Error::InvalidRequest(
-                "Store::open must be called inside a running actix System".into(),
-            ));
+            return Err(Error::NoActixSystem);
         }
         // A store of this directory dropped without `shutdown` releases it soon.
         closing::wait(&config.data_dir).await;
@@ -94,7 +98,7 @@ impl Store {
         };
         let (lock, manifest, recovery, start) = opening
             .await
-            .map_err(|e| Error::WalFailed(format!("opening the store panicked: {e}")))??;
+            .map_err(|e| Error::task_failed("opening the store", &e))??;
         metrics::histogram!("concordkv_recovery_seconds").record(recovery.elapsed.as_secs_f64());
         if let Some(tail) = &recovery.truncated {
             metrics::counter!("concordkv_recovery_truncated_bytes_total").increment(tail.bytes);
@@ -122,8 +126,12 @@ impl Store {
             counters: Arc::clone(&counters),
             segment_wanted: std::sync::atomic::AtomicBool::new(false),
         });
-        let (supervisor, snapshots, compactor, metrics) =
-            StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock, Arc::default());
+        let (supervisor, snapshots, compactor, metrics) = StoreSupervisor::launch(
+            Arc::clone(&wal_shared),
+            start,
+            lock,
+            Arc::new(Jobs::new(&config.data_dir)),
+        );
         let store = Store {
             shared: Arc::new(Shared {
                 inbox,
@@ -137,6 +145,7 @@ impl Store {
                 truncated_at_open: recovery.truncated.as_ref().map_or(0, |t| t.bytes),
                 compaction: SingleFlight::new("compaction"),
                 snapshot: SingleFlight::new("snapshot"),
+                shut_down: AtomicBool::new(false),
             }),
         };
         Ok((store, recovery))
@@ -228,7 +237,7 @@ impl Store {
                 .snapshots
                 .send(TakeSnapshot { kind, upto })
                 .await
-                .unwrap_or(Err(Error::ShutDown))
+                .unwrap_or_else(|_| Err(store.closed_mailbox("the snapshot actor")))
         })
     }
 
@@ -270,7 +279,7 @@ impl Store {
                 .compactor
                 .send(Compact)
                 .await
-                .unwrap_or(Err(Error::ShutDown))
+                .unwrap_or_else(|_| Err(store.closed_mailbox("the compactor actor")))
         })
     }
 
@@ -290,7 +299,7 @@ impl Store {
             .metrics
             .send(GetStats)
             .await
-            .map_err(|_| Error::ShutDown)
+            .map_err(|_| self.closed_mailbox("the metrics actor"))
     }
 
     /// The snapshots the store holds, oldest first.
@@ -312,11 +321,29 @@ impl Store {
     /// actors and threads, and releases the directory. Appends that were
     /// accepted before the call are durable when it returns `Ok`.
     pub async fn shutdown(&self) -> Result<()> {
+        let again = self.shared.shut_down.swap(true, Relaxed);
         self.shared
             .supervisor
             .send(Shutdown)
             .await
-            .unwrap_or(Err(Error::ShutDown))
+            .unwrap_or(Err(if again {
+                Error::ShutDown
+            } else {
+                Error::Panicked {
+                    what: "the store supervisor",
+                }
+            }))
+    }
+
+    /// The error for a request to an actor whose mailbox is closed: the
+    /// store was shut down, or (before that) the actor panicked, which is
+    /// the only way its mailbox closes while the store runs.
+    fn closed_mailbox(&self, actor: &'static str) -> Error {
+        if self.shared.shut_down.load(Relaxed) {
+            Error::ShutDown
+        } else {
+            Error::Panicked { what: actor }
+        }
     }
 }
 

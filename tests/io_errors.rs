@@ -2,10 +2,12 @@
 //! disk: a failed write or sync is never acknowledged, is reported naming
 //! the file, stops the WAL until the store is reopened, and loses nothing
 //! acknowledged; a snapshot or compaction that fails half-way leaves the
-//! files in use as they were.
+//! files in use as they were. A full disk and a failing disk are different
+//! variants, both keeping the operating system's error.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use concordkv::testing::sim_fs::{Call, Fault, SimFs};
@@ -67,15 +69,30 @@ async fn a_failed_fdatasync_is_never_acknowledged_or_retried() {
     fs.inject(fault(Call::SyncData, libc::EIO, ".wal"));
     let err = store.set("lost", "x").await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, Error::WalFailed(_)), "{err:?}");
     assert!(
-        text.contains("sync of /sim/db/") && text.contains(".wal") && text.contains("os error 5"),
+        matches!(
+            err,
+            Error::Io {
+                op: "sync segment",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("sync segment /sim/db/")
+            && text.contains(".wal")
+            && text.contains("os error 5"),
         "the error names the file and the cause: {text}"
     );
     // The retry would "succeed" (the fault fired once), but the WAL refuses
     // every write until it is reopened: the lost page is not in the disk.
     let refused = store.set("after", "y").await.unwrap_err();
-    assert!(refused.to_string().contains("sync of"), "{refused}");
+    assert!(
+        matches!(&refused, Error::WalFailed { cause } if matches!(**cause, Error::Io { .. })),
+        "{refused:?}"
+    );
+    assert!(refused.to_string().contains("sync segment"), "{refused}");
     let _ = store.shutdown().await;
 
     // A reopen in the same boot sees exactly what is durable: the failed
@@ -163,4 +180,106 @@ async fn a_compaction_that_fails_half_way_changes_nothing() {
         let (fs, _) = fs.reboot(9);
         assert_eq!(recovered(&fs).await, acked, "{call:?} at {at}");
     }
+}
+
+/// The errors of the append that meets a fault injected on the next
+/// segment `call`, and of the append after it.
+async fn failing_append(seed: u64, call: Call, errno: i32) -> (Error, Error) {
+    let fs = SimFs::new(seed);
+    let store = open(&fs).await;
+    fill(&store, 0, 5).await;
+    fs.inject(fault(call, errno, ".wal"));
+    let first = store.set("hit", "x").await.unwrap_err();
+    let later = store.set("refused", "y").await.unwrap_err();
+    let _ = store.shutdown().await;
+    (first, later)
+}
+
+/// Whether `path` is one of the store's segments.
+fn is_segment(path: &Path) -> bool {
+    path.starts_with("/sim/db") && path.extension().is_some_and(|e| e == "wal")
+}
+
+#[actix_rt::test]
+async fn a_full_disk_and_a_failing_disk_are_different_errors_that_keep_the_os_error() {
+    let cases = [
+        (Call::Write, libc::ENOSPC, "write segment"),
+        (Call::Write, libc::EDQUOT, "write segment"),
+        (Call::Write, libc::EIO, "write segment"),
+        (Call::SyncData, libc::ENOSPC, "sync segment"),
+        (Call::SyncData, libc::EIO, "sync segment"),
+    ];
+    for (seed, (call, errno, expected_op)) in (20..).zip(cases) {
+        let full = errno != libc::EIO;
+        let (first, later) = failing_append(seed, call, errno).await;
+        let case = format!("{call:?} failing with errno {errno}");
+
+        // The append that met the fault gets the failure itself.
+        let source = match (&first, full) {
+            (Error::DiskFull { op, path, source }, true)
+            | (Error::Io { op, path, source }, false) => {
+                assert_eq!(*op, expected_op, "{case}");
+                assert!(is_segment(path), "{case}: {}", path.display());
+                source
+            }
+            _ => panic!("{case}: wrong variant: {first:?}"),
+        };
+        assert_eq!(source.raw_os_error(), Some(errno), "{case}");
+        let expected_kind = match errno {
+            libc::ENOSPC => Some(io::ErrorKind::StorageFull),
+            libc::EDQUOT => Some(io::ErrorKind::QuotaExceeded),
+            _ => None,
+        };
+        if let Some(kind) = expected_kind {
+            assert_eq!(source.kind(), kind, "{case}");
+        }
+        assert_eq!(first.is_disk_full(), full, "{case}");
+        // The standard source chain reaches the io::Error itself.
+        let chained = std::error::Error::source(&first)
+            .and_then(|e| e.downcast_ref::<io::Error>())
+            .and_then(io::Error::raw_os_error);
+        assert_eq!(chained, Some(errno), "{case}");
+
+        // The append after it is refused, and says why: the same failure,
+        // still matchable, still naming the file.
+        let Error::WalFailed { cause } = &later else {
+            panic!("{case}: the later append was not refused as after a failure: {later:?}");
+        };
+        match (cause.as_ref(), full) {
+            (Error::DiskFull { path, .. }, true) | (Error::Io { path, .. }, false) => {
+                assert!(is_segment(path), "{case}: {}", path.display());
+            }
+            _ => panic!("{case}: wrong cause: {cause:?}"),
+        }
+        assert_eq!(
+            later.io_error().and_then(io::Error::raw_os_error),
+            Some(errno),
+            "{case}"
+        );
+        assert_eq!(later.is_disk_full(), full, "{case}");
+        let text = later.to_string();
+        assert!(
+            text.contains("/sim/db/") && text.contains(".wal"),
+            "{case}: {text}"
+        );
+        if errno == libc::ENOSPC {
+            assert!(text.contains("No space left on device"), "{case}: {text}");
+        }
+    }
+}
+
+#[test]
+fn opening_a_store_outside_an_actix_system_is_its_own_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("db");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let outcome = runtime.block_on(Store::open(Config::with_data_dir(&data_dir)));
+    assert!(
+        matches!(outcome, Err(Error::NoActixSystem)),
+        "{:?}",
+        outcome.err()
+    );
+    assert!(!data_dir.exists(), "nothing was created");
 }

@@ -145,13 +145,16 @@ async fn a_panicking_sync_thread_fails_its_waiters_instead_of_hanging_them() {
         .await
         .expect("the waiter is answered, not left hanging");
     assert!(
-        outcome.is_err(),
-        "an append whose sync panicked is not acknowledged"
+        matches!(outcome, Err(Error::Panicked { what }) if what.contains("sync thread")),
+        "an append whose sync panicked is not acknowledged, and learns why: {outcome:?}"
     );
     let later = actix_rt::time::timeout(Duration::from_secs(10), store.set("later", "3"))
         .await
         .expect("answered");
-    assert!(matches!(later, Err(Error::WalFailed(_))), "{later:?}");
+    assert!(
+        matches!(&later, Err(Error::WalFailed { cause }) if matches!(**cause, Error::Panicked { .. })),
+        "{later:?}"
+    );
     let stopped = actix_rt::time::timeout(Duration::from_secs(10), store.shutdown())
         .await
         .expect("shutdown finishes");

@@ -48,7 +48,7 @@ impl CompactorActor {
             let started = Instant::now();
             let outcome = {
                 let shared = Arc::clone(&shared);
-                jobs.run("concordkv-compact", move || {
+                jobs.run("concordkv-compact", "a compaction", move || {
                     let _maintenance = shared.maintenance();
                     compact(
                         shared.fs.as_ref(),

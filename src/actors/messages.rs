@@ -23,13 +23,13 @@ pub struct SyncTick;
 /// To `WalActor`, from the sync thread: the full segment is sealed (or failed to be).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SealDone(pub std::result::Result<(), String>);
+pub struct SealDone(pub std::result::Result<(), std::sync::Arc<crate::error::Error>>);
 
 /// To `WalActor`, from the sync thread: the new segment's header is durable
 /// (or failed to become so).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct HeaderSynced(pub std::result::Result<(), String>);
+pub struct HeaderSynced(pub std::result::Result<(), std::sync::Arc<crate::error::Error>>);
 
 /// To `WalActor`: write what is queued, sync everything, then stop;
 /// the outcome goes to `reply`.

@@ -39,23 +39,41 @@ const BATCH_BUCKETS: &[f64] = &[
 /// Installs the Prometheus exporter on `metrics.listen`. Call it before the
 /// actix System starts: the exporter then serves scrapes from a thread of
 /// its own, never waiting for a busy actor.
+///
+/// A `metrics.listen` that is not an `ip:port` is an [`Error::Config`]
+/// naming the key; an address that cannot be bound is an [`Error::Io`]
+/// naming it, with the operating system's error; a second install in one
+/// process is an [`Error::InvalidRequest`].
+///
+/// [`Error::Config`]: crate::Error::Config
+/// [`Error::Io`]: crate::Error::Io
+/// [`Error::InvalidRequest`]: crate::Error::InvalidRequest
 #[cfg(feature = "prometheus-exporter")]
 pub fn install_prometheus_exporter(
     config: &crate::config::MetricsConfig,
 ) -> crate::error::Result<()> {
-    use crate::error::Error;
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use crate::error::{ConfigError, Error};
+    use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
+    const OP: &str = "serve metrics on metrics.listen =";
     let addr: std::net::SocketAddr = config.listen.parse().map_err(|_| {
-        Error::InvalidRequest(format!(
-            "metrics.listen = {:?} is not an address",
-            config.listen
-        ))
+        Error::Config(ConfigError::OutOfRange {
+            key: "metrics.listen",
+            value: format!("{:?}", config.listen),
+            accepted: "an ip:port address",
+        })
     })?;
-    let failed = |e: metrics_exporter_prometheus::BuildError| {
-        Error::InvalidRequest(format!(
+    // The exporter reports a failed bind as text only: binding here first
+    // keeps the operating system's error (address in use, permission
+    // denied) for the caller. The socket is closed again at once, and the
+    // exporter binds the address itself.
+    drop(std::net::TcpListener::bind(addr).map_err(|e| Error::io(OP, addr.to_string(), e))?);
+    let failed = |e: BuildError| match e {
+        BuildError::FailedToSetGlobalRecorder(_) => Error::InvalidRequest(format!(
             "cannot serve metrics on metrics.listen = {addr}: {e}"
-        ))
+        )),
+        // Kept whole inside the io::Error, not turned into text.
+        e => Error::io(OP, addr.to_string(), std::io::Error::other(e)),
     };
     PrometheusBuilder::new()
         .with_http_listener(addr)

@@ -44,11 +44,7 @@ impl Handler<PrepareSegment> for RotatorActor {
                     .create_segment(size, fill, &shared.segment_wanted)
             })
             .await
-            .unwrap_or_else(|e| {
-                Err(Error::WalFailed(format!(
-                    "the segment-creating task failed: {e}"
-                )))
-            })
+            .unwrap_or_else(|e| Err(Error::task_failed("creating the next segment", &e)))
         })
     }
 }

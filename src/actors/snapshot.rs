@@ -41,7 +41,7 @@ impl Handler<TakeSnapshot> for SnapshotActor {
         let latencies = Arc::clone(&self.shared.latencies);
         let kind = msg.kind;
         let started = Instant::now();
-        let work = self.jobs.run("concordkv-snapshot", move || {
+        let work = self.jobs.run("concordkv-snapshot", "a snapshot", move || {
             let _maintenance = shared.maintenance();
             take_snapshot(
                 shared.fs.as_ref(),

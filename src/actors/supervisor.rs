@@ -43,7 +43,7 @@ pub struct StoreSupervisor {
     /// The re-validation after a death, while it runs; shutdown waits for it.
     restarting: Option<actix_rt::task::JoinHandle<()>>,
     /// Why the last restart failed, if it did; shutdown reports it.
-    restart_failed: Option<String>,
+    restart_failed: Option<Arc<Error>>,
     /// Incremented at every (re)start, so a late death notice of an old
     /// incarnation is not mistaken for the current one's.
     generation: u64,
@@ -163,11 +163,7 @@ impl Handler<WalDied> for StoreSupervisor {
                 open_log(shared.fs.as_ref(), &shared.manifest, &shared.config)
             })
             .await
-            .unwrap_or_else(|e| {
-                Err(Error::WalFailed(format!(
-                    "re-validating the log panicked: {e}"
-                )))
-            });
+            .unwrap_or_else(|e| Err(Error::task_failed("re-validating the log", &e)));
             let start = reopened.map(|(recovery, start)| {
                 if let Some(tail) = &recovery.truncated {
                     metrics::counter!("concordkv_recovery_truncated_bytes_total")
@@ -191,12 +187,12 @@ impl Handler<WalRecovered> for StoreSupervisor {
                 self.start_wal(ctx, start);
             }
             Err(e) => {
-                let reason = format!("restarting the WAL failed: {e}");
-                tracing::error!(%reason);
+                tracing::error!(%e, "restarting the WAL failed");
+                let cause = Arc::new(e);
                 self.shared
                     .inbox
-                    .close_and_fail(Closed::Failed(reason.clone()));
-                self.restart_failed = Some(reason);
+                    .close_and_fail(Closed::Failed(Arc::clone(&cause)));
+                self.restart_failed = Some(cause);
             }
         }
     }
@@ -257,7 +253,7 @@ impl Handler<Shutdown> for StoreSupervisor {
             .into_actor(self)
             .map(|result, act, ctx| {
                 let result = match act.restart_failed.take() {
-                    Some(reason) if result.is_ok() => Err(Error::WalFailed(reason)),
+                    Some(cause) if result.is_ok() => Err(Error::refused(&cause)),
                     _ => result,
                 };
                 ctx.stop();

@@ -135,7 +135,9 @@ pub struct WalActor {
     unsynced: u64,
     /// `Rotate` requests waiting for the rotation in progress.
     rotation_replies: Vec<Reply>,
-    failed: Option<String>,
+    /// The failure that stopped the log, shared with every request refused
+    /// because of it.
+    failed: Option<Arc<Error>>,
     stopping: Option<oneshot::Sender<Result<()>>>,
     /// Held only for its `Drop`.
     _death: DeathNotice,
@@ -188,8 +190,8 @@ impl WalActor {
                 }
                 self.backlog.extend(self.taken.drain(..));
             }
-            if let Some(reason) = self.failed.clone().or_else(|| self.shared.worker.failure()) {
-                self.fail(reason);
+            if let Some(cause) = self.failed.clone().or_else(|| self.shared.worker.failure()) {
+                self.fail(cause);
                 continue;
             }
             if self.write_backlog() {
@@ -252,23 +254,28 @@ impl WalActor {
             }
         }
         if !self.buf.is_empty() {
+            // The requests of a write that fails get its error; after an
+            // earlier failure they are refused with that one as the cause.
             let written = match self.shared.worker.admit_write() {
                 Ok(_gate) => self
                     .segment
                     .file
                     .write_at(&self.buf, self.segment.offset)
-                    .map_err(|e| format!("write to {} failed: {e}", self.segment.path.display())),
-                Err(reason) => Err(reason),
+                    .map_err(|e| {
+                        metrics::counter!("concordkv_wal_write_errors_total").increment(1);
+                        let cause = Arc::new(Error::io("write segment", &self.segment.path, e));
+                        (Error::clone(&cause), cause)
+                    }),
+                Err(cause) => Err((Error::refused(&cause), cause)),
             };
-            if let Err(reason) = written {
+            if let Err((answer, cause)) = written {
                 for waiter in acks {
-                    let _ = waiter.reply.send(Err(Error::WalFailed(reason.clone())));
+                    let _ = waiter.reply.send(Err(answer.clone()));
                 }
                 for reply in sync_replies {
-                    let _ = reply.send(Err(Error::WalFailed(reason.clone())));
+                    let _ = reply.send(Err(answer.clone()));
                 }
-                metrics::counter!("concordkv_wal_write_errors_total").increment(1);
-                self.fail(reason);
+                self.fail(cause);
                 return false;
             }
             let written = self.buf.len() as u64;
@@ -361,8 +368,11 @@ impl WalActor {
                     act.shared.segment_wanted.store(false, Relaxed);
                     match outcome {
                         Ok(Ok(segment)) => act.prepared = Some(segment),
-                        Ok(Err(e)) => act.fail(format!("preparing the next segment failed: {e}")),
-                        Err(e) => act.fail(format!("the rotator is gone: {e}")),
+                        Ok(Err(e)) => act.fail(Arc::new(e)),
+                        // Its mailbox closes only when a handler panicked.
+                        Err(_) => act.fail(Arc::new(Error::Panicked {
+                            what: "the rotator actor",
+                        })),
                     }
                     act.finish_rotation(ctx);
                     act.finish_stop_if_drained(ctx);
@@ -382,7 +392,7 @@ impl WalActor {
         };
         crash_point("rotate.before_header");
         if let Err(e) = next.start(self.next_seq) {
-            self.fail(e.to_string());
+            self.fail(Arc::new(e));
             self.finish_stop_if_drained(ctx);
             return;
         }
@@ -425,24 +435,35 @@ impl WalActor {
         self.drain(ctx);
     }
 
-    /// Refuses everything from now on: the log cannot promise durability.
-    fn fail(&mut self, reason: String) {
-        if self.failed.is_none() {
-            tracing::error!(%reason, "the WAL stops accepting writes");
-            self.failed = Some(reason.clone());
-        }
+    /// Refuses everything from now on because of `cause`: the log cannot
+    /// promise durability. Every request still waiting is refused with it.
+    fn fail(&mut self, cause: Arc<Error>) {
+        // Kept as the failure itself, not a refusal that mentions it.
+        let cause = match cause.as_ref() {
+            Error::WalFailed { cause } => Arc::clone(cause),
+            _ => cause,
+        };
+        let cause = match &self.failed {
+            Some(first) => Arc::clone(first),
+            None => {
+                tracing::error!(%cause, "the WAL stops accepting writes");
+                self.failed = Some(Arc::clone(&cause));
+                cause
+            }
+        };
+        let refused = Error::refused(&cause);
         self.shared
             .inbox
-            .close_and_fail(Closed::Failed(reason.clone()));
+            .close_and_fail(Closed::Failed(Arc::clone(&cause)));
         for request in self.backlog.drain(..) {
-            request.fail(Error::WalFailed(reason.clone()));
+            request.fail(refused.clone());
         }
         for reply in self.rotation_replies.drain(..) {
-            let _ = reply.send(Err(Error::WalFailed(reason.clone())));
+            let _ = reply.send(Err(refused.clone()));
         }
         // Appenders held back by the loss bound wait for a sync that will
         // not come now.
-        self.shared.worker.fail_deferred(&reason);
+        self.shared.worker.fail_deferred(&refused);
         self.rotating = None;
     }
 
@@ -456,14 +477,14 @@ impl WalActor {
         let Some(reply) = self.stopping.take() else {
             return;
         };
-        match self.failed.clone() {
-            Some(reason) => {
-                let _ = reply.send(Err(Error::WalFailed(reason)));
+        match &self.failed {
+            Some(cause) => {
+                let _ = reply.send(Err(Error::refused(cause)));
             }
             None => self.submit_sync(
                 Vec::new(),
                 Some(Box::new(move |result| {
-                    let _ = reply.send(result.map_err(Error::WalFailed));
+                    let _ = reply.send(result.map_err(|e| Error::clone(&e)));
                 })),
                 true,
             ),
@@ -510,8 +531,8 @@ impl Handler<SealDone> for WalActor {
                 self.finish_rotation(ctx);
             }
             Ok(()) => {}
-            Err(reason) => {
-                self.fail(reason);
+            Err(cause) => {
+                self.fail(cause);
                 self.finish_stop_if_drained(ctx);
             }
         }
@@ -525,8 +546,8 @@ impl Handler<HeaderSynced> for WalActor {
         match msg.0 {
             Ok(()) if self.rotating.is_some() => self.finish_start(ctx),
             Ok(()) => {}
-            Err(reason) => {
-                self.fail(reason);
+            Err(cause) => {
+                self.fail(cause);
                 self.finish_stop_if_drained(ctx);
             }
         }

@@ -11,6 +11,7 @@
 //! directory must not overlap the next process that opens it.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
@@ -25,10 +26,12 @@ const IOPRIO_WHO_PROCESS: libc::c_long = 1;
 const IOPRIO_BEST_EFFORT_LOWEST: libc::c_long = (2 << 13) | 7;
 
 /// A store's maintenance threads: how many run, and whether new ones are refused.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Jobs {
     state: Mutex<JobsState>,
     ended: Condvar,
+    /// The data directory, named when a thread cannot be started.
+    dir: PathBuf,
 }
 
 #[derive(Debug, Default)]
@@ -38,16 +41,27 @@ struct JobsState {
 }
 
 impl Jobs {
+    /// No job running yet, for the store in `dir`.
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Jobs {
+        Jobs {
+            state: Mutex::default(),
+            ended: Condvar::new(),
+            dir: dir.into(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, JobsState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs `job` on a low-priority thread named `name`; resolves with its
-    /// result. After [`Jobs::close_and_wait`] a job is refused, and one whose
-    /// thread had not begun it yet is skipped, with [`Error::ShutDown`].
+    /// result, or [`Error::Panicked`] naming `what` the job was doing. After
+    /// [`Jobs::close_and_wait`] a job is refused, and one whose thread had
+    /// not begun it yet is skipped, with [`Error::ShutDown`].
     pub(crate) fn run<T: Send + 'static>(
         self: &std::sync::Arc<Self>,
         name: &str,
+        what: &'static str,
         job: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> impl Future<Output = Result<T>> {
         let (tx, rx) = oneshot::channel();
@@ -73,15 +87,15 @@ impl Jobs {
                     })
                     .map_err(|e| {
                         state.running -= 1;
-                        Error::WalFailed(format!("cannot start a maintenance thread: {e}"))
+                        Error::io("start a maintenance thread for", &self.dir, e)
                     })
                     .map(drop)
             }
         };
         async move {
             spawned?;
-            rx.await
-                .unwrap_or_else(|_| Err(Error::WalFailed("a maintenance thread panicked".into())))
+            // The sender is dropped unsent only when the job panicked.
+            rx.await.unwrap_or(Err(Error::Panicked { what }))
         }
     }
 

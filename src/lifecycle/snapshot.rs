@@ -267,6 +267,8 @@ fn apply_log(
     let mut read = LogRead::default();
     let mut expected = after + 1;
     let mut buf = Vec::new();
+    // Where reading ended, for the error if records are missing.
+    let mut reached = (config.data_dir.clone(), 0);
     for &id in segments {
         if expected > upto {
             break;
@@ -311,12 +313,18 @@ fn apply_log(
             read.bytes += size as u64;
             reader.consume(size);
         }
+        reached = (path.clone(), reader.offset());
     }
     if expected != upto + 1 {
-        return Err(Error::WalFailed(format!(
-            "the log holds records up to {}, not the {upto} the snapshot must cover",
-            expected - 1
-        )));
+        // Listed segments that lack records the manifest says they hold.
+        return Err(corruption(
+            &reached.0,
+            reached.1,
+            format!(
+                "the log holds records up to {}, not the {upto} the snapshot must cover",
+                expected - 1
+            ),
+        ));
     }
     Ok(read)
 }

@@ -5,7 +5,7 @@
 //! it idle wakes the actor, which then takes everything queued at once. That
 //! batch is what one `write` and one `fdatasync` serve (group commit).
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use actix::Addr;
 use tokio::sync::oneshot;
@@ -50,8 +50,9 @@ pub(crate) enum Closed {
     ShutDown,
     /// The WAL actor died and is being restarted.
     Restarting,
-    /// A write or sync failed; the log accepts nothing until reopened.
-    Failed(String),
+    /// A write or sync failed (the cause, shared with every request it
+    /// refuses); the log accepts nothing until reopened.
+    Failed(Arc<Error>),
 }
 
 impl Closed {
@@ -59,7 +60,7 @@ impl Closed {
         match self {
             Closed::ShutDown => Error::ShutDown,
             Closed::Restarting => Error::ActorDied,
-            Closed::Failed(reason) => Error::WalFailed(reason.clone()),
+            Closed::Failed(cause) => Error::refused(cause),
         }
     }
 }

@@ -43,8 +43,9 @@ pub(crate) struct Waiter {
     pub reply: Reply,
 }
 
-/// Called with the outcome once a job's sync finished.
-pub(crate) type OnDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// Called with the outcome once a job's sync finished: the error its
+/// waiters were answered with, shared rather than flattened.
+pub(crate) type OnDone = Box<dyn FnOnce(Result<(), Arc<Error>>) + Send>;
 
 /// One request to make a file durable up to what was written before it.
 pub(crate) struct SyncJob {
@@ -103,7 +104,9 @@ impl AckBound {
 struct State {
     jobs: Vec<SyncJob>,
     stopping: bool,
-    failed: Option<String>,
+    /// Why syncing stopped: the failure itself, handed to every request
+    /// it affects.
+    failed: Option<Arc<Error>>,
     /// Appenders whose acknowledgement waits for the bound, in sequence order.
     deferred: VecDeque<Waiter>,
     /// The last sequence number and time of each write not yet known
@@ -197,9 +200,9 @@ impl SyncWorker {
     /// Queues a job; after an earlier failure it fails at once.
     pub(crate) fn submit(&self, job: SyncJob) {
         let mut state = self.shared.lock();
-        if let Some(reason) = state.failed.clone() {
+        if let Some(cause) = state.failed.clone() {
             drop(state);
-            complete(job, Err(reason));
+            complete(job, Err(Arc::new(Error::refused(&cause))));
             return;
         }
         state.jobs.push(job);
@@ -219,11 +222,9 @@ impl SyncWorker {
     /// allows, otherwise once a sync brings them within it.
     pub(crate) fn acknowledge(&self, waiters: Vec<Waiter>) {
         let mut state = self.shared.lock();
-        if let Some(reason) = state.failed.clone() {
+        if let Some(cause) = state.failed.clone() {
             drop(state);
-            for waiter in waiters {
-                let _ = waiter.reply.send(Err(Error::WalFailed(reason.clone())));
-            }
+            fail_waiters(waiters, &Error::refused(&cause));
             return;
         }
         let durable_seq = self.shared.counters.durable_seq.load(Relaxed);
@@ -239,29 +240,29 @@ impl SyncWorker {
         }
     }
 
-    /// Fails every appender held back by the bound: the log stopped, and
-    /// the syncs that would have answered them will not come.
-    pub(crate) fn fail_deferred(&self, reason: &str) {
+    /// Fails every appender held back by the bound with `error`: the log
+    /// stopped, and the syncs that would have answered them will not come.
+    pub(crate) fn fail_deferred(&self, error: &Error) {
         let deferred = std::mem::take(&mut self.shared.lock().deferred);
-        fail_waiters(deferred, reason);
+        fail_waiters(deferred, error);
     }
 
     /// Why syncing stopped, if it did.
-    pub(crate) fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<Arc<Error>> {
         self.shared.lock().failed.clone()
     }
 
     /// Admits one write to the log: the guard keeps a failure from being
     /// recorded (and the file cut back) until the write is done; after a
-    /// failure, the reason instead.
-    pub(crate) fn admit_write(&self) -> Result<RwLockReadGuard<'_, ()>, String> {
+    /// failure, its cause instead.
+    pub(crate) fn admit_write(&self) -> Result<RwLockReadGuard<'_, ()>, Arc<Error>> {
         let gate = self
             .shared
             .gate
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         match self.failure() {
-            Some(reason) => Err(reason),
+            Some(cause) => Err(cause),
             None => Ok(gate),
         }
     }
@@ -281,7 +282,7 @@ impl SyncWorker {
             }
         }
         // Every sync has run: whoever still waits would wait forever.
-        self.fail_deferred("the store shut down before a sync covered this append");
+        self.fail_deferred(&Error::ShutDown);
     }
 }
 
@@ -306,48 +307,61 @@ fn run(shared: &Shared) {
         if processed.is_err() {
             // A panic (in a file-system implementation, say) must not leave
             // appenders waiting on a thread that no longer syncs: from here
-            // on every job fails at once.
-            let reason =
-                "the sync thread panicked; nothing after its last sync is durable".to_string();
-            tracing::error!(%reason);
+            // on every job fails at once. Whatever the batch and the held
+            // back appends waited for is lost with it; later jobs are refused.
+            let cause = Arc::new(Error::Panicked {
+                what: "the sync thread",
+            });
+            tracing::error!(%cause, "nothing after the last sync is durable");
             let (queued, deferred) = {
                 let mut state = shared.lock();
-                state.failed = Some(reason.clone());
+                state.failed = Some(Arc::clone(&cause));
                 (
                     std::mem::take(&mut state.jobs),
                     std::mem::take(&mut state.deferred),
                 )
             };
-            fail_waiters(deferred, &reason);
-            shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
-            for job in batch.drain(..).chain(queued) {
-                complete(job, Err(reason.clone()));
+            fail_waiters(deferred, &cause);
+            shared
+                .inbox
+                .close_and_fail(Closed::Failed(Arc::clone(&cause)));
+            for job in batch.drain(..) {
+                complete(job, Err(Arc::clone(&cause)));
+            }
+            let refused = Arc::new(Error::refused(&cause));
+            for job in queued {
+                complete(job, Err(Arc::clone(&refused)));
             }
         }
     }
 }
 
 /// Serves a batch of jobs in order, one sync per run of jobs on one file.
+/// A job leaves `batch` only once answered: if a sync panics, the jobs
+/// still in it are answered by the caller with the panic, instead of their
+/// waiters being dropped unanswered (which would read as a dead actor).
 fn process(shared: &Shared, batch: &mut Vec<SyncJob>) {
-    let mut jobs = batch.drain(..).peekable();
-    while let Some(first) = jobs.next() {
-        let mut group = vec![first];
-        while let Some(next) = jobs.next_if(|j| {
-            Arc::ptr_eq(&j.file, &group[0].file) && group.last().is_some_and(|g| !g.seal)
-        }) {
-            group.push(next);
+    while !batch.is_empty() {
+        let mut end = 1;
+        while end < batch.len()
+            && Arc::ptr_eq(&batch[end].file, &batch[0].file)
+            && !batch[end - 1].seal
+        {
+            end += 1;
         }
-        let result = sync_group(shared, &group);
-        for job in group {
+        let result = sync_group(shared, &batch[..end]);
+        for job in batch.drain(..end) {
             complete(job, result.clone());
         }
     }
 }
 
-/// Syncs the file of a group of jobs once, and records the outcome.
-fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), String> {
-    if let Some(reason) = shared.lock().failed.clone() {
-        return Err(reason);
+/// Syncs the file of a group of jobs once, and records the outcome: on a
+/// failure, the error its waiters get (the failure itself; a refusal if
+/// an earlier one stopped the log).
+fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), Arc<Error>> {
+    if let Some(cause) = shared.lock().failed.clone() {
+        return Err(Arc::new(Error::refused(&cause)));
     }
     let job = group
         .last()
@@ -380,16 +394,26 @@ fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            let reason = format!("sync of {} failed: {e}", path.display());
-            tracing::error!(%reason, "the WAL stops accepting writes");
+            let op = if trim {
+                "trim and sync segment"
+            } else {
+                "sync segment"
+            };
+            let cause = Arc::new(Error::io(op, path, e));
+            tracing::error!(%cause, "the WAL stops accepting writes");
             metrics::counter!("concordkv_wal_sync_errors_total").increment(1);
             let _gate = shared.gate.write().unwrap_or_else(PoisonError::into_inner);
             let deferred = {
                 let mut state = shared.lock();
-                state.failed = Some(reason.clone());
+                state.failed = Some(Arc::clone(&cause));
                 std::mem::take(&mut state.deferred)
             };
-            fail_waiters(deferred, &reason);
+            // Held-back appends this sync was to make durable hit the
+            // failure; those written after it are refused.
+            let (hit, after): (Vec<_>, Vec<_>) =
+                deferred.into_iter().partition(|waiter| waiter.seq <= upto);
+            fail_waiters(hit, &cause);
+            fail_waiters(after, &Error::refused(&cause));
             // What a successful sync made durable, the header's included
             // (a new segment's header may have been synced outside this
             // thread, at open): cutting below it would unstart the segment
@@ -412,8 +436,10 @@ fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), String> {
                     sync_failure::mark(shared.fs.as_ref(), &shared.dir, path, &e);
                 }
             }
-            shared.inbox.close_and_fail(Closed::Failed(reason.clone()));
-            Err(reason)
+            shared
+                .inbox
+                .close_and_fail(Closed::Failed(Arc::clone(&cause)));
+            Err(cause)
         }
     }
 }
@@ -445,17 +471,19 @@ fn release_deferred(shared: &Shared, upto: Seq) {
     }
 }
 
-fn fail_waiters(waiters: VecDeque<Waiter>, reason: &str) {
+/// Answers every waiter with `error`.
+fn fail_waiters(waiters: impl IntoIterator<Item = Waiter>, error: &Error) {
     for waiter in waiters {
-        let _ = waiter.reply.send(Err(Error::WalFailed(reason.to_string())));
+        let _ = waiter.reply.send(Err(error.clone()));
     }
 }
 
-fn complete(job: SyncJob, result: Result<(), String>) {
+/// Answers a job's waiters with its outcome, then runs its `on_done`.
+fn complete(job: SyncJob, result: Result<(), Arc<Error>>) {
     for waiter in job.waiters {
         let answer = match &result {
             Ok(()) => Ok(waiter.seq),
-            Err(reason) => Err(Error::WalFailed(reason.clone())),
+            Err(error) => Err(Error::clone(error)),
         };
         let _ = waiter.reply.send(answer);
     }
@@ -508,14 +536,18 @@ mod tests {
         let (held, mut answer) = waiter(5);
         worker.acknowledge(vec![held]);
         assert!(answer.try_recv().is_err(), "held back");
-        worker.fail_deferred("the WAL failed");
-        assert!(matches!(answer.try_recv(), Ok(Err(Error::WalFailed(_)))));
+        let cause = Arc::new(Error::Panicked { what: "a test" });
+        worker.fail_deferred(&Error::refused(&cause));
+        assert!(matches!(
+            answer.try_recv(),
+            Ok(Err(Error::WalFailed { cause })) if matches!(*cause, Error::Panicked { .. })
+        ));
 
         let (held, mut answer) = waiter(9);
         worker.acknowledge(vec![held]);
         worker.stop();
         assert!(
-            matches!(answer.try_recv(), Ok(Err(Error::WalFailed(_)))),
+            matches!(answer.try_recv(), Ok(Err(Error::ShutDown))),
             "no sync will come after the thread stopped"
         );
     }

@@ -172,3 +172,32 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
         "appends are counted: {info}"
     );
 }
+
+#[test]
+fn a_bad_listen_address_is_a_config_error_and_a_taken_port_an_io_error() {
+    let bad = concordkv::MetricsConfig {
+        listen: "not an address".into(),
+        enabled: true,
+    };
+    let err = concordkv::install_prometheus_exporter(&bad).expect_err("refused");
+    assert!(
+        matches!(&err, concordkv::Error::Config(_)) && err.to_string().contains("metrics.listen"),
+        "{err:?}"
+    );
+
+    // Nothing is installed when the address is taken: the bind fails first.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("address");
+    let busy = concordkv::MetricsConfig {
+        listen: addr.to_string(),
+        enabled: true,
+    };
+    let err = concordkv::install_prometheus_exporter(&busy).expect_err("refused");
+    match &err {
+        concordkv::Error::Io { path, source, .. } => {
+            assert_eq!(path.to_str(), Some(addr.to_string().as_str()), "{err}");
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+        }
+        other => panic!("not an I/O error: {other:?}"),
+    }
+}

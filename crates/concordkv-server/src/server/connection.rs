@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::server::auth;
 use crate::server::clients::ClientSlot;
-use crate::server::cmd::{self, error, Reply};
+use crate::server::cmd::{self, error, write_error, Reply};
 use crate::server::cross_protocol::looks_like_http;
 use crate::server::db::Db;
 use crate::server::request::RequestParser;
@@ -132,7 +132,7 @@ pub async fn serve_connection(
                 Reply::Now(frame) | Reply::Close(frame) => frame,
                 Reply::Later { pending, ok } => match pending.await {
                     Ok(_) => ok,
-                    Err(e) => error(e.to_string()),
+                    Err(e) => write_error(&e),
                 },
                 Reply::Wait(work) => work.await,
             };

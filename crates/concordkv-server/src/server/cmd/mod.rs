@@ -16,7 +16,7 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use crate::server::db::Db;
-use concordkv::Pending;
+use concordkv::{Error, Pending};
 
 /// What running a command produced.
 pub enum Reply {
@@ -33,6 +33,19 @@ pub enum Reply {
 /// An error reply (`-ERR …`).
 pub fn error(message: impl Into<String>) -> BytesFrame {
     BytesFrame::Error(format!("ERR {}", message.into()).into())
+}
+
+/// The reply to a write the log did not take. When the log stopped on a
+/// disk failure (or refuses writes since one), Redis's `MISCONF`, as Redis
+/// answers writes after a failed AOF write, so clients that know it stop
+/// retrying; otherwise `ERR`. Either way the message names the file and
+/// the operating system's error (`No space left on device`).
+pub fn write_error(e: &Error) -> BytesFrame {
+    if matches!(e, Error::WalFailed { .. }) || e.io_error().is_some() {
+        BytesFrame::Error(format!("MISCONF Errors writing to the write-ahead log: {e}").into())
+    } else {
+        error(e.to_string())
+    }
 }
 
 /// The `+OK` reply.

@@ -4,13 +4,13 @@
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
-use super::{error, ok, Reply};
+use super::{ok, write_error, Reply};
 use crate::server::db::Db;
 use concordkv::Error;
 use concordkv::Op;
 
 fn refused(e: Error) -> Reply {
-    Reply::Now(error(e.to_string()))
+    Reply::Now(write_error(&e))
 }
 
 /// `SET key value`.
@@ -49,5 +49,74 @@ pub fn del(db: &Db, keys: &[Bytes]) -> Reply {
             ok: BytesFrame::Integer(removed as i64),
         },
         Err(e) => refused(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use concordkv::testing::sim_fs::{Call, Fault, SimFs};
+    use concordkv::{Config, SyncMode};
+
+    use super::*;
+    use crate::server::cmd::execute;
+
+    /// The reply to `SET key v` once the log has answered.
+    async fn set(db: &Db, key: &str) -> BytesFrame {
+        let args = vec![
+            Bytes::from("SET"),
+            Bytes::from(key.to_string()),
+            Bytes::from("v"),
+        ];
+        match execute(args, db) {
+            Reply::Now(frame) => frame,
+            Reply::Later { pending, ok } => match pending.await {
+                Ok(_) => ok,
+                Err(e) => write_error(&e),
+            },
+            _ => panic!("SET answers now or once the log did"),
+        }
+    }
+
+    fn text(frame: &BytesFrame) -> String {
+        match frame {
+            BytesFrame::Error(e) => e.to_string(),
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_full_disk_is_answered_like_redis_naming_the_file_and_the_cause() {
+        let fs = SimFs::new(1);
+        let mut config = Config::with_data_dir(PathBuf::from("/sim/db"));
+        config.wal.sync_mode = SyncMode::Always;
+        let (store, recovery) = concordkv::testing::open_with_fs(config, Arc::new(fs.clone()))
+            .await
+            .expect("open");
+        let db = Db::new(store.clone(), &recovery);
+        assert_eq!(set(&db, "a").await, ok());
+        fs.inject(Fault {
+            call: Call::Write,
+            nth: 1,
+            errno: libc::ENOSPC,
+            path_contains: Some(".wal".into()),
+            sticky: false,
+        });
+        for key in ["b", "c"] {
+            let reply = text(&set(&db, key).await);
+            assert!(
+                reply.starts_with("MISCONF ")
+                    && reply.contains("/sim/db/")
+                    && reply.contains(".wal")
+                    && reply.contains("No space left on device"),
+                "{key}: {reply}"
+            );
+        }
+        // A request refused before anything was written stays an ERR.
+        let reply = text(&set(&db, "").await);
+        assert!(reply.starts_with("ERR "), "{reply}");
+        let _ = store.shutdown().await;
     }
 }
