@@ -31,9 +31,13 @@ pub enum SnapshotKind {
 /// What a snapshot covers; also how the manifest lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotHeader {
+    /// Full or incremental.
     pub kind: SnapshotKind,
+    /// The sequence number it continues from (0 for a full snapshot).
     pub from_seq: Seq,
+    /// The last sequence number it covers.
     pub to_seq: Seq,
+    /// Frames it holds: one per key.
     pub entries: u64,
 }
 

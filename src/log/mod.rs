@@ -5,6 +5,7 @@
 pub mod inbox;
 pub mod reader;
 pub mod recovery;
+pub mod scan;
 pub mod segment;
 pub mod sync_failure;
 pub mod sync_worker;

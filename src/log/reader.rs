@@ -65,6 +65,15 @@ impl<'a> FrameReader<'a> {
         self.layout = layout;
     }
 
+    /// Moves to file offset `offset`, dropping what was read ahead: how a
+    /// scan goes back over a damaged region, or skips to a frame beyond it.
+    pub fn seek(&mut self, offset: u64) {
+        self.start = 0;
+        self.end = 0;
+        self.base = offset;
+        self.at_eof = false;
+    }
+
     /// The file offset of the next unconsumed byte.
     pub fn offset(&self) -> u64 {
         self.base + self.start as u64
