@@ -18,7 +18,7 @@ use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
-use crate::lifecycle::snapshot::{read_snapshot, snapshot_path};
+use crate::lifecycle::snapshot::{read_snapshot, select_chain, snapshot_path};
 use crate::log::reader::FrameReader;
 use crate::log::recovery::TruncatedTail;
 use crate::log::scan::{self, serialize_path, End, Start};
@@ -196,6 +196,12 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
 
     let plan = scan::plan(&fs, dir, &listed_segments, sealed_through, &mut buf)
         .map_err(|(path, e)| Error::io("read segment", path, e))?;
+    // The open replays the log after the snapshot chain, which the first
+    // started segment must reach.
+    let covered = select_chain(&listed_snapshots)
+        .last()
+        .map_or(0, |h| h.to_seq);
+    let mut first = true;
     let mut last_is_set: HashMap<Vec<u8>, bool> = HashMap::new();
     let mut expected: Option<Seq> = None;
     for &id in &listed_segments {
@@ -256,6 +262,17 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
                 format!("header says segment {}, file name says {id}", header.id),
             ));
         }
+        if first && header.first_seq > covered + 1 {
+            found.damage.push(damage(
+                &path,
+                24,
+                format!(
+                    "the log starts at sequence {}, but the snapshots end at {covered}: records are missing",
+                    header.first_seq
+                ),
+            ));
+        }
+        first = false;
         if let Some(expected) = expected {
             if header.first_seq != expected {
                 found.damage.push(damage(
