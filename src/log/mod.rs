@@ -1,4 +1,5 @@
-//! The log itself: segment files and their writer, the one frame reader,
+//! The log itself: segment files and their writer, the one frame reader and
+//! the scan that decides what stops it (shared by recovery and `verify`),
 //! the appenders' inbox, the sync thread and its failure marker, and the
 //! recovery that reads it all back.
 

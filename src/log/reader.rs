@@ -1,4 +1,6 @@
-//! Reading a file's frames front to back through one bounded buffer.
+//! Reading a file's frames front to back through one bounded buffer: every
+//! segment and snapshot read (recovery, `verify`, snapshots, compaction)
+//! goes through it, and [`crate::log::scan`] walks segments with it.
 //!
 //! Snapshots and compactions read whole segments and snapshots while the
 //! WAL is appending. Reading each file into fresh memory, and freeing it
