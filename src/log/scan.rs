@@ -505,4 +505,45 @@ mod tests {
         let mut reader = FrameReader::new(&fs, path, &mut buf, 0);
         assert!(!rest_is_zero(&mut reader).expect("not zeros"));
     }
+
+    /// Runs of zeros longer than a read chunk are skipped without losing a
+    /// frame that starts right after them, and every later frame's durable
+    /// offset counts.
+    #[test]
+    fn intact_frames_after_long_zero_runs_are_found() {
+        use crate::entry::Op;
+        use crate::format::record::{encode_segment_record, MAX_PAYLOAD_BYTES};
+        let fs = SimFs::new(1);
+        let path = Path::new("/d/s");
+        let layout = Layout::Segment { segment: 1 };
+        let entry = Entry::Op(Op::Set {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        });
+        let mut bytes = vec![0u8; 3 * READ_CHUNK_BYTES];
+        let first = 64 + READ_CHUNK_BYTES + 5;
+        let mut frame = Vec::new();
+        let size = encode_segment_record(7, &entry, layout, 100, first as u64, &mut frame);
+        bytes[first..first + size].copy_from_slice(&frame);
+        let second = first + size + 2 * READ_CHUNK_BYTES / 3;
+        frame.clear();
+        let size = encode_segment_record(8, &entry, layout, 900, second as u64, &mut frame);
+        bytes[second..second + size].copy_from_slice(&frame);
+        bytes[40] = 0xff;
+        file_of(&fs, path, &bytes);
+
+        let mut buf = Vec::new();
+        let mut reader = FrameReader::new(&fs, path, &mut buf, MAX_PAYLOAD_BYTES);
+        let later = intact_after(&mut reader, 40, layout, 7, false).expect("scan");
+        assert_eq!(later.first, Some((first as u64, 7)));
+        assert_eq!(later.attested, 900);
+        let later = intact_after(&mut reader, 40, layout, 8, false).expect("scan");
+        assert_eq!(
+            later.first,
+            Some((second as u64, 8)),
+            "older frames are passed over"
+        );
+        let later = intact_after(&mut reader, first as u64 + 1, layout, 0, true).expect("scan");
+        assert_eq!(later.first, Some((second as u64, 8)));
+    }
 }
