@@ -10,6 +10,7 @@
 //! a `kill -9` at that instant.
 
 /// Every crash point, by name.
+#[cfg(feature = "testing")]
 pub const CRASH_POINTS: &[&str] = &[
     "rotate.after_create",
     "rotate.after_list",

@@ -7,58 +7,114 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use serde::ser::SerializeSeq;
+use serde::{Serialize, Serializer};
+
+use crate::config::RecoveryMode;
 use crate::entry::Seq;
 use crate::error::{Corruption, Error, Result};
-use crate::format::all_zero;
-use crate::format::codec::decode_entry;
 use crate::format::manifest::{Manifest, MANIFEST_FILE};
-use crate::format::record::{read_frame_at, Frame, MAX_PAYLOAD_BYTES};
-use crate::format::segment::{
-    parse_segment_file_name, segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES,
-};
+use crate::format::record::MAX_PAYLOAD_BYTES;
+use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
-use crate::lifecycle::snapshot::{read_snapshot, snapshot_path};
+use crate::lifecycle::snapshot::{read_snapshot, select_chain, snapshot_path};
+use crate::log::reader::FrameReader;
+use crate::log::recovery::TruncatedTail;
+use crate::log::scan::{self, serialize_path, End, Start};
 
 /// What a segment holds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SegmentReport {
+    /// The segment id (its file name's number).
     pub id: u64,
+    /// The segment file.
+    #[serde(serialize_with = "serialize_path")]
     pub path: PathBuf,
     /// File length (preallocated zeros included).
     pub bytes: u64,
     /// Sequence numbers of its first and last intact records.
     pub seqs: Option<(Seq, Seq)>,
+    /// Intact records, up to the first damage or torn tail.
     pub records: u64,
     /// `sealed` (a later segment has started), `active` (the newest started
-    /// one), `prepared` (never started) or `damaged`. A sealed segment keeps
-    /// its preallocated zeros, so only the order tells the two apart.
+    /// one), `prepared` (never started), `torn` (the newest segment's header
+    /// never reached the disk: the open retires it) or `damaged`. A sealed
+    /// segment keeps its preallocated zeros, so only the order tells the
+    /// first two apart.
     pub state: &'static str,
 }
 
 /// What a snapshot holds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct SnapshotReport {
+    /// Its header, equal to the manifest's entry for it.
     pub header: SnapshotHeader,
+    /// The snapshot file.
+    #[serde(serialize_with = "serialize_path")]
     pub path: PathBuf,
+    /// File length.
     pub bytes: u64,
 }
 
-/// A data directory as found.
-#[derive(Debug, Clone, Default)]
+/// A data directory as found, judged as an open (in the default
+/// `tolerate_tail` recovery mode) would judge it.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Inspection {
+    /// The data directory.
+    #[serde(serialize_with = "serialize_path")]
     pub dir: PathBuf,
+    /// The manifest, if it could be read.
     pub manifest: Option<Manifest>,
+    /// The listed segments (every segment file present, without a manifest).
     pub segments: Vec<SegmentReport>,
+    /// The listed snapshots that read intact.
     pub snapshots: Vec<SnapshotReport>,
     /// Files the manifest does not list (removed at the next open).
+    #[serde(serialize_with = "serialize_paths")]
     pub unlisted: Vec<PathBuf>,
-    /// Every piece of damage: file, byte offset, reason.
+    /// The torn tail of the newest segment that the next open cuts: an
+    /// interrupted write, not damage.
+    pub torn_tail: Option<TruncatedTail>,
+    /// Every piece of damage, each of which fails the open: file, byte
+    /// offset, reason.
+    #[serde(serialize_with = "serialize_damage")]
     pub damage: Vec<Corruption>,
-    /// Operations in the segments, and how many distinct keys they leave
-    /// set: the rest is what a compaction would drop.
+    /// Operations in the segments (up to any damage or torn tail).
     pub ops: u64,
+    /// Distinct keys those operations leave set: the rest of `ops` is what a
+    /// compaction would drop.
     pub live_keys: u64,
+}
+
+fn serialize_paths<S: Serializer>(paths: &[PathBuf], serializer: S) -> Result<S::Ok, S::Error> {
+    let mut seq = serializer.serialize_seq(Some(paths.len()))?;
+    for path in paths {
+        seq.serialize_element(&path.to_string_lossy())?;
+    }
+    seq.end()
+}
+
+/// `Corruption` as `{file, offset, reason}`.
+fn serialize_damage<S: Serializer>(
+    damage: &[Corruption],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Damage<'a> {
+        file: std::borrow::Cow<'a, str>,
+        offset: u64,
+        reason: &'a str,
+    }
+    let mut seq = serializer.serialize_seq(Some(damage.len()))?;
+    for d in damage {
+        seq.serialize_element(&Damage {
+            file: d.file.to_string_lossy(),
+            offset: d.offset,
+            reason: &d.reason,
+        })?;
+    }
+    seq.end()
 }
 
 fn damage(file: &Path, offset: u64, reason: impl Into<String>) -> Corruption {
@@ -69,7 +125,10 @@ fn damage(file: &Path, offset: u64, reason: impl Into<String>) -> Corruption {
     }
 }
 
-/// Reads and checks everything in `dir`, changing nothing.
+/// Reads and checks everything in `dir`, changing nothing: no lock, no
+/// write, no cut. Segments go through the same scan as recovery, so a torn
+/// tail the open would cut is reported as `torn_tail` and only what the
+/// open would refuse as `damage`.
 pub fn inspect(dir: &Path) -> Result<Inspection> {
     let fs = RealFs;
     let mut found = Inspection {
@@ -105,9 +164,9 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         Err(e) => return Err(Error::io("read manifest", manifest_path, e)),
     }
     // Without a readable manifest, every segment file present is checked.
-    let (listed_segments, listed_snapshots) = match &found.manifest {
-        Some(m) => (m.segments.clone(), m.snapshots.clone()),
-        None => (segment_ids.clone(), Vec::new()),
+    let (listed_segments, listed_snapshots, sealed_through) = match &found.manifest {
+        Some(m) => (m.segments.clone(), m.snapshots.clone(), m.sealed_through),
+        None => (segment_ids.clone(), Vec::new(), 0),
     };
     let listed_names: Vec<String> = listed_segments
         .iter()
@@ -135,11 +194,19 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         }
     }
 
+    let plan = scan::plan(&fs, dir, &listed_segments, sealed_through, &mut buf)
+        .map_err(|(path, e)| Error::io("read segment", path, e))?;
+    // The open replays the log after the snapshot chain, which the first
+    // started segment must reach.
+    let covered = select_chain(&listed_snapshots)
+        .last()
+        .map_or(0, |h| h.to_seq);
+    let mut first = true;
     let mut last_is_set: HashMap<Vec<u8>, bool> = HashMap::new();
     let mut expected: Option<Seq> = None;
     for &id in &listed_segments {
         let path = segment_path(dir, id);
-        let bytes = match fs.read(&path) {
+        let bytes = match fs.file_len(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 found
@@ -152,35 +219,42 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         let mut report = SegmentReport {
             id,
             path: path.clone(),
-            bytes: bytes.len() as u64,
+            bytes,
             seqs: None,
             records: 0,
             state: "sealed",
         };
-        let header = match SegmentHeader::decode(&bytes) {
-            Ok(header) => header,
-            Err(HeaderError::Unwritten) if all_zero(&bytes) => {
-                report.state = "prepared";
-                found.segments.push(report);
-                continue;
-            }
-            Err(HeaderError::Unwritten) => {
-                found.damage.push(damage(
-                    &path,
-                    0,
-                    "segment header is all zeros but data follows it",
-                ));
-                report.state = "damaged";
-                found.segments.push(report);
-                continue;
-            }
-            Err(HeaderError::Damaged(reason)) => {
-                found.damage.push(damage(&path, 0, reason));
-                report.state = "damaged";
-                found.segments.push(report);
-                continue;
-            }
-        };
+        if plan.unstarted.contains(&id) {
+            report.state = "prepared";
+            found.segments.push(report);
+            continue;
+        }
+        let place = plan.place(id);
+        let mode = RecoveryMode::TolerateTail;
+        let read_error = |e| Error::io("read segment", &path, e);
+        let mut reader = FrameReader::new(&fs, &path, &mut buf, MAX_PAYLOAD_BYTES);
+        let header =
+            match scan::read_start(&mut reader, &path, id, place, mode).map_err(read_error)? {
+                Start::Header(header) => header,
+                Start::Unstarted => {
+                    report.state = "prepared";
+                    found.segments.push(report);
+                    continue;
+                }
+                Start::Torn(tail) => {
+                    found.torn_tail = Some(tail);
+                    report.state = "torn";
+                    found.segments.push(report);
+                    continue;
+                }
+                Start::Corrupt(c) => {
+                    found.damage.push(c);
+                    report.state = "damaged";
+                    found.segments.push(report);
+                    expected = None;
+                    continue;
+                }
+            };
         if header.id != id {
             found.damage.push(damage(
                 &path,
@@ -188,72 +262,53 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
                 format!("header says segment {}, file name says {id}", header.id),
             ));
         }
+        if first && header.first_seq > covered + 1 {
+            found.damage.push(damage(
+                &path,
+                24,
+                format!(
+                    "the log starts at sequence {}, but the snapshots end at {covered}: records are missing",
+                    header.first_seq
+                ),
+            ));
+        }
+        first = false;
         if let Some(expected) = expected {
             if header.first_seq != expected {
                 found.damage.push(damage(
                     &path,
                     24,
                     format!(
-                        "segment starts at sequence {}, the previous one ends before {expected}",
+                        "segment starts at sequence {}, the previous segment ends before {expected}",
                         header.first_seq
                     ),
                 ));
             }
         }
-        let mut offset = SEGMENT_HEADER_BYTES;
-        let mut next = header.first_seq;
-        let layout = header.layout();
-        loop {
-            match read_frame_at(&bytes[offset..], layout, offset as u64, MAX_PAYLOAD_BYTES) {
-                Frame::Record {
-                    seq, payload, size, ..
-                } if seq == next => match decode_entry(payload) {
-                    Ok(entry) => {
-                        for op in entry.ops() {
-                            found.ops += 1;
-                            last_is_set.insert(
-                                op.key().to_vec(),
-                                matches!(op, crate::entry::Op::Set { .. }),
-                            );
-                        }
-                        report.seqs = Some((report.seqs.map_or(seq, |(first, _)| first), seq));
-                        report.records += 1;
-                        next += 1;
-                        offset += size;
-                    }
-                    Err(reason) => {
-                        found.damage.push(damage(&path, offset as u64, reason));
-                        report.state = "damaged";
-                        break;
-                    }
-                },
-                Frame::Record { seq, .. } => {
-                    found.damage.push(damage(
-                        &path,
-                        offset as u64,
-                        format!("sequence number {seq}, expected {next}"),
-                    ));
-                    report.state = "damaged";
-                    break;
-                }
-                Frame::Unwritten if all_zero(&bytes[offset..]) => break,
-                Frame::Unwritten => {
-                    found.damage.push(damage(
-                        &path,
-                        offset as u64,
-                        "zeros where a record should be, with data after them",
-                    ));
-                    report.state = "damaged";
-                    break;
-                }
-                Frame::Damaged(reason) => {
-                    found.damage.push(damage(&path, offset as u64, reason));
-                    report.state = "damaged";
-                    break;
-                }
+        let scanned = scan::scan_frames(&mut reader, &path, &header, place, mode, |seq, entry| {
+            for op in entry.ops() {
+                found.ops += 1;
+                last_is_set.insert(
+                    op.key().to_vec(),
+                    matches!(op, crate::entry::Op::Set { .. }),
+                );
+            }
+            report.seqs = Some((report.seqs.map_or(seq, |(first, _)| first), seq));
+            report.records += 1;
+        })
+        .map_err(read_error)?;
+        // After damage, where the next segment should start is unknown:
+        // its start is not checked, so each damage is listed once.
+        expected = Some(scanned.next_seq);
+        match scanned.end {
+            End::Clean => {}
+            End::Torn(tail) => found.torn_tail = Some(tail),
+            End::Corrupt(c) => {
+                found.damage.push(c);
+                report.state = "damaged";
+                expected = None;
             }
         }
-        expected = Some(next);
         found.segments.push(report);
     }
     if let Some(newest) = found.segments.iter_mut().rfind(|s| s.state == "sealed") {
@@ -339,13 +394,30 @@ impl Inspection {
                 path.display()
             );
         }
+        if let Some(line) = self.torn_tail_line() {
+            let _ = writeln!(out, "{line}");
+        }
         for line in self.damage_lines() {
             let _ = writeln!(out, "{line}");
         }
         out
     }
 
-    /// One line per damage: file, byte offset, reason.
+    /// The torn tail the next open cuts, in one line: file, offset, bytes
+    /// and reason.
+    pub fn torn_tail_line(&self) -> Option<String> {
+        self.torn_tail.as_ref().map(|t| {
+            format!(
+                "torn tail: {} at byte offset {}: {} bytes would be cut on open ({})",
+                t.file.display(),
+                t.offset,
+                t.bytes,
+                t.reason
+            )
+        })
+    }
+
+    /// One line per damage (what fails the open): file, byte offset, reason.
     pub fn damage_lines(&self) -> Vec<String> {
         self.damage
             .iter()

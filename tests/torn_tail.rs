@@ -509,3 +509,114 @@ async fn a_segment_an_earlier_open_sealed_is_never_cut_as_a_torn_tail() {
         "{err}"
     );
 }
+
+/// `inspect` judges a directory with the scan the open runs: for every
+/// shape of damage, what it reports as a torn tail is exactly what the open
+/// cuts, and what it reports as damage is what fails the open; it changes
+/// nothing either way.
+#[actix_rt::test]
+async fn inspect_predicts_what_open_cuts_and_what_it_refuses() {
+    let source = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(config(source.path(), SyncMode::None))
+        .await
+        .expect("open");
+    let acks: Vec<_> = (0..300u32)
+        .map(|i| {
+            store
+                .submit(Entry::Op(Op::Set {
+                    key: format!("key-{i}").into_bytes(),
+                    value: format!("value-{i}").into_bytes(),
+                }))
+                .expect("submit")
+        })
+        .collect();
+    for ack in acks {
+        ack.await.expect("written");
+    }
+    store.shutdown().await.expect("shutdown");
+    let attested = tempfile::tempdir().expect("tempdir");
+    write_records(attested.path(), 300).await;
+    let sealed = tempfile::tempdir().expect("tempdir");
+    fill_small_segments(sealed.path()).await;
+
+    type Damage = fn(&mut Vec<u8>, &[std::ops::Range<usize>]);
+    let shapes: [(&str, &Path, bool, Damage); 7] = [
+        ("zeros from mid-record", source.path(), true, |b, f| {
+            let last = f.last().expect("frames");
+            b[(last.start + last.end) / 2..].fill(0);
+        }),
+        ("short file", source.path(), true, |b, f| {
+            let last = f.last().expect("frames");
+            b.truncate(last.start + 7);
+        }),
+        ("unsynced lost page", source.path(), true, |b, f| {
+            let lost = f.iter().find(|r| r.start > 3600 && r.start < 4076);
+            let lost = lost.expect("a record near the end of the first page");
+            b[lost.start..4096].fill(0);
+        }),
+        ("attested lost page", attested.path(), true, |b, f| {
+            let lost = f.iter().find(|r| r.start > 3600 && r.start < 4076);
+            let lost = lost.expect("a record near the end of the first page");
+            b[lost.start..4096].fill(0);
+        }),
+        ("attested flipped byte", attested.path(), true, |b, f| {
+            b[f[5].start + 18] ^= 0x80;
+        }),
+        (
+            "flipped byte in a sealed segment",
+            sealed.path(),
+            false,
+            |b, f| {
+                b[f[f.len() / 2].start + 20] ^= 0x01;
+            },
+        ),
+        ("zeroed header", source.path(), true, |b, _| {
+            b[..32].fill(0);
+        }),
+    ];
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (mut cut, mut refused) = (0, 0);
+    for (case, (name, from, newest, damage)) in shapes.into_iter().enumerate() {
+        let dir = scratch.path().join(case.to_string());
+        copy_dir(from, &dir);
+        let started = started_segments(&dir);
+        let victim = if newest {
+            started.last().expect("segment").clone()
+        } else {
+            started[1].clone()
+        };
+        let frames = frame_ranges(&victim);
+        let mut bytes = std::fs::read(&victim).expect("read");
+        damage(&mut bytes, &frames);
+        std::fs::write(&victim, &bytes).expect("write");
+
+        let found = concordkv::inspect(&dir).expect("inspect");
+        assert_eq!(std::fs::read(&victim).expect("read"), bytes, "{name}");
+        let mut cfg = config(&dir, SyncMode::Always);
+        cfg.wal.max_segment_bytes = 4096;
+        match Store::open(cfg).await {
+            Ok((store, recovery)) => {
+                assert!(found.damage.is_empty(), "{name}: {:?}", found.damage);
+                assert_eq!(found.torn_tail, recovery.truncated, "{name}");
+                cut += usize::from(recovery.truncated.is_some());
+                store.shutdown().await.expect("shutdown");
+                let after = concordkv::inspect(&dir).expect("inspect");
+                assert!(
+                    after.torn_tail.is_none() && after.damage.is_empty(),
+                    "{name}: the open cut it"
+                );
+            }
+            Err(Error::Corruption(c)) => {
+                assert!(found.torn_tail.is_none(), "{name}: {:?}", found.torn_tail);
+                assert!(
+                    found.damage.contains(&c),
+                    "{name}: {c} not in {:?}",
+                    found.damage
+                );
+                refused += 1;
+            }
+            Err(other) => panic!("{name}: {other}"),
+        }
+    }
+    assert_eq!((cut, refused), (3, 4), "torn tails cut, damage refused");
+}

@@ -49,7 +49,9 @@ struct ManifestV1 {
 /// Why a manifest was not accepted: the byte offset and the reason.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ManifestError {
+    /// Byte offset of the damage in the MANIFEST.
     pub offset: u64,
+    /// What is wrong there.
     pub reason: String,
 }
 

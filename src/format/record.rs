@@ -34,7 +34,10 @@ pub enum Layout {
     /// Snapshots and format-1 segments.
     Plain,
     /// Format-2 segments; `segment` is the low 32 bits of the segment id.
-    Segment { segment: u32 },
+    Segment {
+        /// The low 32 bits of the segment id, which each frame repeats.
+        segment: u32,
+    },
 }
 
 impl Layout {
@@ -114,9 +117,13 @@ pub enum Frame<'a> {
     /// An intact frame: its sequence number, payload, whole size, and (in
     /// the segment layout) the durable offset it carries (0 otherwise).
     Record {
+        /// The record's sequence number.
         seq: Seq,
+        /// The encoded entry.
         payload: &'a [u8],
+        /// Bytes the whole frame takes, header included.
         size: usize,
+        /// The durable offset the frame attests (0 in the plain layout).
         durable: u64,
     },
     /// Only zeros from here on in the frame header: the preallocated,
@@ -124,13 +131,6 @@ pub enum Frame<'a> {
     Unwritten,
     /// Not an intact frame; the reason says why.
     Damaged(String),
-}
-
-/// Reads the plain frame at the start of `buf`. A payload over
-/// `max_payload` bytes is damage, whatever its checksum, and nothing is
-/// allocated for it.
-pub fn read_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
-    read_frame_at(buf, Layout::Plain, 0, max_payload)
 }
 
 /// Reads the frame at the start of `buf`, which lies at file offset
@@ -213,6 +213,11 @@ mod tests {
     use crate::entry::Op;
     use crate::format::codec::decode_entry;
     use proptest::prelude::*;
+
+    /// The plain frame at the start of `buf`.
+    fn read_frame(buf: &[u8], max_payload: usize) -> Frame<'_> {
+        read_frame_at(buf, Layout::Plain, 0, max_payload)
+    }
 
     fn arb_op() -> impl Strategy<Value = Op> {
         let bytes = || proptest::collection::vec(any::<u8>(), 0..64);

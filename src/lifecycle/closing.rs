@@ -15,7 +15,9 @@ use tokio::sync::watch;
 
 /// Directories being closed, each with a receiver that sees its sender
 /// dropped once the close has finished (or was abandoned).
-static CLOSING: Mutex<Option<HashMap<PathBuf, (u64, watch::Receiver<()>)>>> = Mutex::new(None);
+static CLOSING: Mutex<Option<HashMap<PathBuf, Closing>>> = Mutex::new(None);
+/// One close under way: its id and the receiver that sees it end.
+type Closing = (u64, watch::Receiver<()>);
 /// Tells apart two closes of the same directory, so that the older one's
 /// guard never removes the newer one's entry.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);

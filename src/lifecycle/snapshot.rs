@@ -9,6 +9,7 @@
 //! obsolete unlisted and removed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
@@ -23,6 +24,7 @@ use crate::fs::FileSystem;
 use crate::lifecycle::manifest::{remove_retired, ManifestStore};
 use crate::lifecycle::pacing::Pacer;
 use crate::log::reader::FrameReader;
+use crate::log::scan::walk_frames;
 use crate::log::segment::started_segments;
 
 /// How much of a snapshot is written, and its writeback started, at a time.
@@ -284,36 +286,41 @@ fn apply_log(
         reader.set_layout(header.layout());
         reader.consume(SEGMENT_HEADER_BYTES);
         read.bytes += SEGMENT_HEADER_BYTES as u64;
-        loop {
-            let offset = reader.offset();
-            let Frame::Record {
-                seq, payload, size, ..
-            } = reader.frame().map_err(io_error)?
-            else {
-                break;
-            };
+        // The walk stops at the first frame that is not intact: the active
+        // segment may hold a write in progress past `upto`, and a record
+        // missing below it fails the check after the loop.
+        let mut failed = None;
+        let walk = walk_frames(&mut reader, header.first_seq, |seq, payload, offset| {
             if seq > upto {
-                break;
+                return Ok(ControlFlow::Break(()));
             }
             if seq >= expected {
                 if seq != expected {
-                    return Err(corruption(
+                    failed = Some(corruption(
                         &path,
                         offset,
                         format!("sequence {seq}, expected {expected}"),
                     ));
+                    return Ok(ControlFlow::Break(()));
                 }
-                for_each_op(payload, |key, value| {
+                let applied = for_each_op(payload, |key, value| {
                     apply(state, seq, key, value);
                     read.ops += 1;
-                })
-                .map_err(|reason| corruption(&path, offset, reason))?;
+                });
+                if let Err(reason) = applied {
+                    failed = Some(corruption(&path, offset, reason));
+                    return Ok(ControlFlow::Break(()));
+                }
                 expected += 1;
             }
-            read.bytes += size as u64;
-            reader.consume(size);
+            Ok(ControlFlow::Continue(()))
+        })
+        .map_err(io_error)?;
+        if let Some(err) = failed {
+            return Err(err);
         }
-        reached = (path.clone(), reader.offset());
+        read.bytes += walk.offset - SEGMENT_HEADER_BYTES as u64;
+        reached = (path.clone(), walk.offset);
     }
     if expected != upto + 1 {
         // Listed segments that lack records the manifest says they hold.

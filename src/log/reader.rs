@@ -1,4 +1,6 @@
-//! Reading a file's frames front to back through one bounded buffer.
+//! Reading a file's frames front to back through one bounded buffer: every
+//! segment and snapshot read (recovery, `verify`, snapshots, compaction)
+//! goes through it, and [`crate::log::scan`] walks segments with it.
 //!
 //! Snapshots and compactions read whole segments and snapshots while the
 //! WAL is appending. Reading each file into fresh memory, and freeing it
@@ -63,6 +65,15 @@ impl<'a> FrameReader<'a> {
     /// header has been read); plain until then.
     pub fn set_layout(&mut self, layout: Layout) {
         self.layout = layout;
+    }
+
+    /// Moves to file offset `offset`, dropping what was read ahead: how a
+    /// scan goes back over a damaged region, or skips to a frame beyond it.
+    pub fn seek(&mut self, offset: u64) {
+        self.start = 0;
+        self.end = 0;
+        self.base = offset;
+        self.at_eof = false;
     }
 
     /// The file offset of the next unconsumed byte.

@@ -47,14 +47,23 @@ use crate::fs::{DirLock, FileSystem, WritableFile};
 /// The kinds of call a fault can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Call {
+    /// Reading a file or listing a directory.
     Read,
+    /// Creating a file or a directory, or taking a lock.
     Create,
+    /// Writing into a file.
     Write,
+    /// Changing a file's length.
     SetLen,
+    /// `fdatasync`.
     SyncData,
+    /// `fsync`.
     SyncAll,
+    /// `fsync` of a directory.
     SyncDir,
+    /// Renaming a file.
     Rename,
+    /// Removing a file.
     Remove,
 }
 
@@ -62,11 +71,15 @@ pub enum Call {
 /// fails with `errno`, and so does every later one if `sticky`.
 #[derive(Debug, Clone)]
 pub struct Fault {
+    /// The kind of call that fails.
     pub call: Call,
+    /// Which matching call fails first (1 = the next).
     pub nth: u64,
+    /// The OS error it fails with (`libc::EIO`, `libc::ENOSPC`, ...).
     pub errno: i32,
     /// Only calls on paths containing this text match (`None`: every path).
     pub path_contains: Option<String>,
+    /// Every later matching call fails too (a disk that stays broken).
     pub sticky: bool,
 }
 

@@ -112,7 +112,9 @@ impl std::str::FromStr for FaultKind {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct TortureOptions {
+    /// Seeds every random choice: the same seed replays the same run.
     pub seed: u64,
+    /// Power cuts to run.
     pub cycles: u64,
     /// Operations submitted per cycle, at most.
     pub ops_per_cycle: usize,
@@ -129,13 +131,17 @@ impl TortureOptions {
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TortureReport {
+    /// The run's seed.
     pub seed: u64,
+    /// Cycles run.
     pub cycles: u64,
     /// Cycles by sync mode.
     pub cycles_by_mode: BTreeMap<String, u64>,
     /// Cycles whose power was cut while the store was opening.
     pub cuts_during_open: u64,
+    /// Operations submitted to the store.
     pub ops_submitted: u64,
+    /// Operations the store acknowledged.
     pub ops_acknowledged: u64,
     /// Operations refused at submission (over a limit); never to be recovered.
     pub ops_refused: u64,
@@ -146,11 +152,15 @@ pub struct TortureReport {
     pub prefix_checks_undecided: u64,
     /// Records after the snapshots that recovery returned, over all opens.
     pub records_recovered: u64,
+    /// Snapshots recovery loaded, over all opens.
     pub snapshots_recovered: u64,
-    /// Unsynced file changes a cut dropped, kept, or tore.
+    /// Unsynced file changes a cut dropped.
     pub changes_lost: u64,
+    /// Unsynced file changes a cut kept.
     pub changes_kept: u64,
+    /// Unsynced writes a cut tore at a random byte.
     pub torn_writes: u64,
+    /// Unsynced directory changes (creations, renames, removals) a cut dropped.
     pub dir_changes_lost: u64,
     /// Pages a cut wrote back although a page written before them was lost.
     pub pages_out_of_order: u64,
@@ -158,6 +168,7 @@ pub struct TortureReport {
     pub sector_tears: u64,
     /// Cycles run with slow syncs, and the syncs slowed.
     pub slow_sync_cycles: u64,
+    /// Syncs slowed down.
     pub slow_syncs: u64,
     /// Reopens with lower limits than before.
     pub limit_changes: u64,
@@ -172,8 +183,11 @@ pub struct TortureReport {
 /// A broken guarantee: the run's seed, the cycle, and what was wrong.
 #[derive(Debug, Clone)]
 pub struct TortureFailure {
+    /// The run's seed.
     pub seed: u64,
+    /// The cycle that failed (the seed and cycle replay it).
     pub cycle: u64,
+    /// What was wrong.
     pub message: String,
 }
 

@@ -63,17 +63,28 @@ enum Command {
         json: bool,
     },
     /// List a data directory's manifest, segments, snapshots and redundancy,
-    /// and any damage; changes nothing.
+    /// the torn tail the next open would cut, and any damage; changes
+    /// nothing. Exit 0: nothing the open would refuse; 1: damage listed;
+    /// 2: the directory could not be read.
     Inspect {
         /// The data directory.
         data_dir: PathBuf,
+        /// Print one JSON object instead of the listing.
+        #[arg(long)]
+        json: bool,
     },
-    /// Check every checksum of every file of a data directory; changes
-    /// nothing. Exit 0: clean; 1: damage (one line each: file, byte offset,
-    /// reason); 2: the directory could not be read.
+    /// Check every checksum of every file of a data directory as `serve`
+    /// would open it (recovery_mode = tolerate_tail); changes nothing.
+    /// Exit 0: the open would succeed, though it may cut a torn tail off the
+    /// newest segment (one `torn tail:` line: file, byte offset, bytes);
+    /// 1: damage the open refuses (one `DAMAGED` line each: file, byte
+    /// offset, reason); 2: the directory could not be read.
     Verify {
         /// The data directory.
         data_dir: PathBuf,
+        /// Print one JSON object instead of the lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure recovery, compaction, and appends while compaction runs, on a
     /// fresh temporary directory in the working directory.
@@ -147,7 +158,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("concordkv: {e:#}");
+            eprintln!("concordkv: {}", describe(&e));
             ExitCode::from(2)
         }
     }
@@ -155,28 +166,52 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Inspect { data_dir } => {
-            print!("{}", concordkv::inspect(&data_dir)?.report());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify { data_dir } => {
+        Command::Inspect { data_dir, json } => {
             let found = concordkv::inspect(&data_dir)?;
+            if json {
+                println!("{}", serde_json::to_string(&found)?);
+            } else {
+                print!("{}", found.report());
+            }
+            Ok(exit_for(&found))
+        }
+        Command::Verify { data_dir, json } => {
+            let found = concordkv::inspect(&data_dir)?;
+            let records: u64 = found.segments.iter().map(|s| s.records).sum();
+            if json {
+                let report = serde_json::json!({
+                    "dir": data_dir.to_string_lossy(),
+                    "ok": found.damage.is_empty(),
+                    "segments": found.segments.len(),
+                    "records": records,
+                    "snapshots": found.snapshots.len(),
+                    "torn_tail": found.torn_tail,
+                    "damage": serde_json::to_value(&found)?["damage"],
+                });
+                println!("{report}");
+                return Ok(exit_for(&found));
+            }
+            if let Some(line) = found.torn_tail_line() {
+                println!("{line}");
+            }
             let lines = found.damage_lines();
             if lines.is_empty() {
-                let records: u64 = found.segments.iter().map(|s| s.records).sum();
                 println!(
-                    "OK {}: {} segments ({records} records) and {} snapshots, every checksum intact",
+                    "OK {}: {} segments ({records} records) and {} snapshots, every checksum intact{}",
                     data_dir.display(),
                     found.segments.len(),
-                    found.snapshots.len()
+                    found.snapshots.len(),
+                    if found.torn_tail.is_some() {
+                        " up to the torn tail"
+                    } else {
+                        ""
+                    }
                 );
-                Ok(ExitCode::SUCCESS)
-            } else {
-                for line in lines {
-                    println!("{line}");
-                }
-                Ok(ExitCode::from(1))
             }
+            for line in lines {
+                println!("{line}");
+            }
+            Ok(exit_for(&found))
         }
         Command::Serve { config } => {
             let config = Config::load(config.as_deref())?;
@@ -281,6 +316,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `inspect` and `verify` exit 1 when the open would refuse the directory;
+/// a torn tail alone it cuts and opens.
+fn exit_for(found: &concordkv::Inspection) -> ExitCode {
+    if found.damage.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 /// Prints a bench report: one JSON object, or the table.
 fn print_report(json: bool, report: &impl serde::Serialize, table: String) {
     if json {
@@ -303,4 +348,18 @@ fn check_load(writers: usize, seconds: f64, counts: &[(&str, u64)]) -> anyhow::R
         Some((flag, _)) => anyhow::bail!("{flag} must be at least 1"),
         None => Ok(()),
     }
+}
+
+/// The error and its causes on one line, each cause once: the library's
+/// errors already name their I/O cause in their own message.
+fn describe(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }

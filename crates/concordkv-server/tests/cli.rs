@@ -167,7 +167,8 @@ mod inspect_and_verify {
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output};
 
-    use concordkv::testing::format::segment::SEGMENT_HEADER_BYTES;
+    use concordkv::testing::format::record::{read_frame_at, Frame, MAX_PAYLOAD_BYTES};
+    use concordkv::testing::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
     use concordkv::{Config, Store, SyncMode};
 
     fn run(command: &str, dir: &Path) -> Output {
@@ -316,5 +317,253 @@ mod inspect_and_verify {
         let output = run("verify", Path::new("/nonexistent/concordkv"));
         assert_eq!(output.status.code(), Some(2));
         assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/concordkv"));
+    }
+
+    /// Runs `concordkv <command> <dir> --json`; the exit code and the parsed object.
+    fn run_json(command: &str, dir: &Path) -> (Option<i32>, serde_json::Value) {
+        let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
+            .arg(command)
+            .arg(dir)
+            .arg("--json")
+            .output()
+            .expect("run concordkv");
+        let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&output.stdout));
+        });
+        (output.status.code(), value)
+    }
+
+    fn small_config(dir: &Path) -> Config {
+        let mut cfg = Config::with_data_dir(dir);
+        cfg.wal.sync_mode = SyncMode::Always;
+        cfg.wal.max_segment_bytes = 4096;
+        cfg
+    }
+
+    /// 200 records of 40-byte values in 4 KiB segments, shut down cleanly.
+    fn small_segments() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        actix_rt::System::new().block_on(async {
+            let (store, _) = Store::open(small_config(dir.path())).await.expect("open");
+            for i in 0..200u32 {
+                store
+                    .set(format!("key-{i}"), vec![b'x'; 40])
+                    .await
+                    .expect("set");
+            }
+            store.shutdown().await.expect("shutdown");
+        });
+        dir
+    }
+
+    /// The started segments of `dir` (header intact), in id order.
+    fn started(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .filter(|p| SegmentHeader::decode(&std::fs::read(p).expect("read")).is_ok())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Byte ranges of the intact frames of a segment.
+    fn frames(path: &Path) -> Vec<std::ops::Range<usize>> {
+        let bytes = std::fs::read(path).expect("read");
+        let layout = SegmentHeader::decode(&bytes).expect("header").layout();
+        let mut at = SEGMENT_HEADER_BYTES;
+        let mut ranges = Vec::new();
+        while let Frame::Record { size, .. } =
+            read_frame_at(&bytes[at..], layout, at as u64, MAX_PAYLOAD_BYTES)
+        {
+            ranges.push(at..at + size);
+            at += size;
+        }
+        ranges
+    }
+
+    /// The newest segment zero-filled from the middle of its last record to
+    /// its end (and on, as the preallocated rest would read): the write of
+    /// that record was interrupted. Returns the segment, the record's offset
+    /// and the bytes a cut there removes.
+    fn tear_the_newest_record(dir: &Path) -> (PathBuf, u64, u64) {
+        let newest = started(dir).pop().expect("a started segment");
+        let last = frames(&newest).pop().expect("a record");
+        let mut bytes = std::fs::read(&newest).expect("read");
+        let middle = (last.start + last.end) / 2;
+        bytes.truncate(middle);
+        bytes.resize(middle + 4096, 0);
+        std::fs::write(&newest, &bytes).expect("write");
+        let nonzero_end = bytes.iter().rposition(|b| *b != 0).expect("data") + 1;
+        (newest, last.start as u64, (nonzero_end - last.start) as u64)
+    }
+
+    #[test]
+    fn verify_reports_a_torn_tail_open_will_cut_and_exits_0() {
+        let dir = small_segments();
+        let (newest, offset, bytes) = tear_the_newest_record(dir.path());
+        let before = contents(dir.path());
+
+        let verified = run("verify", dir.path());
+        let text = String::from_utf8_lossy(&verified.stdout).to_string();
+        assert_eq!(verified.status.code(), Some(0), "{text}");
+        let torn: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("torn tail:"))
+            .collect();
+        let expected = format!(
+            "torn tail: {} at byte offset {offset}: {bytes} bytes would be cut on open (checksum mismatch",
+            newest.display()
+        );
+        assert!(
+            torn.len() == 1 && torn[0].starts_with(&expected),
+            "expected one line starting {expected:?}:\n{text}"
+        );
+        assert!(text.lines().any(|l| l.starts_with("OK ")), "{text}");
+        assert!(!text.contains("DAMAGED"), "{text}");
+
+        let inspected = run("inspect", dir.path());
+        let listing = String::from_utf8_lossy(&inspected.stdout);
+        assert_eq!(inspected.status.code(), Some(0), "{listing}");
+        assert!(listing.contains("torn tail:"), "{listing}");
+        assert_eq!(contents(dir.path()), before, "nothing is cut by verify");
+
+        // The open cuts exactly what verify named, and opens.
+        actix_rt::System::new().block_on(async {
+            let (store, recovery) = Store::open(small_config(dir.path()))
+                .await
+                .expect("a torn tail opens");
+            let tail = recovery.truncated.as_ref().expect("a cut");
+            assert_eq!(
+                (tail.file.as_path(), tail.offset, tail.bytes),
+                (newest.as_path(), offset, bytes)
+            );
+            assert_eq!(recovery.records.len(), 199);
+            store.shutdown().await.expect("shutdown");
+        });
+        let again = run("verify", dir.path());
+        let text = String::from_utf8_lossy(&again.stdout);
+        assert!(
+            again.status.success() && !text.contains("torn tail"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn verify_exits_1_for_a_flipped_byte_in_a_sealed_segment() {
+        let dir = small_segments();
+        let segments = started(dir.path());
+        assert!(segments.len() > 2);
+        let victim = &segments[1];
+        let record = frames(victim)[3].clone();
+        let mut bytes = std::fs::read(victim).expect("read");
+        bytes[record.start + 30] ^= 0x04;
+        std::fs::write(victim, &bytes).expect("write");
+
+        let verified = run("verify", dir.path());
+        let text = String::from_utf8_lossy(&verified.stdout);
+        assert_eq!(verified.status.code(), Some(1), "{text}");
+        let expected = format!(
+            "DAMAGED {} at byte offset {}: checksum mismatch",
+            victim.display(),
+            record.start
+        );
+        assert!(text.lines().any(|l| l.starts_with(&expected)), "{text}");
+        assert!(
+            !text.contains("torn tail") && !text.contains("OK "),
+            "{text}"
+        );
+        let inspected = run("inspect", dir.path());
+        assert_eq!(inspected.status.code(), Some(1));
+    }
+
+    /// Damage in the newest segment that a later intact record attests was
+    /// synced is damage: the open refuses it, and verify says so.
+    #[test]
+    fn damage_a_later_record_attests_was_durable_is_damage_for_verify_and_open() {
+        let dir = small_segments();
+        let newest = started(dir.path()).pop().expect("segment");
+        let records = frames(&newest);
+        assert!(records.len() > 3);
+        let mut bytes = std::fs::read(&newest).expect("read");
+        bytes[records[1].start + 30] ^= 0x10;
+        std::fs::write(&newest, &bytes).expect("write");
+
+        let verified = run("verify", dir.path());
+        let text = String::from_utf8_lossy(&verified.stdout);
+        assert_eq!(verified.status.code(), Some(1), "{text}");
+        let expected = format!(
+            "DAMAGED {} at byte offset {}: ",
+            newest.display(),
+            records[1].start
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&expected))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("not an interrupted write"), "{line}");
+        assert!(!text.contains("torn tail"), "{text}");
+
+        actix_rt::System::new().block_on(async {
+            match Store::open(small_config(dir.path())).await {
+                Err(concordkv::Error::Corruption(c)) => {
+                    assert_eq!(
+                        (c.file, c.offset),
+                        (newest.clone(), records[1].start as u64)
+                    );
+                }
+                Err(other) => panic!("expected corruption, got {other}"),
+                Ok(_) => panic!("the open accepted attested damage"),
+            }
+        });
+    }
+
+    #[test]
+    fn json_output_carries_the_torn_tail_and_the_damage() {
+        let dir = small_segments();
+        let (newest, offset, bytes) = tear_the_newest_record(dir.path());
+        let (code, verified) = run_json("verify", dir.path());
+        assert_eq!(code, Some(0), "{verified}");
+        assert_eq!(verified["ok"], true);
+        assert_eq!(verified["torn_tail"]["file"], newest.display().to_string());
+        assert_eq!(verified["torn_tail"]["offset"], offset);
+        assert_eq!(verified["torn_tail"]["bytes"], bytes);
+        assert!(verified["torn_tail"]["reason"].is_string());
+        assert_eq!(verified["damage"], serde_json::json!([]));
+        assert_eq!(verified["records"], 199);
+
+        let (code, inspected) = run_json("inspect", dir.path());
+        assert_eq!(code, Some(0), "{inspected}");
+        assert_eq!(inspected["torn_tail"], verified["torn_tail"]);
+        assert_eq!(inspected["dir"], dir.path().display().to_string());
+        assert!(inspected["manifest"]["generation"].is_u64(), "{inspected}");
+        let segments = inspected["segments"].as_array().expect("segments");
+        let torn = segments
+            .iter()
+            .find(|s| s["path"] == newest.display().to_string())
+            .unwrap_or_else(|| panic!("{inspected}"));
+        assert_eq!(torn["state"], "active");
+        assert_eq!(torn["records"], frames(&newest).len());
+
+        let victim = started(dir.path())[0].clone();
+        let record = frames(&victim)[2].clone();
+        let mut damaged = std::fs::read(&victim).expect("read");
+        damaged[record.start + 30] ^= 0x01;
+        std::fs::write(&victim, &damaged).expect("write");
+        let (code, verified) = run_json("verify", dir.path());
+        assert_eq!(code, Some(1), "{verified}");
+        assert_eq!(verified["ok"], false);
+        let damage = verified["damage"].as_array().expect("damage");
+        assert_eq!(damage.len(), 1, "{verified}");
+        assert_eq!(damage[0]["file"], victim.display().to_string());
+        assert_eq!(damage[0]["offset"], record.start as u64);
+        assert!(damage[0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("checksum"));
+        let (code, inspected) = run_json("inspect", dir.path());
+        assert_eq!(code, Some(1));
+        assert_eq!(inspected["damage"], verified["damage"]);
     }
 }
