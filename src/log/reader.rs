@@ -36,6 +36,9 @@ pub(crate) struct FrameReader<'a> {
     at_eof: bool,
     max_payload: usize,
     layout: Layout,
+    /// The file's length, asked for once, the first time a frame claims
+    /// more than one read.
+    file_len: Option<u64>,
 }
 
 impl<'a> FrameReader<'a> {
@@ -58,6 +61,7 @@ impl<'a> FrameReader<'a> {
             at_eof: false,
             max_payload,
             layout: Layout::Plain,
+            file_len: None,
         }
     }
 
@@ -102,7 +106,7 @@ impl<'a> FrameReader<'a> {
         let rest = &self.buf[self.start..self.end];
         if rest.len() >= header_bytes {
             let payload = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if payload <= self.max_payload {
+            if payload <= self.max_payload && self.may_hold(header_bytes + payload)? {
                 self.fill(header_bytes + payload)?;
             }
         }
@@ -113,6 +117,23 @@ impl<'a> FrameReader<'a> {
             offset,
             self.max_payload,
         ))
+    }
+
+    /// Whether the file could hold `len` bytes from the current offset. A
+    /// damaged or torn length field may claim up to `max_payload` (1 GiB for
+    /// segments): asking the file first keeps such a claim from growing the
+    /// buffer beyond the file. Only asked for frames larger than one read,
+    /// so ordinary frames cost nothing; the files read (preallocated
+    /// segments, finished snapshots) do not change length while read.
+    fn may_hold(&mut self, len: usize) -> io::Result<bool> {
+        if len <= READ_CHUNK_BYTES {
+            return Ok(true);
+        }
+        let file_len = match self.file_len {
+            Some(known) => known,
+            None => *self.file_len.insert(self.fs.file_len(self.path)?),
+        };
+        Ok(self.offset().saturating_add(len as u64) <= file_len)
     }
 
     /// Moves past `len` bytes (at most what [`FrameReader::peek`] or
@@ -235,5 +256,28 @@ mod tests {
             assert!(matches!(reader.frame().expect("frame"), Frame::Damaged(_)));
         }
         assert!(buf.capacity() <= 2 * READ_CHUNK_BYTES);
+    }
+
+    #[test]
+    fn a_length_longer_than_the_file_is_not_read_ahead() {
+        // A torn or damaged length field claiming 512 MiB, within the
+        // payload limit, in a file longer than one read (as a segment is).
+        let fs = SimFs::new(1);
+        let path = Path::new("/d/claims");
+        fs.create_dir_all(Path::new("/d")).expect("dir");
+        let mut bytes = (512u32 << 20).to_le_bytes().to_vec();
+        bytes.resize(3 * READ_CHUNK_BYTES, 7);
+        file_of(&fs, path, &bytes);
+
+        let mut buf = Vec::new();
+        {
+            let mut reader = FrameReader::new(&fs, path, &mut buf, 1 << 30);
+            assert!(matches!(reader.frame().expect("frame"), Frame::Damaged(_)));
+        }
+        assert!(
+            buf.capacity() <= 2 * READ_CHUNK_BYTES,
+            "a claimed length grew the buffer to {} bytes",
+            buf.capacity()
+        );
     }
 }

@@ -89,3 +89,27 @@ pub fn snapshot(data: &[u8]) {
 pub fn manifest(data: &[u8]) {
     recover_files(&[(&Path::new(DIR).join(MANIFEST_FILE), data)]);
 }
+
+/// Runs `run` on every input in `dir` (a target's `fuzz/regressions/`
+/// folder: its seeds and every input a fuzz run ever crashed on), and on
+/// prefixes of each (the torn versions of a file). Panics, naming the
+/// input, if `run` panics on a whole input, or if `dir` holds none.
+pub fn replay_regressions(dir: &Path, run: fn(&[u8])) {
+    let entries = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("regression inputs in {}: {e}", dir.display()));
+    let mut inputs = 0;
+    for entry in entries {
+        let path = entry
+            .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+            .path();
+        let data =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let outcome = std::panic::catch_unwind(|| run(&data));
+        assert!(outcome.is_ok(), "{} panicked", path.display());
+        for cut in (0..data.len()).step_by(data.len().div_ceil(64).max(1)) {
+            run(&data[..cut]);
+        }
+        inputs += 1;
+    }
+    assert!(inputs > 0, "no inputs in {}", dir.display());
+}

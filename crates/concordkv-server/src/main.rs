@@ -45,7 +45,6 @@ enum Command {
         /// Bytes per value.
         #[arg(long, default_value_t = 100)]
         value_size: usize,
-        /// How long the load runs.
         /// How long the load runs (default 10 s; with --ops, a cap only if given).
         #[arg(long)]
         seconds: Option<f64>,
