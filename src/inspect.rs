@@ -141,6 +141,13 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         .iter()
         .filter_map(|p| Some(p.file_name()?.to_str()?.to_string()))
         .collect();
+    // A failed sync in this boot makes the open refuse the directory,
+    // whatever its files hold.
+    if let Some(marker) = crate::log::sync_failure::find(&fs, dir)? {
+        if marker.this_boot {
+            found.damage.push(damage(&marker.path, 0, marker.refusal()));
+        }
+    }
     let manifest_path = dir.join(MANIFEST_FILE);
     let mut segment_ids: Vec<u64> = names
         .iter()

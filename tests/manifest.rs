@@ -340,3 +340,25 @@ async fn a_manifest_that_cannot_be_read_is_an_io_error_not_a_missing_one() {
         "{err}"
     );
 }
+
+#[actix_rt::test]
+async fn a_missing_newest_segment_is_named_before_the_one_before_it_is_judged() {
+    // With the newest listed segment gone, the one before it is not the
+    // newest: damage at its end is not a torn tail to cut, and the open
+    // names what is really wrong, the missing file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = fill_small_segments(dir.path()).await;
+    let mut started = started_segments(dir.path());
+    let newest = started.pop().expect("newest");
+    let before = started.pop().expect("the one before");
+    std::fs::remove_file(&newest).expect("remove");
+    let last = common::frame_ranges(&before).pop().expect("a frame");
+    let mut bytes = std::fs::read(&before).expect("read");
+    bytes[last.start + (last.end - last.start) / 2..].fill(0);
+    std::fs::write(&before, bytes).expect("write");
+    let err = Store::open(cfg).await.err().expect("refused");
+    assert!(
+        matches!(&err, Error::Corruption(c) if c.file == newest && c.reason.contains("missing")),
+        "{err}"
+    );
+}

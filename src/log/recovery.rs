@@ -130,6 +130,12 @@ pub(crate) fn recover(
         &mut buf,
     )
     .map_err(|(path, e)| listed_read_error(&path, e))?;
+    if let Some(path) = &plan.missing {
+        return Err(listed_read_error(
+            path,
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+    }
     if let Some(path) = &plan.sealed_but_zero {
         return Err(Error::Corruption(scan::sealed_but_zero(path)));
     }

@@ -43,6 +43,10 @@ pub(crate) struct Plan {
     /// A trailing all-zero segment an earlier open had sealed: records were
     /// lost, and the open fails.
     pub sealed_but_zero: Option<PathBuf>,
+    /// The first listed segment whose file is gone: which segment is the
+    /// newest, and so whether damage may be a torn tail, depends on every
+    /// listed one being there, so the open fails on it before judging any.
+    pub missing: Option<PathBuf>,
     sealed_through: u64,
 }
 
@@ -60,8 +64,8 @@ impl Plan {
 /// ones that were never started. The whole file is checked, not its first
 /// page: user values hold zero pages, and media damage can zero a header
 /// with records behind it, which the scan must see. A missing file ends the
-/// trailing run: reading it is what reports it. A failed read comes back
-/// with the file it was on.
+/// trailing run; the first listed segment missing is named in the plan. A
+/// failed read comes back with the file it was on.
 pub(crate) fn plan(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -89,6 +93,17 @@ pub(crate) fn plan(
         }
         plan.unstarted.push(last);
         plan.read.pop();
+    }
+    for &id in &plan.read {
+        let path = segment_path(dir, id);
+        match fs.file_len(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                plan.missing = Some(path);
+                break;
+            }
+            Err(e) => return Err((path, e)),
+        }
     }
     Ok(plan)
 }

@@ -34,28 +34,57 @@ pub(crate) fn mark(fs: &dyn FileSystem, dir: &Path, file: &Path, error: &std::io
     }
 }
 
-/// Refuses a directory whose marker names this boot; removes a marker from
-/// an earlier boot.
-pub(crate) fn check(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+/// A marker found in a data directory.
+pub(crate) struct Marker {
+    /// The marker file.
+    pub path: std::path::PathBuf,
+    /// It names the current boot: the directory cannot be trusted.
+    pub this_boot: bool,
+    /// The file and error of the failed sync, as recorded.
+    pub what: String,
+}
+
+/// The directory's marker, if it has one; reads only.
+pub(crate) fn find(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Marker>> {
     let path = dir.join(SYNC_FAILED_FILE);
     let text = match fs.read(&path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("read failed-sync marker", &path, e)),
     };
     let (boot, what) = text.split_once('\n').unwrap_or((text.as_str(), ""));
     let current = fs
         .boot_id()
         .map_err(|e| Error::io("read the boot id", &path, e))?;
-    if !boot.is_empty() && boot == current {
-        return Err(Error::Untrusted(format!(
+    Ok(Some(Marker {
+        this_boot: !boot.is_empty() && boot == current,
+        what: what.trim().to_string(),
+        path,
+    }))
+}
+
+impl Marker {
+    /// Why the directory is refused, naming the marker and the failed sync.
+    pub fn refusal(&self) -> String {
+        format!(
             "{}: a sync failed in this boot ({}); the page cache may show data the disk \
              does not hold, so the directory cannot be trusted until the machine restarts",
-            path.display(),
-            what.trim()
-        )));
+            self.path.display(),
+            self.what
+        )
     }
-    tracing::warn!(file = %path.display(), failed = %what.trim(), "a sync failed in an earlier boot; recovering from what the disk holds");
-    fs.remove(&path)
-        .map_err(|e| Error::io("remove failed-sync marker", &path, e))
+}
+
+/// Refuses a directory whose marker names this boot; removes a marker from
+/// an earlier boot.
+pub(crate) fn check(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    let Some(marker) = find(fs, dir)? else {
+        return Ok(());
+    };
+    if marker.this_boot {
+        return Err(Error::Untrusted(marker.refusal()));
+    }
+    tracing::warn!(file = %marker.path.display(), failed = %marker.what, "a sync failed in an earlier boot; recovering from what the disk holds");
+    fs.remove(&marker.path)
+        .map_err(|e| Error::io("remove failed-sync marker", &marker.path, e))
 }

@@ -566,4 +566,32 @@ mod inspect_and_verify {
         assert_eq!(code, Some(1));
         assert_eq!(inspected["damage"], verified["damage"]);
     }
+
+    #[test]
+    fn verify_refuses_a_directory_whose_sync_failed_in_this_boot() {
+        let dir = small_segments();
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+        let marker = dir.path().join("SYNC_FAILED");
+        std::fs::write(
+            &marker,
+            format!("{}\nx.wal: Input/output error\n", boot.trim()),
+        )
+        .expect("marker");
+        let output = run("verify", dir.path());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.contains("SYNC_FAILED") && stdout.contains("until the machine restarts"),
+            "{stdout}"
+        );
+        // A marker from an earlier boot only means the next open removes it.
+        std::fs::write(&marker, "an-earlier-boot\nx.wal: Input/output error\n").expect("marker");
+        let output = run("verify", dir.path());
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
 }
