@@ -620,3 +620,43 @@ async fn inspect_predicts_what_open_cuts_and_what_it_refuses() {
     }
     assert_eq!((cut, refused), (3, 4), "torn tails cut, damage refused");
 }
+
+/// Records of one group commit carry the same durable offset: where the
+/// first of them starts. Damage to that first record with the next one
+/// intact (pages written back out of order) is still an interrupted write:
+/// nothing attests the damaged bytes were durable.
+#[actix_rt::test]
+async fn damage_a_later_record_of_the_same_group_commit_cannot_attest_is_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_records(dir.path(), 300).await;
+    let newest = started_segments(dir.path()).pop().expect("segment");
+    let mut bytes = std::fs::read(&newest).expect("read");
+    let layout = SegmentHeader::decode(&bytes).expect("header").layout();
+    let frames = frame_ranges(&newest);
+    assert!(frames.len() >= 3, "the newest segment holds a few records");
+    // The last two records, rewritten as one group commit.
+    let first = frames[frames.len() - 2].start;
+    let mut group = Vec::new();
+    for (seq, key) in [(299u64, "a"), (300, "b")] {
+        let offset = (first + group.len()) as u64;
+        let entry = Entry::Op(Op::Set {
+            key: key.into(),
+            value: b"value".to_vec(),
+        });
+        encode_segment_record(seq, &entry, layout, first as u64, offset, &mut group);
+    }
+    bytes[first..].fill(0);
+    bytes[first..first + group.len()].copy_from_slice(&group);
+    bytes[first + 26] ^= 0xFF; // in the first record's payload
+    std::fs::write(&newest, &bytes).expect("write");
+    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("a torn group commit opens");
+    assert_eq!(recovery.last_seq, 298, "the whole torn group is cut");
+    let tail = recovery
+        .truncated
+        .as_ref()
+        .expect("reported as a torn tail");
+    assert_eq!(tail.offset, first as u64);
+    store.shutdown().await.expect("shutdown");
+}

@@ -561,4 +561,38 @@ mod tests {
         let later = intact_after(&mut reader, first as u64 + 1, layout, 0, true).expect("scan");
         assert_eq!(later.first, Some((second as u64, 8)));
     }
+
+    /// A frame whose header begins with a zero byte (a 256-byte payload's
+    /// length), right after a whole chunk of zeros: the bytes kept from
+    /// before the first nonzero one are what find its start.
+    #[test]
+    fn a_frame_starting_with_zeros_after_a_chunk_of_zeros_is_found() {
+        use crate::entry::Op;
+        use crate::format::record::{encode_segment_record, MAX_PAYLOAD_BYTES};
+        let fs = SimFs::new(1);
+        let path = Path::new("/d/edge");
+        let layout = Layout::Segment { segment: 1 };
+        // Encodes to 256 bytes: the length field reads 00 01 00 00.
+        let entry = Entry::Op(Op::Set {
+            key: b"kk".to_vec(),
+            value: vec![b'v'; 250],
+        });
+        let damaged = 40;
+        // The scan starts a byte after the damage: its first chunk of zeros
+        // ends where the frame starts.
+        let start = damaged + 1 + READ_CHUNK_BYTES;
+        let mut bytes = vec![0u8; start + 4096];
+        let mut frame = Vec::new();
+        let size = encode_segment_record(5, &entry, layout, 77, start as u64, &mut frame);
+        assert_eq!(frame[0], 0, "the header starts with a zero byte");
+        bytes[start..start + size].copy_from_slice(&frame);
+        bytes[damaged] = 0xff;
+        file_of(&fs, path, &bytes);
+
+        let mut buf = Vec::new();
+        let mut reader = FrameReader::new(&fs, path, &mut buf, MAX_PAYLOAD_BYTES);
+        let later = intact_after(&mut reader, damaged as u64 + 1, layout, 0, false).expect("scan");
+        assert_eq!(later.first, Some((start as u64, 5)));
+        assert_eq!(later.attested, 77);
+    }
 }

@@ -594,4 +594,31 @@ mod inspect_and_verify {
             String::from_utf8_lossy(&output.stdout)
         );
     }
+
+    #[test]
+    fn a_missing_listed_segment_is_damage_not_an_unreadable_directory() {
+        for which in ["sealed", "newest"] {
+            let dir = small_segments();
+            let mut segments = started(dir.path());
+            let victim = if which == "newest" {
+                segments.pop()
+            } else {
+                Some(segments.remove(1))
+            }
+            .expect("a segment");
+            std::fs::remove_file(&victim).expect("remove");
+            let output = run("verify", dir.path());
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert_eq!(output.status.code(), Some(1), "{which}: {stdout}");
+            let name = victim
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .to_string();
+            assert!(
+                stdout.contains(&name) && stdout.contains("missing"),
+                "{which}: {stdout}"
+            );
+        }
+    }
 }
