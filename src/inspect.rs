@@ -216,9 +216,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         let bytes = match fs.file_len(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                found
-                    .damage
-                    .push(damage(&path, 0, "listed in MANIFEST but missing"));
+                found.damage.push(scan::listed_but_missing(&path));
                 continue;
             }
             Err(e) => return Err(Error::io("read segment", path, e)),

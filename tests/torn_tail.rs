@@ -25,6 +25,29 @@ async fn write_records(dir: &Path, n: u32) {
     store.shutdown().await.expect("shutdown");
 }
 
+/// Writes `n` records in `none` mode, all queued before any is answered, so
+/// no sync runs while they are written and none attests another; then shuts
+/// down cleanly.
+async fn write_unsynced(dir: &Path, n: u32) {
+    let (store, _) = Store::open(config(dir, SyncMode::None))
+        .await
+        .expect("open");
+    let acks: Vec<_> = (0..n)
+        .map(|i| {
+            store
+                .submit(Entry::Op(Op::Set {
+                    key: format!("key-{i}").into_bytes(),
+                    value: format!("value-{i}").into_bytes(),
+                }))
+                .expect("submit")
+        })
+        .collect();
+    for ack in acks {
+        ack.await.expect("written");
+    }
+    store.shutdown().await.expect("shutdown");
+}
+
 #[actix_rt::test]
 async fn truncation_at_every_offset_of_the_last_three_records_opens_the_intact_prefix() {
     let source = tempfile::tempdir().expect("tempdir");
@@ -299,23 +322,7 @@ async fn a_damaged_header_on_the_newest_segment_with_records_behind_it_fails_and
 #[actix_rt::test]
 async fn a_lost_unsynced_page_before_intact_records_is_a_torn_tail() {
     let source = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(source.path(), SyncMode::None))
-        .await
-        .expect("open");
-    let acks: Vec<_> = (0..300u32)
-        .map(|i| {
-            store
-                .submit(concordkv::Entry::Op(concordkv::Op::Set {
-                    key: format!("key-{i}").into_bytes(),
-                    value: format!("value-{i}").into_bytes(),
-                }))
-                .expect("submit")
-        })
-        .collect();
-    for ack in acks {
-        ack.await.expect("written");
-    }
-    store.shutdown().await.expect("shutdown");
+    write_unsynced(source.path(), 300).await;
     let newest = started_segments(source.path()).pop().expect("segment");
     let frames = frame_ranges(&newest);
     let lost = frames
@@ -517,23 +524,7 @@ async fn a_segment_an_earlier_open_sealed_is_never_cut_as_a_torn_tail() {
 #[actix_rt::test]
 async fn inspect_predicts_what_open_cuts_and_what_it_refuses() {
     let source = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(source.path(), SyncMode::None))
-        .await
-        .expect("open");
-    let acks: Vec<_> = (0..300u32)
-        .map(|i| {
-            store
-                .submit(Entry::Op(Op::Set {
-                    key: format!("key-{i}").into_bytes(),
-                    value: format!("value-{i}").into_bytes(),
-                }))
-                .expect("submit")
-        })
-        .collect();
-    for ack in acks {
-        ack.await.expect("written");
-    }
-    store.shutdown().await.expect("shutdown");
+    write_unsynced(source.path(), 300).await;
     let attested = tempfile::tempdir().expect("tempdir");
     write_records(attested.path(), 300).await;
     let sealed = tempfile::tempdir().expect("tempdir");

@@ -131,10 +131,7 @@ pub(crate) fn recover(
     )
     .map_err(|(path, e)| listed_read_error(&path, e))?;
     if let Some(path) = &plan.missing {
-        return Err(listed_read_error(
-            path,
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ));
+        return Err(Error::Corruption(scan::listed_but_missing(path)));
     }
     if let Some(path) = &plan.sealed_but_zero {
         return Err(Error::Corruption(scan::sealed_but_zero(path)));
@@ -259,7 +256,7 @@ pub(crate) fn recover(
 /// A failed read of a segment the manifest lists; its absence is damage, not an empty log.
 fn listed_read_error(path: &Path, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
-        corruption(path, 0, "listed in MANIFEST but missing".to_string())
+        Error::Corruption(scan::listed_but_missing(path))
     } else {
         Error::io("read segment", path, e)
     }

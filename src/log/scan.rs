@@ -457,6 +457,11 @@ fn nonzero_extent(reader: &mut FrameReader<'_>, from: u64) -> io::Result<u64> {
     }
 }
 
+/// A segment the manifest lists is gone.
+pub(crate) fn listed_but_missing(path: &Path) -> Corruption {
+    corruption(path, 0, "listed in MANIFEST but missing".to_string())
+}
+
 /// A segment an earlier open sealed reads as zeros: it held records.
 pub(crate) fn sealed_but_zero(path: &Path) -> Corruption {
     corruption(
