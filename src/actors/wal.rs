@@ -216,7 +216,11 @@ impl WalActor {
             .load(std::sync::atomic::Ordering::Acquire);
         while let Some(request) = self.backlog.pop_front() {
             match request {
-                Request::Append { entry, reply } => {
+                Request::Append {
+                    entry,
+                    reply,
+                    permit,
+                } => {
                     let start = self.buf.len();
                     encode_segment_record(
                         self.next_seq,
@@ -231,13 +235,18 @@ impl WalActor {
                     let alone = empty_segment && start == 0;
                     if end > max && !alone {
                         self.buf.truncate(start);
-                        self.backlog.push_front(Request::Append { entry, reply });
+                        self.backlog.push_front(Request::Append {
+                            entry,
+                            reply,
+                            permit,
+                        });
                         full = true;
                         break;
                     }
                     acks.push(Waiter {
                         seq: self.next_seq,
                         reply,
+                        permit: Some(permit),
                     });
                     self.next_seq += 1;
                 }
@@ -270,7 +279,7 @@ impl WalActor {
             };
             if let Err((answer, cause)) = written {
                 for waiter in acks {
-                    let _ = waiter.reply.send(Err(answer.clone()));
+                    waiter.answer(Err(answer.clone()));
                 }
                 for reply in sync_replies {
                     let _ = reply.send(Err(answer.clone()));
@@ -295,7 +304,11 @@ impl WalActor {
         let upto = self.next_seq - 1;
         let mut waiters: Vec<Waiter> = sync_replies
             .into_iter()
-            .map(|reply| Waiter { seq: upto, reply })
+            .map(|reply| Waiter {
+                seq: upto,
+                reply,
+                permit: None,
+            })
             .collect();
         match self.sync_mode() {
             SyncMode::Always => waiters.append(&mut acks),

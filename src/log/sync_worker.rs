@@ -33,6 +33,7 @@ use crate::entry::Seq;
 use crate::error::Error;
 use crate::fs::{FileSystem, WritableFile};
 use crate::latency::Latencies;
+use crate::log::admission::Admission;
 use crate::log::inbox::{Closed, Inbox, Reply};
 use crate::log::sync_failure;
 use crate::stats::WalCounters;
@@ -41,6 +42,19 @@ use crate::stats::WalCounters;
 pub(crate) struct Waiter {
     pub seq: Seq,
     pub reply: Reply,
+    /// An append's room in the queue (none for a sync request), given back
+    /// when it is answered.
+    pub permit: Option<Admission>,
+}
+
+impl Waiter {
+    /// Answers the appender, giving its room back first, so that one that
+    /// has its answer finds the room free.
+    pub(crate) fn answer(self, answer: crate::error::Result<Seq>) {
+        drop(self.permit);
+        // The appender may have given up waiting; nothing to do then.
+        let _ = self.reply.send(answer);
+    }
 }
 
 /// Called with the outcome once a job's sync finished: the error its
@@ -233,7 +247,8 @@ impl SyncWorker {
             if state.deferred.is_empty()
                 && state.may_acknowledge(self.shared.bound, waiter.seq, durable_seq, now)
             {
-                let _ = waiter.reply.send(Ok(waiter.seq));
+                let seq = waiter.seq;
+                waiter.answer(Ok(seq));
             } else {
                 state.deferred.push_back(waiter);
             }
@@ -466,7 +481,8 @@ fn release_deferred(shared: &Shared, upto: Seq) {
             break;
         }
         if let Some(waiter) = state.deferred.pop_front() {
-            let _ = waiter.reply.send(Ok(waiter.seq));
+            let seq = waiter.seq;
+            waiter.answer(Ok(seq));
         }
     }
 }
@@ -474,7 +490,7 @@ fn release_deferred(shared: &Shared, upto: Seq) {
 /// Answers every waiter with `error`.
 fn fail_waiters(waiters: impl IntoIterator<Item = Waiter>, error: &Error) {
     for waiter in waiters {
-        let _ = waiter.reply.send(Err(error.clone()));
+        waiter.answer(Err(error.clone()));
     }
 }
 
@@ -485,7 +501,7 @@ fn complete(job: SyncJob, result: Result<(), Arc<Error>>) {
             Ok(()) => Ok(waiter.seq),
             Err(error) => Err(Error::clone(error)),
         };
-        let _ = waiter.reply.send(answer);
+        waiter.answer(answer);
     }
     if let Some(on_done) = job.on_done {
         on_done(result);
@@ -499,7 +515,7 @@ mod tests {
 
     fn worker(bound: AckBound) -> SyncWorker {
         SyncWorker::start(
-            Arc::new(Inbox::default()),
+            Arc::new(Inbox::new(1 << 20, Arc::new(WalCounters::default()))),
             Arc::new(WalCounters::default()),
             Arc::new(Latencies::default()),
             bound,
@@ -516,7 +532,14 @@ mod tests {
         tokio::sync::oneshot::Receiver<crate::error::Result<Seq>>,
     ) {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        (Waiter { seq, reply }, answer)
+        (
+            Waiter {
+                seq,
+                reply,
+                permit: None,
+            },
+            answer,
+        )
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!
 //! Writes in a pipeline are all submitted before the first is awaited, so a
 //! client that pipelines N writes has them all in one group commit instead
-//! of paying N syncs; the replies still go out in request order.
+//! of paying N syncs; the replies still go out in request order. Once the
+//! log's queue is full (`limits.max_pending_bytes`), submitting a write
+//! waits for room, and the connection reads nothing more until it has it.
 //!
 //! A connection is closed at once when it speaks HTTP (see
 //! [`cross_protocol`]), when it sends no complete request for
@@ -116,7 +118,9 @@ pub async fn serve_connection(
             } else if !authenticated && !auth::allowed_before_auth(command) {
                 Reply::Now(auth::noauth())
             } else {
-                cmd::execute(request.args, &db)
+                // A write waits here for room in the log's queue, before
+                // the next request is parsed or more input read.
+                cmd::execute(request.args, &db).await
             };
             closing = matches!(reply, Reply::Close(_));
             replies.push(reply);
