@@ -66,7 +66,9 @@ pub use format::snapshot::{SnapshotHeader, SnapshotKind};
 pub use inspect::{inspect, Inspection, SegmentReport, SnapshotReport};
 pub use latency::OpKind;
 pub use lifecycle::compaction::CompactionReport;
+pub use log::read::LogRead;
 pub use log::recovery::{Recovery, TruncatedTail};
+pub use log::subscription::Subscription;
 pub use stats::{PersistenceInfo, StoreStats};
 pub use store::{Pending, Store};
 

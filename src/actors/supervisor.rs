@@ -236,6 +236,7 @@ impl Handler<Shutdown> for StoreSupervisor {
                     jobs.close_and_wait();
                     shared.worker.stop();
                     shared.manifest.close();
+                    shared.counters.close_readers();
                     if let Some(arbiter) = arbiter {
                         arbiter.stop();
                         if arbiter.join().is_err() {

@@ -287,7 +287,10 @@ impl WalActor {
             let counters = &self.shared.counters;
             counters.records.fetch_add(acks.len() as u64, Relaxed);
             counters.bytes.fetch_add(written, Relaxed);
-            counters.last_seq.store(self.next_seq - 1, Relaxed);
+            counters
+                .last_seq
+                .store(self.next_seq - 1, std::sync::atomic::Ordering::Release);
+            counters.wake_readers();
             metrics::counter!("concordkv_wal_records_total").increment(acks.len() as u64);
             metrics::counter!("concordkv_wal_bytes_total").increment(written);
         }

@@ -20,6 +20,38 @@ use crate::fs::FileSystem;
 /// Bytes read from the file at a time.
 pub(crate) const READ_CHUNK_BYTES: usize = 1 << 20;
 
+/// Where a [`FrameReader`] stood: its offset, its layout, and what of its
+/// buffer was read ahead and not yet consumed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Position {
+    start: usize,
+    end: usize,
+    base: u64,
+    at_eof: bool,
+    layout: Layout,
+    file_len: Option<u64>,
+}
+
+impl Position {
+    /// At file offset `offset`, reading frames in `layout`, with nothing
+    /// read ahead.
+    pub fn at(offset: u64, layout: Layout) -> Position {
+        Position {
+            start: 0,
+            end: 0,
+            base: offset,
+            at_eof: false,
+            layout,
+            file_len: None,
+        }
+    }
+
+    /// The frames' layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+}
+
 /// A cursor over one file; `buf[start..end]` is the part read but not yet
 /// consumed. The buffer's length only grows (zeroed once), so reading many
 /// small files through it costs no memset each.
@@ -62,6 +94,45 @@ impl<'a> FrameReader<'a> {
             max_payload,
             layout: Layout::Plain,
             file_len: None,
+        }
+    }
+
+    /// A reader that goes on where [`FrameReader::position`] left one, with
+    /// the bytes it had read ahead: `buf` must be the buffer it used,
+    /// untouched since. How a log reader keeps its place between calls
+    /// without reading the same bytes twice.
+    pub fn resume(
+        fs: &'a dyn FileSystem,
+        path: &'a Path,
+        buf: &'a mut Vec<u8>,
+        max_payload: usize,
+        at: Position,
+    ) -> FrameReader<'a> {
+        // A position from another buffer must not index past this one.
+        let end = at.end.min(buf.len());
+        FrameReader {
+            fs,
+            path,
+            buf,
+            start: at.start.min(end),
+            end,
+            base: at.base,
+            at_eof: at.at_eof,
+            max_payload,
+            layout: at.layout,
+            file_len: at.file_len,
+        }
+    }
+
+    /// Where this reader stands, for [`FrameReader::resume`].
+    pub fn position(&self) -> Position {
+        Position {
+            start: self.start,
+            end: self.end,
+            base: self.base,
+            at_eof: self.at_eof,
+            layout: self.layout,
+            file_len: self.file_len,
         }
     }
 

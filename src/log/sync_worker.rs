@@ -451,8 +451,9 @@ fn release_deferred(shared: &Shared, upto: Seq) {
     let durable_seq = shared
         .counters
         .durable_seq
-        .fetch_max(upto, Relaxed)
+        .fetch_max(upto, std::sync::atomic::Ordering::Release)
         .max(upto);
+    shared.counters.wake_readers();
     while state
         .unsynced_writes
         .front()
