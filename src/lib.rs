@@ -12,8 +12,10 @@
 //! #[actix::main]
 //! async fn main() -> Result<(), concordkv::Error> {
 //!     let (store, recovery) = Store::open(Config::with_data_dir("./data")).await?;
-//!     println!("recovered {} records", recovery.records.len());
+//!     println!("recovered {} keys", recovery.keys);
 //!     store.set("greeting", "hello").await?; // durable when this returns (sync_mode = always)
+//!     let state = store.state(); // cheap to clone; sees every acknowledged write
+//!     assert_eq!(state.get(b"greeting").as_deref(), Some(&b"hello"[..]));
 //!     store.shutdown().await
 //! }
 //! ```
@@ -48,6 +50,7 @@ mod inspect;
 mod latency;
 mod lifecycle;
 mod log;
+mod state;
 mod stats;
 mod store;
 #[cfg(feature = "testing")]
@@ -69,6 +72,7 @@ pub use lifecycle::compaction::CompactionReport;
 pub use log::read::LogRead;
 pub use log::recovery::{Recovery, TruncatedTail};
 pub use log::subscription::Subscription;
+pub use state::{Scan, State};
 pub use stats::{PersistenceInfo, StoreStats};
 pub use store::{Pending, Store};
 

@@ -19,26 +19,9 @@ pub(crate) struct WalCounters {
     pub compacting: AtomicU64,
     /// Unix time of the last snapshot or compaction output, in seconds.
     pub last_snapshot_unix: AtomicU64,
-    /// Woken when `last_seq` or `durable_seq` moves, and at shutdown: what
-    /// log subscriptions wait on instead of polling.
-    pub advanced: tokio::sync::Notify,
-    /// Set once the store has shut down: subscriptions end.
-    pub closed: std::sync::atomic::AtomicBool,
 }
 
 impl WalCounters {
-    /// Wakes the subscriptions waiting for a record: the counters moved.
-    pub fn wake_readers(&self) {
-        self.advanced.notify_waiters();
-    }
-
-    /// Ends every subscription: the store shut down.
-    pub fn close_readers(&self) {
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.advanced.notify_waiters();
-    }
-
     /// Notes that a snapshot (or a compaction's output) was just listed.
     pub fn snapshot_taken(&self) {
         let now = std::time::SystemTime::now()

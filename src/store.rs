@@ -19,7 +19,7 @@ use crate::actors::snapshot::SnapshotActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::actors::wal::{open_log, WalShared};
 use crate::config::{Config, LimitsConfig};
-use crate::entry::{Entry, Op, Seq};
+use crate::entry::{Entry, Op, Record, Seq};
 use crate::error::{Error, Result};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
@@ -34,6 +34,7 @@ use crate::log::read::{acknowledged_upto, Cursor, LogRead};
 use crate::log::recovery::Recovery;
 use crate::log::subscription::Subscription;
 use crate::log::sync_worker::{AckBound, SyncWorker};
+use crate::state::{self, State};
 use crate::stats::{PersistenceInfo, StoreStats, WalCounters};
 
 /// An open store. Cheap to clone; every clone appends to the same log.
@@ -67,16 +68,29 @@ struct Shared {
 
 impl Store {
     /// Opens (or creates) the store in `config.data_dir`: validates the
-    /// configuration, takes the directory lock, recovers the log, and starts
-    /// the actors. The recovered records are returned to the caller.
+    /// configuration, takes the directory lock, recovers the log into the
+    /// key-value [`State`], and starts the actors. What recovery found is
+    /// returned with the store.
     pub async fn open(config: Config) -> Result<(Store, Recovery)> {
-        Store::open_with_fs(config, Arc::new(RealFs)).await
+        Store::open_replaying(config, |_| {}).await
     }
 
-    /// As [`Store::open`], through another file-system implementation.
+    /// As [`Store::open`], handing each record recovered after the
+    /// snapshots to `on_record` as it is replayed, in sequence order (for an
+    /// application that keeps state of its own). Records are streamed from
+    /// the files, never collected: memory stays that of the state.
+    pub async fn open_replaying(
+        config: Config,
+        on_record: impl FnMut(&Record) + Send + 'static,
+    ) -> Result<(Store, Recovery)> {
+        Store::open_with_fs(config, Arc::new(RealFs), on_record).await
+    }
+
+    /// As [`Store::open_replaying`], through another file-system implementation.
     pub(crate) async fn open_with_fs(
         config: Config,
         fs: Arc<dyn FileSystem>,
+        mut on_record: impl FnMut(&Record) + Send + 'static,
     ) -> Result<(Store, Recovery)> {
         config.validate()?;
         if actix::System::try_current().is_none() {
@@ -95,11 +109,12 @@ impl Store {
                     .lock_dir(dir)
                     .map_err(|e| Error::io("lock data directory", dir, e))?;
                 let manifest = ManifestStore::open(Arc::clone(&fs), dir)?;
-                let (recovery, start) = open_log(fs.as_ref(), &manifest, &config)?;
-                Ok::<_, Error>((lock, manifest, recovery, start))
+                let (recovery, tree, start) =
+                    open_log(fs.as_ref(), &manifest, &config, &mut on_record)?;
+                Ok::<_, Error>((lock, manifest, recovery, tree, start))
             })
         };
-        let (lock, manifest, recovery, start) = opening
+        let (lock, manifest, recovery, tree, start) = opening
             .await
             .map_err(|e| Error::task_failed("opening the store", &e))??;
         metrics::histogram!("concordkv_recovery_seconds").record(recovery.elapsed.as_secs_f64());
@@ -109,6 +124,7 @@ impl Store {
         let inbox = Arc::new(Inbox::default());
         let counters = Arc::new(WalCounters::default());
         let latencies = Arc::new(Latencies::default());
+        let state = state::Shared::new(tree, recovery.last_seq);
         let worker = SyncWorker::start(
             Arc::clone(&inbox),
             Arc::clone(&counters),
@@ -116,6 +132,7 @@ impl Store {
             AckBound::of(&config.wal),
             Arc::clone(&fs),
             config.data_dir.clone(),
+            Arc::clone(&state),
         )
         .map_err(|e| Error::io("start the sync thread", &config.data_dir, e))?;
         let wal_shared = Arc::new(WalShared {
@@ -128,6 +145,7 @@ impl Store {
             worker,
             counters: Arc::clone(&counters),
             segment_wanted: std::sync::atomic::AtomicBool::new(false),
+            state,
         });
         let (supervisor, snapshots, compactor, metrics) = StoreSupervisor::launch(
             Arc::clone(&wal_shared),
@@ -336,6 +354,12 @@ impl Store {
         Subscription::new(Arc::clone(&self.shared.wal), from)
     }
 
+    /// A handle on the key-value state: every acknowledged write, readable
+    /// in key order. Cheap to clone and to keep.
+    pub fn state(&self) -> State {
+        State::new(Arc::clone(&self.shared.wal.state))
+    }
+
     /// The state of the files: segments, bytes, snapshots, compaction.
     pub fn persistence_info(&self) -> PersistenceInfo {
         PersistenceInfo {
@@ -464,11 +488,15 @@ fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
     Ok(())
 }
 
-/// As [`Store::open`], through another file-system implementation (the
-/// simulated disk of the tests, or a wrapper that injects faults).
+/// As [`Store::open_replaying`], through another file-system implementation
+/// (the simulated disk of the tests, or a wrapper that injects faults).
 #[cfg(feature = "testing")]
-pub async fn open_with_fs(config: Config, fs: Arc<dyn FileSystem>) -> Result<(Store, Recovery)> {
-    Store::open_with_fs(config, fs).await
+pub async fn open_with_fs(
+    config: Config,
+    fs: Arc<dyn FileSystem>,
+    on_record: impl FnMut(&Record) + Send + 'static,
+) -> Result<(Store, Recovery)> {
+    Store::open_with_fs(config, fs, on_record).await
 }
 
 /// An acknowledgement to await: resolves with the record's sequence number,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{config, frame_ranges, started_segments};
 use concordkv::testing::format::segment::SEGMENT_HEADER_BYTES;
-use concordkv::{Config, Store, SyncMode};
+use concordkv::{Config, SyncMode};
 
 fn compacting(dir: &Path, mode: SyncMode) -> Config {
     let mut cfg = config(dir, mode);
@@ -57,7 +57,9 @@ fn snapshot_count(dir: &Path) -> usize {
 async fn overwriting_1000_keys_100_times_compacts_to_within_10_percent_of_the_live_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = compacting(dir.path(), SyncMode::None);
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     let mut model = BTreeMap::new();
     let writers: Vec<_> = (0..10u32)
         .map(|w| {
@@ -104,7 +106,9 @@ async fn overwriting_1000_keys_100_times_compacts_to_within_10_percent_of_the_li
         stored as f64 / live as f64
     );
     store.shutdown().await.expect("shutdown");
-    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    let (_store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("reopen");
     assert_eq!(recovery.state(), model);
     assert_eq!(recovery.last_seq, 100_000);
 }
@@ -114,7 +118,9 @@ async fn compaction_starts_by_itself_when_enough_is_redundant() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = compacting(dir.path(), SyncMode::None);
     cfg.compaction.threshold = 200;
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     for round in 0..40u32 {
         for k in 0..50u32 {
             store
@@ -132,7 +138,9 @@ async fn compaction_starts_by_itself_when_enough_is_redundant() {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
     store.shutdown().await.expect("shutdown");
-    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    let (_store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("reopen");
     assert!(recovery.snapshots >= 1);
     let state = recovery.state();
     assert_eq!(state.len(), 50);
@@ -144,7 +152,7 @@ async fn nothing_redundant_means_no_automatic_compaction() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = compacting(dir.path(), SyncMode::None);
     cfg.compaction.threshold = 100;
-    let (store, _) = Store::open(cfg).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg).await.expect("open");
     for k in 0..3000u32 {
         store
             .set(format!("unique-{k}"), vec![1u8; 200])
@@ -171,7 +179,9 @@ async fn nothing_redundant_means_no_automatic_compaction() {
 async fn compaction_keeps_deletions_out_and_state_intact_across_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = compacting(dir.path(), SyncMode::Always);
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     for k in 0..100u32 {
         store.set(format!("k{k}"), "v").await.expect("set");
     }
@@ -189,7 +199,9 @@ async fn compaction_keeps_deletions_out_and_state_intact_across_restarts() {
     );
     store.set("k0", "back").await.expect("set");
     store.shutdown().await.expect("shutdown");
-    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    let (_store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("reopen");
     let state = recovery.state();
     assert_eq!(state.len(), 51);
     assert_eq!(state.get(b"k0".as_slice()), Some(&b"back".to_vec()));
@@ -200,7 +212,7 @@ async fn compaction_keeps_deletions_out_and_state_intact_across_restarts() {
 async fn a_compaction_asked_for_while_one_runs_is_refused_without_rotating() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = compacting(dir.path(), SyncMode::Always);
-    let (store, _) = Store::open(cfg).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg).await.expect("open");
     for k in 0..100u32 {
         store.set(format!("k{k}"), "v").await.expect("set");
     }

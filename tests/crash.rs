@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::config;
-use concordkv::{Entry, Op, Store, SyncMode};
+use concordkv::{Entry, Op, SyncMode};
 
 const CHILD_DIR: &str = "CONCORDKV_CRASH_CHILD_DIR";
 const CHILD_CYCLE: &str = "CONCORDKV_CRASH_CHILD_CYCLE";
@@ -55,7 +55,7 @@ fn crash_child() {
         .parse()
         .expect("cycle number");
     actix_rt::System::new().block_on(async move {
-        let (store, _) = Store::open(config(dir.as_ref(), SyncMode::Always))
+        let (store, _) = concordkv::testing::open_recording(config(dir.as_ref(), SyncMode::Always))
             .await
             .expect("child open");
         let writers: Vec<_> = (0..WRITERS)
@@ -190,7 +190,7 @@ fn acknowledged_writes_survive_sigkill() {
 /// Opens the store after a kill and checks the recovered log; returns how
 /// many records it holds.
 async fn check_recovery(dir: &std::path::Path, acked: &[(u64, u32, u32, u32)], before: u64) -> u64 {
-    let (store, recovery) = Store::open(config(dir, SyncMode::Always))
+    let (store, recovery) = concordkv::testing::open_recording(config(dir, SyncMode::Always))
         .await
         .expect("open after kill");
     let records = &recovery.records;

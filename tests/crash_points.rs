@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
 use concordkv::testing::CRASH_POINTS;
-use concordkv::{Config, Store, SyncMode};
+use concordkv::{Config, SyncMode};
 
 const CHILD_DIR: &str = "CONCORDKV_CRASH_POINT_CHILD_DIR";
 const WRITES: u32 = 3000;
@@ -45,7 +45,7 @@ fn crash_point_child() {
         return;
     };
     actix_rt::System::new().block_on(async move {
-        let (store, _) = Store::open(child_config(dir.as_ref()))
+        let (store, _) = concordkv::testing::open_recording(child_config(dir.as_ref()))
             .await
             .expect("child open");
         for i in 0..WRITES {
@@ -108,7 +108,7 @@ fn a_crash_at_every_point_keeps_the_acknowledged_state() {
             "{point}: the child acknowledged writes before dying"
         );
         let state = actix_rt::System::new().block_on(async {
-            let (store, recovery) = Store::open(child_config(dir.path()))
+            let (store, recovery) = concordkv::testing::open_recording(child_config(dir.path()))
                 .await
                 .expect("open after the crash");
             let state = recovery.state();

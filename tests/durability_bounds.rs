@@ -59,7 +59,7 @@ async fn open_slow(
             delay,
         }) as Arc<dyn WritableFile>
     });
-    let (store, _) = concordkv::testing::open_with_fs(cfg, Arc::new(fs))
+    let (store, _) = concordkv::testing::open_recording_with_fs(cfg, Arc::new(fs))
         .await
         .expect("open");
     armed.store(true, Ordering::SeqCst);
@@ -176,7 +176,7 @@ fn sim_config() -> Config {
 #[actix_rt::test]
 async fn an_open_whose_sync_failed_leaves_the_directory_refused_until_a_reboot() {
     let fs = SimFs::new(7);
-    let (store, _) = concordkv::testing::open_with_fs(sim_config(), Arc::new(fs.clone()))
+    let (store, _) = concordkv::testing::open_recording_with_fs(sim_config(), Arc::new(fs.clone()))
         .await
         .expect("open");
     for i in 0..20u32 {
@@ -192,12 +192,12 @@ async fn an_open_whose_sync_failed_leaves_the_directory_refused_until_a_reboot()
         path_contains: Some(".wal".into()),
         sticky: false,
     });
-    let err = concordkv::testing::open_with_fs(sim_config(), Arc::new(fs.clone()))
+    let err = concordkv::testing::open_recording_with_fs(sim_config(), Arc::new(fs.clone()))
         .await
         .err()
         .expect("the sealing sync fails");
     assert!(matches!(err, Error::Io { .. }), "{err}");
-    let err = concordkv::testing::open_with_fs(sim_config(), Arc::new(fs.clone()))
+    let err = concordkv::testing::open_recording_with_fs(sim_config(), Arc::new(fs.clone()))
         .await
         .err()
         .expect("the same boot does not trust the page cache again");
@@ -206,9 +206,10 @@ async fn an_open_whose_sync_failed_leaves_the_directory_refused_until_a_reboot()
         "{err}"
     );
     let (rebooted, _) = fs.reboot(8);
-    let (store, recovery) = concordkv::testing::open_with_fs(sim_config(), Arc::new(rebooted))
-        .await
-        .expect("a new boot opens what the disk holds");
+    let (store, recovery) =
+        concordkv::testing::open_recording_with_fs(sim_config(), Arc::new(rebooted))
+            .await
+            .expect("a new boot opens what the disk holds");
     assert!(recovery.last_seq <= 20);
     store.shutdown().await.expect("shutdown");
 }

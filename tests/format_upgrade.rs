@@ -7,8 +7,8 @@ use common::{config, started_segments};
 use concordkv::testing::format::manifest::{Manifest, MANIFEST_FILE};
 use concordkv::testing::format::record::{encode_record, Layout};
 use concordkv::testing::format::segment::{segment_file_name, SegmentHeader};
+use concordkv::SyncMode;
 use concordkv::{Entry, Op};
-use concordkv::{Store, SyncMode};
 
 #[actix_rt::test]
 async fn a_version_1_log_opens_and_continues_in_version_2_segments() {
@@ -38,9 +38,10 @@ async fn a_version_1_log_opens_and_continues_in_version_2_segments() {
     };
     std::fs::write(dir.path().join(MANIFEST_FILE), manifest.encode()).expect("write manifest");
 
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("a version 1 log opens");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("a version 1 log opens");
     assert_eq!(recovery.last_seq, 10);
     assert!(recovery.truncated.is_none());
     store.set("k11", "new").await.expect("append after it");
@@ -57,9 +58,10 @@ async fn a_version_1_log_opens_and_continues_in_version_2_segments() {
         .collect();
     assert_eq!(layouts.first(), Some(&Layout::Plain));
     assert!(matches!(layouts.last(), Some(Layout::Segment { .. })));
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("reopen");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("reopen");
     assert_eq!(recovery.last_seq, 11);
     assert_eq!(recovery.state().len(), 11);
     store.shutdown().await.expect("shutdown");

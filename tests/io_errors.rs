@@ -32,7 +32,7 @@ fn fault(call: Call, errno: i32, path_contains: &str) -> Fault {
 }
 
 async fn open(fs: &SimFs) -> Store {
-    concordkv::testing::open_with_fs(config(), Arc::new(fs.clone()))
+    concordkv::testing::open_recording_with_fs(config(), Arc::new(fs.clone()))
         .await
         .expect("open")
         .0
@@ -54,9 +54,10 @@ async fn fill(store: &Store, from: u32, n: u32) -> BTreeMap<Vec<u8>, Vec<u8>> {
 
 /// The state a fresh open of `fs` recovers.
 async fn recovered(fs: &SimFs) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let (store, recovery) = concordkv::testing::open_with_fs(config(), Arc::new(fs.clone()))
-        .await
-        .expect("reopen");
+    let (store, recovery) =
+        concordkv::testing::open_recording_with_fs(config(), Arc::new(fs.clone()))
+            .await
+            .expect("reopen");
     store.shutdown().await.expect("shutdown");
     recovery.state()
 }
@@ -275,7 +276,9 @@ fn opening_a_store_outside_an_actix_system_is_its_own_error() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let outcome = runtime.block_on(Store::open(Config::with_data_dir(&data_dir)));
+    let outcome = runtime.block_on(concordkv::testing::open_recording(Config::with_data_dir(
+        &data_dir,
+    )));
     assert!(
         matches!(outcome, Err(Error::NoActixSystem)),
         "{:?}",

@@ -12,9 +12,10 @@ use concordkv::{Entry, Error, Op, Store, SyncMode};
 #[actix_rt::test]
 async fn set_delete_and_batch_survive_a_restart_and_sequence_numbers_continue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("open");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("open");
     assert!(recovery.records.is_empty());
     assert_eq!(store.set("a", "1").await.expect("set"), 1);
     assert_eq!(store.set("b", "2").await.expect("set"), 2);
@@ -30,9 +31,10 @@ async fn set_delete_and_batch_survive_a_restart_and_sequence_numbers_continue() 
     store.shutdown().await.expect("shutdown");
     assert!(matches!(store.set("x", "y").await, Err(Error::ShutDown)));
 
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("reopen");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("reopen");
     let seqs: Vec<u64> = recovery.records.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
     assert_eq!(recovery.records[3].entry, Entry::Batch(batch));
@@ -43,9 +45,10 @@ async fn set_delete_and_batch_survive_a_restart_and_sequence_numbers_continue() 
     assert_eq!(store.set("d", "4").await.expect("set after restart"), 5);
     store.shutdown().await.expect("shutdown");
 
-    let (_store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("reopen");
+    let (_store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("reopen");
     assert_eq!(recovery.last_seq, 5);
     assert!(
         recovery.truncated.is_none(),
@@ -59,7 +62,7 @@ async fn concurrent_appenders(mode: SyncMode, dedicated_writer_thread: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(dir.path(), mode);
     cfg.wal.dedicated_writer_thread = dedicated_writer_thread;
-    let (store, _) = Store::open(cfg).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg).await.expect("open");
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| {
             let store = store.clone();
@@ -96,7 +99,9 @@ async fn concurrent_appenders(mode: SyncMode, dedicated_writer_thread: bool) {
     );
     store.shutdown().await.expect("shutdown");
 
-    let (_store, recovery) = Store::open(config(dir.path(), mode)).await.expect("reopen");
+    let (_store, recovery) = concordkv::testing::open_recording(config(dir.path(), mode))
+        .await
+        .expect("reopen");
     assert_eq!(recovery.records.len(), WRITERS * PER_WRITER);
     assert!(recovery.records.iter().zip(1..).all(|(r, s)| r.seq == s));
     assert!(recovery.segments > 1, "recovery spans many segments");
@@ -124,7 +129,9 @@ async fn rotation_spans_many_segments_in_sequence_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(dir.path(), SyncMode::Batch);
     cfg.wal.max_segment_bytes = 4096;
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     for i in 0..500u32 {
         store
             .set(i.to_be_bytes().to_vec(), vec![7u8; 64])
@@ -152,7 +159,9 @@ async fn rotation_spans_many_segments_in_sequence_order() {
             file.display()
         );
     }
-    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    let (_store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("reopen");
     assert_eq!(recovery.records.len(), 502);
     assert!(recovery.records.iter().zip(1..).all(|(r, s)| r.seq == s));
     assert_eq!(
@@ -170,7 +179,9 @@ async fn invalid_requests_are_refused_and_nothing_is_written() {
     cfg.limits.max_key_bytes = 16;
     cfg.limits.max_value_bytes = 100;
     cfg.limits.max_record_bytes = 1024;
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     let err = store.set("", "v").await.unwrap_err();
     assert!(err.to_string().contains("empty key"), "{err}");
     let err = store.set(vec![b'k'; 17], "v").await.unwrap_err();
@@ -196,7 +207,9 @@ async fn invalid_requests_are_refused_and_nothing_is_written() {
         "refused requests use no sequence number"
     );
     store.shutdown().await.expect("shutdown");
-    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    let (_store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("reopen");
     assert_eq!(recovery.records.len(), 1);
 }
 
@@ -231,7 +244,7 @@ async fn batch_mode_syncs_every_batch_size_records() {
     let mut cfg = config(dir.path(), SyncMode::Batch);
     cfg.wal.batch_size = 10;
     cfg.wal.batch_max_delay_ms = 60_000;
-    let (store, _) = Store::open(cfg).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg).await.expect("open");
     for i in 0..95u32 {
         store.set(i.to_be_bytes().to_vec(), "v").await.expect("set");
     }
@@ -257,7 +270,7 @@ async fn batch_mode_syncs_a_partial_batch_after_the_delay() {
     let mut cfg = config(dir.path(), SyncMode::Batch);
     cfg.wal.batch_size = 1000;
     cfg.wal.batch_max_delay_ms = 20;
-    let (store, _) = Store::open(cfg).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg).await.expect("open");
     for i in 0..5u32 {
         store.set(i.to_be_bytes().to_vec(), "v").await.expect("set");
     }
@@ -273,7 +286,7 @@ async fn interval_mode_syncs_on_the_timer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(dir.path(), SyncMode::Interval);
     cfg.wal.sync_interval_ms = 50;
-    let (store, _) = Store::open(cfg).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg).await.expect("open");
     let before = store.stats().syncs;
     store.set("k", "v").await.expect("set");
     assert!(durable_within(&store, Duration::from_secs(5)).await);
@@ -284,7 +297,7 @@ async fn interval_mode_syncs_on_the_timer() {
 #[actix_rt::test]
 async fn none_mode_syncs_only_when_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::None))
+    let (store, _) = concordkv::testing::open_recording(config(dir.path(), SyncMode::None))
         .await
         .expect("open");
     for i in 0..50u32 {
@@ -305,16 +318,16 @@ async fn none_mode_syncs_only_when_asked() {
 #[actix_rt::test]
 async fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .expect("open");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("second open fails");
     assert!(err.to_string().contains("in use"), "{err}");
     store.shutdown().await.expect("shutdown");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .expect("open after shutdown");
     store.shutdown().await.expect("shutdown");
@@ -326,7 +339,10 @@ async fn an_invalid_config_opens_nothing() {
     let data = dir.path().join("data");
     let mut cfg = config(&data, SyncMode::Always);
     cfg.wal.max_segment_bytes = 10;
-    let err = Store::open(cfg).await.err().expect("refused");
+    let err = concordkv::testing::open_recording(cfg)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("wal.max_segment_bytes"), "{err}");
     assert!(
         !data.exists(),
@@ -340,7 +356,7 @@ async fn shutdown_lets_go_of_everything_the_store_held() {
         std::sync::Arc::new(concordkv::testing::sim_fs::SimFs::new(1));
     let mut cfg = concordkv::Config::with_data_dir("/sim/released");
     cfg.wal.sync_mode = SyncMode::Always;
-    let (store, _) = concordkv::testing::open_with_fs(cfg, std::sync::Arc::clone(&fs))
+    let (store, _) = concordkv::testing::open_recording_with_fs(cfg, std::sync::Arc::clone(&fs))
         .await
         .expect("open");
     store.set("k", "v").await.expect("set");
@@ -369,9 +385,10 @@ async fn a_store_dropped_without_shutdown_syncs_what_it_acknowledged() {
     cfg.wal.sync_mode = SyncMode::Batch;
     cfg.wal.batch_size = 1_000_000;
     cfg.wal.batch_max_delay_ms = 60_000;
-    let (store, _) = concordkv::testing::open_with_fs(cfg.clone(), std::sync::Arc::clone(&fs))
-        .await
-        .expect("open");
+    let (store, _) =
+        concordkv::testing::open_recording_with_fs(cfg.clone(), std::sync::Arc::clone(&fs))
+            .await
+            .expect("open");
     for i in 0..50u32 {
         store.set(format!("k{i}"), "v").await.expect("set");
     }
@@ -387,9 +404,10 @@ async fn a_store_dropped_without_shutdown_syncs_what_it_acknowledged() {
     }
     // The power goes: only what was synced is left.
     let (rebooted, _) = sim.reboot(4);
-    let (store, recovery) = concordkv::testing::open_with_fs(cfg, std::sync::Arc::new(rebooted))
-        .await
-        .expect("open after the power cut");
+    let (store, recovery) =
+        concordkv::testing::open_recording_with_fs(cfg, std::sync::Arc::new(rebooted))
+            .await
+            .expect("open after the power cut");
     assert_eq!(recovery.last_seq, 50, "acknowledged appends were lost");
     store.shutdown().await.expect("shutdown");
 }
@@ -398,10 +416,12 @@ async fn a_store_dropped_without_shutdown_syncs_what_it_acknowledged() {
 async fn a_dropped_store_lets_the_same_process_open_its_directory_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = common::config(dir.path(), SyncMode::Always);
-    let (store, _) = concordkv::Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     store.set("k", "v").await.expect("set");
     drop(store);
-    let (store, recovery) = concordkv::Store::open(cfg)
+    let (store, recovery) = concordkv::testing::open_recording(cfg)
         .await
         .expect("open again right after the drop");
     assert_eq!(recovery.last_seq, 1);

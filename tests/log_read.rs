@@ -246,7 +246,7 @@ async fn a_retired_segment_left_on_disk_is_not_read() {
         let mut cfg = small(&PathBuf::from("/sim/db"), SyncMode::None);
         // Shrunk to nothing before the failed unlink, or left whole.
         cfg.maintenance.delete_bytes_per_sec = if shrunk { 1 << 30 } else { 0 };
-        let (store, _) = concordkv::testing::open_with_fs(cfg, Arc::new(fs.clone()))
+        let (store, _) = concordkv::testing::open_with_fs(cfg, Arc::new(fs.clone()), |_| {})
             .await
             .expect("open");
         // Three records a segment, many segments to a chunk of the reader.
@@ -341,7 +341,7 @@ async fn delivers_within(sub: &mut concordkv::Subscription, wait: Duration) -> O
 async fn always_mode_never_shows_a_record_before_its_sync() {
     let fs = SimFs::new(7);
     let cfg = small(&PathBuf::from("/sim/db"), SyncMode::Always);
-    let (store, _) = concordkv::testing::open_with_fs(cfg, Arc::new(fs.clone()))
+    let (store, _) = concordkv::testing::open_with_fs(cfg, Arc::new(fs.clone()), |_| {})
         .await
         .expect("open");
     let written = fill(&store, 1, 5, 40).await;

@@ -10,10 +10,10 @@ use concordkv::testing::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEM
 use concordkv::testing::format::record::encode_segment_record;
 use concordkv::testing::format::segment::{segment_file_name, SegmentHeader};
 use concordkv::{Entry, Op};
-use concordkv::{Error, Store, SyncMode};
+use concordkv::{Error, SyncMode};
 
 async fn write_records(dir: &Path, n: u32) {
-    let (store, _) = Store::open(config(dir, SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir, SyncMode::Always))
         .await
         .expect("open");
     for i in 0..n {
@@ -54,9 +54,10 @@ async fn an_unlisted_segment_is_never_replayed_and_is_removed() {
     let half_prepared = dir.path().join("3.wal.prep");
     std::fs::write(&half_prepared, [0u8; 512]).expect("write prepared segment");
 
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("open");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("open");
     assert_eq!(
         recovery.records.len(),
         5,
@@ -93,7 +94,7 @@ async fn a_missing_manifest_with_segments_present_fails_the_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_records(dir.path(), 3).await;
     std::fs::remove_file(dir.path().join(MANIFEST_FILE)).expect("remove manifest");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("refused");
@@ -112,7 +113,7 @@ async fn a_damaged_manifest_fails_the_open_naming_it() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x04;
     std::fs::write(&path, &bytes).expect("write");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("refused");
@@ -136,7 +137,10 @@ async fn a_listed_segment_that_is_missing_is_named() {
     let cfg = fill_small_segments(dir.path()).await;
     let victim = started_segments(dir.path()).remove(1);
     std::fs::remove_file(&victim).expect("remove");
-    let err = Store::open(cfg).await.err().expect("refused");
+    let err = concordkv::testing::open_recording(cfg)
+        .await
+        .err()
+        .expect("refused");
     assert!(
         matches!(&err, Error::Corruption(c) if c.file == victim && c.reason.contains("missing")),
         "{err}"
@@ -163,9 +167,10 @@ async fn a_listed_segment_that_was_never_started_is_retired() {
     m.generation += 1;
     std::fs::write(dir.path().join(MANIFEST_FILE), m.encode()).expect("write manifest");
 
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("open");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("open");
     assert_eq!(
         recovery.records.len(),
         4,
@@ -184,7 +189,7 @@ async fn a_listed_segment_that_was_never_started_is_retired() {
     m.segments.insert(1, zero_id);
     m.generation += 1;
     std::fs::write(dir.path().join(MANIFEST_FILE), m.encode()).expect("write manifest");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("refused");
@@ -197,7 +202,7 @@ async fn a_listed_segment_that_was_never_started_is_retired() {
 #[actix_rt::test]
 async fn a_missing_manifest_next_to_snapshots_fails_the_open_and_deletes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .expect("open");
     store.set("a", "1").await.expect("set");
@@ -209,7 +214,7 @@ async fn a_missing_manifest_next_to_snapshots_fails_the_open_and_deletes_nothing
         "{before:?}"
     );
     std::fs::remove_file(dir.path().join(MANIFEST_FILE)).expect("remove manifest");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("refused");
@@ -227,7 +232,7 @@ async fn a_missing_manifest_next_to_snapshots_fails_the_open_and_deletes_nothing
 async fn a_new_store_is_created_only_in_an_empty_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("notes.txt"), b"mine").expect("write");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("a directory holding other files is refused");
@@ -239,7 +244,7 @@ async fn a_new_store_is_created_only_in_an_empty_directory() {
 
     let empty = tempfile::tempdir().expect("tempdir");
     let fresh = empty.path().join("a").join("b");
-    let (store, _) = Store::open(config(&fresh, SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(&fresh, SyncMode::Always))
         .await
         .expect("a new or empty directory becomes a store");
     store.shutdown().await.expect("shutdown");
@@ -259,7 +264,7 @@ async fn only_files_named_like_the_stores_own_are_ever_removed() {
     for name in keep {
         std::fs::write(dir.path().join(name), b"user data").expect("write");
     }
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .expect("open");
     store.shutdown().await.expect("shutdown");
@@ -281,7 +286,7 @@ fn names(dir: &Path) -> Vec<String> {
 #[actix_rt::test]
 async fn unlisted_snapshots_are_removed_and_listed_ones_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .expect("open");
     store.set("a", "1").await.expect("set");
@@ -300,9 +305,10 @@ async fn unlisted_snapshots_are_removed_and_listed_ones_kept() {
     for stray in strays {
         std::fs::write(dir.path().join(stray), b"debris").expect("write");
     }
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("open");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("open");
     assert_eq!(recovery.snapshots, 1);
     store.shutdown().await.expect("shutdown");
     for stray in strays {
@@ -320,9 +326,10 @@ async fn a_manifest_that_cannot_be_read_is_an_io_error_not_a_missing_one() {
     let fs = SimFs::new(3);
     let mut cfg = concordkv::Config::with_data_dir("/sim/db");
     cfg.compaction.threshold = u64::MAX;
-    let (store, _) = concordkv::testing::open_with_fs(cfg.clone(), std::sync::Arc::new(fs.clone()))
-        .await
-        .expect("open");
+    let (store, _) =
+        concordkv::testing::open_recording_with_fs(cfg.clone(), std::sync::Arc::new(fs.clone()))
+            .await
+            .expect("open");
     store.shutdown().await.expect("shutdown");
     fs.inject(Fault {
         call: Call::Read,
@@ -331,7 +338,7 @@ async fn a_manifest_that_cannot_be_read_is_an_io_error_not_a_missing_one() {
         path_contains: Some(MANIFEST_FILE.into()),
         sticky: false,
     });
-    let err = concordkv::testing::open_with_fs(cfg, std::sync::Arc::new(fs.clone()))
+    let err = concordkv::testing::open_recording_with_fs(cfg, std::sync::Arc::new(fs.clone()))
         .await
         .err()
         .expect("refused");
@@ -356,7 +363,10 @@ async fn a_missing_newest_segment_is_named_before_the_one_before_it_is_judged() 
     let mut bytes = std::fs::read(&before).expect("read");
     bytes[last.start + (last.end - last.start) / 2..].fill(0);
     std::fs::write(&before, bytes).expect("write");
-    let err = Store::open(cfg).await.err().expect("refused");
+    let err = concordkv::testing::open_recording(cfg)
+        .await
+        .err()
+        .expect("refused");
     assert!(
         matches!(&err, Error::Corruption(c) if c.file == newest && c.reason.contains("missing")),
         "{err}"

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::config;
-use concordkv::{Store, SyncMode};
+use concordkv::SyncMode;
 
 /// Threads of this process whose name starts with `prefix`.
 fn threads_named(prefix: &str) -> usize {
@@ -26,7 +26,9 @@ async fn shutdown_releases_the_lock_only_after_a_running_compaction_ends() {
     std::env::set_var("CONCORDKV_PAUSE_POINT", "maintenance.before_job:800");
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), SyncMode::Always);
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     for k in 0..200u32 {
         store.set(format!("k{k}"), "v").await.expect("set");
     }
@@ -52,7 +54,9 @@ async fn shutdown_releases_the_lock_only_after_a_running_compaction_ends() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let (reopened, recovery) = Store::open(cfg).await.expect("the directory is free");
+    let (reopened, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("the directory is free");
     assert_eq!(recovery.state().len(), 200);
     reopened.shutdown().await.expect("shutdown");
     let _ = compaction.await;

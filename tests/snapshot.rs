@@ -32,7 +32,9 @@ fn snapshot_files(dir: &Path) -> Vec<String> {
 #[actix_rt::test]
 async fn a_full_snapshot_recovers_the_same_state_and_retires_covered_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(small(dir.path())).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(small(dir.path()))
+        .await
+        .expect("open");
     let mut model = BTreeMap::new();
     for round in 0..20u32 {
         for k in 0..20u32 {
@@ -69,7 +71,9 @@ async fn a_full_snapshot_recovers_the_same_state_and_retires_covered_segments() 
     model.insert(b"after".to_vec(), b"snap".to_vec());
     store.shutdown().await.expect("shutdown");
 
-    let (store, recovery) = Store::open(small(dir.path())).await.expect("reopen");
+    let (store, recovery) = concordkv::testing::open_recording(small(dir.path()))
+        .await
+        .expect("reopen");
     assert_eq!(recovery.base_seq, 401);
     assert_eq!(recovery.snapshots, 1);
     assert_eq!(
@@ -89,7 +93,9 @@ async fn a_full_snapshot_recovers_the_same_state_and_retires_covered_segments() 
 #[actix_rt::test]
 async fn incremental_snapshots_chain_onto_the_full_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(small(dir.path())).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(small(dir.path()))
+        .await
+        .expect("open");
     let mut model = BTreeMap::new();
     let mut write = |store: Store, key: String, value: Option<String>| {
         match &value {
@@ -129,7 +135,9 @@ async fn incremental_snapshots_chain_onto_the_full_one() {
     write(store.clone(), "tail".into(), Some("t".into())).await;
     store.shutdown().await.expect("shutdown");
 
-    let (store, recovery) = Store::open(small(dir.path())).await.expect("reopen");
+    let (store, recovery) = concordkv::testing::open_recording(small(dir.path()))
+        .await
+        .expect("reopen");
     assert_eq!(recovery.snapshots, 3);
     assert_eq!(recovery.base_seq, 71);
     assert_eq!(recovery.state(), model);
@@ -146,14 +154,18 @@ async fn incremental_snapshots_chain_onto_the_full_one() {
         "snapshot.keep = 2 full snapshots: {files:?}"
     );
     store.shutdown().await.expect("shutdown");
-    let (_store, recovery) = Store::open(small(dir.path())).await.expect("reopen");
+    let (_store, recovery) = concordkv::testing::open_recording(small(dir.path()))
+        .await
+        .expect("reopen");
     assert_eq!(recovery.state(), model);
 }
 
 #[actix_rt::test]
 async fn a_damaged_snapshot_fails_the_open_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(small(dir.path())).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(small(dir.path()))
+        .await
+        .expect("open");
     for i in 0..100u32 {
         store.set(format!("k{i}"), "v").await.expect("set");
     }
@@ -164,7 +176,10 @@ async fn a_damaged_snapshot_fails_the_open_naming_it() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
-    let err = Store::open(small(dir.path())).await.err().expect("refused");
+    let err = concordkv::testing::open_recording(small(dir.path()))
+        .await
+        .err()
+        .expect("refused");
     assert!(
         matches!(&err, Error::Corruption(c) if c.file == path),
         "{err}"
@@ -206,7 +221,9 @@ fn value(v: u8) -> Vec<u8> {
 async fn run_model(dir: &Path, actions: Vec<Action>) {
     let cfg = small(dir);
     let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-    let (mut store, _) = Store::open(cfg.clone()).await.expect("open");
+    let (mut store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     for action in actions {
         match action {
             Action::Set(k, v) => {
@@ -250,7 +267,9 @@ async fn run_model(dir: &Path, actions: Vec<Action>) {
             }
             Action::Restart => {
                 store.shutdown().await.expect("shutdown");
-                let (reopened, recovery) = Store::open(cfg.clone()).await.expect("reopen");
+                let (reopened, recovery) = concordkv::testing::open_recording(cfg.clone())
+                    .await
+                    .expect("reopen");
                 let recovered: HashMap<_, _> = recovery.state().into_iter().collect();
                 assert_eq!(recovered, model, "state after restart");
                 store = reopened;
@@ -258,7 +277,9 @@ async fn run_model(dir: &Path, actions: Vec<Action>) {
         }
     }
     store.shutdown().await.expect("shutdown");
-    let (store, recovery) = Store::open(cfg).await.expect("final open");
+    let (store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("final open");
     let recovered: HashMap<_, _> = recovery.state().into_iter().collect();
     assert_eq!(recovered, model, "final state");
     store.shutdown().await.expect("shutdown");

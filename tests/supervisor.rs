@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{config, state, WrappingFs};
 use concordkv::testing::fs::{FileSystem, WritableFile};
-use concordkv::{Error, Store, SyncMode};
+use concordkv::{Error, SyncMode};
 
 /// The real disk, whose segment writes (or syncs) panic once armed. Only
 /// segments (created as `<n>.wal.prep`, then renamed), which only the WAL
@@ -79,7 +79,7 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
     let fs = panicking_fs(&armed, &Arc::new(AtomicBool::new(false)));
     let mut cfg = config(dir.path(), SyncMode::Always);
     cfg.wal.dedicated_writer_thread = dedicated_writer_thread;
-    let (store, _) = concordkv::testing::open_with_fs(cfg.clone(), fs)
+    let (store, _) = concordkv::testing::open_recording_with_fs(cfg.clone(), fs)
         .await
         .expect("open");
     store
@@ -118,7 +118,9 @@ async fn panic_and_restart(dedicated_writer_thread: bool) {
         .expect("shutdown finishes")
         .expect("shutdown");
 
-    let (_store, recovery) = Store::open(cfg).await.expect("reopen");
+    let (_store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("reopen");
     let map = state(&recovery.records);
     assert_eq!(map.get(b"before".as_slice()), Some(&b"1".to_vec()));
     assert_eq!(map.get(b"after".as_slice()), Some(&b"3".to_vec()));
@@ -133,9 +135,10 @@ async fn a_panicking_sync_thread_fails_its_waiters_instead_of_hanging_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sync_armed = Arc::new(AtomicBool::new(false));
     let fs = panicking_fs(&Arc::new(AtomicBool::new(false)), &sync_armed);
-    let (store, _) = concordkv::testing::open_with_fs(config(dir.path(), SyncMode::Always), fs)
-        .await
-        .expect("open");
+    let (store, _) =
+        concordkv::testing::open_recording_with_fs(config(dir.path(), SyncMode::Always), fs)
+            .await
+            .expect("open");
     store
         .set("before", "1")
         .await

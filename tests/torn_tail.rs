@@ -9,11 +9,11 @@ use std::path::Path;
 use common::{config, copy_dir, fill_small_segments, frame_ranges, started_segments};
 use concordkv::testing::format::record::encode_segment_record;
 use concordkv::testing::format::segment::SegmentHeader;
-use concordkv::{Entry, Error, Op, RecoveryMode, Store, SyncMode};
+use concordkv::{Entry, Error, Op, RecoveryMode, SyncMode};
 
 /// Writes `n` records (one batch among them) and shuts down cleanly.
 async fn write_records(dir: &Path, n: u32) {
-    let (store, _) = Store::open(config(dir, SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir, SyncMode::Always))
         .await
         .expect("open");
     for i in 0..n {
@@ -29,7 +29,7 @@ async fn write_records(dir: &Path, n: u32) {
 /// no sync runs while they are written and none attests another; then shuts
 /// down cleanly.
 async fn write_unsynced(dir: &Path, n: u32) {
-    let (store, _) = Store::open(config(dir, SyncMode::None))
+    let (store, _) = concordkv::testing::open_recording(config(dir, SyncMode::None))
         .await
         .expect("open");
     let acks: Vec<_> = (0..n)
@@ -77,9 +77,10 @@ async fn truncation_at_every_offset_of_the_last_three_records_opens_the_intact_p
             }
             drop(file);
             let intact = frames.iter().filter(|f| f.end <= cut).count();
-            let (store, recovery) = Store::open(config(&dir, SyncMode::Always))
-                .await
-                .expect("torn tail opens");
+            let (store, recovery) =
+                concordkv::testing::open_recording(config(&dir, SyncMode::Always))
+                    .await
+                    .expect("torn tail opens");
             let seqs: Vec<u64> = recovery.records.iter().map(|r| r.seq).collect();
             assert_eq!(
                 seqs,
@@ -115,7 +116,9 @@ async fn a_flipped_byte_in_a_sealed_segment_fails_the_open_and_names_the_file() 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(dir.path(), SyncMode::Always);
     cfg.wal.max_segment_bytes = 4096;
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     for i in 0..300u32 {
         store
             .set(format!("key-{i}"), vec![b'x'; 40])
@@ -135,7 +138,7 @@ async fn a_flipped_byte_in_a_sealed_segment_fails_the_open_and_names_the_file() 
     for mode in [RecoveryMode::TolerateTail, RecoveryMode::Absolute] {
         let mut cfg = cfg.clone();
         cfg.wal.recovery_mode = mode;
-        let err = Store::open(cfg)
+        let err = concordkv::testing::open_recording(cfg)
             .await
             .err()
             .expect("damaged sealed segment fails the open");
@@ -158,7 +161,9 @@ async fn a_flipped_byte_in_a_sealed_segment_fails_the_open_and_names_the_file() 
 
     let mut cfg = cfg.clone();
     cfg.wal.recovery_mode = RecoveryMode::SkipCorrupt;
-    let (store, recovery) = Store::open(cfg).await.expect("skip_corrupt opens");
+    let (store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("skip_corrupt opens");
     assert_eq!(recovery.skipped.len(), 1);
     assert_eq!(
         recovery.records.len(),
@@ -177,7 +182,7 @@ async fn damage_in_the_newest_segment_followed_by_intact_records_is_not_a_torn_t
     let mut bytes = std::fs::read(&newest).expect("read");
     bytes[frames[5].start + 18] ^= 0x80;
     std::fs::write(&newest, &bytes).expect("write");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("fails");
@@ -195,7 +200,7 @@ async fn damage_in_the_newest_segment_followed_by_intact_records_is_not_a_torn_t
 #[actix_rt::test]
 async fn damage_to_a_synced_record_full_of_zeros_fails_the_open_instead_of_cutting_later_records() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .expect("open");
     store.set("a", vec![0u8; 2048]).await.expect("set a");
@@ -208,7 +213,7 @@ async fn damage_to_a_synced_record_full_of_zeros_fails_the_open_instead_of_cutti
     let mut bytes = std::fs::read(&newest).expect("read");
     bytes[frames[0].start + 40] ^= 0x01;
     std::fs::write(&newest, &bytes).expect("write");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("the open refuses: b and c were acknowledged after a sync");
@@ -224,7 +229,7 @@ async fn damage_to_a_synced_record_full_of_zeros_fails_the_open_instead_of_cutti
 #[actix_rt::test]
 async fn lowering_the_record_limit_never_cuts_a_record_written_under_the_old_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .expect("open");
     store.set("small", "v").await.expect("set");
@@ -236,7 +241,7 @@ async fn lowering_the_record_limit_never_cuts_a_record_written_under_the_old_one
     let mut lowered = config(dir.path(), SyncMode::Always);
     lowered.limits.max_value_bytes = 512 << 10;
     lowered.limits.max_record_bytes = 1 << 20;
-    let (store, recovery) = Store::open(lowered)
+    let (store, recovery) = concordkv::testing::open_recording(lowered)
         .await
         .expect("opens with the lower limit");
     assert!(recovery.truncated.is_none(), "{:?}", recovery.truncated);
@@ -245,9 +250,10 @@ async fn lowering_the_record_limit_never_cuts_a_record_written_under_the_old_one
         Some(&vec![7u8; 2 << 20])
     );
     store.shutdown().await.expect("shutdown");
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("reopen on the defaults");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("reopen on the defaults");
     assert_eq!(recovery.state().len(), 2, "still there on the defaults");
     store.shutdown().await.expect("shutdown");
 }
@@ -262,7 +268,10 @@ async fn absolute_mode_refuses_a_torn_tail() {
     file.set_len(frames[4].start as u64 + 3).expect("truncate");
     let mut cfg = config(dir.path(), SyncMode::Always);
     cfg.wal.recovery_mode = RecoveryMode::Absolute;
-    let err = Store::open(cfg).await.err().expect("absolute refuses");
+    let err = concordkv::testing::open_recording(cfg)
+        .await
+        .err()
+        .expect("absolute refuses");
     assert!(
         matches!(err, Error::Corruption(ref c) if c.offset == frames[4].start as u64),
         "{err}"
@@ -277,7 +286,10 @@ async fn a_damaged_segment_header_is_named() {
     let mut bytes = std::fs::read(&first).expect("read");
     bytes[3] ^= 0xFF;
     std::fs::write(&first, &bytes).expect("write");
-    let err = Store::open(cfg).await.err().expect("fails");
+    let err = concordkv::testing::open_recording(cfg)
+        .await
+        .err()
+        .expect("fails");
     assert!(
         matches!(&err, Error::Corruption(c) if c.file == first && c.offset == 0 && c.reason.contains("magic")),
         "{err}"
@@ -298,7 +310,7 @@ async fn a_damaged_header_on_the_newest_segment_with_records_behind_it_fails_and
             bytes[damage].fill(0);
         }
         std::fs::write(&newest, &bytes).expect("write");
-        let err = Store::open(config(dir.path(), SyncMode::Always))
+        let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
             .await
             .err()
             .unwrap_or_else(|| {
@@ -341,9 +353,10 @@ async fn a_lost_unsynced_page_before_intact_records_is_a_torn_tail() {
     copy_dir(source.path(), unsynced.path());
     let copy = unsynced.path().join(newest.file_name().expect("name"));
     std::fs::write(&copy, &bytes).expect("write");
-    let (store, recovery) = Store::open(config(unsynced.path(), SyncMode::Always))
-        .await
-        .expect("a lost page opens");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(unsynced.path(), SyncMode::Always))
+            .await
+            .expect("a lost page opens");
     assert_eq!(
         recovery.records.len(),
         lost,
@@ -372,7 +385,7 @@ async fn a_lost_page_that_later_records_attest_was_synced_is_damage() {
     let mut bytes = std::fs::read(&newest).expect("read");
     bytes[frames[lost].start..4096].fill(0);
     std::fs::write(&newest, &bytes).expect("write");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("refused");
@@ -397,7 +410,7 @@ async fn skip_corrupt_refuses_a_segment_that_starts_before_the_previous_one_ends
     std::fs::write(&third, &bytes).expect("write");
     let mut cfg = cfg.clone();
     cfg.wal.recovery_mode = RecoveryMode::SkipCorrupt;
-    let err = Store::open(cfg)
+    let err = concordkv::testing::open_recording(cfg)
         .await
         .err()
         .expect("a sequence number twice is never accepted");
@@ -412,7 +425,7 @@ async fn skip_corrupt_refuses_a_segment_that_starts_before_the_previous_one_ends
 #[actix_rt::test]
 async fn skip_corrupt_does_not_take_a_frame_inside_a_value_for_a_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+    let (store, _) = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .expect("open");
     store.set("first", "1").await.expect("set");
@@ -443,7 +456,9 @@ async fn skip_corrupt_does_not_take_a_frame_inside_a_value_for_a_record() {
     std::fs::write(&newest, &bytes).expect("write");
     let mut cfg = config(dir.path(), SyncMode::Always);
     cfg.wal.recovery_mode = RecoveryMode::SkipCorrupt;
-    let (store, recovery) = Store::open(cfg).await.expect("skip_corrupt opens");
+    let (store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("skip_corrupt opens");
     let state = recovery.state();
     assert!(!state.contains_key(b"forged".as_slice()), "{state:?}");
     assert!(state.contains_key(b"last".as_slice()));
@@ -461,7 +476,7 @@ async fn a_zeroed_header_sector_with_records_behind_it_is_not_a_never_started_se
     let mut bytes = std::fs::read(&newest).expect("read");
     bytes[..4096].fill(0);
     std::fs::write(&newest, &bytes).expect("write");
-    let err = Store::open(config(dir.path(), SyncMode::Always))
+    let err = concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
         .await
         .err()
         .expect("refused, not retired");
@@ -479,14 +494,18 @@ async fn a_zeroed_header_sector_with_records_behind_it_is_not_a_never_started_se
 async fn a_segment_an_earlier_open_sealed_is_never_cut_as_a_torn_tail() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), SyncMode::None);
-    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     for i in 0..50u32 {
         store.set(format!("key-{i}"), "v").await.expect("set");
     }
     store.shutdown().await.expect("shutdown");
     let written = started_segments(dir.path()).pop().expect("segment");
     // This open seals `written` and starts the next segment.
-    let (store, recovery) = Store::open(cfg.clone()).await.expect("reopen");
+    let (store, recovery) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("reopen");
     assert_eq!(recovery.last_seq, 50);
     store.shutdown().await.expect("shutdown");
     let manifest = concordkv::testing::format::manifest::Manifest::decode(
@@ -510,7 +529,10 @@ async fn a_segment_an_earlier_open_sealed_is_never_cut_as_a_torn_tail() {
     let mut bytes = std::fs::read(&written).expect("read");
     bytes[frames[25].start + 4] ^= 0x01;
     std::fs::write(&written, &bytes).expect("write");
-    let err = Store::open(cfg).await.err().expect("refused, not cut");
+    let err = concordkv::testing::open_recording(cfg)
+        .await
+        .err()
+        .expect("refused, not cut");
     assert!(
         matches!(&err, Error::Corruption(c) if c.file == written && c.offset == frames[25].start as u64),
         "{err}"
@@ -585,7 +607,7 @@ async fn inspect_predicts_what_open_cuts_and_what_it_refuses() {
         assert_eq!(std::fs::read(&victim).expect("read"), bytes, "{name}");
         let mut cfg = config(&dir, SyncMode::Always);
         cfg.wal.max_segment_bytes = 4096;
-        match Store::open(cfg).await {
+        match concordkv::testing::open_recording(cfg).await {
             Ok((store, recovery)) => {
                 assert!(found.damage.is_empty(), "{name}: {:?}", found.damage);
                 assert_eq!(found.torn_tail, recovery.truncated, "{name}");
@@ -640,9 +662,10 @@ async fn damage_a_later_record_of_the_same_group_commit_cannot_attest_is_a_torn_
     bytes[first..first + group.len()].copy_from_slice(&group);
     bytes[first + 26] ^= 0xFF; // in the first record's payload
     std::fs::write(&newest, &bytes).expect("write");
-    let (store, recovery) = Store::open(config(dir.path(), SyncMode::Always))
-        .await
-        .expect("a torn group commit opens");
+    let (store, recovery) =
+        concordkv::testing::open_recording(config(dir.path(), SyncMode::Always))
+            .await
+            .expect("a torn group commit opens");
     assert_eq!(recovery.last_seq, 298, "the whole torn group is cut");
     let tail = recovery
         .truncated

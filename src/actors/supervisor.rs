@@ -160,7 +160,16 @@ impl Handler<WalDied> for StoreSupervisor {
         self.restarting = Some(actix_rt::spawn(async move {
             let reopened = actix_rt::task::spawn_blocking(move || {
                 let _maintenance = shared.maintenance();
-                open_log(shared.fs.as_ref(), &shared.manifest, &shared.config)
+                let (recovery, tree, start) = open_log(
+                    shared.fs.as_ref(),
+                    &shared.manifest,
+                    &shared.config,
+                    &mut |_| {},
+                )?;
+                // The files are the truth now: they may hold records the dead
+                // actor wrote but never acknowledged.
+                shared.state.replace(tree, recovery.last_seq);
+                Ok((recovery, start))
             })
             .await
             .unwrap_or_else(|e| Err(Error::task_failed("re-validating the log", &e)));
@@ -235,8 +244,10 @@ impl Handler<Shutdown> for StoreSupervisor {
                     // before another process can take the directory.
                     jobs.close_and_wait();
                     shared.worker.stop();
+                    // Every answer is sent: whoever waits for more writes
+                    // to become visible waits in vain.
+                    shared.state.close();
                     shared.manifest.close();
-                    shared.counters.close_readers();
                     if let Some(arbiter) = arbiter {
                         arbiter.stop();
                         if arbiter.join().is_err() {

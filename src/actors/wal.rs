@@ -26,7 +26,7 @@ use crate::actors::rotator::RotatorActor;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::config::{Config, SyncMode};
 use crate::crash::crash_point;
-use crate::entry::Seq;
+use crate::entry::{Record, Seq};
 use crate::error::{Error, Result};
 use crate::format::record::encode_segment_record;
 use crate::format::segment::SEGMENT_HEADER_BYTES;
@@ -37,6 +37,7 @@ use crate::log::inbox::{Closed, Inbox, Reply, Request};
 use crate::log::recovery::{recover, Recovery};
 use crate::log::segment::Segment;
 use crate::log::sync_worker::{SyncJob, SyncWorker, Waiter};
+use crate::state::{self, Tree};
 use crate::stats::WalCounters;
 
 /// What every incarnation of the WAL actor shares with the supervisor.
@@ -56,6 +57,8 @@ pub(crate) struct WalShared {
     /// Set while a rotation waits for the segment the rotator is preparing,
     /// which then stops pacing its fill.
     pub segment_wanted: AtomicBool,
+    /// The key-value state acknowledged records are applied to.
+    pub state: Arc<state::Shared>,
 }
 
 impl WalShared {
@@ -73,14 +76,16 @@ pub struct WalStart {
     next_seq: Seq,
 }
 
-/// Recovers the log the manifest lists, retires segments that hold nothing,
-/// and starts a new segment after the log.
+/// Recovers the log the manifest lists (the state it holds, and each record
+/// after the snapshots handed to `on_record`), retires segments that hold
+/// nothing, and starts a new segment after the log.
 pub(crate) fn open_log(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
-) -> Result<(Recovery, WalStart)> {
-    let recovered = recover(fs, manifest, config)?;
+    on_record: &mut dyn FnMut(&Record),
+) -> Result<(Recovery, Tree, WalStart)> {
+    let recovered = recover(fs, manifest, config, on_record)?;
     manifest.finish_recovery(&recovered.retire, recovered.sealed_through)?;
     let next_seq = recovered.recovery.last_seq + 1;
     // Unpaced: appends wait for this one.
@@ -95,7 +100,11 @@ pub(crate) fn open_log(
         SEGMENT_HEADER_BYTES as u64,
         std::sync::atomic::Ordering::Release,
     );
-    Ok((recovered.recovery, WalStart { segment, next_seq }))
+    Ok((
+        recovered.recovery,
+        recovered.state,
+        WalStart { segment, next_seq },
+    ))
 }
 
 /// Tells the supervisor whenever the actor is dropped. A panic in a handler
@@ -238,6 +247,7 @@ impl WalActor {
                     acks.push(Waiter {
                         seq: self.next_seq,
                         reply,
+                        entry: Some(entry),
                     });
                     self.next_seq += 1;
                 }
@@ -287,10 +297,7 @@ impl WalActor {
             let counters = &self.shared.counters;
             counters.records.fetch_add(acks.len() as u64, Relaxed);
             counters.bytes.fetch_add(written, Relaxed);
-            counters
-                .last_seq
-                .store(self.next_seq - 1, std::sync::atomic::Ordering::Release);
-            counters.wake_readers();
+            counters.last_seq.store(self.next_seq - 1, Relaxed);
             metrics::counter!("concordkv_wal_records_total").increment(acks.len() as u64);
             metrics::counter!("concordkv_wal_bytes_total").increment(written);
         }
@@ -298,7 +305,11 @@ impl WalActor {
         let upto = self.next_seq - 1;
         let mut waiters: Vec<Waiter> = sync_replies
             .into_iter()
-            .map(|reply| Waiter { seq: upto, reply })
+            .map(|reply| Waiter {
+                seq: upto,
+                reply,
+                entry: None,
+            })
             .collect();
         match self.sync_mode() {
             SyncMode::Always => waiters.append(&mut acks),

@@ -8,7 +8,7 @@
 //! manifest lists it; only then are the segments and snapshots it makes
 //! obsolete unlisted and removed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +26,7 @@ use crate::lifecycle::pacing::Pacer;
 use crate::log::reader::FrameReader;
 use crate::log::scan::walk_frames;
 use crate::log::segment::started_segments;
+use crate::state::Tree;
 
 /// How much of a snapshot is written, and its writeback started, at a time.
 /// Small, so that a WAL sync never finds more than this of ours ahead of it
@@ -111,10 +112,10 @@ pub(crate) fn load_chain(
     Ok(loaded)
 }
 
-/// The state the chain describes, as recovery returns it.
+/// The state the chain describes, as recovery starts the store's state from.
 pub(crate) struct Base {
     /// Every live key and its value.
-    pub state: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub state: Tree,
     /// The last sequence number the chain covers (0: no snapshot).
     pub covered: Seq,
     /// Snapshots read.
@@ -136,7 +137,9 @@ pub(crate) fn load_base(
             state: loaded
                 .state
                 .into_iter()
-                .filter_map(|(key, (_, value))| Some((key, value?)))
+                .filter_map(|(key, (_, value))| {
+                    Some((key.into_boxed_slice(), value?.into_boxed_slice()))
+                })
                 .collect(),
             covered: loaded.covered,
             snapshots: loaded.chain.len(),
@@ -146,7 +149,7 @@ pub(crate) fn load_base(
     let mut entries = Vec::with_capacity(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
     read_snapshot(fs, &path, header, &mut Vec::new(), |_, op| {
         if let Op::Set { key, value } = op {
-            entries.push((key, value));
+            entries.push((key.into_boxed_slice(), value.into_boxed_slice()));
         }
     })?;
     Ok(Base {

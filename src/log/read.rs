@@ -27,11 +27,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Acquire;
 use std::sync::Arc;
 
 use crate::actors::wal::WalShared;
-use crate::config::SyncMode;
 use crate::entry::{Record, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::codec::decode_entry;
@@ -51,38 +49,22 @@ const CHUNK_RECORDS: usize = 1024;
 const CHUNK_BYTES: usize = 256 << 10;
 
 /// The last record acknowledged under the sync mode: the most a reader may
-/// see. In `always` mode a record is acknowledged once an `fdatasync`
-/// covers it; in the others once it is written.
+/// see. The state applies each record just before its appender is answered
+/// (in `always` mode after an `fdatasync` covers it, in the others once it
+/// is written and within the mode's bound on what is unsynced).
 pub(crate) fn acknowledged_upto(wal: &WalShared) -> Seq {
-    match wal.config.wal.sync_mode {
-        SyncMode::Always => wal.counters.durable_seq.load(Acquire),
-        SyncMode::Batch | SyncMode::Interval | SyncMode::None => {
-            wal.counters.last_seq.load(Acquire)
-        }
-    }
+    wal.state.last_seq()
 }
 
 /// Waits until a record after `seq` is acknowledged; `false` once the
 /// store has shut down.
 pub(crate) async fn wait_past(wal: &WalShared, seq: Seq) -> bool {
-    loop {
-        let advanced = wal.counters.advanced.notified();
-        tokio::pin!(advanced);
-        // Registered before the check, so a wake between the two is not lost.
-        advanced.as_mut().enable();
-        if wal.counters.closed.load(Acquire) {
-            return false;
-        }
-        if acknowledged_upto(wal) > seq {
-            return true;
-        }
-        advanced.await;
-    }
+    wal.state.wait_past(seq).await
 }
 
 /// Whether the store has shut down.
 pub(crate) fn is_closed(wal: &WalShared) -> bool {
-    wal.counters.closed.load(Acquire)
+    wal.state.is_closed()
 }
 
 /// The segment a cursor is in.

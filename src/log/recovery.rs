@@ -13,14 +13,13 @@
 //! otherwise. Frames are judged by the format's own size limit, never by the
 //! current configuration's.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::config::{Config, RecoveryMode};
-use crate::entry::{Op, Record, Seq};
+use crate::entry::{Record, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::segment_path;
@@ -30,19 +29,23 @@ use crate::lifecycle::snapshot::load_base;
 use crate::log::reader::FrameReader;
 use crate::log::scan::{self, End, Start};
 use crate::log::sync_failure;
+use crate::state::{apply_entry, Tree};
 
-/// What recovery found and returned: the state the snapshot chain holds
-/// (`base`, as of `base_seq`), then every record after it.
+/// What recovery found. The state itself goes straight into the store's
+/// [`State`](crate::State), and each replayed record to the caller of
+/// [`Store::open_replaying`](crate::Store::open_replaying): the log is never
+/// held in memory as a whole.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct Recovery {
-    /// Every live key and its value at `base_seq`, from the snapshots.
-    pub base: BTreeMap<Vec<u8>, Vec<u8>>,
     /// The last sequence number the snapshots cover (0: none).
     pub base_seq: Seq,
     /// Snapshots loaded (the newest full one and its incrementals).
     pub snapshots: usize,
-    /// Every intact record after `base_seq`, in sequence order.
-    pub records: Vec<Record>,
+    /// Records replayed after `base_seq`.
+    pub replayed: u64,
+    /// Keys in the recovered state.
+    pub keys: usize,
     /// The last recovered sequence number (0 for an empty log).
     pub last_seq: Seq,
     /// The torn tail that was cut, if any.
@@ -53,26 +56,6 @@ pub struct Recovery {
     pub segments: usize,
     /// Time the replay took.
     pub elapsed: Duration,
-}
-
-impl Recovery {
-    /// The recovered key-value state: `base` with `records` applied.
-    pub fn state(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        let mut state = self.base.clone();
-        for record in &self.records {
-            for op in record.entry.ops() {
-                match op {
-                    Op::Set { key, value } => {
-                        state.insert(key.clone(), value.clone());
-                    }
-                    Op::Delete { key } => {
-                        state.remove(key);
-                    }
-                }
-            }
-        }
-        state
-    }
 }
 
 /// A torn tail of the newest segment: bytes from `offset` on that were
@@ -96,6 +79,8 @@ pub struct TruncatedTail {
 /// The recovered log, and the segments to retire before writing resumes.
 pub(crate) struct RecoveredLog {
     pub recovery: Recovery,
+    /// The snapshots' state with every replayed record applied.
+    pub state: Tree,
     /// Listed segments that hold nothing: prepared but never started, or
     /// started by a write that never reached the disk (a torn header).
     pub retire: Vec<u64>,
@@ -106,14 +91,17 @@ pub(crate) struct RecoveredLog {
     pub sealed_through: u64,
 }
 
-/// Replays the segments the manifest lists, in id order; cuts a torn tail;
-/// says which listed segments hold nothing. Files the manifest does not
-/// list are removed first and never read. Which damage is a torn tail is
-/// decided in [`crate::log::scan`], which `verify` shares.
+/// Replays the snapshots and then the segments the manifest lists, in id
+/// order, into the state, handing each record after the snapshots to
+/// `on_record` as it goes; cuts a torn tail; says which listed segments hold
+/// nothing. Files the manifest does not list are removed first and never
+/// read. Which damage is a torn tail is decided in [`crate::log::scan`],
+/// which `verify` shares.
 pub(crate) fn recover(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
+    on_record: &mut dyn FnMut(&Record),
 ) -> Result<RecoveredLog> {
     let started_at = Instant::now();
     let dir = config.data_dir.as_path();
@@ -139,11 +127,11 @@ pub(crate) fn recover(
     let mut retire = plan.unstarted.clone();
 
     let mut recovery = Recovery {
-        base: base.state,
         base_seq: base.covered,
         snapshots: base.snapshots,
         ..Recovery::default()
     };
+    let mut state = base.state;
     let mut expected: Option<Seq> = None;
     let mut newest_read = 0;
     for &id in &plan.read {
@@ -210,9 +198,16 @@ pub(crate) fn recover(
                 ),
             });
         }
-        let records = &mut recovery.records;
+        let base_seq = recovery.base_seq;
+        let replayed = &mut recovery.replayed;
         let scanned = scan::scan_frames(&mut reader, &path, &header, place, mode, |seq, entry| {
-            records.push(Record { seq, entry })
+            // Records a snapshot covers are already in the state.
+            if seq > base_seq {
+                let record = Record { seq, entry };
+                on_record(&record);
+                apply_entry(&mut state, record.entry);
+                *replayed += 1;
+            }
         })
         .map_err(read_error)?;
         recovery.skipped.extend(scanned.skipped);
@@ -242,12 +237,12 @@ pub(crate) fn recover(
     for skipped in &recovery.skipped {
         tracing::error!(%skipped, "skipped a damaged region (recovery_mode = skip_corrupt)");
     }
-    let base_seq = recovery.base_seq;
-    recovery.records.retain(|r| r.seq > base_seq);
-    recovery.last_seq = expected.map_or(0, |next| next - 1).max(base_seq);
+    recovery.last_seq = expected.map_or(0, |next| next - 1).max(recovery.base_seq);
+    recovery.keys = state.len();
     recovery.elapsed = started_at.elapsed();
     Ok(RecoveredLog {
         recovery,
+        state,
         retire,
         sealed_through: newest_read,
     })

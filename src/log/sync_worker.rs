@@ -29,18 +29,22 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{SyncMode, WalConfig};
-use crate::entry::Seq;
+use crate::entry::{Entry, Seq};
 use crate::error::Error;
 use crate::fs::{FileSystem, WritableFile};
 use crate::latency::Latencies;
 use crate::log::inbox::{Closed, Inbox, Reply};
 use crate::log::sync_failure;
+use crate::state;
 use crate::stats::WalCounters;
 
 /// An appender waiting for `seq` to become durable.
 pub(crate) struct Waiter {
     pub seq: Seq,
     pub reply: Reply,
+    /// An append's record, applied to the state just before the appender
+    /// is answered (`None` for a sync request).
+    pub entry: Option<Entry>,
 }
 
 /// Called with the outcome once a job's sync finished: the error its
@@ -146,6 +150,8 @@ struct Shared {
     inbox: Arc<Inbox>,
     counters: Arc<WalCounters>,
     latencies: Arc<Latencies>,
+    /// The key-value state, where acknowledged records become visible.
+    kv: Arc<state::Shared>,
 }
 
 impl Shared {
@@ -169,6 +175,7 @@ impl SyncWorker {
         bound: AckBound,
         fs: Arc<dyn FileSystem>,
         dir: PathBuf,
+        kv: Arc<state::Shared>,
     ) -> std::io::Result<SyncWorker> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -186,6 +193,7 @@ impl SyncWorker {
             inbox,
             counters,
             latencies,
+            kv,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -202,7 +210,7 @@ impl SyncWorker {
         let mut state = self.shared.lock();
         if let Some(cause) = state.failed.clone() {
             drop(state);
-            complete(job, Err(Arc::new(Error::refused(&cause))));
+            complete(&self.shared, job, Err(Arc::new(Error::refused(&cause))));
             return;
         }
         state.jobs.push(job);
@@ -229,15 +237,19 @@ impl SyncWorker {
         }
         let durable_seq = self.shared.counters.durable_seq.load(Relaxed);
         let now = Instant::now();
+        let mut ready = Vec::with_capacity(waiters.len());
         for waiter in waiters {
             if state.deferred.is_empty()
                 && state.may_acknowledge(self.shared.bound, waiter.seq, durable_seq, now)
             {
-                let _ = waiter.reply.send(Ok(waiter.seq));
+                ready.push(waiter);
             } else {
                 state.deferred.push_back(waiter);
             }
         }
+        // Still under the lock: a release on the sync thread must not
+        // answer (and apply) later records before these.
+        answer(&self.shared.kv, ready);
     }
 
     /// Fails every appender held back by the bound with `error`: the log
@@ -326,11 +338,11 @@ fn run(shared: &Shared) {
                 .inbox
                 .close_and_fail(Closed::Failed(Arc::clone(&cause)));
             for job in batch.drain(..) {
-                complete(job, Err(Arc::clone(&cause)));
+                complete(shared, job, Err(Arc::clone(&cause)));
             }
             let refused = Arc::new(Error::refused(&cause));
             for job in queued {
-                complete(job, Err(Arc::clone(&refused)));
+                complete(shared, job, Err(Arc::clone(&refused)));
             }
         }
     }
@@ -351,7 +363,7 @@ fn process(shared: &Shared, batch: &mut Vec<SyncJob>) {
         }
         let result = sync_group(shared, &batch[..end]);
         for job in batch.drain(..end) {
-            complete(job, result.clone());
+            complete(shared, job, result.clone());
         }
     }
 }
@@ -451,9 +463,8 @@ fn release_deferred(shared: &Shared, upto: Seq) {
     let durable_seq = shared
         .counters
         .durable_seq
-        .fetch_max(upto, std::sync::atomic::Ordering::Release)
+        .fetch_max(upto, Relaxed)
         .max(upto);
-    shared.counters.wake_readers();
     while state
         .unsynced_writes
         .front()
@@ -462,13 +473,28 @@ fn release_deferred(shared: &Shared, upto: Seq) {
         state.unsynced_writes.pop_front();
     }
     let now = Instant::now();
+    let mut ready = Vec::new();
     while let Some(front) = state.deferred.front() {
         if !state.may_acknowledge(shared.bound, front.seq, durable_seq, now) {
             break;
         }
-        if let Some(waiter) = state.deferred.pop_front() {
-            let _ = waiter.reply.send(Ok(waiter.seq));
-        }
+        ready.extend(state.deferred.pop_front());
+    }
+    answer(&shared.kv, ready);
+}
+
+/// Applies the waiters' records to the state, then answers them: a write
+/// is visible before its appender hears, and never before the sync mode
+/// acknowledges it.
+fn answer(kv: &state::Shared, mut waiters: Vec<Waiter>) {
+    kv.apply(
+        waiters
+            .iter_mut()
+            .filter(|waiter| waiter.entry.is_some())
+            .map(|waiter| (waiter.seq, &mut waiter.entry)),
+    );
+    for waiter in waiters {
+        let _ = waiter.reply.send(Ok(waiter.seq));
     }
 }
 
@@ -480,13 +506,10 @@ fn fail_waiters(waiters: impl IntoIterator<Item = Waiter>, error: &Error) {
 }
 
 /// Answers a job's waiters with its outcome, then runs its `on_done`.
-fn complete(job: SyncJob, result: Result<(), Arc<Error>>) {
-    for waiter in job.waiters {
-        let answer = match &result {
-            Ok(()) => Ok(waiter.seq),
-            Err(error) => Err(Error::clone(error)),
-        };
-        let _ = waiter.reply.send(answer);
+fn complete(shared: &Shared, job: SyncJob, result: Result<(), Arc<Error>>) {
+    match &result {
+        Ok(()) => answer(&shared.kv, job.waiters),
+        Err(error) => fail_waiters(job.waiters, error),
     }
     if let Some(on_done) = job.on_done {
         on_done(result);
@@ -506,6 +529,7 @@ mod tests {
             bound,
             Arc::new(SimFs::new(1)),
             PathBuf::from("/d"),
+            state::Shared::new(state::Tree::new(), 0),
         )
         .expect("start")
     }
@@ -517,7 +541,14 @@ mod tests {
         tokio::sync::oneshot::Receiver<crate::error::Result<Seq>>,
     ) {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        (Waiter { seq, reply }, answer)
+        (
+            Waiter {
+                seq,
+                reply,
+                entry: None,
+            },
+            answer,
+        )
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn recover_files(files: &[(&Path, &[u8])]) {
         config.wal.recovery_mode = mode;
         let fs: Arc<dyn FileSystem> = Arc::new(fs);
         if let Ok(manifest) = ManifestStore::open(Arc::clone(&fs), Path::new(DIR)) {
-            let _ = recover(fs.as_ref(), &manifest, &config);
+            let _ = recover(fs.as_ref(), &manifest, &config, &mut |_| {});
         }
     }
 }

@@ -4,11 +4,13 @@
 //! craft damaged files. Not part of the library's API for applications.
 
 pub mod fuzzing;
+pub mod recording;
 pub mod sim_fs;
 pub mod torture;
 
 pub use crate::crash::CRASH_POINTS;
 pub use crate::store::open_with_fs;
+pub use recording::{open_recording, open_recording_with_fs, Recorded};
 
 /// The file-system seam every file operation of the store goes through.
 pub mod fs {

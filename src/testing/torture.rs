@@ -59,8 +59,7 @@ use crate::format::manifest::{Manifest, MANIFEST_FILE};
 use crate::format::segment::segment_path;
 use crate::fs::FileSystem;
 use crate::lifecycle::snapshot::select_chain;
-use crate::log::recovery::Recovery;
-use crate::store::Store;
+use crate::testing::recording::{open_recording_with_fs, Recorded as Recovery};
 use crate::testing::sim_fs::{Call, Fault, SimFs};
 
 /// Where the simulated disk keeps the store.
@@ -864,7 +863,7 @@ async fn run_cycle(
     if cut_during_open {
         fs.cut_power_after(rng.random_range(1..=40));
     }
-    let opened = Store::open_with_fs(config.clone(), Arc::new(fs.clone())).await;
+    let opened = open_recording_with_fs(config.clone(), Arc::new(fs.clone())).await;
     let (store, recovery) = match opened {
         Ok(opened) => opened,
         Err(_) if fs.is_dead() => {
@@ -1173,7 +1172,7 @@ async fn damaged_open(
     damaged[offset..offset + damage.len()].copy_from_slice(&damage);
     let zeroed_to_end =
         target.kind.ends_with("segment") && damaged[offset..].iter().all(|x| *x == 0);
-    let outcome = match Store::open_with_fs(config, Arc::new(copy.clone())).await {
+    let outcome = match open_recording_with_fs(config, Arc::new(copy.clone())).await {
         Err(Error::Corruption(corruption)) => {
             if corruption.file != target.path && !zeroed_to_end {
                 return Err(format!(

@@ -26,7 +26,9 @@ pub fn config(dir: &Path, mode: SyncMode) -> Config {
 pub async fn fill_small_segments(dir: &Path) -> Config {
     let mut cfg = config(dir, SyncMode::Always);
     cfg.wal.max_segment_bytes = 4096;
-    let (store, _) = concordkv::Store::open(cfg.clone()).await.expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
     for i in 0..200u32 {
         store
             .set(format!("key-{i}"), vec![b'x'; 40])

@@ -169,7 +169,7 @@ mod inspect_and_verify {
 
     use concordkv::testing::format::record::{read_frame_at, Frame, MAX_PAYLOAD_BYTES};
     use concordkv::testing::format::segment::{SegmentHeader, SEGMENT_HEADER_BYTES};
-    use concordkv::{Config, Store, SyncMode};
+    use concordkv::{Config, SyncMode};
 
     fn run(command: &str, dir: &Path) -> Output {
         Command::new(env!("CARGO_BIN_EXE_concordkv"))
@@ -198,7 +198,7 @@ mod inspect_and_verify {
         cfg.wal.sync_mode = SyncMode::Always;
         cfg.wal.max_segment_bytes = 4096;
         actix_rt::System::new().block_on(async {
-            let (store, _) = Store::open(cfg).await.expect("open");
+            let (store, _) = concordkv::testing::open_recording(cfg).await.expect("open");
             for i in 0..300u32 {
                 store
                     .set(format!("k{}", i % 40), format!("value-{i}"))
@@ -344,7 +344,9 @@ mod inspect_and_verify {
     fn small_segments() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         actix_rt::System::new().block_on(async {
-            let (store, _) = Store::open(small_config(dir.path())).await.expect("open");
+            let (store, _) = concordkv::testing::open_recording(small_config(dir.path()))
+                .await
+                .expect("open");
             for i in 0..200u32 {
                 store
                     .set(format!("key-{i}"), vec![b'x'; 40])
@@ -431,7 +433,7 @@ mod inspect_and_verify {
 
         // The open cuts exactly what verify named, and opens.
         actix_rt::System::new().block_on(async {
-            let (store, recovery) = Store::open(small_config(dir.path()))
+            let (store, recovery) = concordkv::testing::open_recording(small_config(dir.path()))
                 .await
                 .expect("a torn tail opens");
             let tail = recovery.truncated.as_ref().expect("a cut");
@@ -506,7 +508,7 @@ mod inspect_and_verify {
         assert!(!text.contains("torn tail"), "{text}");
 
         actix_rt::System::new().block_on(async {
-            match Store::open(small_config(dir.path())).await {
+            match concordkv::testing::open_recording(small_config(dir.path())).await {
                 Err(concordkv::Error::Corruption(c)) => {
                     assert_eq!(
                         (c.file, c.offset),

@@ -5,7 +5,10 @@
 //!
 //! Writes in a pipeline are all submitted before the first is awaited, so a
 //! client that pipelines N writes has them all in one group commit instead
-//! of paying N syncs; the replies still go out in request order.
+//! of paying N syncs; the replies still go out in request order. A command
+//! that reads the state first waits for the replies before it (the
+//! acknowledgements of the connection's earlier writes): the state shows a
+//! write only once it is acknowledged, and a client must see its own.
 //!
 //! A connection is closed at once when it speaks HTTP (see
 //! [`cross_protocol`]), when it sends no complete request for
@@ -109,6 +112,11 @@ pub async fn serve_connection(
                 );
                 return Ok(());
             }
+            if cmd::reads_state(command)
+                && !send_replies(&mut replies, &mut socket, &mut output, &slot, &input).await?
+            {
+                return Ok(());
+            }
             let reply = if command.eq_ignore_ascii_case(b"AUTH") {
                 let (reply, now_authenticated) = auth::auth(&settings.password, &request.args[1..]);
                 authenticated |= now_authenticated;
@@ -127,23 +135,9 @@ pub async fn serve_connection(
         if completed {
             last_request = Instant::now();
         }
-        for reply in replies.drain(..) {
-            let frame = match reply {
-                Reply::Now(frame) | Reply::Close(frame) => frame,
-                Reply::Later { pending, ok } => match pending.await {
-                    Ok(_) => ok,
-                    Err(e) => write_error(&e),
-                },
-                Reply::Wait(work) => work.await,
-            };
-            encode(&mut output, &frame);
-            if output.len() >= FLUSH_BYTES
-                && !flush(&mut socket, &mut output, &slot, &input).await?
-            {
-                return Ok(());
-            }
-        }
-        if !flush(&mut socket, &mut output, &slot, &input).await? {
+        if !send_replies(&mut replies, &mut socket, &mut output, &slot, &input).await?
+            || !flush(&mut socket, &mut output, &slot, &input).await?
+        {
             return Ok(());
         }
         if closing {
@@ -186,6 +180,33 @@ pub async fn serve_connection(
         }
         slot.set_buffered(input.len());
     }
+}
+
+/// Waits for each queued reply in order and encodes it into `output`,
+/// writing out every [`FLUSH_BYTES`]; `false` if the client was
+/// disconnected meanwhile to bring all buffers under their cap.
+async fn send_replies(
+    replies: &mut Vec<Reply>,
+    socket: &mut TcpStream,
+    output: &mut BytesMut,
+    slot: &ClientSlot,
+    input: &BytesMut,
+) -> std::io::Result<bool> {
+    for reply in replies.drain(..) {
+        let frame = match reply {
+            Reply::Now(frame) | Reply::Close(frame) => frame,
+            Reply::Later { pending, ok } => match pending.await {
+                Ok(_) => ok,
+                Err(e) => write_error(&e),
+            },
+            Reply::Wait(work) => work.await,
+        };
+        encode(output, &frame);
+        if output.len() >= FLUSH_BYTES && !flush(socket, output, slot, input).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Writes out and clears `output`; `false` if the client was disconnected

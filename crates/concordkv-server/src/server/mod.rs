@@ -63,14 +63,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let listener = listen(addr).map_err(|source| ServeError::Listen { addr, source })?;
     let (store, recovery) = Store::open(config.clone()).await?;
     tracing::info!(
-        records = recovery.records.len(),
+        records = recovery.replayed,
+        keys = recovery.keys,
         last_seq = recovery.last_seq,
         segments = recovery.segments,
         elapsed_ms = recovery.elapsed.as_millis() as u64,
         "recovered the log"
     );
-    let db = Arc::new(Db::new(store.clone(), &recovery));
-    drop(recovery);
+    let db = Arc::new(Db::new(store.clone()));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), sync_mode = %config.wal.sync_mode, "serving RESP");
 
     protected_mode::warn_if_exposed(&config.server, addr);

@@ -60,6 +60,13 @@ fn wrong_arity(name: &str) -> Reply {
     )))
 }
 
+/// Whether a command reads the key-value state, and so must wait until the
+/// connection's earlier writes are acknowledged (and visible) before it runs.
+pub fn reads_state(name: &[u8]) -> bool {
+    const READERS: [&[u8]; 5] = [b"GET", b"EXISTS", b"DBSIZE", b"DEL", b"INFO"];
+    READERS.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
 /// Runs one request against `db`.
 pub fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
     let Some(name) = args.first() else {

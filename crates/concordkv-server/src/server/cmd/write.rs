@@ -92,10 +92,10 @@ mod tests {
         let fs = SimFs::new(1);
         let mut config = Config::with_data_dir(PathBuf::from("/sim/db"));
         config.wal.sync_mode = SyncMode::Always;
-        let (store, recovery) = concordkv::testing::open_with_fs(config, Arc::new(fs.clone()))
+        let (store, _) = concordkv::testing::open_recording_with_fs(config, Arc::new(fs.clone()))
             .await
             .expect("open");
-        let db = Db::new(store.clone(), &recovery);
+        let db = Db::new(store.clone());
         assert_eq!(set(&db, "a").await, ok());
         fs.inject(Fault {
             call: Call::Write,
