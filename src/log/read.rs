@@ -35,7 +35,7 @@ use crate::error::{Corruption, Error, Result};
 use crate::format::codec::decode_entry;
 use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
-use crate::log::reader::{FrameReader, Position};
+use crate::log::reader::{FrameReader, Position, READ_CHUNK_BYTES};
 use crate::log::scan::{listed_but_missing, walk_frames, Stop};
 
 /// Records decoded per call of [`Cursor::read_chunk`], at most: enough to
@@ -47,6 +47,12 @@ const CHUNK_RECORDS: usize = 1024;
 /// Payload bytes decoded per call, at most (a chunk of large records stops
 /// here before [`CHUNK_RECORDS`]).
 const CHUNK_BYTES: usize = 256 << 10;
+
+/// Bytes read from the file at a time when fewer than [`CHUNK_RECORDS`]
+/// records are wanted: a subscriber at the end of the log reads a few
+/// records per wake-up, and a whole read chunk each time (mostly zeros past
+/// the end) would cost it, and the appenders sharing the CPU, far more.
+const TAIL_READ_BYTES: usize = 16 << 10;
 
 /// The last record acknowledged under the sync mode: the most a reader may
 /// see. The state applies each record just before its appender is answered
@@ -147,6 +153,11 @@ impl Cursor {
                 MAX_PAYLOAD_BYTES,
                 current.position,
             );
+            if upto - self.next_seq < CHUNK_RECORDS as u64 {
+                reader.set_read_size(TAIL_READ_BYTES);
+            } else {
+                reader.set_read_size(READ_CHUNK_BYTES);
+            }
             let walked = walk_frames(&mut reader, current.frame_seq, |seq, payload, _| {
                 if seq > upto || full(out, bytes) {
                     return Ok(ControlFlow::Break(()));

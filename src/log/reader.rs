@@ -30,6 +30,7 @@ pub(crate) struct Position {
     at_eof: bool,
     layout: Layout,
     file_len: Option<u64>,
+    read_size: usize,
 }
 
 impl Position {
@@ -43,6 +44,7 @@ impl Position {
             at_eof: false,
             layout,
             file_len: None,
+            read_size: READ_CHUNK_BYTES,
         }
     }
 
@@ -71,6 +73,8 @@ pub(crate) struct FrameReader<'a> {
     /// The file's length, asked for once, the first time a frame claims
     /// more than one read.
     file_len: Option<u64>,
+    /// Bytes read from the file at a time (more only for a larger frame).
+    read_size: usize,
 }
 
 impl<'a> FrameReader<'a> {
@@ -94,6 +98,7 @@ impl<'a> FrameReader<'a> {
             max_payload,
             layout: Layout::Plain,
             file_len: None,
+            read_size: READ_CHUNK_BYTES,
         }
     }
 
@@ -121,6 +126,7 @@ impl<'a> FrameReader<'a> {
             max_payload,
             layout: at.layout,
             file_len: at.file_len,
+            read_size: at.read_size,
         }
     }
 
@@ -133,7 +139,17 @@ impl<'a> FrameReader<'a> {
             at_eof: self.at_eof,
             layout: self.layout,
             file_len: self.file_len,
+            read_size: self.read_size,
         }
+    }
+
+    /// Reads `bytes` at a time from here on (at least what a frame needs,
+    /// at most [`READ_CHUNK_BYTES`]): a reader that follows the end of the
+    /// log wants a few records at a time, and reading a whole chunk for
+    /// them (mostly the preallocated zeros past the end) costs more than
+    /// the records.
+    pub fn set_read_size(&mut self, bytes: usize) {
+        self.read_size = bytes.clamp(1, READ_CHUNK_BYTES);
     }
 
     /// Reads the frames from here on in `layout` (a segment's, once its
@@ -224,7 +240,7 @@ impl<'a> FrameReader<'a> {
         self.end -= self.start;
         self.start = 0;
         while !self.at_eof && self.end < len {
-            let wanted = READ_CHUNK_BYTES.max(len - self.end);
+            let wanted = self.read_size.max(len - self.end);
             if self.buf.len() < self.end + wanted {
                 self.buf.resize(self.end + wanted, 0);
             }
