@@ -50,6 +50,7 @@ mod inspect;
 mod latency;
 mod lifecycle;
 mod log;
+mod memory;
 mod state;
 mod stats;
 mod store;

@@ -111,6 +111,7 @@ impl Store {
                 let manifest = ManifestStore::open(Arc::clone(&fs), dir)?;
                 let (recovery, tree, start) =
                     open_log(fs.as_ref(), &manifest, &config, &mut on_record)?;
+                crate::memory::release_freed();
                 Ok::<_, Error>((lock, manifest, recovery, tree, start))
             })
         };
