@@ -81,11 +81,10 @@ async fn always_shows_a_write_only_once_its_fdatasync_returned() {
         }))
         .expect("submit");
     // Wait (off the event loop) until the sync covering it is under way.
-    let began = actix_rt::task::spawn_blocking(move || {
-        began.recv_timeout(Duration::from_secs(30)).is_ok()
-    })
-    .await
-    .expect("join");
+    let began =
+        actix_rt::task::spawn_blocking(move || began.recv_timeout(Duration::from_secs(30)).is_ok())
+            .await
+            .expect("join");
     assert!(began, "the sync never began");
     assert!(store.stats().last_seq >= 2, "the record is written");
     assert_eq!(state.get(b"k"), None, "visible while its fdatasync runs");
@@ -129,9 +128,7 @@ async fn a_write_whose_sync_fails_never_becomes_visible() {
 async fn a_batch_appears_whole_to_readers_on_other_threads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = common::config(dir.path(), SyncMode::None);
-    let (store, _) = concordkv::testing::open_recording(cfg)
-        .await
-        .expect("open");
+    let (store, _) = concordkv::testing::open_recording(cfg).await.expect("open");
     let state = store.state();
     let keys = ["a", "b", "c"];
     let batch = |i: u32| {
@@ -185,7 +182,10 @@ async fn the_state_is_what_a_reopen_recovers_and_stays_readable_after_shutdown()
             .await
             .expect("set");
         if i % 3 == 0 {
-            store.delete(format!("user:{:03}", i / 2)).await.expect("del");
+            store
+                .delete(format!("user:{:03}", i / 2))
+                .await
+                .expect("del");
         }
         if i == 150 {
             store.snapshot().await.expect("snapshot");
@@ -194,7 +194,11 @@ async fn the_state_is_what_a_reopen_recovers_and_stays_readable_after_shutdown()
     let state = store.state();
     let before: Vec<(Vec<u8>, Vec<u8>)> = state.prefix(b"user:").collect();
     store.shutdown().await.expect("shutdown");
-    assert_eq!(state.iter().count(), before.len(), "readable after shutdown");
+    assert_eq!(
+        state.iter().count(),
+        before.len(),
+        "readable after shutdown"
+    );
     // The reopen's state is checked against the snapshots and the replayed
     // records by `open_recording`, and here against what was acknowledged.
     let (store, recovery) = concordkv::testing::open_recording(cfg)

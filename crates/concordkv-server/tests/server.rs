@@ -115,7 +115,12 @@ fn a_read_in_a_pipeline_sees_the_writes_before_it_and_none_after_it() {
     ];
     for (request, want) in requests.iter().zip(expected) {
         let got = c.read().expect("reply");
-        assert_eq!(got, want, "reply to {:?}", String::from_utf8_lossy(request[0]));
+        assert_eq!(
+            got,
+            want,
+            "reply to {:?}",
+            String::from_utf8_lossy(request[0])
+        );
     }
 }
 
