@@ -1,18 +1,27 @@
 //! The readable key-value state: every acknowledged write applied in
 //! sequence order, in key order.
 //!
-//! Writes enter the state where their appenders are answered, just before
-//! the answer is sent, and never earlier: a reader never sees a write a
-//! crash could still take away under the sync mode (in `always`, one whose
-//! `fdatasync` has not returned), and an appender that was answered sees its
-//! own write. A batch is applied under one lock, so it appears whole.
+//! A write is visible from the moment its appender is answered, never
+//! earlier: a reader never sees a write a crash could still take away under
+//! the sync mode (in `always`, one whose `fdatasync` has not returned), and
+//! an appender that was answered sees its own write. A batch appears whole.
+//!
+//! Inserting into a tree of a million keys costs far more than writing the
+//! record did, so the acknowledging thread does not insert: just before it
+//! answers, it queues the records, and an applier thread moves them into the
+//! tree. Every read first applies whatever is still queued, so it sees
+//! exactly what was acknowledged before it began. The queue is bounded: past
+//! [`QUEUE_LIMIT`] records the acknowledging thread applies them itself.
 
 use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Release};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -23,9 +32,22 @@ use crate::entry::{Entry, Op, Seq};
 pub(crate) type Tree = BTreeMap<Box<[u8]>, Box<[u8]>>;
 
 /// How many pairs a [`Scan`] copies out per read lock: enough to make the
-/// lock's cost vanish, few enough that a scan never holds writers back for
-/// long (appenders are answered only after their write is applied).
+/// lock's cost vanish, few enough that a scan never holds the applier back
+/// for long.
 const SCAN_CHUNK: usize = 256;
+
+/// Queued records that wake the applier: enough to apply in one go, few
+/// enough that a reader rarely finds much to apply first.
+const WAKE_AT: usize = 512;
+
+/// Queued records past which the acknowledging thread applies them itself:
+/// an applier that cannot keep up slows acknowledgements down instead of
+/// letting the queue grow without bound.
+const QUEUE_LIMIT: usize = 1 << 16;
+
+/// How long queued records wait for the applier when fewer than [`WAKE_AT`]
+/// arrive (reads apply them at once anyway).
+const IDLE_APPLY: Duration = Duration::from_millis(20);
 
 /// A read-only handle on the store's key-value state. Cheap to clone,
 /// `Send + Sync` (an actix-web `web::Data` can hold it), and valid after the
@@ -38,26 +60,70 @@ pub struct State {
 /// What the store's acknowledgement path and every [`State`] share.
 pub(crate) struct Shared {
     tree: RwLock<Tree>,
-    /// The last record applied: every record up to it that was acknowledged
-    /// is visible.
+    queue: Arc<Queue>,
+    /// How many records the queue holds: a read with nothing queued takes
+    /// no lock but the tree's.
+    queued: AtomicUsize,
+    /// The last record acknowledged (queued or applied): every record up
+    /// to it that was acknowledged is visible to a read.
     last_seq: AtomicU64,
-    /// Woken after each group of writes is applied, and at shutdown.
-    applied: Notify,
+    /// Woken after each group of writes is acknowledged, and at shutdown.
+    acknowledged: Notify,
     closed: AtomicBool,
 }
 
+/// Acknowledged records not yet in the tree, and the applier's wake-up.
+/// Shared with the applier thread apart from the rest, so that the thread
+/// does not keep a dropped state alive.
+struct Queue {
+    records: Mutex<Pending>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    records: Vec<Entry>,
+    stopping: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Every critical section is a push, a swap or a flag change.
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl Shared {
-    /// The state recovery built, as of `last_seq`.
+    /// The state recovery built, as of `last_seq`, with its applier thread.
     pub(crate) fn new(tree: Tree, last_seq: Seq) -> Arc<Shared> {
-        Arc::new(Shared {
+        let queue = Arc::new(Queue {
+            records: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+        });
+        let shared = Arc::new(Shared {
             tree: RwLock::new(tree),
+            queue: Arc::clone(&queue),
+            queued: AtomicUsize::new(0),
             last_seq: AtomicU64::new(last_seq),
-            applied: Notify::new(),
+            acknowledged: Notify::new(),
             closed: AtomicBool::new(false),
-        })
+        });
+        let weak = Arc::downgrade(&shared);
+        let started = std::thread::Builder::new()
+            .name("concordkv-state".into())
+            .spawn(move || run_applier(&queue, &weak));
+        if let Err(e) = started {
+            // Reads and the queue limit still apply everything: only the
+            // work moves onto the readers and the acknowledging thread.
+            tracing::warn!(%e, "cannot start the state's applier thread");
+        }
+        shared
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Tree> {
+        if self.queued.load(Acquire) > 0 {
+            self.flush();
+        }
         // Every critical section leaves the tree whole: an insert or a
         // removal either happened or not.
         self.tree.read().unwrap_or_else(PoisonError::into_inner)
@@ -67,10 +133,24 @@ impl Shared {
         self.tree.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies acknowledged records, in sequence order, under one lock.
-    /// Records at or below what the state already holds are skipped: after
-    /// the WAL actor is restarted the state is rebuilt from the files, and
-    /// an acknowledgement of a record written before that may still arrive.
+    /// Moves every queued record into the tree, in order, under one lock.
+    fn flush(&self) {
+        let mut tree = self.write();
+        let records = {
+            let mut queue = self.queue.lock();
+            self.queued.store(0, Release);
+            std::mem::take(&mut queue.records)
+        };
+        for entry in records {
+            apply_entry(&mut tree, entry);
+        }
+    }
+
+    /// Makes acknowledged records visible, in sequence order; called just
+    /// before their appenders are answered. Records at or below what the
+    /// state already holds are skipped: after the WAL actor is restarted the
+    /// state is rebuilt from the files, and an acknowledgement of a record
+    /// written before that may still arrive.
     pub(crate) fn apply<'a>(
         &self,
         records: impl IntoIterator<Item = (Seq, &'a mut Option<Entry>)>,
@@ -79,38 +159,55 @@ impl Shared {
         if records.peek().is_none() {
             return;
         }
-        let mut tree = self.write();
+        let mut queue = self.queue.lock();
         let mut last = self.last_seq.load(Relaxed);
         for (seq, entry) in records {
             let Some(entry) = entry.take() else { continue };
             if seq <= last {
                 continue;
             }
-            apply_entry(&mut tree, entry);
+            queue.records.push(entry);
             last = seq;
         }
+        let queued = queue.records.len();
+        self.queued.store(queued, Release);
         self.last_seq.store(last, Release);
-        drop(tree);
-        self.applied.notify_waiters();
+        drop(queue);
+        if queued >= QUEUE_LIMIT {
+            self.flush();
+        } else if queued >= WAKE_AT {
+            self.queue.wake.notify_one();
+        }
+        self.acknowledged.notify_waiters();
     }
 
     /// Replaces the whole state with one rebuilt from the files (after the
     /// WAL actor was restarted), which may hold records written but never
     /// acknowledged.
     pub(crate) fn replace(&self, tree: Tree, last_seq: Seq) {
-        let old = std::mem::replace(&mut *self.write(), tree);
+        let mut current = self.write();
+        let queued = {
+            let mut queue = self.queue.lock();
+            self.queued.store(0, Release);
+            std::mem::take(&mut queue.records)
+        };
+        let old = std::mem::replace(&mut *current, tree);
         self.last_seq.store(last_seq, Release);
-        self.applied.notify_waiters();
-        drop(old);
+        drop(current);
+        self.acknowledged.notify_waiters();
+        drop((old, queued));
     }
 
-    /// Ends every wait: the store shut down.
+    /// Ends every wait and the applier thread: the store shut down.
     pub(crate) fn close(&self) {
+        self.flush();
+        self.queue.lock().stopping = true;
+        self.queue.wake.notify_one();
         self.closed.store(true, Release);
-        self.applied.notify_waiters();
+        self.acknowledged.notify_waiters();
     }
 
-    /// The last record applied: the last one acknowledged.
+    /// The last record acknowledged, which a read sees.
     pub(crate) fn last_seq(&self) -> Seq {
         self.last_seq.load(Acquire)
     }
@@ -120,21 +217,57 @@ impl Shared {
         self.closed.load(Acquire)
     }
 
-    /// Waits until a record after `seq` was applied; `false` once the store
-    /// shut down with none.
+    /// Waits until a record after `seq` was acknowledged; `false` once the
+    /// store shut down with none.
     pub(crate) async fn wait_past(&self, seq: Seq) -> bool {
         loop {
-            let applied = self.applied.notified();
-            tokio::pin!(applied);
+            let acknowledged = self.acknowledged.notified();
+            tokio::pin!(acknowledged);
             // Registered before the check, so a wake between the two is not lost.
-            applied.as_mut().enable();
+            acknowledged.as_mut().enable();
             if self.last_seq.load(Acquire) > seq {
                 return true;
             }
             if self.closed.load(Acquire) {
                 return false;
             }
-            applied.await;
+            acknowledged.await;
+        }
+    }
+}
+
+/// The applier thread: applies queued records whenever [`WAKE_AT`] of them
+/// wait, or after [`IDLE_APPLY`]; ends when the store closes or the state is
+/// dropped.
+fn run_applier(queue: &Queue, state: &Weak<Shared>) {
+    loop {
+        {
+            let mut pending = queue.lock();
+            loop {
+                if pending.stopping {
+                    return;
+                }
+                if pending.records.len() >= WAKE_AT {
+                    break;
+                }
+                let (guard, waited) = queue
+                    .wake
+                    .wait_timeout(pending, IDLE_APPLY)
+                    .unwrap_or_else(PoisonError::into_inner);
+                pending = guard;
+                if waited.timed_out() {
+                    if state.strong_count() == 0 {
+                        return;
+                    }
+                    if !pending.records.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        match state.upgrade() {
+            Some(state) => state.flush(),
+            None => return,
         }
     }
 }
