@@ -83,7 +83,9 @@ impl Jobs {
                             return;
                         }
                         crate::crash::pause_point("maintenance.before_job");
-                        let _ = tx.send(job());
+                        let result = job();
+                        crate::memory::release_freed();
+                        let _ = tx.send(result);
                     })
                     .map_err(|e| {
                         state.running -= 1;

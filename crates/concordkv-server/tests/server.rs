@@ -81,6 +81,50 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn a_read_in_a_pipeline_sees_the_writes_before_it_and_none_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    let requests: [&[&[u8]]; 9] = [
+        &[b"SET", b"a", b"1"],
+        &[b"GET", b"a"],
+        &[b"SET", b"a", b"2"],
+        &[b"MSET", b"b", b"x", b"c", b"y"],
+        &[b"GET", b"a"],
+        &[b"DEL", b"a", b"b", b"nothing"],
+        &[b"EXISTS", b"a", b"b", b"c"],
+        &[b"DBSIZE"],
+        &[b"GET", b"c"],
+    ];
+    let packet: Vec<u8> = requests.iter().flat_map(|r| encode(r)).collect();
+    // Everything in one packet but the last request's final bytes.
+    let (most, rest) = packet.split_at(packet.len() - 3);
+    c.send_raw(most);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    c.send_raw(rest);
+    let expected = [
+        ok(),
+        bulk("1"),
+        ok(),
+        ok(),
+        bulk("2"),
+        BytesFrame::Integer(2),
+        BytesFrame::Integer(1),
+        BytesFrame::Integer(1),
+        bulk("y"),
+    ];
+    for (request, want) in requests.iter().zip(expected) {
+        let got = c.read().expect("reply");
+        assert_eq!(
+            got,
+            want,
+            "reply to {:?}",
+            String::from_utf8_lossy(request[0])
+        );
+    }
+}
+
+#[test]
 fn acknowledged_writes_survive_kill_9_and_sigterm_drains_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path(), &[]);
