@@ -9,6 +9,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::entry::Seq;
+
 /// Everything a store operation can fail with.
 ///
 /// `Clone`, so one failure can answer every request it affected: the I/O
@@ -80,6 +82,15 @@ pub enum Error {
     /// A compaction or snapshot asked for while another of its kind, asked
     /// for earlier, is still running; nothing was started.
     InProgress(&'static str),
+
+    /// A read of the log asked for records a snapshot or a compaction has
+    /// retired: their segments are no longer listed in the manifest, and
+    /// the snapshot holds their net effect, not the records themselves.
+    Purged {
+        /// The last retired sequence number: the log holds records from
+        /// `upto + 1` on.
+        upto: Seq,
+    },
 
     /// The store is shutting down or was shut down.
     ShutDown,
@@ -180,6 +191,12 @@ impl fmt::Display for Error {
             Error::Panicked { what } => write!(f, "{what} panicked"),
             Error::Untrusted(reason) => f.write_str(reason),
             Error::InProgress(what) => write!(f, "a {what} is already in progress"),
+            Error::Purged { upto } => write!(
+                f,
+                "records up to {upto} were retired from the log by a snapshot or compaction; \
+                 resume from {} or load the snapshot",
+                upto + 1
+            ),
             Error::ShutDown => f.write_str("the store is shut down"),
             Error::NoActixSystem => {
                 f.write_str("Store::open must be called inside a running actix System")
