@@ -134,7 +134,6 @@ fn healthz_and_metrics() {
 }
 
 #[test]
-#[ignore = "needs Store::subscribe"]
 fn log_streams_records_as_ndjson() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = start_with_limits(dir.path());
@@ -170,6 +169,48 @@ fn log_streams_records_as_ndjson() {
         next(),
         serde_json::json!({"seq": 4, "ops": [{"op": "set", "key": "c", "value": "3"}]})
     );
+}
+
+#[test]
+fn log_answers_410_once_its_records_were_purged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Compaction as soon as a segment is sealed: it retires the segments
+    // (and so the records) it covers.
+    let config = dir.path().join("compacting.toml");
+    std::fs::write(&config, "[compaction]\nthreshold = 1\nratio = 0.0\n").expect("write config");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8 path")],
+    );
+    let http = client();
+    let value = "v".repeat(1000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    loop {
+        // Overwrites of a few keys fill and seal segments.
+        assert_eq!(
+            put(&http, &server.url(&format!("/kv/k{}", i % 10)), &value).0 / 100,
+            2
+        );
+        i += 1;
+        if i % 20 == 0 {
+            // Only the status: a 200 is a stream that does not end.
+            let response = http
+                .get(server.url("/log?from=1"))
+                .call()
+                .expect("GET /log");
+            if response.status().as_u16() == 410 {
+                let (_, body) = common::answer(Ok(response)).expect("read body");
+                assert!(body.contains("purged"), "{body}");
+                break;
+            }
+            assert_eq!(response.status().as_u16(), 200);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was never purged"
+        );
+    }
 }
 
 #[test]
