@@ -583,7 +583,9 @@ pub struct ReadBenchOptions {
     pub value_size: usize,
     /// Appenders of the subscription load (`always` mode).
     pub writers: usize,
-    /// How long the subscription load runs.
+    /// Threads looking keys up in the state at once.
+    pub readers: usize,
+    /// How long the subscription load (and the lookups) run.
     pub seconds: f64,
 }
 
@@ -596,6 +598,10 @@ pub struct ReadBenchReport {
     pub read_seconds: f64,
     pub read_records_per_sec: f64,
     pub read_mib_per_sec: f64,
+    /// `State::get` of random keys among the `records` ones, from
+    /// `readers` threads at once for `seconds`.
+    pub readers: usize,
+    pub gets_per_sec: f64,
     pub writers: usize,
     /// Records appended (and followed) during the subscription load.
     pub followed: u64,
@@ -671,6 +677,12 @@ pub fn run_read(opts: &ReadBenchOptions) -> Result<ReadBenchReport> {
         if read != opts.records {
             bail!("read {read} records of {}", opts.records);
         }
+        let state = store.state();
+        let (readers, seconds, records) = (opts.readers, opts.seconds, opts.records);
+        let gets_per_sec =
+            actix_rt::task::spawn_blocking(move || lookups(&state, readers, seconds, records))
+                .await
+                .map_err(|e| anyhow!("the lookups panicked: {e}"))??;
         store.shutdown().await?;
 
         let (store, _) = Store::open(followed).await?;
@@ -682,6 +694,8 @@ pub fn run_read(opts: &ReadBenchOptions) -> Result<ReadBenchReport> {
             read_seconds: read_time.as_secs_f64(),
             read_records_per_sec: read as f64 / read_time.as_secs_f64(),
             read_mib_per_sec: bytes as f64 / (1 << 20) as f64 / read_time.as_secs_f64(),
+            readers: opts.readers,
+            gets_per_sec,
             writers: opts.writers,
             followed: lag.followed,
             appends_per_sec: lag.followed as f64 / lag.elapsed.as_secs_f64(),
@@ -691,6 +705,40 @@ pub fn run_read(opts: &ReadBenchOptions) -> Result<ReadBenchReport> {
             delivered_before_ack: lag.early,
         })
     })
+}
+
+/// Looks random keys of `0..records` (all present) up from `readers`
+/// threads for `seconds`; returns lookups per second over all threads.
+fn lookups(state: &concordkv::State, readers: usize, seconds: f64, records: u64) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let total: u64 = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..readers.max(1) as u64)
+            .map(|t| {
+                scope.spawn(move || {
+                    // splitmix64: a different, repeatable key order per thread.
+                    let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    let mut done = 0u64;
+                    while Instant::now() < deadline {
+                        for _ in 0..1024 {
+                            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                            let mut z = x;
+                            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                            let key = ((z ^ (z >> 31)) % records.max(1)).to_be_bytes();
+                            done += u64::from(state.get_with(&key, <[u8]>::len).is_some());
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap_or(0)).sum()
+    });
+    if total == 0 {
+        bail!("no lookup found its key");
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
 /// What the subscription load measured.
@@ -819,7 +867,7 @@ impl ReadBenchReport {
     pub fn table(&self) -> String {
         format!(
             "concordkv bench-read: {} records of {}-byte values\n\n\
-             {:<44}{:>14.2}\n{:<44}{:>14.0}\n{:<44}{:>14.1}\n\n\
+             {:<44}{:>14.2}\n{:<44}{:>14.0}\n{:<44}{:>14.1}\n{:<44}{:>14.0}\n\n\
              subscription under {} writers, sync_mode=always\n\n\
              {:<44}{:>14}\n{:<44}{:>14.0}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14}\n",
             self.records,
@@ -830,6 +878,8 @@ impl ReadBenchReport {
             self.read_records_per_sec,
             "read (MiB/s of keys and values)",
             self.read_mib_per_sec,
+            format!("get, {} threads (lookups/s)", self.readers),
+            self.gets_per_sec,
             self.writers,
             "records appended and followed",
             self.followed,

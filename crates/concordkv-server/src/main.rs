@@ -127,6 +127,9 @@ enum Command {
         /// Concurrent appenders while the subscriber follows.
         #[arg(long, default_value_t = 64)]
         writers: usize,
+        /// Threads looking keys up in the state at once.
+        #[arg(long, default_value_t = 64)]
+        readers: usize,
         /// How long the appenders run while the subscriber follows.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
@@ -310,6 +313,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             records,
             value_size,
             writers,
+            readers,
             seconds,
             json,
         } => {
@@ -318,6 +322,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 records,
                 value_size,
                 writers,
+                readers,
                 seconds,
             })?;
             print_report(json, &report, report.table());

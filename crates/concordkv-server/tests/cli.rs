@@ -103,12 +103,15 @@ fn bench_read_reads_every_record_and_follows_every_acknowledged_one() {
             "20000",
             "--writers",
             "4",
+            "--readers",
+            "4",
             "--seconds",
             "0.3",
         ],
         dir.path(),
     );
     assert_eq!(report["records"], 20000);
+    assert!(report["gets_per_sec"].as_f64() > Some(0.0), "{report}");
     assert!(
         report["read_records_per_sec"].as_f64() > Some(0.0),
         "{report}"
