@@ -13,7 +13,9 @@
 //! exactly what was acknowledged before it began. The queue is bounded: past
 //! [`QUEUE_LIMIT`] records the acknowledging thread applies them itself.
 
-use std::collections::BTreeMap;
+mod slot;
+
+use std::collections::BTreeSet;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Release};
@@ -27,9 +29,12 @@ use tokio::sync::Notify;
 
 use crate::entry::{Entry, Op, Seq};
 
-/// Keys and values as the state holds them: exact-size boxes, 16 bytes of
-/// pointer each in the tree (a `Vec` would add 8 bytes of capacity each).
-pub(crate) type Tree = BTreeMap<Box<[u8]>, Box<[u8]>>;
+use slot::KeyRef;
+pub(crate) use slot::Slot;
+
+/// Keys and values as the state holds them: each pair in one allocation,
+/// with the key's head in the tree's node (see [`slot`]).
+pub(crate) type Tree = BTreeSet<Slot>;
 
 /// How many pairs a [`Scan`] copies out per read lock: enough to make the
 /// lock's cost vanish, few enough that a scan never holds the applier back
@@ -287,10 +292,10 @@ pub(crate) fn apply_entry(tree: &mut Tree, entry: Entry) {
 fn apply_op(tree: &mut Tree, op: Op) {
     match op {
         Op::Set { key, value } => {
-            tree.insert(key.into_boxed_slice(), value.into_boxed_slice());
+            tree.replace(Slot::new(&key, &value));
         }
         Op::Delete { key } => {
-            tree.remove(key.as_slice());
+            tree.remove(KeyRef::new(&key));
         }
     }
 }
@@ -308,12 +313,15 @@ impl State {
     /// Calls `f` on the value of `key` without copying it. `f` runs under
     /// the state's read lock, which holds acknowledgements back: keep it short.
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        self.inner.read().get(key).map(|value| f(value))
+        self.inner
+            .read()
+            .get(KeyRef::new(key))
+            .map(|slot| f(slot.value()))
     }
 
     /// Whether `key` is set.
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.inner.read().contains_key(key)
+        self.inner.read().contains(KeyRef::new(key))
     }
 
     /// The number of keys.
@@ -409,9 +417,9 @@ impl Scan {
         let tree = self.state.inner.read();
         let bounds = (as_ref(&self.from), as_ref(&self.to));
         let chunk: Vec<(Vec<u8>, Vec<u8>)> = tree
-            .range::<[u8], _>(bounds)
+            .range::<KeyRef, _>(bounds)
             .take(SCAN_CHUNK)
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .map(|slot| (slot.key().to_vec(), slot.value().to_vec()))
             .collect();
         drop(tree);
         self.done = chunk.len() < SCAN_CHUNK;
@@ -439,10 +447,10 @@ impl Iterator for Scan {
     }
 }
 
-fn as_ref(bound: &Bound<Box<[u8]>>) -> Bound<&[u8]> {
+fn as_ref(bound: &Bound<Box<[u8]>>) -> Bound<&KeyRef> {
     match bound {
-        Bound::Included(k) => Bound::Included(k),
-        Bound::Excluded(k) => Bound::Excluded(k),
+        Bound::Included(k) => Bound::Included(KeyRef::new(k)),
+        Bound::Excluded(k) => Bound::Excluded(KeyRef::new(k)),
         Bound::Unbounded => Bound::Unbounded,
     }
 }
@@ -464,10 +472,7 @@ mod tests {
     use super::*;
 
     fn state(keys: &[&str]) -> State {
-        let tree: Tree = keys
-            .iter()
-            .map(|k| (Box::from(k.as_bytes()), Box::from(b"v".as_slice())))
-            .collect();
+        let tree: Tree = keys.iter().map(|k| Slot::new(k.as_bytes(), b"v")).collect();
         State::new(Shared::new(tree, 0))
     }
 

@@ -26,7 +26,7 @@ use crate::lifecycle::pacing::Pacer;
 use crate::log::reader::FrameReader;
 use crate::log::scan::walk_frames;
 use crate::log::segment::started_segments;
-use crate::state::Tree;
+use crate::state::{Slot, Tree};
 
 /// How much of a snapshot is written, and its writeback started, at a time.
 /// Small, so that a WAL sync never finds more than this of ours ahead of it
@@ -137,9 +137,7 @@ pub(crate) fn load_base(
             state: loaded
                 .state
                 .into_iter()
-                .filter_map(|(key, (_, value))| {
-                    Some((key.into_boxed_slice(), value?.into_boxed_slice()))
-                })
+                .filter_map(|(key, (_, value))| Some(Slot::new(&key, &value?)))
                 .collect(),
             covered: loaded.covered,
             snapshots: loaded.chain.len(),
@@ -149,7 +147,7 @@ pub(crate) fn load_base(
     let mut entries = Vec::with_capacity(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
     read_snapshot(fs, &path, header, &mut Vec::new(), |_, op| {
         if let Op::Set { key, value } = op {
-            entries.push((key.into_boxed_slice(), value.into_boxed_slice()));
+            entries.push(Slot::new(&key, &value));
         }
     })?;
     Ok(Base {

@@ -91,7 +91,7 @@ pub async fn open_recording_with_fs(
         base: base
             .state
             .into_iter()
-            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .map(|slot| (slot.key().to_vec(), slot.value().to_vec()))
             .collect(),
         records,
     };
