@@ -81,6 +81,18 @@ pub enum Error {
     /// for earlier, is still running; nothing was started.
     InProgress(&'static str),
 
+    /// The data directory holds another kind of log than the one opening
+    /// it: a [`Store`](crate::Store)'s key-value records, or a
+    /// [`Log`](crate::Log)'s opaque payloads. Nothing in it was changed.
+    WrongKind {
+        /// The data directory.
+        dir: PathBuf,
+        /// What it holds (`"kv"` or `"log"`).
+        found: &'static str,
+        /// What was opening it.
+        wanted: &'static str,
+    },
+
     /// The store is shutting down or was shut down.
     ShutDown,
 
@@ -180,6 +192,12 @@ impl fmt::Display for Error {
             Error::Panicked { what } => write!(f, "{what} panicked"),
             Error::Untrusted(reason) => f.write_str(reason),
             Error::InProgress(what) => write!(f, "a {what} is already in progress"),
+            Error::WrongKind { dir, found, wanted } => write!(
+                f,
+                "{} holds a {found} directory and cannot be opened as a {wanted} \
+                 (a key-value Store and a Log each open only their own kind)",
+                dir.display()
+            ),
             Error::ShutDown => f.write_str("the store is shut down"),
             Error::NoActixSystem => {
                 f.write_str("Store::open must be called inside a running actix System")

@@ -139,6 +139,8 @@ pub(crate) fn apply_entry(tree: &mut Tree, entry: Entry) {
                 apply_op(tree, op);
             }
         }
+        // A log's payload changes no key (a store never holds one).
+        Entry::Raw(_) => {}
     }
 }
 

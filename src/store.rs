@@ -20,6 +20,7 @@ use crate::actors::wal::{open_log, WalShared};
 use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Record, Seq};
 use crate::error::{Error, Result};
+use crate::format::manifest::DirKind;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
 use crate::latency::Latencies;
@@ -87,6 +88,18 @@ impl Store {
     pub(crate) async fn open_with_fs(
         config: Config,
         fs: Arc<dyn FileSystem>,
+        on_record: impl FnMut(&Record) + Send + 'static,
+    ) -> Result<(Store, Recovery)> {
+        Store::open_kind(config, fs, DirKind::Kv, on_record).await
+    }
+
+    /// Opens a directory of `kind`: a key-value store, or the same machinery
+    /// under a [`Log`](crate::Log), which differs only in what it appends
+    /// and in having no snapshots or compaction.
+    pub(crate) async fn open_kind(
+        config: Config,
+        fs: Arc<dyn FileSystem>,
+        kind: DirKind,
         mut on_record: impl FnMut(&Record) + Send + 'static,
     ) -> Result<(Store, Recovery)> {
         config.validate()?;
@@ -105,7 +118,7 @@ impl Store {
                 let lock = fs
                     .lock_dir(dir)
                     .map_err(|e| Error::io("lock data directory", dir, e))?;
-                let manifest = ManifestStore::open(Arc::clone(&fs), dir)?;
+                let manifest = ManifestStore::open(Arc::clone(&fs), dir, kind)?;
                 let (recovery, tree, start) =
                     open_log(fs.as_ref(), &manifest, &config, &mut on_record)?;
                 crate::memory::release_freed();
@@ -176,12 +189,40 @@ impl Store {
     /// flight (pipelining) and still know their order.
     pub fn submit(&self, entry: Entry) -> Result<Pending> {
         check_entry(&entry, &self.shared.config.limits)?;
+        self.submit_unchecked(entry)
+    }
+
+    /// Queues `entry`, already checked against the limits.
+    pub(crate) fn submit_unchecked(&self, entry: Entry) -> Result<Pending> {
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Append { entry, reply })?;
         Ok(Pending {
             answer,
             timed: Some((Instant::now(), Arc::clone(&self.shared.wal))),
         })
+    }
+
+    /// Queues `entries` as consecutive records: no other request is queued
+    /// between them, so they get contiguous sequence numbers.
+    pub(crate) fn submit_all(&self, entries: Vec<Entry>) -> Result<Vec<Pending>> {
+        let mut requests = Vec::with_capacity(entries.len());
+        let mut pendings = Vec::with_capacity(entries.len());
+        let submitted = Instant::now();
+        for entry in entries {
+            let (reply, answer) = oneshot::channel();
+            requests.push(Request::Append { entry, reply });
+            pendings.push(Pending {
+                answer,
+                timed: Some((submitted, Arc::clone(&self.shared.wal))),
+            });
+        }
+        self.shared.inbox.push_all(requests)?;
+        Ok(pendings)
+    }
+
+    /// The WAL's shared internals.
+    pub(crate) fn wal(&self) -> &Arc<WalShared> {
+        &self.shared.wal
     }
 
     /// Sets `key` to `value`; resolves with the record's sequence number
@@ -400,6 +441,13 @@ impl Drop for Shared {
 
 /// Refuses what the limits do not allow, before anything is written.
 fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
+    if matches!(entry, Entry::Raw(_)) {
+        // Its state would silently ignore it, and its snapshots and
+        // compactions, which keep only the net effect on keys, would drop it.
+        return Err(Error::InvalidRequest(
+            "a key-value store takes no raw payloads; open a Log for those".into(),
+        ));
+    }
     let mut total: u64 = 0;
     for op in entry.ops() {
         let key = op.key();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::crash::crash_point;
 use crate::error::{Corruption, Error, Result};
-use crate::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
+use crate::format::manifest::{DirKind, Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
 use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::{is_snapshot_file_name, SnapshotHeader};
 use crate::fs::FileSystem;
@@ -50,8 +50,10 @@ impl ManifestStore {
     /// empty directory: anything else may be a store that lost its manifest
     /// or somebody else's files, and is refused, never deleted. Segments a
     /// crash left half-prepared are removed here, once per open: later, the
-    /// rotator may be preparing one.
-    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<ManifestStore> {
+    /// rotator may be preparing one. A new directory is made of `kind`; an
+    /// existing one of another kind is refused before anything in it is
+    /// touched.
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, kind: DirKind) -> Result<ManifestStore> {
         let path = dir.join(MANIFEST_FILE);
         let manifest = match fs.read(&path) {
             Ok(bytes) => Manifest::decode(&bytes).map_err(|e| {
@@ -76,17 +78,22 @@ impl ManifestStore {
                     }));
                 }
                 let fresh = Manifest {
-                    generation: 0,
                     next_segment_id: 1,
-                    segments: Vec::new(),
-                    snapshots: Vec::new(),
-                    sealed_through: 0,
+                    kind,
+                    ..Manifest::default()
                 };
                 write(fs.as_ref(), dir, &fresh)?;
                 fresh
             }
             Err(e) => return Err(Error::io("read manifest", path, e)),
         };
+        if manifest.kind != kind {
+            return Err(Error::WrongKind {
+                dir: dir.to_path_buf(),
+                found: manifest.kind.name(),
+                wanted: kind.name(),
+            });
+        }
         remove_half_prepared(fs.as_ref(), dir)?;
         Ok(ManifestStore {
             fs,
@@ -132,6 +139,16 @@ impl ManifestStore {
     /// Every segment up to this id is synced whole (see [`Manifest`]).
     pub fn sealed_through(&self) -> u64 {
         self.lock().manifest.sealed_through
+    }
+
+    /// What the directory holds.
+    pub fn kind(&self) -> DirKind {
+        self.lock().manifest.kind
+    }
+
+    /// A log's records up to this sequence number were purged (0: none).
+    pub fn purged_through(&self) -> crate::entry::Seq {
+        self.lock().manifest.purged_through
     }
 
     /// The live snapshots, oldest first.

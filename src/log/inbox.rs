@@ -90,11 +90,22 @@ impl Inbox {
     /// Queues a request, waking the WAL actor if it is idle; a closed inbox
     /// refuses it with the reason.
     pub(crate) fn push(&self, request: Request) -> Result<()> {
+        self.push_with(|queue| queue.push(request))
+    }
+
+    /// Queues `requests` together, in order: nothing another appender
+    /// pushes lands between them. A closed inbox refuses them all.
+    pub(crate) fn push_all(&self, mut requests: Vec<Request>) -> Result<()> {
+        self.push_with(|queue| queue.append(&mut requests))
+    }
+
+    /// Adds to the queue under its lock, unless it is closed, and wakes the actor.
+    fn push_with(&self, add: impl FnOnce(&mut Vec<Request>)) -> Result<()> {
         let mut state = self.lock();
         if let Some(closed) = &state.closed {
             return Err(closed.error());
         }
-        state.requests.push(request);
+        add(&mut state.requests);
         let wake = if state.wake_pending {
             None
         } else {

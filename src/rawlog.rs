@@ -1,0 +1,217 @@
+//! [`Log`]: the write-ahead log on its own, holding opaque payloads (the
+//! shape of raft-engine's or okaywal's logs), for example as a Raft log
+//! store.
+//!
+//! It is the same machinery as [`Store`]: the same inbox, WAL actor, group
+//! commit, sync modes, rotation, recovery and metrics, with the same
+//! acknowledgement guarantees; a `Log` is a `Store` handle opened on a
+//! directory whose manifest says `log`, appending [`Entry::Raw`] records.
+//! What it does not have is what only makes sense for keys: no key-value
+//! state (it stays empty), and no snapshots or compaction, which keep only
+//! the net effect on keys and so would throw a log's payloads away. The
+//! directory's kind is recorded in the manifest so that neither kind can
+//! ever open (and so compact, or misread) the other's directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::entry::{Entry, Seq};
+use crate::error::{Corruption, Error, Result};
+use crate::format::manifest::DirKind;
+use crate::fs::{FileSystem, RealFs};
+use crate::log::recovery::{Recovery, TruncatedTail};
+use crate::stats::StoreStats;
+use crate::store::{Pending, Store};
+
+/// Bytes a raw record's encoding adds to its payload, at most: the variant
+/// index and a varint length.
+const RAW_ENCODING_OVERHEAD: u64 = 16;
+
+/// An open log of opaque payloads, each with its own sequence number.
+/// Cheap to clone; every clone appends to the same log.
+///
+/// Sequence numbers start at 1, are contiguous and never reused, so a
+/// payload's sequence number can serve as a Raft log index. Must be opened
+/// and used inside an actix `System`, as a [`Store`].
+#[derive(Clone)]
+pub struct Log {
+    store: Store,
+}
+
+/// What opening a [`Log`] found.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct LogRecovery {
+    /// The first sequence number the log holds (or will hold, if it is empty).
+    pub first_seq: Seq,
+    /// The last recovered sequence number (0 for a log never appended to).
+    pub last_seq: Seq,
+    /// Records recovered (each handed to the replay callback, if any).
+    pub replayed: u64,
+    /// The torn tail that was cut, if any.
+    pub truncated: Option<TruncatedTail>,
+    /// Damaged regions passed over (only in `skip_corrupt` mode).
+    pub skipped: Vec<Corruption>,
+    /// Segments read.
+    pub segments: usize,
+    /// Time recovery took.
+    pub elapsed: Duration,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `config.data_dir`. A directory holding
+    /// a key-value [`Store`] is refused with [`Error::WrongKind`]. Snapshot
+    /// and compaction settings of `config` are not used.
+    pub async fn open(config: Config) -> Result<(Log, LogRecovery)> {
+        Log::open_replaying(config, |_, _| {}).await
+    }
+
+    /// As [`Log::open`], handing each recovered record to `on_record` as it
+    /// is read, in sequence order. Records are streamed from the files,
+    /// never collected: a log of any length opens in constant memory (an
+    /// application that wants the records later reads them with
+    /// [`Log::read`] instead).
+    pub async fn open_replaying(
+        config: Config,
+        on_record: impl FnMut(Seq, &[u8]) + Send + 'static,
+    ) -> Result<(Log, LogRecovery)> {
+        Log::open_with_fs(config, Arc::new(RealFs), on_record).await
+    }
+
+    /// As [`Log::open_replaying`], through another file-system implementation.
+    pub(crate) async fn open_with_fs(
+        config: Config,
+        fs: Arc<dyn FileSystem>,
+        mut on_record: impl FnMut(Seq, &[u8]) + Send + 'static,
+    ) -> Result<(Log, LogRecovery)> {
+        let (store, recovery) = Store::open_kind(config, fs, DirKind::Log, move |record| {
+            // The kind check at open keeps a store's records out of a log
+            // directory, so every record here is raw.
+            if let Entry::Raw(payload) = &record.entry {
+                on_record(record.seq, payload);
+            }
+        })
+        .await?;
+        let log = Log { store };
+        let recovery = log.log_recovery(recovery);
+        Ok((log, recovery))
+    }
+
+    fn log_recovery(&self, recovery: Recovery) -> LogRecovery {
+        LogRecovery {
+            first_seq: self.first_seq(),
+            last_seq: recovery.last_seq,
+            replayed: recovery.replayed,
+            truncated: recovery.truncated,
+            skipped: recovery.skipped,
+            segments: recovery.segments,
+            elapsed: recovery.elapsed,
+        }
+    }
+
+    /// Queues `payload` now and returns the acknowledgement to await (its
+    /// sequence number), or refuses it at once (over
+    /// `limits.max_record_bytes`, shutdown, a failed log). Payloads are
+    /// written in the order they are submitted, so a caller can keep many
+    /// in flight and still know their sequence numbers' order.
+    pub fn submit(&self, payload: Vec<u8>) -> Result<Pending> {
+        self.check(&payload)?;
+        self.store.submit_unchecked(Entry::Raw(payload))
+    }
+
+    /// Appends `payload`; resolves with its sequence number once the sync
+    /// mode's promise holds (in `always` mode: it is durable).
+    pub async fn append(&self, payload: Vec<u8>) -> Result<Seq> {
+        self.submit(payload)?.await
+    }
+
+    /// Appends `payloads` as consecutive records: they get contiguous
+    /// sequence numbers, no other append lands between them, and they are
+    /// written together and made durable by the same sync (unless a segment
+    /// fills up in the middle, which seals the first part first). Resolves
+    /// with the first one's sequence number (the i-th has `first + i`) once
+    /// every one of them is acknowledged.
+    ///
+    /// Each payload is its own record with its own sequence number, so that
+    /// a sequence number can equal a Raft index; the batch is therefore
+    /// **not atomic across a crash**: a crash before it is acknowledged may
+    /// leave any prefix of it (never a later payload without every earlier
+    /// one). A caller that needs all-or-nothing appends one payload that
+    /// holds them all. An empty batch is refused.
+    pub async fn append_batch(&self, payloads: Vec<Vec<u8>>) -> Result<Seq> {
+        if payloads.is_empty() {
+            return Err(Error::InvalidRequest("an empty batch".into()));
+        }
+        for payload in &payloads {
+            self.check(payload)?;
+        }
+        let pendings = self
+            .store
+            .submit_all(payloads.into_iter().map(Entry::Raw).collect())?;
+        let mut first = None;
+        for pending in pendings {
+            let seq = pending.await?;
+            first.get_or_insert(seq);
+        }
+        first.ok_or_else(|| Error::InvalidRequest("an empty batch".into()))
+    }
+
+    /// Makes everything appended before this call durable, whatever the
+    /// sync mode; resolves with the last sequence number written.
+    pub async fn sync(&self) -> Result<Seq> {
+        self.store.sync().await
+    }
+
+    /// The first sequence number the log holds: records before it were
+    /// purged. The log is empty when it is above [`Log::last_seq`].
+    pub fn first_seq(&self) -> Seq {
+        self.store.wal().manifest.purged_through() + 1
+    }
+
+    /// The last acknowledged sequence number (0: none yet): every record up
+    /// to it was acknowledged to its appender, and a read returns it.
+    pub fn last_seq(&self) -> Seq {
+        self.store.state().last_seq()
+    }
+
+    /// The WAL's counters since open.
+    pub fn stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+
+    /// The configuration the log runs with.
+    pub fn config(&self) -> &Config {
+        self.store.config()
+    }
+
+    /// Refuses new appends, writes and syncs every queued one, stops the
+    /// actors and threads, and releases the directory. Appends accepted
+    /// before the call are durable when it returns `Ok`.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.store.shutdown().await
+    }
+
+    /// Refuses a payload the limits do not allow, before anything is written.
+    fn check(&self, payload: &[u8]) -> Result<()> {
+        let limit = self.store.config().limits.max_record_bytes;
+        if payload.len() as u64 + RAW_ENCODING_OVERHEAD > limit {
+            return Err(Error::InvalidRequest(format!(
+                "payload of {} bytes exceeds limits.max_record_bytes = {limit}",
+                payload.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// As [`Log::open_replaying`], through another file-system implementation
+/// (the simulated disk of the tests, or a wrapper that injects faults).
+#[cfg(feature = "testing")]
+pub async fn open_log_with_fs(
+    config: Config,
+    fs: Arc<dyn FileSystem>,
+    on_record: impl FnMut(Seq, &[u8]) + Send + 'static,
+) -> Result<(Log, LogRecovery)> {
+    Log::open_with_fs(config, fs, on_record).await
+}

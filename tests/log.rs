@@ -1,0 +1,227 @@
+//! `Log`: opaque payloads on the WAL machinery, recovered in order with
+//! their sequence numbers, in a directory no key-value store opens.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::{config, segments};
+use concordkv::testing::format::manifest::{DirKind, Manifest, MANIFEST_FILE};
+use concordkv::{Config, Entry, Error, Log, Seq, Store, SyncMode};
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("payload-{i}-")
+        .repeat((i % 7 + 1) as usize)
+        .into_bytes()
+}
+
+/// Reopens `cfg`'s log, returning what it replayed.
+async fn reopen(cfg: &Config) -> (Log, concordkv::LogRecovery, Vec<(Seq, Vec<u8>)>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let (log, recovery) = Log::open_replaying(cfg.clone(), move |seq, bytes| {
+        sink.lock().expect("lock").push((seq, bytes.to_vec()));
+    })
+    .await
+    .expect("reopen");
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
+    (log, recovery, seen)
+}
+
+#[actix_rt::test]
+async fn payloads_come_back_in_order_with_their_sequence_numbers_in_every_sync_mode() {
+    for mode in [
+        SyncMode::Always,
+        SyncMode::Batch,
+        SyncMode::Interval,
+        SyncMode::None,
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(dir.path(), mode);
+        cfg.wal.max_segment_bytes = 4096;
+        let (log, recovery) = Log::open(cfg.clone()).await.expect("open");
+        assert_eq!((recovery.first_seq, recovery.last_seq), (1, 0));
+        assert_eq!((log.first_seq(), log.last_seq()), (1, 0));
+        for i in 1..=300u64 {
+            assert_eq!(log.append(payload(i)).await.expect("append"), i, "{mode:?}");
+        }
+        assert_eq!(log.append(Vec::new()).await.expect("empty payload"), 301);
+        assert_eq!(log.last_seq(), 301);
+        log.shutdown().await.expect("shutdown");
+        assert!(segments(dir.path()).len() > 3, "the log rotated");
+
+        let (log, recovery, seen) = reopen(&cfg).await;
+        assert_eq!((recovery.first_seq, recovery.last_seq), (1, 301));
+        assert_eq!(recovery.replayed, 301);
+        let mut expected: Vec<(Seq, Vec<u8>)> = (1..=300).map(|i| (i, payload(i))).collect();
+        expected.push((301, Vec::new()));
+        assert_eq!(seen, expected, "{mode:?}");
+        assert_eq!(log.last_seq(), 301);
+        assert_eq!(log.append(b"next".to_vec()).await.expect("append"), 302);
+        log.shutdown().await.expect("shutdown");
+    }
+}
+
+#[actix_rt::test]
+async fn a_batch_gets_contiguous_sequence_numbers_among_concurrent_appends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    let mut tasks = Vec::new();
+    for writer in 0..4u64 {
+        let log = log.clone();
+        tasks.push(actix_rt::spawn(async move {
+            let mut firsts = Vec::new();
+            for round in 0..20u64 {
+                let batch: Vec<Vec<u8>> = (0..5u64)
+                    .map(|i| format!("w{writer}-r{round}-{i}").into_bytes())
+                    .collect();
+                let first = log.append_batch(batch).await.expect("batch");
+                // A single append between batches, from the same writer.
+                log.append(format!("w{writer}-single-{round}").into_bytes())
+                    .await
+                    .expect("append");
+                firsts.push((writer, round, first));
+            }
+            firsts
+        }));
+    }
+    let mut firsts = Vec::new();
+    for task in tasks {
+        firsts.extend(task.await.expect("task"));
+    }
+    assert!(matches!(
+        log.append_batch(Vec::new()).await,
+        Err(Error::InvalidRequest(_))
+    ));
+    log.shutdown().await.expect("shutdown");
+
+    let (log, recovery, seen) = reopen(&cfg).await;
+    assert_eq!(recovery.last_seq, 4 * 20 * 6);
+    for (writer, round, first) in firsts {
+        for i in 0..5u64 {
+            let (seq, bytes) = &seen[(first + i - 1) as usize];
+            assert_eq!(*seq, first + i);
+            assert_eq!(bytes, format!("w{writer}-r{round}-{i}").as_bytes());
+        }
+    }
+    log.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn a_store_and_a_log_refuse_each_others_directories() {
+    let kv = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(config(kv.path(), SyncMode::Always))
+        .await
+        .expect("open store");
+    store.set("k", "v").await.expect("set");
+    store.shutdown().await.expect("shutdown");
+    match Log::open(config(kv.path(), SyncMode::Always)).await {
+        Err(e @ Error::WrongKind { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(&kv.path().display().to_string()), "{text}");
+            assert!(text.contains("holds a kv directory"), "{text}");
+            assert!(text.contains("as a log"), "{text}");
+        }
+        other => panic!("a log opened a store's directory: {:?}", other.err()),
+    }
+
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = Log::open(config(log_dir.path(), SyncMode::Always))
+        .await
+        .expect("open log");
+    log.append(b"raw".to_vec()).await.expect("append");
+    log.shutdown().await.expect("shutdown");
+    match Store::open(config(log_dir.path(), SyncMode::Always)).await {
+        Err(e @ Error::WrongKind { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains(&log_dir.path().display().to_string()),
+                "{text}"
+            );
+            assert!(text.contains("holds a log directory"), "{text}");
+            assert!(text.contains("as a kv"), "{text}");
+        }
+        other => panic!("a store opened a log's directory: {:?}", other.err()),
+    }
+    // Both directories are untouched by the refused opens.
+    assert_eq!(manifest(kv.path()).kind, DirKind::Kv);
+    assert_eq!(manifest(log_dir.path()).kind, DirKind::Log);
+    let (store, recovery) = Store::open(config(kv.path(), SyncMode::Always))
+        .await
+        .expect("reopen store");
+    assert_eq!(recovery.keys, 1);
+    store.shutdown().await.expect("shutdown");
+    let (log, recovery) = Log::open(config(log_dir.path(), SyncMode::Always))
+        .await
+        .expect("reopen log");
+    assert_eq!(recovery.last_seq, 1);
+    log.shutdown().await.expect("shutdown");
+}
+
+fn manifest(dir: &Path) -> Manifest {
+    Manifest::decode(&std::fs::read(dir.join(MANIFEST_FILE)).expect("read manifest"))
+        .expect("valid manifest")
+}
+
+#[actix_rt::test]
+async fn a_store_refuses_raw_payloads_and_a_log_refuses_oversized_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = Store::open(config(dir.path(), SyncMode::Always))
+        .await
+        .expect("open store");
+    assert!(matches!(
+        store.submit(Entry::Raw(b"x".to_vec())),
+        Err(Error::InvalidRequest(_))
+    ));
+    store.shutdown().await.expect("shutdown");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.limits.max_key_bytes = 16;
+    cfg.limits.max_value_bytes = 1024;
+    cfg.limits.max_record_bytes = 4096;
+    let (log, _) = Log::open(cfg).await.expect("open log");
+    assert!(matches!(
+        log.append(vec![0; 4096]).await,
+        Err(Error::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        log.append_batch(vec![vec![1], vec![0; 4096]]).await,
+        Err(Error::InvalidRequest(_))
+    ));
+    // Nothing of the refused batch was written.
+    assert_eq!(log.append(vec![0; 1000]).await.expect("append"), 1);
+    log.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn a_log_never_compacts_or_snapshots_its_payloads_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    // Settings that would compact a store after every sealed segment.
+    cfg.compaction.threshold = 1;
+    cfg.compaction.ratio = 0.0;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for i in 1..=400u64 {
+        log.append(b"same bytes every time".to_vec())
+            .await
+            .expect("append");
+        if i % 100 == 0 {
+            // Time for a background compaction to run, if one started.
+            actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    log.shutdown().await.expect("shutdown");
+    let listed = manifest(dir.path());
+    assert!(listed.snapshots.is_empty(), "{listed:?}");
+    assert!(listed.segments.len() > 3);
+    let (log, recovery, seen) = reopen(&cfg).await;
+    assert_eq!(recovery.last_seq, 400);
+    assert_eq!(seen.len(), 400);
+    assert_eq!(seen.first().map(|r| r.0), Some(1));
+    log.shutdown().await.expect("shutdown");
+}
