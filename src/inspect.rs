@@ -205,9 +205,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         .map_err(|(path, e)| Error::io("read segment", path, e))?;
     // The open replays the log after the snapshot chain, which the first
     // started segment must reach.
+    // A log's purged prefix counts as covered, as for the open.
     let covered = select_chain(&listed_snapshots)
         .last()
-        .map_or(0, |h| h.to_seq);
+        .map_or(0, |h| h.to_seq)
+        .max(found.manifest.as_ref().map_or(0, |m| m.purged_through));
     let mut first = true;
     let mut last_is_set: HashMap<Vec<u8>, bool> = HashMap::new();
     let mut expected: Option<Seq> = None;

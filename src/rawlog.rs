@@ -18,8 +18,9 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::entry::{Entry, Seq};
 use crate::error::{Corruption, Error, Result};
-use crate::format::manifest::DirKind;
+use crate::format::manifest::{DirKind, MAX_METADATA_BYTES};
 use crate::fs::{FileSystem, RealFs};
+use crate::lifecycle::manifest::remove_retired;
 use crate::log::recovery::{Recovery, TruncatedTail};
 use crate::stats::StoreStats;
 use crate::store::{Pending, Store};
@@ -173,6 +174,65 @@ impl Log {
     /// to it was acknowledged to its appender, and a read returns it.
     pub fn last_seq(&self) -> Seq {
         self.store.state().last_seq()
+    }
+
+    /// Purges the records before `seq` (the application keeps that prefix
+    /// elsewhere, a Raft snapshot say): from now on [`Log::first_seq`] is
+    /// `seq` and no read or recovery returns a record below it. One durable
+    /// manifest write records it and unlists every segment whose records
+    /// are all below `seq`; their files are then removed, paced by
+    /// `maintenance.delete_bytes_per_sec`. Records below `seq` that share a
+    /// segment with later ones stay on the disk until that segment goes,
+    /// but are never returned. A `seq` at or below `first_seq` changes
+    /// nothing; one past the last acknowledged record plus one is refused
+    /// (there would be a hole between the log and its next record).
+    pub async fn purge_before(&self, seq: Seq) -> Result<()> {
+        let last = self.last_seq();
+        if seq > last + 1 {
+            return Err(Error::InvalidRequest(format!(
+                "purge_before({seq}) is past the log's end (last sequence number {last})"
+            )));
+        }
+        let wal = Arc::clone(self.store.wal());
+        actix_rt::task::spawn_blocking(move || {
+            // Readers that may be reading a segment about to go hold this
+            // too (as for a snapshot retiring segments).
+            let _maintenance = wal.maintenance();
+            let retired = wal.manifest.purge_before(seq)?;
+            remove_retired(
+                wal.fs.as_ref(),
+                &retired,
+                wal.config.maintenance.delete_bytes_per_sec,
+            )
+        })
+        .await
+        .map_err(|e| Error::task_failed("purging the log", &e))?
+    }
+
+    /// The application's metadata (a Raft vote and term, say) as last set,
+    /// or `None` if it never was. Kept in the manifest, so it costs no
+    /// read.
+    pub fn metadata(&self) -> Option<Vec<u8>> {
+        self.store.wal().manifest.metadata()
+    }
+
+    /// Replaces the metadata with `bytes` (at most 64 KiB): durable when
+    /// this returns, and replaced atomically (a crash leaves the old or
+    /// the new value, never a mix), since it goes through the manifest's
+    /// own replacement: temporary file, fsync, rename, directory fsync.
+    /// Each call rewrites the whole manifest, so it suits data that changes
+    /// about as often as a Raft term, not per append.
+    pub async fn set_metadata(&self, bytes: Vec<u8>) -> Result<()> {
+        if bytes.len() > MAX_METADATA_BYTES {
+            return Err(Error::InvalidRequest(format!(
+                "metadata of {} bytes exceeds the limit of {MAX_METADATA_BYTES}",
+                bytes.len()
+            )));
+        }
+        let wal = Arc::clone(self.store.wal());
+        actix_rt::task::spawn_blocking(move || wal.manifest.set_metadata(bytes))
+            .await
+            .map_err(|e| Error::task_failed("writing the metadata", &e))?
     }
 
     /// The WAL's counters since open.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{config, segments};
 use concordkv::testing::format::manifest::{DirKind, Manifest, MANIFEST_FILE};
+use concordkv::testing::format::segment::{segment_file_name, SegmentHeader};
 use concordkv::{Config, Entry, Error, Log, Seq, Store, SyncMode};
 
 fn payload(i: u64) -> Vec<u8> {
@@ -223,5 +224,129 @@ async fn a_log_never_compacts_or_snapshots_its_payloads_away() {
     assert_eq!(recovery.last_seq, 400);
     assert_eq!(seen.len(), 400);
     assert_eq!(seen.first().map(|r| r.0), Some(1));
+    log.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn purge_before_drops_the_prefix_and_its_whole_segments_for_good() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for i in 1..=300u64 {
+        log.append(payload(i)).await.expect("append");
+    }
+    let before = manifest(dir.path()).segments;
+    log.purge_before(150).await.expect("purge");
+    assert_eq!(log.first_seq(), 150);
+    let after = manifest(dir.path());
+    assert_eq!(after.purged_through, 149);
+    assert!(after.segments.len() < before.len(), "whole segments went");
+    // Exactly the unlisted files were removed.
+    assert_eq!(segments(dir.path()).len(), after.segments.len());
+    // Going back changes nothing; going past the end is refused.
+    log.purge_before(10).await.expect("purge below is a no-op");
+    assert_eq!(log.first_seq(), 150);
+    assert!(matches!(
+        log.purge_before(302).await,
+        Err(Error::InvalidRequest(_))
+    ));
+    log.shutdown().await.expect("shutdown");
+    let found = concordkv::inspect(dir.path()).expect("inspect");
+    assert!(
+        found.damage.is_empty(),
+        "verify accepts a purged log: {:?}",
+        found.damage
+    );
+
+    let (log, recovery, seen) = reopen(&cfg).await;
+    assert_eq!((recovery.first_seq, recovery.last_seq), (150, 300));
+    let expected: Vec<(Seq, Vec<u8>)> = (150..=300).map(|i| (i, payload(i))).collect();
+    assert_eq!(seen, expected, "the replay starts exactly at the purge");
+    assert_eq!(log.first_seq(), 150);
+    assert_eq!(log.append(payload(301)).await.expect("append"), 301);
+    // Purging everything leaves an empty log that continues where it was.
+    log.purge_before(302).await.expect("purge all");
+    assert_eq!((log.first_seq(), log.last_seq()), (302, 301));
+    log.shutdown().await.expect("shutdown");
+
+    let (log, recovery, seen) = reopen(&cfg).await;
+    assert_eq!((recovery.first_seq, recovery.last_seq), (302, 301));
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(log.append(payload(302)).await.expect("append"), 302);
+    log.shutdown().await.expect("shutdown");
+    let (log, _, seen) = reopen(&cfg).await;
+    assert_eq!(seen, vec![(302, payload(302))]);
+    assert_eq!(
+        manifest(dir.path()).segments.len(),
+        segments(dir.path()).len()
+    );
+    log.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn metadata_is_durable_replaced_whole_and_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), SyncMode::Always);
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    assert_eq!(log.metadata(), None);
+    log.set_metadata(b"term 1, voted for 3".to_vec())
+        .await
+        .expect("set");
+    assert_eq!(log.metadata().as_deref(), Some(&b"term 1, voted for 3"[..]));
+    // Durable as soon as it returns: on the disk before any shutdown.
+    assert_eq!(
+        manifest(dir.path()).metadata.as_deref(),
+        Some(&b"term 1, voted for 3"[..])
+    );
+    log.set_metadata(vec![7; 64 << 10]).await.expect("64 KiB");
+    assert!(matches!(
+        log.set_metadata(vec![7; (64 << 10) + 1]).await,
+        Err(Error::InvalidRequest(_))
+    ));
+    log.set_metadata(b"term 2".to_vec()).await.expect("set");
+    log.append(b"entry".to_vec()).await.expect("append");
+    log.shutdown().await.expect("shutdown");
+    let (log, _) = Log::open(cfg).await.expect("reopen");
+    assert_eq!(log.metadata().as_deref(), Some(&b"term 2"[..]));
+    log.shutdown().await.expect("shutdown");
+}
+
+/// The first sequence number of each listed segment that was started.
+fn segment_starts(dir: &Path) -> Vec<Seq> {
+    manifest(dir)
+        .segments
+        .iter()
+        .filter_map(|id| {
+            let bytes = std::fs::read(dir.join(segment_file_name(*id))).ok()?;
+            SegmentHeader::decode(&bytes).ok().map(|h| h.first_seq)
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn purge_keeps_a_segment_whose_last_record_is_the_purge_point() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for i in 1..=300u64 {
+        log.append(payload(i)).await.expect("append");
+    }
+    let starts = segment_starts(dir.path());
+    assert!(starts.len() > 4, "{starts:?}");
+    // Just before the third segment: the second segment holds the first
+    // record kept, so it stays.
+    let boundary = starts[2];
+    log.purge_before(boundary - 1).await.expect("purge");
+    assert_eq!(segment_starts(dir.path()).first(), Some(&starts[1]));
+    // At the boundary: the second segment goes.
+    log.purge_before(boundary).await.expect("purge");
+    assert_eq!(segment_starts(dir.path()).first(), Some(&boundary));
+    log.shutdown().await.expect("shutdown");
+    let (log, recovery, seen) = reopen(&cfg).await;
+    assert_eq!(recovery.first_seq, boundary);
+    assert_eq!(seen.first().map(|r| r.0), Some(boundary));
+    assert_eq!(seen.len() as u64, 300 - boundary + 1);
     log.shutdown().await.expect("shutdown");
 }

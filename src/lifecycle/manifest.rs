@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::crash::crash_point;
 use crate::error::{Corruption, Error, Result};
 use crate::format::manifest::{DirKind, Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
-use crate::format::segment::{parse_segment_file_name, segment_path};
+use crate::format::segment::{
+    parse_segment_file_name, segment_path, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
 use crate::format::snapshot::{is_snapshot_file_name, SnapshotHeader};
 use crate::fs::FileSystem;
 use crate::lifecycle::pacing::Pacer;
@@ -179,6 +181,66 @@ impl ManifestStore {
             .iter()
             .map(|id| segment_path(&self.dir, *id))
             .chain(snapshots.iter().map(|s| snapshot_path(&self.dir, s)))
+            .collect())
+    }
+
+    /// A log's metadata slot.
+    pub fn metadata(&self) -> Option<Vec<u8>> {
+        self.lock().manifest.metadata.clone()
+    }
+
+    /// Replaces a log's metadata slot: durable when this returns, and
+    /// atomic, since the manifest is replaced whole (temporary file, fsync,
+    /// rename, directory fsync).
+    pub fn set_metadata(&self, metadata: Vec<u8>) -> Result<()> {
+        let mut live = self.lock_open()?;
+        let mut next = live.manifest.clone();
+        next.generation += 1;
+        next.metadata = Some(metadata);
+        write(self.fs.as_ref(), &self.dir, &next)?;
+        live.manifest = next;
+        Ok(())
+    }
+
+    /// Purges a log's records before `seq`: in one manifest write, records
+    /// that everything up to `seq - 1` is purged and unlists every segment
+    /// all of whose records are below `seq`, which a later segment's header
+    /// proves (it starts at or before `seq`). The newest started segment is
+    /// never unlisted: the next one after it is not started, so nothing
+    /// proves where it ends. Returns the unlisted files, for the caller to
+    /// remove at its pace (see [`remove_retired`]); a crash before they are
+    /// removed leaves unlisted files, which the next open deletes.
+    pub fn purge_before(&self, seq: crate::entry::Seq) -> Result<Vec<PathBuf>> {
+        let mut live = self.lock_open()?;
+        let purged_through = seq.saturating_sub(1);
+        if purged_through <= live.manifest.purged_through {
+            return Ok(Vec::new());
+        }
+        let segments = &live.manifest.segments;
+        let mut unlisted = Vec::new();
+        for pair in segments.windows(2) {
+            let next = segment_path(&self.dir, pair[1]);
+            let starts = self
+                .fs
+                .read_prefix(&next, SEGMENT_HEADER_BYTES)
+                .ok()
+                .and_then(|bytes| SegmentHeader::decode(&bytes).ok())
+                .map(|header| header.first_seq);
+            match starts {
+                Some(first) if first <= seq => unlisted.push(pair[0]),
+                _ => break,
+            }
+        }
+        let mut next = live.manifest.clone();
+        next.generation += 1;
+        next.purged_through = purged_through;
+        next.segments.retain(|id| !unlisted.contains(id));
+        write(self.fs.as_ref(), &self.dir, &next)?;
+        live.manifest = next;
+        crash_point("purge.after_manifest");
+        Ok(unlisted
+            .iter()
+            .map(|id| segment_path(&self.dir, *id))
             .collect())
     }
 

@@ -38,7 +38,8 @@ use crate::state::{apply_entry, Tree};
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct Recovery {
-    /// The last sequence number the snapshots cover (0: none).
+    /// The last sequence number the snapshots cover, or a
+    /// [`Log`](crate::Log) purged (0: none).
     pub base_seq: Seq,
     /// Snapshots loaded (the newest full one and its incrementals).
     pub snapshots: usize,
@@ -127,7 +128,9 @@ pub(crate) fn recover(
     let mut retire = plan.unstarted.clone();
 
     let mut recovery = Recovery {
-        base_seq: base.covered,
+        // A log's purged records are not replayed, and its first segment
+        // may start anywhere up to one past them, as after a snapshot.
+        base_seq: base.covered.max(manifest.purged_through()),
         snapshots: base.snapshots,
         ..Recovery::default()
     };
@@ -166,7 +169,7 @@ pub(crate) fn recover(
                 &path,
                 24,
                 format!(
-                    "the log starts at sequence {}, but the snapshots end at {}: records are missing",
+                    "the log starts at sequence {}, but the snapshots (or a log's purge) end at {}: records are missing",
                     header.first_seq, recovery.base_seq
                 ),
             ));
