@@ -25,7 +25,11 @@ pub const CRASH_POINTS: &[&str] = &[
 
 /// The crash points only a [`Log`](crate::Log) reaches.
 #[cfg(feature = "testing")]
-pub const LOG_CRASH_POINTS: &[&str] = &["purge.after_manifest"];
+pub const LOG_CRASH_POINTS: &[&str] = &[
+    "purge.after_manifest",
+    "truncate.after_seal",
+    "truncate.after_manifest",
+];
 
 #[cfg(feature = "crash-points")]
 pub(crate) fn crash_point(name: &str) {

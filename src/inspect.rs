@@ -18,6 +18,7 @@ use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
+use crate::lifecycle::manifest::truncation_cap;
 use crate::lifecycle::snapshot::{read_snapshot, select_chain, snapshot_path};
 use crate::log::reader::FrameReader;
 use crate::log::recovery::TruncatedTail;
@@ -305,8 +306,14 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         })
         .map_err(read_error)?;
         // After damage, where the next segment should start is unknown:
-        // its start is not checked, so each damage is listed once.
-        expected = Some(scanned.next_seq);
+        // its start is not checked, so each damage is listed once. After a
+        // log's truncation mark, the next segment continues from the mark.
+        let cap = found
+            .manifest
+            .as_ref()
+            .and_then(|m| truncation_cap(&m.truncations, id))
+            .unwrap_or(Seq::MAX);
+        expected = Some(scanned.next_seq.min(cap.saturating_add(1)));
         match scanned.end {
             End::Clean => {}
             End::Torn(tail) => found.torn_tail = Some(tail),

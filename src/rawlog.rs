@@ -38,6 +38,9 @@ const RAW_ENCODING_OVERHEAD: u64 = 16;
 #[derive(Clone)]
 pub struct Log {
     store: Store,
+    /// Held by a purge or a truncation: each decides from the log's ends,
+    /// which the other moves.
+    ends: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What opening a [`Log`] found.
@@ -94,7 +97,10 @@ impl Log {
             }
         })
         .await?;
-        let log = Log { store };
+        let log = Log {
+            store,
+            ends: Arc::new(tokio::sync::Mutex::new(())),
+        };
         let recovery = log.log_recovery(recovery);
         Ok((log, recovery))
     }
@@ -187,6 +193,7 @@ impl Log {
     /// nothing; one past the last acknowledged record plus one is refused
     /// (there would be a hole between the log and its next record).
     pub async fn purge_before(&self, seq: Seq) -> Result<()> {
+        let _ends = self.ends.lock().await;
         let last = self.last_seq();
         if seq > last + 1 {
             return Err(Error::InvalidRequest(format!(
@@ -207,6 +214,34 @@ impl Log {
         })
         .await
         .map_err(|e| Error::task_failed("purging the log", &e))?
+    }
+
+    /// Drops every record after `seq`, durably, for example where a Raft
+    /// follower must overwrite a conflicting tail: the next append gets
+    /// `seq + 1`, and no read or recovery ever returns a dropped record,
+    /// whatever point a crash interrupts this at. Resolves once the drop
+    /// is durable; an error other than [`Error::InvalidRequest`] leaves the
+    /// log stopped (reopen it: it opens with or without the drop, never
+    /// half of it).
+    ///
+    /// Appends submitted before the call are written (and acknowledged)
+    /// first, then dropped if after `seq`; appends submitted after it
+    /// follow the drop. Under the hood the active segment is sealed, one
+    /// manifest write records a mark (records after `seq` in the segments
+    /// up to the sealed one are not part of the log) and unlists segments
+    /// that hold only dropped records, and the next segment starts at
+    /// `seq + 1`. A `seq` at or after the last record changes nothing; one
+    /// below [`Log::first_seq`] `- 1` is refused (those records were
+    /// purged).
+    pub async fn truncate_after(&self, seq: Seq) -> Result<()> {
+        let _ends = self.ends.lock().await;
+        let first = self.first_seq();
+        if seq + 1 < first {
+            return Err(Error::InvalidRequest(format!(
+                "cannot truncate after {seq}: the log starts at {first} (purged before it)"
+            )));
+        }
+        self.store.truncate_after(seq).await.map(|_| ())
     }
 
     /// The application's metadata (a Raft vote and term, say) as last set,

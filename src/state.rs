@@ -104,6 +104,16 @@ impl Shared {
         drop(old);
     }
 
+    /// Moves the last record back to `last_seq` after a log dropped the
+    /// records after it: the next ones applied reuse their sequence
+    /// numbers. A log's state holds no keys, so there is nothing else to
+    /// undo.
+    pub(crate) fn truncate(&self, last_seq: Seq) {
+        let _tree = self.write();
+        self.last_seq.store(last_seq, Release);
+        self.applied.notify_waiters();
+    }
+
     /// Ends every wait: the store shut down.
     pub(crate) fn close(&self) {
         self.closed.store(true, Release);

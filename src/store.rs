@@ -220,6 +220,18 @@ impl Store {
         Ok(pendings)
     }
 
+    /// Queues a log's truncation after `after` and waits for it (see
+    /// [`Log::truncate_after`](crate::Log::truncate_after)).
+    pub(crate) async fn truncate_after(&self, after: Seq) -> Result<Seq> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.inbox.push(Request::Truncate { after, reply })?;
+        Pending {
+            answer,
+            timed: None,
+        }
+        .await
+    }
+
     /// The WAL's shared internals.
     pub(crate) fn wal(&self) -> &Arc<WalShared> {
         &self.shared.wal

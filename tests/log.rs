@@ -350,3 +350,134 @@ async fn purge_keeps_a_segment_whose_last_record_is_the_purge_point() {
     assert_eq!(seen.len() as u64, 300 - boundary + 1);
     log.shutdown().await.expect("shutdown");
 }
+
+fn second(i: u64) -> Vec<u8> {
+    format!("second-{i}").into_bytes()
+}
+
+#[actix_rt::test]
+async fn truncate_after_drops_the_suffix_for_good_in_every_sync_mode() {
+    for mode in [
+        SyncMode::Always,
+        SyncMode::Batch,
+        SyncMode::Interval,
+        SyncMode::None,
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(dir.path(), mode);
+        cfg.wal.max_segment_bytes = 4096;
+        let (log, _) = Log::open(cfg.clone()).await.expect("open");
+        for i in 1..=300u64 {
+            log.append(payload(i)).await.expect("append");
+        }
+        // Nothing to drop: a no-op.
+        log.truncate_after(300).await.expect("truncate at the end");
+        log.truncate_after(1000)
+            .await
+            .expect("truncate past the end");
+        assert_eq!(log.last_seq(), 300);
+        let before = manifest(dir.path()).segments.len();
+        log.truncate_after(200).await.expect("truncate");
+        assert_eq!(log.last_seq(), 200, "{mode:?}");
+        assert_eq!(log.stats().last_seq, 200, "{mode:?}");
+        // Moved back, not kept at the old end: it must not vouch for the
+        // records that reuse the dropped numbers.
+        assert_eq!(log.stats().durable_seq, 200, "{mode:?}");
+        for i in 201..=220u64 {
+            assert_eq!(log.append(second(i)).await.expect("append"), i, "{mode:?}");
+        }
+        // Far back, across segments: the ones holding only dropped
+        // records are unlisted and removed.
+        log.truncate_after(50).await.expect("truncate far back");
+        let after = manifest(dir.path());
+        assert!(after.segments.len() < before, "{mode:?}");
+        for i in 51..=60u64 {
+            assert_eq!(log.append(second(i)).await.expect("append"), i, "{mode:?}");
+        }
+        log.sync().await.expect("sync");
+        log.shutdown().await.expect("shutdown");
+        let found = concordkv::inspect(dir.path()).expect("inspect");
+        assert!(found.damage.is_empty(), "{mode:?}: {:?}", found.damage);
+
+        let (log, recovery, seen) = reopen(&cfg).await;
+        let mut expected: Vec<(Seq, Vec<u8>)> = (1..=50).map(|i| (i, payload(i))).collect();
+        expected.extend((51..=60).map(|i| (i, second(i))));
+        assert_eq!(seen, expected, "{mode:?}");
+        assert_eq!(recovery.last_seq, 60);
+        assert_eq!(log.append(b"next".to_vec()).await.expect("append"), 61);
+        log.shutdown().await.expect("shutdown");
+        // Segment files the truncations unlisted are gone (by the open at
+        // the latest).
+        assert_eq!(
+            segments(dir.path()).len(),
+            manifest(dir.path()).segments.len()
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn appends_in_flight_are_answered_before_a_truncation_and_later_ones_follow_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for i in 1..=100u64 {
+        log.append(payload(i)).await.expect("append");
+    }
+    let before: Vec<_> = (101..=150u64)
+        .map(|i| log.submit(payload(i)).expect("submit"))
+        .collect();
+    let truncation = {
+        let log = log.clone();
+        actix_rt::spawn(async move { log.truncate_after(120).await })
+    };
+    // Queued after the truncation: these follow it.
+    actix_rt::task::yield_now().await;
+    for (n, pending) in before.into_iter().enumerate() {
+        assert_eq!(pending.await.expect("acknowledged"), 101 + n as u64);
+    }
+    truncation.await.expect("task").expect("truncate");
+    let next = log.append(second(121)).await.expect("append");
+    assert_eq!(next, 121);
+    log.shutdown().await.expect("shutdown");
+    let (log, _, seen) = reopen(&cfg).await;
+    let mut expected: Vec<(Seq, Vec<u8>)> = (1..=120).map(|i| (i, payload(i))).collect();
+    expected.push((121, second(121)));
+    assert_eq!(seen, expected);
+    log.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn truncations_and_purges_together_reopen_to_the_kept_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let mut model: std::collections::BTreeMap<Seq, Vec<u8>> = Default::default();
+    let mut first = 1;
+    for round in 0..6u64 {
+        let (log, recovery, seen) = reopen(&cfg).await;
+        assert_eq!(recovery.first_seq, first, "round {round}");
+        let expected: Vec<(Seq, Vec<u8>)> =
+            model.range(first..).map(|(s, p)| (*s, p.clone())).collect();
+        assert_eq!(seen, expected, "round {round}");
+        for _ in 0..150 {
+            let seq = log.last_seq() + 1;
+            let bytes = format!("r{round}-{seq}").into_bytes();
+            assert_eq!(log.append(bytes.clone()).await.expect("append"), seq);
+            model.insert(seq, bytes);
+        }
+        let last = log.last_seq();
+        let keep = last - 40 - round * 7;
+        log.truncate_after(keep).await.expect("truncate");
+        model.retain(|s, _| *s <= keep);
+        first = keep - 60;
+        log.purge_before(first).await.expect("purge");
+        assert!(matches!(
+            log.truncate_after(first - 2).await,
+            Err(Error::InvalidRequest(_))
+        ));
+        log.shutdown().await.expect("shutdown");
+        let marks = manifest(dir.path()).truncations.len();
+        assert!(marks <= 2, "old marks are forgotten: {marks}");
+    }
+}

@@ -1,6 +1,7 @@
-//! A crash at every step of a `Log`'s purge leaves a directory that opens
-//! to exactly the acknowledged records the application kept: none it
-//! purged, none lost, and appends continue after them. The child is this
+//! A crash at every step of a `Log`'s purge and truncation leaves a
+//! directory that opens to exactly the acknowledged records the
+//! application kept: none it purged or truncated away (a dropped record
+//! never returns), none lost, and appends continue after them. The child is this
 //! test binary running the ignored `log_crash_point_child` test, armed
 //! through the crate's crash points.
 
@@ -22,8 +23,14 @@ fn child_config(dir: &std::path::Path) -> Config {
     cfg
 }
 
-fn payload(seq: Seq) -> Vec<u8> {
-    format!("entry-{seq}-{}", "x".repeat((seq % 50) as usize)).into_bytes()
+/// What the child appends as `seq` after `truncations` truncations: a
+/// record appended again after a truncation differs from the dropped one.
+fn payload(seq: Seq, truncations: u64) -> Vec<u8> {
+    format!(
+        "entry-{seq}-t{truncations}-{}",
+        "x".repeat((seq % 50) as usize)
+    )
+    .into_bytes()
 }
 
 #[test]
@@ -36,16 +43,24 @@ fn log_crash_point_child() {
         let (log, _) = Log::open(child_config(dir.as_ref()))
             .await
             .expect("child open");
-        for _ in 0..WRITES {
+        let mut truncations = 0;
+        for i in 0..WRITES {
             let seq = log
-                .append(payload(log.last_seq() + 1))
+                .append(payload(log.last_seq() + 1, truncations))
                 .await
                 .expect("append");
-            println!("ACK {seq}");
-            if seq % 100 == 0 {
+            println!("ACK {seq} {truncations}");
+            if i % 100 == 99 {
                 let before = seq - 40;
                 println!("PURGING {before}");
                 log.purge_before(before).await.expect("purge");
+            }
+            if i % 70 == 69 {
+                let after = seq - 20;
+                println!("TRUNCATING {after}");
+                log.truncate_after(after).await.expect("truncate");
+                truncations += 1;
+                println!("TRUNCATED");
             }
         }
         log.shutdown().await.expect("child shutdown");
@@ -78,16 +93,39 @@ fn a_crash_at_every_log_point_keeps_exactly_the_kept_records() {
             "{point}: the child must die at the point; status {}, stderr: {stderr}",
             output.status
         );
+        // Replays the child's story: what it was told, in order.
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let number = |prefix: &str| -> Option<Seq> {
-            stdout
-                .lines()
-                .filter_map(|l| l.strip_prefix(prefix))
-                .map(|n| n.parse::<Seq>().expect("number"))
-                .max()
-        };
-        let acked = number("ACK ").expect("the child acknowledged appends");
-        let purged_before = number("PURGING ").unwrap_or(1);
+        let mut model: BTreeMap<Seq, Vec<u8>> = BTreeMap::new();
+        let mut purged_before = 1;
+        let mut truncating = None;
+        for line in stdout.lines() {
+            let words: Vec<&str> = line.split(' ').collect();
+            let n = |i: usize| -> u64 { words[i].parse().expect("number") };
+            match words[0] {
+                "ACK" => {
+                    model.insert(n(1), payload(n(1), n(2)));
+                }
+                "PURGING" => purged_before = n(1),
+                "TRUNCATING" => truncating = Some(n(1)),
+                "TRUNCATED" => {
+                    let after = truncating.take().expect("a truncation began");
+                    model.retain(|seq, _| *seq <= after);
+                }
+                _ => {}
+            }
+        }
+        // A crash after the mark's manifest write keeps the drop; before
+        // it, every record stays.
+        if let Some(after) = truncating {
+            if *point == "truncate.after_manifest" {
+                model.retain(|seq, _| *seq <= after);
+            }
+        }
+        let acked = *model
+            .keys()
+            .next_back()
+            .expect("the child acknowledged appends");
+        let expected: BTreeMap<Seq, Vec<u8>> = model.split_off(&purged_before);
 
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let sink = Arc::clone(&seen);
@@ -103,16 +141,14 @@ fn a_crash_at_every_log_point_keeps_exactly_the_kept_records() {
             // The crash came after the purge's manifest write: it holds.
             assert_eq!(recovery.first_seq, purged_before, "{point}");
             assert_eq!(log.first_seq(), purged_before, "{point}");
-            // Nothing acknowledged is lost; at most the append in flight
-            // (none: the crash is inside a purge) is there beyond.
+            // Nothing acknowledged is lost, and nothing was in flight (the
+            // crash is inside a purge or a truncation).
             assert_eq!(recovery.last_seq, acked, "{point}");
             let next = log.append(b"after".to_vec()).await.expect("append");
             assert_eq!(next, acked + 1, "{point}: sequence numbers continue");
             log.shutdown().await.expect("shutdown");
         });
         let seen = std::mem::take(&mut *seen.lock().expect("lock"));
-        let expected: BTreeMap<Seq, Vec<u8>> =
-            (purged_before..=acked).map(|s| (s, payload(s))).collect();
         assert_eq!(seen, expected, "{point}: exactly the kept records");
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("read dir")

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::crash::crash_point;
 use crate::error::{Corruption, Error, Result};
-use crate::format::manifest::{DirKind, Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
+use crate::format::manifest::{
+    DirKind, Manifest, TruncationMark, MANIFEST_FILE, MANIFEST_TEMP_FILE,
+};
 use crate::format::segment::{
     parse_segment_file_name, segment_path, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
@@ -235,9 +237,69 @@ impl ManifestStore {
         next.generation += 1;
         next.purged_through = purged_through;
         next.segments.retain(|id| !unlisted.contains(id));
+        prune_marks(&mut next);
         write(self.fs.as_ref(), &self.dir, &next)?;
         live.manifest = next;
         crash_point("purge.after_manifest");
+        Ok(unlisted
+            .iter()
+            .map(|id| segment_path(&self.dir, *id))
+            .collect())
+    }
+
+    /// A log's truncation marks, oldest first.
+    pub fn truncations(&self) -> Vec<TruncationMark> {
+        self.lock().manifest.truncations.clone()
+    }
+
+    /// Drops a log's records after `after_seq` from every segment up to
+    /// `through` (sealed, and the newest one started): one manifest write
+    /// records the mark and unlists the segments that hold only dropped
+    /// records (those starting after `after_seq`). From then on, recovery
+    /// and readers skip the dropped records, and the next segment must
+    /// start at `after_seq + 1`. Returns the unlisted files, for the caller
+    /// to remove.
+    pub fn truncate_after(
+        &self,
+        after_seq: crate::entry::Seq,
+        through: u64,
+    ) -> Result<Vec<PathBuf>> {
+        let mut live = self.lock_open()?;
+        if after_seq < live.manifest.purged_through {
+            return Err(Error::InvalidRequest(format!(
+                "cannot truncate after {after_seq}: the log was purged through {}",
+                live.manifest.purged_through
+            )));
+        }
+        let mut unlisted = Vec::new();
+        for &id in live.manifest.segments.iter().filter(|id| **id <= through) {
+            let path = segment_path(&self.dir, id);
+            let bytes = self
+                .fs
+                .read_prefix(&path, SEGMENT_HEADER_BYTES)
+                .map_err(|e| Error::io("read segment header", &path, e))?;
+            let header = SegmentHeader::decode(&bytes).map_err(|e| {
+                Error::Corruption(Corruption {
+                    file: path.clone(),
+                    offset: 0,
+                    reason: format!("a sealed segment's header does not read: {e:?}"),
+                })
+            })?;
+            if header.first_seq > after_seq {
+                unlisted.push(id);
+            }
+        }
+        let mut next = live.manifest.clone();
+        next.generation += 1;
+        next.truncations.push(TruncationMark {
+            after_seq,
+            through_segment: through,
+        });
+        next.segments.retain(|id| !unlisted.contains(id));
+        prune_marks(&mut next);
+        write(self.fs.as_ref(), &self.dir, &next)?;
+        live.manifest = next;
+        crash_point("truncate.after_manifest");
         Ok(unlisted
             .iter()
             .map(|id| segment_path(&self.dir, *id))
@@ -348,6 +410,26 @@ impl ManifestStore {
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("sync directory", &self.dir, e))
     }
+}
+
+/// Forgets truncation marks that no listed segment falls under any more,
+/// so that they do not pile up in a log that is truncated and purged for
+/// ever.
+fn prune_marks(manifest: &mut Manifest) {
+    let first = manifest.segments.first().copied();
+    manifest
+        .truncations
+        .retain(|mark| first.is_some_and(|first| mark.through_segment >= first));
+}
+
+/// The newest mark's limit on segment `id`: records above it were dropped
+/// (`None`: no mark covers the segment).
+pub(crate) fn truncation_cap(marks: &[TruncationMark], id: u64) -> Option<crate::entry::Seq> {
+    marks
+        .iter()
+        .filter(|mark| mark.through_segment >= id)
+        .map(|mark| mark.after_seq)
+        .min()
 }
 
 /// Removes the temporary files of segments that were being prepared when

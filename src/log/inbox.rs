@@ -28,15 +28,19 @@ pub(crate) enum Request {
     /// Seal the active segment if it holds records; answered once the next
     /// one is in place, with the last sequence number sealed.
     Rotate { reply: Reply },
+    /// A log's truncation: drop every record after `after` (see
+    /// `WalActor`); answered with `after` once the drop is durable.
+    Truncate { after: Seq, reply: Reply },
 }
 
 impl Request {
     /// Answers the request with an error.
     pub(crate) fn fail(self, error: Error) {
         let reply = match self {
-            Request::Append { reply, .. } | Request::Sync { reply } | Request::Rotate { reply } => {
-                reply
-            }
+            Request::Append { reply, .. }
+            | Request::Sync { reply }
+            | Request::Rotate { reply }
+            | Request::Truncate { reply, .. } => reply,
         };
         // The appender may have given up waiting; nothing to do then.
         let _ = reply.send(Err(error));

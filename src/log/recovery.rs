@@ -24,7 +24,7 @@ use crate::error::{Corruption, Error, Result};
 use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::segment_path;
 use crate::fs::FileSystem;
-use crate::lifecycle::manifest::ManifestStore;
+use crate::lifecycle::manifest::{truncation_cap, ManifestStore};
 use crate::lifecycle::snapshot::load_base;
 use crate::log::reader::FrameReader;
 use crate::log::scan::{self, End, Start};
@@ -126,6 +126,7 @@ pub(crate) fn recover(
         return Err(Error::Corruption(scan::sealed_but_zero(path)));
     }
     let mut retire = plan.unstarted.clone();
+    let marks = manifest.truncations();
 
     let mut recovery = Recovery {
         // A log's purged records are not replayed, and its first segment
@@ -202,10 +203,12 @@ pub(crate) fn recover(
             });
         }
         let base_seq = recovery.base_seq;
+        // Records a log truncated away are skipped, never returned.
+        let cap = truncation_cap(&marks, id).unwrap_or(Seq::MAX);
         let replayed = &mut recovery.replayed;
         let scanned = scan::scan_frames(&mut reader, &path, &header, place, mode, |seq, entry| {
             // Records a snapshot covers are already in the state.
-            if seq > base_seq {
+            if seq > base_seq && seq <= cap {
                 let record = Record { seq, entry };
                 on_record(&record);
                 apply_entry(&mut state, record.entry);
@@ -219,7 +222,8 @@ pub(crate) fn recover(
             End::Torn(tail) => Some(tail),
             End::Corrupt(c) => return Err(Error::Corruption(c)),
         };
-        expected = Some(scanned.next_seq);
+        // After a truncation the next segment continues from the mark.
+        expected = Some(scanned.next_seq.min(cap.saturating_add(1)));
         recovery.segments += 1;
         newest_read = id;
         if place.newest {
