@@ -20,6 +20,12 @@ const RECORD_OVERHEAD_BYTES: u64 = 64;
 /// Slowest accepted maintenance rate (1 MiB/s).
 const MIN_MAINTENANCE_RATE: u64 = 1 << 20;
 
+/// Smallest accepted bound on the appends in flight (4 KiB): a few small
+/// records at a time; less would serialise ordinary appends.
+const MIN_PENDING_BYTES: u64 = 4096;
+/// Largest accepted bound on the appends in flight (4 GiB).
+const MAX_PENDING_BYTES: u64 = 1 << 32;
+
 /// Longest accepted client timeout (a week, in ms).
 const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Smallest accepted cap on all clients' buffers (1 MiB): below it a few
@@ -178,6 +184,10 @@ pub struct LimitsConfig {
     /// Only appends are held to it: stored records are read against the
     /// format's own limit, so lowering it never hides data.
     pub max_record_bytes: u64,
+    /// Bytes of appends admitted and not yet answered, at most: a producer
+    /// faster than the disk then waits for room instead of growing the
+    /// queue's memory without bound.
+    pub max_pending_bytes: u64,
 }
 
 /// When an append is acknowledged (see the guarantees table in the README).
@@ -403,6 +413,13 @@ impl Config {
             1 << 30,
             "at least max_key_bytes + max_value_bytes + 64, at most 1073741824",
         )?;
+        check_range(
+            "limits.max_pending_bytes",
+            self.limits.max_pending_bytes,
+            MIN_PENDING_BYTES,
+            MAX_PENDING_BYTES,
+            "4096 to 4294967296",
+        )?;
         Ok(())
     }
 
@@ -503,6 +520,7 @@ mod tests {
         assert!(!c.wal.dedicated_writer_thread);
         assert_eq!(c.compaction.threshold, 1000);
         assert_eq!(c.compaction.ratio, 0.3);
+        assert_eq!(c.limits.max_pending_bytes, 64 << 20);
     }
 
     #[test]
@@ -591,6 +609,18 @@ mod tests {
             "{err}"
         );
         assert!(load_toml("[maintenance]\ndelete_bytes_per_sec = 0\n").is_ok());
+        for bad in ["4095", "4294967297"] {
+            let err = load_toml(&format!("[limits]\nmax_pending_bytes = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("limits.max_pending_bytes") && err.contains("4096 to 4294967296"),
+                "{err}"
+            );
+        }
+        for good in ["4096", "4294967296"] {
+            assert!(load_toml(&format!("[limits]\nmax_pending_bytes = {good}\n")).is_ok());
+        }
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub use format::snapshot::{SnapshotHeader, SnapshotKind};
 pub use inspect::{inspect, Inspection, SegmentReport, SnapshotReport};
 pub use latency::OpKind;
 pub use lifecycle::compaction::CompactionReport;
+pub use log::admission::Admission;
 pub use log::recovery::{Recovery, TruncatedTail};
 pub use rawlog::{Log, LogRecovery};
 pub use state::{Scan, State};

@@ -21,6 +21,7 @@ use crate::error::{Corruption, Error, Result};
 use crate::format::manifest::{DirKind, MAX_METADATA_BYTES};
 use crate::fs::{FileSystem, RealFs};
 use crate::lifecycle::manifest::remove_retired;
+use crate::log::admission::{estimated_bytes, Admission};
 use crate::log::recovery::{Recovery, TruncatedTail};
 use crate::stats::StoreStats;
 use crate::store::{Pending, Store};
@@ -117,20 +118,24 @@ impl Log {
         }
     }
 
-    /// Queues `payload` now and returns the acknowledgement to await (its
-    /// sequence number), or refuses it at once (over
-    /// `limits.max_record_bytes`, shutdown, a failed log). Payloads are
-    /// written in the order they are submitted, so a caller can keep many
-    /// in flight and still know their sequence numbers' order.
-    pub fn submit(&self, payload: Vec<u8>) -> Result<Pending> {
+    /// Queues `payload` and returns the acknowledgement to await (its
+    /// sequence number), or refuses it (over `limits.max_record_bytes`,
+    /// shutdown, a failed log). Payloads are written in the order they are
+    /// queued, so a caller can keep many in flight and still know their
+    /// sequence numbers' order. Waits first, in turn, while
+    /// `limits.max_pending_bytes` of appends are in flight, as
+    /// [`Store::submit`] does.
+    pub async fn submit(&self, payload: Vec<u8>) -> Result<Pending> {
         self.check(&payload)?;
-        self.store.submit_unchecked(Entry::Raw(payload))
+        let entry = Entry::Raw(payload);
+        let admission = self.store.admit_bytes(estimated_bytes(&entry)).await?;
+        self.store.push_append(entry, admission)
     }
 
     /// Appends `payload`; resolves with its sequence number once the sync
     /// mode's promise holds (in `always` mode: it is durable).
     pub async fn append(&self, payload: Vec<u8>) -> Result<Seq> {
-        self.submit(payload)?.await
+        self.submit(payload).await?.await
     }
 
     /// Appends `payloads` as consecutive records: they get contiguous
@@ -153,9 +158,23 @@ impl Log {
         for payload in &payloads {
             self.check(payload)?;
         }
-        let pendings = self
-            .store
-            .submit_all(payloads.into_iter().map(Entry::Raw).collect())?;
+        let entries: Vec<Entry> = payloads.into_iter().map(Entry::Raw).collect();
+        let sizes: Vec<u64> = entries.iter().map(estimated_bytes).collect();
+        // Admitted whole (a batch larger than the bound waits for an empty
+        // queue and goes alone, as one large record would), then shared
+        // out, so each payload gives its room back when it is answered.
+        let mut room = self.store.admit_bytes(sizes.iter().sum()).await?;
+        let last = entries.len() - 1;
+        let admitted: Vec<(Entry, Admission)> = entries
+            .into_iter()
+            .zip(sizes)
+            .enumerate()
+            .map(|(i, (entry, size))| {
+                let share = if i == last { room.bytes() } else { size };
+                (entry, room.split_off(share))
+            })
+            .collect();
+        let pendings = self.store.submit_all(admitted)?;
         let mut first = None;
         for pending in pendings {
             let seq = pending.await?;

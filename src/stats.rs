@@ -19,6 +19,8 @@ pub(crate) struct WalCounters {
     pub compacting: AtomicU64,
     /// Unix time of the last snapshot or compaction output, in seconds.
     pub last_snapshot_unix: AtomicU64,
+    /// Bytes of appends admitted and not yet answered (see `admission`).
+    pub pending_bytes: AtomicU64,
 }
 
 impl WalCounters {
@@ -69,6 +71,10 @@ pub struct StoreStats {
     pub last_seq: u64,
     /// The last sequence number known durable.
     pub durable_seq: u64,
+    /// Bytes of appends admitted and not yet answered: at most
+    /// `limits.max_pending_bytes` (a record larger than that counts as
+    /// exactly that).
+    pub pending_bytes: u64,
 }
 
 impl StoreStats {
@@ -93,6 +99,7 @@ impl WalCounters {
             rotations: self.rotations.load(Relaxed),
             last_seq: self.last_seq.load(Relaxed),
             durable_seq: self.durable_seq.load(Relaxed),
+            pending_bytes: self.pending_bytes.load(Relaxed),
         }
     }
 }

@@ -29,6 +29,7 @@ use crate::lifecycle::closing;
 use crate::lifecycle::compaction::CompactionReport;
 use crate::lifecycle::manifest::ManifestStore;
 use crate::lifecycle::single_flight::SingleFlight;
+use crate::log::admission::{estimated_bytes, Admission, OP_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES};
 use crate::log::inbox::{Inbox, Request};
 use crate::log::recovery::Recovery;
 use crate::log::sync_worker::{AckBound, SyncWorker};
@@ -132,8 +133,11 @@ impl Store {
         if let Some(tail) = &recovery.truncated {
             metrics::counter!("concordkv_recovery_truncated_bytes_total").increment(tail.bytes);
         }
-        let inbox = Arc::new(Inbox::default());
         let counters = Arc::new(WalCounters::default());
+        let inbox = Arc::new(Inbox::new(
+            config.limits.max_pending_bytes,
+            Arc::clone(&counters),
+        ));
         let latencies = Arc::new(Latencies::default());
         let state = state::Shared::new(tree, recovery.last_seq);
         let worker = SyncWorker::start(
@@ -183,34 +187,109 @@ impl Store {
         Ok((store, recovery))
     }
 
-    /// Queues `entry` now and returns the acknowledgement to await, or
-    /// refuses it at once (limits, shutdown, a failed log). Requests are
-    /// written in the order they are submitted, so a caller can keep many in
-    /// flight (pipelining) and still know their order.
-    pub fn submit(&self, entry: Entry) -> Result<Pending> {
-        check_entry(&entry, &self.shared.config.limits)?;
-        self.submit_unchecked(entry)
+    /// Queues `entry` and returns the acknowledgement to await, or refuses
+    /// it (limits, shutdown, a failed log). Requests are written in the
+    /// order they are queued, so a caller can keep many in flight
+    /// (pipelining) and still know their order.
+    ///
+    /// Waits first, in turn, while `limits.max_pending_bytes` of appends
+    /// are admitted and not yet answered (see [`Store::admit`]): a producer
+    /// faster than the disk is slowed to its pace instead of filling memory.
+    /// The entry is queued when this resolves, before anything else runs;
+    /// dropped while it waits, nothing is queued.
+    pub async fn submit(&self, entry: Entry) -> Result<Pending> {
+        let admission = self.admit(&entry).await?;
+        self.push_append(entry, admission)
     }
 
-    /// Queues `entry`, already checked against the limits.
-    pub(crate) fn submit_unchecked(&self, entry: Entry) -> Result<Pending> {
+    /// Takes room for `entry` under `limits.max_pending_bytes`, waiting (in
+    /// turn: first come, first served, so a large record is not starved)
+    /// while there is none; refuses it at once if the limits do not allow
+    /// it. Room for a record larger than the whole bound is the whole bound:
+    /// it waits for the queue to empty and then goes alone.
+    ///
+    /// The first half of [`Store::submit`], for a caller that must queue
+    /// under a lock of its own without waiting there (the server applies
+    /// each write to its map under the lock that queues it, so the map
+    /// changes in the log's order): admit outside the lock, then
+    /// [`Store::submit_admitted`] under it. The room goes back when the
+    /// append is answered, or when the admission is dropped unused. Fails
+    /// with [`Error::ShutDown`] (or the log's failure) once the store closes.
+    pub async fn admit(&self, entry: &Entry) -> Result<Admission> {
+        check_entry(entry, &self.shared.config.limits)?;
+        let gate = self.shared.inbox.gate();
+        match gate.admit(estimated_bytes(entry)).await {
+            Some(admission) => Ok(admission),
+            None => Err(self.shared.inbox.refusal()),
+        }
+    }
+
+    /// The room `entry` takes under `limits.max_pending_bytes`: its keys
+    /// and values plus a few bytes per operation, the whole bound at most.
+    pub fn admission_bytes(&self, entry: &Entry) -> u64 {
+        u64::from(self.shared.inbox.gate().permits_for(estimated_bytes(entry)))
+    }
+
+    /// Queues `entry` with room taken by [`Store::admit`], without waiting:
+    /// the second half of [`Store::submit`]. The admission must come from
+    /// this store and be for `entry` or one at least as large (an
+    /// [`Error::InvalidRequest`] otherwise); room beyond what `entry` needs
+    /// is given back at once.
+    pub fn submit_admitted(&self, entry: Entry, mut admission: Admission) -> Result<Pending> {
+        check_entry(&entry, &self.shared.config.limits)?;
+        if !self.shared.inbox.gate().gave(&admission) {
+            return Err(Error::InvalidRequest(
+                "the admission was taken from another store".into(),
+            ));
+        }
+        let needed = self.admission_bytes(&entry);
+        if admission.bytes() < needed {
+            return Err(Error::InvalidRequest(format!(
+                "the admission holds {} bytes, the entry needs {needed}",
+                admission.bytes()
+            )));
+        }
+        admission.shrink_to(needed);
+        self.push_append(entry, admission)
+    }
+
+    /// Queues an admitted append; a refused one gives its room back as the
+    /// request is dropped.
+    pub(crate) fn push_append(&self, entry: Entry, permit: Admission) -> Result<Pending> {
         let (reply, answer) = oneshot::channel();
-        self.shared.inbox.push(Request::Append { entry, reply })?;
+        self.shared.inbox.push(Request::Append {
+            entry,
+            reply,
+            permit,
+        })?;
         Ok(Pending {
             answer,
             timed: Some((Instant::now(), Arc::clone(&self.shared.wal))),
         })
     }
 
-    /// Queues `entries` as consecutive records: no other request is queued
-    /// between them, so they get contiguous sequence numbers.
-    pub(crate) fn submit_all(&self, entries: Vec<Entry>) -> Result<Vec<Pending>> {
+    /// Takes room for `bytes` of appends under `limits.max_pending_bytes`
+    /// (as [`Store::admit`], for entries the caller checked itself).
+    pub(crate) async fn admit_bytes(&self, bytes: u64) -> Result<Admission> {
+        match self.shared.inbox.gate().admit(bytes).await {
+            Some(admission) => Ok(admission),
+            None => Err(self.shared.inbox.refusal()),
+        }
+    }
+
+    /// Queues admitted `entries` as consecutive records: no other request
+    /// is queued between them, so they get contiguous sequence numbers.
+    pub(crate) fn submit_all(&self, entries: Vec<(Entry, Admission)>) -> Result<Vec<Pending>> {
         let mut requests = Vec::with_capacity(entries.len());
         let mut pendings = Vec::with_capacity(entries.len());
         let submitted = Instant::now();
-        for entry in entries {
+        for (entry, permit) in entries {
             let (reply, answer) = oneshot::channel();
-            requests.push(Request::Append { entry, reply });
+            requests.push(Request::Append {
+                entry,
+                reply,
+                permit,
+            });
             pendings.push(Pending {
                 answer,
                 timed: Some((submitted, Arc::clone(&self.shared.wal))),
@@ -254,12 +333,12 @@ impl Store {
 
     /// Appends one operation.
     pub async fn append(&self, op: Op) -> Result<Seq> {
-        self.submit(Entry::Op(op))?.await
+        self.submit(Entry::Op(op)).await?.await
     }
 
     /// Appends `ops` as one record: recovered all together or not at all.
     pub async fn append_batch(&self, ops: Vec<Op>) -> Result<Seq> {
-        self.submit(Entry::Batch(ops))?.await
+        self.submit(Entry::Batch(ops)).await?.await
     }
 
     /// Makes everything appended before this call durable, whatever the sync
@@ -484,9 +563,9 @@ fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
             )));
         }
         // Per op: the key, the value and at most 21 bytes of varint lengths and tag.
-        total += key.len() as u64 + value_len + 21;
+        total += key.len() as u64 + value_len + OP_OVERHEAD_BYTES;
     }
-    if total + 16 > limits.max_record_bytes {
+    if total + RECORD_OVERHEAD_BYTES > limits.max_record_bytes {
         return Err(Error::InvalidRequest(format!(
             "batch of {} operations ({total} bytes) exceeds limits.max_record_bytes = {}",
             entry.ops().len(),
@@ -528,5 +607,155 @@ impl Future for Pending {
             wal.latencies.append.record(started.elapsed());
         }
         Poll::Ready(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::SyncMode;
+    use crate::testing::sim_fs::{Call, Fault, SimFs};
+
+    async fn open_sim(fs: &SimFs, mode: SyncMode) -> Store {
+        let mut config = Config::with_data_dir(PathBuf::from("/sim/db"));
+        config.wal.sync_mode = mode;
+        config.limits.max_pending_bytes = 4096;
+        config.wal.max_segment_bytes = 1 << 20;
+        let (store, _) = Store::open_with_fs(config, Arc::new(fs.clone()), |_| {})
+            .await
+            .expect("open");
+        store
+    }
+
+    fn set(key: &str, value_bytes: usize) -> Entry {
+        Entry::Op(Op::Set {
+            key: key.as_bytes().to_vec(),
+            value: vec![7; value_bytes],
+        })
+    }
+
+    fn segment_fault(call: Call) -> Fault {
+        Fault {
+            call,
+            nth: 1,
+            errno: libc::EIO,
+            path_contains: Some(".wal".into()),
+            sticky: true,
+        }
+    }
+
+    /// Appends three records at once and expects each to fail; the room
+    /// of each is back by the time its appender has the answer.
+    async fn three_failed_appends(store: &Store) {
+        let mut pendings = Vec::new();
+        for key in ["a", "b", "c"] {
+            pendings.push(store.submit(set(key, 1000)).await.expect("admitted"));
+        }
+        assert!(store.stats().pending_bytes > 0);
+        for pending in pendings {
+            assert!(pending.await.is_err(), "the disk failed");
+        }
+        assert_eq!(store.stats().pending_bytes, 0);
+    }
+
+    #[actix_rt::test]
+    async fn room_is_given_back_on_every_failure_path() {
+        // A failed write: the appenders are answered by the WAL actor.
+        let fs = SimFs::new(1);
+        let store = open_sim(&fs, SyncMode::Always).await;
+        store.set("ok", "1").await.expect("healthy disk");
+        assert_eq!(store.stats().pending_bytes, 0, "given back on success");
+        fs.inject(segment_fault(Call::Write));
+        three_failed_appends(&store).await;
+        // Refused afterwards: the gate is closed with the log's failure.
+        let refused = store.submit(set("d", 10)).await.err();
+        assert!(
+            matches!(refused, Some(Error::WalFailed { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(store.stats().pending_bytes, 0);
+        let _ = store.shutdown().await;
+
+        // A failed sync: the appenders are answered by the sync thread.
+        let fs = SimFs::new(2);
+        let store = open_sim(&fs, SyncMode::Always).await;
+        fs.inject(segment_fault(Call::SyncData));
+        three_failed_appends(&store).await;
+        let _ = store.shutdown().await;
+
+        // Held back by the loss bound, then failed by the sync that was to
+        // release them.
+        let fs = SimFs::new(3);
+        let store = open_sim(&fs, SyncMode::Batch).await;
+        fs.inject(segment_fault(Call::SyncData));
+        let mut pendings = Vec::new();
+        for i in 0..200 {
+            pendings.push(store.submit(set(&format!("k{i}"), 8)).await);
+        }
+        for pending in pendings.into_iter().flatten() {
+            let _ = pending.await;
+        }
+        assert_eq!(store.stats().pending_bytes, 0);
+        let _ = store.shutdown().await;
+    }
+
+    #[actix_rt::test]
+    async fn room_is_given_back_when_an_admission_is_misused_dropped_or_refused() {
+        let fs = SimFs::new(4);
+        let store = open_sim(&fs, SyncMode::Always).await;
+        let big = set("big", 1000);
+        assert_eq!(
+            store.admission_bytes(&big),
+            3 + 1000 + OP_OVERHEAD_BYTES + RECORD_OVERHEAD_BYTES
+        );
+        // More room than the entry needs: the excess goes back at once.
+        let admission = store.admit(&big).await.expect("room");
+        let small = set("s", 1);
+        let pending = store
+            .submit_admitted(small.clone(), admission)
+            .expect("queued");
+        assert!(store.stats().pending_bytes <= store.admission_bytes(&small));
+        pending.await.expect("written");
+        assert_eq!(store.stats().pending_bytes, 0);
+        // Too little room: refused, and what it held goes back.
+        let admission = store.admit(&small).await.expect("room");
+        let refused = store.submit_admitted(big.clone(), admission).err();
+        assert!(
+            matches!(refused, Some(Error::InvalidRequest(_))),
+            "{refused:?}"
+        );
+        assert_eq!(store.stats().pending_bytes, 0);
+        // Dropped unused.
+        drop(store.admit(&big).await.expect("room"));
+        assert_eq!(store.stats().pending_bytes, 0);
+        // Refused by the limits before any room is taken.
+        let empty_key = Entry::Op(Op::Delete { key: Vec::new() });
+        assert!(matches!(
+            store.admit(&empty_key).await,
+            Err(Error::InvalidRequest(_))
+        ));
+        // Held across the shutdown, then used: refused, given back.
+        let admission = store.admit(&big).await.expect("room");
+        store.shutdown().await.expect("shutdown");
+        assert!(matches!(
+            store.submit_admitted(big.clone(), admission),
+            Err(Error::ShutDown)
+        ));
+        assert!(matches!(store.admit(&big).await, Err(Error::ShutDown)));
+        assert_eq!(store.stats().pending_bytes, 0);
+        // From another store.
+        let other_fs = SimFs::new(5);
+        let other = open_sim(&other_fs, SyncMode::Always).await;
+        let foreign = other.admit(&small).await.expect("room");
+        let store = open_sim(&fs, SyncMode::Always).await;
+        assert!(matches!(
+            store.submit_admitted(small, foreign),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert_eq!(other.stats().pending_bytes, 0);
+        store.shutdown().await.expect("shutdown");
+        other.shutdown().await.expect("shutdown");
     }
 }

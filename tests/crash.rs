@@ -82,6 +82,7 @@ fn crash_child() {
                         };
                         let seq = store
                             .submit(entry)
+                            .await
                             .expect("child submit")
                             .await
                             .expect("child append");

@@ -67,7 +67,7 @@ async fn open_slow(
 }
 
 /// Submits `n` appends and counts their acknowledgements as they come.
-fn submit_counted(store: &Store, n: u32) -> Arc<AtomicU64> {
+async fn submit_counted(store: &Store, n: u32) -> Arc<AtomicU64> {
     let acked = Arc::new(AtomicU64::new(0));
     for i in 0..n {
         let pending = store
@@ -75,6 +75,7 @@ fn submit_counted(store: &Store, n: u32) -> Arc<AtomicU64> {
                 key: format!("k{i}").into_bytes(),
                 value: vec![1; 32],
             }))
+            .await
             .expect("submit");
         let acked = Arc::clone(&acked);
         actix_rt::spawn(async move {
@@ -99,7 +100,7 @@ async fn batch_mode_never_acknowledges_more_than_a_batch_ahead_of_a_slow_sync() 
         },
     )
     .await;
-    let acked = submit_counted(&store, 100);
+    let acked = submit_counted(&store, 100).await;
     let mut samples = 0;
     for _ in 0..40 {
         actix_rt::time::sleep(Duration::from_millis(25)).await;

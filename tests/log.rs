@@ -174,7 +174,7 @@ async fn a_store_refuses_raw_payloads_and_a_log_refuses_oversized_ones() {
         .await
         .expect("open store");
     assert!(matches!(
-        store.submit(Entry::Raw(b"x".to_vec())),
+        store.submit(Entry::Raw(b"x".to_vec())).await,
         Err(Error::InvalidRequest(_))
     ));
     store.shutdown().await.expect("shutdown");
@@ -424,9 +424,12 @@ async fn appends_in_flight_are_answered_before_a_truncation_and_later_ones_follo
     for i in 1..=100u64 {
         log.append(payload(i)).await.expect("append");
     }
-    let before: Vec<_> = (101..=150u64)
-        .map(|i| log.submit(payload(i)).expect("submit"))
-        .collect();
+    let before: Vec<_> = (101..=150u64).map(|i| log.submit(payload(i))).collect();
+    let mut queued = Vec::new();
+    for submit in before {
+        queued.push(submit.await.expect("submit"));
+    }
+    let before = queued;
     let truncation = {
         let log = log.clone();
         actix_rt::spawn(async move { log.truncate_after(120).await })
@@ -480,4 +483,32 @@ async fn truncations_and_purges_together_reopen_to_the_kept_records() {
         let marks = manifest(dir.path()).truncations.len();
         assert!(marks <= 2, "old marks are forgotten: {marks}");
     }
+}
+
+#[actix_rt::test]
+async fn a_batch_larger_than_the_pending_bound_goes_alone_and_gives_its_room_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.limits.max_pending_bytes = 4096;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    let batch: Vec<Vec<u8>> = (0..40u64).map(|i| vec![i as u8; 500]).collect();
+    let concurrent = {
+        let log = log.clone();
+        actix_rt::spawn(async move {
+            for i in 0..50u64 {
+                log.append(payload(i)).await.expect("append");
+            }
+        })
+    };
+    let first = log.append_batch(batch.clone()).await.expect("batch");
+    concurrent.await.expect("task");
+    assert_eq!(log.stats().pending_bytes, 0, "every share went back");
+    log.shutdown().await.expect("shutdown");
+    let (log, _, seen) = reopen(&cfg).await;
+    let got: Vec<Vec<u8>> = seen[(first - 1) as usize..(first - 1 + 40) as usize]
+        .iter()
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(got, batch, "contiguous and whole");
+    log.shutdown().await.expect("shutdown");
 }

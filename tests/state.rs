@@ -79,6 +79,7 @@ async fn always_shows_a_write_only_once_its_fdatasync_returned() {
             key: b"k".to_vec(),
             value: b"v".to_vec(),
         }))
+        .await
         .expect("submit");
     // Wait (off the event loop) until the sync covering it is under way.
     let began =

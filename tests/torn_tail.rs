@@ -32,16 +32,18 @@ async fn write_unsynced(dir: &Path, n: u32) {
     let (store, _) = concordkv::testing::open_recording(config(dir, SyncMode::None))
         .await
         .expect("open");
-    let acks: Vec<_> = (0..n)
-        .map(|i| {
+    let mut acks = Vec::new();
+    for i in 0..n {
+        acks.push(
             store
                 .submit(Entry::Op(Op::Set {
                     key: format!("key-{i}").into_bytes(),
                     value: format!("value-{i}").into_bytes(),
                 }))
-                .expect("submit")
-        })
-        .collect();
+                .await
+                .expect("submit"),
+        );
+    }
     for ack in acks {
         ack.await.expect("written");
     }

@@ -5,8 +5,9 @@
 //!
 //! Samples are gathered where operations complete (see `crate::latency`);
 //! once a second this actor drains them, forwards them to the histograms
-//! with `record_many`, and refreshes the file gauges.
+//! with `record_many`, and refreshes the gauges (files, pending bytes).
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -175,6 +176,11 @@ pub(crate) fn describe() {
     );
     describe_gauge!("concordkv_wal_segments", Unit::Count, "Live WAL segments.");
     describe_gauge!(
+        "concordkv_wal_pending_bytes",
+        Unit::Bytes,
+        "Bytes of appends admitted and not yet answered (bounded by limits.max_pending_bytes)."
+    );
+    describe_gauge!(
         "concordkv_disk_bytes",
         Unit::Bytes,
         "Bytes of every live file under data_dir."
@@ -265,6 +271,8 @@ impl MetricsActor {
         let files = PersistenceInfo::read(&self.shared);
         ::metrics::gauge!("concordkv_wal_segments").set(files.segments as f64);
         ::metrics::gauge!("concordkv_disk_bytes").set(files.disk_bytes as f64);
+        let pending = self.shared.counters.pending_bytes.load(Relaxed);
+        ::metrics::gauge!("concordkv_wal_pending_bytes").set(pending as f64);
     }
 }
 

@@ -229,7 +229,11 @@ impl WalActor {
             .load(std::sync::atomic::Ordering::Acquire);
         while let Some(request) = self.backlog.pop_front() {
             match request {
-                Request::Append { entry, reply } => {
+                Request::Append {
+                    entry,
+                    reply,
+                    permit,
+                } => {
                     let start = self.buf.len();
                     encode_segment_record(
                         self.next_seq,
@@ -244,7 +248,11 @@ impl WalActor {
                     let alone = empty_segment && start == 0;
                     if end > max && !alone {
                         self.buf.truncate(start);
-                        self.backlog.push_front(Request::Append { entry, reply });
+                        self.backlog.push_front(Request::Append {
+                            entry,
+                            reply,
+                            permit,
+                        });
                         full = true;
                         break;
                     }
@@ -252,6 +260,7 @@ impl WalActor {
                         seq: self.next_seq,
                         reply,
                         entry: Some(entry),
+                        permit: Some(permit),
                     });
                     self.next_seq += 1;
                 }
@@ -296,7 +305,7 @@ impl WalActor {
             };
             if let Err((answer, cause)) = written {
                 for waiter in acks {
-                    let _ = waiter.reply.send(Err(answer.clone()));
+                    waiter.answer(Err(answer.clone()));
                 }
                 for reply in sync_replies {
                     let _ = reply.send(Err(answer.clone()));
@@ -325,6 +334,7 @@ impl WalActor {
                 seq: upto,
                 reply,
                 entry: None,
+                permit: None,
             })
             .collect();
         match self.sync_mode() {

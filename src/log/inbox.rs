@@ -4,6 +4,7 @@
 //! instead appenders push into this shared queue and only the push that finds
 //! it idle wakes the actor, which then takes everything queued at once. That
 //! batch is what one `write` and one `fdatasync` serve (group commit).
+//! What may enter is bounded by the [`Gate`] it holds (see `admission`).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -14,14 +15,21 @@ use crate::actors::messages::Drain;
 use crate::actors::wal::WalActor;
 use crate::entry::{Entry, Seq};
 use crate::error::{Error, Result};
+use crate::log::admission::{Admission, Gate};
+use crate::stats::WalCounters;
 
 /// Where an appender's answer goes: the sequence number it was given.
 pub(crate) type Reply = oneshot::Sender<Result<Seq>>;
 
 /// One queued request, answered through its `reply`.
 pub(crate) enum Request {
-    /// Write `entry` as the next record.
-    Append { entry: Entry, reply: Reply },
+    /// Write `entry` as the next record; `permit` is its room in the
+    /// queue, given back when it is answered (or dropped).
+    Append {
+        entry: Entry,
+        reply: Reply,
+        permit: Admission,
+    },
     /// Make everything queued before this durable; answered with the last
     /// sequence number written.
     Sync { reply: Reply },
@@ -37,8 +45,13 @@ impl Request {
     /// Answers the request with an error.
     pub(crate) fn fail(self, error: Error) {
         let reply = match self {
-            Request::Append { reply, .. }
-            | Request::Sync { reply }
+            // The room goes back before the answer, so an appender that
+            // has its answer finds it free.
+            Request::Append { reply, permit, .. } => {
+                drop(permit);
+                reply
+            }
+            Request::Sync { reply }
             | Request::Rotate { reply }
             | Request::Truncate { reply, .. } => reply,
         };
@@ -79,12 +92,45 @@ struct State {
 }
 
 /// The shared request queue.
-#[derive(Default)]
 pub(crate) struct Inbox {
     state: Mutex<State>,
+    /// Admission of appends; closed with the inbox for good (shutdown or
+    /// a failed log), never for a restart.
+    gate: Gate,
 }
 
 impl Inbox {
+    /// An empty inbox admitting at most `max_pending_bytes` of appends at a
+    /// time, counted in `counters.pending_bytes`.
+    pub(crate) fn new(max_pending_bytes: u64, counters: Arc<WalCounters>) -> Inbox {
+        Inbox {
+            state: Mutex::default(),
+            gate: Gate::new(max_pending_bytes, counters),
+        }
+    }
+
+    /// The admission gate.
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// Why the inbox refuses requests; [`Error::ShutDown`] if it does not
+    /// (yet): the gate only closes with it.
+    pub(crate) fn refusal(&self) -> Error {
+        self.lock()
+            .closed
+            .as_ref()
+            .map_or(Error::ShutDown, Closed::error)
+    }
+
+    /// Refuses the admissions of a closed inbox too, unless it only waits
+    /// for a restart (called with the state lock released).
+    fn close_gate_for(&self, why: &Closed) {
+        if !matches!(why, Closed::Restarting) {
+            self.gate.close();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere never leaves the queue half-updated: every
         // critical section is a push, a swap or a flag change.
@@ -132,10 +178,13 @@ impl Inbox {
 
     /// Refuses new requests from now on; queued ones stay for the actor.
     pub(crate) fn close(&self, why: Closed) {
-        let mut state = self.lock();
-        if !matches!(state.closed, Some(Closed::Failed(_))) {
-            state.closed = Some(why);
+        {
+            let mut state = self.lock();
+            if !matches!(state.closed, Some(Closed::Failed(_))) {
+                state.closed = Some(why.clone());
+            }
         }
+        self.close_gate_for(&why);
     }
 
     /// Refuses new requests and fails every queued one with the reason.
@@ -147,6 +196,7 @@ impl Inbox {
             }
             std::mem::take(&mut state.requests)
         };
+        self.close_gate_for(&why);
         for request in requests {
             request.fail(why.error());
         }

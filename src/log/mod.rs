@@ -1,8 +1,9 @@
 //! The log itself: segment files and their writer, the one frame reader and
 //! the scan that decides what stops it (shared by recovery and `verify`),
-//! the appenders' inbox, the sync thread and its failure marker, and the
+//! the appenders' inbox and the bound on it, the sync thread and its failure marker, and the
 //! recovery that reads it all back.
 
+pub mod admission;
 pub mod inbox;
 pub mod reader;
 pub mod recovery;

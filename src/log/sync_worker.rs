@@ -33,6 +33,7 @@ use crate::entry::{Entry, Seq};
 use crate::error::Error;
 use crate::fs::{FileSystem, WritableFile};
 use crate::latency::Latencies;
+use crate::log::admission::Admission;
 use crate::log::inbox::{Closed, Inbox, Reply};
 use crate::log::sync_failure;
 use crate::state;
@@ -45,6 +46,19 @@ pub(crate) struct Waiter {
     /// An append's record, applied to the state just before the appender
     /// is answered (`None` for a sync request).
     pub entry: Option<Entry>,
+    /// An append's room in the queue (none for a sync request), given back
+    /// when it is answered.
+    pub permit: Option<Admission>,
+}
+
+impl Waiter {
+    /// Answers the appender, giving its room back first, so that one that
+    /// has its answer finds the room free.
+    pub(crate) fn answer(self, answer: crate::error::Result<Seq>) {
+        drop(self.permit);
+        // The appender may have given up waiting; nothing to do then.
+        let _ = self.reply.send(answer);
+    }
 }
 
 /// Called with the outcome once a job's sync finished: the error its
@@ -494,14 +508,15 @@ fn answer(kv: &state::Shared, mut waiters: Vec<Waiter>) {
             .map(|waiter| (waiter.seq, &mut waiter.entry)),
     );
     for waiter in waiters {
-        let _ = waiter.reply.send(Ok(waiter.seq));
+        let seq = waiter.seq;
+        waiter.answer(Ok(seq));
     }
 }
 
 /// Answers every waiter with `error`.
 fn fail_waiters(waiters: impl IntoIterator<Item = Waiter>, error: &Error) {
     for waiter in waiters {
-        let _ = waiter.reply.send(Err(error.clone()));
+        waiter.answer(Err(error.clone()));
     }
 }
 
@@ -523,7 +538,7 @@ mod tests {
 
     fn worker(bound: AckBound) -> SyncWorker {
         SyncWorker::start(
-            Arc::new(Inbox::default()),
+            Arc::new(Inbox::new(1 << 20, Arc::new(WalCounters::default()))),
             Arc::new(WalCounters::default()),
             Arc::new(Latencies::default()),
             bound,
@@ -546,6 +561,7 @@ mod tests {
                 seq,
                 reply,
                 entry: None,
+                permit: None,
             },
             answer,
         )

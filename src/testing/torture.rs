@@ -633,6 +633,8 @@ fn random_limits(rng: &mut StdRng) -> LimitsConfig {
             + max_value_bytes
             + 64
             + rng.random_range(0..=max_value_bytes / 2),
+        // Not drawn, so that a seed replays the runs it always did.
+        max_pending_bytes: Config::default().limits.max_pending_bytes,
     }
 }
 
@@ -658,6 +660,7 @@ fn next_limits(
                 max_key_bytes,
                 max_value_bytes,
                 max_record_bytes: max_key_bytes + max_value_bytes + 64,
+                max_pending_bytes: previous.max_pending_bytes,
             }
         }
         2 => {
@@ -670,6 +673,7 @@ fn next_limits(
                 max_record_bytes: (max_key_bytes + max_value_bytes + 64)
                     .max(raised.max_record_bytes)
                     .max(previous.max_record_bytes),
+                max_pending_bytes: previous.max_pending_bytes,
             }
         }
         _ => previous.clone(),
@@ -995,9 +999,10 @@ async fn run_cycle(
                 }
                 let entry = maker.entry();
                 let submitted_at = Instant::now();
-                // `submit` queues synchronously, so the list is in the
-                // store's queue order, which is its write order.
-                let pending = match store.submit(entry.clone()) {
+                // `submit` queues just before it resolves, and nothing
+                // runs on this thread between that and the push below, so
+                // the list is in the store's queue order, its write order.
+                let pending = match store.submit(entry.clone()).await {
                     Ok(pending) => pending,
                     Err(e) => {
                         if matches!(e, Error::InvalidRequest(_)) {

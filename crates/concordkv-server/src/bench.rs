@@ -400,10 +400,14 @@ pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
         let keys = opts.keys.max(1);
         let mut pending = std::collections::VecDeque::new();
         for i in 0..opts.records {
-            pending.push_back(store.submit(concordkv::Entry::Op(concordkv::Op::Set {
-                key: (i % keys).to_be_bytes().to_vec(),
-                value: value.clone(),
-            }))?);
+            pending.push_back(
+                store
+                    .submit(concordkv::Entry::Op(concordkv::Op::Set {
+                        key: (i % keys).to_be_bytes().to_vec(),
+                        value: value.clone(),
+                    }))
+                    .await?,
+            );
             if pending.len() >= 1024 {
                 if let Some(p) = pending.pop_front() {
                     p.await?;

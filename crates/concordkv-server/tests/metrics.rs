@@ -123,6 +123,7 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
         "concordkv_recovery_truncated_bytes_total",
         "concordkv_wal_segments",
         "concordkv_disk_bytes",
+        "concordkv_wal_pending_bytes",
     ] {
         assert!(
             body.lines()

@@ -8,7 +8,9 @@
 //! of paying N syncs; the replies still go out in request order. A command
 //! that reads the state first waits for the replies before it (the
 //! acknowledgements of the connection's earlier writes): the state shows a
-//! write only once it is acknowledged, and a client must see its own.
+//! write only once it is acknowledged, and a client must see its own. Once
+//! the log's queue is full (`limits.max_pending_bytes`), submitting a write
+//! waits for room, and the connection reads nothing more until it has it.
 //!
 //! A connection is closed at once when it speaks HTTP (see
 //! [`cross_protocol`]), when it sends no complete request for
@@ -124,7 +126,9 @@ pub async fn serve_connection(
             } else if !authenticated && !auth::allowed_before_auth(command) {
                 Reply::Now(auth::noauth())
             } else {
-                cmd::execute(request.args, &db)
+                // A write waits here for room in the log's queue, before
+                // the next request is parsed or more input read.
+                cmd::execute(request.args, &db).await
             };
             closing = matches!(reply, Reply::Close(_));
             replies.push(reply);

@@ -51,22 +51,23 @@ impl Db {
         self.state.is_empty()
     }
 
-    /// Logs `ops` as one record (a batch if more than one); the returned
+    /// Logs `ops` as one record (a batch if more than one), once the log's
+    /// queue has room for it (`limits.max_pending_bytes`); the returned
     /// acknowledgement resolves per the sync mode. A refused write changes
     /// nothing.
-    pub fn write(&self, ops: Vec<Op>) -> Result<Pending> {
+    pub async fn write(&self, ops: Vec<Op>) -> Result<Pending> {
         let entry = match <[Op; 1]>::try_from(ops) {
             Ok([op]) => Entry::Op(op),
             Err(ops) => Entry::Batch(ops),
         };
-        self.store.submit(entry)
+        self.store.submit(entry).await
     }
 
     /// Deletes those of `keys` that exist, as one record; returns how many
     /// were removed, and the acknowledgement if anything was logged. Like
     /// any count, it is of the keys acknowledged writes left when the
     /// command ran; a write of another client still in flight is not one.
-    pub fn delete(&self, keys: &[Bytes]) -> Result<(usize, Option<Pending>)> {
+    pub async fn delete(&self, keys: &[Bytes]) -> Result<(usize, Option<Pending>)> {
         // A key named twice is deleted once; a set keeps a long DEL linear.
         let mut seen: HashSet<&[u8]> = HashSet::new();
         let mut ops: Vec<Op> = Vec::new();
@@ -79,6 +80,6 @@ impl Db {
             return Ok((0, None));
         }
         let removed = ops.len();
-        Ok((removed, Some(self.write(ops)?)))
+        Ok((removed, Some(self.write(ops).await?)))
     }
 }

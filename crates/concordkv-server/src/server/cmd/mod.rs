@@ -67,8 +67,11 @@ pub fn reads_state(name: &[u8]) -> bool {
     READERS.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
 
-/// Runs one request against `db`.
-pub fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
+/// Runs one request against `db`. A write resolves once the log's queue
+/// had room for it and it was applied (its acknowledgement is the
+/// [`Reply::Later`]); the caller reads no further request meanwhile, which
+/// is how a full queue slows a client down.
+pub async fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
     let Some(name) = args.first() else {
         return Reply::Now(error("empty command"));
     };
@@ -98,9 +101,9 @@ pub fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         "GET" => keys::get(db, &rest[0]),
         "EXISTS" => keys::exists(db, rest),
         "DBSIZE" => keys::dbsize(db),
-        "SET" => write::set(db, &rest[0], &rest[1]),
-        "MSET" => write::mset(db, rest),
-        "DEL" => write::del(db, rest),
+        "SET" => write::set(db, &rest[0], &rest[1]).await,
+        "MSET" => write::mset(db, rest).await,
+        "DEL" => write::del(db, rest).await,
         "SAVE" => persistence::save(db, rest.first()),
         "BGSAVE" => persistence::bgsave(db, rest.first()),
         "BGREWRITEAOF" => persistence::bgrewriteaof(db),

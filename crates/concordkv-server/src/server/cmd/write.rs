@@ -1,5 +1,6 @@
-//! Changes: `SET`, `MSET` (one atomic batch), `DEL`. Each is answered once
-//! the log acknowledges it per the sync mode.
+//! Changes: `SET`, `MSET` (one atomic batch), `DEL`. Each waits for room in
+//! the log's queue before it is applied, and is answered once the log
+//! acknowledges it per the sync mode.
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
@@ -14,19 +15,19 @@ fn refused(e: Error) -> Reply {
 }
 
 /// `SET key value`.
-pub fn set(db: &Db, key: &Bytes, value: &Bytes) -> Reply {
+pub async fn set(db: &Db, key: &Bytes, value: &Bytes) -> Reply {
     let op = Op::Set {
         key: key.to_vec(),
         value: value.to_vec(),
     };
-    match db.write(vec![op]) {
+    match db.write(vec![op]).await {
         Ok(pending) => Reply::Later { pending, ok: ok() },
         Err(e) => refused(e),
     }
 }
 
 /// `MSET key value [key value …]`: all or nothing, as one record.
-pub fn mset(db: &Db, pairs: &[Bytes]) -> Reply {
+pub async fn mset(db: &Db, pairs: &[Bytes]) -> Reply {
     let ops = pairs
         .chunks_exact(2)
         .map(|kv| Op::Set {
@@ -34,15 +35,15 @@ pub fn mset(db: &Db, pairs: &[Bytes]) -> Reply {
             value: kv[1].to_vec(),
         })
         .collect();
-    match db.write(ops) {
+    match db.write(ops).await {
         Ok(pending) => Reply::Later { pending, ok: ok() },
         Err(e) => refused(e),
     }
 }
 
 /// `DEL key [key …]`: how many existed; the removals are one record.
-pub fn del(db: &Db, keys: &[Bytes]) -> Reply {
-    match db.delete(keys) {
+pub async fn del(db: &Db, keys: &[Bytes]) -> Reply {
+    match db.delete(keys).await {
         Ok((_, None)) => Reply::Now(BytesFrame::Integer(0)),
         Ok((removed, Some(pending))) => Reply::Later {
             pending,
@@ -70,7 +71,7 @@ mod tests {
             Bytes::from(key.to_string()),
             Bytes::from("v"),
         ];
-        match execute(args, db) {
+        match execute(args, db).await {
             Reply::Now(frame) => frame,
             Reply::Later { pending, ok } => match pending.await {
                 Ok(_) => ok,

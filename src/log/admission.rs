@@ -1,0 +1,217 @@
+//! Admission to the inbox: at most `limits.max_pending_bytes` of appends
+//! accepted and not yet answered.
+//!
+//! The inbox itself is unbounded (the WAL actor takes everything queued at
+//! once), so without this a producer that submits faster than the disk
+//! syncs would grow it without limit. Each append first takes permits for
+//! its estimated size from a FIFO semaphore, waiting while the bound is
+//! reached; the permits travel with the request and then with its waiter,
+//! and go back the moment the appender is answered, whatever the answer, or
+//! when the request is dropped unanswered (a dead actor, a refused push).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::entry::Entry;
+use crate::stats::WalCounters;
+
+/// Bytes counted per operation besides its key and value: the varint
+/// lengths and the tag (also what `check_entry` allows for).
+pub(crate) const OP_OVERHEAD_BYTES: u64 = 21;
+/// Bytes counted per record besides its operations: the batch header.
+pub(crate) const RECORD_OVERHEAD_BYTES: u64 = 16;
+
+/// The bytes an entry is admitted for: its keys and values plus the
+/// encoding's overhead (close to its encoded size, cheap to compute).
+pub(crate) fn estimated_bytes(entry: &Entry) -> u64 {
+    entry
+        .ops()
+        .iter()
+        .map(|op| {
+            let value = match op {
+                crate::entry::Op::Set { value, .. } => value.len() as u64,
+                crate::entry::Op::Delete { .. } => 0,
+            };
+            op.key().len() as u64 + value + OP_OVERHEAD_BYTES
+        })
+        .sum::<u64>()
+        + match entry {
+            // A log's payload has no operations: its bytes are all of it.
+            Entry::Raw(payload) => payload.len() as u64,
+            Entry::Op(_) | Entry::Batch(_) => 0,
+        }
+        + RECORD_OVERHEAD_BYTES
+}
+
+/// The bound on the appends in flight.
+pub(crate) struct Gate {
+    /// Fair (FIFO): a large record waiting at the front is not overtaken
+    /// by a stream of small ones, so it is never starved.
+    semaphore: Arc<Semaphore>,
+    /// The semaphore's permits: the most one admission takes, so a record
+    /// larger than the bound waits for an empty queue instead of forever.
+    capacity: u32,
+    counters: Arc<WalCounters>,
+}
+
+impl Gate {
+    /// A gate letting `max_pending_bytes` in (at most `u32::MAX`, what one
+    /// acquisition can take; the configuration allows 4 GiB, one byte more).
+    pub(crate) fn new(max_pending_bytes: u64, counters: Arc<WalCounters>) -> Gate {
+        let capacity = max_pending_bytes
+            .min(u64::from(u32::MAX))
+            .min(Semaphore::MAX_PERMITS as u64)
+            .max(1);
+        let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
+        Gate {
+            semaphore: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
+            counters,
+        }
+    }
+
+    /// The permits `bytes` takes: all of them at most.
+    pub(crate) fn permits_for(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes.min(u64::from(self.capacity))).unwrap_or(self.capacity)
+    }
+
+    /// Waits (in turn) until `bytes` fit under the bound; `None` once the
+    /// gate is closed.
+    pub(crate) async fn admit(&self, bytes: u64) -> Option<Admission> {
+        let permits = self.permits_for(bytes);
+        let permit = Arc::clone(&self.semaphore)
+            .acquire_many_owned(permits)
+            .await
+            .ok()?;
+        self.counters
+            .pending_bytes
+            .fetch_add(u64::from(permits), Relaxed);
+        Some(Admission {
+            permit,
+            counters: Arc::clone(&self.counters),
+        })
+    }
+
+    /// Wakes every waiting appender with a refusal, and every later one:
+    /// the store accepts nothing more.
+    pub(crate) fn close(&self) {
+        self.semaphore.close();
+    }
+
+    /// Whether `admission` was given by this gate.
+    pub(crate) fn gave(&self, admission: &Admission) -> bool {
+        Arc::ptr_eq(admission.permit.semaphore(), &self.semaphore)
+    }
+}
+
+/// Room for one append under `limits.max_pending_bytes`, taken with
+/// [`Store::admit`] and spent with [`Store::submit_admitted`]. It is given
+/// back when the append is answered, or when it is dropped unused.
+///
+/// [`Store::admit`]: crate::Store::admit
+/// [`Store::submit_admitted`]: crate::Store::submit_admitted
+#[must_use = "an admission holds room in the queue until it is used or dropped"]
+pub struct Admission {
+    permit: OwnedSemaphorePermit,
+    counters: Arc<WalCounters>,
+}
+
+impl Admission {
+    /// The bytes of room it holds.
+    pub fn bytes(&self) -> u64 {
+        self.permit.num_permits() as u64
+    }
+
+    /// Splits `bytes` of room (all it has, at most) off into an admission
+    /// of its own: a batch admitted whole, then queued as several appends,
+    /// each giving its part back when it is answered.
+    pub(crate) fn split_off(&mut self, bytes: u64) -> Admission {
+        let take = usize::try_from(bytes)
+            .unwrap_or(usize::MAX)
+            .min(self.permit.num_permits());
+        match self.permit.split(take) {
+            Some(permit) => Admission {
+                permit,
+                counters: Arc::clone(&self.counters),
+            },
+            // `take` never exceeds what the permit holds.
+            None => unreachable!("split {take} of {} permits", self.permit.num_permits()),
+        }
+    }
+
+    /// Gives back everything above `permits` at once, rather than when the
+    /// append is answered.
+    pub(crate) fn shrink_to(&mut self, bytes: u64) {
+        let keep = usize::try_from(bytes).unwrap_or(usize::MAX);
+        let excess = self.permit.num_permits().saturating_sub(keep);
+        if let Some(extra) = self.permit.split(excess) {
+            self.counters
+                .pending_bytes
+                .fetch_sub(excess as u64, Relaxed);
+            drop(extra);
+        }
+    }
+}
+
+impl Drop for Admission {
+    /// Counted out before the permits return, so `pending_bytes` never
+    /// reads above what the semaphore holds.
+    fn drop(&mut self) {
+        self.counters
+            .pending_bytes
+            .fetch_sub(self.permit.num_permits() as u64, Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn admissions_wait_in_turn_and_a_record_larger_than_the_bound_takes_it_whole() {
+        let counters = Arc::new(WalCounters::default());
+        let gate = Gate::new(100, Arc::clone(&counters));
+        let first = gate.admit(60).await.expect("room");
+        assert_eq!(counters.pending_bytes.load(Relaxed), 60);
+        // The large one queues first; a small one that would fit waits behind it.
+        let large = gate.admit(1_000);
+        let small = gate.admit(10);
+        tokio::pin!(large, small);
+        assert!(futures_poll_once(large.as_mut()).await.is_none());
+        assert!(futures_poll_once(small.as_mut()).await.is_none(), "FIFO");
+        drop(first);
+        let large = large.await.expect("the whole bound");
+        assert_eq!(large.bytes(), 100);
+        assert_eq!(counters.pending_bytes.load(Relaxed), 100);
+        drop(large);
+        let mut small = small.await.expect("room");
+        small.shrink_to(4);
+        assert_eq!(counters.pending_bytes.load(Relaxed), 4);
+        gate.close();
+        assert!(gate.admit(1).await.is_none(), "closed");
+        drop(small);
+        assert_eq!(counters.pending_bytes.load(Relaxed), 0);
+    }
+
+    /// Polls `future` once: its output if it was ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
+        let mut future = future;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
+}
