@@ -13,7 +13,7 @@ use serde::{Serialize, Serializer};
 use crate::config::RecoveryMode;
 use crate::entry::Seq;
 use crate::error::{Corruption, Error, Result};
-use crate::format::manifest::{Manifest, MANIFEST_FILE};
+use crate::format::manifest::{DirKind, Manifest, MANIFEST_FILE};
 use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
@@ -347,6 +347,20 @@ impl Inspection {
                     m.snapshots.len(),
                     m.next_segment_id
                 );
+                if m.kind == DirKind::Log {
+                    let _ = writeln!(
+                        out,
+                        "log: purged through {}, truncation marks {:?}, metadata {}",
+                        m.purged_through,
+                        m.truncations
+                            .iter()
+                            .map(|t| (t.after_seq, t.through_segment))
+                            .collect::<Vec<_>>(),
+                        m.metadata
+                            .as_ref()
+                            .map_or("none".to_string(), |b| format!("{} bytes", b.len()))
+                    );
+                }
             }
             None => {
                 let _ = writeln!(out, "manifest: unreadable (see damage below)");

@@ -398,6 +398,13 @@ async fn truncate_after_drops_the_suffix_for_good_in_every_sync_mode() {
         log.shutdown().await.expect("shutdown");
         let found = concordkv::inspect(dir.path()).expect("inspect");
         assert!(found.damage.is_empty(), "{mode:?}: {:?}", found.damage);
+        assert!(
+            found
+                .report()
+                .contains("log: purged through 0, truncation marks"),
+            "{}",
+            found.report()
+        );
 
         let (log, recovery, seen) = reopen(&cfg).await;
         let mut expected: Vec<(Seq, Vec<u8>)> = (1..=50).map(|i| (i, payload(i))).collect();
