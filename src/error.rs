@@ -9,6 +9,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::entry::Seq;
+
 /// Everything a store operation can fail with.
 ///
 /// `Clone`, so one failure can answer every request it affected: the I/O
@@ -91,6 +93,16 @@ pub enum Error {
         found: &'static str,
         /// What was opening it.
         wanted: &'static str,
+    },
+
+    /// A read of the log asked for records a snapshot or a compaction has
+    /// retired (their segments are no longer listed in the manifest, and
+    /// the snapshot holds their net effect, not the records themselves), or
+    /// that a [`Log`](crate::Log) purged with `purge_before`.
+    Purged {
+        /// The last retired sequence number: the log holds records from
+        /// `upto + 1` on.
+        upto: Seq,
     },
 
     /// The store is shutting down or was shut down.
@@ -197,6 +209,12 @@ impl fmt::Display for Error {
                 "{} holds a {found} directory and cannot be opened as a {wanted} \
                  (a key-value Store and a Log each open only their own kind)",
                 dir.display()
+            ),
+            Error::Purged { upto } => write!(
+                f,
+                "records up to {upto} were retired from the log (by a snapshot or compaction, \
+                 or a log's purge_before); resume from {} or load the snapshot",
+                upto + 1
             ),
             Error::ShutDown => f.write_str("the store is shut down"),
             Error::NoActixSystem => {

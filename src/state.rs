@@ -120,9 +120,18 @@ impl Shared {
         self.applied.notify_waiters();
     }
 
+    /// The last record applied: the last one acknowledged.
+    pub(crate) fn last_seq(&self) -> Seq {
+        self.last_seq.load(Acquire)
+    }
+
+    /// Whether the store has shut down.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Acquire)
+    }
+
     /// Waits until a record after `seq` was applied; `false` once the store
     /// shut down with none.
-    #[allow(dead_code)] // for log subscriptions, which follow
     pub(crate) async fn wait_past(&self, seq: Seq) -> bool {
         loop {
             let applied = self.applied.notified();

@@ -1,6 +1,7 @@
 //! The public handle: open a store, append, sync, read counters, shut down.
 
 use std::future::Future;
+use std::ops::{Bound, RangeBounds};
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
@@ -31,7 +32,9 @@ use crate::lifecycle::manifest::ManifestStore;
 use crate::lifecycle::single_flight::SingleFlight;
 use crate::log::admission::{estimated_bytes, Admission, OP_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES};
 use crate::log::inbox::{Inbox, Request};
+use crate::log::read::{acknowledged_upto, Cursor, LogRead};
 use crate::log::recovery::Recovery;
+use crate::log::subscription::Subscription;
 use crate::log::sync_worker::{AckBound, SyncWorker};
 use crate::state::{self, State};
 use crate::stats::{PersistenceInfo, StoreStats, WalCounters};
@@ -432,6 +435,56 @@ impl Store {
                 .await
                 .unwrap_or_else(|_| Err(store.closed_mailbox("the compactor actor")))
         })
+    }
+
+    /// The records of `range` (for example `1..=100`, `50..`, `..`), read
+    /// back from the segment files in sequence order through one bounded
+    /// buffer, however long the range.
+    ///
+    /// The read ends at the range's end or at the last record acknowledged
+    /// when it began, whichever comes first (in `always` mode never a
+    /// record whose `fdatasync` has not returned); it follows the log into
+    /// segments rotated in meanwhile. An unbounded start means the first
+    /// record the log still holds. Records a snapshot or a compaction
+    /// retired answer [`Error::Purged`], at once if the range starts among
+    /// them, or at the first record read after their segment was retired;
+    /// a record returned before that is still what was appended. Damage
+    /// is [`Error::Corruption`] naming the file and offset. After an error
+    /// the iterator ends.
+    ///
+    /// The files are read on the calling thread (a few headers here, the
+    /// records as the iterator is advanced): in async code, iterate it in a
+    /// blocking task, or use [`Store::subscribe`].
+    pub fn read(&self, range: impl RangeBounds<Seq>) -> Result<LogRead> {
+        let acknowledged = acknowledged_upto(&self.shared.wal);
+        let start = match range.start_bound() {
+            Bound::Included(from) => Some(*from),
+            Bound::Excluded(after) => Some(after.saturating_add(1)),
+            Bound::Unbounded => None,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(to) => *to,
+            Bound::Excluded(to) => to.saturating_sub(1),
+            Bound::Unbounded => Seq::MAX,
+        }
+        .min(acknowledged);
+        let mut cursor = Cursor::new(Arc::clone(&self.shared.wal), start);
+        if start.is_some_and(|from| from.max(1) > end) {
+            return Ok(LogRead::new(cursor, 0));
+        }
+        cursor.locate()?;
+        Ok(LogRead::new(cursor, end))
+    }
+
+    /// Follows the log from record `from` on: every record, in sequence
+    /// order and once, each as soon as the sync mode acknowledges it (see
+    /// [`Subscription::next`]). A subscriber reads the segment files, a
+    /// chunk at a time on a blocking thread: one that falls behind never
+    /// slows the appenders, and catches up from the disk, unless a snapshot
+    /// or a compaction retired the records it has yet to read
+    /// ([`Error::Purged`]). Ends when the store shuts down.
+    pub fn subscribe(&self, from: Seq) -> Subscription {
+        Subscription::new(Arc::clone(&self.shared.wal), from)
     }
 
     /// A handle on the key-value state: every acknowledged write, readable

@@ -36,6 +36,11 @@ pub(crate) struct ManifestStore {
     current: Mutex<Live>,
     /// Segments prepared so far, for unique temporary names.
     prepared: std::sync::atomic::AtomicU64,
+    /// The generation of the manifest in `current`, readable without the
+    /// lock: a log reader checks, after each read, that the manifest has
+    /// not changed since it last found its segment listed (the lock is
+    /// held across manifest writes and their fsyncs).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Ends the temporary name a segment is prepared under.
@@ -99,6 +104,7 @@ impl ManifestStore {
             });
         }
         remove_half_prepared(fs.as_ref(), dir)?;
+        let generation = std::sync::atomic::AtomicU64::new(manifest.generation);
         Ok(ManifestStore {
             fs,
             dir: dir.to_path_buf(),
@@ -107,12 +113,39 @@ impl ManifestStore {
                 closed: false,
             }),
             prepared: std::sync::atomic::AtomicU64::new(0),
+            generation,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Live> {
         // The in-memory manifest is replaced only after its file was written.
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `next`, just written, the live manifest.
+    fn install(&self, live: &mut Live, next: Manifest) {
+        let generation = next.generation;
+        live.manifest = next;
+        // SeqCst: a reader that reads a file and then finds this generation
+        // unchanged read it before anything this change retired was removed.
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The generation of the live manifest: it changes with every change
+    /// to the lists.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether segment `id` is listed, and the generation of the manifest
+    /// that says so.
+    pub fn is_listed(&self, id: u64) -> (bool, u64) {
+        let live = self.lock();
+        (
+            live.manifest.segments.binary_search(&id).is_ok(),
+            live.manifest.generation,
+        )
     }
 
     /// Locks for a change; refused once closed.
@@ -177,7 +210,7 @@ impl ManifestStore {
         next.snapshots.push(header);
         next.segments.retain(|id| !segments.contains(id));
         write(self.fs.as_ref(), &self.dir, &next)?;
-        live.manifest = next;
+        self.install(&mut live, next);
         crash_point("snapshot.after_manifest");
         Ok(segments
             .iter()
@@ -384,7 +417,7 @@ impl ManifestStore {
         next.next_segment_id = id + 1;
         next.segments.push(id);
         write(self.fs.as_ref(), &self.dir, &next)?;
-        live.manifest = next;
+        self.install(&mut live, next);
         crash_point("rotate.after_list");
         Ok(segment)
     }
@@ -402,7 +435,7 @@ impl ManifestStore {
         next.segments.retain(|id| !ids.contains(id));
         next.sealed_through = next.sealed_through.max(sealed_through);
         write(self.fs.as_ref(), &self.dir, &next)?;
-        live.manifest = next;
+        self.install(&mut live, next);
         for id in ids {
             remove_if_present(self.fs.as_ref(), &segment_path(&self.dir, *id))?;
         }

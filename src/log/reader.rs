@@ -20,6 +20,40 @@ use crate::fs::FileSystem;
 /// Bytes read from the file at a time.
 pub(crate) const READ_CHUNK_BYTES: usize = 1 << 20;
 
+/// Where a [`FrameReader`] stood: its offset, its layout, and what of its
+/// buffer was read ahead and not yet consumed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Position {
+    start: usize,
+    end: usize,
+    base: u64,
+    at_eof: bool,
+    layout: Layout,
+    file_len: Option<u64>,
+    read_size: usize,
+}
+
+impl Position {
+    /// At file offset `offset`, reading frames in `layout`, with nothing
+    /// read ahead.
+    pub fn at(offset: u64, layout: Layout) -> Position {
+        Position {
+            start: 0,
+            end: 0,
+            base: offset,
+            at_eof: false,
+            layout,
+            file_len: None,
+            read_size: READ_CHUNK_BYTES,
+        }
+    }
+
+    /// The frames' layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+}
+
 /// A cursor over one file; `buf[start..end]` is the part read but not yet
 /// consumed. The buffer's length only grows (zeroed once), so reading many
 /// small files through it costs no memset each.
@@ -39,6 +73,8 @@ pub(crate) struct FrameReader<'a> {
     /// The file's length, asked for once, the first time a frame claims
     /// more than one read.
     file_len: Option<u64>,
+    /// Bytes read from the file at a time (more only for a larger frame).
+    read_size: usize,
 }
 
 impl<'a> FrameReader<'a> {
@@ -62,7 +98,58 @@ impl<'a> FrameReader<'a> {
             max_payload,
             layout: Layout::Plain,
             file_len: None,
+            read_size: READ_CHUNK_BYTES,
         }
+    }
+
+    /// A reader that goes on where [`FrameReader::position`] left one, with
+    /// the bytes it had read ahead: `buf` must be the buffer it used,
+    /// untouched since. How a log reader keeps its place between calls
+    /// without reading the same bytes twice.
+    pub fn resume(
+        fs: &'a dyn FileSystem,
+        path: &'a Path,
+        buf: &'a mut Vec<u8>,
+        max_payload: usize,
+        at: Position,
+    ) -> FrameReader<'a> {
+        // A position from another buffer must not index past this one.
+        let end = at.end.min(buf.len());
+        FrameReader {
+            fs,
+            path,
+            buf,
+            start: at.start.min(end),
+            end,
+            base: at.base,
+            at_eof: at.at_eof,
+            max_payload,
+            layout: at.layout,
+            file_len: at.file_len,
+            read_size: at.read_size,
+        }
+    }
+
+    /// Where this reader stands, for [`FrameReader::resume`].
+    pub fn position(&self) -> Position {
+        Position {
+            start: self.start,
+            end: self.end,
+            base: self.base,
+            at_eof: self.at_eof,
+            layout: self.layout,
+            file_len: self.file_len,
+            read_size: self.read_size,
+        }
+    }
+
+    /// Reads `bytes` at a time from here on (at least what a frame needs,
+    /// at most [`READ_CHUNK_BYTES`]): a reader that follows the end of the
+    /// log wants a few records at a time, and reading a whole chunk for
+    /// them (mostly the preallocated zeros past the end) costs more than
+    /// the records.
+    pub fn set_read_size(&mut self, bytes: usize) {
+        self.read_size = bytes.clamp(1, READ_CHUNK_BYTES);
     }
 
     /// Reads the frames from here on in `layout` (a segment's, once its
@@ -153,7 +240,7 @@ impl<'a> FrameReader<'a> {
         self.end -= self.start;
         self.start = 0;
         while !self.at_eof && self.end < len {
-            let wanted = READ_CHUNK_BYTES.max(len - self.end);
+            let wanted = self.read_size.max(len - self.end);
             if self.buf.len() < self.end + wanted {
                 self.buf.resize(self.end + wanted, 0);
             }

@@ -1,5 +1,6 @@
 //! `concordkv bench`: in-process load on a fresh directory, reported next to
-//! the floor of that directory's disk.
+//! the floor of that directory's disk; `bench-lifecycle` (recovery and
+//! compaction) and `bench-read` (reading the log back and following it).
 //!
 //! The floor is the raw `fdatasync` latency after a 128-byte overwrite inside
 //! a preallocated file, measured in the same run on the same directory: the
@@ -570,6 +571,278 @@ impl LifecycleReport {
             self.append_p99_us_compacting,
             "compactions under the load",
             self.rounds,
+        )
+    }
+}
+
+/// What `bench-read` runs.
+#[derive(Debug, Clone)]
+pub struct ReadBenchOptions {
+    /// Records written, then read back as one range.
+    pub records: u64,
+    pub value_size: usize,
+    /// Appenders of the subscription load (`always` mode).
+    pub writers: usize,
+    /// How long the subscription load runs.
+    pub seconds: f64,
+}
+
+/// `bench-read` figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadBenchReport {
+    pub records: u64,
+    pub value_bytes: usize,
+    /// `read(1..=records)` on a store written in `none` mode.
+    pub read_seconds: f64,
+    pub read_records_per_sec: f64,
+    pub read_mib_per_sec: f64,
+    pub writers: usize,
+    /// Records appended (and followed) during the subscription load.
+    pub followed: u64,
+    pub appends_per_sec: f64,
+    /// From an append's acknowledgement (its `set` returning) to the
+    /// subscriber's `next` returning the record; 0 when the subscriber had
+    /// it first.
+    pub lag_p50_us: f64,
+    pub lag_p99_us: f64,
+    pub lag_max_us: f64,
+    /// Records the subscriber was handed before their appender resumed.
+    pub delivered_before_ack: u64,
+}
+
+/// Writes `records` records in `none` mode and times one read of them all;
+/// then, on another fresh store in `always` mode, runs `writers` appenders
+/// for `seconds` under one subscriber and measures how long after each
+/// acknowledgement the subscriber gets the record. Both stores live in one
+/// temporary directory in the working directory.
+pub fn run_read(opts: &ReadBenchOptions) -> Result<ReadBenchReport> {
+    let scratch = tempfile::Builder::new()
+        .prefix(".concordkv-bench-")
+        .tempdir_in(".")
+        .with_context(|| format!("create bench directory in {}", "the current directory"))?;
+    let opts = opts.clone();
+    let mut written = Config::with_data_dir(scratch.path().join("read"));
+    written.wal.sync_mode = SyncMode::None;
+    // Nothing retires segments under the read.
+    written.compaction.threshold = u64::MAX;
+    let mut followed = Config::with_data_dir(scratch.path().join("follow"));
+    followed.wal.sync_mode = SyncMode::Always;
+    followed.compaction.threshold = u64::MAX;
+    actix_rt::System::new().block_on(async move {
+        let (store, _) = Store::open(written).await?;
+        let value = vec![b'v'; opts.value_size];
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..opts.records {
+            pending.push_back(
+                store
+                    .submit(concordkv::Entry::Op(concordkv::Op::Set {
+                        key: i.to_be_bytes().to_vec(),
+                        value: value.clone(),
+                    }))
+                    .await?,
+            );
+            if pending.len() >= 1024 {
+                if let Some(p) = pending.pop_front() {
+                    p.await?;
+                }
+            }
+        }
+        for p in pending {
+            p.await?;
+        }
+        let reader = store.clone();
+        let last = opts.records;
+        let (read_time, read, bytes) = actix_rt::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let (mut count, mut bytes) = (0u64, 0u64);
+            for record in reader.read(1..=last)? {
+                count += 1;
+                for op in record?.entry.ops() {
+                    bytes += op.key().len() as u64;
+                    if let concordkv::Op::Set { value, .. } = op {
+                        bytes += value.len() as u64;
+                    }
+                }
+            }
+            Ok::<_, concordkv::Error>((started.elapsed(), count, bytes))
+        })
+        .await
+        .map_err(|e| anyhow!("the read panicked: {e}"))??;
+        if read != opts.records {
+            bail!("read {read} records of {}", opts.records);
+        }
+        store.shutdown().await?;
+
+        let (store, _) = Store::open(followed).await?;
+        let lag = follow_load(&store, &opts).await?;
+        store.shutdown().await?;
+        Ok(ReadBenchReport {
+            records: opts.records,
+            value_bytes: opts.value_size,
+            read_seconds: read_time.as_secs_f64(),
+            read_records_per_sec: read as f64 / read_time.as_secs_f64(),
+            read_mib_per_sec: bytes as f64 / (1 << 20) as f64 / read_time.as_secs_f64(),
+            writers: opts.writers,
+            followed: lag.followed,
+            appends_per_sec: lag.followed as f64 / lag.elapsed.as_secs_f64(),
+            lag_p50_us: us(&lag.histogram, 0.5),
+            lag_p99_us: us(&lag.histogram, 0.99),
+            lag_max_us: lag.histogram.max() as f64 / 1000.0,
+            delivered_before_ack: lag.early,
+        })
+    })
+}
+
+/// What the subscription load measured.
+struct Lag {
+    followed: u64,
+    elapsed: Duration,
+    histogram: Histogram<u64>,
+    early: u64,
+}
+
+/// When each record was acknowledged or delivered, whichever came first,
+/// until the other side claims it.
+#[derive(Default)]
+struct Arrivals {
+    acknowledged: std::collections::HashMap<u64, Instant>,
+    delivered: std::collections::HashMap<u64, Instant>,
+    histogram: Option<Histogram<u64>>,
+    early: u64,
+}
+
+impl Arrivals {
+    fn acknowledged(&mut self, seq: u64, at: Instant) {
+        match self.delivered.remove(&seq) {
+            Some(_) => {
+                self.early += 1;
+                self.record(Duration::ZERO);
+            }
+            None => {
+                self.acknowledged.insert(seq, at);
+            }
+        }
+    }
+
+    fn delivered(&mut self, seq: u64, at: Instant) {
+        match self.acknowledged.remove(&seq) {
+            Some(acked) => self.record(at.saturating_duration_since(acked)),
+            None => {
+                self.delivered.insert(seq, at);
+            }
+        }
+    }
+
+    fn record(&mut self, lag: Duration) {
+        let histogram = self.histogram.get_or_insert_with(latency_histogram);
+        let _ = histogram.record((lag.as_nanos() as u64).max(1));
+    }
+}
+
+/// Runs the appenders and one subscriber on the store's own thread, as an
+/// actix application would, and stops once the subscriber has every record
+/// the appenders were answered for.
+async fn follow_load(store: &Store, opts: &ReadBenchOptions) -> Result<Lag> {
+    let arrivals = Rc::new(RefCell::new(Arrivals::default()));
+    let stop = Rc::new(Cell::new(false));
+    let first = store.state().last_seq() + 1;
+    let mut subscription = store.subscribe(first);
+    let follower = {
+        let arrivals = Rc::clone(&arrivals);
+        let stop = Rc::clone(&stop);
+        let store = store.clone();
+        actix_rt::spawn(async move {
+            let (mut followed, mut upto) = (0u64, first - 1);
+            loop {
+                // Every answered append is in: nothing more to wait for.
+                if stop.get() && upto >= store.state().last_seq() {
+                    break;
+                }
+                let next = tokio::time::timeout(Duration::from_millis(100), subscription.next());
+                match next.await {
+                    Ok(Some(record)) => {
+                        upto = record?.seq;
+                        arrivals.borrow_mut().delivered(upto, Instant::now());
+                        followed += 1;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            Ok::<_, concordkv::Error>(followed)
+        })
+    };
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(opts.seconds);
+    let writers: Vec<_> = (0..opts.writers)
+        .map(|w| {
+            let (store, arrivals) = (store.clone(), Rc::clone(&arrivals));
+            let value = vec![b'w'; opts.value_size];
+            actix_rt::spawn(async move {
+                let mut i = w as u64;
+                while Instant::now() < deadline {
+                    let seq = store.set(i.to_be_bytes().to_vec(), value.clone()).await?;
+                    arrivals.borrow_mut().acknowledged(seq, Instant::now());
+                    i += KEY_STRIDE;
+                }
+                Ok::<_, concordkv::Error>(())
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer
+            .await
+            .map_err(|e| anyhow!("a bench writer panicked: {e}"))??;
+    }
+    let elapsed = started.elapsed();
+    stop.set(true);
+    let followed = follower
+        .await
+        .map_err(|e| anyhow!("the subscriber panicked: {e}"))??;
+    let mut arrivals = arrivals.borrow_mut();
+    if !arrivals.acknowledged.is_empty() {
+        bail!(
+            "{} acknowledged records were never delivered",
+            arrivals.acknowledged.len()
+        );
+    }
+    Ok(Lag {
+        followed,
+        elapsed,
+        histogram: arrivals.histogram.take().unwrap_or_else(latency_histogram),
+        early: arrivals.early,
+    })
+}
+
+impl ReadBenchReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        format!(
+            "concordkv bench-read: {} records of {}-byte values\n\n\
+             {:<44}{:>14.2}\n{:<44}{:>14.0}\n{:<44}{:>14.1}\n\n\
+             subscription under {} writers, sync_mode=always\n\n\
+             {:<44}{:>14}\n{:<44}{:>14.0}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14.1}\n{:<44}{:>14}\n",
+            self.records,
+            self.value_bytes,
+            "read(1..=N) time (s)",
+            self.read_seconds,
+            "read (records/s)",
+            self.read_records_per_sec,
+            "read (MiB/s of keys and values)",
+            self.read_mib_per_sec,
+            self.writers,
+            "records appended and followed",
+            self.followed,
+            "appends/s",
+            self.appends_per_sec,
+            "ack-to-delivery lag p50 (us)",
+            self.lag_p50_us,
+            "ack-to-delivery lag p99 (us)",
+            self.lag_p99_us,
+            "ack-to-delivery lag max (us)",
+            self.lag_max_us,
+            "delivered before the appender resumed",
+            self.delivered_before_ack,
         )
     }
 }

@@ -1,5 +1,5 @@
 //! The `concordkv` command: `serve` (the main job), `bench`,
-//! `bench-lifecycle`, `inspect` and `verify`.
+//! `bench-lifecycle`, `bench-read`, `inspect`, `verify` and `torture`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use concordkv::testing::torture::{self, TortureOptions};
 use concordkv::{Config, SyncMode};
-use concordkv_server::bench::{self, BenchOptions, LifecycleOptions};
+use concordkv_server::bench::{self, BenchOptions, LifecycleOptions, ReadBenchOptions};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -113,6 +113,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure reading the log back (`Store::read` of every record written,
+    /// in `none` mode) and following it (how long after an `always`-mode
+    /// acknowledgement a subscriber gets the record), on fresh temporary
+    /// directories in the working directory.
+    BenchRead {
+        /// Records written, then read back as one range.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 100)]
+        value_size: usize,
+        /// Concurrent appenders while the subscriber follows.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// How long the appenders run while the subscriber follows.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cut the power of a simulated disk at random points of random
     /// workloads, with injected I/O errors, and check every recovery against
     /// a model. Exit 0: every guarantee held; 1: one broke (the seed and
@@ -143,6 +164,7 @@ fn main() -> ExitCode {
         Command::Serve { .. } => "info",
         Command::Bench { .. }
         | Command::BenchLifecycle { .. }
+        | Command::BenchRead { .. }
         | Command::Inspect { .. }
         | Command::Verify { .. } => "warn",
         // The store logs every injected fault; the summary says what matters.
@@ -280,6 +302,23 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 writers,
                 seconds,
                 rounds,
+            })?;
+            print_report(json, &report, report.table());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchRead {
+            records,
+            value_size,
+            writers,
+            seconds,
+            json,
+        } => {
+            check_load(writers, seconds, &[("--records", records)])?;
+            let report = bench::run_read(&ReadBenchOptions {
+                records,
+                value_size,
+                writers,
+                seconds,
             })?;
             print_report(json, &report, report.table());
             Ok(ExitCode::SUCCESS)

@@ -1,4 +1,4 @@
-//! The `concordkv` command line: `bench --json` output and argument errors.
+//! The `concordkv` command line: the benches' `--json` output and argument errors.
 
 use std::process::Command;
 
@@ -91,6 +91,40 @@ fn bench_stops_after_an_op_count() {
         None,
     );
     assert_eq!(report["ops"], 500);
+}
+
+#[test]
+fn bench_read_reads_every_record_and_follows_every_acknowledged_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = json_of(
+        &[
+            "bench-read",
+            "--records",
+            "20000",
+            "--writers",
+            "4",
+            "--seconds",
+            "0.3",
+        ],
+        dir.path(),
+    );
+    assert_eq!(report["records"], 20000);
+    assert!(
+        report["read_records_per_sec"].as_f64() > Some(0.0),
+        "{report}"
+    );
+    assert!(report["followed"].as_u64() > Some(0), "{report}");
+    let (p50, p99, max) = (
+        report["lag_p50_us"].as_f64().expect("p50"),
+        report["lag_p99_us"].as_f64().expect("p99"),
+        report["lag_max_us"].as_f64().expect("max"),
+    );
+    assert!(p50 <= p99 && p99 <= max, "{report}");
+    assert_eq!(
+        dir.path().read_dir().expect("list").count(),
+        0,
+        "the scratch directory is removed"
+    );
 }
 
 #[test]
