@@ -83,6 +83,17 @@ pub enum Error {
     /// for earlier, is still running; nothing was started.
     InProgress(&'static str),
 
+    /// A read or subscription of a [`Log`](crate::Log) reached records
+    /// that [`Log::truncate_after`](crate::Log::truncate_after) dropped
+    /// while it ran, or had handed some out: what it would read next is no
+    /// longer what it read before. Read again from `after + 1` (a
+    /// subscription that handed out nothing past `after` goes on by
+    /// itself).
+    Truncated {
+        /// The last record kept.
+        after: Seq,
+    },
+
     /// The data directory holds another kind of log than the one opening
     /// it: a [`Store`](crate::Store)'s key-value records, or a
     /// [`Log`](crate::Log)'s opaque payloads. Nothing in it was changed.
@@ -204,6 +215,11 @@ impl fmt::Display for Error {
             Error::Panicked { what } => write!(f, "{what} panicked"),
             Error::Untrusted(reason) => f.write_str(reason),
             Error::InProgress(what) => write!(f, "a {what} is already in progress"),
+            Error::Truncated { after } => write!(
+                f,
+                "the log was truncated after {after} while this read ran; read again from {}",
+                after + 1
+            ),
             Error::WrongKind { dir, found, wanted } => write!(
                 f,
                 "{} holds a {found} directory and cannot be opened as a {wanted} \

@@ -75,7 +75,7 @@ pub use log::admission::Admission;
 pub use log::read::LogRead;
 pub use log::recovery::{Recovery, TruncatedTail};
 pub use log::subscription::Subscription;
-pub use rawlog::{Log, LogRecovery};
+pub use rawlog::{Log, LogEntries, LogRecovery, LogSubscription};
 pub use state::{Scan, State};
 pub use stats::{PersistenceInfo, StoreStats};
 pub use store::{Pending, Store};

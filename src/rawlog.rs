@@ -12,17 +12,22 @@
 //! directory's kind is recorded in the manifest so that neither kind can
 //! ever open (and so compact, or misread) the other's directory.
 
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::actors::wal::WalShared;
 use crate::config::Config;
-use crate::entry::{Entry, Seq};
+use crate::entry::{Entry, Record, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::manifest::{DirKind, MAX_METADATA_BYTES};
 use crate::fs::{FileSystem, RealFs};
 use crate::lifecycle::manifest::remove_retired;
 use crate::log::admission::{estimated_bytes, Admission};
+use crate::log::read::LogRead;
 use crate::log::recovery::{Recovery, TruncatedTail};
+use crate::log::subscription::Subscription;
 use crate::stats::StoreStats;
 use crate::store::{Pending, Store};
 
@@ -289,6 +294,58 @@ impl Log {
             .map_err(|e| Error::task_failed("writing the metadata", &e))?
     }
 
+    /// The records of `range` (`1..=100`, `50..`, `..`) as `(seq, payload)`,
+    /// read back from the segment files in order through one bounded
+    /// buffer, however long the range, by the same reader as
+    /// [`Store::read`] (whose documentation says more). An unbounded start
+    /// is [`Log::first_seq`]; a start below it answers [`Error::Purged`]
+    /// at once. The read ends at the range's end or at the last record
+    /// acknowledged when it began. A purge or truncation while it runs
+    /// ends it with [`Error::Purged`] or [`Error::Truncated`] where it
+    /// would otherwise return a record no longer in the log; a record
+    /// returned before that is what was appended. Reads the files on the
+    /// calling thread: in async code, iterate it in a blocking task, or
+    /// use [`Log::subscribe`].
+    pub fn read(&self, range: impl RangeBounds<Seq>) -> Result<LogEntries> {
+        let first = self.first_seq();
+        let start = match range.start_bound() {
+            Bound::Included(from) => (*from).max(1),
+            Bound::Excluded(after) => after.saturating_add(1),
+            Bound::Unbounded => first,
+        };
+        let end = range.end_bound().cloned();
+        let empty = match end {
+            Bound::Included(to) => to < start,
+            Bound::Excluded(to) => to <= start,
+            Bound::Unbounded => false,
+        };
+        if start < first && !empty {
+            return Err(Error::Purged { upto: first - 1 });
+        }
+        let guard = TruncationGuard::new(self);
+        Ok(LogEntries {
+            inner: self.store.read((Bound::Included(start), end))?,
+            guard,
+        })
+    }
+
+    /// Follows the log from record `from` on: every record, in order and
+    /// once, as `(seq, payload)`, each as soon as the sync mode
+    /// acknowledges it, read from the files on blocking threads (a slow
+    /// subscriber never slows the appenders); see [`Store::subscribe`].
+    /// Records purged before it reads them answer [`Error::Purged`]. After
+    /// a truncation made while it runs, it hands out the records up to the
+    /// last one kept and then answers [`Error::Truncated`] (never a record
+    /// the truncation dropped, even one it had read ahead): subscribe again
+    /// from the record after it. Ends when the log shuts down.
+    pub fn subscribe(&self, from: Seq) -> LogSubscription {
+        let guard = TruncationGuard::new(self);
+        LogSubscription {
+            inner: self.store.subscribe(from),
+            guard,
+        }
+    }
+
     /// The WAL's counters since open.
     pub fn stats(&self) -> StoreStats {
         self.store.stats()
@@ -316,6 +373,128 @@ impl Log {
             )));
         }
         Ok(())
+    }
+}
+
+/// A record of a log directory as the log hands it out: a store's record
+/// there is damage (the kind check at open keeps them out).
+fn payload_of(record: Record, dir: &Path) -> Result<(Seq, Vec<u8>)> {
+    match record.entry {
+        Entry::Raw(payload) => Ok((record.seq, payload)),
+        Entry::Op(_) | Entry::Batch(_) => Err(Error::Corruption(Corruption {
+            file: dir.to_path_buf(),
+            offset: 0,
+            reason: format!("record {} is a key-value record in a log", record.seq),
+        })),
+    }
+}
+
+/// Checks each record a reader is about to hand out against the
+/// truncations made since the reader began: a record past one of them may
+/// have been read (into a buffer, a chunk ahead) before it dropped the
+/// record, and is never handed out; the reader ends with
+/// [`Error::Truncated`] instead. One atomic load per record while no
+/// truncation happens.
+struct TruncationGuard {
+    wal: Arc<WalShared>,
+    epoch: u64,
+    /// The lowest last-kept record of the truncations seen since `epoch`.
+    after: Option<Seq>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for TruncationGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TruncationGuard")
+            .field("epoch", &self.epoch)
+            .field("after", &self.after)
+            .finish()
+    }
+}
+
+impl TruncationGuard {
+    fn new(log: &Log) -> TruncationGuard {
+        let wal = Arc::clone(log.store.wal());
+        let epoch = wal.manifest.truncation_epoch();
+        TruncationGuard {
+            wal,
+            epoch,
+            after: None,
+            ended: false,
+        }
+    }
+
+    /// The record, as the log hands it out, or why it may not be.
+    fn check(&mut self, record: Result<Record>) -> Option<Result<(Seq, Vec<u8>)>> {
+        if self.ended {
+            return None;
+        }
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                self.ended = true;
+                return Some(Err(e));
+            }
+        };
+        if self.wal.manifest.truncation_epoch() != self.epoch {
+            let (_, after, _) = self.wal.manifest.log_ends(self.epoch);
+            self.after = after;
+        }
+        if let Some(after) = self.after.filter(|after| record.seq > *after) {
+            self.ended = true;
+            return Some(Err(Error::Truncated { after }));
+        }
+        let payload = payload_of(record, &self.wal.config.data_dir);
+        self.ended = payload.is_err();
+        Some(payload)
+    }
+}
+
+/// The records of a range of a [`Log`]; see [`Log::read`].
+#[derive(Debug)]
+pub struct LogEntries {
+    inner: LogRead,
+    guard: TruncationGuard,
+}
+
+impl LogEntries {
+    /// The last sequence number this read returns, at most.
+    pub fn end(&self) -> Seq {
+        self.inner.end()
+    }
+}
+
+impl Iterator for LogEntries {
+    type Item = Result<(Seq, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.guard.ended {
+            return None;
+        }
+        let record = self.inner.next()?;
+        self.guard.check(record)
+    }
+}
+
+impl std::iter::FusedIterator for LogEntries {}
+
+/// A [`Log`] followed from a sequence number on; see [`Log::subscribe`].
+#[derive(Debug)]
+pub struct LogSubscription {
+    inner: Subscription,
+    guard: TruncationGuard,
+}
+
+impl LogSubscription {
+    /// The next record, once it is acknowledged; `None` once the log has
+    /// shut down, and after an error. Cancel-safe, as
+    /// [`Subscription::next`].
+    pub async fn next(&mut self) -> Option<Result<(Seq, Vec<u8>)>> {
+        if self.guard.ended {
+            return None;
+        }
+        let record = self.inner.next().await?;
+        self.guard.check(record)
     }
 }
 

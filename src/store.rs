@@ -456,19 +456,21 @@ impl Store {
     /// records as the iterator is advanced): in async code, iterate it in a
     /// blocking task, or use [`Store::subscribe`].
     pub fn read(&self, range: impl RangeBounds<Seq>) -> Result<LogRead> {
-        let acknowledged = acknowledged_upto(&self.shared.wal);
         let start = match range.start_bound() {
             Bound::Included(from) => Some(*from),
             Bound::Excluded(after) => Some(after.saturating_add(1)),
             Bound::Unbounded => None,
         };
+        // The cursor first: it notes the log's truncations so far, so one
+        // made after the bound below was read is one it knows is new.
+        let mut cursor = Cursor::new(Arc::clone(&self.shared.wal), start);
+        let acknowledged = acknowledged_upto(&self.shared.wal);
         let end = match range.end_bound() {
             Bound::Included(to) => *to,
             Bound::Excluded(to) => to.saturating_sub(1),
             Bound::Unbounded => Seq::MAX,
         }
         .min(acknowledged);
-        let mut cursor = Cursor::new(Arc::clone(&self.shared.wal), start);
         if start.is_some_and(|from| from.max(1) > end) {
             return Ok(LogRead::new(cursor, 0));
         }

@@ -519,3 +519,117 @@ async fn a_batch_larger_than_the_pending_bound_goes_alone_and_gives_its_room_bac
     assert_eq!(got, batch, "contiguous and whole");
     log.shutdown().await.expect("shutdown");
 }
+
+fn read_all(log: &Log, range: impl std::ops::RangeBounds<Seq>) -> Vec<(Seq, Vec<u8>)> {
+    log.read(range)
+        .expect("read")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("records")
+}
+
+#[actix_rt::test]
+async fn reads_return_exactly_the_kept_records_after_purges_and_truncations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for i in 1..=300u64 {
+        log.append(payload(i)).await.expect("append");
+    }
+    let all: Vec<(Seq, Vec<u8>)> = (1..=300).map(|i| (i, payload(i))).collect();
+    assert_eq!(read_all(&log, ..), all);
+    assert_eq!(read_all(&log, 10..=12), all[9..12].to_vec());
+
+    log.purge_before(100).await.expect("purge");
+    assert_eq!(
+        read_all(&log, ..),
+        all[99..].to_vec(),
+        "an open start is first_seq"
+    );
+    assert!(matches!(log.read(50..), Err(Error::Purged { upto: 99 })));
+    assert!(matches!(log.read(99..=99), Err(Error::Purged { upto: 99 })));
+
+    log.truncate_after(200).await.expect("truncate");
+    for i in 201..=210u64 {
+        log.append(second(i)).await.expect("append");
+    }
+    let mut kept = all[99..200].to_vec();
+    kept.extend((201..=210).map(|i| (i, second(i))));
+    assert_eq!(read_all(&log, ..), kept, "no dropped record is read");
+    assert_eq!(read_all(&log, 195..=205), kept[95..106].to_vec());
+
+    // A subscription from the middle sees the same, then follows.
+    let mut follow = log.subscribe(150);
+    for expected in &kept[50..] {
+        let got = follow.next().await.expect("open").expect("record");
+        assert_eq!(&got, expected);
+    }
+    log.append(second(211)).await.expect("append");
+    assert_eq!(
+        follow.next().await.expect("open").expect("record"),
+        (211, second(211))
+    );
+    log.shutdown().await.expect("shutdown");
+    assert!(follow.next().await.is_none(), "ends with the log");
+
+    // The same after a reopen.
+    let (log, _, _) = reopen(&cfg).await;
+    kept.push((211, second(211)));
+    assert_eq!(read_all(&log, ..), kept);
+    log.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn readers_in_flight_past_a_truncation_end_with_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for i in 1..=300u64 {
+        log.append(payload(i)).await.expect("append");
+    }
+    // A read and a subscription that have handed out records up to 250.
+    let mut read = log.read(1..).expect("read");
+    let mut follow = log.subscribe(1);
+    for i in 1..=250u64 {
+        assert_eq!(read.next().expect("more").expect("record").0, i);
+        assert_eq!(follow.next().await.expect("open").expect("record").0, i);
+    }
+    // A read that has not got there yet.
+    let mut behind = log.read(1..).expect("read");
+    for i in 1..=100u64 {
+        assert_eq!(behind.next().expect("more").expect("record").0, i);
+    }
+    log.truncate_after(200).await.expect("truncate");
+    for i in 201..=260u64 {
+        log.append(second(i)).await.expect("append");
+    }
+    assert!(matches!(
+        read.next(),
+        Some(Err(Error::Truncated { after: 200 }))
+    ));
+    assert!(read.next().is_none(), "ends after the error");
+    assert!(matches!(
+        follow.next().await,
+        Some(Err(Error::Truncated { after: 200 }))
+    ));
+    // The one behind hands out what was kept, then stops at the mark:
+    // never a dropped record, and never a new one its bound did not cover.
+    for i in 101..=200u64 {
+        assert_eq!(
+            behind.next().expect("more").expect("record"),
+            (i, payload(i))
+        );
+    }
+    assert!(matches!(
+        behind.next(),
+        Some(Err(Error::Truncated { after: 200 }))
+    ));
+    // Reading again from after the mark gets the new records.
+    let again = read_all(&log, 201..);
+    assert_eq!(
+        again,
+        (201..=260).map(|i| (i, second(i))).collect::<Vec<_>>()
+    );
+    log.shutdown().await.expect("shutdown");
+}

@@ -144,6 +144,13 @@ fn a_crash_at_every_log_point_keeps_exactly_the_kept_records() {
             // Nothing acknowledged is lost, and nothing was in flight (the
             // crash is inside a purge or a truncation).
             assert_eq!(recovery.last_seq, acked, "{point}");
+            // Reading the files back honours the purge and the marks too.
+            let read: BTreeMap<Seq, Vec<u8>> = log
+                .read(..)
+                .expect("read")
+                .collect::<Result<_, _>>()
+                .expect("records");
+            assert_eq!(read, expected, "{point}: read back");
             let next = log.append(b"after".to_vec()).await.expect("append");
             assert_eq!(next, acked + 1, "{point}: sequence numbers continue");
             log.shutdown().await.expect("shutdown");

@@ -41,6 +41,10 @@ pub(crate) struct ManifestStore {
     /// not changed since it last found its segment listed (the lock is
     /// held across manifest writes and their fsyncs).
     generation: std::sync::atomic::AtomicU64,
+    /// The number of the last truncation made since open, readable
+    /// without the lock: a log reader checks it before each record it
+    /// hands out.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// Ends the temporary name a segment is prepared under.
@@ -50,6 +54,11 @@ struct Live {
     manifest: Manifest,
     /// Set by `close`: the directory is about to be released.
     closed: bool,
+    /// Truncations made since open, numbered from 1 (`epoch` is the last
+    /// number given), each with its last record kept: a reader tells from
+    /// these whether a truncation came after it began (see `log_ends`).
+    truncations_since_open: Vec<(u64, crate::entry::Seq)>,
+    epoch: u64,
 }
 
 impl ManifestStore {
@@ -111,9 +120,12 @@ impl ManifestStore {
             current: Mutex::new(Live {
                 manifest,
                 closed: false,
+                truncations_since_open: Vec::new(),
+                epoch: 0,
             }),
             prepared: std::sync::atomic::AtomicU64::new(0),
             generation,
+            epoch: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -233,7 +245,7 @@ impl ManifestStore {
         next.generation += 1;
         next.metadata = Some(metadata);
         write(self.fs.as_ref(), &self.dir, &next)?;
-        live.manifest = next;
+        self.install(&mut live, next);
         Ok(())
     }
 
@@ -272,12 +284,32 @@ impl ManifestStore {
         next.segments.retain(|id| !unlisted.contains(id));
         prune_marks(&mut next);
         write(self.fs.as_ref(), &self.dir, &next)?;
-        live.manifest = next;
+        self.install(&mut live, next);
         crash_point("purge.after_manifest");
         Ok(unlisted
             .iter()
             .map(|id| segment_path(&self.dir, *id))
             .collect())
+    }
+
+    /// The number of the last truncation made since open (0: none): a
+    /// reader notes it when it begins.
+    pub fn truncation_epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What moved a log's ends since truncation `epoch`: the purge point
+    /// now, the lowest last-kept record of the truncations after `epoch`
+    /// (`None`: none since), and the latest truncation's number.
+    pub fn log_ends(&self, epoch: u64) -> (crate::entry::Seq, Option<crate::entry::Seq>, u64) {
+        let live = self.lock();
+        let since = live
+            .truncations_since_open
+            .iter()
+            .filter(|(e, _)| *e > epoch)
+            .map(|(_, after)| *after)
+            .min();
+        (live.manifest.purged_through, since, live.epoch)
     }
 
     /// A log's truncation marks, oldest first.
@@ -331,7 +363,11 @@ impl ManifestStore {
         next.segments.retain(|id| !unlisted.contains(id));
         prune_marks(&mut next);
         write(self.fs.as_ref(), &self.dir, &next)?;
-        live.manifest = next;
+        self.install(&mut live, next);
+        live.epoch += 1;
+        let epoch = live.epoch;
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        live.truncations_since_open.push((epoch, after_seq));
         crash_point("truncate.after_manifest");
         Ok(unlisted
             .iter()
