@@ -20,13 +20,19 @@
 //! }
 //! ```
 //!
+//! The same write-ahead log is usable on its own, without the key-value
+//! state: [`Log`] holds opaque payloads with one sequence number each (a
+//! Raft log store, say), with purge, truncation and a metadata slot.
+//!
 //! ## Layout
 //!
 //! - `log/`: segments, the frame reader, the sync thread, recovery;
 //! - `lifecycle/`: the manifest, snapshots, compaction and the background
 //!   work that writes them;
 //! - `actors/`: the supervised actors that run it all;
-//! - `format/`: the bytes on disk.
+//! - `format/`: the bytes on disk;
+//! - `rawlog.rs`: [`Log`], the same actors and files under a handle for
+//!   opaque payloads.
 //!
 //! ## Features
 //!
