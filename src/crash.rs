@@ -23,6 +23,14 @@ pub const CRASH_POINTS: &[&str] = &[
     "compaction.after_build",
 ];
 
+/// The crash points only a [`Log`](crate::Log) reaches.
+#[cfg(feature = "testing")]
+pub const LOG_CRASH_POINTS: &[&str] = &[
+    "purge.after_manifest",
+    "truncate.after_seal",
+    "truncate.after_manifest",
+];
+
 #[cfg(feature = "crash-points")]
 pub(crate) fn crash_point(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -37,21 +37,30 @@ impl Op {
 }
 
 /// What one record holds: a single operation, or a batch applied atomically
-/// (recovered whole or not at all, because it is one checksummed record).
+/// (recovered whole or not at all, because it is one checksummed record),
+/// or an opaque payload of a [`Log`](crate::Log).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Entry {
     /// One operation.
     Op(Op),
     /// Operations applied in order, all or none.
     Batch(Vec<Op>),
+    /// Bytes the log does not interpret: a [`Log`](crate::Log)'s records.
+    /// Declared last so that the variants before it keep their bincode
+    /// indexes (0 and 1) and every log written before it still decodes the
+    /// same. A key-value [`Store`](crate::Store) refuses to append one and
+    /// its state ignores one.
+    Raw(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl Entry {
-    /// The operations of this entry, in order.
+    /// The key-value operations of this entry, in order (none for
+    /// [`Entry::Raw`]).
     pub fn ops(&self) -> &[Op] {
         match self {
             Entry::Op(op) => std::slice::from_ref(op),
             Entry::Batch(ops) => ops,
+            Entry::Raw(_) => &[],
         }
     }
 }

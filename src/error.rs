@@ -83,9 +83,33 @@ pub enum Error {
     /// for earlier, is still running; nothing was started.
     InProgress(&'static str),
 
+    /// A read or subscription of a [`Log`](crate::Log) reached records
+    /// that [`Log::truncate_after`](crate::Log::truncate_after) dropped
+    /// while it ran, or had handed some out: what it would read next is no
+    /// longer what it read before. Read again from `after + 1` (a
+    /// subscription that handed out nothing past `after` goes on by
+    /// itself).
+    Truncated {
+        /// The last record kept.
+        after: Seq,
+    },
+
+    /// The data directory holds another kind of log than the one opening
+    /// it: a [`Store`](crate::Store)'s key-value records, or a
+    /// [`Log`](crate::Log)'s opaque payloads. Nothing in it was changed.
+    WrongKind {
+        /// The data directory.
+        dir: PathBuf,
+        /// What it holds (`"kv"` or `"log"`).
+        found: &'static str,
+        /// What was opening it.
+        wanted: &'static str,
+    },
+
     /// A read of the log asked for records a snapshot or a compaction has
-    /// retired: their segments are no longer listed in the manifest, and
-    /// the snapshot holds their net effect, not the records themselves.
+    /// retired (their segments are no longer listed in the manifest, and
+    /// the snapshot holds their net effect, not the records themselves), or
+    /// that a [`Log`](crate::Log) purged with `purge_before`.
     Purged {
         /// The last retired sequence number: the log holds records from
         /// `upto + 1` on.
@@ -191,10 +215,21 @@ impl fmt::Display for Error {
             Error::Panicked { what } => write!(f, "{what} panicked"),
             Error::Untrusted(reason) => f.write_str(reason),
             Error::InProgress(what) => write!(f, "a {what} is already in progress"),
+            Error::Truncated { after } => write!(
+                f,
+                "the log was truncated after {after} while this read ran; read again from {}",
+                after + 1
+            ),
+            Error::WrongKind { dir, found, wanted } => write!(
+                f,
+                "{} holds a {found} directory and cannot be opened as a {wanted} \
+                 (a key-value Store and a Log each open only their own kind)",
+                dir.display()
+            ),
             Error::Purged { upto } => write!(
                 f,
-                "records up to {upto} were retired from the log by a snapshot or compaction; \
-                 resume from {} or load the snapshot",
+                "records up to {upto} were retired from the log (by a snapshot or compaction, \
+                 or a log's purge_before); resume from {} or load the snapshot",
                 upto + 1
             ),
             Error::ShutDown => f.write_str("the store is shut down"),

@@ -13,11 +13,12 @@ use serde::{Serialize, Serializer};
 use crate::config::RecoveryMode;
 use crate::entry::Seq;
 use crate::error::{Corruption, Error, Result};
-use crate::format::manifest::{Manifest, MANIFEST_FILE};
+use crate::format::manifest::{DirKind, Manifest, MANIFEST_FILE};
 use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
+use crate::lifecycle::manifest::truncation_cap;
 use crate::lifecycle::snapshot::{read_snapshot, select_chain, snapshot_path};
 use crate::log::reader::FrameReader;
 use crate::log::recovery::TruncatedTail;
@@ -205,9 +206,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         .map_err(|(path, e)| Error::io("read segment", path, e))?;
     // The open replays the log after the snapshot chain, which the first
     // started segment must reach.
+    // A log's purged prefix counts as covered, as for the open.
     let covered = select_chain(&listed_snapshots)
         .last()
-        .map_or(0, |h| h.to_seq);
+        .map_or(0, |h| h.to_seq)
+        .max(found.manifest.as_ref().map_or(0, |m| m.purged_through));
     let mut first = true;
     let mut last_is_set: HashMap<Vec<u8>, bool> = HashMap::new();
     let mut expected: Option<Seq> = None;
@@ -303,8 +306,14 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         })
         .map_err(read_error)?;
         // After damage, where the next segment should start is unknown:
-        // its start is not checked, so each damage is listed once.
-        expected = Some(scanned.next_seq);
+        // its start is not checked, so each damage is listed once. After a
+        // log's truncation mark, the next segment continues from the mark.
+        let cap = found
+            .manifest
+            .as_ref()
+            .and_then(|m| truncation_cap(&m.truncations, id))
+            .unwrap_or(Seq::MAX);
+        expected = Some(scanned.next_seq.min(cap.saturating_add(1)));
         match scanned.end {
             End::Clean => {}
             End::Torn(tail) => found.torn_tail = Some(tail),
@@ -338,6 +347,20 @@ impl Inspection {
                     m.snapshots.len(),
                     m.next_segment_id
                 );
+                if m.kind == DirKind::Log {
+                    let _ = writeln!(
+                        out,
+                        "log: purged through {}, truncation marks {:?}, metadata {}",
+                        m.purged_through,
+                        m.truncations
+                            .iter()
+                            .map(|t| (t.after_seq, t.through_segment))
+                            .collect::<Vec<_>>(),
+                        m.metadata
+                            .as_ref()
+                            .map_or("none".to_string(), |b| format!("{} bytes", b.len()))
+                    );
+                }
             }
             None => {
                 let _ = writeln!(out, "manifest: unreadable (see damage below)");

@@ -20,13 +20,19 @@
 //! }
 //! ```
 //!
+//! The same write-ahead log is usable on its own, without the key-value
+//! state: [`Log`] holds opaque payloads with one sequence number each (a
+//! Raft log store, say), with purge, truncation and a metadata slot.
+//!
 //! ## Layout
 //!
 //! - `log/`: segments, the frame reader, the sync thread, recovery;
 //! - `lifecycle/`: the manifest, snapshots, compaction and the background
 //!   work that writes them;
 //! - `actors/`: the supervised actors that run it all;
-//! - `format/`: the bytes on disk.
+//! - `format/`: the bytes on disk;
+//! - `rawlog.rs`: [`Log`], the same actors and files under a handle for
+//!   opaque payloads.
 //!
 //! ## Features
 //!
@@ -51,6 +57,7 @@ mod latency;
 mod lifecycle;
 mod log;
 mod memory;
+mod rawlog;
 mod state;
 mod stats;
 mod store;
@@ -74,6 +81,7 @@ pub use log::admission::Admission;
 pub use log::read::LogRead;
 pub use log::recovery::{Recovery, TruncatedTail};
 pub use log::subscription::Subscription;
+pub use rawlog::{Log, LogEntries, LogRecovery, LogSubscription};
 pub use state::{Scan, State};
 pub use stats::{PersistenceInfo, StoreStats};
 pub use store::{Pending, Store};

@@ -203,6 +203,17 @@ impl Shared {
         drop((old, queued));
     }
 
+    /// Moves the last record back to `last_seq` after a log dropped the
+    /// records after it: the next ones applied reuse their sequence
+    /// numbers. A log's state holds no keys, so there is nothing else to
+    /// undo (its queued records are raw ones, which change nothing).
+    pub(crate) fn truncate(&self, last_seq: Seq) {
+        self.flush();
+        let _tree = self.write();
+        self.last_seq.store(last_seq, Release);
+        self.acknowledged.notify_waiters();
+    }
+
     /// Ends every wait and the applier thread: the store shut down.
     pub(crate) fn close(&self) {
         self.flush();
@@ -286,6 +297,8 @@ pub(crate) fn apply_entry(tree: &mut Tree, entry: Entry) {
                 apply_op(tree, op);
             }
         }
+        // A log's payload changes no key (a store never holds one).
+        Entry::Raw(_) => {}
     }
 }
 

@@ -21,6 +21,7 @@ use crate::actors::wal::{open_log, WalShared};
 use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Record, Seq};
 use crate::error::{Error, Result};
+use crate::format::manifest::DirKind;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
 use crate::latency::Latencies;
@@ -91,6 +92,18 @@ impl Store {
     pub(crate) async fn open_with_fs(
         config: Config,
         fs: Arc<dyn FileSystem>,
+        on_record: impl FnMut(&Record) + Send + 'static,
+    ) -> Result<(Store, Recovery)> {
+        Store::open_kind(config, fs, DirKind::Kv, on_record).await
+    }
+
+    /// Opens a directory of `kind`: a key-value store, or the same machinery
+    /// under a [`Log`](crate::Log), which differs only in what it appends
+    /// and in having no snapshots or compaction.
+    pub(crate) async fn open_kind(
+        config: Config,
+        fs: Arc<dyn FileSystem>,
+        kind: DirKind,
         mut on_record: impl FnMut(&Record) + Send + 'static,
     ) -> Result<(Store, Recovery)> {
         config.validate()?;
@@ -109,7 +122,7 @@ impl Store {
                 let lock = fs
                     .lock_dir(dir)
                     .map_err(|e| Error::io("lock data directory", dir, e))?;
-                let manifest = ManifestStore::open(Arc::clone(&fs), dir)?;
+                let manifest = ManifestStore::open(Arc::clone(&fs), dir, kind)?;
                 let (recovery, tree, start) =
                     open_log(fs.as_ref(), &manifest, &config, &mut on_record)?;
                 crate::memory::release_freed();
@@ -245,7 +258,7 @@ impl Store {
 
     /// Queues an admitted append; a refused one gives its room back as the
     /// request is dropped.
-    fn push_append(&self, entry: Entry, permit: Admission) -> Result<Pending> {
+    pub(crate) fn push_append(&self, entry: Entry, permit: Admission) -> Result<Pending> {
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Append {
             entry,
@@ -256,6 +269,54 @@ impl Store {
             answer,
             timed: Some((Instant::now(), Arc::clone(&self.shared.wal))),
         })
+    }
+
+    /// Takes room for `bytes` of appends under `limits.max_pending_bytes`
+    /// (as [`Store::admit`], for entries the caller checked itself).
+    pub(crate) async fn admit_bytes(&self, bytes: u64) -> Result<Admission> {
+        match self.shared.inbox.gate().admit(bytes).await {
+            Some(admission) => Ok(admission),
+            None => Err(self.shared.inbox.refusal()),
+        }
+    }
+
+    /// Queues admitted `entries` as consecutive records: no other request
+    /// is queued between them, so they get contiguous sequence numbers.
+    pub(crate) fn submit_all(&self, entries: Vec<(Entry, Admission)>) -> Result<Vec<Pending>> {
+        let mut requests = Vec::with_capacity(entries.len());
+        let mut pendings = Vec::with_capacity(entries.len());
+        let submitted = Instant::now();
+        for (entry, permit) in entries {
+            let (reply, answer) = oneshot::channel();
+            requests.push(Request::Append {
+                entry,
+                reply,
+                permit,
+            });
+            pendings.push(Pending {
+                answer,
+                timed: Some((submitted, Arc::clone(&self.shared.wal))),
+            });
+        }
+        self.shared.inbox.push_all(requests)?;
+        Ok(pendings)
+    }
+
+    /// Queues a log's truncation after `after` and waits for it (see
+    /// [`Log::truncate_after`](crate::Log::truncate_after)).
+    pub(crate) async fn truncate_after(&self, after: Seq) -> Result<Seq> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.inbox.push(Request::Truncate { after, reply })?;
+        Pending {
+            answer,
+            timed: None,
+        }
+        .await
+    }
+
+    /// The WAL's shared internals.
+    pub(crate) fn wal(&self) -> &Arc<WalShared> {
+        &self.shared.wal
     }
 
     /// Sets `key` to `value`; resolves with the record's sequence number
@@ -395,19 +456,21 @@ impl Store {
     /// records as the iterator is advanced): in async code, iterate it in a
     /// blocking task, or use [`Store::subscribe`].
     pub fn read(&self, range: impl RangeBounds<Seq>) -> Result<LogRead> {
-        let acknowledged = acknowledged_upto(&self.shared.wal);
         let start = match range.start_bound() {
             Bound::Included(from) => Some(*from),
             Bound::Excluded(after) => Some(after.saturating_add(1)),
             Bound::Unbounded => None,
         };
+        // The cursor first: it notes the log's truncations so far, so one
+        // made after the bound below was read is one it knows is new.
+        let mut cursor = Cursor::new(Arc::clone(&self.shared.wal), start);
+        let acknowledged = acknowledged_upto(&self.shared.wal);
         let end = match range.end_bound() {
             Bound::Included(to) => *to,
             Bound::Excluded(to) => to.saturating_sub(1),
             Bound::Unbounded => Seq::MAX,
         }
         .min(acknowledged);
-        let mut cursor = Cursor::new(Arc::clone(&self.shared.wal), start);
         if start.is_some_and(|from| from.max(1) > end) {
             return Ok(LogRead::new(cursor, 0));
         }
@@ -524,6 +587,13 @@ impl Drop for Shared {
 
 /// Refuses what the limits do not allow, before anything is written.
 fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
+    if matches!(entry, Entry::Raw(_)) {
+        // Its state would silently ignore it, and its snapshots and
+        // compactions, which keep only the net effect on keys, would drop it.
+        return Err(Error::InvalidRequest(
+            "a key-value store takes no raw payloads; open a Log for those".into(),
+        ));
+    }
     let mut total: u64 = 0;
     for op in entry.ops() {
         let key = op.key();

@@ -35,6 +35,7 @@ async fn a_version_1_log_opens_and_continues_in_version_2_segments() {
         segments: vec![1],
         snapshots: Vec::new(),
         sealed_through: 0,
+        ..Manifest::default()
     };
     std::fs::write(dir.path().join(MANIFEST_FILE), manifest.encode()).expect("write manifest");
 

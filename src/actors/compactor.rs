@@ -14,6 +14,7 @@ use actix::prelude::*;
 use crate::actors::messages::{Compact, SegmentSealed};
 use crate::actors::wal::WalShared;
 use crate::error::{Error, Result};
+use crate::format::manifest::DirKind;
 use crate::lifecycle::background::Jobs;
 use crate::lifecycle::compaction::{compact, CompactionReport};
 
@@ -99,6 +100,10 @@ impl Handler<SegmentSealed> for CompactorActor {
     type Result = ();
 
     fn handle(&mut self, msg: SegmentSealed, ctx: &mut Context<Self>) {
+        if self.shared.manifest.kind() == DirKind::Log {
+            // Nothing to compact in a Log (see `build_snapshot`).
+            return;
+        }
         self.sealed_since_check += msg.records;
         if self.running || self.sealed_since_check < self.shared.config.compaction.threshold {
             return;

@@ -32,7 +32,7 @@ use crate::format::record::encode_segment_record;
 use crate::format::segment::SEGMENT_HEADER_BYTES;
 use crate::fs::FileSystem;
 use crate::latency::Latencies;
-use crate::lifecycle::manifest::ManifestStore;
+use crate::lifecycle::manifest::{remove_retired, ManifestStore};
 use crate::log::inbox::{Closed, Inbox, Reply, Request};
 use crate::log::recovery::{recover, Recovery};
 use crate::log::segment::Segment;
@@ -144,6 +144,9 @@ pub struct WalActor {
     unsynced: u64,
     /// `Rotate` requests waiting for the rotation in progress.
     rotation_replies: Vec<Reply>,
+    /// A log's truncation waiting for the active segment's seal: the last
+    /// record kept, and who asked.
+    truncation: Option<(Seq, Reply)>,
     /// The failure that stopped the log, shared with every request refused
     /// because of it.
     failed: Option<Arc<Error>>,
@@ -179,6 +182,7 @@ impl WalActor {
             buf: Vec::new(),
             unsynced: 0,
             rotation_replies: Vec::new(),
+            truncation: None,
             failed: None,
             stopping: None,
             _death: death,
@@ -261,6 +265,18 @@ impl WalActor {
                     self.next_seq += 1;
                 }
                 Request::Sync { reply } => sync_replies.push(reply),
+                Request::Truncate { after, reply } => {
+                    if after >= self.next_seq - 1 {
+                        // Nothing after it was ever written.
+                        let _ = reply.send(Ok(self.next_seq - 1));
+                        continue;
+                    }
+                    // Sealed even if it holds nothing: the next segment's
+                    // header must say `after + 1`.
+                    self.truncation = Some((after, reply));
+                    full = true;
+                    break;
+                }
                 Request::Rotate { reply } => {
                     if empty_segment && self.buf.is_empty() {
                         let _ = reply.send(Ok(self.next_seq - 1));
@@ -459,6 +475,74 @@ impl WalActor {
         self.drain(ctx);
     }
 
+    /// A log's truncation, once the active segment is sealed and every
+    /// record written before the request is answered: one manifest write
+    /// (on a blocking thread; nothing is written meanwhile, as in any
+    /// rotation) marks the records after `after` in the sealed segments
+    /// as dropped; then the counters move back to `after` and the
+    /// rotation goes on, starting the next segment at `after + 1`.
+    ///
+    /// A crash before the manifest write keeps every record; after it,
+    /// the open drops them (the mark) and starts a segment at
+    /// `after + 1` itself. If the write fails the log stops: whether the
+    /// mark reached the disk is unknown, and a segment continuing from
+    /// either number could contradict it.
+    fn truncate(&mut self, after: Seq, reply: Reply, ctx: &mut Context<Self>) {
+        crash_point("truncate.after_seal");
+        let shared = Arc::clone(&self.shared);
+        let through = self.segment.id;
+        let marking =
+            actix_rt::task::spawn_blocking(move || shared.manifest.truncate_after(after, through));
+        ctx.spawn(marking.into_actor(self).map(move |outcome, act, ctx| {
+            let outcome = outcome.unwrap_or_else(|e| Err(Error::task_failed("a truncation", &e)));
+            match outcome {
+                Ok(retired) => {
+                    act.next_seq = after + 1;
+                    let counters = &act.shared.counters;
+                    counters.last_seq.store(after, Relaxed);
+                    // Stored, not raised: `durable_seq` only ever grows
+                    // otherwise, and must not vouch for the new records
+                    // that reuse the dropped numbers.
+                    counters.durable_seq.store(after, Relaxed);
+                    act.shared.state.truncate(after);
+                    act.rotation_replies.push(reply);
+                    act.remove_in_background(retired);
+                    act.rotating = Some(true);
+                    act.finish_rotation(ctx);
+                }
+                Err(e @ Error::InvalidRequest(_)) => {
+                    // Refused before anything was written: go on as after
+                    // any rotation.
+                    let _ = reply.send(Err(e));
+                    act.rotating = Some(true);
+                    act.finish_rotation(ctx);
+                }
+                Err(e) => {
+                    let cause = Arc::new(e);
+                    let _ = reply.send(Err(Error::clone(&cause)));
+                    act.fail(cause);
+                    act.finish_stop_if_drained(ctx);
+                }
+            }
+        }));
+    }
+
+    /// Removes segment files a truncation unlisted, paced, off the actor.
+    /// A crash before they are gone leaves unlisted files, which the next
+    /// open removes.
+    fn remove_in_background(&self, files: Vec<std::path::PathBuf>) {
+        if files.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        actix_rt::task::spawn_blocking(move || {
+            let pace = shared.config.maintenance.delete_bytes_per_sec;
+            if let Err(e) = remove_retired(shared.fs.as_ref(), &files, pace) {
+                tracing::warn!(%e, "removing segments a truncation dropped failed; the next open removes them");
+            }
+        });
+    }
+
     /// Refuses everything from now on because of `cause`: the log cannot
     /// promise durability. Every request still waiting is refused with it.
     fn fail(&mut self, cause: Arc<Error>) {
@@ -483,6 +567,9 @@ impl WalActor {
             request.fail(refused.clone());
         }
         for reply in self.rotation_replies.drain(..) {
+            let _ = reply.send(Err(refused.clone()));
+        }
+        if let Some((_, reply)) = self.truncation.take() {
             let _ = reply.send(Err(refused.clone()));
         }
         // Appenders held back by the loss bound wait for a sync that will
@@ -550,10 +637,13 @@ impl Handler<SealDone> for WalActor {
 
     fn handle(&mut self, msg: SealDone, ctx: &mut Context<Self>) {
         match msg.0 {
-            Ok(()) if self.rotating.is_some() => {
-                self.rotating = Some(true);
-                self.finish_rotation(ctx);
-            }
+            Ok(()) if self.rotating.is_some() => match self.truncation.take() {
+                Some((after, reply)) => self.truncate(after, reply, ctx),
+                None => {
+                    self.rotating = Some(true);
+                    self.finish_rotation(ctx);
+                }
+            },
             Ok(()) => {}
             Err(cause) => {
                 self.fail(cause);

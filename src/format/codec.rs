@@ -41,6 +41,8 @@ enum EntryRef<'a> {
     Op(OpRef<'a>),
     #[serde(borrow)]
     Batch(Vec<OpRef<'a>>),
+    #[serde(borrow)]
+    Raw(&'a [u8]),
 }
 
 impl OpRef<'_> {
@@ -73,6 +75,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     Ok(match decode_entry_ref(bytes)? {
         EntryRef::Op(op) => Entry::Op(op.to_owned_op()),
         EntryRef::Batch(ops) => Entry::Batch(ops.iter().map(OpRef::to_owned_op).collect()),
+        EntryRef::Raw(bytes) => Entry::Raw(bytes.to_vec()),
     })
 }
 
@@ -88,6 +91,8 @@ pub fn for_each_op(bytes: &[u8], mut f: impl FnMut(&[u8], Option<&[u8]>)) -> Res
     match decode_entry_ref(bytes)? {
         EntryRef::Op(op) => visit(&op),
         EntryRef::Batch(ops) => ops.iter().for_each(visit),
+        // A log's payload changes no key.
+        EntryRef::Raw(_) => {}
     }
     Ok(())
 }
@@ -197,5 +202,22 @@ mod tests {
         expected.extend([7u8; 300]);
         expected.extend([1u8, 4, b'g', b'o', b'n', b'e']);
         assert_eq!(buf, expected);
+    }
+
+    /// A raw payload is variant 2: its index, its length, its bytes.
+    #[test]
+    fn raw_encoding_is_the_documented_bytes() {
+        let mut buf = Vec::new();
+        encode_entry(&Entry::Raw(vec![9; 300]), &mut buf);
+        let mut expected = vec![2u8, 0xFB, 0x2C, 0x01];
+        expected.extend([9u8; 300]);
+        assert_eq!(buf, expected);
+        assert_eq!(decode_entry(&buf), Ok(Entry::Raw(vec![9; 300])));
+        let mut buf = Vec::new();
+        encode_entry(&Entry::Raw(Vec::new()), &mut buf);
+        assert_eq!(buf, [2u8, 0]);
+        let mut seen = 0;
+        for_each_op(&buf, |_, _| seen += 1).unwrap();
+        assert_eq!(seen, 0);
     }
 }

@@ -5,14 +5,21 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::entry::Seq;
 use crate::format::codec;
 use crate::format::snapshot::SnapshotHeader;
 
 /// Identifies a manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"CKVMAN\r\n";
 /// Bumped on any incompatible change to the manifest. Version 2 added
-/// `sealed_through`; version 1 manifests are still read (as 0).
-pub const MANIFEST_VERSION: u32 = 2;
+/// `sealed_through`; version 3 the directory's kind, `purged_through`, the
+/// truncation marks and the metadata slot of a [`Log`](crate::Log).
+/// Versions 1 and 2 are still read (a key-value store's, nothing sealed,
+/// purged or truncated, no metadata).
+pub const MANIFEST_VERSION: u32 = 3;
+/// The largest metadata a log's manifest holds: the manifest is rewritten
+/// whole at every change, so a large slot would slow every rotation.
+pub const MAX_METADATA_BYTES: usize = 64 << 10;
 /// Bytes before the payload.
 pub const MANIFEST_HEADER_BYTES: usize = 20;
 /// The file name.
@@ -35,6 +42,64 @@ pub struct Manifest {
     /// it), even when a crash leaves it the last one started: recovery
     /// never takes damage in it for an interrupted write.
     pub sealed_through: u64,
+    /// What the directory holds: a key-value [`Store`](crate::Store) or a
+    /// [`Log`](crate::Log). Each refuses to open the other's directory: a
+    /// store would compact a log's records away, and a log would hand a
+    /// store's records out as payloads.
+    pub kind: DirKind,
+    /// A log's records up to this sequence number were purged on purpose
+    /// (`Log::purge_before`); reads below it answer `Error::Purged`. 0:
+    /// nothing purged.
+    pub purged_through: Seq,
+    /// A log's dropped suffixes, oldest first (`Log::truncate_after`).
+    pub truncations: Vec<TruncationMark>,
+    /// A log's application metadata (a Raft vote, say), at most
+    /// [`MAX_METADATA_BYTES`].
+    #[serde(with = "serde_bytes")]
+    pub metadata: Option<Vec<u8>>,
+}
+
+/// What a data directory holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirKind {
+    /// A key-value [`Store`](crate::Store) (every directory written before
+    /// manifest version 3).
+    #[default]
+    Kv,
+    /// A [`Log`](crate::Log) of opaque payloads.
+    Log,
+}
+
+impl DirKind {
+    /// The name errors and tools use.
+    pub fn name(self) -> &'static str {
+        match self {
+            DirKind::Kv => "kv",
+            DirKind::Log => "log",
+        }
+    }
+}
+
+/// A dropped suffix of a log: every record with a sequence number above
+/// `after_seq` in a segment whose id is at most `through_segment` is not
+/// part of the log. Segments created after the mark continue at
+/// `after_seq + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TruncationMark {
+    /// The last record kept.
+    pub after_seq: Seq,
+    /// The last segment the mark applies to (the one sealed to make it).
+    pub through_segment: u64,
+}
+
+/// A version-2 manifest's payload.
+#[derive(Deserialize)]
+struct ManifestV2 {
+    generation: u64,
+    next_segment_id: u64,
+    segments: Vec<u64>,
+    snapshots: Vec<SnapshotHeader>,
+    sealed_through: u64,
 }
 
 /// A version-1 manifest's payload.
@@ -122,7 +187,18 @@ impl Manifest {
                     next_segment_id: old.next_segment_id,
                     segments: old.segments,
                     snapshots: old.snapshots,
-                    sealed_through: 0,
+                    ..Manifest::default()
+                }
+            }
+            2 => {
+                let old: ManifestV2 = codec::decode_value(payload).map_err(at_payload)?;
+                Manifest {
+                    generation: old.generation,
+                    next_segment_id: old.next_segment_id,
+                    segments: old.segments,
+                    snapshots: old.snapshots,
+                    sealed_through: old.sealed_through,
+                    ..Manifest::default()
                 }
             }
             MANIFEST_VERSION => codec::decode_value(payload).map_err(at_payload)?,
@@ -147,6 +223,26 @@ impl Manifest {
             return Err(damaged(
                 MANIFEST_HEADER_BYTES as u64,
                 "a listed segment id is not below next_segment_id",
+            ));
+        }
+        if manifest
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_METADATA_BYTES)
+        {
+            return Err(damaged(
+                MANIFEST_HEADER_BYTES as u64,
+                format!("metadata is over {MAX_METADATA_BYTES} bytes"),
+            ));
+        }
+        if manifest.kind == DirKind::Kv
+            && (manifest.purged_through != 0
+                || !manifest.truncations.is_empty()
+                || manifest.metadata.is_some())
+        {
+            return Err(damaged(
+                MANIFEST_HEADER_BYTES as u64,
+                "a key-value store's manifest with a log's purge, truncation or metadata",
             ));
         }
         Ok(manifest)
@@ -177,6 +273,13 @@ mod tests {
                 entries: 3,
             }],
             sealed_through: 7,
+            kind: DirKind::Log,
+            purged_through: 30,
+            truncations: vec![TruncationMark {
+                after_seq: 35,
+                through_segment: 9,
+            }],
+            metadata: Some(b"vote".to_vec()),
         };
         let bytes = manifest.encode();
         assert_eq!(Manifest::decode(&bytes), Ok(manifest.clone()));
@@ -209,7 +312,50 @@ mod tests {
                 segments: vec![2, 3],
                 snapshots: Vec::new(),
                 sealed_through: 0,
+                kind: DirKind::Kv,
+                purged_through: 0,
+                truncations: Vec::new(),
+                metadata: None,
             })
         );
+    }
+
+    #[test]
+    fn a_version_2_manifest_is_read_as_a_key_value_store() {
+        let segments: Vec<u64> = vec![2, 3];
+        let snapshots: Vec<SnapshotHeader> = Vec::new();
+        let mut payload = Vec::new();
+        codec::encode_value(&(5u64, 4u64, segments, snapshots, 2u64), &mut payload);
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&MANIFEST_MAGIC);
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let crc = manifest_crc(&bytes[8..16], &payload);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        assert_eq!(
+            Manifest::decode(&bytes),
+            Ok(Manifest {
+                generation: 5,
+                next_segment_id: 4,
+                segments: vec![2, 3],
+                snapshots: Vec::new(),
+                sealed_through: 2,
+                kind: DirKind::Kv,
+                purged_through: 0,
+                truncations: Vec::new(),
+                metadata: None,
+            })
+        );
+    }
+
+    #[test]
+    fn oversized_metadata_is_refused() {
+        let manifest = Manifest {
+            kind: DirKind::Log,
+            metadata: Some(vec![0; MAX_METADATA_BYTES + 1]),
+            ..Manifest::default()
+        };
+        assert!(Manifest::decode(&manifest.encode()).is_err());
     }
 }

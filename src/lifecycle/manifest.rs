@@ -14,8 +14,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::crash::crash_point;
 use crate::error::{Corruption, Error, Result};
-use crate::format::manifest::{Manifest, MANIFEST_FILE, MANIFEST_TEMP_FILE};
-use crate::format::segment::{parse_segment_file_name, segment_path};
+use crate::format::manifest::{
+    DirKind, Manifest, TruncationMark, MANIFEST_FILE, MANIFEST_TEMP_FILE,
+};
+use crate::format::segment::{
+    parse_segment_file_name, segment_path, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
 use crate::format::snapshot::{is_snapshot_file_name, SnapshotHeader};
 use crate::fs::FileSystem;
 use crate::lifecycle::pacing::Pacer;
@@ -37,6 +41,10 @@ pub(crate) struct ManifestStore {
     /// not changed since it last found its segment listed (the lock is
     /// held across manifest writes and their fsyncs).
     generation: std::sync::atomic::AtomicU64,
+    /// The number of the last truncation made since open, readable
+    /// without the lock: a log reader checks it before each record it
+    /// hands out.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// Ends the temporary name a segment is prepared under.
@@ -46,6 +54,11 @@ struct Live {
     manifest: Manifest,
     /// Set by `close`: the directory is about to be released.
     closed: bool,
+    /// Truncations made since open, numbered from 1 (`epoch` is the last
+    /// number given), each with its last record kept: a reader tells from
+    /// these whether a truncation came after it began (see `log_ends`).
+    truncations_since_open: Vec<(u64, crate::entry::Seq)>,
+    epoch: u64,
 }
 
 impl ManifestStore {
@@ -55,8 +68,10 @@ impl ManifestStore {
     /// empty directory: anything else may be a store that lost its manifest
     /// or somebody else's files, and is refused, never deleted. Segments a
     /// crash left half-prepared are removed here, once per open: later, the
-    /// rotator may be preparing one.
-    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<ManifestStore> {
+    /// rotator may be preparing one. A new directory is made of `kind`; an
+    /// existing one of another kind is refused before anything in it is
+    /// touched.
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, kind: DirKind) -> Result<ManifestStore> {
         let path = dir.join(MANIFEST_FILE);
         let manifest = match fs.read(&path) {
             Ok(bytes) => Manifest::decode(&bytes).map_err(|e| {
@@ -81,17 +96,22 @@ impl ManifestStore {
                     }));
                 }
                 let fresh = Manifest {
-                    generation: 0,
                     next_segment_id: 1,
-                    segments: Vec::new(),
-                    snapshots: Vec::new(),
-                    sealed_through: 0,
+                    kind,
+                    ..Manifest::default()
                 };
                 write(fs.as_ref(), dir, &fresh)?;
                 fresh
             }
             Err(e) => return Err(Error::io("read manifest", path, e)),
         };
+        if manifest.kind != kind {
+            return Err(Error::WrongKind {
+                dir: dir.to_path_buf(),
+                found: manifest.kind.name(),
+                wanted: kind.name(),
+            });
+        }
         remove_half_prepared(fs.as_ref(), dir)?;
         let generation = std::sync::atomic::AtomicU64::new(manifest.generation);
         Ok(ManifestStore {
@@ -100,9 +120,12 @@ impl ManifestStore {
             current: Mutex::new(Live {
                 manifest,
                 closed: false,
+                truncations_since_open: Vec::new(),
+                epoch: 0,
             }),
             prepared: std::sync::atomic::AtomicU64::new(0),
             generation,
+            epoch: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -167,6 +190,16 @@ impl ManifestStore {
         self.lock().manifest.sealed_through
     }
 
+    /// What the directory holds.
+    pub fn kind(&self) -> DirKind {
+        self.lock().manifest.kind
+    }
+
+    /// A log's records up to this sequence number were purged (0: none).
+    pub fn purged_through(&self) -> crate::entry::Seq {
+        self.lock().manifest.purged_through
+    }
+
     /// The live snapshots, oldest first.
     pub fn snapshots(&self) -> Vec<SnapshotHeader> {
         self.lock().manifest.snapshots.clone()
@@ -195,6 +228,150 @@ impl ManifestStore {
             .iter()
             .map(|id| segment_path(&self.dir, *id))
             .chain(snapshots.iter().map(|s| snapshot_path(&self.dir, s)))
+            .collect())
+    }
+
+    /// A log's metadata slot.
+    pub fn metadata(&self) -> Option<Vec<u8>> {
+        self.lock().manifest.metadata.clone()
+    }
+
+    /// Replaces a log's metadata slot: durable when this returns, and
+    /// atomic, since the manifest is replaced whole (temporary file, fsync,
+    /// rename, directory fsync).
+    pub fn set_metadata(&self, metadata: Vec<u8>) -> Result<()> {
+        let mut live = self.lock_open()?;
+        let mut next = live.manifest.clone();
+        next.generation += 1;
+        next.metadata = Some(metadata);
+        write(self.fs.as_ref(), &self.dir, &next)?;
+        self.install(&mut live, next);
+        Ok(())
+    }
+
+    /// Purges a log's records before `seq`: in one manifest write, records
+    /// that everything up to `seq - 1` is purged and unlists every segment
+    /// all of whose records are below `seq`, which a later segment's header
+    /// proves (it starts at or before `seq`). The newest started segment is
+    /// never unlisted: the next one after it is not started, so nothing
+    /// proves where it ends. Returns the unlisted files, for the caller to
+    /// remove at its pace (see [`remove_retired`]); a crash before they are
+    /// removed leaves unlisted files, which the next open deletes.
+    pub fn purge_before(&self, seq: crate::entry::Seq) -> Result<Vec<PathBuf>> {
+        let mut live = self.lock_open()?;
+        let purged_through = seq.saturating_sub(1);
+        if purged_through <= live.manifest.purged_through {
+            return Ok(Vec::new());
+        }
+        let segments = &live.manifest.segments;
+        let mut unlisted = Vec::new();
+        for pair in segments.windows(2) {
+            let next = segment_path(&self.dir, pair[1]);
+            let starts = self
+                .fs
+                .read_prefix(&next, SEGMENT_HEADER_BYTES)
+                .ok()
+                .and_then(|bytes| SegmentHeader::decode(&bytes).ok())
+                .map(|header| header.first_seq);
+            match starts {
+                Some(first) if first <= seq => unlisted.push(pair[0]),
+                _ => break,
+            }
+        }
+        let mut next = live.manifest.clone();
+        next.generation += 1;
+        next.purged_through = purged_through;
+        next.segments.retain(|id| !unlisted.contains(id));
+        prune_marks(&mut next);
+        write(self.fs.as_ref(), &self.dir, &next)?;
+        self.install(&mut live, next);
+        crash_point("purge.after_manifest");
+        Ok(unlisted
+            .iter()
+            .map(|id| segment_path(&self.dir, *id))
+            .collect())
+    }
+
+    /// The number of the last truncation made since open (0: none): a
+    /// reader notes it when it begins.
+    pub fn truncation_epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What moved a log's ends since truncation `epoch`: the purge point
+    /// now, the lowest last-kept record of the truncations after `epoch`
+    /// (`None`: none since), and the latest truncation's number.
+    pub fn log_ends(&self, epoch: u64) -> (crate::entry::Seq, Option<crate::entry::Seq>, u64) {
+        let live = self.lock();
+        let since = live
+            .truncations_since_open
+            .iter()
+            .filter(|(e, _)| *e > epoch)
+            .map(|(_, after)| *after)
+            .min();
+        (live.manifest.purged_through, since, live.epoch)
+    }
+
+    /// A log's truncation marks, oldest first.
+    pub fn truncations(&self) -> Vec<TruncationMark> {
+        self.lock().manifest.truncations.clone()
+    }
+
+    /// Drops a log's records after `after_seq` from every segment up to
+    /// `through` (sealed, and the newest one started): one manifest write
+    /// records the mark and unlists the segments that hold only dropped
+    /// records (those starting after `after_seq`). From then on, recovery
+    /// and readers skip the dropped records, and the next segment must
+    /// start at `after_seq + 1`. Returns the unlisted files, for the caller
+    /// to remove.
+    pub fn truncate_after(
+        &self,
+        after_seq: crate::entry::Seq,
+        through: u64,
+    ) -> Result<Vec<PathBuf>> {
+        let mut live = self.lock_open()?;
+        if after_seq < live.manifest.purged_through {
+            return Err(Error::InvalidRequest(format!(
+                "cannot truncate after {after_seq}: the log was purged through {}",
+                live.manifest.purged_through
+            )));
+        }
+        let mut unlisted = Vec::new();
+        for &id in live.manifest.segments.iter().filter(|id| **id <= through) {
+            let path = segment_path(&self.dir, id);
+            let bytes = self
+                .fs
+                .read_prefix(&path, SEGMENT_HEADER_BYTES)
+                .map_err(|e| Error::io("read segment header", &path, e))?;
+            let header = SegmentHeader::decode(&bytes).map_err(|e| {
+                Error::Corruption(Corruption {
+                    file: path.clone(),
+                    offset: 0,
+                    reason: format!("a sealed segment's header does not read: {e:?}"),
+                })
+            })?;
+            if header.first_seq > after_seq {
+                unlisted.push(id);
+            }
+        }
+        let mut next = live.manifest.clone();
+        next.generation += 1;
+        next.truncations.push(TruncationMark {
+            after_seq,
+            through_segment: through,
+        });
+        next.segments.retain(|id| !unlisted.contains(id));
+        prune_marks(&mut next);
+        write(self.fs.as_ref(), &self.dir, &next)?;
+        self.install(&mut live, next);
+        live.epoch += 1;
+        let epoch = live.epoch;
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        live.truncations_since_open.push((epoch, after_seq));
+        crash_point("truncate.after_manifest");
+        Ok(unlisted
+            .iter()
+            .map(|id| segment_path(&self.dir, *id))
             .collect())
     }
 
@@ -302,6 +479,26 @@ impl ManifestStore {
             .sync_dir(&self.dir)
             .map_err(|e| Error::io("sync directory", &self.dir, e))
     }
+}
+
+/// Forgets truncation marks that no listed segment falls under any more,
+/// so that they do not pile up in a log that is truncated and purged for
+/// ever.
+fn prune_marks(manifest: &mut Manifest) {
+    let first = manifest.segments.first().copied();
+    manifest
+        .truncations
+        .retain(|mark| first.is_some_and(|first| mark.through_segment >= first));
+}
+
+/// The newest mark's limit on segment `id`: records above it were dropped
+/// (`None`: no mark covers the segment).
+pub(crate) fn truncation_cap(marks: &[TruncationMark], id: u64) -> Option<crate::entry::Seq> {
+    marks
+        .iter()
+        .filter(|mark| mark.through_segment >= id)
+        .map(|mark| mark.after_seq)
+        .min()
 }
 
 /// Removes the temporary files of segments that were being prepared when

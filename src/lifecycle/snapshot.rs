@@ -17,6 +17,7 @@ use crate::crash::crash_point;
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::codec::{decode_entry, for_each_op};
+use crate::format::manifest::DirKind;
 use crate::format::record::{encode_record, Frame, MAX_PAYLOAD_BYTES};
 use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind, SNAPSHOT_HEADER_BYTES};
@@ -214,6 +215,7 @@ pub(crate) fn read_snapshot(
             }
             Entry::Op(op) => op,
             Entry::Batch(_) => return Err(corruption(path, offset, "a batch in a snapshot")),
+            Entry::Raw(_) => return Err(corruption(path, offset, "a raw payload in a snapshot")),
         };
         visit(seq, op);
         entries += 1;
@@ -373,6 +375,13 @@ pub(crate) fn build_snapshot(
     kind: SnapshotKind,
     upto: Seq,
 ) -> Result<Option<Built>> {
+    if manifest.kind() == DirKind::Log {
+        // A snapshot keeps only the net effect on keys: of a log's
+        // payloads it would keep nothing, and then retire their segments.
+        return Err(Error::InvalidRequest(
+            "a Log has no snapshots or compaction; use purge_before".into(),
+        ));
+    }
     let listed = manifest.snapshots();
     let covered = select_chain(&listed).last().map_or(0, |s| s.to_seq);
     if upto <= covered {

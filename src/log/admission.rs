@@ -37,6 +37,11 @@ pub(crate) fn estimated_bytes(entry: &Entry) -> u64 {
             op.key().len() as u64 + value + OP_OVERHEAD_BYTES
         })
         .sum::<u64>()
+        + match entry {
+            // A log's payload has no operations: its bytes are all of it.
+            Entry::Raw(payload) => payload.len() as u64,
+            Entry::Op(_) | Entry::Batch(_) => 0,
+        }
         + RECORD_OVERHEAD_BYTES
 }
 
@@ -117,6 +122,23 @@ impl Admission {
     /// The bytes of room it holds.
     pub fn bytes(&self) -> u64 {
         self.permit.num_permits() as u64
+    }
+
+    /// Splits `bytes` of room (all it has, at most) off into an admission
+    /// of its own: a batch admitted whole, then queued as several appends,
+    /// each giving its part back when it is answered.
+    pub(crate) fn split_off(&mut self, bytes: u64) -> Admission {
+        let take = usize::try_from(bytes)
+            .unwrap_or(usize::MAX)
+            .min(self.permit.num_permits());
+        match self.permit.split(take) {
+            Some(permit) => Admission {
+                permit,
+                counters: Arc::clone(&self.counters),
+            },
+            // `take` never exceeds what the permit holds.
+            None => unreachable!("split {take} of {} permits", self.permit.num_permits()),
+        }
     }
 
     /// Gives back everything above `permits` at once, rather than when the

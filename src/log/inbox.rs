@@ -36,6 +36,9 @@ pub(crate) enum Request {
     /// Seal the active segment if it holds records; answered once the next
     /// one is in place, with the last sequence number sealed.
     Rotate { reply: Reply },
+    /// A log's truncation: drop every record after `after` (see
+    /// `WalActor`); answered with `after` once the drop is durable.
+    Truncate { after: Seq, reply: Reply },
 }
 
 impl Request {
@@ -48,7 +51,9 @@ impl Request {
                 drop(permit);
                 reply
             }
-            Request::Sync { reply } | Request::Rotate { reply } => reply,
+            Request::Sync { reply }
+            | Request::Rotate { reply }
+            | Request::Truncate { reply, .. } => reply,
         };
         // The appender may have given up waiting; nothing to do then.
         let _ = reply.send(Err(error));
@@ -135,11 +140,22 @@ impl Inbox {
     /// Queues a request, waking the WAL actor if it is idle; a closed inbox
     /// refuses it with the reason.
     pub(crate) fn push(&self, request: Request) -> Result<()> {
+        self.push_with(|queue| queue.push(request))
+    }
+
+    /// Queues `requests` together, in order: nothing another appender
+    /// pushes lands between them. A closed inbox refuses them all.
+    pub(crate) fn push_all(&self, mut requests: Vec<Request>) -> Result<()> {
+        self.push_with(|queue| queue.append(&mut requests))
+    }
+
+    /// Adds to the queue under its lock, unless it is closed, and wakes the actor.
+    fn push_with(&self, add: impl FnOnce(&mut Vec<Request>)) -> Result<()> {
         let mut state = self.lock();
         if let Some(closed) = &state.closed {
             return Err(closed.error());
         }
-        state.requests.push(request);
+        add(&mut state.requests);
         let wake = if state.wake_pending {
             None
         } else {

@@ -33,8 +33,10 @@ use crate::actors::wal::WalShared;
 use crate::entry::{Record, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::codec::decode_entry;
+use crate::format::manifest::DirKind;
 use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::lifecycle::manifest::truncation_cap;
 use crate::log::reader::{FrameReader, Position, READ_CHUNK_BYTES};
 use crate::log::scan::{listed_but_missing, walk_frames, Stop};
 
@@ -80,6 +82,9 @@ struct Current {
     /// The sequence number of the frame at `position`.
     frame_seq: Seq,
     position: Position,
+    /// A log's truncation marks' limit on this segment: records after it
+    /// were dropped, and the log goes on in the next segment.
+    cap: Option<Seq>,
 }
 
 /// A place in the log and the buffer to read it through.
@@ -93,12 +98,23 @@ pub(crate) struct Cursor {
     /// The manifest generation at which `current` was last found listed.
     checked: Option<u64>,
     buf: Vec<u8>,
+    /// Reading a [`Log`](crate::Log): its purge point and truncations
+    /// are checked after each chunk.
+    log: bool,
+    /// The last of the log's truncations this cursor knows of: a later
+    /// one may have dropped records it read (see `check_ends`).
+    epoch: u64,
+    /// A subscription's cursor: after a truncation that dropped nothing it
+    /// handed out, it goes on with the log as it is now.
+    follows: bool,
 }
 
 impl Cursor {
     /// A cursor at record `from` (at the first record the log holds, with
     /// `None`); nothing is read until it is used.
     pub fn new(wal: Arc<WalShared>, from: Option<Seq>) -> Cursor {
+        let log = wal.manifest.kind() == DirKind::Log;
+        let epoch = wal.manifest.truncation_epoch();
         Cursor {
             wal,
             next_seq: from.unwrap_or(1).max(1),
@@ -106,7 +122,84 @@ impl Cursor {
             current: None,
             checked: None,
             buf: Vec::new(),
+            log,
+            epoch,
+            follows: false,
         }
+    }
+
+    /// Makes this a subscription's cursor (see `follows`).
+    pub fn following(mut self) -> Cursor {
+        self.follows = true;
+        self
+    }
+
+    /// The truncation marks' limit on segment `id` (a log's only).
+    fn cap_of(&self, id: u64) -> Option<Seq> {
+        if !self.log {
+            return None;
+        }
+        truncation_cap(&self.wal.manifest.truncations(), id)
+    }
+
+    /// After a chunk of a log was read into `out` (from index `kept` on,
+    /// starting at record `prior`, up to `upto`): records the log purged
+    /// meanwhile answer [`Error::Purged`]; after a truncation made since
+    /// this cursor began, records past it are dropped from `out` (they may
+    /// be ones the truncation dropped), and a read that had handed out
+    /// records past it, or would go past it with a bound from before it,
+    /// answers [`Error::Truncated`]. A subscription that handed out nothing
+    /// past it goes on from the record after it, in the log as it is now.
+    fn check_ends(
+        &mut self,
+        out: &mut VecDeque<Record>,
+        kept: usize,
+        prior: Seq,
+        upto: Seq,
+    ) -> Result<()> {
+        if !self.log {
+            return Ok(());
+        }
+        let (purged, truncated, epoch) = self.wal.manifest.log_ends(self.epoch);
+        if out.iter().skip(kept).any(|r| r.seq <= purged) {
+            out.truncate(kept);
+            return Err(Error::Purged { upto: purged });
+        }
+        let Some(after) = truncated else {
+            return Ok(());
+        };
+        while out.len() > kept && out.back().is_some_and(|r| r.seq > after) {
+            out.pop_back();
+        }
+        if self.follows && prior <= after + 1 {
+            self.epoch = epoch;
+            self.next_seq = self.next_seq.min(after + 1);
+            self.current = None;
+            return Ok(());
+        }
+        if prior > after + 1 || upto > after {
+            self.next_seq = self.next_seq.min(after + 1);
+            return Err(Error::Truncated { after });
+        }
+        Ok(())
+    }
+
+    /// For a subscription waiting at the end of a log: a truncation since
+    /// it began that dropped records it handed out answers
+    /// [`Error::Truncated`]; one that dropped none is taken in.
+    pub fn check_waiting(&mut self) -> Result<()> {
+        if !self.log {
+            return Ok(());
+        }
+        let (_, truncated, epoch) = self.wal.manifest.log_ends(self.epoch);
+        if let Some(after) = truncated {
+            if self.next_seq > after + 1 {
+                return Err(Error::Truncated { after });
+            }
+            self.epoch = epoch;
+            self.current = None;
+        }
+        Ok(())
     }
 
     /// The next record the cursor hands out.
@@ -144,6 +237,13 @@ impl Cursor {
             let Some(current) = self.current.as_mut() else {
                 continue;
             };
+            if current.cap.is_some_and(|cap| self.next_seq > cap) {
+                // Past a truncation mark: the log goes on in the next segment.
+                let (path, offset) = (current.path.clone(), current.position.offset());
+                self.next_segment(&path, offset, self.next_seq)?;
+                continue;
+            }
+            let cap = current.cap.unwrap_or(Seq::MAX);
             let kept = out.len();
             let next_seq = self.next_seq;
             let mut reader = FrameReader::resume(
@@ -159,7 +259,7 @@ impl Cursor {
                 reader.set_read_size(READ_CHUNK_BYTES);
             }
             let walked = walk_frames(&mut reader, current.frame_seq, |seq, payload, _| {
-                if seq > upto || full(out, bytes) {
+                if seq > upto || seq > cap || full(out, bytes) {
                     return Ok(ControlFlow::Break(()));
                 }
                 if seq >= next_seq {
@@ -190,6 +290,10 @@ impl Cursor {
                 current.frame_seq = walk.next_seq;
             }
             self.next_seq = self.next_seq.max(walk.next_seq);
+            self.check_ends(out, kept, next_seq, upto)?;
+            if self.current.is_none() {
+                continue;
+            }
             if walk.stop == Stop::Visitor || self.next_seq > upto {
                 continue;
             }
@@ -279,6 +383,7 @@ impl Cursor {
                 path: segment_path(&self.wal.config.data_dir, chosen.id),
                 frame_seq: chosen.first_seq,
                 position: Position::at(SEGMENT_HEADER_BYTES as u64, chosen.layout()),
+                cap: self.cap_of(chosen.id),
             });
             self.checked = None;
             return Ok(());
@@ -363,6 +468,7 @@ impl Cursor {
             path: segment_path(&self.wal.config.data_dir, header.id),
             frame_seq: header.first_seq,
             position: Position::at(SEGMENT_HEADER_BYTES as u64, header.layout()),
+            cap: self.cap_of(header.id),
         });
         self.checked = None;
         Ok(())
@@ -396,10 +502,12 @@ impl Cursor {
     /// after the last record of the segments retired.
     fn purged(&self) -> Error {
         let ids = self.wal.manifest.segments();
+        // A log's purge point may lie inside its first segment.
+        let purged = self.wal.manifest.purged_through();
         for index in 0..ids.len() {
             if let Ok(Some(Some(header))) = self.header(&ids, index) {
                 return Error::Purged {
-                    upto: header.first_seq - 1,
+                    upto: (header.first_seq - 1).max(purged),
                 };
             }
         }

@@ -52,6 +52,11 @@ impl Position {
     pub fn layout(&self) -> Layout {
         self.layout
     }
+
+    /// The file offset of the next unconsumed byte.
+    pub fn offset(&self) -> u64 {
+        self.base + self.start as u64
+    }
 }
 
 /// A cursor over one file; `buf[start..end]` is the part read but not yet

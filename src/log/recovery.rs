@@ -24,7 +24,7 @@ use crate::error::{Corruption, Error, Result};
 use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::segment_path;
 use crate::fs::FileSystem;
-use crate::lifecycle::manifest::ManifestStore;
+use crate::lifecycle::manifest::{truncation_cap, ManifestStore};
 use crate::lifecycle::snapshot::load_base;
 use crate::log::reader::FrameReader;
 use crate::log::scan::{self, End, Start};
@@ -38,7 +38,8 @@ use crate::state::{apply_entry, Tree};
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct Recovery {
-    /// The last sequence number the snapshots cover (0: none).
+    /// The last sequence number the snapshots cover, or a
+    /// [`Log`](crate::Log) purged (0: none).
     pub base_seq: Seq,
     /// Snapshots loaded (the newest full one and its incrementals).
     pub snapshots: usize,
@@ -125,9 +126,12 @@ pub(crate) fn recover(
         return Err(Error::Corruption(scan::sealed_but_zero(path)));
     }
     let mut retire = plan.unstarted.clone();
+    let marks = manifest.truncations();
 
     let mut recovery = Recovery {
-        base_seq: base.covered,
+        // A log's purged records are not replayed, and its first segment
+        // may start anywhere up to one past them, as after a snapshot.
+        base_seq: base.covered.max(manifest.purged_through()),
         snapshots: base.snapshots,
         ..Recovery::default()
     };
@@ -166,7 +170,7 @@ pub(crate) fn recover(
                 &path,
                 24,
                 format!(
-                    "the log starts at sequence {}, but the snapshots end at {}: records are missing",
+                    "the log starts at sequence {}, but the snapshots (or a log's purge) end at {}: records are missing",
                     header.first_seq, recovery.base_seq
                 ),
             ));
@@ -199,10 +203,12 @@ pub(crate) fn recover(
             });
         }
         let base_seq = recovery.base_seq;
+        // Records a log truncated away are skipped, never returned.
+        let cap = truncation_cap(&marks, id).unwrap_or(Seq::MAX);
         let replayed = &mut recovery.replayed;
         let scanned = scan::scan_frames(&mut reader, &path, &header, place, mode, |seq, entry| {
             // Records a snapshot covers are already in the state.
-            if seq > base_seq {
+            if seq > base_seq && seq <= cap {
                 let record = Record { seq, entry };
                 on_record(&record);
                 apply_entry(&mut state, record.entry);
@@ -216,7 +222,8 @@ pub(crate) fn recover(
             End::Torn(tail) => Some(tail),
             End::Corrupt(c) => return Err(Error::Corruption(c)),
         };
-        expected = Some(scanned.next_seq);
+        // After a truncation the next segment continues from the mark.
+        expected = Some(scanned.next_seq.min(cap.saturating_add(1)));
         recovery.segments += 1;
         newest_read = id;
         if place.newest {

@@ -37,7 +37,7 @@ pub struct Subscription {
 
 impl Subscription {
     pub(crate) fn new(wal: Arc<WalShared>, from: Seq) -> Subscription {
-        let cursor = Cursor::new(Arc::clone(&wal), Some(from));
+        let cursor = Cursor::new(Arc::clone(&wal), Some(from)).following();
         Subscription {
             wal,
             cursor: Some(cursor),
@@ -89,6 +89,11 @@ impl Subscription {
             };
             let upto = acknowledged_upto(&self.wal);
             if cursor.next_seq() > upto {
+                // A truncation moves the end back below a waiting cursor.
+                if let Err(e) = cursor.check_waiting() {
+                    self.failed = Some(e);
+                    continue;
+                }
                 let seen = cursor.next_seq() - 1;
                 self.cursor = Some(cursor);
                 if !wait_past(&self.wal, seen).await {

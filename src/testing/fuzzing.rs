@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Config, RecoveryMode};
-use crate::format::manifest::{Manifest, MANIFEST_FILE};
+use crate::format::manifest::{DirKind, Manifest, MANIFEST_FILE};
 use crate::format::segment::segment_path;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::FileSystem;
@@ -38,7 +38,7 @@ fn recover_files(files: &[(&Path, &[u8])]) {
         let mut config = Config::with_data_dir(DIR);
         config.wal.recovery_mode = mode;
         let fs: Arc<dyn FileSystem> = Arc::new(fs);
-        if let Ok(manifest) = ManifestStore::open(Arc::clone(&fs), Path::new(DIR)) {
+        if let Ok(manifest) = ManifestStore::open(Arc::clone(&fs), Path::new(DIR), DirKind::Kv) {
             let _ = recover(fs.as_ref(), &manifest, &config, &mut |_| {});
         }
     }
@@ -52,6 +52,7 @@ pub fn segment(data: &[u8]) {
         segments: vec![1],
         snapshots: Vec::new(),
         sealed_through: 0,
+        ..Manifest::default()
     }
     .encode();
     let segment = segment_path(Path::new(DIR), 1);
@@ -76,6 +77,7 @@ pub fn snapshot(data: &[u8]) {
         segments: Vec::new(),
         snapshots: vec![header],
         sealed_through: 0,
+        ..Manifest::default()
     }
     .encode();
     let path = snapshot_path(Path::new(DIR), &header);

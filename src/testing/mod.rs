@@ -8,7 +8,8 @@ pub mod recording;
 pub mod sim_fs;
 pub mod torture;
 
-pub use crate::crash::CRASH_POINTS;
+pub use crate::crash::{CRASH_POINTS, LOG_CRASH_POINTS};
+pub use crate::rawlog::open_log_with_fs;
 pub use crate::store::open_with_fs;
 pub use recording::{open_recording, open_recording_with_fs, Recorded};
 
