@@ -496,6 +496,16 @@ impl WalActor {
         ctx.spawn(marking.into_actor(self).map(move |outcome, act, ctx| {
             let outcome = outcome.unwrap_or_else(|e| Err(Error::task_failed("a truncation", &e)));
             match outcome {
+                Ok(_) if act.failed.is_some() => {
+                    // The log failed while the mark was written (the
+                    // rotator or a sync met the failing disk): nothing
+                    // will finish this rotation, so the caller hears now.
+                    // The mark may be durable; the reopen honours it.
+                    let cause = act.failed.clone();
+                    let refused = cause.map_or(Error::ShutDown, |c| Error::refused(&c));
+                    let _ = reply.send(Err(refused));
+                    act.finish_stop_if_drained(ctx);
+                }
                 Ok(retired) => {
                     act.next_seq = after + 1;
                     let counters = &act.shared.counters;
