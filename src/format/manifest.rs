@@ -291,19 +291,26 @@ mod tests {
         assert!(Manifest::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
+    /// A manifest file of `version` around `payload`, framed as every
+    /// version is.
+    fn framed(version: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&MANIFEST_MAGIC);
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let crc = manifest_crc(&bytes[8..16], payload);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
     #[test]
     fn a_version_1_manifest_is_read_with_nothing_sealed() {
         let segments: Vec<u64> = vec![2, 3];
         let snapshots: Vec<SnapshotHeader> = Vec::new();
         let mut payload = Vec::new();
         codec::encode_value(&(5u64, 4u64, segments, snapshots), &mut payload);
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&MANIFEST_MAGIC);
-        bytes.extend_from_slice(&1u32.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        let crc = manifest_crc(&bytes[8..16], &payload);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        bytes.extend_from_slice(&payload);
+        let bytes = framed(1, &payload);
         assert_eq!(
             Manifest::decode(&bytes),
             Ok(Manifest {
@@ -326,13 +333,7 @@ mod tests {
         let snapshots: Vec<SnapshotHeader> = Vec::new();
         let mut payload = Vec::new();
         codec::encode_value(&(5u64, 4u64, segments, snapshots, 2u64), &mut payload);
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(&MANIFEST_MAGIC);
-        bytes.extend_from_slice(&2u32.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        let crc = manifest_crc(&bytes[8..16], &payload);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        bytes.extend_from_slice(&payload);
+        let bytes = framed(2, &payload);
         assert_eq!(
             Manifest::decode(&bytes),
             Ok(Manifest {

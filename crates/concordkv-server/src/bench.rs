@@ -134,12 +134,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
             dir.clone()
         }
         None => {
-            scratch = tempfile::Builder::new()
-                .prefix(".concordkv-bench-")
-                .tempdir_in(".")
-                .with_context(|| {
-                    format!("create bench directory in {}", "the current directory")
-                })?;
+            scratch = scratch_dir()?;
             scratch.path().to_path_buf()
         }
     };
@@ -379,6 +374,15 @@ pub struct LifecycleReport {
     pub appends_compacting: u64,
 }
 
+/// A temporary directory in the working directory, on the disk being
+/// measured, removed when dropped.
+fn scratch_dir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(".concordkv-bench-")
+        .tempdir_in(".")
+        .context("create a bench directory in the current directory")
+}
+
 /// Fills a fresh store, then measures recovery from segments, a compaction
 /// of the whole log with nothing else running, and recovery from its
 /// snapshot; then, under one continuous append load, alternates quiet
@@ -386,10 +390,7 @@ pub struct LifecycleReport {
 /// a compaction running come from the same load, interleaved, not from two
 /// runs a noisy disk and scheduler may treat differently.
 pub fn run_lifecycle(opts: &LifecycleOptions) -> Result<LifecycleReport> {
-    let scratch = tempfile::Builder::new()
-        .prefix(".concordkv-bench-")
-        .tempdir_in(".")
-        .with_context(|| format!("create bench directory in {}", "the current directory"))?;
+    let scratch = scratch_dir()?;
     let mut config = Config::with_data_dir(scratch.path());
     config.wal.sync_mode = SyncMode::None;
     // Only on-request compactions, so each window measures what it names.
@@ -622,10 +623,7 @@ pub struct ReadBenchReport {
 /// acknowledgement the subscriber gets the record. Both stores live in one
 /// temporary directory in the working directory.
 pub fn run_read(opts: &ReadBenchOptions) -> Result<ReadBenchReport> {
-    let scratch = tempfile::Builder::new()
-        .prefix(".concordkv-bench-")
-        .tempdir_in(".")
-        .with_context(|| format!("create bench directory in {}", "the current directory"))?;
+    let scratch = scratch_dir()?;
     let opts = opts.clone();
     let mut written = Config::with_data_dir(scratch.path().join("read"));
     written.wal.sync_mode = SyncMode::None;
