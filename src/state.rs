@@ -9,9 +9,12 @@
 //! Inserting into a tree of a million keys costs far more than writing the
 //! record did, so the acknowledging thread does not insert: just before it
 //! answers, it queues the records, and an applier thread moves them into the
-//! tree. Every read first applies whatever is still queued, so it sees
-//! exactly what was acknowledged before it began. The queue is bounded: past
-//! [`QUEUE_LIMIT`] records the acknowledging thread applies them itself.
+//! tree, many at a time. Every read first applies whatever is
+//! still queued, so it sees exactly what was acknowledged before it began.
+//! The queue is bounded by `limits.max_pending_bytes`: each record keeps
+//! its room under that bound until it is applied, so appenders that outrun
+//! the applier wait for room as they would for a slow disk, and the
+//! acknowledging thread never waits for the applier.
 
 mod slot;
 
@@ -28,8 +31,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::entry::{Entry, Op, Seq};
+use crate::log::admission::Admission;
 
-use slot::KeyRef;
 pub(crate) use slot::Slot;
 
 /// Keys and values as the state holds them: each pair in one allocation,
@@ -45,10 +48,10 @@ const SCAN_CHUNK: usize = 256;
 /// enough that a reader rarely finds much to apply first.
 const WAKE_AT: usize = 512;
 
-/// Queued records past which the acknowledging thread applies them itself:
-/// an applier that cannot keep up slows acknowledgements down instead of
-/// letting the queue grow without bound.
-const QUEUE_LIMIT: usize = 1 << 16;
+/// The share of `limits.max_pending_bytes` queued that wakes the applier
+/// whatever the records' number: large records must not wait for
+/// [`IDLE_APPLY`] while their appenders wait for room.
+const WAKE_AT_SHARE_OF_ROOM: u64 = 8;
 
 /// How long queued records wait for the applier when fewer than [`WAKE_AT`]
 /// arrive (reads apply them at once anyway).
@@ -75,6 +78,8 @@ pub(crate) struct Shared {
     /// Woken after each group of writes is acknowledged, and at shutdown.
     acknowledged: Notify,
     closed: AtomicBool,
+    /// Whether the applier thread runs (else acknowledgements apply).
+    applier: AtomicBool,
 }
 
 /// Acknowledged records not yet in the tree, and the applier's wake-up.
@@ -83,12 +88,27 @@ pub(crate) struct Shared {
 struct Queue {
     records: Mutex<Pending>,
     wake: Condvar,
+    /// Queued bytes of room that wake the applier (see [`WAKE_AT_SHARE_OF_ROOM`]).
+    wake_bytes: u64,
 }
 
 #[derive(Default)]
 struct Pending {
     records: Vec<Entry>,
+    /// The vector the last flush emptied, to queue into next: acknowledging
+    /// threads then rarely grow one while holding the lock.
+    spare: Vec<Entry>,
+    /// The queued records' room under `limits.max_pending_bytes`, given
+    /// back once they are applied.
+    room: Option<Admission>,
     stopping: bool,
+}
+
+impl Pending {
+    fn wakes_applier(&self, wake_bytes: u64) -> bool {
+        self.records.len() >= WAKE_AT
+            || self.room.as_ref().map_or(0, Admission::bytes) >= wake_bytes
+    }
 }
 
 impl Queue {
@@ -99,11 +119,13 @@ impl Queue {
 }
 
 impl Shared {
-    /// The state recovery built, as of `last_seq`, with its applier thread.
-    pub(crate) fn new(tree: Tree, last_seq: Seq) -> Arc<Shared> {
+    /// The state recovery built, as of `last_seq`, with its applier thread,
+    /// under a store admitting `max_pending_bytes` of appends.
+    pub(crate) fn new(tree: Tree, last_seq: Seq, max_pending_bytes: u64) -> Arc<Shared> {
         let queue = Arc::new(Queue {
             records: Mutex::new(Pending::default()),
             wake: Condvar::new(),
+            wake_bytes: (max_pending_bytes / WAKE_AT_SHARE_OF_ROOM).max(1),
         });
         let shared = Arc::new(Shared {
             tree: RwLock::new(tree),
@@ -112,15 +134,16 @@ impl Shared {
             last_seq: AtomicU64::new(last_seq),
             acknowledged: Notify::new(),
             closed: AtomicBool::new(false),
+            applier: AtomicBool::new(true),
         });
         let weak = Arc::downgrade(&shared);
         let started = std::thread::Builder::new()
             .name("concordkv-state".into())
             .spawn(move || run_applier(&queue, &weak));
         if let Err(e) = started {
-            // Reads and the queue limit still apply everything: only the
-            // work moves onto the readers and the acknowledging thread.
+            // The acknowledging thread applies everything itself then.
             tracing::warn!(%e, "cannot start the state's applier thread");
+            shared.applier.store(false, Release);
         }
         shared
     }
@@ -138,27 +161,36 @@ impl Shared {
         self.tree.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Moves every queued record into the tree, in order, under one lock.
+    /// Moves every queued record into the tree, under one lock, then gives
+    /// their room back.
     fn flush(&self) {
         let mut tree = self.write();
-        let records = {
+        let (mut records, room) = {
             let mut queue = self.queue.lock();
             self.queued.store(0, Release);
-            std::mem::take(&mut queue.records)
+            let spare = std::mem::take(&mut queue.spare);
+            (
+                std::mem::replace(&mut queue.records, spare),
+                queue.room.take(),
+            )
         };
-        for entry in records {
+        for entry in records.drain(..) {
             apply_entry(&mut tree, entry);
         }
+        drop(tree);
+        drop(room);
+        self.queue.lock().spare = records;
     }
 
     /// Makes acknowledged records visible, in sequence order; called just
-    /// before their appenders are answered. Records at or below what the
-    /// state already holds are skipped: after the WAL actor is restarted the
-    /// state is rebuilt from the files, and an acknowledgement of a record
-    /// written before that may still arrive.
+    /// before their appenders are answered. Each record's room (its
+    /// admission) moves with it into the queue. Records at or below what
+    /// the state already holds are skipped: after the WAL actor is restarted
+    /// the state is rebuilt from the files, and an acknowledgement of a
+    /// record written before that may still arrive.
     pub(crate) fn apply<'a>(
         &self,
-        records: impl IntoIterator<Item = (Seq, &'a mut Option<Entry>)>,
+        records: impl IntoIterator<Item = (Seq, &'a mut Option<Entry>, &'a mut Option<Admission>)>,
     ) {
         let mut records = records.into_iter().peekable();
         if records.peek().is_none() {
@@ -166,21 +198,32 @@ impl Shared {
         }
         let mut queue = self.queue.lock();
         let mut last = self.last_seq.load(Relaxed);
-        for (seq, entry) in records {
+        for (seq, entry, room) in records {
             let Some(entry) = entry.take() else { continue };
             if seq <= last {
                 continue;
             }
-            queue.records.push(entry);
             last = seq;
+            if matches!(entry, Entry::Raw(_)) {
+                // A log's payload changes no key: nothing to apply, and its
+                // room goes back now.
+                continue;
+            }
+            queue.records.push(entry);
+            if let Some(room) = room.take() {
+                match &mut queue.room {
+                    Some(queued) => queued.absorb(room),
+                    None => queue.room = Some(room),
+                }
+            }
         }
-        let queued = queue.records.len();
-        self.queued.store(queued, Release);
+        let wake = queue.wakes_applier(self.queue.wake_bytes);
+        self.queued.store(queue.records.len(), Release);
         self.last_seq.store(last, Release);
         drop(queue);
-        if queued >= QUEUE_LIMIT {
+        if !self.applier.load(Acquire) {
             self.flush();
-        } else if queued >= WAKE_AT {
+        } else if wake {
             self.queue.wake.notify_one();
         }
         self.acknowledged.notify_waiters();
@@ -194,7 +237,7 @@ impl Shared {
         let queued = {
             let mut queue = self.queue.lock();
             self.queued.store(0, Release);
-            std::mem::take(&mut queue.records)
+            (std::mem::take(&mut queue.records), queue.room.take())
         };
         let old = std::mem::replace(&mut *current, tree);
         self.last_seq.store(last_seq, Release);
@@ -205,10 +248,9 @@ impl Shared {
 
     /// Moves the last record back to `last_seq` after a log dropped the
     /// records after it: the next ones applied reuse their sequence
-    /// numbers. A log's state holds no keys, so there is nothing else to
-    /// undo (its queued records are raw ones, which change nothing).
+    /// numbers. A log's state holds no keys and queues no records, so
+    /// there is nothing else to undo.
     pub(crate) fn truncate(&self, last_seq: Seq) {
-        self.flush();
         let _tree = self.write();
         self.last_seq.store(last_seq, Release);
         self.acknowledged.notify_waiters();
@@ -253,7 +295,7 @@ impl Shared {
 }
 
 /// The applier thread: applies queued records whenever [`WAKE_AT`] of them
-/// wait, or after [`IDLE_APPLY`]; ends when the store closes or the state is
+/// (or their share of the room) wait, or after [`IDLE_APPLY`]; ends when the store closes or the state is
 /// dropped.
 fn run_applier(queue: &Queue, state: &Weak<Shared>) {
     loop {
@@ -263,7 +305,7 @@ fn run_applier(queue: &Queue, state: &Weak<Shared>) {
                 if pending.stopping {
                     return;
                 }
-                if pending.records.len() >= WAKE_AT {
+                if pending.wakes_applier(queue.wake_bytes) {
                     break;
                 }
                 let (guard, waited) = queue
@@ -291,9 +333,9 @@ fn run_applier(queue: &Queue, state: &Weak<Shared>) {
 /// Applies one record's operations to `tree`.
 pub(crate) fn apply_entry(tree: &mut Tree, entry: Entry) {
     match entry {
-        Entry::Op(op) => apply_op(tree, op),
+        Entry::Op(op) => apply_op(tree, &op),
         Entry::Batch(ops) => {
-            for op in ops {
+            for op in &ops {
                 apply_op(tree, op);
             }
         }
@@ -302,13 +344,15 @@ pub(crate) fn apply_entry(tree: &mut Tree, entry: Entry) {
     }
 }
 
-fn apply_op(tree: &mut Tree, op: Op) {
+fn apply_op(tree: &mut Tree, op: &Op) {
     match op {
         Op::Set { key, value } => {
-            tree.replace(Slot::new(&key, &value));
+            if !slot::overwrite(tree, &Slot::probe(key), value) {
+                tree.insert(Slot::new(key, value));
+            }
         }
         Op::Delete { key } => {
-            tree.remove(KeyRef::new(&key));
+            tree.remove(&Slot::probe(key));
         }
     }
 }
@@ -328,13 +372,13 @@ impl State {
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         self.inner
             .read()
-            .get(KeyRef::new(key))
+            .get(&Slot::probe(key))
             .map(|slot| f(slot.value()))
     }
 
     /// Whether `key` is set.
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.inner.read().contains(KeyRef::new(key))
+        self.inner.read().contains(&Slot::probe(key))
     }
 
     /// The number of keys.
@@ -357,8 +401,8 @@ impl State {
     /// `state.range("a".."c")` or `state.range::<&[u8]>(..)`.
     pub fn range<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Scan {
         let own = |bound: Bound<&K>| match bound {
-            Bound::Included(k) => Bound::Included(Box::from(k.as_ref())),
-            Bound::Excluded(k) => Bound::Excluded(Box::from(k.as_ref())),
+            Bound::Included(k) => Bound::Included(Slot::probe(k.as_ref())),
+            Bound::Excluded(k) => Bound::Excluded(Slot::probe(k.as_ref())),
             Bound::Unbounded => Bound::Unbounded,
         };
         Scan::new(
@@ -371,10 +415,10 @@ impl State {
     /// The pairs whose keys start with `prefix`, in key order.
     pub fn prefix(&self, prefix: &[u8]) -> Scan {
         let end = match successor(prefix) {
-            Some(end) => Bound::Excluded(end),
+            Some(end) => Bound::Excluded(Slot::probe(&end)),
             None => Bound::Unbounded,
         };
-        Scan::new(self.clone(), Bound::Included(Box::from(prefix)), end)
+        Scan::new(self.clone(), Bound::Included(Slot::probe(prefix)), end)
     }
 
     /// Every pair, in key order.
@@ -408,14 +452,14 @@ fn successor(prefix: &[u8]) -> Option<Box<[u8]>> {
 pub struct Scan {
     state: State,
     /// Where the next chunk starts: just after the last key returned.
-    from: Bound<Box<[u8]>>,
-    to: Bound<Box<[u8]>>,
+    from: Bound<Slot>,
+    to: Bound<Slot>,
     chunk: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
     done: bool,
 }
 
 impl Scan {
-    fn new(state: State, from: Bound<Box<[u8]>>, to: Bound<Box<[u8]>>) -> Scan {
+    fn new(state: State, from: Bound<Slot>, to: Bound<Slot>) -> Scan {
         let done = is_empty_range(&from, &to);
         Scan {
             state,
@@ -428,16 +472,16 @@ impl Scan {
 
     fn refill(&mut self) {
         let tree = self.state.inner.read();
-        let bounds = (as_ref(&self.from), as_ref(&self.to));
+        let bounds = (self.from.as_ref(), self.to.as_ref());
         let chunk: Vec<(Vec<u8>, Vec<u8>)> = tree
-            .range::<KeyRef, _>(bounds)
+            .range::<Slot, _>(bounds)
             .take(SCAN_CHUNK)
             .map(|slot| (slot.key().to_vec(), slot.value().to_vec()))
             .collect();
         drop(tree);
         self.done = chunk.len() < SCAN_CHUNK;
         if let Some((last, _)) = chunk.last() {
-            self.from = Bound::Excluded(Box::from(last.as_slice()));
+            self.from = Bound::Excluded(Slot::probe(last));
             self.done |= is_empty_range(&self.from, &self.to);
         }
         self.chunk = chunk.into_iter();
@@ -460,17 +504,9 @@ impl Iterator for Scan {
     }
 }
 
-fn as_ref(bound: &Bound<Box<[u8]>>) -> Bound<&KeyRef> {
-    match bound {
-        Bound::Included(k) => Bound::Included(KeyRef::new(k)),
-        Bound::Excluded(k) => Bound::Excluded(KeyRef::new(k)),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
 /// Whether no key lies between the bounds (`BTreeMap::range` panics on
 /// such bounds instead of returning nothing).
-fn is_empty_range(from: &Bound<Box<[u8]>>, to: &Bound<Box<[u8]>>) -> bool {
+fn is_empty_range(from: &Bound<Slot>, to: &Bound<Slot>) -> bool {
     match (from, to) {
         (Bound::Included(a), Bound::Included(b)) => a > b,
         (Bound::Included(a), Bound::Excluded(b))
@@ -486,7 +522,7 @@ mod tests {
 
     fn state(keys: &[&str]) -> State {
         let tree: Tree = keys.iter().map(|k| Slot::new(k.as_bytes(), b"v")).collect();
-        State::new(Shared::new(tree, 0))
+        State::new(Shared::new(tree, 0, 1 << 20))
     }
 
     fn keys(scan: Scan) -> Vec<String> {
@@ -528,7 +564,7 @@ mod tests {
 
     #[test]
     fn applied_records_are_visible_whole_and_never_twice() {
-        let shared = Shared::new(Tree::new(), 0);
+        let shared = Shared::new(Tree::new(), 0, 1 << 20);
         let s = State::new(Arc::clone(&shared));
         let set = |k: &str, v: &str| Op::Set {
             key: k.into(),
@@ -536,13 +572,13 @@ mod tests {
         };
         let mut first = Some(Entry::Batch(vec![set("a", "1"), set("b", "1")]));
         let mut second = Some(Entry::Op(Op::Delete { key: "a".into() }));
-        shared.apply([(1, &mut first), (2, &mut second)]);
+        shared.apply([(1, &mut first, &mut None), (2, &mut second, &mut None)]);
         assert_eq!(s.get(b"a"), None);
         assert_eq!(s.get(b"b").as_deref(), Some(&b"1"[..]));
         assert_eq!(s.last_seq(), 2);
         // A late acknowledgement of a record the state already holds.
         let mut late = Some(Entry::Op(set("a", "stale")));
-        shared.apply([(2, &mut late)]);
+        shared.apply([(2, &mut late, &mut None)]);
         assert_eq!(s.get(b"a"), None);
     }
 }

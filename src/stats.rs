@@ -71,7 +71,8 @@ pub struct StoreStats {
     pub last_seq: u64,
     /// The last sequence number known durable.
     pub durable_seq: u64,
-    /// Bytes of appends admitted and not yet answered: at most
+    /// Bytes of appends admitted and not yet in the state (answered and
+    /// applied; a failed one is out when answered): at most
     /// `limits.max_pending_bytes` (a record larger than that counts as
     /// exactly that).
     pub pending_bytes: u64,

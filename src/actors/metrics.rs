@@ -178,7 +178,7 @@ pub(crate) fn describe() {
     describe_gauge!(
         "concordkv_wal_pending_bytes",
         Unit::Bytes,
-        "Bytes of appends admitted and not yet answered (bounded by limits.max_pending_bytes)."
+        "Bytes of appends admitted and not yet answered and applied to the state (bounded by limits.max_pending_bytes)."
     );
     describe_gauge!(
         "concordkv_disk_bytes",

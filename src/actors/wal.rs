@@ -217,7 +217,7 @@ impl WalActor {
     /// Encodes and writes the backlog; returns whether the segment is full.
     fn write_backlog(&mut self) -> bool {
         self.buf.clear();
-        let mut acks: Vec<Waiter> = Vec::new();
+        let mut acks: Vec<Waiter> = Vec::with_capacity(self.backlog.len());
         let mut sync_replies: Vec<Reply> = Vec::new();
         let mut full = false;
         let max = self.shared.config.wal.max_segment_bytes;

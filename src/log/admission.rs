@@ -1,13 +1,15 @@
 //! Admission to the inbox: at most `limits.max_pending_bytes` of appends
-//! accepted and not yet answered.
+//! accepted and not yet in the key-value state.
 //!
 //! The inbox itself is unbounded (the WAL actor takes everything queued at
 //! once), so without this a producer that submits faster than the disk
 //! syncs would grow it without limit. Each append first takes permits for
 //! its estimated size from a FIFO semaphore, waiting while the bound is
-//! reached; the permits travel with the request and then with its waiter,
-//! and go back the moment the appender is answered, whatever the answer, or
-//! when the request is dropped unanswered (a dead actor, a refused push).
+//! reached; the permits travel with the request, then with its waiter, then
+//! with its record into the state's queue, and go back once the state's
+//! applier has applied it (so an applier slower than the disk slows the
+//! appenders too), or the moment a failed append is answered, or when the
+//! request is dropped unanswered (a dead actor, a refused push).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -108,7 +110,8 @@ impl Gate {
 
 /// Room for one append under `limits.max_pending_bytes`, taken with
 /// [`Store::admit`] and spent with [`Store::submit_admitted`]. It is given
-/// back when the append is answered, or when it is dropped unused.
+/// back once the append is in the state (or answered with a failure), or
+/// when it is dropped unused.
 ///
 /// [`Store::admit`]: crate::Store::admit
 /// [`Store::submit_admitted`]: crate::Store::submit_admitted
@@ -138,6 +141,19 @@ impl Admission {
             },
             // `take` never exceeds what the permit holds.
             None => unreachable!("split {take} of {} permits", self.permit.num_permits()),
+        }
+    }
+
+    /// Takes `other`'s room into this one, to be given back together (one
+    /// release instead of one per append). Both come from the same gate.
+    /// (An admission from another gate is given back at once instead.)
+    pub(crate) fn absorb(&mut self, mut other: Admission) {
+        if !Arc::ptr_eq(self.permit.semaphore(), other.permit.semaphore()) {
+            return;
+        }
+        let all = other.permit.num_permits();
+        if let Some(permit) = other.permit.split(all) {
+            self.permit.merge(permit);
         }
     }
 

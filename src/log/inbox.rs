@@ -173,7 +173,12 @@ impl Inbox {
     pub(crate) fn take(&self, into: &mut Vec<Request>) {
         let mut state = self.lock();
         state.wake_pending = false;
-        into.append(&mut state.requests);
+        if into.is_empty() {
+            // A swap, not a copy: the queue keeps `into`'s allocation.
+            std::mem::swap(into, &mut state.requests);
+        } else {
+            into.append(&mut state.requests);
+        }
     }
 
     /// Refuses new requests from now on; queued ones stay for the actor.

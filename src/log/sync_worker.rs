@@ -47,13 +47,13 @@ pub(crate) struct Waiter {
     /// is answered (`None` for a sync request).
     pub entry: Option<Entry>,
     /// An append's room in the queue (none for a sync request), given back
-    /// when it is answered.
+    /// once its record is in the state, or when a failure is answered.
     pub permit: Option<Admission>,
 }
 
 impl Waiter {
-    /// Answers the appender, giving its room back first, so that one that
-    /// has its answer finds the room free.
+    /// Answers the appender, giving back the room it still holds first, so
+    /// that one that has its answer finds the room free.
     pub(crate) fn answer(self, answer: crate::error::Result<Seq>) {
         drop(self.permit);
         // The appender may have given up waiting; nothing to do then.
@@ -505,7 +505,7 @@ fn answer(kv: &state::Shared, mut waiters: Vec<Waiter>) {
         waiters
             .iter_mut()
             .filter(|waiter| waiter.entry.is_some())
-            .map(|waiter| (waiter.seq, &mut waiter.entry)),
+            .map(|waiter| (waiter.seq, &mut waiter.entry, &mut waiter.permit)),
     );
     for waiter in waiters {
         let seq = waiter.seq;
@@ -544,7 +544,7 @@ mod tests {
             bound,
             Arc::new(SimFs::new(1)),
             PathBuf::from("/d"),
-            state::Shared::new(state::Tree::new(), 0),
+            state::Shared::new(state::Tree::new(), 0, 1 << 20),
         )
         .expect("start")
     }

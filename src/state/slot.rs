@@ -6,9 +6,15 @@
 //! their time waiting for those cache misses. With the head inline, keys
 //! that differ in their first 8 bytes compare without leaving the node, and
 //! one allocation per pair instead of two saves an allocator header.
+//!
+//! A key already in the tree gets its new value in place (see
+//! [`overwrite`]): no search for where to insert, no allocation when the
+//! value keeps its length, nothing for another thread to free.
 
-use std::borrow::Borrow;
+use std::cell::UnsafeCell;
 use std::cmp::Ordering;
+
+use super::Tree;
 
 /// A key-value pair; ordered by key, bytewise.
 pub(crate) struct Slot {
@@ -16,40 +22,91 @@ pub(crate) struct Slot {
     /// key's bytes are wherever two heads differ.
     head: u64,
     /// The key, the value, then the key's length (4 bytes, little-endian).
-    data: Box<[u8]>,
+    /// Changed only by [`overwrite`], which holds the tree exclusively; the
+    /// key part, which orders the slot, never changes.
+    data: UnsafeCell<Box<[u8]>>,
 }
+
+// SAFETY: `data` is written only through `overwrite`, which takes the tree
+// by `&mut`: no other reference to any slot of it exists meanwhile (readers
+// reach slots only through the state's read lock, which `&mut Tree` excludes).
+unsafe impl Sync for Slot {}
 
 const LEN_BYTES: usize = 4;
 
 impl Slot {
-    /// Copies `key` and `value` into one allocation. Keys are at most
-    /// `limits.max_key_bytes`, far below 4 GiB.
+    /// Copies `key` and `value` into one allocation.
     pub(crate) fn new(key: &[u8], value: &[u8]) -> Slot {
-        let key_len = u32::try_from(key.len()).unwrap_or(u32::MAX);
         let mut data = Vec::with_capacity(key.len() + value.len() + LEN_BYTES);
         data.extend_from_slice(key);
-        data.extend_from_slice(value);
-        data.extend_from_slice(&key_len.to_le_bytes());
+        fill(&mut data, key.len(), value);
         Slot {
             head: head(key),
-            data: data.into_boxed_slice(),
+            data: UnsafeCell::new(data.into_boxed_slice()),
         }
     }
 
-    fn key_len(&self) -> usize {
-        let at = self.data.len() - LEN_BYTES;
-        let mut len = [0u8; LEN_BYTES];
-        len.copy_from_slice(&self.data[at..]);
-        u32::from_le_bytes(len) as usize
+    fn data(&self) -> &[u8] {
+        // SAFETY: see `impl Sync for Slot`: while `&self` lives, no
+        // `overwrite` runs on this slot's tree.
+        unsafe { &*self.data.get() }
+    }
+
+    /// A slot to look `key` up by (its value empty): comparing against it
+    /// uses the heads, where looking a bare key up would follow every
+    /// slot's pointer it passes.
+    pub(crate) fn probe(key: &[u8]) -> Slot {
+        Slot::new(key, &[])
     }
 
     pub(crate) fn key(&self) -> &[u8] {
-        &self.data[..self.key_len()]
+        let data = self.data();
+        &data[..key_len(data)]
     }
 
     pub(crate) fn value(&self) -> &[u8] {
-        &self.data[self.key_len()..self.data.len() - LEN_BYTES]
+        let data = self.data();
+        &data[key_len(data)..data.len() - LEN_BYTES]
     }
+}
+
+/// Sets `key`'s value to `value` in place if `key` is in `tree`; `false`
+/// (and nothing changed) if it is not.
+pub(crate) fn overwrite(tree: &mut Tree, key: &Slot, value: &[u8]) -> bool {
+    let Some(slot) = tree.get(key) else {
+        return false;
+    };
+    // SAFETY: `tree` is borrowed exclusively, so `slot` is the only
+    // reference to this slot's data; the key bytes, which order the slot,
+    // are kept as they are.
+    let data = unsafe { &mut *slot.data.get() };
+    let key_len = key_len(data);
+    if data.len() == key_len + value.len() + LEN_BYTES {
+        data[key_len..key_len + value.len()].copy_from_slice(value);
+    } else {
+        let mut resized = std::mem::take(data).into_vec();
+        fill(&mut resized, key_len, value);
+        *data = resized.into_boxed_slice();
+    }
+    true
+}
+
+/// Makes `data`, which starts with a key of `key_len` bytes, that key,
+/// `value` and the key's length.
+fn fill(data: &mut Vec<u8>, key_len: usize, value: &[u8]) {
+    data.truncate(key_len);
+    data.reserve_exact(value.len() + LEN_BYTES);
+    data.extend_from_slice(value);
+    // Keys are at most `limits.max_key_bytes`, far below 4 GiB.
+    let len = u32::try_from(key_len).unwrap_or(u32::MAX);
+    data.extend_from_slice(&len.to_le_bytes());
+}
+
+fn key_len(data: &[u8]) -> usize {
+    let at = data.len() - LEN_BYTES;
+    let mut len = [0u8; LEN_BYTES];
+    len.copy_from_slice(&data[at..]);
+    u32::from_le_bytes(len) as usize
 }
 
 fn head(key: &[u8]) -> u64 {
@@ -82,25 +139,6 @@ impl PartialEq for Slot {
 
 impl Eq for Slot {}
 
-/// A key to look a [`Slot`] up by, ordered as the slot is.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-#[repr(transparent)]
-pub(crate) struct KeyRef([u8]);
-
-impl KeyRef {
-    pub(crate) fn new(key: &[u8]) -> &KeyRef {
-        // SAFETY: `KeyRef` is `repr(transparent)` over `[u8]`, so the two
-        // references have the same layout and metadata.
-        unsafe { &*(key as *const [u8] as *const KeyRef) }
-    }
-}
-
-impl Borrow<KeyRef> for Slot {
-    fn borrow(&self) -> &KeyRef {
-        KeyRef::new(self.key())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,12 +160,28 @@ mod tests {
             for b in keys {
                 let (sa, sb) = (Slot::new(a, b"x"), Slot::new(b, b"yz"));
                 assert_eq!(sa.cmp(&sb), a.cmp(b), "{a:?} against {b:?}");
-                assert_eq!(Borrow::<KeyRef>::borrow(&sa).cmp(KeyRef::new(b)), a.cmp(b));
+                assert_eq!(Slot::probe(a).cmp(&sb), a.cmp(b));
             }
         }
         let slot = Slot::new(b"key", b"value");
         assert_eq!((slot.key(), slot.value()), (&b"key"[..], &b"value"[..]));
         let empty = Slot::new(b"k", b"");
         assert_eq!((empty.key(), empty.value()), (&b"k"[..], &b""[..]));
+    }
+
+    #[test]
+    fn overwrites_keep_the_key_whatever_the_new_value_length() {
+        let mut tree: Tree = [Slot::new(b"a", b"1"), Slot::new(b"key", b"old")]
+            .into_iter()
+            .collect();
+        for value in [&b"new"[..], b"", b"a much longer value than before", b"xyz"] {
+            assert!(overwrite(&mut tree, &Slot::probe(b"key"), value));
+            let slot = tree.get(&Slot::probe(b"key")).expect("still there");
+            assert_eq!((slot.key(), slot.value()), (&b"key"[..], value));
+        }
+        assert!(!overwrite(&mut tree, &Slot::probe(b"absent"), b"v"));
+        assert_eq!(tree.len(), 2);
+        let a = tree.get(&Slot::probe(b"a")).expect("untouched");
+        assert_eq!(a.value(), b"1");
     }
 }
