@@ -1,5 +1,5 @@
 //! Giving freed memory back to the operating system after the big, brief
-//! allocations of recovery, snapshots and compaction.
+//! allocations of recovery, snapshots, compaction and bursts of writes.
 //!
 //! glibc keeps the pages of freed small allocations in its arenas for
 //! reuse: after a compaction or an open had millions of records in flight,

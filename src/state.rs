@@ -53,6 +53,11 @@ const WAKE_AT: usize = 512;
 /// [`IDLE_APPLY`] while their appenders wait for room.
 const WAKE_AT_SHARE_OF_ROOM: u64 = 8;
 
+/// Records applied after which the applier, once idle, gives the memory
+/// their queue held back to the OS (see `memory`): a burst of writes may
+/// have queued up to `limits.max_pending_bytes` of them.
+const TRIM_AFTER: usize = 1 << 16;
+
 /// How long queued records wait for the applier when fewer than [`WAKE_AT`]
 /// arrive (reads apply them at once anyway).
 const IDLE_APPLY: Duration = Duration::from_millis(20);
@@ -162,8 +167,8 @@ impl Shared {
     }
 
     /// Moves every queued record into the tree, under one lock, then gives
-    /// their room back.
-    fn flush(&self) {
+    /// their room back; returns how many records it applied.
+    fn flush(&self) -> usize {
         let mut tree = self.write();
         let (mut records, room) = {
             let mut queue = self.queue.lock();
@@ -174,12 +179,14 @@ impl Shared {
                 queue.room.take(),
             )
         };
+        let applied = records.len();
         for entry in records.drain(..) {
             apply_entry(&mut tree, entry);
         }
         drop(tree);
         drop(room);
         self.queue.lock().spare = records;
+        applied
     }
 
     /// Makes acknowledged records visible, in sequence order; called just
@@ -298,6 +305,7 @@ impl Shared {
 /// (or their share of the room) wait, or after [`IDLE_APPLY`]; ends when the store closes or the state is
 /// dropped.
 fn run_applier(queue: &Queue, state: &Weak<Shared>) {
+    let mut applied_since_trim = 0;
     loop {
         {
             let mut pending = queue.lock();
@@ -320,11 +328,18 @@ fn run_applier(queue: &Queue, state: &Weak<Shared>) {
                     if !pending.records.is_empty() {
                         break;
                     }
+                    if applied_since_trim >= TRIM_AFTER {
+                        // A burst is over: what its queue held goes back.
+                        drop(pending);
+                        crate::memory::release_freed();
+                        applied_since_trim = 0;
+                        pending = queue.lock();
+                    }
                 }
             }
         }
         match state.upgrade() {
-            Some(state) => state.flush(),
+            Some(state) => applied_since_trim += state.flush(),
             None => return,
         }
     }

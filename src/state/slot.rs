@@ -1,10 +1,13 @@
 //! One key and its value as the state's tree holds them: in one allocation,
-//! with the key's first 8 bytes inline in the tree's node.
+//! with the key's first 16 bytes inline in the tree's node.
 //!
 //! A tree of a million keys whose nodes held only pointers followed one to
 //! a random place in memory for every comparison: inserts spent most of
 //! their time waiting for those cache misses. With the head inline, keys
-//! that differ in their first 8 bytes compare without leaving the node, and
+//! that differ in their first 16 bytes compare without leaving the node
+//! (16, not 8: keys such as `key:000000123456` or `user:1234567:name`
+//! share their first 8 bytes, and a restart replaying two million of them
+//! took 4.5 us a record, nearly all of it spent on those misses), and
 //! one allocation per pair instead of two saves an allocator header.
 //!
 //! A key already in the tree gets its new value in place (see
@@ -18,9 +21,9 @@ use super::Tree;
 
 /// A key-value pair; ordered by key, bytewise.
 pub(crate) struct Slot {
-    /// The key's first 8 bytes, big-endian, zero-padded: ordered as the
+    /// The key's first 16 bytes, big-endian, zero-padded: ordered as the
     /// key's bytes are wherever two heads differ.
-    head: u64,
+    head: u128,
     /// The key, the value, then the key's length (4 bytes, little-endian).
     /// Changed only by [`overwrite`], which holds the tree exclusively; the
     /// key part, which orders the slot, never changes.
@@ -109,11 +112,11 @@ fn key_len(data: &[u8]) -> usize {
     u32::from_le_bytes(len) as usize
 }
 
-fn head(key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let n = key.len().min(8);
+fn head(key: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = key.len().min(16);
     bytes[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(bytes)
+    u128::from_be_bytes(bytes)
 }
 
 impl Ord for Slot {
@@ -145,16 +148,20 @@ mod tests {
 
     #[test]
     fn slots_order_as_their_keys_do_whatever_their_heads() {
-        let keys: [&[u8]; 9] = [
+        let keys: [&[u8]; 13] = [
             b"",
             b"\0",
             b"a",
             b"a\0",
             b"a\0\0\0\0\0\0\0\0",
+            b"a\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
             b"ab",
             b"key:0000000001",
             b"key:0000000002",
-            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+            b"key:000000000001",
+            b"key:0000000000010",
+            b"key:0000000000011",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
         ];
         for a in keys {
             for b in keys {
