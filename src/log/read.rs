@@ -38,7 +38,7 @@ use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::lifecycle::manifest::truncation_cap;
 use crate::log::reader::{FrameReader, Position, READ_CHUNK_BYTES};
-use crate::log::scan::{listed_but_missing, walk_frames, Stop};
+use crate::log::scan::{continues, listed_but_missing, walk_frames, Stop};
 
 /// Records decoded per call of [`Cursor::read_chunk`], at most: enough to
 /// make each call's fixed costs (a manifest check, for a subscription a
@@ -458,6 +458,12 @@ impl Cursor {
             }
         };
         if header.first_seq != seq {
+            let purged = self.wal.manifest.purged_through();
+            if continues(seq, header.first_seq, purged) {
+                // The records in between were purged (a log's purge may
+                // reach past what a power cut kept; see `continues`).
+                return Err(Error::Purged { upto: purged });
+            }
             return Err(missing(format!(
                 "the segment ends before record {seq}, but the next segment ({}) starts at {}",
                 header.id, header.first_seq
