@@ -149,16 +149,18 @@ impl Cursor {
     /// be ones the truncation dropped), and a read that had handed out
     /// records past it, or would go past it with a bound from before it,
     /// answers [`Error::Truncated`]. A subscription that handed out nothing
-    /// past it goes on from the record after it, in the log as it is now.
+    /// past it goes on from the record after it, in the log as it is now;
+    /// then `true`: the chunk ends here, since `upto` was acknowledged
+    /// before the truncation and may lie past the log's new end.
     fn check_ends(
         &mut self,
         out: &mut VecDeque<Record>,
         kept: usize,
         prior: Seq,
         upto: Seq,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if !self.log {
-            return Ok(());
+            return Ok(false);
         }
         let (purged, truncated, epoch) = self.wal.manifest.log_ends(self.epoch);
         if out.iter().skip(kept).any(|r| r.seq <= purged) {
@@ -166,7 +168,7 @@ impl Cursor {
             return Err(Error::Purged { upto: purged });
         }
         let Some(after) = truncated else {
-            return Ok(());
+            return Ok(false);
         };
         while out.len() > kept && out.back().is_some_and(|r| r.seq > after) {
             out.pop_back();
@@ -175,13 +177,35 @@ impl Cursor {
             self.epoch = epoch;
             self.next_seq = self.next_seq.min(after + 1);
             self.current = None;
-            return Ok(());
+            return Ok(true);
         }
         if prior > after + 1 || upto > after {
             self.next_seq = self.next_seq.min(after + 1);
             return Err(Error::Truncated { after });
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// An error met finding the segment that holds the next record: where
+    /// a truncation made since the cursor began explains it (the records it
+    /// was bound to read were dropped, and the segment that will hold the
+    /// new ones is not listed or not started yet), the truncation's answer
+    /// instead (see `check_ends`), never a report of damage.
+    fn unless_truncated(
+        &mut self,
+        error: Error,
+        out: &mut VecDeque<Record>,
+        kept: usize,
+        prior: Seq,
+        upto: Seq,
+    ) -> Result<bool> {
+        if !matches!(error, Error::Corruption(_) | Error::Purged { .. }) {
+            return Err(error);
+        }
+        if self.check_ends(out, kept, prior, upto)? {
+            return Ok(true);
+        }
+        Err(error)
     }
 
     /// For a subscription waiting at the end of a log: a truncation since
@@ -214,9 +238,11 @@ impl Cursor {
 
     /// Reads records from `next_seq` on, up to `upto` and at most a chunk,
     /// into `out`. Returns `Ok` having added at least one record unless
-    /// `next_seq` is past `upto`. On an error the records added before it
-    /// are still good: hand them out first.
+    /// `next_seq` is past `upto`, or a subscription's cursor took in a
+    /// truncation (ask again with the bound acknowledged now). On an error
+    /// the records added before it are still good: hand them out first.
     pub fn read_chunk(&mut self, upto: Seq, out: &mut VecDeque<Record>) -> Result<()> {
+        let (entry_kept, entry_seq) = (out.len(), self.next_seq);
         let full = |out: &VecDeque<Record>, bytes: usize| {
             out.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES
         };
@@ -230,7 +256,11 @@ impl Cursor {
                 return Ok(());
             }
             if self.current.is_none() {
-                self.locate()?;
+                if let Err(e) = self.locate() {
+                    if self.unless_truncated(e, out, entry_kept, entry_seq, upto)? {
+                        return Ok(());
+                    }
+                }
                 fresh = true;
                 continue;
             }
@@ -240,7 +270,11 @@ impl Cursor {
             if current.cap.is_some_and(|cap| self.next_seq > cap) {
                 // Past a truncation mark: the log goes on in the next segment.
                 let (path, offset) = (current.path.clone(), current.position.offset());
-                self.next_segment(&path, offset, self.next_seq)?;
+                if let Err(e) = self.next_segment(&path, offset, self.next_seq) {
+                    if self.unless_truncated(e, out, entry_kept, entry_seq, upto)? {
+                        return Ok(());
+                    }
+                }
                 continue;
             }
             let cap = current.cap.unwrap_or(Seq::MAX);
@@ -290,9 +324,8 @@ impl Cursor {
                 current.frame_seq = walk.next_seq;
             }
             self.next_seq = self.next_seq.max(walk.next_seq);
-            self.check_ends(out, kept, next_seq, upto)?;
-            if self.current.is_none() {
-                continue;
+            if self.check_ends(out, kept, next_seq, upto)? {
+                return Ok(());
             }
             if walk.stop == Stop::Visitor || self.next_seq > upto {
                 continue;
@@ -307,7 +340,13 @@ impl Cursor {
                 continue;
             }
             match walk.stop {
-                Stop::End | Stop::Zeros => self.next_segment(&path, walk.offset, walk.next_seq)?,
+                Stop::End | Stop::Zeros => {
+                    if let Err(e) = self.next_segment(&path, walk.offset, walk.next_seq) {
+                        if self.unless_truncated(e, out, entry_kept, entry_seq, upto)? {
+                            return Ok(());
+                        }
+                    }
+                }
                 Stop::Damaged(reason) => {
                     return Err(Error::Corruption(Corruption {
                         file: path,
