@@ -309,16 +309,24 @@ impl Cursor {
             let (id, path) = (current.id, current.path.clone());
             let walk = match walked {
                 Ok(walk) => walk,
+                Err(_) if !self.still_listed(id) => {
+                    if self.retired(out, kept, next_seq, upto)? {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 Err(e) => {
                     out.truncate(kept);
-                    return Err(self.read_failed(id, &path, e));
+                    return Err(read_failed(&path, e));
                 }
             };
             // Read before the check: if the segment is still listed, no
             // removal had begun when the frames were read.
             if !self.still_listed(id) {
-                out.truncate(kept);
-                return Err(self.purged());
+                if self.retired(out, kept, next_seq, upto)? {
+                    return Ok(());
+                }
+                continue;
             }
             if let Some(current) = self.current.as_mut() {
                 current.frame_seq = walk.next_seq;
@@ -488,8 +496,10 @@ impl Cursor {
         };
         let header = match self.header(&ids, index)? {
             Some(Some(header)) => header,
-            // Retired meanwhile: so is the current one.
-            None => return Err(self.purged()),
+            // Retired meanwhile, and the current one with it (a purge
+            // unlists from the first segment on; two segments may start at
+            // the same record, the first of them empty, after an open).
+            None => return self.relocate_unless_purged(),
             Some(None) => {
                 return Err(missing(format!(
                     "record {seq} is acknowledged, but the segment ends here and the next one is not started"
@@ -531,15 +541,41 @@ impl Cursor {
         listed
     }
 
-    /// A failed read of segment `id`: retired (and removed) under the
-    /// reader, or an I/O error.
-    fn read_failed(&mut self, id: u64, path: &std::path::Path, e: io::Error) -> Error {
-        if !self.still_listed(id) {
-            self.purged()
-        } else if e.kind() == io::ErrorKind::NotFound {
-            Error::Corruption(listed_but_missing(path))
-        } else {
-            Error::io("read segment", path, e)
+    /// The segment the cursor reads was retired under it: the records read
+    /// from it in this chunk (from index `kept` of `out`, starting at
+    /// record `prior`, up to `upto`) are dropped, since its file may be
+    /// going. A truncation since the cursor began answers as after any
+    /// chunk (see `check_ends`). Otherwise, if the record it wants next
+    /// went with the segment, the answer is [`Error::Purged`]; if not, the
+    /// segment held only records before it (a log purged up to the
+    /// segment's end while the cursor waited there), and the cursor reads
+    /// on from the listing as it is now: it never answers `Purged` for a
+    /// record still in the log. `true` as from `check_ends`.
+    fn retired(
+        &mut self,
+        out: &mut VecDeque<Record>,
+        kept: usize,
+        prior: Seq,
+        upto: Seq,
+    ) -> Result<bool> {
+        out.truncate(kept);
+        if self.check_ends(out, kept, prior, upto)? {
+            return Ok(true);
+        }
+        self.relocate_unless_purged().map(|()| false)
+    }
+
+    /// A segment the cursor is in, or moves to, was retired under it:
+    /// [`Error::Purged`] if the record it wants next went with it;
+    /// otherwise it reads on from the listing as it is now.
+    fn relocate_unless_purged(&mut self) -> Result<()> {
+        match self.purged() {
+            Error::Purged { upto } if upto < self.next_seq => {
+                self.current = None;
+                self.checked = None;
+                Ok(())
+            }
+            purged => Err(purged),
         }
     }
 
@@ -559,6 +595,15 @@ impl Cursor {
         Error::Purged {
             upto: self.next_seq.saturating_sub(1),
         }
+    }
+}
+
+/// A failed read of a listed segment: missing (damage), or an I/O error.
+fn read_failed(path: &std::path::Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::NotFound {
+        Error::Corruption(listed_but_missing(path))
+    } else {
+        Error::io("read segment", path, e)
     }
 }
 
