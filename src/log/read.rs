@@ -415,14 +415,14 @@ impl Cursor {
                     })
                 }
                 (None, None) => {
-                    return Err(Error::Corruption(Corruption {
-                        file: self.wal.config.data_dir.clone(),
-                        offset: 0,
-                        reason: format!(
+                    return Err(self.missing(
+                        self.wal.config.data_dir.clone(),
+                        0,
+                        format!(
                             "record {} is acknowledged, but no listed segment holds a record",
                             self.next_seq
                         ),
-                    }))
+                    ))
                 }
             };
             self.current = Some(Current {
@@ -481,13 +481,7 @@ impl Cursor {
         let Some(current) = self.current.as_ref() else {
             return Ok(());
         };
-        let missing = |reason: String| {
-            Error::Corruption(Corruption {
-                file: path.to_path_buf(),
-                offset,
-                reason,
-            })
-        };
+        let missing = |reason: String| self.missing(path.to_path_buf(), offset, reason);
         let ids = self.wal.manifest.segments();
         let Some(index) = ids.iter().position(|id| *id > current.id) else {
             return Err(missing(format!(
@@ -576,6 +570,23 @@ impl Cursor {
                 Ok(())
             }
             purged => Err(purged),
+        }
+    }
+
+    /// An acknowledged record missing from the files: damage, unless the log
+    /// failed. After a failed sync the log cuts its active segment back to
+    /// what is durable (the page cache may hold bytes the disk does not),
+    /// and with it records that `batch`, `interval` and `none` modes had
+    /// acknowledged: the answer is then the failure that stopped the log,
+    /// not a report of damage in a file that has none.
+    fn missing(&self, file: PathBuf, offset: u64, reason: String) -> Error {
+        match self.wal.worker.failure() {
+            Some(cause) => Error::refused(&cause),
+            None => Error::Corruption(Corruption {
+                file,
+                offset,
+                reason,
+            }),
         }
     }
 
