@@ -33,7 +33,7 @@ use crate::store::{Pending, Store};
 
 /// Bytes a raw record's encoding adds to its payload, at most: the variant
 /// index and a varint length.
-const RAW_ENCODING_OVERHEAD: u64 = 16;
+pub(crate) const RAW_ENCODING_OVERHEAD: u64 = 16;
 
 /// An open log of opaque payloads, each with its own sequence number.
 /// Cheap to clone; every clone appends to the same log.

@@ -1,5 +1,5 @@
 //! Media damage between a power cut and the next open, and the rules the
-//! open's outcome must obey.
+//! open's outcome must obey, for both tortures.
 //!
 //! A copy of the disk gets a flipped bit or a zeroed 512-byte sector in
 //! one file the next open reads (the MANIFEST, a loaded snapshot, a sealed

@@ -1,17 +1,20 @@
 //! Randomized crash-consistency testing under simulated power loss
-//! (`concordkv torture`, and the `power_loss` test).
+//! (`concordkv torture`, `concordkv torture --log`, and the `power_loss`
+//! and `log_power_loss` tests).
 //!
 //! One run is a sequence of cycles on one simulated disk ([`SimFs`]). Each
 //! cycle opens what it tortures, checks what recovery returned against a
 //! model of everything submitted so far, then runs a random concurrent
 //! workload in a random sync mode, with tiny segments so rotation is
 //! constant, while the power is cut after a random number of file-system
-//! calls, sometimes after an injected `EIO` or `ENOSPC`. What is tortured
-//! has its own workload and model: a key-value [`Store`](crate::Store)
-//! ([`run`], in `store`): sets, deletes, atomic batches, snapshots and
-//! compactions.
+//! calls, sometimes after an injected `EIO` or `ENOSPC`. Two things are
+//! tortured this way, each with its own workload and model:
+//! - a key-value [`Store`](crate::Store) ([`run`], in `store`): sets,
+//!   deletes, atomic batches, snapshots and compactions;
+//! - a [`Log`](crate::Log) ([`log::run`]): appends, batch appends,
+//!   truncations, purges, metadata writes, reads and a subscriber.
 //!
-//! What any torture shares lives here and in `damage`: the options, the faults and
+//! What they share lives here and in `damage`: the options, the faults and
 //! how a cycle arms them, the cycle's configuration (limits at, under and
 //! over what the records on disk were written with), the loss bound of
 //! each sync mode, the report of what the disk did, and media damage
@@ -27,6 +30,7 @@
 //! cut points exactly, and the interleaving only as far as timing allows.
 
 mod damage;
+pub mod log;
 mod store;
 
 pub use store::{run, TortureReport};
@@ -43,7 +47,7 @@ use crate::config::{Config, LimitsConfig, SyncMode};
 use crate::entry::Seq;
 use crate::testing::sim_fs::{Call, Fault, SimFs};
 
-/// Where the simulated disk keeps the store.
+/// Where the simulated disk keeps the store or the log.
 const DATA_DIR: &str = "/sim/concordkv";
 /// How long shutting down a store on a dead disk may take before it counts as a hang.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(20);
@@ -104,9 +108,20 @@ impl TortureOptions {
     }
 }
 
+/// What a torture run tortured, so that a failure says how to replay it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A key-value [`Store`](crate::Store) (`concordkv torture`).
+    Store,
+    /// A [`Log`](crate::Log) (`concordkv torture --log`).
+    Log,
+}
+
 /// A broken guarantee: the run's seed, the cycle, and what was wrong.
 #[derive(Debug, Clone)]
 pub struct TortureFailure {
+    /// What was tortured.
+    pub subject: Subject,
     /// The run's seed.
     pub seed: u64,
     /// The cycle that failed (the seed and cycle replay it).
@@ -117,9 +132,13 @@ pub struct TortureFailure {
 
 impl fmt::Display for TortureFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flag = match self.subject {
+            Subject::Store => "",
+            Subject::Log => " --log",
+        };
         write!(
             f,
-            "seed {} cycle {}: {} (replay: concordkv torture --seed {} --cycles {})",
+            "seed {} cycle {}: {} (replay: concordkv torture{flag} --seed {} --cycles {})",
             self.seed,
             self.cycle,
             self.message,
@@ -132,8 +151,8 @@ impl fmt::Display for TortureFailure {
 impl std::error::Error for TortureFailure {}
 
 /// What a run did to the disk and to the configuration the store reopens
-/// with: the part of a report any torture shares (flattened into the
-/// report's JSON, whose fields it keeps as they were).
+/// with: the part of the report both tortures share (flattened into each
+/// report's JSON).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DiskReport {
     /// Unsynced file changes a cut dropped.
@@ -271,7 +290,9 @@ fn next_limits(
 }
 
 /// A cycle's configuration: a random sync mode, tiny segments, small
-/// batches and intervals, compaction and snapshot settings, and `limits`.
+/// batches and intervals, and `limits`. (The compaction and snapshot keys
+/// are drawn for a log too, which does not use them, so that both
+/// tortures draw the same way.)
 fn random_config(rng: &mut StdRng, limits: LimitsConfig) -> Config {
     let mut config = Config::with_data_dir(DATA_DIR);
     config.wal.sync_mode = match rng.random_range(0..4) {

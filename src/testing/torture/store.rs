@@ -39,7 +39,7 @@ use serde::Serialize;
 use super::damage::damage_a_copy;
 use super::{
     arm, check_loss_bound, cycle_seed, next_limits, random_config, reboot, DiskReport, FaultKind,
-    LostRecord, Promise, TortureFailure, TortureOptions, ANSWER_LIMIT, SHUTDOWN_LIMIT,
+    LostRecord, Promise, Subject, TortureFailure, TortureOptions, ANSWER_LIMIT, SHUTDOWN_LIMIT,
 };
 use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Seq};
@@ -578,6 +578,7 @@ pub fn run(opts: &TortureOptions) -> Result<TortureReport, TortureFailure> {
         let mut model = Model::default();
         for cycle in 0..opts.cycles {
             let failure = |message: String| TortureFailure {
+                subject: Subject::Store,
                 seed: opts.seed,
                 cycle,
                 message,
