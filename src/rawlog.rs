@@ -33,7 +33,7 @@ use crate::store::{Pending, Store};
 
 /// Bytes a raw record's encoding adds to its payload, at most: the variant
 /// index and a varint length.
-const RAW_ENCODING_OVERHEAD: u64 = 16;
+pub(crate) const RAW_ENCODING_OVERHEAD: u64 = 16;
 
 /// An open log of opaque payloads, each with its own sequence number.
 /// Cheap to clone; every clone appends to the same log.
@@ -507,4 +507,115 @@ pub async fn open_log_with_fs(
     on_record: impl FnMut(Seq, &[u8]) + Send + 'static,
 ) -> Result<(Log, LogRecovery)> {
     Log::open_with_fs(config, fs, on_record).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::config::SyncMode;
+    use crate::log::read::Cursor;
+
+    /// A subscription's cursor that takes in a truncation made while it
+    /// read ends its chunk there: the bound it was given was acknowledged
+    /// before the truncation and lies past the log's new end, where the
+    /// records it vouched for are not written yet.
+    #[actix_rt::test]
+    async fn a_following_cursor_ends_its_chunk_at_a_truncation_it_takes_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::with_data_dir(dir.path());
+        config.wal.sync_mode = SyncMode::Always;
+        config.wal.max_segment_bytes = 4096;
+        let (log, _) = Log::open(config).await.expect("open");
+        for i in 1..=300u64 {
+            log.append(format!("old-{i}").into_bytes())
+                .await
+                .expect("append");
+        }
+        // Made before the truncation, as a subscription waiting at 251 is.
+        let mut cursor = Cursor::new(Arc::clone(log.store.wal()), Some(251)).following();
+        log.truncate_after(250).await.expect("truncate");
+        for i in 251..=260u64 {
+            log.append(format!("new-{i}").into_bytes())
+                .await
+                .expect("append");
+        }
+        let mut out = VecDeque::new();
+        cursor
+            .read_chunk(300, &mut out)
+            .expect("the truncation, not damage, ends the chunk");
+        assert!(out.is_empty(), "{:?}", out.front());
+        assert_eq!(cursor.next_seq(), 251);
+        // With the bound acknowledged now, it reads the new records.
+        cursor
+            .read_chunk(log.last_seq(), &mut out)
+            .expect("read on");
+        let read: Vec<(Seq, Entry)> = out.into_iter().map(|r| (r.seq, r.entry)).collect();
+        let appended: Vec<(Seq, Entry)> = (251..=260)
+            .map(|i| (i, Entry::Raw(format!("new-{i}").into_bytes())))
+            .collect();
+        assert_eq!(read, appended);
+        log.shutdown().await.expect("shutdown");
+    }
+
+    /// Whoever sees a truncation's number sees the log's end moved back to
+    /// it: the end moves before the truncation is published, so a reader
+    /// that takes the truncation in never reads with the end from before
+    /// it, past what the log now holds. A thread watches both while
+    /// truncations are made; the window it looks for, if the order were
+    /// the other way round, is a task's wake-up wide.
+    #[actix_rt::test]
+    async fn a_truncation_is_published_only_with_the_end_moved_back() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::with_data_dir(dir.path());
+        config.wal.sync_mode = SyncMode::None;
+        config.wal.max_segment_bytes = 4096;
+        let (log, _) = Log::open(config).await.expect("open");
+        let wal = Arc::clone(log.store.wal());
+        // The truncation under way (its number, the last record it keeps),
+        // `u64::MAX` once it returned and appends may follow it.
+        let pending = Arc::new((AtomicU64::new(0), AtomicU64::new(u64::MAX)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (pending, stop) = (Arc::clone(&pending), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(SeqCst) {
+                    let after = pending.1.load(SeqCst);
+                    let number = pending.0.load(SeqCst);
+                    let published = wal.manifest.truncation_epoch() >= number;
+                    let end = wal.state.last_seq();
+                    if after != u64::MAX
+                        && published
+                        && end > after
+                        && pending.1.load(SeqCst) == after
+                    {
+                        return Some((number, after, end));
+                    }
+                }
+                None
+            })
+        };
+        for number in 1..=100u64 {
+            for i in 0..20 {
+                log.append(format!("{number}-{i}").into_bytes())
+                    .await
+                    .expect("append");
+            }
+            let after = log.last_seq() - 10;
+            pending.0.store(number, SeqCst);
+            pending.1.store(after, SeqCst);
+            log.truncate_after(after).await.expect("truncate");
+            pending.1.store(u64::MAX, SeqCst);
+        }
+        stop.store(true, SeqCst);
+        let seen = watcher.join().expect("watcher");
+        assert_eq!(
+            seen, None,
+            "truncation (number, kept through) published with the end at {seen:?}"
+        );
+        log.shutdown().await.expect("shutdown");
+    }
 }

@@ -286,3 +286,28 @@ fn opening_a_store_outside_an_actix_system_is_its_own_error() {
     );
     assert!(!data_dir.exists(), "nothing was created");
 }
+
+#[actix_rt::test]
+async fn a_read_after_a_failed_sync_names_the_failure_not_damage() {
+    let fs = SimFs::new(3);
+    let mut config = config();
+    config.wal.sync_mode = SyncMode::Batch;
+    config.wal.batch_size = 1000;
+    let (store, _) = concordkv::testing::open_recording_with_fs(config, Arc::new(fs.clone()))
+        .await
+        .expect("open");
+    // Acknowledged when written: none of these is synced yet.
+    fill(&store, 0, 20).await;
+    fs.inject(fault(Call::SyncData, libc::EIO, ".wal"));
+    assert!(store.sync().await.is_err(), "the sync fails");
+    // The failed sync cut the segment back to what is durable, and with it
+    // the records acknowledged since (within batch mode's bound): a reader
+    // hears why the log stopped, not that its files are damaged.
+    let read: Vec<_> = store.read(1..).expect("read").collect();
+    assert!(
+        matches!(read.last(), Some(Err(Error::WalFailed { .. }))),
+        "{:?}",
+        read.last()
+    );
+    let _ = store.shutdown().await;
+}

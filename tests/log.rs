@@ -633,3 +633,83 @@ async fn readers_in_flight_past_a_truncation_end_with_truncated() {
     );
     log.shutdown().await.expect("shutdown");
 }
+
+#[actix_rt::test]
+async fn a_subscriber_at_the_end_of_a_purged_segment_goes_on_to_the_next_record() {
+    // Where the third segment starts, as the same appends lay it out.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(scratch.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for i in 1..=300u64 {
+        log.append(payload(i)).await.expect("append");
+    }
+    let boundary = segment_starts(scratch.path())[2];
+    log.shutdown().await.expect("shutdown");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    cfg.data_dir = dir.path().to_path_buf();
+    let (log, _) = Log::open(cfg).await.expect("open");
+    for i in 1..boundary {
+        log.append(payload(i)).await.expect("append");
+    }
+    // The subscriber has every record of the second segment: it waits at
+    // that segment's end for the next one.
+    let mut follow = log.subscribe(1);
+    for i in 1..boundary {
+        assert_eq!(follow.next().await.expect("open").expect("record").0, i);
+    }
+    log.append(payload(boundary)).await.expect("append");
+    assert_eq!(segment_starts(dir.path())[2], boundary);
+    // Purging up to that end retires the segment the subscriber is in,
+    // but not the record it wants next.
+    log.purge_before(boundary).await.expect("purge");
+    let next = follow.next().await.expect("open");
+    assert_eq!(next.expect("not purged"), (boundary, payload(boundary)));
+    log.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn a_log_purged_past_what_a_cut_kept_opens_again_and_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 4096;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for i in 1..=100u64 {
+        log.append(payload(i)).await.expect("append");
+    }
+    log.purge_before(101).await.expect("purge");
+    log.shutdown().await.expect("shutdown");
+    // The last records never reached the disk, as after a power cut in a
+    // mode that had not synced them yet: the purge writes no record, so it
+    // syncs none.
+    let newest = common::started_segments(dir.path())
+        .pop()
+        .expect("a segment");
+    let frames = common::frame_ranges(&newest);
+    assert!(frames.len() > 3, "{frames:?}");
+    let mut bytes = std::fs::read(&newest).expect("read");
+    bytes[frames[frames.len() - 3].start..].fill(0);
+    std::fs::write(&newest, bytes).expect("write");
+    // The open goes on after the purge point, leaving the segment that
+    // ends before it listed...
+    let (log, recovery, seen) = reopen(&cfg).await;
+    assert_eq!((recovery.first_seq, recovery.last_seq), (101, 100));
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!(log.append(payload(101)).await.expect("append"), 101);
+    log.shutdown().await.expect("shutdown");
+    // ...and the next open goes over the gap the purge covers.
+    let (log, recovery, seen) = reopen(&cfg).await;
+    assert_eq!((recovery.first_seq, recovery.last_seq), (101, 101));
+    assert_eq!(seen, vec![(101, payload(101))]);
+    // A reader in that gap hears that it was purged, not of damage.
+    let mut follow = log.subscribe(99);
+    assert!(
+        matches!(follow.next().await, Some(Err(Error::Purged { upto: 100 }))),
+        "a purged record"
+    );
+    log.shutdown().await.expect("shutdown");
+    // `verify` agrees.
+    let found = concordkv::inspect(dir.path()).expect("inspect");
+    assert!(found.damage.is_empty(), "{:?}", found.damage);
+}

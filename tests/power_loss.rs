@@ -30,14 +30,14 @@ fn random_power_cuts_keep_every_guarantee() {
             "{report:?}"
         );
         cycles += report.cycles;
-        faults += report.faults.values().sum::<u64>();
-        torn += report.torn_writes;
+        faults += report.disk.faults.values().sum::<u64>();
+        torn += report.disk.torn_writes;
         for (total, count) in totals.iter_mut().zip([
-            report.pages_out_of_order,
-            report.sector_tears,
-            report.slow_syncs,
-            report.limit_changes,
-            report.media_damage.values().sum(),
+            report.disk.pages_out_of_order,
+            report.disk.sector_tears,
+            report.disk.slow_syncs,
+            report.disk.limit_changes,
+            report.disk.media_damage.values().sum(),
             report.ops_refused,
         ]) {
             *total += count;

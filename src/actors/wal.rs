@@ -479,7 +479,8 @@ impl WalActor {
     /// record written before the request is answered: one manifest write
     /// (on a blocking thread; nothing is written meanwhile, as in any
     /// rotation) marks the records after `after` in the sealed segments
-    /// as dropped; then the counters move back to `after` and the
+    /// as dropped, and moves the readers' end back to `after` before any
+    /// reader can see the mark; then the counters move back too and the
     /// rotation goes on, starting the next segment at `after + 1`.
     ///
     /// A crash before the manifest write keeps every record; after it,
@@ -491,8 +492,13 @@ impl WalActor {
         crash_point("truncate.after_seal");
         let shared = Arc::clone(&self.shared);
         let through = self.segment.id;
-        let marking =
-            actix_rt::task::spawn_blocking(move || shared.manifest.truncate_after(after, through));
+        let marking = actix_rt::task::spawn_blocking(move || {
+            // Readers must never see the truncation with the old end.
+            let state = Arc::clone(&shared.state);
+            shared
+                .manifest
+                .truncate_after(after, through, move || state.truncate(after))
+        });
         ctx.spawn(marking.into_actor(self).map(move |outcome, act, ctx| {
             let outcome = outcome.unwrap_or_else(|e| Err(Error::task_failed("a truncation", &e)));
             match outcome {
@@ -514,7 +520,6 @@ impl WalActor {
                     // otherwise, and must not vouch for the new records
                     // that reuse the dropped numbers.
                     counters.durable_seq.store(after, Relaxed);
-                    act.shared.state.truncate(after);
                     act.rotation_replies.push(reply);
                     act.remove_in_background(retired);
                     act.rotating = Some(true);

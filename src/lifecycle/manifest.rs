@@ -324,10 +324,17 @@ impl ManifestStore {
     /// and readers skip the dropped records, and the next segment must
     /// start at `after_seq + 1`. Returns the unlisted files, for the caller
     /// to remove.
+    ///
+    /// `durable` runs once the mark is durable and before any reader can
+    /// learn of it (under the manifest's lock, before the new listing and
+    /// the truncation's number are published): there the log moves its
+    /// acknowledged end back, so that no reader that sees the truncation
+    /// reads with an end from before it, past what the log now holds.
     pub fn truncate_after(
         &self,
         after_seq: crate::entry::Seq,
         through: u64,
+        durable: impl FnOnce(),
     ) -> Result<Vec<PathBuf>> {
         let mut live = self.lock_open()?;
         if after_seq < live.manifest.purged_through {
@@ -363,6 +370,7 @@ impl ManifestStore {
         next.segments.retain(|id| !unlisted.contains(id));
         prune_marks(&mut next);
         write(self.fs.as_ref(), &self.dir, &next)?;
+        durable();
         self.install(&mut live, next);
         live.epoch += 1;
         let epoch = live.epoch;

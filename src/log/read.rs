@@ -38,7 +38,7 @@ use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{segment_path, HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::lifecycle::manifest::truncation_cap;
 use crate::log::reader::{FrameReader, Position, READ_CHUNK_BYTES};
-use crate::log::scan::{listed_but_missing, walk_frames, Stop};
+use crate::log::scan::{continues, listed_but_missing, walk_frames, Stop};
 
 /// Records decoded per call of [`Cursor::read_chunk`], at most: enough to
 /// make each call's fixed costs (a manifest check, for a subscription a
@@ -149,16 +149,18 @@ impl Cursor {
     /// be ones the truncation dropped), and a read that had handed out
     /// records past it, or would go past it with a bound from before it,
     /// answers [`Error::Truncated`]. A subscription that handed out nothing
-    /// past it goes on from the record after it, in the log as it is now.
+    /// past it goes on from the record after it, in the log as it is now;
+    /// then `true`: the chunk ends here, since `upto` was acknowledged
+    /// before the truncation and may lie past the log's new end.
     fn check_ends(
         &mut self,
         out: &mut VecDeque<Record>,
         kept: usize,
         prior: Seq,
         upto: Seq,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if !self.log {
-            return Ok(());
+            return Ok(false);
         }
         let (purged, truncated, epoch) = self.wal.manifest.log_ends(self.epoch);
         if out.iter().skip(kept).any(|r| r.seq <= purged) {
@@ -166,7 +168,7 @@ impl Cursor {
             return Err(Error::Purged { upto: purged });
         }
         let Some(after) = truncated else {
-            return Ok(());
+            return Ok(false);
         };
         while out.len() > kept && out.back().is_some_and(|r| r.seq > after) {
             out.pop_back();
@@ -175,13 +177,35 @@ impl Cursor {
             self.epoch = epoch;
             self.next_seq = self.next_seq.min(after + 1);
             self.current = None;
-            return Ok(());
+            return Ok(true);
         }
         if prior > after + 1 || upto > after {
             self.next_seq = self.next_seq.min(after + 1);
             return Err(Error::Truncated { after });
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// An error met finding the segment that holds the next record: where
+    /// a truncation made since the cursor began explains it (the records it
+    /// was bound to read were dropped, and the segment that will hold the
+    /// new ones is not listed or not started yet), the truncation's answer
+    /// instead (see `check_ends`), never a report of damage.
+    fn unless_truncated(
+        &mut self,
+        error: Error,
+        out: &mut VecDeque<Record>,
+        kept: usize,
+        prior: Seq,
+        upto: Seq,
+    ) -> Result<bool> {
+        if !matches!(error, Error::Corruption(_) | Error::Purged { .. }) {
+            return Err(error);
+        }
+        if self.check_ends(out, kept, prior, upto)? {
+            return Ok(true);
+        }
+        Err(error)
     }
 
     /// For a subscription waiting at the end of a log: a truncation since
@@ -214,9 +238,11 @@ impl Cursor {
 
     /// Reads records from `next_seq` on, up to `upto` and at most a chunk,
     /// into `out`. Returns `Ok` having added at least one record unless
-    /// `next_seq` is past `upto`. On an error the records added before it
-    /// are still good: hand them out first.
+    /// `next_seq` is past `upto`, or a subscription's cursor took in a
+    /// truncation (ask again with the bound acknowledged now). On an error
+    /// the records added before it are still good: hand them out first.
     pub fn read_chunk(&mut self, upto: Seq, out: &mut VecDeque<Record>) -> Result<()> {
+        let (entry_kept, entry_seq) = (out.len(), self.next_seq);
         let full = |out: &VecDeque<Record>, bytes: usize| {
             out.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES
         };
@@ -230,7 +256,11 @@ impl Cursor {
                 return Ok(());
             }
             if self.current.is_none() {
-                self.locate()?;
+                if let Err(e) = self.locate() {
+                    if self.unless_truncated(e, out, entry_kept, entry_seq, upto)? {
+                        return Ok(());
+                    }
+                }
                 fresh = true;
                 continue;
             }
@@ -240,7 +270,11 @@ impl Cursor {
             if current.cap.is_some_and(|cap| self.next_seq > cap) {
                 // Past a truncation mark: the log goes on in the next segment.
                 let (path, offset) = (current.path.clone(), current.position.offset());
-                self.next_segment(&path, offset, self.next_seq)?;
+                if let Err(e) = self.next_segment(&path, offset, self.next_seq) {
+                    if self.unless_truncated(e, out, entry_kept, entry_seq, upto)? {
+                        return Ok(());
+                    }
+                }
                 continue;
             }
             let cap = current.cap.unwrap_or(Seq::MAX);
@@ -275,24 +309,31 @@ impl Cursor {
             let (id, path) = (current.id, current.path.clone());
             let walk = match walked {
                 Ok(walk) => walk,
+                Err(_) if !self.still_listed(id) => {
+                    if self.retired(out, kept, next_seq, upto)? {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 Err(e) => {
                     out.truncate(kept);
-                    return Err(self.read_failed(id, &path, e));
+                    return Err(read_failed(&path, e));
                 }
             };
             // Read before the check: if the segment is still listed, no
             // removal had begun when the frames were read.
             if !self.still_listed(id) {
-                out.truncate(kept);
-                return Err(self.purged());
+                if self.retired(out, kept, next_seq, upto)? {
+                    return Ok(());
+                }
+                continue;
             }
             if let Some(current) = self.current.as_mut() {
                 current.frame_seq = walk.next_seq;
             }
             self.next_seq = self.next_seq.max(walk.next_seq);
-            self.check_ends(out, kept, next_seq, upto)?;
-            if self.current.is_none() {
-                continue;
+            if self.check_ends(out, kept, next_seq, upto)? {
+                return Ok(());
             }
             if walk.stop == Stop::Visitor || self.next_seq > upto {
                 continue;
@@ -307,7 +348,13 @@ impl Cursor {
                 continue;
             }
             match walk.stop {
-                Stop::End | Stop::Zeros => self.next_segment(&path, walk.offset, walk.next_seq)?,
+                Stop::End | Stop::Zeros => {
+                    if let Err(e) = self.next_segment(&path, walk.offset, walk.next_seq) {
+                        if self.unless_truncated(e, out, entry_kept, entry_seq, upto)? {
+                            return Ok(());
+                        }
+                    }
+                }
                 Stop::Damaged(reason) => {
                     return Err(Error::Corruption(Corruption {
                         file: path,
@@ -368,14 +415,14 @@ impl Cursor {
                     })
                 }
                 (None, None) => {
-                    return Err(Error::Corruption(Corruption {
-                        file: self.wal.config.data_dir.clone(),
-                        offset: 0,
-                        reason: format!(
+                    return Err(self.missing(
+                        self.wal.config.data_dir.clone(),
+                        0,
+                        format!(
                             "record {} is acknowledged, but no listed segment holds a record",
                             self.next_seq
                         ),
-                    }))
+                    ))
                 }
             };
             self.current = Some(Current {
@@ -434,13 +481,7 @@ impl Cursor {
         let Some(current) = self.current.as_ref() else {
             return Ok(());
         };
-        let missing = |reason: String| {
-            Error::Corruption(Corruption {
-                file: path.to_path_buf(),
-                offset,
-                reason,
-            })
-        };
+        let missing = |reason: String| self.missing(path.to_path_buf(), offset, reason);
         let ids = self.wal.manifest.segments();
         let Some(index) = ids.iter().position(|id| *id > current.id) else {
             return Err(missing(format!(
@@ -449,8 +490,10 @@ impl Cursor {
         };
         let header = match self.header(&ids, index)? {
             Some(Some(header)) => header,
-            // Retired meanwhile: so is the current one.
-            None => return Err(self.purged()),
+            // Retired meanwhile, and the current one with it (a purge
+            // unlists from the first segment on; two segments may start at
+            // the same record, the first of them empty, after an open).
+            None => return self.relocate_unless_purged(),
             Some(None) => {
                 return Err(missing(format!(
                     "record {seq} is acknowledged, but the segment ends here and the next one is not started"
@@ -458,6 +501,12 @@ impl Cursor {
             }
         };
         if header.first_seq != seq {
+            let purged = self.wal.manifest.purged_through();
+            if continues(seq, header.first_seq, purged) {
+                // The records in between were purged (a log's purge may
+                // reach past what a power cut kept; see `continues`).
+                return Err(Error::Purged { upto: purged });
+            }
             return Err(missing(format!(
                 "the segment ends before record {seq}, but the next segment ({}) starts at {}",
                 header.id, header.first_seq
@@ -486,15 +535,58 @@ impl Cursor {
         listed
     }
 
-    /// A failed read of segment `id`: retired (and removed) under the
-    /// reader, or an I/O error.
-    fn read_failed(&mut self, id: u64, path: &std::path::Path, e: io::Error) -> Error {
-        if !self.still_listed(id) {
-            self.purged()
-        } else if e.kind() == io::ErrorKind::NotFound {
-            Error::Corruption(listed_but_missing(path))
-        } else {
-            Error::io("read segment", path, e)
+    /// The segment the cursor reads was retired under it: the records read
+    /// from it in this chunk (from index `kept` of `out`, starting at
+    /// record `prior`, up to `upto`) are dropped, since its file may be
+    /// going. A truncation since the cursor began answers as after any
+    /// chunk (see `check_ends`). Otherwise, if the record it wants next
+    /// went with the segment, the answer is [`Error::Purged`]; if not, the
+    /// segment held only records before it (a log purged up to the
+    /// segment's end while the cursor waited there), and the cursor reads
+    /// on from the listing as it is now: it never answers `Purged` for a
+    /// record still in the log. `true` as from `check_ends`.
+    fn retired(
+        &mut self,
+        out: &mut VecDeque<Record>,
+        kept: usize,
+        prior: Seq,
+        upto: Seq,
+    ) -> Result<bool> {
+        out.truncate(kept);
+        if self.check_ends(out, kept, prior, upto)? {
+            return Ok(true);
+        }
+        self.relocate_unless_purged().map(|()| false)
+    }
+
+    /// A segment the cursor is in, or moves to, was retired under it:
+    /// [`Error::Purged`] if the record it wants next went with it;
+    /// otherwise it reads on from the listing as it is now.
+    fn relocate_unless_purged(&mut self) -> Result<()> {
+        match self.purged() {
+            Error::Purged { upto } if upto < self.next_seq => {
+                self.current = None;
+                self.checked = None;
+                Ok(())
+            }
+            purged => Err(purged),
+        }
+    }
+
+    /// An acknowledged record missing from the files: damage, unless the log
+    /// failed. After a failed sync the log cuts its active segment back to
+    /// what is durable (the page cache may hold bytes the disk does not),
+    /// and with it records that `batch`, `interval` and `none` modes had
+    /// acknowledged: the answer is then the failure that stopped the log,
+    /// not a report of damage in a file that has none.
+    fn missing(&self, file: PathBuf, offset: u64, reason: String) -> Error {
+        match self.wal.worker.failure() {
+            Some(cause) => Error::refused(&cause),
+            None => Error::Corruption(Corruption {
+                file,
+                offset,
+                reason,
+            }),
         }
     }
 
@@ -514,6 +606,15 @@ impl Cursor {
         Error::Purged {
             upto: self.next_seq.saturating_sub(1),
         }
+    }
+}
+
+/// A failed read of a listed segment: missing (damage), or an I/O error.
+fn read_failed(path: &std::path::Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::NotFound {
+        Error::Corruption(listed_but_missing(path))
+    } else {
+        Error::io("read segment", path, e)
     }
 }
 

@@ -180,7 +180,7 @@ pub(crate) fn recover(
             // segment, so a later start is a gap it reports; an earlier one
             // would replay sequence numbers twice, which no mode accepts.
             let gap_allowed = mode == RecoveryMode::SkipCorrupt && header.first_seq > expected;
-            if header.first_seq != expected && !gap_allowed {
+            if !scan::continues(expected, header.first_seq, recovery.base_seq) && !gap_allowed {
                 return Err(corruption(
                     &path,
                     24,
@@ -191,7 +191,9 @@ pub(crate) fn recover(
                 ));
             }
         }
-        if let Some(expected) = expected.filter(|e| header.first_seq > *e) {
+        if let Some(expected) =
+            expected.filter(|e| !scan::continues(*e, header.first_seq, recovery.base_seq))
+        {
             recovery.skipped.push(Corruption {
                 file: path.clone(),
                 offset: 24,

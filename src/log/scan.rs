@@ -457,6 +457,16 @@ fn nonzero_extent(reader: &mut FrameReader<'_>, from: u64) -> io::Result<u64> {
     }
 }
 
+/// Whether a segment starting at `first_seq` continues the log after one
+/// that ended before `expected`, when everything up to `covered` is in the
+/// snapshots or a log's purged prefix: it starts at `expected`, or later
+/// only over records that are all covered. A log's purge may reach past
+/// the last record a power cut kept (purging writes no record, so it syncs
+/// none); the open then goes on after the purge point, past that gap.
+pub(crate) fn continues(expected: Seq, first_seq: Seq, covered: Seq) -> bool {
+    first_seq == expected || (first_seq > expected && first_seq <= covered + 1)
+}
+
 /// A segment the manifest lists is gone.
 pub(crate) fn listed_but_missing(path: &Path) -> Corruption {
     corruption(path, 0, "listed in MANIFEST but missing".to_string())

@@ -190,6 +190,20 @@ fn torture_reports_its_seed_cycles_and_faults() {
 }
 
 #[test]
+fn torture_of_a_log_reports_its_seed_cycles_and_calls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = json_of(
+        &["torture", "--log", "--seed", "5", "--cycles", "40"],
+        dir.path(),
+    );
+    assert_eq!(report["seed"], 5);
+    assert_eq!(report["cycles"], 40);
+    assert!(report["appends_acknowledged"].as_u64().expect("acked") > 0);
+    assert!(report["truncations"]["acknowledged"].is_u64());
+    assert!(report["faults"].is_object());
+}
+
+#[test]
 fn an_unknown_sync_mode_is_refused_by_name() {
     let output = Command::new(env!("CARGO_BIN_EXE_concordkv"))
         .args(["bench", "--sync-mode", "sometimes"])

@@ -1,22 +1,13 @@
-//! Randomized crash-consistency testing under simulated power loss
-//! (`concordkv torture`, and the `power_loss` test).
+//! The torture of a key-value [`Store`] (`concordkv torture`, and the
+//! `power_loss` test; see the parent module for what both tortures share).
 //!
-//! One run is a sequence of cycles on one simulated disk ([`SimFs`]). Each
-//! cycle opens the store, checks what recovery returned against a model of
-//! everything submitted so far, then runs a random workload — concurrent
-//! appenders of sets, deletes and batches in a random sync mode, with tiny
-//! segments so rotation is constant, and snapshots, incremental snapshots
-//! and compactions in between — while the power is cut after a random number
-//! of file-system calls, sometimes after an injected `EIO` or `ENOSPC`.
-//!
-//! The workload writes values with long runs of zeros (whole zero sectors
-//! and pages inside a record are user data), keys, values and batches at,
-//! just under and just over `limits`, and the limits themselves sometimes
-//! drop between restarts below what the records on disk were written
-//! under. The disk reorders and tears writeback by sector at a cut, syncs
-//! are sometimes slow (writes go on meanwhile), and some opens see a copy
-//! of the disk with a flipped bit or a zeroed sector in a file recovery
-//! reads.
+//! The workload: concurrent appenders of sets, deletes and batches in a
+//! random sync mode, with tiny segments so rotation is constant, and
+//! snapshots, incremental snapshots and compactions in between. It writes
+//! values with long runs of zeros (whole zero sectors and pages inside a
+//! record are user data), keys, values and batches at, just under and
+//! just over `limits`, and the limits themselves sometimes drop between
+//! restarts below what the records on disk were written under.
 //!
 //! The model's rules, checked after every cut:
 //! - everything recovered at the previous open is still there, unchanged
@@ -33,16 +24,9 @@
 //! - after media damage the open fails naming the file, or reports the
 //!   region as skipped (`skip_corrupt`), or, in the newest segment only,
 //!   cuts a torn tail; what it returns then still passes the rules above.
-//!
-//! Every random choice comes from the seed, so a failure names its seed and
-//! cycle. Threads (the sync thread, maintenance threads) interleave as the
-//! OS schedules them, so a replay repeats the workload, the faults and the
-//! cut points exactly, and the interleaving only as far as timing allows.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,81 +36,22 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::config::{Config, LimitsConfig, RecoveryMode, SyncMode};
+use super::damage::damage_a_copy;
+use super::{
+    arm, check_loss_bound, cycle_seed, next_limits, random_config, reboot, DiskReport, FaultKind,
+    LostRecord, Promise, Subject, TortureFailure, TortureOptions, ANSWER_LIMIT, SHUTDOWN_LIMIT,
+};
+use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::Error;
-use crate::format::manifest::{Manifest, MANIFEST_FILE};
-use crate::format::segment::segment_path;
-use crate::fs::FileSystem;
-use crate::lifecycle::snapshot::select_chain;
 use crate::store::Store;
 use crate::testing::recording::{open_recording_with_fs, Recorded as Recovery};
-use crate::testing::sim_fs::{Call, Fault, SimFs};
+use crate::testing::sim_fs::SimFs;
 
-/// Where the simulated disk keeps the store.
-const DATA_DIR: &str = "/sim/concordkv";
 /// Keys are drawn from this many, so operations overwrite and delete each other.
 const KEYS: u64 = 40;
-/// How long shutting down a store on a dead disk may take before it counts as a hang.
-const SHUTDOWN_LIMIT: Duration = Duration::from_secs(20);
-/// How long an append, sync, snapshot or compaction may go unanswered
-/// before it counts as a hang (the slowest simulated sync takes 30 ms).
-const ANSWER_LIMIT: Duration = Duration::from_secs(20);
 /// Steps the prefix search may take before it gives up (see [`PrefixSearch`]).
 const SEARCH_BUDGET: u64 = 200_000;
-
-/// The kinds of fault a run injects, each of which can be turned off
-/// (`--without`) to tell which one a failure needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultKind {
-    /// `EIO` and `ENOSPC` from chosen calls.
-    IoErrors,
-    /// Out-of-order page writeback and sector tears at a power cut.
-    Reordering,
-    /// Syncs that take milliseconds while writes go on.
-    SlowSyncs,
-    /// Bit flips and zeroed sectors injected between a cut and the next open.
-    MediaDamage,
-    /// Reopening with lower `limits` than the records on disk were written under.
-    LimitChanges,
-}
-
-impl std::str::FromStr for FaultKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "io-errors" => Ok(FaultKind::IoErrors),
-            "reordering" => Ok(FaultKind::Reordering),
-            "slow-syncs" => Ok(FaultKind::SlowSyncs),
-            "media-damage" => Ok(FaultKind::MediaDamage),
-            "limit-changes" => Ok(FaultKind::LimitChanges),
-            other => Err(format!(
-                "unknown fault kind `{other}`: accepted io-errors | reordering | slow-syncs | media-damage | limit-changes"
-            )),
-        }
-    }
-}
-
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct TortureOptions {
-    /// Seeds every random choice: the same seed replays the same run.
-    pub seed: u64,
-    /// Power cuts to run.
-    pub cycles: u64,
-    /// Operations submitted per cycle, at most.
-    pub ops_per_cycle: usize,
-    /// Fault kinds not to inject.
-    pub without: Vec<FaultKind>,
-}
-
-impl TortureOptions {
-    fn injects(&self, kind: FaultKind) -> bool {
-        !self.without.contains(&kind)
-    }
-}
 
 /// What a run did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -154,58 +79,10 @@ pub struct TortureReport {
     pub records_recovered: u64,
     /// Snapshots recovery loaded, over all opens.
     pub snapshots_recovered: u64,
-    /// Unsynced file changes a cut dropped.
-    pub changes_lost: u64,
-    /// Unsynced file changes a cut kept.
-    pub changes_kept: u64,
-    /// Unsynced writes a cut tore at a random byte.
-    pub torn_writes: u64,
-    /// Unsynced directory changes (creations, renames, removals) a cut dropped.
-    pub dir_changes_lost: u64,
-    /// Pages a cut wrote back although a page written before them was lost.
-    pub pages_out_of_order: u64,
-    /// Pages a cut left part new, part old, by 512-byte sector.
-    pub sector_tears: u64,
-    /// Cycles run with slow syncs, and the syncs slowed.
-    pub slow_sync_cycles: u64,
-    /// Syncs slowed down.
-    pub slow_syncs: u64,
-    /// Reopens with lower limits than before.
-    pub limit_changes: u64,
-    /// Media damage injected, by target file and kind.
-    pub media_damage: BTreeMap<String, u64>,
-    /// What the opens after media damage did.
-    pub media_damage_outcomes: BTreeMap<String, u64>,
-    /// Injected faults that fired, by "call errno".
-    pub faults: BTreeMap<String, u64>,
+    /// What the run did to the disk and the limits.
+    #[serde(flatten)]
+    pub disk: DiskReport,
 }
-
-/// A broken guarantee: the run's seed, the cycle, and what was wrong.
-#[derive(Debug, Clone)]
-pub struct TortureFailure {
-    /// The run's seed.
-    pub seed: u64,
-    /// The cycle that failed (the seed and cycle replay it).
-    pub cycle: u64,
-    /// What was wrong.
-    pub message: String,
-}
-
-impl fmt::Display for TortureFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "seed {} cycle {}: {} (replay: concordkv torture --seed {} --cycles {})",
-            self.seed,
-            self.cycle,
-            self.message,
-            self.seed,
-            self.cycle + 1
-        )
-    }
-}
-
-impl std::error::Error for TortureFailure {}
 
 /// One operation queued in a cycle, and its outcome. Kept in the order the
 /// store queued them, which is the order it writes them in.
@@ -217,14 +94,6 @@ struct Submitted {
     submitted_at: Instant,
     /// When its acknowledgement arrived (after it was written).
     acked_at: Option<Instant>,
-}
-
-/// The durability promise of the cycle whose log is being recovered.
-#[derive(Debug, Clone, Copy)]
-struct Promise {
-    mode: SyncMode,
-    batch_size: u64,
-    sync_interval: Duration,
 }
 
 /// What the store must hold: what was verified at the last open, and what
@@ -312,57 +181,20 @@ impl Model {
         Ok(Verified { lost, decided })
     }
 
-    /// The acknowledged records past the recovered end: none in `always`
-    /// mode; in `batch` mode at most `batch_size` of them; in `interval`
-    /// mode only records written within one interval after the oldest of
-    /// them. Submission and acknowledgement times stand in for write times
-    /// (a record is written after it is submitted and before it is
-    /// acknowledged), so the measured spread never exceeds the real one;
-    /// the interval is still given a margin of itself for timer slack.
+    /// The acknowledged records past the recovered end, within the sync
+    /// mode's bound (see [`check_loss_bound`]).
     fn check_loss_bound(&self, last: Seq) -> Result<u64, String> {
-        let Some(promise) = self.promise else {
-            return Ok(0);
-        };
-        let mut lost: Vec<&Submitted> = self
+        let lost = self
             .submitted
             .iter()
             .filter(|s| s.acked.is_some_and(|seq| seq > last))
+            .map(|s| LostRecord {
+                acked: s.acked,
+                submitted_at: s.submitted_at,
+                acked_at: s.acked_at,
+            })
             .collect();
-        lost.sort_by_key(|s| s.acked);
-        let Some(oldest) = lost.first() else {
-            return Ok(0);
-        };
-        let count = lost.len() as u64;
-        match promise.mode {
-            SyncMode::Always => Err(format!(
-                "{count} records acknowledged in always mode were lost, the first {:?}; recovery ends at {last}",
-                oldest.acked
-            )),
-            SyncMode::Batch if count > promise.batch_size => Err(format!(
-                "batch mode lost {count} acknowledged records ({:?} to {:?}), more than batch_size = {}",
-                oldest.acked,
-                lost.last().and_then(|s| s.acked),
-                promise.batch_size
-            )),
-            SyncMode::Interval => {
-                let acked_at = oldest.acked_at.unwrap_or(oldest.submitted_at);
-                let allowed = promise.sync_interval * 2;
-                match lost
-                    .iter()
-                    .find(|s| s.submitted_at.saturating_duration_since(acked_at) > allowed)
-                {
-                    Some(late) => Err(format!(
-                        "interval mode lost record {:?}, submitted {:?} after lost record {:?} was acknowledged; sync_interval_ms = {:?} (allowed, with margin: {allowed:?})",
-                        late.acked,
-                        late.submitted_at.saturating_duration_since(acked_at),
-                        oldest.acked,
-                        promise.sync_interval
-                    )),
-                    None => Ok(count),
-                }
-            }
-            SyncMode::Batch | SyncMode::None => Ok(count),
-        }
+        check_loss_bound(self.promise, lost, last)
     }
 }
 
@@ -611,124 +443,6 @@ fn apply(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, entry: &Entry) {
         }
     }
 }
-
-/// A seed per cycle, so each cycle's choices do not depend on how many
-/// random numbers the previous one drew.
-fn cycle_seed(seed: u64, cycle: u64) -> u64 {
-    let mut z = seed ^ cycle.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Limits small enough that records near them are cheap, and each at least
-/// what the configuration requires of the others.
-fn random_limits(rng: &mut StdRng) -> LimitsConfig {
-    let max_key_bytes = rng.random_range(16..=300);
-    let max_value_bytes = rng.random_range(256..=6000);
-    LimitsConfig {
-        max_key_bytes,
-        max_value_bytes,
-        max_record_bytes: max_key_bytes
-            + max_value_bytes
-            + 64
-            + rng.random_range(0..=max_value_bytes / 2),
-        // Not drawn, so that a seed replays the runs it always did.
-        max_pending_bytes: Config::default().limits.max_pending_bytes,
-    }
-}
-
-/// The limits of this cycle: usually those of the last one; sometimes
-/// lower, so that records on disk exceed them (they must still recover:
-/// the format, not the configuration, bounds what is on disk); sometimes
-/// new ones.
-fn next_limits(
-    rng: &mut StdRng,
-    previous: Option<&LimitsConfig>,
-    opts: &TortureOptions,
-    report: &mut TortureReport,
-) -> LimitsConfig {
-    let Some(previous) = previous else {
-        return random_limits(rng);
-    };
-    match rng.random_range(0..10) {
-        0 | 1 if opts.injects(FaultKind::LimitChanges) => {
-            report.limit_changes += 1;
-            let max_key_bytes = (previous.max_key_bytes / 2).max(8);
-            let max_value_bytes = previous.max_value_bytes / 2;
-            LimitsConfig {
-                max_key_bytes,
-                max_value_bytes,
-                max_record_bytes: max_key_bytes + max_value_bytes + 64,
-                max_pending_bytes: previous.max_pending_bytes,
-            }
-        }
-        2 => {
-            let raised = random_limits(rng);
-            let max_key_bytes = raised.max_key_bytes.max(previous.max_key_bytes);
-            let max_value_bytes = raised.max_value_bytes.max(previous.max_value_bytes);
-            LimitsConfig {
-                max_key_bytes,
-                max_value_bytes,
-                max_record_bytes: (max_key_bytes + max_value_bytes + 64)
-                    .max(raised.max_record_bytes)
-                    .max(previous.max_record_bytes),
-                max_pending_bytes: previous.max_pending_bytes,
-            }
-        }
-        _ => previous.clone(),
-    }
-}
-
-fn random_config(rng: &mut StdRng, limits: LimitsConfig) -> Config {
-    let mut config = Config::with_data_dir(DATA_DIR);
-    config.wal.sync_mode = match rng.random_range(0..4) {
-        0 => SyncMode::Always,
-        1 => SyncMode::Batch,
-        2 => SyncMode::Interval,
-        _ => SyncMode::None,
-    };
-    config.wal.max_segment_bytes = rng.random_range(4096..=16384);
-    config.wal.batch_size = rng.random_range(1..=16);
-    config.wal.batch_max_delay_ms = rng.random_range(1..=3);
-    config.wal.sync_interval_ms = rng.random_range(1..=5);
-    config.compaction.threshold = rng.random_range(10..=200);
-    config.compaction.ratio = rng.random_range(0.0..0.9);
-    config.snapshot.keep = rng.random_range(1..=3);
-    // The piecewise writing, filling and retiring run (retired files are cut
-    // down step by step), but nothing sleeps: a simulated disk has no
-    // appenders' syncs to spare.
-    config.maintenance.write_bytes_per_sec = u64::MAX;
-    config.maintenance.delete_bytes_per_sec = u64::MAX;
-    config.limits = limits;
-    config
-}
-
-fn random_fault(rng: &mut StdRng) -> Fault {
-    let call = match rng.random_range(0..8) {
-        0 => Call::Write,
-        1 => Call::SyncData,
-        2 => Call::SyncAll,
-        3 => Call::SyncDir,
-        4 => Call::Rename,
-        5 => Call::Create,
-        6 => Call::SetLen,
-        _ => Call::Read,
-    };
-    Fault {
-        call,
-        nth: rng.random_range(1..=20),
-        errno: if call == Call::Read || rng.random_bool(0.5) {
-            libc::EIO
-        } else {
-            libc::ENOSPC
-        },
-        path_contains: None,
-        sticky: rng.random_bool(0.3),
-    }
-}
-
-/// Makes the entries of one writer: sets and deletes, atomic batches, and
 /// the values and sizes that recovery must not misjudge.
 struct EntryMaker {
     rng: StdRng,
@@ -864,6 +578,7 @@ pub fn run(opts: &TortureOptions) -> Result<TortureReport, TortureFailure> {
         let mut model = Model::default();
         for cycle in 0..opts.cycles {
             let failure = |message: String| TortureFailure {
+                subject: Subject::Store,
                 seed: opts.seed,
                 cycle,
                 message,
@@ -889,7 +604,7 @@ async fn run_cycle(
     cycle: u64,
     report: &mut TortureReport,
 ) -> Result<SimFs, String> {
-    let limits = next_limits(rng, model.limits.as_ref(), opts, report);
+    let limits = next_limits(rng, model.limits.as_ref(), opts, &mut report.disk);
     model.limits = Some(limits.clone());
     let config = random_config(rng, limits);
     if opts.injects(FaultKind::MediaDamage) && rng.random_bool(0.15) {
@@ -905,7 +620,7 @@ async fn run_cycle(
         Ok(opened) => opened,
         Err(_) if fs.is_dead() => {
             report.cuts_during_open += 1;
-            return Ok(reboot(&fs, rng, report));
+            return Ok(reboot(&fs, rng, &mut report.disk));
         }
         Err(e) => return Err(format!("open failed: {e}")),
     };
@@ -915,7 +630,7 @@ async fn run_cycle(
         // finished writing; the next open checks the same model again.
         report.cuts_during_open += 1;
         let _ = actix_rt::time::timeout(SHUTDOWN_LIMIT, store.shutdown()).await;
-        return Ok(reboot(&fs, rng, report));
+        return Ok(reboot(&fs, rng, &mut report.disk));
     }
     report.acknowledged_lost += verified.lost;
     report.prefix_checks_undecided += u64::from(!verified.decided);
@@ -933,47 +648,15 @@ async fn run_cycle(
             .iter()
             .map(|r| (r.seq, r.entry.clone()))
             .collect(),
-        promise: Some(Promise {
-            mode: config.wal.sync_mode,
-            batch_size: config.wal.batch_size,
-            sync_interval: Duration::from_millis(config.wal.sync_interval_ms),
-        }),
+        promise: Some(Promise::of(&config)),
         submitted: Vec::new(),
         limits: model.limits.take(),
     };
     drop(recovery);
 
     let ops = rng.random_range(1..=opts.ops_per_cycle.max(1));
-    // Mostly a cut in the middle of the workload; sometimes only at its end,
-    // so that snapshots and compactions, which read many files, complete
-    // and retire segments (else the log only grows).
-    let calls = if rng.random_bool(0.25) {
-        u64::MAX / 2
-    } else {
-        rng.random_range(1..=(ops as u64) * 3 + 20)
-    };
-    fs.cut_power_after(calls);
-    if opts.injects(FaultKind::IoErrors) && rng.random_bool(0.25) {
-        fs.inject(random_fault(rng));
-    }
-    // With slow syncs, writers also pause between submissions and the power
-    // is cut at a random moment as well, so that the workload outlasts a
-    // sync interval and the cut can land while a sync lags: the loss bounds
-    // are tested where they matter.
-    let mut cutter = None;
-    let pause = if opts.injects(FaultKind::SlowSyncs) && rng.random_bool(0.1) {
-        report.slow_sync_cycles += 1;
-        fs.slow_syncs(Some(Duration::from_millis(rng.random_range(5..=30))));
-        let at = Duration::from_millis(rng.random_range(1..=50));
-        let fs = fs.clone();
-        cutter = Some(actix_rt::spawn(async move {
-            actix_rt::time::sleep(at).await;
-            fs.cut_power();
-        }));
-        Some(rng.random_range(100..=1000))
-    } else {
-        None
-    };
+    let armed = arm(&fs, rng, opts, ops, &mut report.disk);
+    let pause = armed.pause;
     let submitted = Rc::new(RefCell::new(Vec::<Submitted>::new()));
     let refused = Rc::new(RefCell::new(0u64));
     let writers = rng.random_range(1..=6usize);
@@ -1090,9 +773,7 @@ async fn run_cycle(
         .await
         .map_err(|e| format!("the maintenance task failed: {e}"))?
         .map_err(context)?;
-    if let Some(cutter) = cutter {
-        cutter.abort();
-    }
+    armed.disarm();
     model.submitted = submitted.take();
     check_live_state(&store, model).map_err(context)?;
     report.ops_refused += refused.take();
@@ -1104,70 +785,11 @@ async fn run_cycle(
         Err(_) => return Err("shutting down on a dead disk hung".into()),
     }
     drop(store);
-    Ok(reboot(&fs, rng, report))
+    Ok(reboot(&fs, rng, &mut report.disk))
 }
 
-/// A file recovery reads, and so may be damaged to test it.
-#[derive(Debug, Clone)]
-struct Target {
-    path: PathBuf,
-    /// What it is, for reports: "manifest", "snapshot", "sealed segment",
-    /// "newest segment".
-    kind: &'static str,
-}
-
-/// The files the next open reads: the MANIFEST, the snapshots of the chain
-/// it loads, and the segments it lists that were started (a segment whose
-/// first page is zeros was prepared and never used; recovery retires it
-/// unread).
-fn damage_targets(fs: &SimFs) -> Vec<Target> {
-    let dir = PathBuf::from(DATA_DIR);
-    let manifest_path = dir.join(MANIFEST_FILE);
-    let Ok(bytes) = fs.read(&manifest_path) else {
-        return Vec::new();
-    };
-    let Ok(manifest) = Manifest::decode(&bytes) else {
-        return Vec::new();
-    };
-    let mut targets = vec![Target {
-        path: manifest_path,
-        kind: "manifest",
-    }];
-    for header in select_chain(&manifest.snapshots) {
-        targets.push(Target {
-            path: dir.join(header.file_name()),
-            kind: "snapshot",
-        });
-    }
-    let started: Vec<PathBuf> = manifest
-        .segments
-        .iter()
-        .map(|id| segment_path(&dir, *id))
-        .filter(|path| {
-            fs.read_prefix(path, 4096)
-                .is_ok_and(|head| head.iter().any(|b| *b != 0))
-        })
-        .collect();
-    let count = started.len();
-    for (index, path) in started.into_iter().enumerate() {
-        targets.push(Target {
-            path,
-            kind: if index + 1 == count {
-                "newest segment"
-            } else {
-                "sealed segment"
-            },
-        });
-    }
-    targets
-}
-
-/// Damages one file of a copy of the disk (a flipped bit or a zeroed
-/// 512-byte sector; never an injection that changes nothing), opens the
-/// copy, and checks what the open did: fail naming the file, report the
-/// region as skipped (`skip_corrupt`), or, only in the newest segment, cut
-/// it as a torn tail — and whatever it returns must still pass the model.
-/// The copy is then dropped: the next cycle goes on from the undamaged disk.
+/// Opens a copy of the disk with one file damaged (see `damage`), and
+/// checks what the open did against the model.
 async fn damaged_open(
     fs: &SimFs,
     model: &Model,
@@ -1175,260 +797,25 @@ async fn damaged_open(
     config: &Config,
     report: &mut TortureReport,
 ) -> Result<(), String> {
-    let copy = fs.duplicate();
-    let targets = damage_targets(&copy);
-    if targets.is_empty() {
-        return Ok(());
-    }
-    let target = targets[rng.random_range(0..targets.len())].clone();
-    let Ok(bytes) = copy.read(&target.path) else {
+    let Some(copy) = damage_a_copy(fs, rng, config, &mut report.disk)? else {
         return Ok(());
     };
-    let Some((offset, damage, what)) = pick_damage(rng, &bytes) else {
-        return Ok(());
-    };
-    copy.damage(&target.path, offset as u64, &damage)
-        .map_err(|e| format!("damaging {}: {e}", target.path.display()))?;
-    *report
-        .media_damage
-        .entry(format!("{what} in {}", target.kind))
-        .or_default() += 1;
-    let mut config = config.clone();
-    if rng.random_bool(0.3) {
-        config.wal.recovery_mode = RecoveryMode::SkipCorrupt;
-    }
-    let described = format!(
-        "{what} at byte {offset} of {} ({}, recovery_mode {:?})",
-        target.path.display(),
-        target.kind,
-        config.wal.recovery_mode
-    );
-    // A segment whose damage leaves only zeros from there to its end looks
-    // like one whose records ended earlier (or, all zeros, like one
-    // prepared and never used): only the gap it leaves, which the next
-    // segment shows, or the model can tell.
-    let mut damaged = bytes.clone();
-    damaged[offset..offset + damage.len()].copy_from_slice(&damage);
-    let zeroed_to_end =
-        target.kind.ends_with("segment") && damaged[offset..].iter().all(|x| *x == 0);
-    let outcome = match open_recording_with_fs(config, Arc::new(copy.clone())).await {
-        Err(Error::Corruption(corruption)) => {
-            if corruption.file != target.path && !zeroed_to_end {
-                return Err(format!(
-                    "after {described}, the open failed naming another file: {corruption}"
-                ));
-            }
-            if corruption.offset > bytes.len() as u64 {
-                return Err(format!(
-                    "after {described}, the open failed naming an offset past the file's end: {corruption}"
-                ));
-            }
-            "failed naming the file"
-        }
-        Err(e) => return Err(format!("after {described}, the open failed: {e}")),
+    let outcome = match open_recording_with_fs(copy.config.clone(), Arc::new(copy.fs.clone())).await
+    {
+        Err(e) => copy.judge_failure(e)?,
         Ok((store, recovery)) => {
-            let skipped = recovery
-                .skipped
-                .iter()
-                .any(|c| c.file == target.path || zeroed_to_end);
-            let outcome = if skipped {
-                "skipped the region"
-            } else if target.kind != "newest segment" && !zeroed_to_end {
-                let _ = actix_rt::time::timeout(SHUTDOWN_LIMIT, store.shutdown()).await;
-                return Err(format!(
-                    "after {described}, the open succeeded without reporting it (torn tail cut: {:?}; regions skipped: {:?})",
-                    recovery.truncated, recovery.skipped
-                ));
-            } else {
-                let checked = if target.kind == "newest segment" {
-                    check_newest_segment_rule(&damaged, &recovery)
-                        .and_then(|()| model.verify_with(&recovery, false).map(drop))
-                } else {
-                    // A sealed segment was synced whole: nothing in it may
-                    // be lost, so every bound holds as after a plain cut.
-                    model.verify(&recovery).map(drop)
-                };
-                if let Err(e) = checked {
-                    let _ = actix_rt::time::timeout(SHUTDOWN_LIMIT, store.shutdown()).await;
-                    return Err(format!(
-                        "after {described}, the open returned a bad log: {e}"
-                    ));
-                }
-                if recovery.truncated.is_some() {
-                    "cut a torn tail"
-                } else {
-                    "opened"
-                }
-            };
+            let judged = copy.judge_open(
+                &recovery.skipped,
+                recovery.truncated.as_ref(),
+                recovery.last_seq,
+                &mut |loss_bounds| model.verify_with(&recovery, loss_bounds).map(drop),
+            );
             let _ = actix_rt::time::timeout(SHUTDOWN_LIMIT, store.shutdown()).await;
-            outcome
+            judged?
         }
     };
-    *report
-        .media_damage_outcomes
-        .entry(format!("{}: {outcome}", target.kind))
-        .or_default() += 1;
+    copy.count(outcome, &mut report.disk);
     Ok(())
-}
-
-/// What the oracle reads in a damaged format-2 segment, with its own
-/// parser (FORMAT.md), independently of recovery.
-#[derive(Debug)]
-struct SegmentScan {
-    /// Where the run of intact, consecutive frames after the header ends:
-    /// the damage as recovery meets it, or the end of the records.
-    damage_at: usize,
-    /// Whether anything but zeros follows `damage_at`.
-    damaged: bool,
-    /// The last sequence number in that run.
-    last_intact_seq: Option<Seq>,
-    /// The highest `durable` of the frames intact at their own offset
-    /// after `damage_at`, and where that frame is.
-    durable_after: Option<(u64, usize)>,
-}
-
-const SEGMENT_HEADER: usize = 32;
-const FRAME_HEADER: usize = 24;
-const MAX_PAYLOAD: usize = 1 << 30;
-
-fn le_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(word)
-}
-
-fn le_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
-}
-
-/// The format-2 frame intact at `at` (its CRC covers its own offset), if
-/// any: its sequence number, `durable` field and size.
-fn intact_frame(bytes: &[u8], at: usize) -> Option<(Seq, u64, usize)> {
-    let head = bytes.get(at..at + FRAME_HEADER)?;
-    let len = le_u32(head, 0) as usize;
-    if len == 0 || len > MAX_PAYLOAD {
-        return None;
-    }
-    let payload = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len)?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head[0..4]);
-    crc.update(&head[8..]);
-    crc.update(&(at as u64).to_le_bytes());
-    crc.update(payload);
-    (crc.finalize() == le_u32(head, 4)).then(|| {
-        (
-            le_u64(head, 8),
-            u64::from(le_u32(head, 20)),
-            FRAME_HEADER + len,
-        )
-    })
-}
-
-/// Scans a segment the way FORMAT.md describes it; `None` unless its
-/// header says format 2 (or the header is what is damaged).
-fn scan_segment(bytes: &[u8]) -> Option<SegmentScan> {
-    let header = bytes.get(..SEGMENT_HEADER)?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&header[0..12]);
-    crc.update(&header[16..32]);
-    let header_intact = &header[0..8] == b"CKVWAL\r\n" && crc.finalize() == le_u32(header, 12);
-    if header_intact && le_u32(header, 8) != 2 {
-        return None;
-    }
-    let mut at = if header_intact { SEGMENT_HEADER } else { 0 };
-    let mut last_intact_seq = None;
-    if header_intact {
-        let mut expected = le_u64(header, 24);
-        while let Some((seq, _, size)) = intact_frame(bytes, at) {
-            if seq != expected {
-                break;
-            }
-            last_intact_seq = Some(seq);
-            expected += 1;
-            at += size;
-        }
-    }
-    let durable_after = (at + 1..bytes.len())
-        .filter_map(|later| intact_frame(bytes, later).map(|(_, durable, _)| (durable, later)))
-        .max();
-    Some(SegmentScan {
-        damage_at: at,
-        damaged: bytes[at..].iter().any(|b| *b != 0),
-        last_intact_seq,
-        durable_after,
-    })
-}
-
-/// The durability rule for an open that went through damage in the newest
-/// segment: damage at X is a torn tail only if no intact frame after X
-/// says the segment was durable past X; and every record whose frame lies
-/// wholly before the damage is returned.
-fn check_newest_segment_rule(bytes: &[u8], recovery: &Recovery) -> Result<(), String> {
-    let Some(scan) = scan_segment(bytes) else {
-        return Ok(());
-    };
-    if !scan.damaged {
-        return Ok(());
-    }
-    if let Some((durable, frame)) = scan.durable_after {
-        if durable > scan.damage_at as u64 {
-            return Err(format!(
-                "damage at byte {} lies below the durable offset {durable} that the intact frame at byte {frame} carries, yet the open neither failed nor reported it (torn tail cut: {:?}; recovered up to {})",
-                scan.damage_at, recovery.truncated, recovery.last_seq
-            ));
-        }
-    }
-    match scan.last_intact_seq {
-        Some(seq) if recovery.last_seq < seq => Err(format!(
-            "the frames before the damage at byte {} hold records up to {seq}, but recovery ends at {}",
-            scan.damage_at, recovery.last_seq
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// A bit flip or a zeroed 512-byte sector somewhere in `bytes` that changes
-/// at least one byte: the offset, the bytes to write there, and its name.
-fn pick_damage(rng: &mut StdRng, bytes: &[u8]) -> Option<(usize, Vec<u8>, &'static str)> {
-    if bytes.is_empty() {
-        return None;
-    }
-    for _ in 0..8 {
-        if rng.random_bool(0.5) {
-            let at = rng.random_range(0..bytes.len());
-            let flipped = bytes[at] ^ (1 << rng.random_range(0..8));
-            return Some((at, vec![flipped], "bit flip"));
-        }
-        let start = rng.random_range(0..bytes.len().div_ceil(512)) * 512;
-        let end = (start + 512).min(bytes.len());
-        if bytes[start..end].iter().any(|b| *b != 0) {
-            return Some((start, vec![0; end - start], "zeroed sector"));
-        }
-    }
-    None
-}
-
-fn reboot(fs: &SimFs, rng: &mut StdRng, report: &mut TortureReport) -> SimFs {
-    let stats = fs.stats();
-    for ((call, errno), count) in stats.faults {
-        let name = if errno == libc::ENOSPC {
-            "ENOSPC"
-        } else {
-            "EIO"
-        };
-        *report.faults.entry(format!("{call:?} {name}")).or_default() += count;
-    }
-    report.slow_syncs += stats.slow_syncs;
-    let (next, cut) = fs.reboot(rng.random());
-    report.changes_lost += cut.changes_lost;
-    report.changes_kept += cut.changes_kept;
-    report.torn_writes += cut.torn_writes;
-    report.dir_changes_lost += cut.dir_changes_lost;
-    report.pages_out_of_order += cut.pages_out_of_order;
-    report.sector_tears += cut.sector_tears;
-    next
 }
 
 impl TortureReport {
@@ -1446,31 +833,23 @@ impl TortureReport {
             self.cuts_during_open,
             self.records_recovered,
             self.snapshots_recovered,
-            self.changes_lost,
-            self.changes_kept,
-            self.torn_writes,
-            self.dir_changes_lost
+            self.disk.changes_lost,
+            self.disk.changes_kept,
+            self.disk.torn_writes,
+            self.disk.dir_changes_lost
         );
         out += &format!(
             "  operations refused (over a limit) {}, acknowledged and lost {}, prefix checks undecided {}\n  pages written back out of order {}, pages torn by sector {}\n  cycles with slow syncs {}, syncs slowed {}\n  reopens with lowered limits {}\n",
             self.ops_refused,
             self.acknowledged_lost,
             self.prefix_checks_undecided,
-            self.pages_out_of_order,
-            self.sector_tears,
-            self.slow_sync_cycles,
-            self.slow_syncs,
-            self.limit_changes
+            self.disk.pages_out_of_order,
+            self.disk.sector_tears,
+            self.disk.slow_sync_cycles,
+            self.disk.slow_syncs,
+            self.disk.limit_changes
         );
-        for (damage, n) in &self.media_damage {
-            out += &format!("  media damage: {damage}: {n}\n");
-        }
-        for (outcome, n) in &self.media_damage_outcomes {
-            out += &format!("  after media damage, {outcome}: {n}\n");
-        }
-        for (fault, n) in &self.faults {
-            out += &format!("  injected {fault}: {n}\n");
-        }
+        out += &self.disk.detail_lines();
         out
     }
 }
