@@ -305,11 +305,6 @@ impl Shared {
 /// (or their share of the room) wait, or after [`IDLE_APPLY`]; ends when the store closes or the state is
 /// dropped.
 fn run_applier(queue: &Queue, state: &Weak<Shared>) {
-    // Only when nothing else wants the CPU: it must not delay the threads
-    // that write, sync and acknowledge. Falling behind is bounded anyway
-    // (each queued record holds its room under `max_pending_bytes`), and a
-    // read applies what is queued itself.
-    crate::lifecycle::background::lower_priority();
     let mut applied_since_trim = 0;
     loop {
         {

@@ -126,7 +126,7 @@ impl Drop for Running<'_> {
 
 /// Lowers the calling thread's CPU and I/O priority; failing to is harmless.
 #[cfg(target_os = "linux")]
-pub(crate) fn lower_priority() {
+fn lower_priority() {
     let idle = libc::sched_param { sched_priority: 0 };
     // SAFETY: gettid, sched_setscheduler and ioprio_set read their integer
     // arguments (and `idle`, which outlives the call) and act on the
@@ -146,4 +146,4 @@ pub(crate) fn lower_priority() {
 /// `SCHED_IDLE` and `ioprio_set` are Linux's: elsewhere maintenance threads
 /// run at normal priority (only the byte-rate pacing holds them back).
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn lower_priority() {}
+fn lower_priority() {}
