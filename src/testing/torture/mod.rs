@@ -40,7 +40,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::config::{Config, LimitsConfig, SyncMode};
@@ -219,6 +219,30 @@ fn reboot(fs: &SimFs, rng: &mut StdRng, report: &mut DiskReport) -> SimFs {
     report.pages_out_of_order += cut.pages_out_of_order;
     report.sector_tears += cut.sector_tears;
     next
+}
+
+/// Runs `opts.cycles` cycles on one simulated disk, each with a generator
+/// of its own seed; the first failure ends the run, named by `subject`,
+/// the seed and the cycle, which replay it.
+async fn run_cycles(
+    opts: &TortureOptions,
+    subject: Subject,
+    mut cycle: impl AsyncFnMut(SimFs, &mut StdRng, u64) -> Result<SimFs, String>,
+) -> Result<(), TortureFailure> {
+    let mut fs = SimFs::new(cycle_seed(opts.seed, u64::MAX));
+    fs.reorder_writeback(opts.injects(FaultKind::Reordering));
+    for n in 0..opts.cycles {
+        let mut rng = StdRng::seed_from_u64(cycle_seed(opts.seed, n));
+        fs = cycle(fs, &mut rng, n)
+            .await
+            .map_err(|message| TortureFailure {
+                subject,
+                seed: opts.seed,
+                cycle: n,
+                message,
+            })?;
+    }
+    Ok(())
 }
 
 /// A seed per cycle, so each cycle's choices do not depend on how many

@@ -38,7 +38,7 @@ use serde::Serialize;
 
 use super::damage::damage_a_copy;
 use super::{
-    arm, check_loss_bound, cycle_seed, next_limits, random_config, reboot, DiskReport, FaultKind,
+    arm, check_loss_bound, next_limits, random_config, reboot, run_cycles, DiskReport, FaultKind,
     LostRecord, Promise, Subject, TortureFailure, TortureOptions, ANSWER_LIMIT, SHUTDOWN_LIMIT,
 };
 use crate::config::{Config, LimitsConfig};
@@ -573,22 +573,13 @@ pub fn run(opts: &TortureOptions) -> Result<TortureReport, TortureFailure> {
             seed: opts.seed,
             ..TortureReport::default()
         };
-        let mut fs = SimFs::new(cycle_seed(opts.seed, u64::MAX));
-        fs.reorder_writeback(opts.injects(FaultKind::Reordering));
         let mut model = Model::default();
-        for cycle in 0..opts.cycles {
-            let failure = |message: String| TortureFailure {
-                subject: Subject::Store,
-                seed: opts.seed,
-                cycle,
-                message,
-            };
-            let mut rng = StdRng::seed_from_u64(cycle_seed(opts.seed, cycle));
-            fs = run_cycle(fs, &mut model, &mut rng, &opts, cycle, &mut report)
-                .await
-                .map_err(failure)?;
+        run_cycles(&opts, Subject::Store, async |fs, rng, cycle| {
+            let fs = run_cycle(fs, &mut model, rng, &opts, cycle, &mut report).await?;
             report.cycles += 1;
-        }
+            Ok(fs)
+        })
+        .await?;
         Ok(report)
     })
 }

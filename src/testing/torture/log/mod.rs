@@ -84,7 +84,7 @@ use serde::Serialize;
 
 use super::damage::damage_a_copy;
 use super::{
-    arm, cycle_seed, next_limits, random_config, reboot, DiskReport, FaultKind, Promise, Subject,
+    arm, next_limits, random_config, reboot, run_cycles, DiskReport, FaultKind, Promise, Subject,
     TortureFailure, TortureOptions, SHUTDOWN_LIMIT,
 };
 use crate::config::Config;
@@ -185,22 +185,13 @@ pub fn run(opts: &TortureOptions) -> Result<LogTortureReport, TortureFailure> {
             seed: opts.seed,
             ..LogTortureReport::default()
         };
-        let mut fs = SimFs::new(cycle_seed(opts.seed, u64::MAX));
-        fs.reorder_writeback(opts.injects(FaultKind::Reordering));
         let mut model = Model::default();
-        for cycle in 0..opts.cycles {
-            let failure = |message: String| TortureFailure {
-                subject: Subject::Log,
-                seed: opts.seed,
-                cycle,
-                message,
-            };
-            let mut rng = StdRng::seed_from_u64(cycle_seed(opts.seed, cycle));
-            fs = run_cycle(fs, &mut model, &mut rng, &opts, cycle, &mut report)
-                .await
-                .map_err(failure)?;
+        run_cycles(&opts, Subject::Log, async |fs, rng, cycle| {
+            let fs = run_cycle(fs, &mut model, rng, &opts, cycle, &mut report).await?;
             report.cycles += 1;
-        }
+            Ok(fs)
+        })
+        .await?;
         Ok(report)
     })
 }
