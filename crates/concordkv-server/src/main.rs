@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the Redis protocol (RESP2) on server.listen, data in data_dir.
+    /// Serve the Redis protocol (RESP2; RESP3 after HELLO 3) on server.listen, data in data_dir.
     Serve {
         /// A TOML configuration file; every key is optional (see config/default.toml).
         #[arg(long, short)]

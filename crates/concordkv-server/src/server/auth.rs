@@ -1,34 +1,36 @@
 //! `AUTH`: with `server.requirepass` set, a connection runs nothing but
-//! `AUTH` and `QUIT` until it gives the password. Only the `default` user
+//! `AUTH`, `HELLO … AUTH`, `RESET` and `QUIT` until it gives the password. Only the `default` user
 //! exists, as in a Redis without ACLs. The password is compared in constant
 //! time, so the reply's timing tells nothing about how much of a guess was
 //! right, and it is never logged.
 
+use crate::server::frame::Frame;
 use bytes::Bytes;
-use redis_protocol::resp2::types::BytesFrame;
 use subtle::ConstantTimeEq;
 
 use crate::server::cmd::{error, ok};
 use concordkv::Secret;
 
 /// The reply to any other command before authentication.
-pub fn noauth() -> BytesFrame {
-    BytesFrame::Error("NOAUTH Authentication required.".into())
+pub fn noauth() -> Frame {
+    Frame::Error("NOAUTH Authentication required.".into())
 }
 
-fn wrongpass() -> BytesFrame {
-    BytesFrame::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+fn wrongpass() -> Frame {
+    Frame::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
 }
 
 /// Whether a command may run before authentication.
 pub fn allowed_before_auth(command: &[u8]) -> bool {
-    command.eq_ignore_ascii_case(b"AUTH") || command.eq_ignore_ascii_case(b"QUIT")
+    [&b"AUTH"[..], b"HELLO", b"RESET", b"QUIT"]
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(command))
 }
 
 /// Runs `AUTH [username] password` (`rest` is what follows `AUTH`) against
 /// the configured password; returns the reply and whether the connection is
 /// now authenticated.
-pub fn auth(password: &Secret, rest: &[Bytes]) -> (BytesFrame, bool) {
+pub fn auth(password: &Secret, rest: &[Bytes]) -> (Frame, bool) {
     let (user, given) = match rest {
         [given] => (None, given),
         [user, given] => (Some(user), given),
@@ -95,7 +97,7 @@ mod tests {
         let (reply, authed) = auth(&Secret::default(), &args(&["anything"]));
         assert!(!authed);
         assert!(
-            matches!(&reply, BytesFrame::Error(e) if e.starts_with("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
+            matches!(&reply, Frame::Error(e) if e.starts_with("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")),
             "{reply:?}"
         );
     }

@@ -121,6 +121,11 @@ impl Clients {
 }
 
 impl ClientSlot {
+    /// The client's id, unique while the server runs (`CLIENT ID`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Records that this client's buffers now hold `bytes`, disconnecting
     /// clients (maybe this one) if all of them together exceed the cap.
     pub fn set_buffered(&self, bytes: usize) {

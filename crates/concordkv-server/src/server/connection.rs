@@ -26,8 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use redis_protocol::resp2::encode::extend_encode;
-use redis_protocol::resp2::types::BytesFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -37,7 +35,9 @@ use crate::server::clients::ClientSlot;
 use crate::server::cmd::{self, error, write_error, Reply};
 use crate::server::cross_protocol::looks_like_http;
 use crate::server::db::Db;
+use crate::server::frame::Protocol;
 use crate::server::request::RequestParser;
+use crate::server::session::Session;
 use concordkv::{Secret, ServerConfig};
 
 /// Bytes read from the socket at a time (grown when a request is larger).
@@ -82,8 +82,10 @@ pub async fn serve_connection(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut parser = RequestParser::new(settings.max_request_bytes);
-    let mut replies: Vec<Reply> = Vec::new();
-    let mut authenticated = settings.password.is_empty();
+    // Each reply with the protocol in force when its request ran: a
+    // `HELLO 3` changes the encoding of the replies after its own only.
+    let mut replies: Vec<(Reply, Protocol)> = Vec::new();
+    let mut session = Session::new(slot.id(), peer, settings.password.clone());
     let mut first_request = true;
     let mut last_request = Instant::now();
     // When the incomplete request at the front of `input` began to arrive.
@@ -96,7 +98,7 @@ pub async fn serve_connection(
                 Ok(Some(request)) => request,
                 Ok(None) => break,
                 Err(e) => {
-                    replies.push(Reply::Close(error(e.to_string())));
+                    replies.push((Reply::Close(error(e.to_string())), session.protocol()));
                     closing = true;
                     break;
                 }
@@ -119,19 +121,18 @@ pub async fn serve_connection(
             {
                 return Ok(());
             }
-            let reply = if command.eq_ignore_ascii_case(b"AUTH") {
-                let (reply, now_authenticated) = auth::auth(&settings.password, &request.args[1..]);
-                authenticated |= now_authenticated;
-                Reply::Now(reply)
-            } else if !authenticated && !auth::allowed_before_auth(command) {
+            let reply = if !session.may_run(command) {
                 Reply::Now(auth::noauth())
+            } else if let Some(reply) = session.run(&request.args) {
+                Reply::Now(reply)
             } else {
                 // A write waits here for room in the log's queue, before
                 // the next request is parsed or more input read.
                 cmd::execute(request.args, &db).await
             };
             closing = matches!(reply, Reply::Close(_));
-            replies.push(reply);
+            // After the command: HELLO answers in the protocol it chose.
+            replies.push((reply, session.protocol()));
             if closing {
                 break;
             }
@@ -190,13 +191,13 @@ pub async fn serve_connection(
 /// writing out every [`FLUSH_BYTES`]; `false` if the client was
 /// disconnected meanwhile to bring all buffers under their cap.
 async fn send_replies(
-    replies: &mut Vec<Reply>,
+    replies: &mut Vec<(Reply, Protocol)>,
     socket: &mut TcpStream,
     output: &mut BytesMut,
     slot: &ClientSlot,
     input: &BytesMut,
 ) -> std::io::Result<bool> {
-    for reply in replies.drain(..) {
+    for (reply, protocol) in replies.drain(..) {
         let frame = match reply {
             Reply::Now(frame) | Reply::Close(frame) => frame,
             Reply::Later { pending, ok } => match pending.await {
@@ -205,7 +206,7 @@ async fn send_replies(
             },
             Reply::Wait(work) => work.await,
         };
-        encode(output, &frame);
+        frame.encode(protocol, output);
         if output.len() >= FLUSH_BYTES && !flush(socket, output, slot, input).await? {
             return Ok(false);
         }
@@ -241,12 +242,5 @@ async fn expire(deadline: Option<(Instant, &'static str)>) -> &'static str {
             why
         }
         None => std::future::pending().await,
-    }
-}
-
-fn encode(output: &mut BytesMut, frame: &BytesFrame) {
-    if let Err(e) = extend_encode(output, frame, false) {
-        tracing::error!(%e, "could not encode a reply");
-        let _ = extend_encode(output, &error("internal error encoding the reply"), false);
     }
 }

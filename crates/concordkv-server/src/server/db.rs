@@ -36,6 +36,16 @@ impl Db {
         self.state.get_with(key, Bytes::copy_from_slice)
     }
 
+    /// The length of `key`'s value.
+    pub fn value_len(&self, key: &[u8]) -> Option<usize> {
+        self.state.get_with(key, <[u8]>::len)
+    }
+
+    /// Whether `key` exists.
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.state.contains(key)
+    }
+
     /// How many of `keys` exist (a key named twice counts twice, as in Redis).
     pub fn count_existing(&self, keys: &[Bytes]) -> usize {
         keys.iter().filter(|k| self.state.contains(k)).count()

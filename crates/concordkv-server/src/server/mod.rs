@@ -1,4 +1,5 @@
-//! `concordkv serve`: a Redis-protocol (RESP2) server over the store.
+//! `concordkv serve`: a Redis-protocol server (RESP2, and RESP3 after
+//! `HELLO 3`) over the store.
 //!
 //! Connections and the WAL actor share the actix System's thread (unless
 //! `wal.dedicated_writer_thread` gives the writer its own), like Redis's
@@ -16,8 +17,10 @@ pub mod cmd;
 pub mod connection;
 pub mod cross_protocol;
 pub mod db;
+pub mod frame;
 pub mod protected_mode;
 pub mod request;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
+use crate::server::frame::Frame;
 use bytes::Bytes;
-use redis_protocol::resp2::types::BytesFrame;
 
 use super::Reply;
 use crate::server::db::Db;
@@ -72,7 +72,7 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
         let _ = write!(out, "# Keyspace\r\ndb0:keys={}\r\n\r\n", db.len());
     }
     if !show("stats") {
-        return Reply::Now(BytesFrame::BulkString(Bytes::from(out)));
+        return Reply::Now(Frame::Bulk(Bytes::from(out)));
     }
     let store = store.clone();
     Reply::Wait(Box::pin(async move {
@@ -94,6 +94,6 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
             }
             out.push_str("\r\n");
         }
-        BytesFrame::BulkString(Bytes::from(out))
+        Frame::Bulk(Bytes::from(out))
     }))
 }

@@ -7,13 +7,14 @@ pub mod connection;
 pub mod info;
 pub mod keys;
 pub mod persistence;
+pub mod table;
 pub mod write;
 
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::server::frame::Frame;
 use bytes::Bytes;
-use redis_protocol::resp2::types::BytesFrame;
 
 use crate::server::db::Db;
 use concordkv::{Error, Pending};
@@ -21,18 +22,18 @@ use concordkv::{Error, Pending};
 /// What running a command produced.
 pub enum Reply {
     /// A reply available at once.
-    Now(BytesFrame),
+    Now(Frame),
     /// A write: `ok` is the reply once the log acknowledges it.
-    Later { pending: Pending, ok: BytesFrame },
+    Later { pending: Pending, ok: Frame },
     /// A reply that takes longer work (a snapshot) to produce.
-    Wait(Pin<Box<dyn Future<Output = BytesFrame>>>),
+    Wait(Pin<Box<dyn Future<Output = Frame>>>),
     /// Reply, then close the connection.
-    Close(BytesFrame),
+    Close(Frame),
 }
 
 /// An error reply (`-ERR …`).
-pub fn error(message: impl Into<String>) -> BytesFrame {
-    BytesFrame::Error(format!("ERR {}", message.into()).into())
+pub fn error(message: impl Into<String>) -> Frame {
+    Frame::Error(format!("ERR {}", message.into()))
 }
 
 /// The reply to a write the log did not take. When the log stopped on a
@@ -40,17 +41,19 @@ pub fn error(message: impl Into<String>) -> BytesFrame {
 /// answers writes after a failed AOF write, so clients that know it stop
 /// retrying; otherwise `ERR`. Either way the message names the file and
 /// the operating system's error (`No space left on device`).
-pub fn write_error(e: &Error) -> BytesFrame {
+pub fn write_error(e: &Error) -> Frame {
     if matches!(e, Error::WalFailed { .. }) || e.io_error().is_some() {
-        BytesFrame::Error(format!("MISCONF Errors writing to the write-ahead log: {e}").into())
+        Frame::Error(format!(
+            "MISCONF Errors writing to the write-ahead log: {e}"
+        ))
     } else {
         error(e.to_string())
     }
 }
 
 /// The `+OK` reply.
-pub fn ok() -> BytesFrame {
-    BytesFrame::SimpleString(Bytes::from_static(b"OK"))
+pub fn ok() -> Frame {
+    Frame::Simple("OK")
 }
 
 fn wrong_arity(name: &str) -> Reply {
@@ -63,55 +66,55 @@ fn wrong_arity(name: &str) -> Reply {
 /// Whether a command reads the key-value state, and so must wait until the
 /// connection's earlier writes are acknowledged (and visible) before it runs.
 pub fn reads_state(name: &[u8]) -> bool {
-    const READERS: [&[u8]; 5] = [b"GET", b"EXISTS", b"DBSIZE", b"DEL", b"INFO"];
+    const READERS: [&[u8]; 8] = [
+        b"GET", b"MGET", b"STRLEN", b"TYPE", b"EXISTS", b"DBSIZE", b"DEL", b"INFO",
+    ];
     READERS.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
 
 /// Runs one request against `db`. A write resolves once the log's queue
 /// had room for it and it was applied (its acknowledgement is the
 /// [`Reply::Later`]); the caller reads no further request meanwhile, which
-/// is how a full queue slows a client down.
+/// is how a full queue slows a client down. Commands about the connection
+/// itself are the session's (see [`crate::server::session`]).
 pub async fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
-    let Some(name) = args.first() else {
+    let Some((name, rest)) = args.split_first() else {
         return Reply::Now(error("empty command"));
     };
-    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
-    let rest = &args[1..];
-    let arity_ok = match name.as_str() {
-        "PING" => rest.len() <= 1,
-        "ECHO" | "GET" => rest.len() == 1,
-        "SET" => rest.len() == 2,
-        "DEL" | "EXISTS" => !rest.is_empty(),
-        "MSET" => !rest.is_empty() && rest.len() % 2 == 0,
-        "DBSIZE" | "QUIT" | "BGREWRITEAOF" => rest.is_empty(),
-        "SELECT" => rest.len() == 1,
-        "INFO" | "SAVE" | "BGSAVE" => rest.len() <= 1,
-        "CONFIG" | "COMMAND" | "CLIENT" => true,
-        _ => return Reply::Now(unknown_command(&name, rest)),
+    let Some(spec) = table::lookup(name) else {
+        return Reply::Now(unknown_command(&String::from_utf8_lossy(name), rest));
     };
-    if !arity_ok {
-        return wrong_arity(&name);
+    if !spec.arity_fits(rest.len()) {
+        return wrong_arity(spec.name);
     }
-    match name.as_str() {
-        "PING" => connection::ping(rest),
-        "ECHO" => Reply::Now(BytesFrame::BulkString(rest[0].clone())),
-        "QUIT" => Reply::Close(ok()),
-        "SELECT" => connection::select(&rest[0]),
-        "CONFIG" | "COMMAND" | "CLIENT" => connection::compatibility(&name, rest),
-        "GET" => keys::get(db, &rest[0]),
-        "EXISTS" => keys::exists(db, rest),
-        "DBSIZE" => keys::dbsize(db),
-        "SET" => write::set(db, &rest[0], &rest[1]).await,
-        "MSET" => write::mset(db, rest).await,
-        "DEL" => write::del(db, rest).await,
-        "SAVE" => persistence::save(db, rest.first()),
-        "BGSAVE" => persistence::bgsave(db, rest.first()),
-        "BGREWRITEAOF" => persistence::bgrewriteaof(db),
-        _ => info::info(db, rest.first()),
+    match spec.name {
+        "ping" => connection::ping(rest),
+        "echo" => Reply::Now(Frame::Bulk(rest[0].clone())),
+        "quit" => Reply::Close(ok()),
+        "select" => connection::select(&rest[0]),
+        "config" => connection::config(rest),
+        "command" => Reply::Now(table::command(rest)),
+        "get" => keys::get(db, &rest[0]),
+        "mget" => keys::mget(db, rest),
+        "strlen" => keys::strlen(db, &rest[0]),
+        "type" => keys::key_type(db, &rest[0]),
+        "exists" => keys::exists(db, rest),
+        "dbsize" => keys::dbsize(db),
+        "set" => write::set(db, &rest[0], &rest[1]).await,
+        "mset" => write::mset(db, rest).await,
+        "del" => write::del(db, rest).await,
+        "save" => persistence::save(db, rest.first()),
+        "bgsave" => persistence::bgsave(db, rest.first()),
+        "bgrewriteaof" => persistence::bgrewriteaof(db),
+        "info" => info::info(db, rest.first()),
+        // The session's commands (AUTH, HELLO, CLIENT, RESET) never get here.
+        other => Reply::Now(error(format!(
+            "'{other}' is a command about the connection and cannot run here"
+        ))),
     }
 }
 
-fn unknown_command(name: &str, rest: &[Bytes]) -> BytesFrame {
+fn unknown_command(name: &str, rest: &[Bytes]) -> Frame {
     let shown: Vec<String> = rest
         .iter()
         .take(4)

@@ -5,8 +5,8 @@
 //! asked for again meanwhile, they answer Redis's "already in progress"
 //! error and start nothing.
 
+use crate::server::frame::Frame;
 use bytes::Bytes;
-use redis_protocol::resp2::types::BytesFrame;
 
 use super::{error, ok, Reply};
 use crate::server::db::Db;
@@ -27,7 +27,7 @@ fn kind(arg: Option<&Bytes>) -> Option<SnapshotKind> {
 /// The reply to a refused start: Redis's text for a job already running.
 fn refused(e: Error, in_progress: &'static str) -> Reply {
     Reply::Now(match e {
-        Error::InProgress(_) => BytesFrame::Error(in_progress.into()),
+        Error::InProgress(_) => Frame::Error(in_progress.into()),
         e => error(e.to_string()),
     })
 }
@@ -66,9 +66,7 @@ pub fn bgsave(db: &Db, arg: Option<&Bytes>) -> Reply {
             tracing::error!(%e, "background snapshot failed");
         }
     });
-    Reply::Now(BytesFrame::SimpleString(Bytes::from_static(
-        b"Background saving started",
-    )))
+    Reply::Now(Frame::Simple("Background saving started"))
 }
 
 /// `BGREWRITEAOF`: compact the log in the background.
@@ -82,7 +80,7 @@ pub fn bgrewriteaof(db: &Db) -> Reply {
             tracing::error!(%e, "background compaction failed");
         }
     });
-    Reply::Now(BytesFrame::SimpleString(Bytes::from_static(
-        b"Background append only file rewriting started",
-    )))
+    Reply::Now(Frame::Simple(
+        "Background append only file rewriting started",
+    ))
 }

@@ -2,8 +2,8 @@
 //! the log's queue before it is applied, and is answered once the log
 //! acknowledges it per the sync mode.
 
+use crate::server::frame::Frame;
 use bytes::Bytes;
-use redis_protocol::resp2::types::BytesFrame;
 
 use super::{ok, write_error, Reply};
 use crate::server::db::Db;
@@ -44,10 +44,10 @@ pub async fn mset(db: &Db, pairs: &[Bytes]) -> Reply {
 /// `DEL key [key …]`: how many existed; the removals are one record.
 pub async fn del(db: &Db, keys: &[Bytes]) -> Reply {
     match db.delete(keys).await {
-        Ok((_, None)) => Reply::Now(BytesFrame::Integer(0)),
+        Ok((_, None)) => Reply::Now(Frame::Integer(0)),
         Ok((removed, Some(pending))) => Reply::Later {
             pending,
-            ok: BytesFrame::Integer(removed as i64),
+            ok: Frame::Integer(removed as i64),
         },
         Err(e) => refused(e),
     }
@@ -65,7 +65,7 @@ mod tests {
     use crate::server::cmd::execute;
 
     /// The reply to `SET key v` once the log has answered.
-    async fn set(db: &Db, key: &str) -> BytesFrame {
+    async fn set(db: &Db, key: &str) -> Frame {
         let args = vec![
             Bytes::from("SET"),
             Bytes::from(key.to_string()),
@@ -81,9 +81,9 @@ mod tests {
         }
     }
 
-    fn text(frame: &BytesFrame) -> String {
+    fn text(frame: &Frame) -> String {
         match frame {
-            BytesFrame::Error(e) => e.to_string(),
+            Frame::Error(e) => e.to_string(),
             other => panic!("not an error: {other:?}"),
         }
     }

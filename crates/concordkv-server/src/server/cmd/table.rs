@@ -1,0 +1,349 @@
+//! Every command the server knows, with what `COMMAND` tells clients about
+//! it: arity, flags and where its keys are, in Redis's terms. The arity
+//! check of every request comes from here, so a command cannot be served
+//! without being described.
+
+use bytes::Bytes;
+
+use crate::server::frame::Frame;
+
+/// One command's description.
+pub struct Spec {
+    /// Lower case, as `COMMAND` lists it.
+    pub name: &'static str,
+    /// Arguments counting the name; negative: at least that many.
+    pub arity: i64,
+    pub flags: &'static [&'static str],
+    /// First key, last key (-1: the last argument) and step; 0s: no keys.
+    pub keys: (i64, i64, i64),
+    /// Redis's command group, for `COMMAND DOCS`.
+    pub group: &'static str,
+    pub summary: &'static str,
+}
+
+impl Spec {
+    /// Whether `args` (the arguments after the name) fit the arity.
+    pub fn arity_fits(&self, args: usize) -> bool {
+        let given = args as i64 + 1;
+        if self.arity >= 0 {
+            given == self.arity
+        } else {
+            given >= -self.arity
+        }
+    }
+
+    fn info(&self) -> Frame {
+        let flags = self
+            .flags
+            .iter()
+            .map(|f| Frame::Simple(f))
+            .collect::<Vec<_>>();
+        Frame::Array(vec![
+            Frame::text(self.name),
+            Frame::Integer(self.arity),
+            Frame::Set(flags),
+            Frame::Integer(self.keys.0),
+            Frame::Integer(self.keys.1),
+            Frame::Integer(self.keys.2),
+            // ACL categories, tips, key specs, subcommands: none described.
+            Frame::Set(Vec::new()),
+            Frame::Set(Vec::new()),
+            Frame::Array(Vec::new()),
+            Frame::Array(Vec::new()),
+        ])
+    }
+
+    fn docs(&self) -> Frame {
+        Frame::Map(vec![
+            (Frame::text("summary"), Frame::text(self.summary)),
+            (Frame::text("since"), Frame::text("1.0.0")),
+            (Frame::text("group"), Frame::text(self.group)),
+        ])
+    }
+}
+
+const READ: &[&str] = &["readonly", "fast"];
+const WRITE: &[&str] = &["write", "denyoom"];
+const CONN: &[&str] = &["fast", "no-auth", "loading", "stale"];
+const ADMIN: &[&str] = &["admin", "noscript"];
+
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    flags: &'static [&'static str],
+    keys: (i64, i64, i64),
+    group: &'static str,
+    summary: &'static str,
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        flags,
+        keys,
+        group,
+        summary,
+    }
+}
+
+const NO_KEYS: (i64, i64, i64) = (0, 0, 0);
+const ONE_KEY: (i64, i64, i64) = (1, 1, 1);
+const ALL_KEYS: (i64, i64, i64) = (1, -1, 1);
+
+/// Every command, in the order `COMMAND` lists them.
+pub const COMMANDS: &[Spec] = &[
+    spec(
+        "auth",
+        -2,
+        CONN,
+        NO_KEYS,
+        "connection",
+        "Authenticates the connection.",
+    ),
+    spec(
+        "hello",
+        -1,
+        CONN,
+        NO_KEYS,
+        "connection",
+        "Handshakes with the server: protocol, authentication, name.",
+    ),
+    spec(
+        "ping",
+        -1,
+        &["fast"],
+        NO_KEYS,
+        "connection",
+        "Returns the server's liveliness response.",
+    ),
+    spec(
+        "echo",
+        2,
+        &["fast"],
+        NO_KEYS,
+        "connection",
+        "Returns the given string.",
+    ),
+    spec(
+        "quit",
+        -1,
+        CONN,
+        NO_KEYS,
+        "connection",
+        "Closes the connection.",
+    ),
+    spec(
+        "reset",
+        1,
+        CONN,
+        NO_KEYS,
+        "connection",
+        "Resets the connection.",
+    ),
+    spec(
+        "select",
+        2,
+        &["fast", "loading", "stale"],
+        NO_KEYS,
+        "connection",
+        "Changes the selected database (only 0 exists).",
+    ),
+    spec(
+        "client",
+        -2,
+        &["loading", "stale"],
+        NO_KEYS,
+        "connection",
+        "ID, SETNAME, GETNAME, INFO, SETINFO of the connection.",
+    ),
+    spec(
+        "command",
+        -1,
+        &["loading", "stale"],
+        NO_KEYS,
+        "server",
+        "Returns detailed information about all commands.",
+    ),
+    spec(
+        "config",
+        -2,
+        ADMIN,
+        NO_KEYS,
+        "server",
+        "CONFIG GET answers an empty list.",
+    ),
+    spec(
+        "info",
+        -1,
+        &["loading", "stale"],
+        NO_KEYS,
+        "server",
+        "Returns information and statistics about the server.",
+    ),
+    spec(
+        "dbsize",
+        1,
+        READ,
+        NO_KEYS,
+        "server",
+        "Returns the number of keys.",
+    ),
+    spec(
+        "save",
+        -1,
+        ADMIN,
+        NO_KEYS,
+        "server",
+        "Writes a snapshot [FULL|INCREMENTAL] and waits for it.",
+    ),
+    spec(
+        "bgsave",
+        -1,
+        ADMIN,
+        NO_KEYS,
+        "server",
+        "Writes a snapshot [FULL|INCREMENTAL] in the background.",
+    ),
+    spec(
+        "bgrewriteaof",
+        1,
+        ADMIN,
+        NO_KEYS,
+        "server",
+        "Compacts the log in the background.",
+    ),
+    spec(
+        "get",
+        2,
+        READ,
+        ONE_KEY,
+        "string",
+        "Returns the string value of a key.",
+    ),
+    spec(
+        "mget",
+        -2,
+        READ,
+        ALL_KEYS,
+        "string",
+        "Returns the string values of one or more keys.",
+    ),
+    spec(
+        "strlen",
+        2,
+        READ,
+        ONE_KEY,
+        "string",
+        "Returns the length of a string value.",
+    ),
+    spec(
+        "exists",
+        -2,
+        READ,
+        ALL_KEYS,
+        "generic",
+        "Determines whether one or more keys exist.",
+    ),
+    spec(
+        "type",
+        2,
+        READ,
+        ONE_KEY,
+        "generic",
+        "Determines the type of value stored at a key.",
+    ),
+    spec(
+        "set",
+        3,
+        WRITE,
+        ONE_KEY,
+        "string",
+        "Sets the string value of a key.",
+    ),
+    spec(
+        "mset",
+        -3,
+        WRITE,
+        (1, -1, 2),
+        "string",
+        "Atomically sets the string values of one or more keys.",
+    ),
+    spec(
+        "del",
+        -2,
+        &["write"],
+        ALL_KEYS,
+        "generic",
+        "Deletes one or more keys.",
+    ),
+];
+
+/// The command named `name` (any case).
+pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    COMMANDS
+        .iter()
+        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// `COMMAND [COUNT | INFO name… | DOCS [name…] | LIST]`.
+pub fn command(rest: &[Bytes]) -> Frame {
+    let Some(sub) = rest.first() else {
+        return Frame::Array(COMMANDS.iter().map(Spec::info).collect());
+    };
+    let named = |names: &[Bytes]| -> Vec<Option<&'static Spec>> {
+        names.iter().map(|n| lookup(n)).collect()
+    };
+    match sub.to_ascii_uppercase().as_slice() {
+        b"COUNT" if rest.len() == 1 => Frame::Integer(COMMANDS.len() as i64),
+        b"LIST" if rest.len() == 1 => {
+            Frame::Array(COMMANDS.iter().map(|c| Frame::text(c.name)).collect())
+        }
+        b"INFO" => Frame::Array(if rest.len() == 1 {
+            COMMANDS.iter().map(Spec::info).collect()
+        } else {
+            named(&rest[1..])
+                .into_iter()
+                .map(|c| c.map_or(Frame::Null, Spec::info))
+                .collect()
+        }),
+        b"DOCS" => {
+            let specs: Vec<&Spec> = if rest.len() == 1 {
+                COMMANDS.iter().collect()
+            } else {
+                named(&rest[1..]).into_iter().flatten().collect()
+            };
+            Frame::Map(
+                specs
+                    .into_iter()
+                    .map(|c| (Frame::text(c.name), c.docs()))
+                    .collect(),
+            )
+        }
+        _ => Frame::Error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(sub)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arity_follows_redis_s_convention() {
+        let get = lookup(b"GeT").expect("get");
+        assert!(get.arity_fits(1) && !get.arity_fits(0) && !get.arity_fits(2));
+        let del = lookup(b"del").expect("del");
+        assert!(del.arity_fits(1) && del.arity_fits(5) && !del.arity_fits(0));
+        assert!(lookup(b"nosuch").is_none());
+    }
+
+    #[test]
+    fn names_are_unique_and_lower_case() {
+        let mut names: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
+        assert!(names.iter().all(|n| *n == n.to_ascii_lowercase()));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), COMMANDS.len());
+    }
+}
