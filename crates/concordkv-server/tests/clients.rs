@@ -127,3 +127,140 @@ fn hello_with_auth_opens_a_password_protected_server() {
     let v: String = c.get("k").expect("GET");
     assert_eq!(v, "v");
 }
+
+#[test]
+fn read_modify_write_commands_answer_as_redis_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server, "resp3");
+    let c = &mut c;
+    let n: i64 = c.incr("n", 1).expect("INCR");
+    assert_eq!(n, 1);
+    let n: i64 = redis::cmd("INCRBY")
+        .arg("n")
+        .arg(41)
+        .query(c)
+        .expect("INCRBY");
+    assert_eq!(n, 42);
+    let n: i64 = redis::cmd("DECR").arg("n").query(c).expect("DECR");
+    assert_eq!(n, 41);
+    let n: i64 = c.decr("n", 40).expect("DECRBY");
+    assert_eq!(n, 1);
+    let f: String = redis::cmd("INCRBYFLOAT")
+        .arg("f")
+        .arg("1.5")
+        .query(c)
+        .expect("INCRBYFLOAT");
+    assert_eq!(f, "1.5");
+    let f: String = redis::cmd("INCRBYFLOAT")
+        .arg("f")
+        .arg("2")
+        .query(c)
+        .expect("INCRBYFLOAT");
+    assert_eq!(f, "3.5");
+    let _: () = c.set("s", "abc").expect("SET");
+    let err = c.incr::<_, _, i64>("s", 1).expect_err("INCR of text");
+    assert!(
+        err.to_string()
+            .contains("value is not an integer or out of range"),
+        "{err}"
+    );
+    let _: () = c.set("max", i64::MAX).expect("SET");
+    let err = c.incr::<_, _, i64>("max", 1).expect_err("overflow");
+    assert!(
+        err.to_string()
+            .contains("increment or decrement would overflow"),
+        "{err}"
+    );
+    let len: i64 = c.append("s", "def").expect("APPEND");
+    assert_eq!(len, 6);
+    let len: i64 = c.append("fresh", "xy").expect("APPEND to a missing key");
+    assert_eq!(len, 2);
+    let set: bool = c.set_nx("s", "no").expect("SETNX");
+    assert!(!set);
+    let set: bool = c.set_nx("new", "yes").expect("SETNX");
+    assert!(set);
+    let old: Option<String> = c.getset("s", "ghi").expect("GETSET");
+    assert_eq!(old.as_deref(), Some("abcdef"));
+    let old: Option<String> = c.get_del("s").expect("GETDEL");
+    assert_eq!(old.as_deref(), Some("ghi"));
+    let gone: Option<String> = c.get_del("s").expect("GETDEL again");
+    assert_eq!(gone, None);
+    let nx = |c: &mut redis::Connection, opt: &str| -> Value {
+        redis::cmd("SET")
+            .arg("cond")
+            .arg("v")
+            .arg(opt)
+            .query(c)
+            .expect("SET NX/XX")
+    };
+    assert_eq!(nx(c, "XX"), Value::Nil);
+    assert_eq!(nx(c, "NX"), Value::Okay);
+    assert_eq!(nx(c, "NX"), Value::Nil);
+    assert_eq!(nx(c, "XX"), Value::Okay);
+    let old: Option<String> = redis::cmd("SET")
+        .arg("cond")
+        .arg("w")
+        .arg("GET")
+        .query(c)
+        .expect("SET GET");
+    assert_eq!(old.as_deref(), Some("v"));
+    let err = redis::cmd("SET")
+        .arg("cond")
+        .arg("w")
+        .arg("NX")
+        .arg("XX")
+        .query::<Value>(c)
+        .expect_err("NX with XX");
+    assert!(err.to_string().contains("syntax error"), "{err}");
+    let v: String = c.get("cond").expect("GET");
+    assert_eq!(v, "w");
+}
+
+/// Clients pipelining `INCR`s of one key at once: every reply is a
+/// different number, and the key ends at their count, so no increment
+/// computed from a value another one had already replaced.
+#[test]
+fn concurrent_increments_never_compute_the_same_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let (clients, rounds, depth) = (8, 25, 20);
+    let replies: Vec<i64> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                let server = &server;
+                scope.spawn(move || {
+                    let mut c = connect(server, "resp2");
+                    let mut seen = Vec::new();
+                    for _ in 0..rounds {
+                        let mut pipe = redis::pipe();
+                        for _ in 0..depth {
+                            pipe.incr("counter", 1);
+                        }
+                        let got: Vec<i64> = pipe.query(&mut c).expect("pipelined INCRs");
+                        seen.extend(got);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let total = (clients * rounds * depth) as i64;
+    let mut sorted = replies.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        replies.len(),
+        "two INCRs returned the same value"
+    );
+    assert_eq!(sorted.first().copied(), Some(1));
+    assert_eq!(sorted.last().copied(), Some(total));
+    let mut c = connect(&server, "resp2");
+    let end: i64 = c.get("counter").expect("GET");
+    assert_eq!(end, total);
+}

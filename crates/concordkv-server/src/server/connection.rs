@@ -22,6 +22,7 @@
 //! [`clients`]: crate::server::clients
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,7 +76,7 @@ impl ConnectionSettings {
 pub async fn serve_connection(
     mut socket: TcpStream,
     peer: SocketAddr,
-    db: Arc<Db>,
+    db: Rc<Db>,
     settings: Arc<ConnectionSettings>,
     slot: ClientSlot,
 ) -> std::io::Result<()> {

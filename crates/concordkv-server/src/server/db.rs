@@ -2,20 +2,24 @@
 //! shows a write once the log acknowledged it under the sync mode, and
 //! writes go to the log. A connection sees its own earlier writes because
 //! it waits for their acknowledgements before it runs a command that reads
-//! (see [`crate::server::cmd::reads_state`]).
+//! (see [`crate::server::cmd::reads_state`]); read-modify-write commands
+//! also see every client's writes still in flight (see [`InFlight`]).
 
 use std::collections::HashSet;
+use std::rc::Rc;
 
 use bytes::Bytes;
 
-use concordkv::Result;
+use crate::server::in_flight::{InFlight, Tracked};
+use concordkv::{Admission, Result};
 use concordkv::{Entry, Op};
-use concordkv::{Pending, State, Store};
+use concordkv::{State, Store};
 
-/// The store and a handle on its state.
+/// The store, a handle on its state, and the writes in flight.
 pub struct Db {
     store: Store,
     state: State,
+    in_flight: Rc<InFlight>,
 }
 
 impl Db {
@@ -23,7 +27,11 @@ impl Db {
     /// the store itself.
     pub fn new(store: Store) -> Db {
         let state = store.state();
-        Db { store, state }
+        Db {
+            store,
+            state,
+            in_flight: Rc::default(),
+        }
     }
 
     /// The log behind the state.
@@ -31,17 +39,26 @@ impl Db {
         &self.store
     }
 
-    /// The value of `key`.
+    /// The acknowledged value of `key`.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
         self.state.get_with(key, Bytes::copy_from_slice)
     }
 
-    /// The length of `key`'s value.
+    /// The newest value of `key`, counting writes still in flight: what a
+    /// read-modify-write command computes from.
+    pub fn latest(&self, key: &[u8]) -> Option<Bytes> {
+        match self.in_flight.latest(key) {
+            Some(latest) => latest,
+            None => self.get(key),
+        }
+    }
+
+    /// The length of `key`'s acknowledged value.
     pub fn value_len(&self, key: &[u8]) -> Option<usize> {
         self.state.get_with(key, <[u8]>::len)
     }
 
-    /// Whether `key` exists.
+    /// Whether `key` exists (acknowledged).
     pub fn exists(&self, key: &[u8]) -> bool {
         self.state.contains(key)
     }
@@ -65,31 +82,68 @@ impl Db {
     /// queue has room for it (`limits.max_pending_bytes`); the returned
     /// acknowledgement resolves per the sync mode. A refused write changes
     /// nothing.
-    pub async fn write(&self, ops: Vec<Op>) -> Result<Pending> {
-        let entry = match <[Op; 1]>::try_from(ops) {
-            Ok([op]) => Entry::Op(op),
-            Err(ops) => Entry::Batch(ops),
-        };
-        self.store.submit(entry).await
+    pub async fn write(&self, ops: Vec<Op>) -> Result<Tracked> {
+        let entry = entry_of(ops);
+        let admission = self.store.admit(&entry).await?;
+        self.queue(entry, admission)
     }
 
-    /// Deletes those of `keys` that exist, as one record; returns how many
-    /// were removed, and the acknowledgement if anything was logged. Like
-    /// any count, it is of the keys acknowledged writes left when the
-    /// command ran; a write of another client still in flight is not one.
-    pub async fn delete(&self, keys: &[Bytes]) -> Result<(usize, Option<Pending>)> {
-        // A key named twice is deleted once; a set keeps a long DEL linear.
-        let mut seen: HashSet<&[u8]> = HashSet::new();
-        let mut ops: Vec<Op> = Vec::new();
-        for key in keys {
-            if self.state.contains(key) && seen.insert(key.as_ref()) {
-                ops.push(Op::Delete { key: key.to_vec() });
+    /// Queues an admitted entry and records it in flight, in one step.
+    fn queue(&self, entry: Entry, admission: Admission) -> Result<Tracked> {
+        let release = self.in_flight.record(entry.ops());
+        let pending = self.store.submit_admitted(entry, admission)?;
+        Ok(Tracked::new(pending, release))
+    }
+
+    /// Runs a read-modify-write: `decide` looks at the newest values (see
+    /// [`Db::latest`]) and returns the operations to log and the reply.
+    /// It runs again, after waiting for room in the log's queue, in the
+    /// same step that queues its operations, so nothing changes in between;
+    /// no operations: nothing is logged.
+    pub async fn change<R>(
+        &self,
+        mut decide: impl FnMut(&Db) -> (Vec<Op>, R),
+    ) -> Result<(R, Option<Tracked>)> {
+        let mut room: Option<Admission> = None;
+        loop {
+            let (ops, reply) = decide(self);
+            if ops.is_empty() {
+                return Ok((reply, None));
+            }
+            let entry = entry_of(ops);
+            match room.take() {
+                Some(admission) if admission.bytes() >= self.store.admission_bytes(&entry) => {
+                    return Ok((reply, Some(self.queue(entry, admission)?)));
+                }
+                // First pass, or the values grew while it waited.
+                _ => room = Some(self.store.admit(&entry).await?),
             }
         }
-        if ops.is_empty() {
-            return Ok((0, None));
-        }
-        let removed = ops.len();
-        Ok((removed, Some(self.write(ops).await?)))
+    }
+
+    /// Deletes those of `keys` that exist (counting writes in flight), as
+    /// one record; returns how many were removed, and the acknowledgement
+    /// if anything was logged.
+    pub async fn delete(&self, keys: &[Bytes]) -> Result<(usize, Option<Tracked>)> {
+        self.change(|db| {
+            // A key named twice is deleted once; a set keeps a long DEL linear.
+            let mut seen: HashSet<&[u8]> = HashSet::new();
+            let mut ops: Vec<Op> = Vec::new();
+            for key in keys {
+                if db.latest(key).is_some() && seen.insert(key) {
+                    ops.push(Op::Delete { key: key.to_vec() });
+                }
+            }
+            let removed = ops.len();
+            (ops, removed)
+        })
+        .await
+    }
+}
+
+fn entry_of(ops: Vec<Op>) -> Entry {
+    match <[Op; 1]>::try_from(ops) {
+        Ok([op]) => Entry::Op(op),
+        Err(ops) => Entry::Batch(ops),
     }
 }

@@ -18,11 +18,13 @@ pub mod connection;
 pub mod cross_protocol;
 pub mod db;
 pub mod frame;
+pub mod in_flight;
 pub mod protected_mode;
 pub mod request;
 pub mod session;
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -73,7 +75,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         elapsed_ms = recovery.elapsed.as_millis() as u64,
         "recovered the log"
     );
-    let db = Arc::new(Db::new(store.clone()));
+    let db = Rc::new(Db::new(store.clone()));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), sync_mode = %config.wal.sync_mode, "serving RESP");
 
     protected_mode::warn_if_exposed(&config.server, addr);
@@ -124,7 +126,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                     continue;
                 }
                 let _ = socket.set_nodelay(true);
-                let db = Arc::clone(&db);
+                let db = Rc::clone(&db);
                 let settings = Arc::clone(&settings);
                 let slot = clients.register(peer);
                 actix_rt::spawn(async move {

@@ -6,6 +6,7 @@
 pub mod connection;
 pub mod info;
 pub mod keys;
+pub mod modify;
 pub mod persistence;
 pub mod table;
 pub mod write;
@@ -17,14 +18,15 @@ use crate::server::frame::Frame;
 use bytes::Bytes;
 
 use crate::server::db::Db;
-use concordkv::{Error, Pending};
+use crate::server::in_flight::Tracked;
+use concordkv::Error;
 
 /// What running a command produced.
 pub enum Reply {
     /// A reply available at once.
     Now(Frame),
     /// A write: `ok` is the reply once the log acknowledges it.
-    Later { pending: Pending, ok: Frame },
+    Later { pending: Tracked, ok: Frame },
     /// A reply that takes longer work (a snapshot) to produce.
     Wait(Pin<Box<dyn Future<Output = Frame>>>),
     /// Reply, then close the connection.
@@ -100,7 +102,17 @@ pub async fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         "type" => keys::key_type(db, &rest[0]),
         "exists" => keys::exists(db, rest),
         "dbsize" => keys::dbsize(db),
-        "set" => write::set(db, &rest[0], &rest[1]).await,
+        "set" if rest.len() == 2 => write::set(db, &rest[0], &rest[1]).await,
+        "set" => modify::set(db, &rest[0], &rest[1], &rest[2..]).await,
+        "setnx" => modify::setnx(db, &rest[0], &rest[1]).await,
+        "getset" => modify::getset(db, &rest[0], &rest[1]).await,
+        "getdel" => modify::getdel(db, &rest[0]).await,
+        "append" => modify::append(db, &rest[0], &rest[1]).await,
+        "incr" => modify::incr_by(db, &rest[0], None, false).await,
+        "decr" => modify::incr_by(db, &rest[0], None, true).await,
+        "incrby" => modify::incr_by(db, &rest[0], Some(&rest[1]), false).await,
+        "decrby" => modify::incr_by(db, &rest[0], Some(&rest[1]), true).await,
+        "incrbyfloat" => modify::incr_by_float(db, &rest[0], &rest[1]).await,
         "mset" => write::mset(db, rest).await,
         "del" => write::del(db, rest).await,
         "save" => persistence::save(db, rest.first()),

@@ -1,0 +1,173 @@
+//! Writes queued to the log and not yet acknowledged: the newest value of
+//! each key they touch.
+//!
+//! The state shows a write only once it is acknowledged, but a
+//! read-modify-write command (`INCR`, `APPEND`, `SETNX`, `SET … NX`) must
+//! compute from every earlier write of every client, or two concurrent
+//! `INCR`s would both read 5 and both log 6. Every write records its keys
+//! here in the same step that queues it (connections share one thread, so
+//! nothing runs in between), and such commands read here first. A key
+//! leaves once its last write in flight is answered, acknowledged or not:
+//! the state then shows the acknowledged value (and a refused write left
+//! nothing to show).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+
+use concordkv::{Op, Pending, Result, Seq};
+
+/// The newest queued value per key.
+#[derive(Default)]
+pub struct InFlight {
+    keys: RefCell<HashMap<Bytes, Latest>>,
+}
+
+struct Latest {
+    /// `None`: deleted.
+    value: Option<Bytes>,
+    /// Writes of this key in flight.
+    writes: u32,
+}
+
+impl InFlight {
+    /// The newest queued value of `key`: `None` if no write of it is in
+    /// flight, `Some(None)` if the newest deletes it.
+    pub fn latest(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        self.keys.borrow().get(key).map(|l| l.value.clone())
+    }
+
+    /// Records `ops` as queued; the returned guard forgets them once their
+    /// write is answered.
+    pub fn record(self: &Rc<InFlight>, ops: &[Op]) -> Release {
+        let mut keys = self.keys.borrow_mut();
+        let mut touched = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (key, value) = match op {
+                Op::Set { key, value } => (key, Some(Bytes::copy_from_slice(value))),
+                Op::Delete { key } => (key, None),
+            };
+            let key = Bytes::copy_from_slice(key);
+            let latest = keys.entry(key.clone()).or_insert(Latest {
+                value: None,
+                writes: 0,
+            });
+            latest.value = value;
+            latest.writes += 1;
+            touched.push(key);
+        }
+        Release {
+            in_flight: Rc::clone(self),
+            keys: touched,
+        }
+    }
+
+    fn release(&self, touched: &[Bytes]) {
+        let mut keys = self.keys.borrow_mut();
+        for key in touched {
+            if let Some(latest) = keys.get_mut(key) {
+                latest.writes -= 1;
+                if latest.writes == 0 {
+                    keys.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Keys with a write in flight.
+    pub fn len(&self) -> usize {
+        self.keys.borrow().len()
+    }
+
+    /// Whether no write is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.keys.borrow().is_empty()
+    }
+}
+
+/// Forgets a write's keys when dropped.
+pub struct Release {
+    in_flight: Rc<InFlight>,
+    keys: Vec<Bytes>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.in_flight.release(&self.keys);
+    }
+}
+
+/// A write's acknowledgement that keeps its keys in flight until it
+/// resolves, even if the client leaves before waiting for it.
+pub struct Tracked {
+    pending: Option<Pending>,
+    release: Option<Release>,
+}
+
+impl Tracked {
+    pub fn new(pending: Pending, release: Release) -> Tracked {
+        Tracked {
+            pending: Some(pending),
+            release: Some(release),
+        }
+    }
+}
+
+impl Future for Tracked {
+    type Output = Result<Seq>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Seq>> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Poll::Ready(Err(concordkv::Error::ActorDied));
+        };
+        let answer = std::task::ready!(Pin::new(pending).poll(cx));
+        self.pending = None;
+        self.release = None;
+        Poll::Ready(answer)
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Dropped unanswered (its client left): the keys stay in flight
+        // until the log answers, or a later INCR would read past the write.
+        if let (Some(pending), Some(release)) = (self.pending.take(), self.release.take()) {
+            actix_rt::spawn(async move {
+                let _ = pending.await;
+                drop(release);
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(k: &str, v: &str) -> Op {
+        Op::Set {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn the_newest_write_wins_and_a_key_leaves_with_its_last_write() {
+        let in_flight = Rc::new(InFlight::default());
+        assert_eq!(in_flight.latest(b"a"), None);
+        let first = in_flight.record(&[set("a", "1"), set("b", "1")]);
+        let second = in_flight.record(&[Op::Delete { key: "a".into() }]);
+        assert_eq!(in_flight.latest(b"a"), Some(None));
+        assert_eq!(in_flight.latest(b"b"), Some(Some(Bytes::from("1"))));
+        drop(first);
+        assert_eq!(in_flight.latest(b"a"), Some(None));
+        assert_eq!(in_flight.latest(b"b"), None);
+        drop(second);
+        assert!(in_flight.is_empty());
+    }
+}
