@@ -3,8 +3,13 @@
 
 mod common;
 
-use common::server::Server;
+use common::server::{is_error, ok, Server};
 use redis::{Commands, Value};
+use redis_protocol::resp2::types::BytesFrame;
+
+fn queued() -> BytesFrame {
+    BytesFrame::SimpleString("QUEUED".into())
+}
 
 fn connect(server: &Server, protocol: &str) -> redis::Connection {
     let url = format!("redis://127.0.0.1:{}/?protocol={protocol}", server.port);
@@ -263,4 +268,188 @@ fn concurrent_increments_never_compute_the_same_value() {
     let mut c = connect(&server, "resp2");
     let end: i64 = c.get("counter").expect("GET");
     assert_eq!(end, total);
+}
+
+#[test]
+fn transactions_run_whole_with_redis_s_error_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server, "resp3");
+    let c = &mut c;
+    // redis-rs's atomic pipeline: MULTI … EXEC, each reply in order, each
+    // command seeing the ones before it.
+    let (set, n, got): (String, i64, String) = redis::pipe()
+        .atomic()
+        .set("t", "1")
+        .incr("t", 5)
+        .get("t")
+        .query(c)
+        .expect("MULTI/EXEC");
+    assert_eq!((set.as_str(), n, got.as_str()), ("OK", 6, "6"));
+    // A runtime error answers inside EXEC; the rest runs (the raw client:
+    // redis-rs turns an error inside the array into an error of the call).
+    let mut raw = server.client();
+    assert_eq!(raw.call(&["SET", "word", "abc"]), ok());
+    assert_eq!(raw.call(&["MULTI"]), ok());
+    assert_eq!(raw.call(&["INCR", "word"]), queued());
+    assert_eq!(raw.call(&["SET", "after", "yes"]), queued());
+    let BytesFrame::Array(items) = raw.call(&["EXEC"]) else {
+        panic!("EXEC answers an array")
+    };
+    assert!(is_error(&items[0], "value is not an integer"), "{items:?}");
+    assert_eq!(items[1], ok());
+    let after: String = c.get("after").expect("GET");
+    assert_eq!(after, "yes");
+    // A queueing error aborts EXEC: nothing runs.
+    let _: () = redis::cmd("MULTI").query(c).expect("MULTI");
+    let _: Value = redis::cmd("SET")
+        .arg("never")
+        .arg("1")
+        .query(c)
+        .expect("QUEUED");
+    let err = redis::cmd("NOSUCH").query::<Value>(c).expect_err("unknown");
+    assert!(err.to_string().contains("unknown command"), "{err}");
+    let err = redis::cmd("EXEC").query::<Value>(c).expect_err("EXECABORT");
+    assert!(
+        err.to_string()
+            .contains("Transaction discarded because of previous errors"),
+        "{err}"
+    );
+    let never: Option<String> = c.get("never").expect("GET");
+    assert_eq!(never, None);
+    // DISCARD drops the queue; EXEC and DISCARD need a MULTI.
+    let _: () = redis::cmd("MULTI").query(c).expect("MULTI");
+    let _: Value = redis::cmd("SET")
+        .arg("never")
+        .arg("1")
+        .query(c)
+        .expect("QUEUED");
+    let _: () = redis::cmd("DISCARD").query(c).expect("DISCARD");
+    let never: Option<String> = c.get("never").expect("GET");
+    assert_eq!(never, None);
+    for lone in ["EXEC", "DISCARD"] {
+        let err = redis::cmd(lone)
+            .query::<Value>(c)
+            .expect_err("without MULTI");
+        assert!(err.to_string().contains("without MULTI"), "{lone}: {err}");
+    }
+}
+
+#[test]
+fn a_watched_key_written_by_another_client_makes_exec_answer_nil() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server, "resp2");
+    let mut other = connect(&server, "resp2");
+    let _: () = c.set("balance", 10).expect("SET");
+    let _: () = redis::cmd("WATCH")
+        .arg("balance")
+        .query(&mut c)
+        .expect("WATCH");
+    let _: () = other.set("balance", 99).expect("another client's SET");
+    let outcome: Option<(i64,)> = redis::pipe()
+        .atomic()
+        .incr("balance", 1)
+        .query(&mut c)
+        .expect("EXEC");
+    assert_eq!(
+        outcome, None,
+        "EXEC after a watched key changed runs nothing"
+    );
+    let balance: i64 = c.get("balance").expect("GET");
+    assert_eq!(balance, 99);
+    // Unchanged since WATCH: it runs. UNWATCH forgets.
+    let _: () = redis::cmd("WATCH")
+        .arg("balance")
+        .query(&mut c)
+        .expect("WATCH");
+    let outcome: Option<(i64,)> = redis::pipe()
+        .atomic()
+        .incr("balance", 1)
+        .query(&mut c)
+        .expect("EXEC");
+    assert_eq!(outcome, Some((100,)));
+    let _: () = redis::cmd("WATCH")
+        .arg("balance")
+        .query(&mut c)
+        .expect("WATCH");
+    let _: () = redis::cmd("UNWATCH").query(&mut c).expect("UNWATCH");
+    let _: () = other.set("balance", 5).expect("SET");
+    let outcome: Option<(i64,)> = redis::pipe()
+        .atomic()
+        .incr("balance", 1)
+        .query(&mut c)
+        .expect("EXEC");
+    assert_eq!(outcome, Some((6,)));
+}
+
+/// Clients run transactions (two SETs and an INCR of a shared counter)
+/// until the server is killed with SIGKILL. After the restart every
+/// acknowledged transaction is there whole, every other one is there whole
+/// or not at all, and the counter counts exactly the ones there.
+#[test]
+fn transactions_survive_kill_9_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let port = server.port;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let clients = 4;
+    let outcomes: Vec<(u32, u64, u64)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|w| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    let url = format!("redis://127.0.0.1:{port}/");
+                    let mut c = redis::Client::open(url)
+                        .expect("client")
+                        .get_connection()
+                        .expect("connect");
+                    // (worker, transactions issued, transactions acknowledged)
+                    let (mut issued, mut acked) = (0u64, 0u64);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        issued += 1;
+                        let value = format!("{w}:{issued}");
+                        let done: redis::RedisResult<(String, String, i64)> = redis::pipe()
+                            .atomic()
+                            .set(format!("a:{w}:{issued}"), &value)
+                            .set(format!("b:{w}:{issued}"), &value)
+                            .incr("transactions", 1)
+                            .query(&mut c);
+                        match done {
+                            Ok(_) => acked = issued,
+                            Err(_) => break,
+                        }
+                    }
+                    (w, issued, acked)
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        server.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server, "resp2");
+    let mut present = 0i64;
+    for (w, issued, acked) in outcomes {
+        assert!(acked > 0, "worker {w} got no transaction acknowledged");
+        for i in 1..=issued {
+            let a: Option<String> = c.get(format!("a:{w}:{i}")).expect("GET");
+            let b: Option<String> = c.get(format!("b:{w}:{i}")).expect("GET");
+            assert_eq!(a, b, "transaction {w}:{i} recovered in part");
+            if i <= acked {
+                assert_eq!(a, Some(format!("{w}:{i}")), "acknowledged {w}:{i} lost");
+            }
+            present += i64::from(a.is_some());
+        }
+    }
+    let counted: i64 = c.get("transactions").expect("GET");
+    assert_eq!(
+        counted, present,
+        "the counter and the transactions disagree"
+    );
 }

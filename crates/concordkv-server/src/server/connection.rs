@@ -86,7 +86,12 @@ pub async fn serve_connection(
     // Each reply with the protocol in force when its request ran: a
     // `HELLO 3` changes the encoding of the replies after its own only.
     let mut replies: Vec<(Reply, Protocol)> = Vec::new();
-    let mut session = Session::new(slot.id(), peer, settings.password.clone());
+    let mut session = Session::new(
+        slot.id(),
+        peer,
+        settings.password.clone(),
+        Rc::clone(db.watches()),
+    );
     let mut first_request = true;
     let mut last_request = Instant::now();
     // When the incomplete request at the front of `input` began to arrive.
@@ -126,6 +131,13 @@ pub async fn serve_connection(
                 Reply::Now(auth::noauth())
             } else if let Some(reply) = session.run(&request.args) {
                 Reply::Now(reply)
+            } else if command.eq_ignore_ascii_case(b"EXEC") && request.args.len() == 1 {
+                match session.exec() {
+                    Ok((transaction, watching)) => {
+                        cmd::transaction::exec(&db, transaction, watching).await
+                    }
+                    Err(refusal) => Reply::Now(refusal),
+                }
             } else {
                 // A write waits here for room in the log's queue, before
                 // the next request is parsed or more input read.

@@ -11,15 +11,30 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::server::in_flight::{InFlight, Tracked};
+use crate::server::watch::Watches;
 use concordkv::{Admission, Result};
 use concordkv::{Entry, Op};
 use concordkv::{State, Store};
 
-/// The store, a handle on its state, and the writes in flight.
+/// The newest values a command plans from.
+pub trait View {
+    /// The value of `key`, or `None` if it is not set.
+    fn latest(&self, key: &[u8]) -> Option<Bytes>;
+}
+
+/// The store, a handle on its state, the writes in flight and the watched
+/// keys.
 pub struct Db {
     store: Store,
     state: State,
     in_flight: Rc<InFlight>,
+    watches: Rc<Watches>,
+}
+
+impl View for Db {
+    fn latest(&self, key: &[u8]) -> Option<Bytes> {
+        Db::latest(self, key)
+    }
 }
 
 impl Db {
@@ -31,7 +46,13 @@ impl Db {
             store,
             state,
             in_flight: Rc::default(),
+            watches: Rc::default(),
         }
+    }
+
+    /// The versions `WATCH` checks.
+    pub fn watches(&self) -> &Rc<Watches> {
+        &self.watches
     }
 
     /// The log behind the state.
@@ -91,6 +112,7 @@ impl Db {
     /// Queues an admitted entry and records it in flight, in one step.
     fn queue(&self, entry: Entry, admission: Admission) -> Result<Tracked> {
         let release = self.in_flight.record(entry.ops());
+        self.watches.touch(entry.ops());
         let pending = self.store.submit_admitted(entry, admission)?;
         Ok(Tracked::new(pending, release))
     }

@@ -22,6 +22,7 @@ pub mod in_flight;
 pub mod protected_mode;
 pub mod request;
 pub mod session;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::rc::Rc;

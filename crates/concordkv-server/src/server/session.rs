@@ -1,16 +1,20 @@
 //! What the server knows about one connection, and the commands that
 //! change it: `AUTH`, `HELLO` (protocol, authentication and name in one
-//! handshake, as redis-py and redis-rs open every connection), `CLIENT`
-//! and `RESET`.
+//! handshake, as redis-py and redis-rs open every connection), `CLIENT`,
+//! `RESET`, and the transaction's `MULTI`, `DISCARD`, `WATCH`, `UNWATCH`
+//! (and the queueing between `MULTI` and `EXEC`).
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::server::auth;
+use crate::server::cmd::transaction::Transaction;
 use crate::server::cmd::{error, ok};
 use crate::server::frame::{Frame, Protocol};
+use crate::server::watch::{Watches, Watching};
 use concordkv::Secret;
 
 /// What Redis answers as its version in `HELLO` and `INFO`: clients gate
@@ -28,12 +32,19 @@ pub struct Session {
     lib_version: Option<Bytes>,
     authenticated: bool,
     password: Secret,
+    /// Since `MULTI`.
+    transaction: Option<Transaction>,
+    watching: Option<Watching>,
+    watches: Rc<Watches>,
 }
+
+/// What `EXEC` runs: the queued commands, and the keys watched before.
+pub type Exec = (Transaction, Option<Watching>);
 
 impl Session {
     /// A new connection: RESP2, no name, authenticated only if no
     /// password is required.
-    pub fn new(id: u64, peer: SocketAddr, password: Secret) -> Session {
+    pub fn new(id: u64, peer: SocketAddr, password: Secret, watches: Rc<Watches>) -> Session {
         Session {
             id,
             peer,
@@ -44,6 +55,20 @@ impl Session {
             lib_version: None,
             authenticated: password.is_empty(),
             password,
+            transaction: None,
+            watching: None,
+            watches,
+        }
+    }
+
+    /// For `EXEC`: the transaction to run, or the error to answer (no
+    /// `MULTI`); either way the connection leaves the transaction and
+    /// unwatches every key.
+    pub fn exec(&mut self) -> Result<Exec, Frame> {
+        let watching = self.watching.take();
+        match self.transaction.take() {
+            Some(transaction) => Ok((transaction, watching)),
+            None => Err(error("EXEC without MULTI")),
         }
     }
 
@@ -63,7 +88,47 @@ impl Session {
     pub fn run(&mut self, args: &[Bytes]) -> Option<Frame> {
         let (name, rest) = args.split_first()?;
         let name = name.to_ascii_uppercase();
+        if let Some(transaction) = &mut self.transaction {
+            // Between MULTI and EXEC everything else is queued.
+            if !matches!(
+                name.as_slice(),
+                b"EXEC" | b"DISCARD" | b"MULTI" | b"WATCH" | b"QUIT" | b"RESET"
+            ) {
+                return Some(transaction.queue(args.to_vec()));
+            }
+        }
         Some(match name.as_slice() {
+            b"MULTI" if rest.is_empty() => match self.transaction {
+                Some(_) => error("MULTI calls can not be nested"),
+                None => {
+                    self.transaction = Some(Transaction::default());
+                    ok()
+                }
+            },
+            b"DISCARD" if rest.is_empty() => match self.transaction.take() {
+                Some(_) => {
+                    self.watching = None;
+                    ok()
+                }
+                None => error("DISCARD without MULTI"),
+            },
+            b"WATCH" if !rest.is_empty() => {
+                if self.transaction.is_some() {
+                    return Some(error("WATCH inside MULTI is not allowed"));
+                }
+                let watches = &self.watches;
+                let watching = self
+                    .watching
+                    .get_or_insert_with(|| Watching::new(Rc::clone(watches)));
+                for key in rest {
+                    watching.add(key);
+                }
+                ok()
+            }
+            b"UNWATCH" if rest.is_empty() => {
+                self.watching = None;
+                ok()
+            }
             b"AUTH" => {
                 let (reply, now) = auth::auth(&self.password, rest);
                 self.authenticated |= now;
@@ -74,6 +139,8 @@ impl Session {
             b"RESET" if rest.is_empty() => {
                 self.protocol = Protocol::Resp2;
                 self.name = None;
+                self.transaction = None;
+                self.watching = None;
                 self.authenticated = self.password.is_empty();
                 Frame::Simple("RESET")
             }
@@ -227,7 +294,7 @@ mod tests {
 
     fn session(password: &str) -> Session {
         let peer = "127.0.0.1:5000".parse().expect("address");
-        Session::new(7, peer, Secret::new(password))
+        Session::new(7, peer, Secret::new(password), Rc::default())
     }
 
     fn field(map: &Frame, key: &str) -> Frame {

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod modify;
 pub mod persistence;
 pub mod table;
+pub mod transaction;
 pub mod write;
 
 use std::future::Future;
@@ -68,8 +69,8 @@ fn wrong_arity(name: &str) -> Reply {
 /// Whether a command reads the key-value state, and so must wait until the
 /// connection's earlier writes are acknowledged (and visible) before it runs.
 pub fn reads_state(name: &[u8]) -> bool {
-    const READERS: [&[u8]; 8] = [
-        b"GET", b"MGET", b"STRLEN", b"TYPE", b"EXISTS", b"DBSIZE", b"DEL", b"INFO",
+    const READERS: [&[u8]; 9] = [
+        b"GET", b"MGET", b"STRLEN", b"TYPE", b"EXISTS", b"DBSIZE", b"DEL", b"INFO", b"EXEC",
     ];
     READERS.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
@@ -103,30 +104,48 @@ pub async fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         "exists" => keys::exists(db, rest),
         "dbsize" => keys::dbsize(db),
         "set" if rest.len() == 2 => write::set(db, &rest[0], &rest[1]).await,
-        "set" => modify::set(db, &rest[0], &rest[1], &rest[2..]).await,
-        "setnx" => modify::setnx(db, &rest[0], &rest[1]).await,
-        "getset" => modify::getset(db, &rest[0], &rest[1]).await,
-        "getdel" => modify::getdel(db, &rest[0]).await,
-        "append" => modify::append(db, &rest[0], &rest[1]).await,
-        "incr" => modify::incr_by(db, &rest[0], None, false).await,
-        "decr" => modify::incr_by(db, &rest[0], None, true).await,
-        "incrby" => modify::incr_by(db, &rest[0], Some(&rest[1]), false).await,
-        "decrby" => modify::incr_by(db, &rest[0], Some(&rest[1]), true).await,
-        "incrbyfloat" => modify::incr_by_float(db, &rest[0], &rest[1]).await,
+        "set" => change(db, |db| modify::set(db, &rest[0], &rest[1], &rest[2..])).await,
+        "setnx" => change(db, |db| modify::setnx(db, &rest[0], &rest[1])).await,
+        "getset" => change(db, |db| modify::getset(db, &rest[0], &rest[1])).await,
+        "getdel" => change(db, |db| modify::getdel(db, &rest[0])).await,
+        "append" => change(db, |db| modify::append(db, &rest[0], &rest[1])).await,
+        "incr" => change(db, |db| modify::incr_by(db, &rest[0], None, false)).await,
+        "decr" => change(db, |db| modify::incr_by(db, &rest[0], None, true)).await,
+        "incrby" => {
+            change(db, |db| {
+                modify::incr_by(db, &rest[0], Some(&rest[1]), false)
+            })
+            .await
+        }
+        "decrby" => change(db, |db| modify::incr_by(db, &rest[0], Some(&rest[1]), true)).await,
+        "incrbyfloat" => change(db, |db| modify::incr_by_float(db, &rest[0], &rest[1])).await,
         "mset" => write::mset(db, rest).await,
         "del" => write::del(db, rest).await,
         "save" => persistence::save(db, rest.first()),
         "bgsave" => persistence::bgsave(db, rest.first()),
         "bgrewriteaof" => persistence::bgrewriteaof(db),
         "info" => info::info(db, rest.first()),
-        // The session's commands (AUTH, HELLO, CLIENT, RESET) never get here.
+        // The session's commands (AUTH, HELLO, CLIENT, RESET, MULTI, EXEC,
+        // DISCARD, WATCH, UNWATCH) never get here.
         other => Reply::Now(error(format!(
             "'{other}' is a command about the connection and cannot run here"
         ))),
     }
 }
 
-fn unknown_command(name: &str, rest: &[Bytes]) -> Frame {
+/// Runs a read-modify-write plan (see [`modify`]) and turns its outcome
+/// into the reply: at once if nothing was logged, else once the log
+/// acknowledged.
+async fn change(db: &Db, decide: impl FnMut(&Db) -> modify::Plan) -> Reply {
+    match db.change(decide).await {
+        Ok((reply, None)) => Reply::Now(reply),
+        Ok((reply, Some(pending))) => Reply::Later { pending, ok: reply },
+        Err(e) => Reply::Now(write_error(&e)),
+    }
+}
+
+/// Redis's reply to a command it does not know.
+pub fn unknown_command(name: &str, rest: &[Bytes]) -> Frame {
     let shown: Vec<String> = rest
         .iter()
         .take(4)

@@ -1,16 +1,20 @@
 //! Read-modify-write commands: `INCR`, `INCRBY`, `DECR`, `DECRBY`,
 //! `INCRBYFLOAT`, `APPEND`, `SETNX`, `GETSET`, `GETDEL`, and `SET` with
-//! `NX`/`XX`/`GET`. Each computes from the newest value of its key,
-//! counting every client's writes still in flight (see `in_flight`), so two
-//! concurrent `INCR`s never log the same value; its reply goes out once its
-//! write is acknowledged, like any write's.
+//! `NX`/`XX`/`GET`. Each is a plan: from a [`View`] of the newest values it
+//! computes the operations to log and the reply, without side effects, so
+//! the same code runs alone (over every client's writes still in flight,
+//! see `in_flight`: two concurrent `INCR`s never log the same value) and
+//! inside `EXEC` (over the transaction's own earlier writes too).
 
 use bytes::Bytes;
 
-use super::{error, ok, write_error, Reply};
-use crate::server::db::Db;
+use super::{error, ok};
+use crate::server::db::View;
 use crate::server::frame::{format_double, Frame};
 use concordkv::Op;
+
+/// What a plan logs, and its reply.
+pub type Plan = (Vec<Op>, Frame);
 
 fn not_an_integer() -> Frame {
     error("value is not an integer or out of range")
@@ -33,116 +37,92 @@ fn float(bytes: &[u8]) -> Option<f64> {
     text.parse::<f64>().ok().filter(|f| !f.is_nan())
 }
 
-fn set_op(key: &[u8], value: Vec<u8>) -> Op {
+pub fn set_op(key: &[u8], value: Vec<u8>) -> Op {
     Op::Set {
         key: key.to_vec(),
         value,
     }
 }
 
-/// Runs `decide` as one read-modify-write and turns its outcome into the
-/// reply: at once if nothing was logged, else once the log acknowledged.
-async fn change(db: &Db, decide: impl FnMut(&Db) -> (Vec<Op>, Frame)) -> Reply {
-    match db.change(decide).await {
-        Ok((reply, None)) => Reply::Now(reply),
-        Ok((reply, Some(pending))) => Reply::Later { pending, ok: reply },
-        Err(e) => Reply::Now(write_error(&e)),
-    }
-}
-
 /// `INCRBY key by` (and `INCR`, `DECR`, `DECRBY`): the new value.
-pub async fn incr_by(db: &Db, key: &Bytes, by: Option<&Bytes>, negate: bool) -> Reply {
+pub fn incr_by(view: &dyn View, key: &Bytes, by: Option<&Bytes>, negate: bool) -> Plan {
     let by = match by.map(|b| integer(b)) {
         None => 1,
         Some(Some(by)) => by,
-        Some(None) => return Reply::Now(not_an_integer()),
+        Some(None) => return (Vec::new(), not_an_integer()),
     };
     let by = match (negate, by.checked_neg()) {
         (false, _) => by,
         (true, Some(negated)) => negated,
-        (true, None) => return Reply::Now(error("decrement would overflow")),
+        (true, None) => return (Vec::new(), error("decrement would overflow")),
     };
-    change(db, |db| {
-        let current = match db.latest(key) {
-            None => 0,
-            Some(v) => match integer(&v) {
-                Some(n) => n,
-                None => return (Vec::new(), not_an_integer()),
-            },
-        };
-        match current.checked_add(by) {
-            Some(n) => (
-                vec![set_op(key, n.to_string().into_bytes())],
-                Frame::Integer(n),
-            ),
-            None => (Vec::new(), error("increment or decrement would overflow")),
-        }
-    })
-    .await
+    let current = match view.latest(key) {
+        None => 0,
+        Some(v) => match integer(&v) {
+            Some(n) => n,
+            None => return (Vec::new(), not_an_integer()),
+        },
+    };
+    match current.checked_add(by) {
+        Some(n) => (
+            vec![set_op(key, n.to_string().into_bytes())],
+            Frame::Integer(n),
+        ),
+        None => (Vec::new(), error("increment or decrement would overflow")),
+    }
 }
 
 /// `INCRBYFLOAT key by`: the new value, as a bulk string in either protocol.
-pub async fn incr_by_float(db: &Db, key: &Bytes, by: &Bytes) -> Reply {
+pub fn incr_by_float(view: &dyn View, key: &Bytes, by: &Bytes) -> Plan {
     let Some(by) = float(by) else {
-        return Reply::Now(error("value is not a valid float"));
+        return (Vec::new(), error("value is not a valid float"));
     };
-    change(db, |db| {
-        let current = match db.latest(key) {
-            None => 0.0,
-            Some(v) => match float(&v) {
-                Some(f) => f,
-                None => return (Vec::new(), error("value is not a valid float")),
-            },
-        };
-        let sum = current + by;
-        if !sum.is_finite() {
-            return (Vec::new(), error("increment would produce NaN or Infinity"));
-        }
-        let text = format_double(sum);
-        (
-            vec![set_op(key, text.clone().into_bytes())],
-            Frame::text(text),
-        )
-    })
-    .await
+    let current = match view.latest(key) {
+        None => 0.0,
+        Some(v) => match float(&v) {
+            Some(f) => f,
+            None => return (Vec::new(), error("value is not a valid float")),
+        },
+    };
+    let sum = current + by;
+    if !sum.is_finite() {
+        return (Vec::new(), error("increment would produce NaN or Infinity"));
+    }
+    let text = format_double(sum);
+    (
+        vec![set_op(key, text.clone().into_bytes())],
+        Frame::text(text),
+    )
 }
 
 /// `APPEND key value`: the new length.
-pub async fn append(db: &Db, key: &Bytes, value: &Bytes) -> Reply {
-    change(db, |db| {
-        let mut new = db.latest(key).map(|v| v.to_vec()).unwrap_or_default();
-        new.extend_from_slice(value);
-        let len = new.len() as i64;
-        (vec![set_op(key, new)], Frame::Integer(len))
-    })
-    .await
+pub fn append(view: &dyn View, key: &Bytes, value: &Bytes) -> Plan {
+    let mut new = view.latest(key).map(|v| v.to_vec()).unwrap_or_default();
+    new.extend_from_slice(value);
+    let len = new.len() as i64;
+    (vec![set_op(key, new)], Frame::Integer(len))
 }
 
 /// `SETNX key value`: 1 if it set the key, 0 if the key existed.
-pub async fn setnx(db: &Db, key: &Bytes, value: &Bytes) -> Reply {
-    change(db, |db| match db.latest(key) {
+pub fn setnx(view: &dyn View, key: &Bytes, value: &Bytes) -> Plan {
+    match view.latest(key) {
         Some(_) => (Vec::new(), Frame::Integer(0)),
         None => (vec![set_op(key, value.to_vec())], Frame::Integer(1)),
-    })
-    .await
+    }
 }
 
 /// `GETSET key value`: the old value, or nil.
-pub async fn getset(db: &Db, key: &Bytes, value: &Bytes) -> Reply {
-    change(db, |db| {
-        let old = db.latest(key).map_or(Frame::Null, Frame::Bulk);
-        (vec![set_op(key, value.to_vec())], old)
-    })
-    .await
+pub fn getset(view: &dyn View, key: &Bytes, value: &Bytes) -> Plan {
+    let old = view.latest(key).map_or(Frame::Null, Frame::Bulk);
+    (vec![set_op(key, value.to_vec())], old)
 }
 
 /// `GETDEL key`: the value, or nil; the key is gone.
-pub async fn getdel(db: &Db, key: &Bytes) -> Reply {
-    change(db, |db| match db.latest(key) {
+pub fn getdel(view: &dyn View, key: &Bytes) -> Plan {
+    match view.latest(key) {
         Some(old) => (vec![Op::Delete { key: key.to_vec() }], Frame::Bulk(old)),
         None => (Vec::new(), Frame::Null),
-    })
-    .await
+    }
 }
 
 /// What `SET key value [NX|XX] [GET] [KEEPTTL]` asks for.
@@ -176,28 +156,25 @@ fn set_options(options: &[Bytes]) -> Result<SetOptions, Frame> {
 
 /// `SET key value` with options: `OK` (or with `GET` the old value) if it
 /// set the key, nil if `NX`/`XX` held it back.
-pub async fn set(db: &Db, key: &Bytes, value: &Bytes, options: &[Bytes]) -> Reply {
+pub fn set(view: &dyn View, key: &Bytes, value: &Bytes, options: &[Bytes]) -> Plan {
     let options = match set_options(options) {
         Ok(options) => options,
-        Err(refusal) => return Reply::Now(refusal),
+        Err(refusal) => return (Vec::new(), refusal),
     };
-    change(db, |db| {
-        let old = db.latest(key);
-        let allowed =
-            !(options.only_if_missing && old.is_some() || options.only_if_present && old.is_none());
-        let reply = match (options.get, allowed) {
-            (true, _) => old.map_or(Frame::Null, Frame::Bulk),
-            (false, true) => ok(),
-            (false, false) => Frame::Null,
-        };
-        let ops = if allowed {
-            vec![set_op(key, value.to_vec())]
-        } else {
-            Vec::new()
-        };
-        (ops, reply)
-    })
-    .await
+    let old = view.latest(key);
+    let allowed =
+        !(options.only_if_missing && old.is_some() || options.only_if_present && old.is_none());
+    let reply = match (options.get, allowed) {
+        (true, _) => old.map_or(Frame::Null, Frame::Bulk),
+        (false, true) => ok(),
+        (false, false) => Frame::Null,
+    };
+    let ops = if allowed {
+        vec![set_op(key, value.to_vec())]
+    } else {
+        Vec::new()
+    };
+    (ops, reply)
 }
 
 #[cfg(test)]

@@ -126,6 +126,11 @@ pub const COMMANDS: &[Spec] = &[
     spec("incrbyfloat", 3, RMW, ONE_KEY, "string", "Increments the floating point value of a key by a number."),
     spec("mset", -3, WRITE, (1, -1, 2), "string", "Atomically sets the string values of one or more keys."),
     spec("del", -2, &["write"], ALL_KEYS, "generic", "Deletes one or more keys."),
+    spec("multi", 1, &["noscript", "loading", "stale", "fast"], NO_KEYS, "transactions", "Starts a transaction."),
+    spec("exec", 1, &["noscript", "loading", "stale", "skip_slowlog"], NO_KEYS, "transactions", "Executes all commands in a transaction, as one atomic record."),
+    spec("discard", 1, &["noscript", "loading", "stale", "fast"], NO_KEYS, "transactions", "Discards a transaction."),
+    spec("watch", -2, &["noscript", "loading", "stale", "fast"], ALL_KEYS, "transactions", "Monitors changes to keys to determine the execution of a transaction."),
+    spec("unwatch", 1, &["noscript", "loading", "stale", "fast"], NO_KEYS, "transactions", "Forgets about watched keys of a transaction."),
 ];
 
 /// The command named `name` (any case).
