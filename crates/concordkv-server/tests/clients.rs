@@ -453,3 +453,87 @@ fn transactions_survive_kill_9_whole_or_not_at_all() {
         "the counter and the transactions disagree"
     );
 }
+
+#[test]
+fn scan_walks_every_key_present_throughout_while_others_come_and_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server, "resp3");
+    let mut other = connect(&server, "resp2");
+    let stable: Vec<String> = (0..300).map(|i| format!("k:{i:03}")).collect();
+    let pairs: Vec<(String, &str)> = stable.iter().map(|k| (k.clone(), "v")).collect();
+    let _: () = c.mset(&pairs).expect("MSET");
+    let churn: Vec<(String, &str)> = (0..100).map(|i| (format!("k:{i:03}x"), "v")).collect();
+    let _: () = c.mset(&churn).expect("MSET");
+    let _: () = c.set("other", "v").expect("SET");
+    // redis-rs's scan_match (SCAN … MATCH … until cursor 0).
+    let mut all: Vec<String> = c
+        .scan_match::<_, String>("k:*")
+        .expect("SCAN")
+        .collect::<Result<_, _>>()
+        .expect("SCAN replies");
+    all.sort();
+    assert_eq!(all.len(), 400);
+    // By hand, with keys removed and added between calls.
+    let (mut cursor, mut seen, mut round) = (0u64, Vec::<String>::new(), 0);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("k:*")
+            .arg("COUNT")
+            .arg(7)
+            .query(&mut c)
+            .expect("SCAN");
+        seen.extend(keys);
+        let _: usize = other.del(format!("k:{round:03}x")).expect("DEL");
+        let _: () = other.set(format!("k:{round:03}y"), "new").expect("SET");
+        round += 1;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    for key in &stable {
+        assert!(
+            seen.contains(key),
+            "{key} was present throughout and not returned"
+        );
+    }
+    let mut keys: Vec<String> = c.keys("k:1?0").expect("KEYS");
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "k:100", "k:110", "k:120", "k:130", "k:140", "k:150", "k:160", "k:170", "k:180",
+            "k:190"
+        ]
+    );
+    let random: String = redis::cmd("RANDOMKEY").query(&mut c).expect("RANDOMKEY");
+    assert!(c.exists::<_, bool>(&random).expect("EXISTS"), "{random}");
+    let err = redis::cmd("SCAN")
+        .arg(123456)
+        .query::<Value>(&mut c)
+        .expect_err("unknown cursor");
+    assert!(err.to_string().contains("invalid cursor"), "{err}");
+}
+
+#[test]
+fn rename_moves_a_value_in_one_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server, "resp2");
+    let _: () = c.set("a", "1").expect("SET");
+    let _: () = c.set("b", "2").expect("SET");
+    let _: () = c.rename("a", "c").expect("RENAME");
+    let (a, cv): (Option<String>, String) = (c.get("a").expect("GET"), c.get("c").expect("GET"));
+    assert_eq!((a, cv.as_str()), (None, "1"));
+    let moved: bool = c.rename_nx("c", "b").expect("RENAMENX");
+    assert!(!moved, "RENAMENX onto an existing key");
+    let moved: bool = c.rename_nx("c", "d").expect("RENAMENX");
+    assert!(moved);
+    let err = c
+        .rename::<_, _, ()>("missing", "x")
+        .expect_err("no such key");
+    assert!(err.to_string().contains("no such key"), "{err}");
+}

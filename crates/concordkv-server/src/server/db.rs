@@ -5,11 +5,14 @@
 //! (see [`crate::server::cmd::reads_state`]); read-modify-write commands
 //! also see every client's writes still in flight (see [`InFlight`]).
 
+use std::cell::RefCell;
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::server::cursors::Cursors;
 use crate::server::in_flight::{InFlight, Tracked};
 use crate::server::watch::Watches;
 use concordkv::{Admission, Result};
@@ -29,6 +32,7 @@ pub struct Db {
     state: State,
     in_flight: Rc<InFlight>,
     watches: Rc<Watches>,
+    cursors: RefCell<Cursors>,
 }
 
 impl View for Db {
@@ -47,6 +51,7 @@ impl Db {
             state,
             in_flight: Rc::default(),
             watches: Rc::default(),
+            cursors: RefCell::default(),
         }
     }
 
@@ -72,6 +77,31 @@ impl Db {
             Some(latest) => latest,
             None => self.get(key),
         }
+    }
+
+    /// Acknowledged keys in order, from just after `after` (or the first),
+    /// among those starting with `prefix`.
+    pub fn keys_after(
+        &self,
+        after: Option<&[u8]>,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Bytes> + use<> {
+        let start = match after {
+            Some(key) => Bound::Excluded(key.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let end = match successor(prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        self.state
+            .range((start, end))
+            .map(|(key, _)| Bytes::from(key))
+    }
+
+    /// The `SCAN` cursors.
+    pub fn cursors(&self) -> &RefCell<Cursors> {
+        &self.cursors
     }
 
     /// The length of `key`'s acknowledged value.
@@ -161,6 +191,15 @@ impl Db {
         })
         .await
     }
+}
+
+/// The first key after every key that starts with `prefix` (`None`: no
+/// such key, the prefix is empty or all `0xff`).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|&b| b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
 }
 
 fn entry_of(ops: Vec<Op>) -> Entry {

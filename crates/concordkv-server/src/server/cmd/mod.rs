@@ -69,8 +69,19 @@ fn wrong_arity(name: &str) -> Reply {
 /// Whether a command reads the key-value state, and so must wait until the
 /// connection's earlier writes are acknowledged (and visible) before it runs.
 pub fn reads_state(name: &[u8]) -> bool {
-    const READERS: [&[u8]; 9] = [
-        b"GET", b"MGET", b"STRLEN", b"TYPE", b"EXISTS", b"DBSIZE", b"DEL", b"INFO", b"EXEC",
+    const READERS: [&[u8]; 12] = [
+        b"GET",
+        b"MGET",
+        b"STRLEN",
+        b"TYPE",
+        b"EXISTS",
+        b"DBSIZE",
+        b"DEL",
+        b"INFO",
+        b"EXEC",
+        b"SCAN",
+        b"KEYS",
+        b"RANDOMKEY",
     ];
     READERS.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
@@ -102,6 +113,11 @@ pub async fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         "strlen" => keys::strlen(db, &rest[0]),
         "type" => keys::key_type(db, &rest[0]),
         "exists" => keys::exists(db, rest),
+        "scan" => keys::scan(db, rest),
+        "keys" => keys::keys(db, &rest[0]),
+        "randomkey" => keys::randomkey(db),
+        "rename" => change(db, |db| modify::rename(db, &rest[0], &rest[1], false)).await,
+        "renamenx" => change(db, |db| modify::rename(db, &rest[0], &rest[1], true)).await,
         "dbsize" => keys::dbsize(db),
         "set" if rest.len() == 2 => write::set(db, &rest[0], &rest[1]).await,
         "set" => change(db, |db| modify::set(db, &rest[0], &rest[1], &rest[2..])).await,

@@ -125,6 +125,39 @@ pub fn getdel(view: &dyn View, key: &Bytes) -> Plan {
     }
 }
 
+/// `RENAME key newkey` (`OK`) and `RENAMENX key newkey` (1, or 0 if
+/// `newkey` exists): the value moves, as one record.
+pub fn rename(view: &dyn View, from: &Bytes, to: &Bytes, only_if_missing: bool) -> Plan {
+    let done = || {
+        if only_if_missing {
+            Frame::Integer(1)
+        } else {
+            ok()
+        }
+    };
+    let Some(value) = view.latest(from) else {
+        return (Vec::new(), error("no such key"));
+    };
+    if from == to {
+        let reply = if only_if_missing {
+            Frame::Integer(0)
+        } else {
+            ok()
+        };
+        return (Vec::new(), reply);
+    }
+    if only_if_missing && view.latest(to).is_some() {
+        return (Vec::new(), Frame::Integer(0));
+    }
+    (
+        vec![
+            Op::Delete { key: from.to_vec() },
+            set_op(to, value.to_vec()),
+        ],
+        done(),
+    )
+}
+
 /// What `SET key value [NX|XX] [GET] [KEEPTTL]` asks for.
 #[derive(Default)]
 struct SetOptions {

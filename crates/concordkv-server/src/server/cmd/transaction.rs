@@ -40,6 +40,8 @@ const QUEUEABLE: &[&str] = &[
     "incrbyfloat",
     "mset",
     "del",
+    "rename",
+    "renamenx",
     "ping",
     "echo",
 ];
@@ -176,6 +178,8 @@ fn plan(args: &[Bytes], view: &dyn View) -> Plan {
             let removed = ops.len() as i64;
             (ops, Frame::Integer(removed))
         }
+        b"rename" => modify::rename(view, &rest[0], &rest[1], false),
+        b"renamenx" => modify::rename(view, &rest[0], &rest[1], true),
         b"ping" => reply(match rest.first() {
             Some(message) => Frame::Bulk(message.clone()),
             None => Frame::Simple("PONG"),
