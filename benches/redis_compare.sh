@@ -4,8 +4,11 @@
 #   concordkv wal.sync_mode=always             vs  Redis appendfsync always
 #   concordkv wal.sync_mode=interval (1000 ms) vs  Redis appendfsync everysec
 # for SET with 100-byte values over 100,000 random keys, at 50 clients,
-# 1 client (latency) and 50 clients pipelining 16. Prints requests/s and the
-# ratio concordkv / Redis. A benchmark, not a test: run it by hand.
+# 1 client (latency) and 50 clients pipelining 16; GET, INCR and MSET (10
+# keys) at 50 clients; and MULTI/EXEC of 10 SETs from a pipeline at 50
+# clients (transactions/s, the `multi_exec_load` example: redis-benchmark
+# has no transactions). Prints requests/s and the ratio concordkv / Redis.
+# A benchmark, not a test: run it by hand.
 #
 #   bash benches/redis_compare.sh            # REQUESTS=200000 by default
 set -euo pipefail
@@ -21,6 +24,7 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/d
     apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
 fi
 cargo build --release -q
+cargo build --release -q -p concordkv-server --example multi_exec_load
 
 work=$(mktemp -d "$PWD/.redis-compare-XXXXXX")
 server_pid=""
@@ -42,19 +46,27 @@ wait_ready() {
     exit 1
 }
 
-# requests/s of one redis-benchmark run: PORT REQUESTS ARGS...
+# requests/s of one redis-benchmark run: PORT REQUESTS TEST ARGS...
+# (TEST: set, get, incr or mset; transactions/s for multi).
 rps() {
-    local port=$1 requests=$2
-    shift 2
-    local out
-    if ! out=$(redis-benchmark -h 127.0.0.1 -p "$port" -t set -d 100 -r 100000 -n "$requests" "$@" --csv \
+    local port=$1 requests=$2 test=$3
+    shift 3
+    if [ "$test" = multi ]; then
+        target/release/examples/multi_exec_load "$port" 50 5
+        return
+    fi
+    # GET reads what a SET pass just wrote, not an empty keyspace.
+    local out tests=$test
+    [ "$test" = get ] && tests=set,get
+    if ! out=$(redis-benchmark -h 127.0.0.1 -p "$port" -t "$tests" -d 100 -r 100000 -n "$requests" "$@" --csv \
         2>>"$work/redis-benchmark.log"); then
-        echo "redis-benchmark failed on port $port ($*); see its log" >&2
+        echo "redis-benchmark failed on port $port ($test $*); see its log" >&2
         tail -3 "$work/redis-benchmark.log" >&2
         echo 0
         return
     fi
-    awk -F'"' '$2 == "SET" { print $4 }' <<<"$out"
+    # The CSV's first column: SET, GET, INCR, "MSET (10 keys)".
+    awk -F'"' -v t="$test" 'toupper(t) == substr($2, 1, length(t)) { print $4 }' <<<"$out" | tail -1
 }
 
 # Every start gets an empty directory of its own: both sides begin empty.
@@ -81,22 +93,26 @@ start_concordkv() {
     wait_ready "$CONCORDKV_PORT"
 }
 
-printf '%-38s %-12s %14s %14s %8s\n' "policy" "load" "redis rps" "concordkv rps" "ratio"
+printf '%-38s %-7s %-12s %14s %14s %8s\n' "policy" "test" "load" "redis rps" "concordkv rps" "ratio"
 for pair in "always always" "everysec interval"; do
     set -- $pair
     redis_policy=$1 concordkv_mode=$2
-    for load in "-c 50" "-c 1" "-c 50 -P 16"; do
+    for row in "set -c 50" "set -c 1" "set -c 50 -P 16" "get -c 50" "incr -c 50" "mset -c 50" "multi -c 50"; do
+        set -- $row
+        test=$1
+        shift
+        load="$*"
         requests=$REQUESTS
         [ "$load" = "-c 1" ] && requests=$((REQUESTS / 10))
         start_redis "$redis_policy"
         # shellcheck disable=SC2086
-        redis=$(rps "$REDIS_PORT" "$requests" $load)
+        redis=$(rps "$REDIS_PORT" "$requests" "$test" $load)
         stop_server
         start_concordkv "$concordkv_mode"
         # shellcheck disable=SC2086
-        concordkv=$(rps "$CONCORDKV_PORT" "$requests" $load)
+        concordkv=$(rps "$CONCORDKV_PORT" "$requests" "$test" $load)
         stop_server
         ratio=$(awk -v a="$concordkv" -v b="$redis" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-        printf '%-38s %-12s %14s %14s %8s\n' "appendfsync $redis_policy / $concordkv_mode" "$load" "$redis" "$concordkv" "$ratio"
+        printf '%-38s %-7s %-12s %14s %14s %8s\n' "appendfsync $redis_policy / $concordkv_mode" "$test" "$load" "$redis" "$concordkv" "$ratio"
     done
 done

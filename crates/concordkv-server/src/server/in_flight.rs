@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
@@ -26,6 +26,9 @@ use concordkv::{Op, Pending, Result, Seq};
 #[derive(Default)]
 pub struct InFlight {
     keys: RefCell<HashMap<Bytes, Latest>>,
+    /// Writes whose client left before they were answered: their keys stay
+    /// in flight until the log answers, checked at each lookup.
+    orphans: RefCell<Vec<(Pending, Release)>>,
 }
 
 struct Latest {
@@ -39,12 +42,37 @@ impl InFlight {
     /// The newest queued value of `key`: `None` if no write of it is in
     /// flight, `Some(None)` if the newest deletes it.
     pub fn latest(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        self.reap_orphans();
         self.keys.borrow().get(key).map(|l| l.value.clone())
+    }
+
+    /// Forgets the keys of orphaned writes the log has answered.
+    fn reap_orphans(&self) {
+        let answered: Vec<(Pending, Release)> = {
+            let mut orphans = self.orphans.borrow_mut();
+            if orphans.is_empty() {
+                return;
+            }
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut answered = Vec::new();
+            let mut waiting = Vec::new();
+            for (mut pending, release) in std::mem::take(&mut *orphans) {
+                if Pin::new(&mut pending).poll(&mut cx).is_ready() {
+                    answered.push((pending, release));
+                } else {
+                    waiting.push((pending, release));
+                }
+            }
+            *orphans = waiting;
+            answered
+        };
+        drop(answered);
     }
 
     /// Records `ops` as queued; the returned guard forgets them once their
     /// write is answered.
     pub fn record(self: &Rc<InFlight>, ops: &[Op]) -> Release {
+        self.reap_orphans();
         let mut keys = self.keys.borrow_mut();
         let mut touched = Vec::with_capacity(ops.len());
         for op in ops {
@@ -137,10 +165,8 @@ impl Drop for Tracked {
         // Dropped unanswered (its client left): the keys stay in flight
         // until the log answers, or a later INCR would read past the write.
         if let (Some(pending), Some(release)) = (self.pending.take(), self.release.take()) {
-            actix_rt::spawn(async move {
-                let _ = pending.await;
-                drop(release);
-            });
+            let in_flight = Rc::clone(&release.in_flight);
+            in_flight.orphans.borrow_mut().push((pending, release));
         }
     }
 }
