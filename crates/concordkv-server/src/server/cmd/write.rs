@@ -5,7 +5,7 @@
 use crate::server::frame::Frame;
 use bytes::Bytes;
 
-use super::{ok, write_error, Reply};
+use super::{error, ok, write_error, Reply};
 use crate::server::db::Db;
 use concordkv::Error;
 use concordkv::Op;
@@ -26,8 +26,12 @@ pub async fn set(db: &Db, key: &Bytes, value: &Bytes) -> Reply {
     }
 }
 
-/// `MSET key value [key value …]`: all or nothing, as one record.
+/// `MSET key value [key value …]`: all or nothing, as one record. A key
+/// without its value is Redis's arity error, not a pair silently dropped.
 pub async fn mset(db: &Db, pairs: &[Bytes]) -> Reply {
+    if pairs.len() % 2 != 0 {
+        return Reply::Now(error("wrong number of arguments for 'mset' command"));
+    }
     let ops = pairs
         .chunks_exact(2)
         .map(|kv| Op::Set {
