@@ -65,7 +65,7 @@ fn everyday_calls(c: &mut redis::Connection) {
         .query::<Value>(c)
         .expect_err("unknown command");
     assert!(
-        err.to_string().contains("unknown command 'nosuch'"),
+        err.to_string().contains("unknown command 'NOSUCH'"),
         "{err}"
     );
 }

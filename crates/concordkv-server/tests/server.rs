@@ -30,8 +30,15 @@ fn commands_behave_like_redis() {
     assert_eq!(c.call(&["DBSIZE"]), BytesFrame::Integer(1));
     assert!(is_error(
         &c.call(&["FLUSHALL"]),
-        "unknown command 'flushall'"
+        "unknown command 'FLUSHALL'"
     ));
+    // A line break in a quoted argument goes out as a space, as from Redis,
+    // so the error stays one line and the next reply is read as the next.
+    assert_eq!(
+        c.call(&["NOSUCH", "a\r\nb"]),
+        BytesFrame::Error("ERR unknown command 'NOSUCH', with args beginning with: 'a  b' ".into())
+    );
+    assert_eq!(c.call(&["PING"]), BytesFrame::SimpleString("PONG".into()));
     assert!(is_error(
         &c.call(&["GET"]),
         "wrong number of arguments for 'get'"
@@ -40,6 +47,12 @@ fn commands_behave_like_redis() {
         &c.call(&["MSET", "k"]),
         "wrong number of arguments"
     ));
+    // A key without its value: Redis's arity error, and nothing written.
+    assert!(is_error(
+        &c.call(&["MSET", "x", "1", "y"]),
+        "wrong number of arguments for 'mset' command"
+    ));
+    assert_eq!(c.call(&["EXISTS", "x", "y"]), BytesFrame::Integer(0));
     assert!(is_error(&c.call(&["SET", "", "v"]), "empty key"));
     let BytesFrame::BulkString(info) = c.call(&["INFO", "persistence"]) else {
         panic!("INFO returns a bulk string");

@@ -63,7 +63,7 @@ impl Frame {
     fn resp2(self) -> Resp2 {
         match self {
             Frame::Simple(s) => Resp2::SimpleString(Bytes::from_static(s.as_bytes())),
-            Frame::Error(e) => Resp2::Error(e.into()),
+            Frame::Error(e) => Resp2::Error(one_line(e).into()),
             Frame::Integer(i) => Resp2::Integer(i),
             Frame::Bulk(b) => Resp2::BulkString(b),
             Frame::Null => Resp2::Null,
@@ -88,7 +88,7 @@ impl Frame {
                 attributes: None,
             },
             Frame::Error(e) => Resp3::SimpleError {
-                data: e.into(),
+                data: one_line(e).into(),
                 attributes: None,
             },
             Frame::Integer(data) => Resp3::Number {
@@ -153,6 +153,17 @@ impl Frame {
     }
 }
 
+/// An error's text with CR and LF as spaces, as Redis sends errors that
+/// quote a client's bytes: an error is one line, and a line break inside it
+/// would end the reply early and leave the rest to be read as the next one.
+fn one_line(e: String) -> String {
+    if e.contains(['\r', '\n']) {
+        e.replace(['\r', '\n'], " ")
+    } else {
+        e
+    }
+}
+
 /// A double as Redis prints one in a RESP2 reply: the shortest text that
 /// reads back as the same number (`1.5`, `3`, `inf`, `-inf`).
 pub fn format_double(d: f64) -> String {
@@ -191,6 +202,9 @@ mod tests {
         let err = || Frame::Error("ERR no".into());
         assert_eq!(wire(err(), Resp2), "-ERR no\r\n");
         assert_eq!(wire(err(), Resp3), "-ERR no\r\n");
+        let quoted = || Frame::Error("ERR unknown command 'a\r\nb'".into());
+        assert_eq!(wire(quoted(), Resp2), "-ERR unknown command 'a  b'\r\n");
+        assert_eq!(wire(quoted(), Resp3), "-ERR unknown command 'a  b'\r\n");
         assert_eq!(format_double(3.0), "3");
         assert_eq!(format_double(f64::NEG_INFINITY), "-inf");
     }

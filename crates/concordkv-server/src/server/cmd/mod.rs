@@ -96,7 +96,7 @@ pub async fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         return Reply::Now(error("empty command"));
     };
     let Some(spec) = table::lookup(name) else {
-        return Reply::Now(unknown_command(&String::from_utf8_lossy(name), rest));
+        return Reply::Now(unknown_command(name, rest));
     };
     if !spec.arity_fits(rest.len()) {
         return wrong_arity(spec.name);
@@ -160,16 +160,70 @@ async fn change(db: &Db, decide: impl FnMut(&Db) -> modify::Plan) -> Reply {
     }
 }
 
-/// Redis's reply to a command it does not know.
-pub fn unknown_command(name: &str, rest: &[Bytes]) -> Frame {
-    let shown: Vec<String> = rest
-        .iter()
-        .take(4)
-        .map(|a| format!("'{}'", String::from_utf8_lossy(a)))
-        .collect();
+/// Redis 7's reply to an unknown command, byte for byte, since clients and
+/// people match on it: the name as sent (up to 128 bytes), then each
+/// argument quoted and followed by a space until 128 bytes of them are shown.
+pub fn unknown_command(name: &[u8], rest: &[Bytes]) -> Frame {
+    const SHOWN: usize = 128;
+    // Redis formats with `%s`, which stops at a NUL byte.
+    let c_string = |b: &[u8]| -> Vec<u8> { b.iter().copied().take_while(|&c| c != 0).collect() };
+    let mut args = Vec::new();
+    for arg in rest {
+        if args.len() >= SHOWN {
+            break;
+        }
+        let arg = c_string(arg);
+        let room = SHOWN - args.len();
+        args.push(b'\'');
+        args.extend_from_slice(&arg[..arg.len().min(room)]);
+        args.extend_from_slice(b"' ");
+    }
+    let name = c_string(name);
     error(format!(
         "unknown command '{}', with args beginning with: {}",
-        name.to_ascii_lowercase(),
-        shown.join(" ")
+        String::from_utf8_lossy(&name[..name.len().min(SHOWN)]),
+        String::from_utf8_lossy(&args)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unknown(args: &[&str]) -> String {
+        let args: Vec<Bytes> = args.iter().map(|a| Bytes::from(a.to_string())).collect();
+        match unknown_command(&args[0], &args[1..]) {
+            Frame::Error(e) => e,
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_commands_are_answered_in_redis_s_words() {
+        assert_eq!(
+            unknown(&["NoSuch", "a", "b"]),
+            "ERR unknown command 'NoSuch', with args beginning with: 'a' 'b' "
+        );
+        assert_eq!(
+            unknown(&["nosuch"]),
+            "ERR unknown command 'nosuch', with args beginning with: "
+        );
+        // As redis-server 7.0 answers: the first argument cut at 128 bytes,
+        // and no argument after it.
+        let long = "x".repeat(200);
+        assert_eq!(
+            unknown(&["nosuch", &long, "y"]),
+            format!(
+                "ERR unknown command 'nosuch', with args beginning with: '{}' ",
+                "x".repeat(128)
+            )
+        );
+        assert_eq!(
+            unknown(&[&"n".repeat(200)]),
+            format!(
+                "ERR unknown command '{}', with args beginning with: ",
+                "n".repeat(128)
+            )
+        );
+    }
 }

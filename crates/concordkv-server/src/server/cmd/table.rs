@@ -24,6 +24,11 @@ pub struct Spec {
 impl Spec {
     /// Whether `args` (the arguments after the name) fit the arity.
     pub fn arity_fits(&self, args: usize) -> bool {
+        // MSET takes pairs: a key without its value is an arity error in
+        // Redis, alone or queued in a transaction.
+        if self.name == "mset" && args % 2 != 0 {
+            return false;
+        }
         let given = args as i64 + 1;
         if self.arity >= 0 {
             given == self.arity
@@ -194,6 +199,8 @@ mod tests {
     fn arity_follows_redis_s_convention() {
         let get = lookup(b"GeT").expect("get");
         assert!(get.arity_fits(1) && !get.arity_fits(0) && !get.arity_fits(2));
+        let mset = lookup(b"MSET").expect("mset");
+        assert!(mset.arity_fits(2) && mset.arity_fits(4) && !mset.arity_fits(3));
         let del = lookup(b"del").expect("del");
         assert!(del.arity_fits(1) && del.arity_fits(5) && !del.arity_fits(0));
         assert!(lookup(b"nosuch").is_none());

@@ -61,10 +61,7 @@ impl Transaction {
             return error("empty command");
         };
         let refusal = match table::lookup(name) {
-            None => Some(super::unknown_command(
-                &String::from_utf8_lossy(name),
-                &args[1..],
-            )),
+            None => Some(super::unknown_command(name, &args[1..])),
             Some(spec) if !spec.arity_fits(args.len() - 1) => Some(error(format!(
                 "wrong number of arguments for '{}' command",
                 spec.name

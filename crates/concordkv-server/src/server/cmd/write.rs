@@ -26,7 +26,8 @@ pub async fn set(db: &Db, key: &Bytes, value: &Bytes) -> Reply {
     }
 }
 
-/// `MSET key value [key value …]`: all or nothing, as one record.
+/// `MSET key value [key value …]`: all or nothing, as one record (pairs
+/// only: the command table refuses a key without its value).
 pub async fn mset(db: &Db, pairs: &[Bytes]) -> Reply {
     let ops = pairs
         .chunks_exact(2)
