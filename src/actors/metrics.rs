@@ -281,7 +281,9 @@ impl Actor for MetricsActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         describe();
-        // Counters that may stay at zero still appear in every scrape.
+        // Counters that may stay at zero still appear in every scrape: an
+        // `increase()` alert on an error counter that first appears at 1
+        // never fires for that first error.
         for name in [
             "concordkv_wal_records_total",
             "concordkv_wal_bytes_total",
@@ -290,9 +292,13 @@ impl Actor for MetricsActor {
             "concordkv_compactions_total",
             "concordkv_compaction_reclaimed_bytes_total",
             "concordkv_recovery_truncated_bytes_total",
+            "concordkv_wal_sync_errors_total",
+            "concordkv_wal_write_errors_total",
         ] {
             ::metrics::counter!(name).increment(0);
         }
+        // The WAL actor is the one the supervisor restarts.
+        ::metrics::counter!("concordkv_actor_restarts_total", "actor" => "wal").increment(0);
         self.publish(true);
         // The interval would keep the actor (and the store's files and state
         // it holds) alive forever; it ends once the store has shut down.

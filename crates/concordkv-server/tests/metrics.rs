@@ -113,6 +113,18 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
         body.contains("concordkv_snapshot_seconds_bucket{kind=\"incremental\""),
         "{body}"
     );
+    // Error counters are exported at 0 before any error, so that an
+    // `increase()` alert sees the first one.
+    for zero in [
+        "concordkv_wal_sync_errors_total 0",
+        "concordkv_wal_write_errors_total 0",
+        "concordkv_actor_restarts_total{actor=\"wal\"} 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == zero),
+            "{zero} is exported:\n{body}"
+        );
+    }
     for series in [
         "concordkv_wal_records_total",
         "concordkv_wal_bytes_total",
