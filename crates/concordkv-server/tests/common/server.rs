@@ -36,6 +36,9 @@ pub fn free_port() -> u16 {
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// The server's stderr (warnings, panics), shown when it cannot be
+    /// reached: a server that vanished says why.
+    log: tempfile::NamedTempFile,
 }
 
 impl Server {
@@ -60,13 +63,14 @@ impl Server {
             .env("CONCORDKV__SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .env("CONCORDKV__METRICS__ENABLED", "false")
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        let log = tempfile::NamedTempFile::new().expect("server log file");
+        command.stderr(log.reopen().expect("server log file"));
         for (k, v) in extra_env {
             command.env(k, v);
         }
         let child = command.spawn().expect("start concordkv serve");
-        let mut server = Server { child, port };
+        let mut server = Server { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if server.child.try_wait().expect("wait").is_some() || Instant::now() > deadline {
@@ -94,7 +98,24 @@ impl Server {
     }
 
     pub fn client(&self) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let stream = match TcpStream::connect(("127.0.0.1", self.port)) {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Z: it exited (not yet reaped); absent: reaped.
+                let state = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find(|l| l.starts_with("State:"))
+                            .map(String::from)
+                    });
+                panic!(
+                    "connect to the server on port {}: {e}; its process: {state:?}; its stderr:\n{}",
+                    self.port,
+                    std::fs::read_to_string(self.log.path()).unwrap_or_default()
+                )
+            }
+        };
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
