@@ -19,6 +19,14 @@ fn connect(server: &Server, protocol: &str) -> redis::Connection {
         .expect("connect (the client opens with HELLO for RESP3)")
 }
 
+/// A server on a fresh directory, and a connection to it in `protocol`.
+fn served(protocol: &str) -> (tempfile::TempDir, Server, redis::Connection) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let c = connect(&server, protocol);
+    (dir, server, c)
+}
+
 fn everyday_calls(c: &mut redis::Connection) {
     let _: () = c.set("greeting", "hello").expect("SET");
     let got: Option<String> = c.get("greeting").expect("GET");
@@ -135,9 +143,7 @@ fn hello_with_auth_opens_a_password_protected_server() {
 
 #[test]
 fn read_modify_write_commands_answer_as_redis_does() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &[]);
-    let mut c = connect(&server, "resp3");
+    let (_dir, _server, mut c) = served("resp3");
     let c = &mut c;
     let n: i64 = c.incr("n", 1).expect("INCR");
     assert_eq!(n, 1);
@@ -272,9 +278,7 @@ fn concurrent_increments_never_compute_the_same_value() {
 
 #[test]
 fn transactions_run_whole_with_redis_s_error_rules() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &[]);
-    let mut c = connect(&server, "resp3");
+    let (_dir, server, mut c) = served("resp3");
     let c = &mut c;
     // redis-rs's atomic pipeline: MULTI … EXEC, each reply in order, each
     // command seeing the ones before it.
@@ -337,9 +341,7 @@ fn transactions_run_whole_with_redis_s_error_rules() {
 
 #[test]
 fn a_watched_key_written_by_another_client_makes_exec_answer_nil() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &[]);
-    let mut c = connect(&server, "resp2");
+    let (_dir, server, mut c) = served("resp2");
     let mut other = connect(&server, "resp2");
     let _: () = c.set("balance", 10).expect("SET");
     let _: () = redis::cmd("WATCH")
@@ -456,9 +458,7 @@ fn transactions_survive_kill_9_whole_or_not_at_all() {
 
 #[test]
 fn scan_walks_every_key_present_throughout_while_others_come_and_go() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &[]);
-    let mut c = connect(&server, "resp3");
+    let (_dir, server, mut c) = served("resp3");
     let mut other = connect(&server, "resp2");
     let stable: Vec<String> = (0..300).map(|i| format!("k:{i:03}")).collect();
     let pairs: Vec<(String, &str)> = stable.iter().map(|k| (k.clone(), "v")).collect();
@@ -520,9 +520,7 @@ fn scan_walks_every_key_present_throughout_while_others_come_and_go() {
 
 #[test]
 fn rename_moves_a_value_in_one_record() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &[]);
-    let mut c = connect(&server, "resp2");
+    let (_dir, _server, mut c) = served("resp2");
     let _: () = c.set("a", "1").expect("SET");
     let _: () = c.set("b", "2").expect("SET");
     let _: () = c.rename("a", "c").expect("RENAME");
@@ -548,9 +546,7 @@ fn rename_moves_a_value_in_one_record() {
 #[test]
 fn increments_of_a_client_that_left_are_not_forgotten() {
     use std::io::Write;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path(), &[]);
-    let mut c = connect(&server, "resp2");
+    let (_dir, server, mut c) = served("resp2");
     let _: () = c.set("big", vec![b'x'; 200_000]).expect("SET");
     let incr = "*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n";
     let get = "*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n";
@@ -578,4 +574,40 @@ fn increments_of_a_client_that_left_are_not_forgotten() {
         .expect("wal_last_seq in INFO");
     assert!(mine.len() >= 200);
     assert_eq!(counter, records - 1, "an INCR read past a write in flight");
+}
+
+/// A client that opens a transaction and queues without end gets its
+/// queueing refused once the transaction could no longer be one record
+/// (`limits.max_record_bytes`), so the server's memory stays bounded;
+/// `EXEC` then aborts and nothing is written.
+#[test]
+fn a_transaction_queues_no_more_than_one_record_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("CONCORDKV__LIMITS__MAX_KEY_BYTES", "1024"),
+            ("CONCORDKV__LIMITS__MAX_VALUE_BYTES", "40000"),
+            ("CONCORDKV__LIMITS__MAX_RECORD_BYTES", "100000"),
+        ],
+    );
+    let mut raw = server.client();
+    let value = "v".repeat(30_000);
+    assert_eq!(raw.call(&["MULTI"]), ok());
+    for i in 0..3 {
+        assert_eq!(raw.call(&["SET", &format!("k{i}"), &value]), queued());
+    }
+    for i in 3..50 {
+        let reply = raw.call(&["SET", &format!("k{i}"), &value]);
+        assert!(
+            is_error(&reply, "limits.max_record_bytes"),
+            "{i}: {reply:?}"
+        );
+    }
+    assert!(is_error(&raw.call(&["EXEC"]), "EXECABORT"));
+    assert_eq!(raw.call(&["EXISTS", "k0"]), BytesFrame::Integer(0));
+    // A transaction within the bound still runs.
+    assert_eq!(raw.call(&["MULTI"]), ok());
+    assert_eq!(raw.call(&["SET", "k0", &value]), queued());
+    assert_eq!(raw.call(&["EXEC"]), BytesFrame::Array(vec![ok()]));
 }

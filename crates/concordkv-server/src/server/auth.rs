@@ -64,12 +64,7 @@ pub fn auth(password: &Secret, rest: &[Bytes]) -> (Frame, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(list: &[&str]) -> Vec<Bytes> {
-        list.iter()
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect()
-    }
+    use crate::server::args;
 
     #[test]
     fn the_right_password_authenticates_in_both_forms() {

@@ -39,7 +39,7 @@ use crate::server::db::Db;
 use crate::server::frame::Protocol;
 use crate::server::request::RequestParser;
 use crate::server::session::Session;
-use concordkv::{Secret, ServerConfig};
+use concordkv::{LimitsConfig, Secret, ServerConfig};
 
 /// Bytes read from the socket at a time (grown when a request is larger).
 const READ_CHUNK: usize = 16 * 1024;
@@ -51,6 +51,10 @@ const FLUSH_BYTES: usize = 64 * 1024;
 /// What every connection is served with, from `[server]`.
 pub struct ConnectionSettings {
     pub max_request_bytes: usize,
+    /// What one `MULTI` may queue: its writes become one record, so no
+    /// more than `limits.max_record_bytes` (a client queueing without end
+    /// would otherwise grow the server's memory without bound).
+    pub max_transaction_bytes: usize,
     pub password: Secret,
     /// Longest time without a complete request.
     pub idle_timeout: Option<Duration>,
@@ -60,10 +64,11 @@ pub struct ConnectionSettings {
 
 impl ConnectionSettings {
     /// The settings `[server]` describes (a timeout of 0 is none).
-    pub fn new(config: &ServerConfig) -> ConnectionSettings {
+    pub fn new(config: &ServerConfig, limits: &LimitsConfig) -> ConnectionSettings {
         let timeout = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         ConnectionSettings {
             max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
+            max_transaction_bytes: usize::try_from(limits.max_record_bytes).unwrap_or(usize::MAX),
             password: config.requirepass.clone(),
             idle_timeout: timeout(config.idle_timeout_ms),
             request_timeout: timeout(config.request_timeout_ms),
@@ -90,6 +95,7 @@ pub async fn serve_connection(
         slot.id(),
         peer,
         settings.password.clone(),
+        settings.max_transaction_bytes,
         Rc::clone(db.watches()),
     );
     let mut first_request = true;

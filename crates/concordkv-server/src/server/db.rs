@@ -73,10 +73,16 @@ impl Db {
     /// The newest value of `key`, counting writes still in flight: what a
     /// read-modify-write command computes from.
     pub fn latest(&self, key: &[u8]) -> Option<Bytes> {
-        match self.in_flight.latest(key) {
+        match self.in_flight(key) {
             Some(latest) => latest,
             None => self.get(key),
         }
+    }
+
+    /// The newest value of `key` among writes still in flight: `None` if
+    /// none writes it, `Some(None)` if the newest deletes it.
+    pub fn in_flight(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        self.in_flight.latest(key)
     }
 
     /// Acknowledged keys in order, from just after `after` (or the first),

@@ -26,6 +26,14 @@ pub mod request;
 pub mod session;
 pub mod watch;
 
+/// A request's arguments from text, for unit tests.
+#[cfg(test)]
+pub(crate) fn args(list: &[&str]) -> Vec<bytes::Bytes> {
+    list.iter()
+        .map(|a| bytes::Bytes::copy_from_slice(a.as_bytes()))
+        .collect()
+}
+
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -87,7 +95,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     );
     let max_clients = usize::try_from(config.server.max_clients).unwrap_or(usize::MAX);
     raise_open_file_limit(config.server.max_clients);
-    let settings = Arc::new(ConnectionSettings::new(&config.server));
+    let settings = Arc::new(ConnectionSettings::new(&config.server, &config.limits));
     let mut backoff = AcceptBackoff::default();
     let stop = shutdown_signal();
     tokio::pin!(stop);

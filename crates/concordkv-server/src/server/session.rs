@@ -34,6 +34,7 @@ pub struct Session {
     password: Secret,
     /// Since `MULTI`.
     transaction: Option<Transaction>,
+    max_transaction_bytes: usize,
     watching: Option<Watching>,
     watches: Rc<Watches>,
 }
@@ -44,7 +45,13 @@ pub type Exec = (Transaction, Option<Watching>);
 impl Session {
     /// A new connection: RESP2, no name, authenticated only if no
     /// password is required.
-    pub fn new(id: u64, peer: SocketAddr, password: Secret, watches: Rc<Watches>) -> Session {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        password: Secret,
+        max_transaction_bytes: usize,
+        watches: Rc<Watches>,
+    ) -> Session {
         Session {
             id,
             peer,
@@ -56,6 +63,7 @@ impl Session {
             authenticated: password.is_empty(),
             password,
             transaction: None,
+            max_transaction_bytes,
             watching: None,
             watches,
         }
@@ -101,7 +109,7 @@ impl Session {
             b"MULTI" if rest.is_empty() => match self.transaction {
                 Some(_) => error("MULTI calls can not be nested"),
                 None => {
-                    self.transaction = Some(Transaction::default());
+                    self.transaction = Some(Transaction::new(self.max_transaction_bytes));
                     ok()
                 }
             },
@@ -285,16 +293,11 @@ fn check_name(name: &[u8]) -> Result<(), Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(list: &[&str]) -> Vec<Bytes> {
-        list.iter()
-            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-            .collect()
-    }
+    use crate::server::args;
 
     fn session(password: &str) -> Session {
         let peer = "127.0.0.1:5000".parse().expect("address");
-        Session::new(7, peer, Secret::new(password), Rc::default())
+        Session::new(7, peer, Secret::new(password), 1 << 20, Rc::default())
     }
 
     fn field(map: &Frame, key: &str) -> Frame {

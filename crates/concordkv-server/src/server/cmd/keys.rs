@@ -83,26 +83,18 @@ pub fn scan(db: &Db, rest: &[Bytes]) -> Reply {
         .as_deref()
         .map(pattern::literal_prefix)
         .unwrap_or_default();
-    let mut examined = db
-        .keys_after(after.as_deref(), &prefix)
-        .take(count)
-        .peekable();
+    let mut keys = db.keys_after(after.as_deref(), &prefix).peekable();
     let mut found = Vec::new();
     let mut last = None;
-    while let Some(key) = examined.next() {
-        let wanted = strings && pattern.as_deref().is_none_or(|p| pattern::matches(p, &key));
-        if wanted {
+    for key in keys.by_ref().take(count) {
+        if strings && pattern.as_deref().is_none_or(|p| pattern::matches(p, &key)) {
             found.push(Frame::Bulk(key.clone()));
         }
-        if examined.peek().is_none() {
-            last = Some(key);
-        }
+        last = Some(key);
     }
-    // Fewer than `count` examined: the walk reached the end.
+    // Nothing after the last key examined: the walk is over.
     let next = match last {
-        Some(key) if db.keys_after(Some(&key), &prefix).next().is_some() => {
-            db.cursors().borrow_mut().issue(key)
-        }
+        Some(key) if keys.peek().is_some() => db.cursors().borrow_mut().issue(key),
         _ => 0,
     };
     Reply::Now(Frame::Array(vec![

@@ -67,23 +67,12 @@ fn wrong_arity(name: &str) -> Reply {
 }
 
 /// Whether a command reads the key-value state, and so must wait until the
-/// connection's earlier writes are acknowledged (and visible) before it runs.
+/// connection's earlier writes are acknowledged (and visible) before it
+/// runs: the table's read-only commands, and `DEL` (its count), `INFO` and
+/// `EXEC` (its reads).
 pub fn reads_state(name: &[u8]) -> bool {
-    const READERS: [&[u8]; 12] = [
-        b"GET",
-        b"MGET",
-        b"STRLEN",
-        b"TYPE",
-        b"EXISTS",
-        b"DBSIZE",
-        b"DEL",
-        b"INFO",
-        b"EXEC",
-        b"SCAN",
-        b"KEYS",
-        b"RANDOMKEY",
-    ];
-    READERS.iter().any(|r| r.eq_ignore_ascii_case(name))
+    table::lookup(name)
+        .is_some_and(|c| c.flags.contains(&"readonly") || matches!(c.name, "del" | "info" | "exec"))
 }
 
 /// Runs one request against `db`. A write resolves once the log's queue

@@ -245,11 +245,7 @@ mod tests {
 
     #[test]
     fn set_options_conflict_as_in_redis() {
-        let opts = |list: &[&str]| -> Vec<Bytes> {
-            list.iter()
-                .map(|o| Bytes::copy_from_slice(o.as_bytes()))
-                .collect()
-        };
+        let opts = crate::server::args;
         assert!(set_options(&opts(&["NX", "XX"])).is_err());
         assert!(set_options(&opts(&["nx", "get", "keepttl"])).is_ok());
         assert!(set_options(&opts(&["EX", "10"])).is_err());

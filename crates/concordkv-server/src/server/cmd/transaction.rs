@@ -47,14 +47,27 @@ const QUEUEABLE: &[&str] = &[
 ];
 
 /// Commands queued since `MULTI`.
-#[derive(Default)]
 pub struct Transaction {
     queued: Vec<Vec<Bytes>>,
+    /// Bytes of arguments queued, at most `max_bytes`.
+    bytes: usize,
+    max_bytes: usize,
     /// A command was refused while queueing: `EXEC` aborts.
     refused: bool,
 }
 
 impl Transaction {
+    /// A transaction queueing at most `max_bytes` of arguments: its writes
+    /// become one record, which `limits.max_record_bytes` bounds anyway.
+    pub fn new(max_bytes: usize) -> Transaction {
+        Transaction {
+            queued: Vec::new(),
+            bytes: 0,
+            max_bytes,
+            refused: false,
+        }
+    }
+
     /// Queues `args`, or refuses it (and dooms the transaction).
     pub fn queue(&mut self, args: Vec<Bytes>) -> Frame {
         let Some(name) = args.first() else {
@@ -70,12 +83,22 @@ impl Transaction {
                 "'{}' cannot run inside MULTI in this server",
                 spec.name
             ))),
-            Some(_) => None,
+            Some(_) => {
+                let size: usize = args.iter().map(Bytes::len).sum();
+                (self.bytes + size > self.max_bytes).then(|| {
+                    error(format!(
+                        "transaction larger than limits.max_record_bytes ({} bytes): its writes \
+                         must fit in one record",
+                        self.max_bytes
+                    ))
+                })
+            }
         };
         if let Some(refusal) = refusal {
             self.refused = true;
             return refusal;
         }
+        self.bytes += args.iter().map(Bytes::len).sum::<usize>();
         self.queued.push(args);
         Frame::Simple("QUEUED")
     }
@@ -113,11 +136,13 @@ impl View for TxView<'_> {
         if self.acknowledged_only {
             return self.db.get(key);
         }
-        let latest = self.db.latest(key);
-        if latest != self.db.get(key) {
-            self.read_in_flight.set(true);
+        match self.db.in_flight(key) {
+            Some(latest) => {
+                self.read_in_flight.set(true);
+                latest
+            }
+            None => self.db.get(key),
         }
-        latest
     }
 }
 
