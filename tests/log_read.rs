@@ -360,19 +360,32 @@ async fn always_mode_never_shows_a_record_before_its_sync() {
     let pending = store.submit(entry(6, 40)).await.expect("submit");
     eventually("the write", || store.stats().last_seq == 6).await;
     assert_eq!(store.stats().durable_seq, 5);
-    assert_eq!(seqs(&read_all(&store, ..)), [1, 2, 3, 4, 5]);
-    assert_eq!(
-        delivers_within(&mut sub, Duration::from_millis(100)).await,
-        None,
-        "delivered before its sync"
+    // Record 6 may show only once its sync is done: on a loaded machine the
+    // slow sync can end while the read runs, and then 6 is rightly there.
+    let seen = seqs(&read_all(&store, ..));
+    let durable = store.stats().durable_seq;
+    assert_eq!(seen[..5], [1, 2, 3, 4, 5]);
+    assert!(
+        seen.len() == 5 || durable == 6,
+        "read {seen:?} while durable up to {durable}"
     );
+    let mut delivered = false;
+    if durable == 5 {
+        if let Some(early) = delivers_within(&mut sub, Duration::from_millis(100)).await {
+            assert_eq!(store.stats().durable_seq, 6, "delivered before its sync");
+            assert_eq!(early.seq, 6);
+            delivered = true;
+        }
+    }
     assert_eq!(pending.await.expect("synced"), 6);
-    assert_eq!(
-        delivers_within(&mut sub, Duration::from_secs(5))
-            .await
-            .map(|r| r.seq),
-        Some(6)
-    );
+    if !delivered {
+        assert_eq!(
+            delivers_within(&mut sub, Duration::from_secs(5))
+                .await
+                .map(|r| r.seq),
+            Some(6)
+        );
+    }
 
     // A failed sync: the record is written, then its sync fails.
     fs.inject(Fault {
