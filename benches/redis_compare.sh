@@ -5,9 +5,10 @@
 #   concordkv wal.sync_mode=interval (1000 ms) vs  Redis appendfsync everysec
 # for SET with 100-byte values over 100,000 random keys, at 50 clients,
 # 1 client (latency) and 50 clients pipelining 16; GET, INCR and MSET (10
-# keys) at 50 clients; and MULTI/EXEC of 10 SETs from a pipeline at 50
-# clients (transactions/s, the `multi_exec_load` example: redis-benchmark
-# has no transactions). Prints requests/s and the ratio concordkv / Redis.
+# keys) at 50 clients; SET with a deadline (`SET key value EX 3600`, the
+# `setex` row: compare it with the `set -c 50` row for what expiry costs);
+# and MULTI/EXEC of 10 SETs from a pipeline at 50 clients (transactions/s,
+# the `multi_exec_load` example: redis-benchmark has no transactions). Prints requests/s and the ratio concordkv / Redis.
 # A benchmark, not a test: run it by hand.
 #
 #   bash benches/redis_compare.sh            # REQUESTS=200000 by default
@@ -55,8 +56,20 @@ rps() {
         target/release/examples/multi_exec_load "$port" 50 5
         return
     fi
-    # GET reads what a SET pass just wrote, not an empty keyspace.
     local out tests=$test
+    if [ "$test" = setex ]; then
+        local value
+        value=$(printf 'v%.0s' $(seq 100))
+        if ! out=$(redis-benchmark -h 127.0.0.1 -p "$port" -r 100000 -n "$requests" "$@" --csv \
+            SET key:__rand_int__ "$value" EX 3600 2>>"$work/redis-benchmark.log"); then
+            echo "redis-benchmark failed on port $port ($test $*); see its log" >&2
+            echo 0
+            return
+        fi
+        awk -F'"' 'NR > 1 { print $4 }' <<<"$out" | tail -1
+        return
+    fi
+    # GET reads what a SET pass just wrote, not an empty keyspace.
     [ "$test" = get ] && tests=set,get
     if ! out=$(redis-benchmark -h 127.0.0.1 -p "$port" -t "$tests" -d 100 -r 100000 -n "$requests" "$@" --csv \
         2>>"$work/redis-benchmark.log"); then
@@ -97,7 +110,7 @@ printf '%-38s %-7s %-12s %14s %14s %8s\n' "policy" "test" "load" "redis rps" "co
 for pair in "always always" "everysec interval"; do
     set -- $pair
     redis_policy=$1 concordkv_mode=$2
-    for row in "set -c 50" "set -c 1" "set -c 50 -P 16" "get -c 50" "incr -c 50" "mset -c 50" "multi -c 50"; do
+    for row in "set -c 50" "set -c 1" "set -c 50 -P 16" "get -c 50" "incr -c 50" "mset -c 50" "setex -c 50" "multi -c 50"; do
         set -- $row
         test=$1
         shift

@@ -25,13 +25,41 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// Sets `key` to `value` until the wall-clock time `expires_at`, in
+    /// milliseconds since the Unix epoch: from then on reads no longer see
+    /// it, as Redis's `PXAT`. An absolute time, so that replaying the log
+    /// later never extends a key's life. Declared after the variants logs
+    /// already hold, so that their bincode indexes stay the same.
+    SetExpiring {
+        /// The key (never empty).
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// Its new value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// When it expires: milliseconds since the Unix epoch.
+        expires_at: u64,
+    },
+    /// Removes every key, as Redis's `FLUSHALL`: one small record however
+    /// many keys there are.
+    Clear,
 }
 
 impl Op {
-    /// The key this operation changes.
-    pub fn key(&self) -> &[u8] {
+    /// The key this operation changes (`None` for [`Op::Clear`], which
+    /// changes them all).
+    pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Op::Set { key, .. } | Op::Delete { key } => key,
+            Op::Set { key, .. } | Op::Delete { key } | Op::SetExpiring { key, .. } => Some(key),
+            Op::Clear => None,
+        }
+    }
+
+    /// The value this operation sets, if it sets one.
+    pub fn value(&self) -> Option<&[u8]> {
+        match self {
+            Op::Set { value, .. } | Op::SetExpiring { value, .. } => Some(value),
+            Op::Delete { .. } | Op::Clear => None,
         }
     }
 }

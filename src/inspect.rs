@@ -213,6 +213,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         .max(found.manifest.as_ref().map_or(0, |m| m.purged_through));
     let mut first = true;
     let mut last_is_set: HashMap<Vec<u8>, bool> = HashMap::new();
+    let now = crate::state::now_ms();
     let mut expected: Option<Seq> = None;
     for &id in &listed_segments {
         let path = segment_path(dir, id);
@@ -296,10 +297,18 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
         let scanned = scan::scan_frames(&mut reader, &path, &header, place, mode, |seq, entry| {
             for op in entry.ops() {
                 found.ops += 1;
-                last_is_set.insert(
-                    op.key().to_vec(),
-                    matches!(op, crate::entry::Op::Set { .. }),
-                );
+                let set = match op {
+                    crate::entry::Op::Set { .. } => true,
+                    crate::entry::Op::SetExpiring { expires_at, .. } => *expires_at > now,
+                    crate::entry::Op::Delete { .. } => false,
+                    crate::entry::Op::Clear => {
+                        last_is_set.clear();
+                        continue;
+                    }
+                };
+                if let Some(key) = op.key() {
+                    last_is_set.insert(key.to_vec(), set);
+                }
             }
             report.seqs = Some((report.seqs.map_or(seq, |(first, _)| first), seq));
             report.records += 1;

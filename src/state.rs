@@ -16,6 +16,7 @@
 //! the applier wait for room as they would for a slow disk, and the
 //! acknowledging thread never waits for the applier.
 
+mod deadlines;
 mod slot;
 
 use std::collections::BTreeSet;
@@ -33,11 +34,128 @@ use tokio::sync::Notify;
 use crate::entry::{Entry, Op, Seq};
 use crate::log::admission::Admission;
 
+pub(crate) use deadlines::now_ms;
+use deadlines::Deadlines;
 pub(crate) use slot::Slot;
 
 /// Keys and values as the state holds them: each pair in one allocation,
 /// with the key's head in the tree's node (see [`slot`]).
-pub(crate) type Tree = BTreeSet<Slot>;
+pub(crate) type Slots = BTreeSet<Slot>;
+
+/// Every key with its value, and the deadlines of the keys that expire. A
+/// key past its deadline stays here, invisible to reads, until a logged
+/// deletion removes it: the state is always exactly the log applied, so a
+/// replay at any later time builds the same one.
+#[derive(Default)]
+pub(crate) struct Tree {
+    slots: Slots,
+    deadlines: Deadlines,
+}
+
+impl Tree {
+    pub(crate) fn new() -> Tree {
+        Tree::default()
+    }
+
+    /// A tree of `slots` (in key order, as a snapshot holds them: collected
+    /// without a search per key) and the deadlines of those that expire.
+    pub(crate) fn build(slots: Vec<Slot>, deadlines: Vec<(Vec<u8>, u64)>) -> Tree {
+        let mut tree = Tree {
+            slots: slots.into_iter().collect(),
+            deadlines: Deadlines::default(),
+        };
+        for (key, at) in deadlines {
+            tree.deadlines.set(&key, at);
+        }
+        tree
+    }
+
+    /// Adds a pair that is not in the tree yet (loading a snapshot).
+    pub(crate) fn insert(&mut self, key: &[u8], value: &[u8], expires_at: Option<u64>) {
+        self.slots.insert(Slot::new(key, value));
+        if let Some(at) = expires_at {
+            self.deadlines.set(key, at);
+        }
+    }
+
+    /// Applies one record's operations.
+    pub(crate) fn apply_entry(&mut self, entry: &Entry) {
+        for op in entry.ops() {
+            self.apply_op(op);
+        }
+    }
+
+    fn apply_op(&mut self, op: &Op) {
+        match op {
+            Op::Set { key, value } => {
+                self.put(key, value);
+                self.deadlines.remove(key);
+            }
+            Op::SetExpiring {
+                key,
+                value,
+                expires_at,
+            } => {
+                self.put(key, value);
+                self.deadlines.set(key, *expires_at);
+            }
+            Op::Delete { key } => {
+                self.slots.remove(&Slot::probe(key));
+                self.deadlines.remove(key);
+            }
+            Op::Clear => {
+                self.slots.clear();
+                self.deadlines.clear();
+            }
+        }
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        if !slot::overwrite(&mut self.slots, &Slot::probe(key), value) {
+            self.slots.insert(Slot::new(key, value));
+        }
+    }
+
+    /// The slot of `key` and its deadline, unless it has expired by `now`.
+    fn live(&self, key: &[u8], now: &mut Clock) -> Option<(&Slot, Option<u64>)> {
+        let slot = self.slots.get(&Slot::probe(key))?;
+        let at = self.deadlines.get(key);
+        match at {
+            Some(at) if at <= now.get() => None,
+            _ => Some((slot, at)),
+        }
+    }
+
+    /// The number of keys a read sees now.
+    pub(crate) fn live_len(&self) -> usize {
+        if self.deadlines.is_empty() {
+            return self.slots.len();
+        }
+        self.slots.len() - self.deadlines.expired_count(now_ms())
+    }
+
+    /// Every key with its value and deadline, expired ones included, in
+    /// key order.
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<u64>)> {
+        self.slots
+            .iter()
+            .map(|slot| (slot.key(), slot.value(), self.deadlines.get(slot.key())))
+    }
+}
+
+/// The time read at most once per read, and only if a key read has a
+/// deadline to compare it with.
+struct Clock(Option<u64>);
+
+impl Clock {
+    fn new() -> Clock {
+        Clock(None)
+    }
+
+    fn get(&mut self) -> u64 {
+        *self.0.get_or_insert_with(now_ms)
+    }
+}
 
 /// How many pairs a [`Scan`] copies out per read lock: enough to make the
 /// lock's cost vanish, few enough that a scan never holds the applier back
@@ -181,7 +299,7 @@ impl Shared {
         };
         let applied = records.len();
         for entry in records.drain(..) {
-            apply_entry(&mut tree, entry);
+            tree.apply_entry(&entry);
         }
         drop(tree);
         drop(room);
@@ -345,39 +463,13 @@ fn run_applier(queue: &Queue, state: &Weak<Shared>) {
     }
 }
 
-/// Applies one record's operations to `tree`.
-pub(crate) fn apply_entry(tree: &mut Tree, entry: Entry) {
-    match entry {
-        Entry::Op(op) => apply_op(tree, &op),
-        Entry::Batch(ops) => {
-            for op in &ops {
-                apply_op(tree, op);
-            }
-        }
-        // A log's payload changes no key (a store never holds one).
-        Entry::Raw(_) => {}
-    }
-}
-
-fn apply_op(tree: &mut Tree, op: &Op) {
-    match op {
-        Op::Set { key, value } => {
-            if !slot::overwrite(tree, &Slot::probe(key), value) {
-                tree.insert(Slot::new(key, value));
-            }
-        }
-        Op::Delete { key } => {
-            tree.remove(&Slot::probe(key));
-        }
-    }
-}
-
 impl State {
     pub(crate) fn new(inner: Arc<Shared>) -> State {
         State { inner }
     }
 
-    /// The value of `key`, copied out.
+    /// The value of `key`, copied out. A key past its deadline (see
+    /// [`Op::SetExpiring`]) is not there for this or any read.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.get_with(key, <[u8]>::to_vec)
     }
@@ -385,25 +477,68 @@ impl State {
     /// Calls `f` on the value of `key` without copying it. `f` runs under
     /// the state's read lock, which holds acknowledgements back: keep it short.
     pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        self.entry_with(key, |value, _| f(value))
+    }
+
+    /// Calls `f` on the value of `key` and its deadline (milliseconds
+    /// since the Unix epoch; `None`: it never expires), as
+    /// [`get_with`](State::get_with) does.
+    pub fn entry_with<R>(&self, key: &[u8], f: impl FnOnce(&[u8], Option<u64>) -> R) -> Option<R> {
         self.inner
             .read()
-            .get(&Slot::probe(key))
-            .map(|slot| f(slot.value()))
+            .live(key, &mut Clock::new())
+            .map(|(slot, at)| f(slot.value(), at))
+    }
+
+    /// The deadline of `key` in milliseconds since the Unix epoch: `None`
+    /// if there is no such key, `Some(None)` if it never expires.
+    pub fn expires_at(&self, key: &[u8]) -> Option<Option<u64>> {
+        self.entry_with(key, |_, at| at)
     }
 
     /// Whether `key` is set.
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.inner.read().contains(&Slot::probe(key))
+        self.entry_with(key, |_, _| ()).is_some()
     }
 
     /// The number of keys.
     pub fn len(&self) -> usize {
-        self.inner.read().len()
+        self.inner.read().live_len()
     }
 
     /// Whether no key is set.
     pub fn is_empty(&self) -> bool {
-        self.inner.read().is_empty()
+        self.len() == 0
+    }
+
+    /// Up to `limit` keys past their deadline that the state still holds,
+    /// the longest expired first: what an owner deletes to give their
+    /// memory back (reads no longer see them). The deletion is a write like
+    /// any other, logged, so that a replay removes them too; whoever makes
+    /// it must order it after their own writes of those keys, as Redis's
+    /// primary does when it propagates `DEL` for an expired key.
+    pub fn expired_keys(&self, limit: usize) -> Vec<Vec<u8>> {
+        let tree = self.inner.read();
+        if tree.deadlines.is_empty() {
+            return Vec::new();
+        }
+        tree.deadlines
+            .expired_keys(now_ms())
+            .take(limit)
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    /// Every key with its value and deadline, expired keys included, in
+    /// key order: the state exactly as the log made it, for the tests'
+    /// oracles.
+    #[cfg(feature = "testing")]
+    pub fn dump(&self) -> crate::testing::Keyspace {
+        self.inner
+            .read()
+            .pairs()
+            .map(|(k, v, at)| (k.to_vec(), (v.to_vec(), at)))
+            .collect()
     }
 
     /// The last record the state holds (0: none). Every acknowledged
@@ -488,17 +623,24 @@ impl Scan {
     fn refill(&mut self) {
         let tree = self.state.inner.read();
         let bounds = (self.from.as_ref(), self.to.as_ref());
-        let chunk: Vec<(Vec<u8>, Vec<u8>)> = tree
-            .range::<Slot, _>(bounds)
-            .take(SCAN_CHUNK)
-            .map(|slot| (slot.key().to_vec(), slot.value().to_vec()))
-            .collect();
-        drop(tree);
-        self.done = chunk.len() < SCAN_CHUNK;
-        if let Some((last, _)) = chunk.last() {
-            self.from = Bound::Excluded(Slot::probe(last));
+        let mut now = Clock::new();
+        let mut walked = 0;
+        let mut last = None;
+        let mut chunk = Vec::new();
+        for slot in tree.slots.range::<Slot, _>(bounds).take(SCAN_CHUNK) {
+            walked += 1;
+            last = Some(slot);
+            if !tree.deadlines.is_empty() && tree.deadlines.expired(slot.key(), now.get()) {
+                continue;
+            }
+            chunk.push((slot.key().to_vec(), slot.value().to_vec()));
+        }
+        self.done = walked < SCAN_CHUNK;
+        if let Some(last) = last {
+            self.from = Bound::Excluded(Slot::probe(last.key()));
             self.done |= is_empty_range(&self.from, &self.to);
         }
+        drop(tree);
         self.chunk = chunk.into_iter();
     }
 }
@@ -536,7 +678,10 @@ mod tests {
     use super::*;
 
     fn state(keys: &[&str]) -> State {
-        let tree: Tree = keys.iter().map(|k| Slot::new(k.as_bytes(), b"v")).collect();
+        let mut tree = Tree::new();
+        for k in keys {
+            tree.insert(k.as_bytes(), b"v", None);
+        }
         State::new(Shared::new(tree, 0, 1 << 20))
     }
 
@@ -575,6 +720,49 @@ mod tests {
         let s = state(&refs);
         assert_eq!(keys(s.iter()), names);
         assert_eq!(s.prefix(b"k").count(), names.len());
+    }
+
+    #[test]
+    fn expired_keys_are_invisible_but_held_until_deleted_and_a_clear_empties_all() {
+        let shared = Shared::new(Tree::new(), 0, 1 << 20);
+        let s = State::new(Arc::clone(&shared));
+        let expiring = |k: &str, at| Op::SetExpiring {
+            key: k.into(),
+            value: b"v".to_vec(),
+            expires_at: at,
+        };
+        let far = now_ms() + 3_600_000;
+        let mut first = Some(Entry::Batch(vec![
+            expiring("gone", 1),
+            expiring("kept", far),
+            Op::Set {
+                key: "plain".into(),
+                value: b"v".to_vec(),
+            },
+        ]));
+        shared.apply([(1, &mut first, &mut None)]);
+        assert_eq!(s.get(b"gone"), None);
+        assert!(!s.contains(b"gone"));
+        assert_eq!(s.expires_at(b"kept"), Some(Some(far)));
+        assert_eq!(s.expires_at(b"plain"), Some(None));
+        assert_eq!(s.len(), 2);
+        assert_eq!(keys(s.iter()), ["kept", "plain"]);
+        assert_eq!(s.expired_keys(10), [b"gone".to_vec()]);
+        // A plain set drops the deadline; a deletion removes the held key.
+        let mut second = Some(Entry::Batch(vec![
+            Op::Set {
+                key: "kept".into(),
+                value: b"w".to_vec(),
+            },
+            Op::Delete { key: "gone".into() },
+        ]));
+        shared.apply([(2, &mut second, &mut None)]);
+        assert_eq!(s.expires_at(b"kept"), Some(None));
+        assert!(s.expired_keys(10).is_empty());
+        let mut clear = Some(Entry::Batch(vec![Op::Clear, expiring("new", far)]));
+        shared.apply([(3, &mut clear, &mut None)]);
+        assert_eq!(keys(s.iter()), ["new"]);
+        assert_eq!(s.expires_at(b"new"), Some(Some(far)));
     }
 
     #[test]

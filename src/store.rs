@@ -30,7 +30,7 @@ use crate::lifecycle::closing;
 use crate::lifecycle::compaction::CompactionReport;
 use crate::lifecycle::manifest::ManifestStore;
 use crate::lifecycle::single_flight::SingleFlight;
-use crate::log::admission::{estimated_bytes, Admission, OP_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES};
+use crate::log::admission::{estimated_bytes, op_bytes, Admission, RECORD_OVERHEAD_BYTES};
 use crate::log::inbox::{Inbox, Request};
 use crate::log::read::{acknowledged_upto, Cursor, LogRead};
 use crate::log::recovery::Recovery;
@@ -329,9 +329,34 @@ impl Store {
         .await
     }
 
+    /// Sets `key` to `value` until `expires_at`, after which reads no
+    /// longer see it (see [`Op::SetExpiring`]; a time already past makes it
+    /// invisible at once). The time is stored to the millisecond.
+    pub async fn set_expiring(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        expires_at: std::time::SystemTime,
+    ) -> Result<Seq> {
+        let expires_at = expires_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.append(Op::SetExpiring {
+            key: key.into(),
+            value: value.into(),
+            expires_at,
+        })
+        .await
+    }
+
     /// Deletes `key`.
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Seq> {
         self.append(Op::Delete { key: key.into() }).await
+    }
+
+    /// Removes every key, in one small record (see [`Op::Clear`]).
+    pub async fn clear(&self) -> Result<Seq> {
+        self.append(Op::Clear).await
     }
 
     /// Appends one operation.
@@ -596,7 +621,8 @@ fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
     }
     let mut total: u64 = 0;
     for op in entry.ops() {
-        let key = op.key();
+        total += op_bytes(op);
+        let Some(key) = op.key() else { continue };
         if key.is_empty() {
             return Err(Error::InvalidRequest("empty key".into()));
         }
@@ -607,18 +633,13 @@ fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
                 limits.max_key_bytes
             )));
         }
-        let value_len = match op {
-            Op::Set { value, .. } => value.len() as u64,
-            Op::Delete { .. } => 0,
-        };
+        let value_len = op.value().map_or(0, <[u8]>::len) as u64;
         if value_len > limits.max_value_bytes {
             return Err(Error::InvalidRequest(format!(
                 "value of {value_len} bytes exceeds limits.max_value_bytes = {}",
                 limits.max_value_bytes
             )));
         }
-        // Per op: the key, the value and at most 21 bytes of varint lengths and tag.
-        total += key.len() as u64 + value_len + OP_OVERHEAD_BYTES;
     }
     if total + RECORD_OVERHEAD_BYTES > limits.max_record_bytes {
         return Err(Error::InvalidRequest(format!(
@@ -770,7 +791,7 @@ mod tests {
         let big = set("big", 1000);
         assert_eq!(
             store.admission_bytes(&big),
-            3 + 1000 + OP_OVERHEAD_BYTES + RECORD_OVERHEAD_BYTES
+            3 + 1000 + crate::log::admission::OP_OVERHEAD_BYTES + RECORD_OVERHEAD_BYTES
         );
         // More room than the entry needs: the excess goes back at once.
         let admission = store.admit(&big).await.expect("room");

@@ -236,7 +236,7 @@ async fn check_recovery(dir: &std::path::Path, acked: &[(u64, u32, u32, u32)], b
             .unwrap_or_else(|| panic!("acknowledged seq {seq} is missing after SIGKILL"));
         assert_eq!(
             record.entry.ops()[0].key(),
-            key(cycle, w, i).as_slice(),
+            Some(key(cycle, w, i).as_slice()),
             "acknowledged seq {seq}"
         );
     }

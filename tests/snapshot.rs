@@ -192,16 +192,37 @@ enum Action {
     Set(u8, u8),
     Delete(u8),
     Batch(Vec<(u8, Option<u8>)>),
+    /// A set with a deadline long past (`true`) or far ahead.
+    Expiring(u8, u8, bool),
+    Clear,
     Full,
     Incremental,
     Compact,
     Restart,
 }
 
+/// A deadline no run reaches: 2100-01-01, in milliseconds since the epoch.
+const FAR_AHEAD_MS: u64 = 4_102_444_800_000;
+
+/// Each key with its value and deadline.
+type Model = HashMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
+
+/// The keys a read sees: the deadlines are long past or far ahead, so
+/// this does not depend on when it runs.
+fn visible(model: impl IntoIterator<Item = (Vec<u8>, (Vec<u8>, Option<u64>))>) -> Model {
+    let now = concordkv::testing::now_ms();
+    model
+        .into_iter()
+        .filter(|(_, (_, at))| at.is_none_or(|at| at > now))
+        .collect()
+}
+
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         6 => (0u8..24, any::<u8>()).prop_map(|(k, v)| Action::Set(k, v)),
         2 => (0u8..24).prop_map(Action::Delete),
+        2 => (0u8..24, any::<u8>(), any::<bool>()).prop_map(|(k, v, past)| Action::Expiring(k, v, past)),
+        1 => Just(Action::Clear),
         2 => proptest::collection::vec((0u8..24, proptest::option::of(any::<u8>())), 1..5).prop_map(Action::Batch),
         1 => Just(Action::Full),
         1 => Just(Action::Incremental),
@@ -220,7 +241,7 @@ fn value(v: u8) -> Vec<u8> {
 
 async fn run_model(dir: &Path, actions: Vec<Action>) {
     let cfg = small(dir);
-    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut model = Model::new();
     let (mut store, _) = concordkv::testing::open_recording(cfg.clone())
         .await
         .expect("open");
@@ -228,7 +249,24 @@ async fn run_model(dir: &Path, actions: Vec<Action>) {
         match action {
             Action::Set(k, v) => {
                 store.set(key(k), value(v)).await.expect("set");
-                model.insert(key(k), value(v));
+                model.insert(key(k), (value(v), None));
+            }
+            Action::Expiring(k, v, past) => {
+                let at = if past {
+                    1_000 + u64::from(v)
+                } else {
+                    FAR_AHEAD_MS + u64::from(v)
+                };
+                let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at);
+                store
+                    .set_expiring(key(k), value(v), when)
+                    .await
+                    .expect("set expiring");
+                model.insert(key(k), (value(v), Some(at)));
+            }
+            Action::Clear => {
+                store.clear().await.expect("clear");
+                model.clear();
             }
             Action::Delete(k) => {
                 store.delete(key(k)).await.expect("delete");
@@ -247,8 +285,9 @@ async fn run_model(dir: &Path, actions: Vec<Action>) {
                     .collect();
                 for op in &ops {
                     match op {
-                        Op::Set { key, value } => model.insert(key.clone(), value.clone()),
+                        Op::Set { key, value } => model.insert(key.clone(), (value.clone(), None)),
                         Op::Delete { key } => model.remove(key),
+                        Op::SetExpiring { .. } | Op::Clear => unreachable!("not generated"),
                     };
                 }
                 store.append_batch(ops).await.expect("batch");
@@ -270,8 +309,8 @@ async fn run_model(dir: &Path, actions: Vec<Action>) {
                 let (reopened, recovery) = concordkv::testing::open_recording(cfg.clone())
                     .await
                     .expect("reopen");
-                let recovered: HashMap<_, _> = recovery.state().into_iter().collect();
-                assert_eq!(recovered, model, "state after restart");
+                let recovered = visible(recovery.keyspace());
+                assert_eq!(recovered, visible(model.clone()), "state after restart");
                 store = reopened;
             }
         }
@@ -280,8 +319,8 @@ async fn run_model(dir: &Path, actions: Vec<Action>) {
     let (store, recovery) = concordkv::testing::open_recording(cfg)
         .await
         .expect("final open");
-    let recovered: HashMap<_, _> = recovery.state().into_iter().collect();
-    assert_eq!(recovered, model, "final state");
+    let recovered = visible(recovery.keyspace());
+    assert_eq!(recovered, visible(model), "final state");
     store.shutdown().await.expect("shutdown");
 }
 

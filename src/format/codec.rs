@@ -32,6 +32,62 @@ enum OpRef<'a> {
         #[serde(borrow)]
         key: &'a [u8],
     },
+    SetExpiring {
+        #[serde(borrow)]
+        key: &'a [u8],
+        #[serde(borrow)]
+        value: &'a [u8],
+        expires_at: u64,
+    },
+    Clear,
+}
+
+/// One operation as [`for_each_op`] lends it: borrowed from the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// `key` is set to `value`, until `expires_at` if that is `Some`.
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// Its new value.
+        value: &'a [u8],
+        /// When it expires (milliseconds since the Unix epoch), if ever.
+        expires_at: Option<u64>,
+    },
+    /// `key` is removed.
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// Every key is removed.
+    Clear,
+}
+
+impl Change<'_> {
+    /// The owned operation this change is.
+    pub fn to_op(self) -> Op {
+        match self {
+            Change::Put {
+                key,
+                value,
+                expires_at: None,
+            } => Op::Set {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            },
+            Change::Put {
+                key,
+                value,
+                expires_at: Some(expires_at),
+            } => Op::SetExpiring {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                expires_at,
+            },
+            Change::Delete { key } => Op::Delete { key: key.to_vec() },
+            Change::Clear => Op::Clear,
+        }
+    }
 }
 
 /// Borrowed mirror of [`Entry`], with the same serde shape.
@@ -45,15 +101,30 @@ enum EntryRef<'a> {
     Raw(&'a [u8]),
 }
 
-impl OpRef<'_> {
-    fn to_owned_op(&self) -> Op {
-        match self {
-            OpRef::Set { key, value } => Op::Set {
-                key: key.to_vec(),
-                value: value.to_vec(),
+impl<'a> OpRef<'a> {
+    fn change(&self) -> Change<'a> {
+        match *self {
+            OpRef::Set { key, value } => Change::Put {
+                key,
+                value,
+                expires_at: None,
             },
-            OpRef::Delete { key } => Op::Delete { key: key.to_vec() },
+            OpRef::SetExpiring {
+                key,
+                value,
+                expires_at,
+            } => Change::Put {
+                key,
+                value,
+                expires_at: Some(expires_at),
+            },
+            OpRef::Delete { key } => Change::Delete { key },
+            OpRef::Clear => Change::Clear,
         }
+    }
+
+    fn to_owned_op(&self) -> Op {
+        self.change().to_op()
     }
 }
 
@@ -79,15 +150,11 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     })
 }
 
-/// Calls `f(key, value)` for each operation of the entry `bytes` encodes
-/// (`value` is `None` for a deletion), borrowing from `bytes`: snapshots and
-/// compaction fold millions of operations into a map and need no copy of
-/// the ones a later operation replaces.
-pub fn for_each_op(bytes: &[u8], mut f: impl FnMut(&[u8], Option<&[u8]>)) -> Result<(), String> {
-    let mut visit = |op: &OpRef<'_>| match op {
-        OpRef::Set { key, value } => f(key, Some(value)),
-        OpRef::Delete { key } => f(key, None),
-    };
+/// Calls `f` on each operation of the entry `bytes` encodes, borrowing
+/// from `bytes`: snapshots and compaction fold millions of operations into
+/// a map and need no copy of the ones a later operation replaces.
+pub fn for_each_op(bytes: &[u8], mut f: impl FnMut(Change<'_>)) -> Result<(), String> {
+    let mut visit = |op: &OpRef<'_>| f(op.change());
     match decode_entry_ref(bytes)? {
         EntryRef::Op(op) => visit(&op),
         EntryRef::Batch(ops) => ops.iter().for_each(visit),
@@ -143,22 +210,27 @@ mod tests {
                 },
                 Op::Delete { key: b"b".to_vec() },
             ]),
+            Entry::Op(Op::SetExpiring {
+                key: b"e".to_vec(),
+                value: b"v".to_vec(),
+                expires_at: 1_790_000_000_000,
+            }),
+            Entry::Op(Op::Clear),
+            Entry::Batch(vec![
+                Op::Clear,
+                Op::SetExpiring {
+                    key: b"a".to_vec(),
+                    value: b"1".to_vec(),
+                    expires_at: u64::MAX,
+                },
+            ]),
         ];
         for entry in entries {
             let mut buf = Vec::new();
             encode_entry(&entry, &mut buf);
             assert_eq!(decode_entry(&buf).expect("decodes"), entry);
             let mut visited = Vec::new();
-            for_each_op(&buf, |key, value| {
-                visited.push(match value {
-                    Some(value) => Op::Set {
-                        key: key.to_vec(),
-                        value: value.to_vec(),
-                    },
-                    None => Op::Delete { key: key.to_vec() },
-                })
-            })
-            .expect("visits");
+            for_each_op(&buf, |change| visited.push(change.to_op())).expect("visits");
             assert_eq!(visited, entry.ops());
         }
     }
@@ -204,6 +276,27 @@ mod tests {
         assert_eq!(buf, expected);
     }
 
+    /// Format version 3's operations: a deadline is a varint after the
+    /// value (variant 2), and a clear is its index alone (variant 3).
+    #[test]
+    fn expiring_and_clear_encodings_are_the_documented_bytes() {
+        let mut buf = Vec::new();
+        encode_entry(
+            &Entry::Batch(vec![
+                Op::Clear,
+                Op::SetExpiring {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    expires_at: 1_790_000_000_000,
+                },
+            ]),
+            &mut buf,
+        );
+        let mut expected = vec![1u8, 2, 3, 2, 1, b'k', 1, b'v', 0xFD];
+        expected.extend(1_790_000_000_000u64.to_le_bytes());
+        assert_eq!(buf, expected);
+    }
+
     /// A raw payload is variant 2: its index, its length, its bytes.
     #[test]
     fn raw_encoding_is_the_documented_bytes() {
@@ -217,7 +310,7 @@ mod tests {
         encode_entry(&Entry::Raw(Vec::new()), &mut buf);
         assert_eq!(buf, [2u8, 0]);
         let mut seen = 0;
-        for_each_op(&buf, |_, _| seen += 1).unwrap();
+        for_each_op(&buf, |_| seen += 1).unwrap();
         assert_eq!(seen, 0);
     }
 }

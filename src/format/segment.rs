@@ -4,7 +4,11 @@
 //! Header: `magic[8] | version u32 | crc u32 | segment id u64 | first seq u64`;
 //! the CRC covers every other header byte. Version 2 segments use the
 //! segment frame layout (each frame names its segment and the durable
-//! offset); version 1 segments, still read, use the plain one.
+//! offset); version 1 segments, still read, use the plain one. Version 3
+//! has version 2's layout and adds two operations to the codec
+//! (`Op::SetExpiring`, `Op::Clear`): a build that reads only up to 2
+//! refuses such a segment by its version instead of calling those records
+//! damaged.
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +19,7 @@ use crate::format::record::Layout;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CKVWAL\r\n";
 /// The version new segments are written in; bumped on any incompatible
 /// change to the header, frame or codec.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest version still read: segments a previous release wrote.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// Size of the segment header.
@@ -182,13 +186,19 @@ mod tests {
             SegmentHeader::new(9, 1).layout(),
             Layout::Segment { segment: 9 }
         );
+        let previous = SegmentHeader {
+            version: 2,
+            ..SegmentHeader::new(9, 1)
+        };
+        let decoded = SegmentHeader::decode(&previous.encode()).expect("version 2 is read");
+        assert_eq!(decoded.layout(), Layout::Segment { segment: 9 });
         let future = SegmentHeader {
-            version: 3,
+            version: 4,
             ..SegmentHeader::new(9, 1)
         };
         assert!(matches!(
             SegmentHeader::decode(&future.encode()),
-            Err(HeaderError::Damaged(r)) if r.contains("version 3")
+            Err(HeaderError::Damaged(r)) if r.contains("version 4")
         ));
     }
 

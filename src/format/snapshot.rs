@@ -5,8 +5,11 @@
 //! Header: `magic[8] | version u32 | crc u32 | kind u32 | reserved u32 |
 //! from_seq u64 | to_seq u64 | entry count u64`; the CRC covers every other
 //! header byte. A full snapshot holds every live key at `to_seq`
-//! (`from_seq` = 0, no deletions); an incremental one holds the net change
-//! of every key changed in `(from_seq, to_seq]`, deletions included.
+//! (`from_seq` = 0, no deletions, no expired keys); an incremental one
+//! holds the net change of every key changed in `(from_seq, to_seq]`,
+//! deletions included, after a clear (`Op::Clear`, first) if the range
+//! removed every key. Version 2 adds deadlines (`Op::SetExpiring`) and
+//! clears; version 1 files, which hold neither, are still read.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +17,11 @@ use crate::entry::Seq;
 
 /// Identifies a snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CKVSNAP\n";
-/// Bumped on any incompatible change to snapshot files.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The version new snapshots are written in; bumped on any incompatible
+/// change to snapshot files.
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// The oldest version still read: snapshots a previous release wrote.
+pub const OLDEST_SNAPSHOT_VERSION: u32 = 1;
 /// Size of the snapshot header.
 pub const SNAPSHOT_HEADER_BYTES: usize = 48;
 
@@ -91,11 +97,11 @@ impl SnapshotHeader {
                 format!("snapshot header checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"),
             ));
         }
-        if u32_at(8) != SNAPSHOT_VERSION {
+        if !(OLDEST_SNAPSHOT_VERSION..=SNAPSHOT_VERSION).contains(&u32_at(8)) {
             return Err((
                 8,
                 format!(
-                    "snapshot version {}, this build reads {SNAPSHOT_VERSION}",
+                    "snapshot version {}, this build reads {OLDEST_SNAPSHOT_VERSION} to {SNAPSHOT_VERSION}",
                     u32_at(8)
                 ),
             ));
@@ -177,6 +183,25 @@ mod tests {
             header.file_name(),
             "00000000000000000010-00000000000000000099.incr.snap"
         );
+    }
+
+    #[test]
+    fn version_1_headers_are_still_read_and_later_ones_refused() {
+        let header = SnapshotHeader {
+            kind: SnapshotKind::Full,
+            from_seq: 0,
+            to_seq: 9,
+            entries: 3,
+        };
+        let with_version = |version: u32| {
+            let mut bytes = header.encode();
+            bytes[8..12].copy_from_slice(&version.to_le_bytes());
+            let crc = header_crc(&bytes);
+            bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+            SnapshotHeader::decode(&bytes)
+        };
+        assert_eq!(with_version(1), Ok(header));
+        assert!(matches!(with_version(3), Err((8, r)) if r.contains("version 3")));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::crash::crash_point;
 use crate::entry::{Entry, Op, Seq};
 use crate::error::{Corruption, Error, Result};
-use crate::format::codec::{decode_entry, for_each_op};
+use crate::format::codec::{decode_entry, for_each_op, Change};
 use crate::format::manifest::DirKind;
 use crate::format::record::{encode_record, Frame, MAX_PAYLOAD_BYTES};
 use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
@@ -27,7 +27,7 @@ use crate::lifecycle::pacing::Pacer;
 use crate::log::reader::FrameReader;
 use crate::log::scan::walk_frames;
 use crate::log::segment::started_segments;
-use crate::state::{Slot, Tree};
+use crate::state::{now_ms, Slot, Tree};
 
 /// How much of a snapshot is written, and its writeback started, at a time.
 /// Small, so that a WAL sync never finds more than this of ours ahead of it
@@ -35,12 +35,45 @@ use crate::state::{Slot, Tree};
 /// 1 ms against 0.4 ms without (16 `always` writers, 2 cores).
 const WRITEBACK_CHUNK_BYTES: usize = 64 << 10;
 
-/// Net state by key: the sequence number of its last change, and its value
-/// (`None`: deleted, kept only in incremental snapshots). Hashed while it is
-/// built, sorted once when written. foldhash, not SipHash: a compaction
-/// hashes every logged key, and foldhash is several times faster while
-/// still seeded per map, so clients cannot aim keys at one bucket.
-pub(crate) type NetState = HashMap<Vec<u8>, (Seq, Option<Vec<u8>>), foldhash::fast::RandomState>;
+/// Net state by key. Hashed while it is built, sorted once when written.
+/// foldhash, not SipHash: a compaction hashes every logged key, and
+/// foldhash is several times faster while still seeded per map, so clients
+/// cannot aim keys at one bucket.
+pub(crate) type NetState = HashMap<Vec<u8>, Net, foldhash::fast::RandomState>;
+
+/// One key's net state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Net {
+    /// The sequence number of its last change.
+    pub seq: Seq,
+    /// Its value (`None`: deleted, kept only in incremental snapshots).
+    pub value: Option<Vec<u8>>,
+    /// Its deadline, if it has one (milliseconds since the Unix epoch).
+    pub expires_at: Option<u64>,
+}
+
+impl Net {
+    /// What a snapshot holds for `key`.
+    fn into_op(self, key: Vec<u8>) -> Op {
+        match (self.value, self.expires_at) {
+            (Some(value), None) => Op::Set { key, value },
+            (Some(value), Some(expires_at)) => Op::SetExpiring {
+                key,
+                value,
+                expires_at,
+            },
+            (None, _) => Op::Delete { key },
+        }
+    }
+
+    /// Whether a full snapshot keeps it: set, and not expired by `now`. An
+    /// expired key is invisible to every read and only a later write can
+    /// give it a value again, so leaving it out changes nothing a reader
+    /// can see.
+    fn is_live(&self, now: u64) -> bool {
+        self.value.is_some() && self.expires_at.is_none_or(|at| at > now)
+    }
+}
 
 /// The state the snapshot chain describes.
 #[derive(Debug, Default)]
@@ -101,15 +134,29 @@ pub(crate) fn load_chain(
             .state
             .reserve(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
         read_snapshot(fs, &path, &header, &mut buf, |seq, op| {
-            match op {
-                Op::Set { key, value } => loaded.state.insert(key, (seq, Some(value))),
-                Op::Delete { key } => loaded.state.insert(key, (seq, None)),
+            let (key, value, expires_at) = match op {
+                Op::Set { key, value } => (key, Some(value), None),
+                Op::SetExpiring {
+                    key,
+                    value,
+                    expires_at,
+                } => (key, Some(value), Some(expires_at)),
+                Op::Delete { key } => (key, None, None),
+                Op::Clear => return loaded.state.clear(),
             };
+            loaded.state.insert(
+                key,
+                Net {
+                    seq,
+                    value,
+                    expires_at,
+                },
+            );
         })?;
         loaded.covered = header.to_seq;
         loaded.chain.push(header);
     }
-    loaded.state.retain(|_, (_, value)| value.is_some());
+    loaded.state.retain(|_, net| net.value.is_some());
     Ok(loaded)
 }
 
@@ -134,25 +181,36 @@ pub(crate) fn load_base(
     let chain = select_chain(listed);
     let [header] = chain.as_slice() else {
         let loaded = load_chain(fs, config, listed)?;
+        let mut state = Tree::new();
+        for (key, net) in loaded.state {
+            if let Some(value) = net.value {
+                state.insert(&key, &value, net.expires_at);
+            }
+        }
         return Ok(Base {
-            state: loaded
-                .state
-                .into_iter()
-                .filter_map(|(key, (_, value))| Some(Slot::new(&key, &value?)))
-                .collect(),
+            state,
             covered: loaded.covered,
             snapshots: loaded.chain.len(),
         });
     };
     let path = snapshot_path(&config.data_dir, header);
-    let mut entries = Vec::with_capacity(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
-    read_snapshot(fs, &path, header, &mut Vec::new(), |_, op| {
-        if let Op::Set { key, value } = op {
-            entries.push(Slot::new(&key, &value));
+    let mut slots = Vec::with_capacity(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
+    let mut deadlines = Vec::new();
+    read_snapshot(fs, &path, header, &mut Vec::new(), |_, op| match op {
+        Op::Set { key, value } => slots.push(Slot::new(&key, &value)),
+        Op::SetExpiring {
+            key,
+            value,
+            expires_at,
+        } => {
+            slots.push(Slot::new(&key, &value));
+            deadlines.push((key, expires_at));
         }
+        // A full snapshot holds neither (`read_snapshot` refuses them).
+        Op::Delete { .. } | Op::Clear => {}
     })?;
     Ok(Base {
-        state: entries.into_iter().collect(),
+        state: Tree::build(slots, deadlines),
         covered: header.to_seq,
         snapshots: 1,
     })
@@ -187,6 +245,7 @@ pub(crate) fn read_snapshot(
     }
     reader.consume(SNAPSHOT_HEADER_BYTES);
     let mut entries = 0u64;
+    let full = header.kind == SnapshotKind::Full;
     while !reader.at_end().map_err(io_error)? {
         let offset = reader.offset();
         let (seq, op, size) = match reader.frame().map_err(io_error)? {
@@ -210,8 +269,15 @@ pub(crate) fn read_snapshot(
             ));
         }
         let op = match op {
-            Entry::Op(Op::Delete { .. }) if header.kind == SnapshotKind::Full => {
+            Entry::Op(Op::Delete { .. }) if full => {
                 return Err(corruption(path, offset, "a deletion in a full snapshot"));
+            }
+            Entry::Op(Op::Clear) if full || entries > 0 => {
+                return Err(corruption(
+                    path,
+                    offset,
+                    "a clear that is not the first entry of an incremental snapshot",
+                ));
             }
             Entry::Op(op) => op,
             Entry::Batch(_) => return Err(corruption(path, offset, "a batch in a snapshot")),
@@ -231,21 +297,50 @@ pub(crate) fn read_snapshot(
     Ok(())
 }
 
-/// Applies one logged operation (`value` `None`: a deletion). A key already
-/// present keeps its allocations: rewriting a hot key a million times
-/// allocates once.
-fn apply(state: &mut NetState, seq: Seq, key: &[u8], value: Option<&[u8]>) {
-    let Some(slot) = state.get_mut(key) else {
-        state.insert(key.to_vec(), (seq, value.map(<[u8]>::to_vec)));
-        return;
-    };
-    slot.0 = seq;
-    match (&mut slot.1, value) {
-        (Some(old), Some(new)) => {
-            old.clear();
-            old.extend_from_slice(new);
+/// A net state being built from the log.
+#[derive(Debug, Default)]
+struct Building {
+    state: NetState,
+    /// The last clear applied: every key changed before it is gone, those
+    /// a snapshot building on an older one does not hold included.
+    cleared: Option<Seq>,
+}
+
+impl Building {
+    /// Applies one logged operation. A key already present keeps its
+    /// allocations: rewriting a hot key a million times allocates once.
+    fn apply(&mut self, seq: Seq, change: Change<'_>) {
+        let (key, value, expires_at) = match change {
+            Change::Put {
+                key,
+                value,
+                expires_at,
+            } => (key, Some(value), expires_at),
+            Change::Delete { key } => (key, None, None),
+            Change::Clear => {
+                self.state.clear();
+                self.cleared = Some(seq);
+                return;
+            }
+        };
+        let Some(net) = self.state.get_mut(key) else {
+            let net = Net {
+                seq,
+                value: value.map(<[u8]>::to_vec),
+                expires_at,
+            };
+            self.state.insert(key.to_vec(), net);
+            return;
+        };
+        net.seq = seq;
+        net.expires_at = expires_at;
+        match (&mut net.value, value) {
+            (Some(old), Some(new)) => {
+                old.clear();
+                old.extend_from_slice(new);
+            }
+            (old, new) => *old = new.map(<[u8]>::to_vec),
         }
-        (old, new) => *old = new.map(<[u8]>::to_vec),
     }
 }
 
@@ -267,7 +362,7 @@ fn apply_log(
     segments: &[u64],
     after: Seq,
     upto: Seq,
-    state: &mut NetState,
+    state: &mut Building,
 ) -> Result<LogRead> {
     let mut read = LogRead::default();
     let mut expected = after + 1;
@@ -306,8 +401,8 @@ fn apply_log(
                     ));
                     return Ok(ControlFlow::Break(()));
                 }
-                let applied = for_each_op(payload, |key, value| {
-                    apply(state, seq, key, value);
+                let applied = for_each_op(payload, |change| {
+                    state.apply(seq, change);
                     read.ops += 1;
                 });
                 if let Err(reason) = applied {
@@ -343,6 +438,8 @@ fn apply_log(
 pub(crate) struct Built {
     pub header: SnapshotHeader,
     state: NetState,
+    /// The clear an incremental snapshot starts with, if its range has one.
+    cleared: Option<Seq>,
     /// The chain it was built on (empty for an incremental snapshot).
     pub chain: Vec<SnapshotHeader>,
     /// What was read from the log after the chain.
@@ -361,7 +458,7 @@ impl Built {
             .max(self.chain.last().map_or(0, |s| s.to_seq));
         self.state
             .values()
-            .filter(|(seq, value)| *seq > after && value.is_some())
+            .filter(|net| net.seq > after && net.value.is_some())
             .count() as u64
     }
 }
@@ -388,25 +485,37 @@ pub(crate) fn build_snapshot(
         return Ok(None);
     }
     let segments = manifest.segments();
-    let (from_seq, mut state, chain) = match kind {
+    let (from_seq, state, chain) = match kind {
         SnapshotKind::Full => {
             let loaded = load_chain(fs, config, &listed)?;
             (0, loaded.state, loaded.chain)
         }
         SnapshotKind::Incremental => (covered, NetState::default(), Vec::new()),
     };
-    let log = apply_log(fs, config, &segments, covered, upto, &mut state)?;
-    if kind == SnapshotKind::Full {
-        state.retain(|_, (_, value)| value.is_some());
-    }
+    let mut building = Building {
+        state,
+        cleared: None,
+    };
+    let log = apply_log(fs, config, &segments, covered, upto, &mut building)?;
+    let Building { mut state, cleared } = building;
+    let cleared = match kind {
+        SnapshotKind::Full => {
+            let now = now_ms();
+            state.retain(|_, net| net.is_live(now));
+            // A full snapshot is the whole state: a clear needs no entry.
+            None
+        }
+        SnapshotKind::Incremental => cleared,
+    };
     Ok(Some(Built {
         header: SnapshotHeader {
             kind,
             from_seq,
             to_seq: upto,
-            entries: state.len() as u64,
+            entries: state.len() as u64 + u64::from(cleared.is_some()),
         },
         state,
+        cleared,
         chain,
         log,
         listed,
@@ -425,11 +534,12 @@ pub(crate) fn publish_snapshot(
     let Built {
         header,
         state,
+        cleared,
         listed,
         segments,
         ..
     } = built;
-    write_snapshot(fs, config, &header, state)?;
+    write_snapshot(fs, config, &header, cleared, state)?;
     let obsolete = obsolete_snapshots(&listed, header.kind, config.snapshot.keep);
     let covered_segments = covered_segments(fs, &config.data_dir, &segments, header.to_seq)?;
     let retired = manifest.add_snapshot(header, &covered_segments, &obsolete)?;
@@ -504,6 +614,7 @@ fn write_snapshot(
     fs: &dyn FileSystem,
     config: &Config,
     header: &SnapshotHeader,
+    cleared: Option<Seq>,
     state: NetState,
 ) -> Result<()> {
     let dir = config.data_dir.as_path();
@@ -527,19 +638,19 @@ fn write_snapshot(
     let mut pacer = Pacer::new(config.maintenance.write_bytes_per_sec);
     let mut chunk = Vec::with_capacity(WRITEBACK_CHUNK_BYTES * 2);
     chunk.extend_from_slice(&header.encode());
+    if let Some(seq) = cleared {
+        encode_record(seq, &Entry::Op(Op::Clear), &mut chunk);
+    }
     let mut offset = 0u64;
     let mut previous: Option<(u64, u64)> = None;
     let mut entries = entries.into_iter().peekable();
     while entries.peek().is_some() || !chunk.is_empty() {
         while chunk.len() < WRITEBACK_CHUNK_BYTES {
-            let Some((key, (seq, value))) = entries.next() else {
+            let Some((key, net)) = entries.next() else {
                 break;
             };
-            let op = match value {
-                Some(value) => Op::Set { key, value },
-                None => Op::Delete { key },
-            };
-            encode_record(seq, &Entry::Op(op), &mut chunk);
+            let seq = net.seq;
+            encode_record(seq, &Entry::Op(net.into_op(key)), &mut chunk);
         }
         file.write_at(&chunk, offset)
             .map_err(|e| Error::io("write snapshot", &temp, e))?;

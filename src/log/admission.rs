@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::entry::Entry;
+use crate::entry::{Entry, Op};
 use crate::stats::WalCounters;
 
 /// Bytes counted per operation besides its key and value: the varint
@@ -25,20 +25,25 @@ pub(crate) const OP_OVERHEAD_BYTES: u64 = 21;
 /// Bytes counted per record besides its operations: the batch header.
 pub(crate) const RECORD_OVERHEAD_BYTES: u64 = 16;
 
+/// Bytes counted for a deadline: a varint of up to 9 bytes.
+const DEADLINE_BYTES: u64 = 9;
+
+/// The bytes one operation is counted for: its key and value plus at most
+/// what its encoding adds, never less than it encodes to.
+pub(crate) fn op_bytes(op: &Op) -> u64 {
+    let key = op.key().map_or(0, <[u8]>::len) as u64;
+    let value = op.value().map_or(0, <[u8]>::len) as u64;
+    let deadline = match op {
+        Op::SetExpiring { .. } => DEADLINE_BYTES,
+        Op::Set { .. } | Op::Delete { .. } | Op::Clear => 0,
+    };
+    key + value + deadline + OP_OVERHEAD_BYTES
+}
+
 /// The bytes an entry is admitted for: its keys and values plus the
 /// encoding's overhead (close to its encoded size, cheap to compute).
 pub(crate) fn estimated_bytes(entry: &Entry) -> u64 {
-    entry
-        .ops()
-        .iter()
-        .map(|op| {
-            let value = match op {
-                crate::entry::Op::Set { value, .. } => value.len() as u64,
-                crate::entry::Op::Delete { .. } => 0,
-            };
-            op.key().len() as u64 + value + OP_OVERHEAD_BYTES
-        })
-        .sum::<u64>()
+    entry.ops().iter().map(op_bytes).sum::<u64>()
         + match entry {
             // A log's payload has no operations: its bytes are all of it.
             Entry::Raw(payload) => payload.len() as u64,

@@ -29,7 +29,7 @@ use crate::lifecycle::snapshot::load_base;
 use crate::log::reader::FrameReader;
 use crate::log::scan::{self, End, Start};
 use crate::log::sync_failure;
-use crate::state::{apply_entry, Tree};
+use crate::state::Tree;
 
 /// What recovery found. The state itself goes straight into the store's
 /// [`State`](crate::State), and each replayed record to the caller of
@@ -213,7 +213,7 @@ pub(crate) fn recover(
             if seq > base_seq && seq <= cap {
                 let record = Record { seq, entry };
                 on_record(&record);
-                apply_entry(&mut state, record.entry);
+                state.apply_entry(&record.entry);
                 *replayed += 1;
             }
         })
@@ -247,7 +247,7 @@ pub(crate) fn recover(
         tracing::error!(%skipped, "skipped a damaged region (recovery_mode = skip_corrupt)");
     }
     recovery.last_seq = expected.map_or(0, |next| next - 1).max(recovery.base_seq);
-    recovery.keys = state.len();
+    recovery.keys = state.live_len();
     recovery.elapsed = started_at.elapsed();
     Ok(RecoveredLog {
         recovery,

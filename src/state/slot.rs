@@ -17,7 +17,7 @@
 use std::cell::UnsafeCell;
 use std::cmp::Ordering;
 
-use super::Tree;
+use super::Slots;
 
 /// A key-value pair; ordered by key, bytewise.
 pub(crate) struct Slot {
@@ -75,7 +75,7 @@ impl Slot {
 
 /// Sets `key`'s value to `value` in place if `key` is in `tree`; `false`
 /// (and nothing changed) if it is not.
-pub(crate) fn overwrite(tree: &mut Tree, key: &Slot, value: &[u8]) -> bool {
+pub(crate) fn overwrite(tree: &mut Slots, key: &Slot, value: &[u8]) -> bool {
     let Some(slot) = tree.get(key) else {
         return false;
     };
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn overwrites_keep_the_key_whatever_the_new_value_length() {
-        let mut tree: Tree = [Slot::new(b"a", b"1"), Slot::new(b"key", b"old")]
+        let mut tree: Slots = [Slot::new(b"a", b"1"), Slot::new(b"key", b"old")]
             .into_iter()
             .collect();
         for value in [&b"new"[..], b"", b"a much longer value than before", b"xyz"] {

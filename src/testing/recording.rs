@@ -8,11 +8,12 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::entry::{Op, Record, Seq};
+use crate::entry::{Record, Seq};
 use crate::error::Result;
 use crate::fs::{FileSystem, RealFs};
 use crate::lifecycle::snapshot::load_base;
 use crate::log::recovery::Recovery;
+use crate::testing::{apply_to, now_ms, visible, Keyspace};
 use crate::{Config, Store};
 
 /// What recovery replayed, kept whole (which the store itself never does).
@@ -20,8 +21,8 @@ use crate::{Config, Store};
 pub struct Recorded {
     /// The open's own report.
     pub recovery: Recovery,
-    /// Every live key at `base_seq`, from the snapshots.
-    pub base: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Every key at `base_seq`, from the snapshots, with its deadline.
+    pub base: Keyspace,
     /// Every record replayed after the snapshots, in sequence order.
     pub records: Vec<Record>,
 }
@@ -35,22 +36,22 @@ impl Deref for Recorded {
 }
 
 impl Recorded {
-    /// The key-value state recovery describes: `base` with `records` applied.
-    pub fn state(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    /// The key-value state recovery describes: `base` with `records`
+    /// applied, each key with its deadline, expired keys included.
+    pub fn keyspace(&self) -> Keyspace {
         let mut state = self.base.clone();
         for record in &self.records {
-            for op in record.entry.ops() {
-                match op {
-                    Op::Set { key, value } => {
-                        state.insert(key.clone(), value.clone());
-                    }
-                    Op::Delete { key } => {
-                        state.remove(key);
-                    }
-                }
-            }
+            apply_to(&mut state, &record.entry);
         }
         state
+    }
+
+    /// The keys a read sees now, and their values.
+    pub fn state(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        visible(&self.keyspace(), now_ms())
+            .into_iter()
+            .map(|(key, (value, _))| (key, value))
+            .collect()
     }
 }
 
@@ -90,8 +91,8 @@ pub async fn open_recording_with_fs(
         recovery,
         base: base
             .state
-            .into_iter()
-            .map(|slot| (slot.key().to_vec(), slot.value().to_vec()))
+            .pairs()
+            .map(|(k, v, at)| (k.to_vec(), (v.to_vec(), at)))
             .collect(),
         records,
     };
@@ -100,9 +101,9 @@ pub async fn open_recording_with_fs(
 }
 
 fn check_state(store: &Store, recorded: &Recorded) {
-    let expected = recorded.state();
+    let expected = recorded.keyspace();
     let state = store.state();
-    let found: BTreeMap<Vec<u8>, Vec<u8>> = state.iter().collect();
+    let found = state.dump();
     if found != expected {
         let differing = expected
             .iter()

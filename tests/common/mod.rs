@@ -81,12 +81,13 @@ pub fn state(records: &[Record]) -> HashMap<Vec<u8>, Vec<u8>> {
     for record in records {
         for op in record.entry.ops() {
             match op {
-                Op::Set { key, value } => {
+                Op::Set { key, value } | Op::SetExpiring { key, value, .. } => {
                     map.insert(key.clone(), value.clone());
                 }
                 Op::Delete { key } => {
                     map.remove(key);
                 }
+                Op::Clear => map.clear(),
             }
         }
     }

@@ -662,7 +662,7 @@ pub fn run_read(opts: &ReadBenchOptions) -> Result<ReadBenchReport> {
             for record in reader.read(1..=last)? {
                 count += 1;
                 for op in record?.entry.ops() {
-                    bytes += op.key().len() as u64;
+                    bytes += op.key().map_or(0, <[u8]>::len) as u64;
                     if let concordkv::Op::Set { value, .. } = op {
                         bytes += value.len() as u64;
                     }

@@ -611,3 +611,86 @@ fn a_transaction_queues_no_more_than_one_record_holds() {
     assert_eq!(raw.call(&["SET", "k0", &value]), queued());
     assert_eq!(raw.call(&["EXEC"]), BytesFrame::Array(vec![ok()]));
 }
+
+/// The value of `field` in `INFO`'s reply.
+fn info_field(c: &mut redis::Connection, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO").query(c).expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .map(str::to_owned)
+}
+
+#[test]
+fn deadlines_and_flushes_survive_kill_9_and_expired_keys_are_deleted_in_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server, "resp3");
+    let _: () = c.set("before", "x").expect("SET");
+    // A flush inside a transaction: one record, the keys after it stay.
+    let (_, _, _): ((), (), ()) = redis::pipe()
+        .atomic()
+        .set("in-tx", "x")
+        .cmd("FLUSHDB")
+        .set_ex("after", "y", 1000)
+        .query(&mut c)
+        .expect("MULTI SET FLUSHDB SET EX EXEC");
+    let _: () = c.set_ex("long", "v", 1000).expect("SET EX");
+    let _: () = redis::cmd("SET")
+        .arg("short")
+        .arg("v")
+        .arg("PX")
+        .arg(300)
+        .query(&mut c)
+        .expect("SET PX");
+    let _: () = c.set("plain", "v").expect("SET");
+    let _: bool = c.expire("plain", 2000).expect("EXPIRE");
+    let _: bool = c.persist("plain").expect("PERSIST");
+    let _: () = c.set_ex("n", 5, 1000).expect("SET EX");
+    let n: i64 = c.incr("n", 1).expect("INCR keeps the deadline");
+    assert_eq!(n, 6);
+    server.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server, "resp2");
+    let get = |c: &mut redis::Connection, k: &str| -> Option<String> { c.get(k).expect("GET") };
+    assert_eq!(get(&mut c, "before"), None, "flushed");
+    assert_eq!(get(&mut c, "in-tx"), None, "flushed in its transaction");
+    assert_eq!(get(&mut c, "after"), Some("y".into()));
+    assert_eq!(
+        get(&mut c, "short"),
+        None,
+        "expired while the server was down"
+    );
+    let ttl: i64 = c.ttl("long").expect("TTL");
+    assert!((990..=1000).contains(&ttl), "TTL long = {ttl}");
+    let ttl: i64 = c.ttl("after").expect("TTL");
+    assert!((990..=1000).contains(&ttl), "TTL after = {ttl}");
+    let ttl: i64 = c.ttl("plain").expect("TTL");
+    assert_eq!(ttl, -1, "PERSIST survived");
+    let ttl: i64 = c.ttl("n").expect("TTL");
+    assert!((990..=1000).contains(&ttl), "TTL n = {ttl}");
+    assert_eq!(get(&mut c, "n"), Some("6".into()));
+    let size: i64 = redis::cmd("DBSIZE").query(&mut c).expect("DBSIZE");
+    assert_eq!(size, 4);
+    // The expired key is deleted by a logged record soon after the start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while info_field(&mut c, "expired_keys").as_deref() != Some("1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired_keys is {:?}",
+            info_field(&mut c, "expired_keys")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let last: String = info_field(&mut c, "wal_last_seq").expect("wal_last_seq");
+    drop(c);
+    server.kill9();
+    // After another restart nothing is left to delete: the deletion was
+    // replayed, and the log did not grow.
+    let server = Server::start(dir.path(), &[]);
+    let mut c = connect(&server, "resp2");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(info_field(&mut c, "expired_keys").as_deref(), Some("0"));
+    assert_eq!(info_field(&mut c, "wal_last_seq"), Some(last));
+}

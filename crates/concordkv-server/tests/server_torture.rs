@@ -138,8 +138,17 @@ fn client(
                 match rng.random_range(0..100) {
                     0..35 => {
                         let (key, v) = (pick(&mut rng), value());
-                        out.extend(encode(&[b"SET", key.as_bytes(), &v]));
-                        models.entry(key.clone()).or_default().writes.push(Some(v));
+                        // A deadline far ahead must survive every restart;
+                        // one already past deletes the key.
+                        let (deadline, written): (&[&[u8]], _) = match rng.random_range(0..6) {
+                            0 => (&[b"EX", b"86400"], Some(v.clone())),
+                            1 => (&[b"PXAT", b"1"], None),
+                            _ => (&[], Some(v.clone())),
+                        };
+                        let mut args: Vec<&[u8]> = vec![b"SET", key.as_bytes(), &v];
+                        args.extend_from_slice(deadline);
+                        out.extend(encode(&args));
+                        models.entry(key.clone()).or_default().writes.push(written);
                         sent.push(Sent::Write {
                             keys: vec![key],
                             reply: BytesFrame::SimpleString("OK".into()),

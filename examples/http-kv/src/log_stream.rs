@@ -34,8 +34,17 @@ struct Line {
 #[derive(Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum LineOp {
-    Set { key: String, value: String },
-    Delete { key: String },
+    Set {
+        key: String,
+        value: String,
+        /// Milliseconds since the Unix epoch, for a key that expires.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
+    Clear,
 }
 
 pub async fn log(
@@ -93,8 +102,19 @@ fn line(record: &Record) -> Bytes {
             Op::Set { key, value } => LineOp::Set {
                 key: text(key),
                 value: text(value),
+                expires_at: None,
+            },
+            Op::SetExpiring {
+                key,
+                value,
+                expires_at,
+            } => LineOp::Set {
+                key: text(key),
+                value: text(value),
+                expires_at: Some(*expires_at),
             },
             Op::Delete { key } => LineOp::Delete { key: text(key) },
+            Op::Clear => LineOp::Clear,
         })
         .collect();
     json_line(&Line {

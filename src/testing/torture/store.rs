@@ -47,9 +47,14 @@ use crate::error::Error;
 use crate::store::Store;
 use crate::testing::recording::{open_recording_with_fs, Recorded as Recovery};
 use crate::testing::sim_fs::SimFs;
+use crate::testing::{apply_to, Keyspace};
 
 /// Keys are drawn from this many, so operations overwrite and delete each other.
 const KEYS: u64 = 40;
+
+/// A deadline the workload sets that no run reaches: 2100-01-01, in
+/// milliseconds since the Unix epoch.
+const FAR_AHEAD_MS: u64 = 4_102_444_800_000;
 /// Steps the prefix search may take before it gives up (see [`PrefixSearch`]).
 const SEARCH_BUDGET: u64 = 200_000;
 
@@ -100,7 +105,7 @@ struct Submitted {
 /// was submitted since.
 #[derive(Debug, Default)]
 struct Model {
-    state: BTreeMap<Vec<u8>, Vec<u8>>,
+    state: Keyspace,
     /// The last sequence number recovered at the last open.
     recovered_seq: Seq,
     /// The records after the snapshots that the last open returned.
@@ -163,7 +168,7 @@ impl Model {
                 }
                 apply(&mut state, &record.entry);
             }
-            if state != self.state {
+            if visible(&state) != visible(&self.state) {
                 return Err(format!(
                     "the state at {} differs from what was recovered before ({} keys, expected {})",
                     self.recovered_seq,
@@ -356,7 +361,7 @@ impl<'a> PrefixSearch<'a> {
         for &at in chosen.iter().chain(std::iter::once(&pos)) {
             apply(&mut state, &self.subs[at].entry);
         }
-        state == self.recovery.base
+        visible(&state) == visible(&self.recovery.base)
     }
 
     /// Why no prefix fits: the first record no submission can be.
@@ -414,7 +419,8 @@ fn check_live_state(store: &Store, model: &Model) -> Result<(), String> {
     for (_, entry) in &acked {
         apply(&mut expected, entry);
     }
-    let found: BTreeMap<Vec<u8>, Vec<u8>> = store.state().iter().collect();
+    let found = visible(&store.state().dump());
+    let expected = visible(&expected);
     if found == expected {
         return Ok(());
     }
@@ -431,17 +437,16 @@ fn check_live_state(store: &Store, model: &Model) -> Result<(), String> {
     ))
 }
 
-fn apply(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, entry: &Entry) {
-    for op in entry.ops() {
-        match op {
-            Op::Set { key, value } => {
-                state.insert(key.clone(), value.clone());
-            }
-            Op::Delete { key } => {
-                state.remove(key);
-            }
-        }
-    }
+fn apply(state: &mut Keyspace, entry: &Entry) {
+    apply_to(state, entry);
+}
+
+/// The keys a read sees. The workload's deadlines are either long past or
+/// far ahead (see [`EntryMaker::op`]), so what a read sees never depends on
+/// when the check runs, while a full snapshot may leave the expired keys
+/// out.
+fn visible(state: &Keyspace) -> Keyspace {
+    crate::testing::visible(state, crate::testing::now_ms())
 }
 /// the values and sizes that recovery must not misjudge.
 struct EntryMaker {
@@ -510,16 +515,31 @@ impl EntryMaker {
         value
     }
 
+    /// A deletion, a set, a set with a deadline (long past: the key must
+    /// stay invisible through every recovery; or far ahead: its deadline
+    /// must survive them), or, rarely, a clear of every key.
     fn op(&mut self) -> Op {
         self.counter += 1;
+        if self.rng.random_bool(0.005) {
+            return Op::Clear;
+        }
         let key = self.key();
-        if self.rng.random_bool(0.25) {
-            Op::Delete { key }
-        } else {
-            Op::Set {
+        match self.rng.random_range(0..20) {
+            0..=4 => Op::Delete { key },
+            5 => Op::SetExpiring {
                 key,
                 value: self.value(None),
-            }
+                expires_at: self.rng.random_range(1..1_000_000),
+            },
+            6 => Op::SetExpiring {
+                key,
+                value: self.value(None),
+                expires_at: FAR_AHEAD_MS + self.rng.random_range(0..1_000_000),
+            },
+            _ => Op::Set {
+                key,
+                value: self.value(None),
+            },
         }
     }
 
@@ -632,7 +652,7 @@ async fn run_cycle(
         .entry(format!("{:?}", config.wal.sync_mode).to_lowercase())
         .or_default() += 1;
     *model = Model {
-        state: recovery.state(),
+        state: recovery.keyspace(),
         recovered_seq: recovery.last_seq,
         records: recovery
             .records

@@ -5,7 +5,7 @@
 //! (see [`crate::server::cmd::reads_state`]); read-modify-write commands
 //! also see every client's writes still in flight (see [`InFlight`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ops::Bound;
 use std::rc::Rc;
@@ -13,7 +13,8 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::server::cursors::Cursors;
-use crate::server::in_flight::{InFlight, Tracked};
+use crate::server::expiry::now_ms;
+use crate::server::in_flight::{InFlight, Stored, Tracked};
 use crate::server::watch::Watches;
 use concordkv::{Admission, Result};
 use concordkv::{Entry, Op};
@@ -21,8 +22,14 @@ use concordkv::{State, Store};
 
 /// The newest values a command plans from.
 pub trait View {
-    /// The value of `key`, or `None` if it is not set.
-    fn latest(&self, key: &[u8]) -> Option<Bytes>;
+    /// The value and deadline of `key`, or `None` if it is not set or has
+    /// expired.
+    fn entry(&self, key: &[u8]) -> Option<Stored>;
+
+    /// The value of `key`, or `None` if it is not set or has expired.
+    fn latest(&self, key: &[u8]) -> Option<Bytes> {
+        self.entry(key).map(|stored| stored.value)
+    }
 }
 
 /// The store, a handle on its state, the writes in flight and the watched
@@ -33,11 +40,17 @@ pub struct Db {
     in_flight: Rc<InFlight>,
     watches: Rc<Watches>,
     cursors: RefCell<Cursors>,
+    /// Expired keys whose deletion the log acknowledged (`INFO`'s
+    /// `expired_keys`).
+    expired: Cell<u64>,
 }
 
 impl View for Db {
-    fn latest(&self, key: &[u8]) -> Option<Bytes> {
-        Db::latest(self, key)
+    fn entry(&self, key: &[u8]) -> Option<Stored> {
+        match self.in_flight(key) {
+            Some(latest) => latest.filter(|stored| stored.is_live(now_ms())),
+            None => self.acknowledged(key),
+        }
     }
 }
 
@@ -52,6 +65,7 @@ impl Db {
             in_flight: Rc::default(),
             watches: Rc::default(),
             cursors: RefCell::default(),
+            expired: Cell::new(0),
         }
     }
 
@@ -70,19 +84,35 @@ impl Db {
         self.state.get_with(key, Bytes::copy_from_slice)
     }
 
-    /// The newest value of `key`, counting writes still in flight: what a
-    /// read-modify-write command computes from.
-    pub fn latest(&self, key: &[u8]) -> Option<Bytes> {
-        match self.in_flight(key) {
-            Some(latest) => latest,
-            None => self.get(key),
-        }
+    /// The acknowledged value of `key` and its deadline.
+    pub fn acknowledged(&self, key: &[u8]) -> Option<Stored> {
+        self.state.entry_with(key, |value, expires_at| Stored {
+            value: Bytes::copy_from_slice(value),
+            expires_at,
+        })
     }
 
     /// The newest value of `key` among writes still in flight: `None` if
-    /// none writes it, `Some(None)` if the newest deletes it.
-    pub fn in_flight(&self, key: &[u8]) -> Option<Option<Bytes>> {
+    /// none writes it, `Some(None)` if the newest deletes it (or a clear
+    /// in flight does).
+    pub fn in_flight(&self, key: &[u8]) -> Option<Option<Stored>> {
         self.in_flight.latest(key)
+    }
+
+    /// Counts `n` more expired keys deleted.
+    pub fn count_expired(&self, n: u64) {
+        self.expired.set(self.expired.get() + n);
+    }
+
+    /// Expired keys deleted since the server started.
+    pub fn expired(&self) -> u64 {
+        self.expired.get()
+    }
+
+    /// Up to `limit` acknowledged keys past their deadline that the state
+    /// still holds.
+    pub fn expired_keys(&self, limit: usize) -> Vec<Vec<u8>> {
+        self.state.expired_keys(limit)
     }
 
     /// Acknowledged keys in order, from just after `after` (or the first),

@@ -9,7 +9,7 @@
 //! nothing runs in between), and such commands read here first. A key
 //! leaves once its last write in flight is answered, acknowledged or not:
 //! the state then shows the acknowledged value (and a refused write left
-//! nothing to show).
+//! nothing to show). A `FLUSHDB` in flight hides every key it clears.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,10 +22,28 @@ use bytes::Bytes;
 
 use concordkv::{Op, Pending, Result, Seq};
 
+/// A key's value and deadline (milliseconds since the Unix epoch), as the
+/// server plans from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub value: Bytes,
+    pub expires_at: Option<u64>,
+}
+
+impl Stored {
+    /// Whether a read at `now` still sees it.
+    pub fn is_live(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
 /// The newest queued value per key.
 #[derive(Default)]
 pub struct InFlight {
     keys: RefCell<HashMap<Bytes, Latest>>,
+    /// Clears (`FLUSHDB`) in flight: until they are answered, a key no
+    /// later write in flight sets reads as deleted.
+    clears: RefCell<u32>,
     /// Writes whose client left before they were answered: their keys stay
     /// in flight until the log answers, checked at each lookup.
     orphans: RefCell<Vec<(Pending, Release)>>,
@@ -33,7 +51,7 @@ pub struct InFlight {
 
 struct Latest {
     /// `None`: deleted.
-    value: Option<Bytes>,
+    value: Option<Stored>,
     /// Writes of this key in flight.
     writes: u32,
 }
@@ -41,9 +59,13 @@ struct Latest {
 impl InFlight {
     /// The newest queued value of `key`: `None` if no write of it is in
     /// flight, `Some(None)` if the newest deletes it.
-    pub fn latest(&self, key: &[u8]) -> Option<Option<Bytes>> {
+    pub fn latest(&self, key: &[u8]) -> Option<Option<Stored>> {
         self.reap_orphans();
-        self.keys.borrow().get(key).map(|l| l.value.clone())
+        match self.keys.borrow().get(key) {
+            Some(latest) => Some(latest.value.clone()),
+            None if *self.clears.borrow() > 0 => Some(None),
+            None => None,
+        }
     }
 
     /// Forgets the keys of orphaned writes the log has answered.
@@ -75,10 +97,27 @@ impl InFlight {
         self.reap_orphans();
         let mut keys = self.keys.borrow_mut();
         let mut touched = Vec::with_capacity(ops.len());
+        let mut clears = 0;
         for op in ops {
+            let stored = |value: &[u8], expires_at| Stored {
+                value: Bytes::copy_from_slice(value),
+                expires_at,
+            };
             let (key, value) = match op {
-                Op::Set { key, value } => (key, Some(Bytes::copy_from_slice(value))),
+                Op::Set { key, value } => (key, Some(stored(value, None))),
+                Op::SetExpiring {
+                    key,
+                    value,
+                    expires_at,
+                } => (key, Some(stored(value, Some(*expires_at)))),
                 Op::Delete { key } => (key, None),
+                Op::Clear => {
+                    clears += 1;
+                    for latest in keys.values_mut() {
+                        latest.value = None;
+                    }
+                    continue;
+                }
             };
             let key = Bytes::copy_from_slice(key);
             let latest = keys.entry(key.clone()).or_insert(Latest {
@@ -89,13 +128,16 @@ impl InFlight {
             latest.writes += 1;
             touched.push(key);
         }
+        *self.clears.borrow_mut() += clears;
         Release {
             in_flight: Rc::clone(self),
             keys: touched,
+            clears,
         }
     }
 
-    fn release(&self, touched: &[Bytes]) {
+    fn release(&self, touched: &[Bytes], clears: u32) {
+        *self.clears.borrow_mut() -= clears;
         let mut keys = self.keys.borrow_mut();
         for key in touched {
             if let Some(latest) = keys.get_mut(key) {
@@ -114,7 +156,7 @@ impl InFlight {
 
     /// Whether no write is in flight.
     pub fn is_empty(&self) -> bool {
-        self.keys.borrow().is_empty()
+        self.keys.borrow().is_empty() && *self.clears.borrow() == 0
     }
 }
 
@@ -122,11 +164,12 @@ impl InFlight {
 pub struct Release {
     in_flight: Rc<InFlight>,
     keys: Vec<Bytes>,
+    clears: u32,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        self.in_flight.release(&self.keys);
+        self.in_flight.release(&self.keys, self.clears);
     }
 }
 
@@ -188,12 +231,43 @@ mod tests {
         assert_eq!(in_flight.latest(b"a"), None);
         let first = in_flight.record(&[set("a", "1"), set("b", "1")]);
         let second = in_flight.record(&[Op::Delete { key: "a".into() }]);
+        let one = Stored {
+            value: Bytes::from("1"),
+            expires_at: None,
+        };
         assert_eq!(in_flight.latest(b"a"), Some(None));
-        assert_eq!(in_flight.latest(b"b"), Some(Some(Bytes::from("1"))));
+        assert_eq!(in_flight.latest(b"b"), Some(Some(one)));
         drop(first);
         assert_eq!(in_flight.latest(b"a"), Some(None));
         assert_eq!(in_flight.latest(b"b"), None);
         drop(second);
+        assert!(in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_clear_in_flight_hides_every_key_but_those_written_after_it() {
+        let in_flight = Rc::new(InFlight::default());
+        let before = in_flight.record(&[set("a", "1")]);
+        let clear = in_flight.record(&[Op::Clear, set("b", "2")]);
+        let after = in_flight.record(&[Op::SetExpiring {
+            key: "c".into(),
+            value: "3".into(),
+            expires_at: 7,
+        }]);
+        assert_eq!(in_flight.latest(b"a"), Some(None));
+        assert_eq!(in_flight.latest(b"elsewhere"), Some(None));
+        assert_eq!(
+            in_flight.latest(b"b").flatten().map(|s| s.value),
+            Some(Bytes::from("2"))
+        );
+        assert_eq!(
+            in_flight.latest(b"c").flatten().and_then(|s| s.expires_at),
+            Some(7)
+        );
+        drop(before);
+        drop(clear);
+        assert_eq!(in_flight.latest(b"elsewhere"), None);
+        drop(after);
         assert!(in_flight.is_empty());
     }
 }

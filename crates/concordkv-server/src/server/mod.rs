@@ -18,6 +18,7 @@ pub mod connection;
 pub mod cross_protocol;
 pub mod cursors;
 pub mod db;
+pub mod expiry;
 pub mod frame;
 pub mod in_flight;
 pub mod pattern;
@@ -87,6 +88,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         "recovered the log"
     );
     let db = Rc::new(Db::new(store.clone()));
+    let purge = actix_rt::spawn(expiry::purge_expired(Rc::clone(&db)));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), sync_mode = %config.wal.sync_mode, "serving RESP");
 
     protected_mode::warn_if_exposed(&config.server, addr);
@@ -150,6 +152,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!("shutting down: draining and syncing acknowledged writes");
     drop(listener);
+    purge.abort();
     store.shutdown().await?;
     tracing::info!("shut down cleanly");
     Ok(())

@@ -32,8 +32,14 @@ impl Watches {
             return;
         }
         for op in ops {
-            if let Some(watched) = keys.get_mut(op.key()) {
-                watched.version += 1;
+            match op.key() {
+                Some(key) => {
+                    if let Some(watched) = keys.get_mut(key) {
+                        watched.version += 1;
+                    }
+                }
+                // A clear writes every key.
+                None => keys.values_mut().for_each(|watched| watched.version += 1),
             }
         }
     }

@@ -13,13 +13,15 @@ with repr so a bulk string never reads like a client-side str), or
 
 To add a call, append a step to STEPS: (description, function of the
 client). Steps run in order on one client, so each sees what the earlier
-ones wrote. Leave out what legitimately differs between the servers
-(MULTI/EXEC, SCAN/KEYS, TTLs, FLUSH*, INFO, CLIENT ID/INFO, SELECT of a
-database other than 0).
+ones wrote. Leave out what legitimately differs between the servers (INFO,
+CLIENT ID/INFO, SELECT of a database other than 0, the order SCAN and KEYS
+return keys in: sort them; times to live to the millisecond: compare them
+with bounds).
 """
 
 import json
 import sys
+import time
 
 import redis
 
@@ -62,6 +64,107 @@ def pipeline(r):
     p.get("p")
     return p.execute(raise_on_error=False)
 
+
+def transaction(r):
+    """redis-py's default pipeline: MULTI/EXEC, one reply per command."""
+    p = r.pipeline()
+    p.set("tx", "1")
+    p.incr("tx")
+    p.append("tx", "0")
+    p.get("tx")
+    p.mget("tx", "missing")
+    p.delete("tx")
+    p.exists("tx")
+    return p.execute()
+
+
+def transaction_with_a_runtime_error(r):
+    """A command that fails as it runs fails alone; the others still apply."""
+    p = r.pipeline()
+    p.set("txe", "text")
+    p.incr("txe")
+    p.set("txe2", "after")
+    return p.execute(raise_on_error=False)
+
+
+def transaction_with_a_queueing_error(r):
+    """A command refused while queued discards the whole transaction."""
+    p = r.pipeline()
+    p.set("txq", "never")
+    p.execute_command("INCRBY", "txq")
+    try:
+        return p.execute()
+    except redis.exceptions.RedisError as e:
+        return [failure(e), r.exists("txq")]
+
+
+def watched_transaction(r):
+    """WATCH, then another client's write: EXEC answers nil (WatchError)."""
+    other = redis.Redis(host=r.connection_pool.connection_kwargs["host"],
+                        port=r.connection_pool.connection_kwargs["port"])
+    with r.pipeline() as p:
+        p.watch("w")
+        current = p.get("w")
+        other.set("w", "theirs")
+        p.multi()
+        p.set("w", "mine")
+        try:
+            p.execute()
+            outcome = "ran"
+        except redis.exceptions.WatchError:
+            outcome = "aborted"
+    other.close()
+    return [current, outcome, r.get("w")]
+
+
+def transaction_function(r):
+    """redis-py's optimistic-locking helper, retried on WatchError."""
+    r.set("balance", 10)
+
+    def spend(pipe):
+        balance = int(pipe.get("balance"))
+        pipe.multi()
+        pipe.set("balance", balance - 3)
+
+    r.transaction(spend, "balance")
+    return r.get("balance")
+
+
+def scan_all(r):
+    r.mset({f"scan:{i:03}": i for i in range(250)})
+    keys = sorted(r.scan_iter(match="scan:*", count=40))
+    return [len(keys), keys[0], keys[-1], sorted(r.keys("scan:1?0"))]
+
+
+def ttl_within(r, key, low, high):
+    ttl = r.ttl(key)
+    return ttl if ttl < 0 else low <= ttl <= high
+
+
+def pttl_within(r, key, low, high):
+    pttl = r.pttl(key)
+    return pttl if pttl < 0 else low <= pttl <= high
+
+
+def expires_soon(r):
+    """A key given 200 ms is there, then gone: GET, EXISTS, TTL agree."""
+    r.set("brief", "v", px=200)
+    before = [r.get("brief"), r.exists("brief")]
+    time.sleep(0.4)
+    return before + [r.get("brief"), r.exists("brief"), r.ttl("brief"), r.type("brief")]
+
+
+def expiry_in_a_transaction(r):
+    p = r.pipeline()
+    p.set("txttl", "v", ex=100)
+    p.ttl("txttl")
+    p.persist("txttl")
+    p.ttl("txttl")
+    p.expire("txttl", 50)
+    return p.execute()
+
+
+SOON = int(time.time()) + 1000
 
 BIG = "x" * 100_000
 
@@ -159,6 +262,76 @@ STEPS = [
     ("nosuch (lower case, no args)", lambda r: r.execute_command("nosuch")),
     # A pipeline mixing the above, error included.
     ("pipeline (no transaction)", pipeline),
+    # Transactions.
+    ("transaction (MULTI/EXEC)", transaction),
+    ("transaction with a runtime error", transaction_with_a_runtime_error),
+    ("transaction with a queueing error", transaction_with_a_queueing_error),
+    ("WATCH, another client writes, EXEC", watched_transaction),
+    ("r.transaction helper", transaction_function),
+    ("EXEC without MULTI", lambda r: r.execute_command("EXEC")),
+    # SCAN and KEYS (order aside).
+    ("scan_iter MATCH COUNT and KEYS", scan_all),
+    # Expiry.
+    ("SET e v EX 100", lambda r: r.set("e", "v", ex=100)),
+    ("TTL e", lambda r: ttl_within(r, "e", 99, 100)),
+    ("PTTL e", lambda r: pttl_within(r, "e", 98_000, 100_000)),
+    ("TTL missing", lambda r: r.ttl("missing")),
+    ("TTL greeting (no deadline)", lambda r: r.ttl("greeting")),
+    ("PTTL greeting", lambda r: r.pttl("greeting")),
+    ("INCR keeps the deadline", lambda r: [r.set("ec", 1, ex=100), r.incr("ec"), ttl_within(r, "ec", 99, 100)]),
+    ("APPEND keeps the deadline", lambda r: [r.append("ec", "0"), ttl_within(r, "ec", 99, 100)]),
+    ("SET drops the deadline", lambda r: [r.set("ec", "plain"), r.ttl("ec")]),
+    ("SET KEEPTTL keeps it", lambda r: [r.expire("ec", 100), r.set("ec", "k", keepttl=True), ttl_within(r, "ec", 99, 100)]),
+    ("GETSET drops it", lambda r: [r.getset("ec", "g"), r.ttl("ec")]),
+    ("RENAME carries it", lambda r: [r.expire("ec", 100), r.rename("ec", "ec2"), ttl_within(r, "ec2", 99, 100), r.exists("ec")]),
+    ("EXPIRE e 200", lambda r: [r.expire("e", 200), ttl_within(r, "e", 199, 200)]),
+    ("EXPIRE missing 10", lambda r: r.expire("missing", 10)),
+    ("EXPIRE e 300 NX (has one)", lambda r: r.expire("e", 300, nx=True)),
+    ("EXPIRE e 300 XX", lambda r: [r.expire("e", 300, xx=True), ttl_within(r, "e", 299, 300)]),
+    ("EXPIRE e 100 GT (smaller)", lambda r: r.expire("e", 100, gt=True)),
+    ("EXPIRE e 100 LT", lambda r: [r.expire("e", 100, lt=True), ttl_within(r, "e", 99, 100)]),
+    ("EXPIRE greeting 10 GT (no deadline)", lambda r: r.expire("greeting", 10, gt=True)),
+    ("EXPIRE greeting 10 XX (no deadline)", lambda r: r.expire("greeting", 10, xx=True)),
+    ("EXPIRE e 1 NX XX", lambda r: r.execute_command("EXPIRE", "e", "1", "NX", "XX")),
+    ("EXPIRE e 1 GT LT", lambda r: r.execute_command("EXPIRE", "e", "1", "GT", "LT")),
+    ("EXPIRE e 1 BOGUS", lambda r: r.execute_command("EXPIRE", "e", "1", "BOGUS")),
+    ("EXPIRE e abc", lambda r: r.execute_command("EXPIRE", "e", "abc")),
+    ("EXPIRE e huge", lambda r: r.execute_command("EXPIRE", "e", "9223372036854775807")),
+    ("PEXPIRE e 100000", lambda r: [r.pexpire("e", 100_000), pttl_within(r, "e", 98_000, 100_000)]),
+    ("EXPIREAT e SOON", lambda r: [r.expireat("e", SOON), r.expiretime("e") == SOON]),
+    ("PEXPIREAT e SOON ms", lambda r: [r.pexpireat("e", SOON * 1000 + 5), r.pexpiretime("e") == SOON * 1000 + 5]),
+    ("EXPIRETIME missing, greeting", lambda r: [r.expiretime("missing"), r.expiretime("greeting")]),
+    ("PERSIST e", lambda r: [r.persist("e"), r.ttl("e")]),
+    ("PERSIST e again", lambda r: r.persist("e")),
+    ("PERSIST missing", lambda r: r.persist("missing")),
+    ("EXPIRE e 0 deletes", lambda r: [r.expire("e", 0), r.exists("e")]),
+    ("EXPIRE -1 deletes", lambda r: [r.set("neg", "v"), r.expire("neg", -1), r.get("neg")]),
+    ("EXPIREAT in the past deletes", lambda r: [r.set("past", "v"), r.expireat("past", 1), r.exists("past")]),
+    ("SET EXAT in the past", lambda r: [r.set("pastset", "v", exat=1), r.exists("pastset")]),
+    ("SET PXAT ahead", lambda r: [r.set("pxat", "v", pxat=SOON * 1000), r.pexpiretime("pxat") == SOON * 1000]),
+    ("SET EX 0", lambda r: r.set("bad", "v", ex=0)),
+    ("SET EX -5", lambda r: r.execute_command("SET", "bad", "v", "EX", "-5")),
+    ("SET EX abc", lambda r: r.execute_command("SET", "bad", "v", "EX", "abc")),
+    ("SET EX 10 PX 10", lambda r: r.execute_command("SET", "bad", "v", "EX", "10", "PX", "10")),
+    ("SET EX 10 KEEPTTL", lambda r: r.execute_command("SET", "bad", "v", "EX", "10", "KEEPTTL")),
+    ("SET EX (no number)", lambda r: r.execute_command("SET", "bad", "v", "EX")),
+    ("SET NX EX on a live key", lambda r: r.set("pxat", "w", nx=True, ex=10)),
+    ("SET GET EX", lambda r: [r.set("pxat", "w", get=True, ex=100), ttl_within(r, "pxat", 99, 100)]),
+    ("GETEX plain", lambda r: [r.getex("pxat"), ttl_within(r, "pxat", 99, 100)]),
+    ("GETEX EX 500", lambda r: [r.getex("pxat", ex=500), ttl_within(r, "pxat", 499, 500)]),
+    ("GETEX PERSIST", lambda r: [r.getex("pxat", persist=True), r.ttl("pxat")]),
+    ("GETEX missing EX 5", lambda r: r.getex("missing", ex=5)),
+    ("GETEX EX 5 PERSIST", lambda r: r.execute_command("GETEX", "pxat", "EX", "5", "PERSIST")),
+    ("GETEX EX 0", lambda r: r.execute_command("GETEX", "pxat", "EX", "0")),
+    ("a key expires", expires_soon),
+    ("expiry in a transaction", expiry_in_a_transaction),
+    ("DBSIZE before FLUSHDB", lambda r: r.dbsize()),
+    ("FLUSHDB", lambda r: r.flushdb()),
+    ("DBSIZE after FLUSHDB", lambda r: r.dbsize()),
+    ("GET greeting after FLUSHDB", lambda r: r.get("greeting")),
+    ("FLUSHDB BOGUS", lambda r: r.execute_command("FLUSHDB", "BOGUS")),
+    ("FLUSHALL ASYNC in a transaction", lambda r: r.pipeline().set("f1", "1").flushall(asynchronous=True).set("f2", "2").execute()),
+    ("KEYS after FLUSHALL in a transaction", lambda r: sorted(r.keys("*"))),
     ("DBSIZE at the end", lambda r: r.dbsize()),
     ("GET greeting at the end", lambda r: r.get("greeting")),
 ]

@@ -75,9 +75,11 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
         return Reply::Now(Frame::Bulk(Bytes::from(out)));
     }
     let store = store.clone();
+    let expired = db.expired();
     Reply::Wait(Box::pin(async move {
         if let Ok(report) = store.stats_report().await {
             out.push_str("# Stats\r\n");
+            let _ = write!(out, "expired_keys:{expired}\r\n");
             for kind in report.kinds {
                 let _ = write!(
                     out,

@@ -4,6 +4,7 @@
 //! talks about the connection.
 
 pub mod connection;
+pub mod expire;
 pub mod info;
 pub mod keys;
 pub mod modify;
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use crate::server::db::Db;
 use crate::server::in_flight::Tracked;
 use concordkv::Error;
+use expire::{Base, Unit};
 
 /// What running a command produced.
 pub enum Reply {
@@ -108,6 +110,31 @@ pub async fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
         "rename" => change(db, |db| modify::rename(db, &rest[0], &rest[1], false)).await,
         "renamenx" => change(db, |db| modify::rename(db, &rest[0], &rest[1], true)).await,
         "dbsize" => keys::dbsize(db),
+        "expire" | "pexpire" | "expireat" | "pexpireat" => {
+            let (unit, base) = expire_kind(spec.name);
+            change(db, |db| {
+                expire::expire(db, &rest[0], &rest[1], &rest[2..], unit, base, spec.name)
+            })
+            .await
+        }
+        "ttl" => Reply::Now(expire::ttl(db.acknowledged(&rest[0]), Unit::Seconds, false)),
+        "pttl" => Reply::Now(expire::ttl(db.acknowledged(&rest[0]), Unit::Millis, false)),
+        "expiretime" => Reply::Now(expire::ttl(db.acknowledged(&rest[0]), Unit::Seconds, true)),
+        "pexpiretime" => Reply::Now(expire::ttl(db.acknowledged(&rest[0]), Unit::Millis, true)),
+        "persist" => change(db, |db| expire::persist(db, &rest[0])).await,
+        "setex" | "psetex" => {
+            let unit = if spec.name == "setex" {
+                Unit::Seconds
+            } else {
+                Unit::Millis
+            };
+            change(db, |_| expire::setex(&rest[0], &rest[1], &rest[2], unit)).await
+        }
+        "getex" => change(db, |db| expire::getex(db, &rest[0], &rest[1..])).await,
+        "flushdb" | "flushall" => match flush(rest) {
+            Ok(plan) => change(db, move |_| plan.clone()).await,
+            Err(refusal) => Reply::Now(refusal),
+        },
         "set" if rest.len() == 2 => write::set(db, &rest[0], &rest[1]).await,
         "set" => change(db, |db| modify::set(db, &rest[0], &rest[1], &rest[2..])).await,
         "setnx" => change(db, |db| modify::setnx(db, &rest[0], &rest[1])).await,
@@ -136,6 +163,27 @@ pub async fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
             "'{other}' is a command about the connection and cannot run here"
         ))),
     }
+}
+
+/// The unit and base of an `EXPIRE`-family command's number.
+pub fn expire_kind(name: &str) -> (Unit, Base) {
+    match name {
+        "expire" => (Unit::Seconds, Base::Now),
+        "pexpire" => (Unit::Millis, Base::Now),
+        "expireat" => (Unit::Seconds, Base::Epoch),
+        _ => (Unit::Millis, Base::Epoch),
+    }
+}
+
+/// `FLUSHDB`/`FLUSHALL [ASYNC|SYNC]`: one clear record, `OK` once it is
+/// acknowledged. Both modes free the keys as the record is applied.
+pub fn flush(options: &[Bytes]) -> Result<modify::Plan, Frame> {
+    match options {
+        [] => {}
+        [mode] if matches!(mode.to_ascii_uppercase().as_slice(), b"ASYNC" | b"SYNC") => {}
+        _ => return Err(error("syntax error")),
+    }
+    Ok((vec![concordkv::Op::Clear], ok()))
 }
 
 /// Runs a read-modify-write plan (see [`modify`]) and turns its outcome

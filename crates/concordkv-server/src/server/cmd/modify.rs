@@ -1,6 +1,8 @@
 //! Read-modify-write commands: `INCR`, `INCRBY`, `DECR`, `DECRBY`,
-//! `INCRBYFLOAT`, `APPEND`, `SETNX`, `GETSET`, `GETDEL`, and `SET` with
-//! `NX`/`XX`/`GET`. Each is a plan: from a [`View`] of the newest values it
+//! `INCRBYFLOAT`, `APPEND`, `SETNX`, `GETSET`, `GETDEL`, `RENAME`, and `SET`
+//! with its options. As in Redis, changing a value in place (`INCR`,
+//! `APPEND`) keeps the key's deadline, replacing it (`SET`, `GETSET`)
+//! drops it unless `KEEPTTL`, and `RENAME` moves it. Each is a plan: from a [`View`] of the newest values it
 //! computes the operations to log and the reply, without side effects, so
 //! the same code runs alone (over every client's writes still in flight,
 //! see `in_flight`: two concurrent `INCR`s never log the same value) and
@@ -8,21 +10,24 @@
 
 use bytes::Bytes;
 
+use super::expire::{expiring_op, option_deadline, Base, Unit};
 use super::{error, ok};
 use crate::server::db::View;
+use crate::server::expiry::now_ms;
 use crate::server::frame::{format_double, Frame};
+use crate::server::in_flight::Stored;
 use concordkv::Op;
 
 /// What a plan logs, and its reply.
 pub type Plan = (Vec<Op>, Frame);
 
-fn not_an_integer() -> Frame {
+pub fn not_an_integer() -> Frame {
     error("value is not an integer or out of range")
 }
 
 /// A Redis integer: decimal, canonical (no `+`, no leading zeros, no
 /// spaces), within `i64`.
-fn integer(bytes: &[u8]) -> Option<i64> {
+pub fn integer(bytes: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(bytes).ok()?;
     let n: i64 = text.parse().ok()?;
     (n.to_string() == text).then_some(n)
@@ -44,6 +49,18 @@ pub fn set_op(key: &[u8], value: Vec<u8>) -> Op {
     }
 }
 
+/// Sets `key` to `value` with the deadline `expires_at` (or none).
+pub fn put_op(key: &[u8], value: Vec<u8>, expires_at: Option<u64>) -> Op {
+    match expires_at {
+        Some(expires_at) => Op::SetExpiring {
+            key: key.to_vec(),
+            value,
+            expires_at,
+        },
+        None => set_op(key, value),
+    }
+}
+
 /// `INCRBY key by` (and `INCR`, `DECR`, `DECRBY`): the new value.
 pub fn incr_by(view: &dyn View, key: &Bytes, by: Option<&Bytes>, negate: bool) -> Plan {
     let by = match by.map(|b| integer(b)) {
@@ -56,16 +73,18 @@ pub fn incr_by(view: &dyn View, key: &Bytes, by: Option<&Bytes>, negate: bool) -
         (true, Some(negated)) => negated,
         (true, None) => return (Vec::new(), error("decrement would overflow")),
     };
-    let current = match view.latest(key) {
+    let old = view.entry(key);
+    let current = match &old {
         None => 0,
-        Some(v) => match integer(&v) {
+        Some(old) => match integer(&old.value) {
             Some(n) => n,
             None => return (Vec::new(), not_an_integer()),
         },
     };
+    let expires_at = old.and_then(|old| old.expires_at);
     match current.checked_add(by) {
         Some(n) => (
-            vec![set_op(key, n.to_string().into_bytes())],
+            vec![put_op(key, n.to_string().into_bytes(), expires_at)],
             Frame::Integer(n),
         ),
         None => (Vec::new(), error("increment or decrement would overflow")),
@@ -77,30 +96,34 @@ pub fn incr_by_float(view: &dyn View, key: &Bytes, by: &Bytes) -> Plan {
     let Some(by) = float(by) else {
         return (Vec::new(), error("value is not a valid float"));
     };
-    let current = match view.latest(key) {
+    let old = view.entry(key);
+    let current = match &old {
         None => 0.0,
-        Some(v) => match float(&v) {
+        Some(old) => match float(&old.value) {
             Some(f) => f,
             None => return (Vec::new(), error("value is not a valid float")),
         },
     };
+    let expires_at = old.and_then(|old| old.expires_at);
     let sum = current + by;
     if !sum.is_finite() {
         return (Vec::new(), error("increment would produce NaN or Infinity"));
     }
     let text = format_double(sum);
     (
-        vec![set_op(key, text.clone().into_bytes())],
+        vec![put_op(key, text.clone().into_bytes(), expires_at)],
         Frame::text(text),
     )
 }
 
 /// `APPEND key value`: the new length.
 pub fn append(view: &dyn View, key: &Bytes, value: &Bytes) -> Plan {
-    let mut new = view.latest(key).map(|v| v.to_vec()).unwrap_or_default();
+    let old = view.entry(key);
+    let expires_at = old.as_ref().and_then(|old| old.expires_at);
+    let mut new = old.map(|old| old.value.to_vec()).unwrap_or_default();
     new.extend_from_slice(value);
     let len = new.len() as i64;
-    (vec![set_op(key, new)], Frame::Integer(len))
+    (vec![put_op(key, new, expires_at)], Frame::Integer(len))
 }
 
 /// `SETNX key value`: 1 if it set the key, 0 if the key existed.
@@ -135,7 +158,7 @@ pub fn rename(view: &dyn View, from: &Bytes, to: &Bytes, only_if_missing: bool) 
             ok()
         }
     };
-    let Some(value) = view.latest(from) else {
+    let Some(Stored { value, expires_at }) = view.entry(from) else {
         return (Vec::new(), error("no such key"));
     };
     if from == to {
@@ -152,37 +175,57 @@ pub fn rename(view: &dyn View, from: &Bytes, to: &Bytes, only_if_missing: bool) 
     (
         vec![
             Op::Delete { key: from.to_vec() },
-            set_op(to, value.to_vec()),
+            put_op(to, value.to_vec(), expires_at),
         ],
         done(),
     )
 }
 
-/// What `SET key value [NX|XX] [GET] [KEEPTTL]` asks for.
+/// What `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT n|KEEPTTL]` asks for.
 #[derive(Default)]
 struct SetOptions {
     only_if_missing: bool,
     only_if_present: bool,
     get: bool,
+    keep_ttl: bool,
+    /// The deadline asked for, in milliseconds since the epoch.
+    deadline: Option<i64>,
 }
 
-fn set_options(options: &[Bytes]) -> Result<SetOptions, Frame> {
+/// Reads the options as Redis does: conflicting or incomplete ones are a
+/// syntax error, checked before the deadline's number is.
+fn set_options(options: &[Bytes], now: u64) -> Result<SetOptions, Frame> {
     let mut parsed = SetOptions::default();
-    for option in options {
-        match option.to_ascii_uppercase().as_slice() {
+    let mut timed: Option<(Unit, Base, &Bytes)> = None;
+    let mut args = options.iter();
+    while let Some(option) = args.next() {
+        let upper = option.to_ascii_uppercase();
+        let unit_base = match upper.as_slice() {
+            b"EX" => Some((Unit::Seconds, Base::Now)),
+            b"PX" => Some((Unit::Millis, Base::Now)),
+            b"EXAT" => Some((Unit::Seconds, Base::Epoch)),
+            b"PXAT" => Some((Unit::Millis, Base::Epoch)),
+            _ => None,
+        };
+        if let Some((unit, base)) = unit_base {
+            match args.next() {
+                Some(when) if timed.is_none() && !parsed.keep_ttl => {
+                    timed = Some((unit, base, when));
+                }
+                _ => return Err(error("syntax error")),
+            }
+            continue;
+        }
+        match upper.as_slice() {
             b"NX" if !parsed.only_if_present => parsed.only_if_missing = true,
             b"XX" if !parsed.only_if_missing => parsed.only_if_present = true,
             b"GET" => parsed.get = true,
-            // No key has a time to live, so keeping it changes nothing.
-            b"KEEPTTL" => {}
-            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
-                return Err(error(format!(
-                    "SET {} is not supported: keys do not expire in this version",
-                    String::from_utf8_lossy(option).to_ascii_uppercase()
-                )))
-            }
+            b"KEEPTTL" if timed.is_none() => parsed.keep_ttl = true,
             _ => return Err(error("syntax error")),
         }
+    }
+    if let Some((unit, base, when)) = timed {
+        parsed.deadline = Some(option_deadline(when, unit, base, "set", now)?);
     }
     Ok(parsed)
 }
@@ -190,23 +233,29 @@ fn set_options(options: &[Bytes]) -> Result<SetOptions, Frame> {
 /// `SET key value` with options: `OK` (or with `GET` the old value) if it
 /// set the key, nil if `NX`/`XX` held it back.
 pub fn set(view: &dyn View, key: &Bytes, value: &Bytes, options: &[Bytes]) -> Plan {
-    let options = match set_options(options) {
+    let now = now_ms();
+    let options = match set_options(options, now) {
         Ok(options) => options,
         Err(refusal) => return (Vec::new(), refusal),
     };
-    let old = view.latest(key);
+    let old = view.entry(key);
     let allowed =
         !(options.only_if_missing && old.is_some() || options.only_if_present && old.is_none());
+    let op = match (options.deadline, options.keep_ttl) {
+        (Some(at), _) => expiring_op(key, value.to_vec(), at, now),
+        (None, true) => put_op(
+            key,
+            value.to_vec(),
+            old.as_ref().and_then(|old| old.expires_at),
+        ),
+        (None, false) => set_op(key, value.to_vec()),
+    };
     let reply = match (options.get, allowed) {
-        (true, _) => old.map_or(Frame::Null, Frame::Bulk),
+        (true, _) => old.map_or(Frame::Null, |old| Frame::Bulk(old.value)),
         (false, true) => ok(),
         (false, false) => Frame::Null,
     };
-    let ops = if allowed {
-        vec![set_op(key, value.to_vec())]
-    } else {
-        Vec::new()
-    };
+    let ops = if allowed { vec![op] } else { Vec::new() };
     (ops, reply)
 }
 
@@ -245,10 +294,22 @@ mod tests {
 
     #[test]
     fn set_options_conflict_as_in_redis() {
-        let opts = crate::server::args;
-        assert!(set_options(&opts(&["NX", "XX"])).is_err());
-        assert!(set_options(&opts(&["nx", "get", "keepttl"])).is_ok());
-        assert!(set_options(&opts(&["EX", "10"])).is_err());
-        assert!(set_options(&opts(&["bogus"])).is_err());
+        let opts = |o: &[&str]| set_options(&crate::server::args(o), 1_000);
+        assert!(opts(&["NX", "XX"]).is_err());
+        assert!(opts(&["nx", "get", "keepttl"]).is_ok());
+        assert_eq!(opts(&["EX", "10"]).map(|o| o.deadline), Ok(Some(11_000)));
+        assert_eq!(opts(&["pxat", "5"]).map(|o| o.deadline), Ok(Some(5)));
+        for bad in [
+            &["EX", "10", "PX", "5"][..],
+            &["EX", "10", "KEEPTTL"],
+            &["KEEPTTL", "EX", "10"],
+            &["EX"],
+            &["EX", "0"],
+            &["EX", "-1"],
+            &["EX", "ten"],
+            &["bogus"],
+        ] {
+            assert!(opts(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -14,10 +14,13 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::expire::{self, Unit};
 use super::modify::{self, set_op, Plan};
 use super::{error, ok, table, write_error, Reply};
 use crate::server::db::{Db, View};
+use crate::server::expiry::now_ms;
 use crate::server::frame::Frame;
+use crate::server::in_flight::Stored;
 use crate::server::watch::Watching;
 use concordkv::Op;
 
@@ -42,6 +45,20 @@ const QUEUEABLE: &[&str] = &[
     "del",
     "rename",
     "renamenx",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "ttl",
+    "pttl",
+    "expiretime",
+    "pexpiretime",
+    "persist",
+    "getex",
+    "setex",
+    "psetex",
+    "flushdb",
+    "flushall",
     "ping",
     "echo",
 ];
@@ -108,7 +125,9 @@ impl Transaction {
 /// over the store's newest values.
 struct TxView<'a> {
     db: &'a Db,
-    writes: HashMap<Vec<u8>, Option<Bytes>>,
+    writes: HashMap<Vec<u8>, Option<Stored>>,
+    /// Whether it cleared every key: those it did not write since are gone.
+    cleared: bool,
     /// Whether it read a value of another client's write still in flight.
     read_in_flight: Cell<bool>,
     /// Read acknowledged values only (a transaction that logs nothing
@@ -119,29 +138,47 @@ struct TxView<'a> {
 impl TxView<'_> {
     fn record(&mut self, ops: &[Op]) {
         for op in ops {
-            let value = match op {
-                Op::Set { value, .. } => Some(Bytes::copy_from_slice(value)),
-                Op::Delete { .. } => None,
+            let stored = |value: &[u8], expires_at| Stored {
+                value: Bytes::copy_from_slice(value),
+                expires_at,
             };
-            self.writes.insert(op.key().to_vec(), value);
+            let (key, value) = match op {
+                Op::Set { key, value } => (key, Some(stored(value, None))),
+                Op::SetExpiring {
+                    key,
+                    value,
+                    expires_at,
+                } => (key, Some(stored(value, Some(*expires_at)))),
+                Op::Delete { key } => (key, None),
+                Op::Clear => {
+                    self.writes.clear();
+                    self.cleared = true;
+                    continue;
+                }
+            };
+            self.writes.insert(key.clone(), value);
         }
     }
 }
 
 impl View for TxView<'_> {
-    fn latest(&self, key: &[u8]) -> Option<Bytes> {
+    fn entry(&self, key: &[u8]) -> Option<Stored> {
+        let live = |stored: Option<Stored>| stored.filter(|s| s.is_live(now_ms()));
         if let Some(written) = self.writes.get(key) {
-            return written.clone();
+            return live(written.clone());
+        }
+        if self.cleared {
+            return None;
         }
         if self.acknowledged_only {
-            return self.db.get(key);
+            return self.db.acknowledged(key);
         }
         match self.db.in_flight(key) {
             Some(latest) => {
                 self.read_in_flight.set(true);
-                latest
+                live(latest)
             }
-            None => self.db.get(key),
+            None => self.db.acknowledged(key),
         }
     }
 }
@@ -192,13 +229,29 @@ fn plan(args: &[Bytes], view: &dyn View) -> Plan {
         b"del" => {
             let mut ops: Vec<Op> = Vec::new();
             for key in rest {
-                let gone = ops.iter().any(|op| op.key() == key.as_ref());
+                let gone = ops.iter().any(|op| op.key() == Some(key.as_ref()));
                 if !gone && value(key).is_some() {
                     ops.push(Op::Delete { key: key.to_vec() });
                 }
             }
             let removed = ops.len() as i64;
             (ops, Frame::Integer(removed))
+        }
+        b"expire" | b"pexpire" | b"expireat" | b"pexpireat" => {
+            let command = table::lookup(&name).map_or("expire", |spec| spec.name);
+            let (unit, base) = super::expire_kind(command);
+            expire::expire(view, &rest[0], &rest[1], &rest[2..], unit, base, command)
+        }
+        b"ttl" => reply(expire::ttl(view.entry(&rest[0]), Unit::Seconds, false)),
+        b"pttl" => reply(expire::ttl(view.entry(&rest[0]), Unit::Millis, false)),
+        b"expiretime" => reply(expire::ttl(view.entry(&rest[0]), Unit::Seconds, true)),
+        b"pexpiretime" => reply(expire::ttl(view.entry(&rest[0]), Unit::Millis, true)),
+        b"persist" => expire::persist(view, &rest[0]),
+        b"setex" => expire::setex(&rest[0], &rest[1], &rest[2], Unit::Seconds),
+        b"psetex" => expire::setex(&rest[0], &rest[1], &rest[2], Unit::Millis),
+        b"getex" => expire::getex(view, &rest[0], &rest[1..]),
+        b"flushdb" | b"flushall" => {
+            super::flush(rest).unwrap_or_else(|refusal| (Vec::new(), refusal))
         }
         b"rename" => modify::rename(view, &rest[0], &rest[1], false),
         b"renamenx" => modify::rename(view, &rest[0], &rest[1], true),
@@ -217,6 +270,7 @@ fn run(db: &Db, queued: &[Vec<Bytes>], acknowledged_only: bool) -> (Vec<Op>, Fra
     let mut view = TxView {
         db,
         writes: HashMap::new(),
+        cleared: false,
         read_in_flight: Cell::new(false),
         acknowledged_only,
     };
