@@ -50,6 +50,9 @@ pub(crate) type Slots = BTreeSet<Slot>;
 pub(crate) struct Tree {
     slots: Slots,
     deadlines: Deadlines,
+    /// What clears removed, to be freed once the lock is released:
+    /// freeing a million keys under it would hold every reader back.
+    discarded: Vec<(Slots, Deadlines)>,
 }
 
 impl Tree {
@@ -62,7 +65,7 @@ impl Tree {
     pub(crate) fn build(slots: Vec<Slot>, deadlines: Vec<(Vec<u8>, u64)>) -> Tree {
         let mut tree = Tree {
             slots: slots.into_iter().collect(),
-            deadlines: Deadlines::default(),
+            ..Tree::default()
         };
         for (key, at) in deadlines {
             tree.deadlines.set(&key, at);
@@ -104,10 +107,17 @@ impl Tree {
                 self.deadlines.remove(key);
             }
             Op::Clear => {
-                self.slots.clear();
-                self.deadlines.clear();
+                let slots = std::mem::take(&mut self.slots);
+                let deadlines = std::mem::take(&mut self.deadlines);
+                self.discarded.push((slots, deadlines));
             }
         }
+    }
+
+    /// What clears removed since the last call, for the caller to free
+    /// outside any lock.
+    pub(crate) fn take_discarded(&mut self) -> Vec<(Slots, Deadlines)> {
+        std::mem::take(&mut self.discarded)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) {
@@ -301,8 +311,13 @@ impl Shared {
         for entry in records.drain(..) {
             tree.apply_entry(&entry);
         }
-        drop(tree);
+        let discarded = tree.take_discarded();
+        // The room goes back before the lock does: a read that waited for
+        // this flush finds it free (a read that finds nothing queued takes
+        // the lock without flushing, and must not see the room still held).
         drop(room);
+        drop(tree);
+        drop(discarded);
         self.queue.lock().spare = records;
         applied
     }

@@ -214,6 +214,7 @@ pub(crate) fn recover(
                 let record = Record { seq, entry };
                 on_record(&record);
                 state.apply_entry(&record.entry);
+                drop(state.take_discarded());
                 *replayed += 1;
             }
         })

@@ -135,7 +135,7 @@ pub async fn serve_connection(
             }
             let reply = if !session.may_run(command) {
                 Reply::Now(auth::noauth())
-            } else if let Some(reply) = session.run(&request.args) {
+            } else if let Some(reply) = session.run(&request.args, db.as_ref()) {
                 Reply::Now(reply)
             } else if command.eq_ignore_ascii_case(b"EXEC") && request.args.len() == 1 {
                 match session.exec() {

@@ -172,13 +172,20 @@ impl Db {
     pub async fn write(&self, ops: Vec<Op>) -> Result<Tracked> {
         let entry = entry_of(ops);
         let admission = self.store.admit(&entry).await?;
-        self.queue(entry, admission)
+        self.queue(entry, admission, true)
     }
 
-    /// Queues an admitted entry and records it in flight, in one step.
-    fn queue(&self, entry: Entry, admission: Admission) -> Result<Tracked> {
+    /// Queues an admitted entry and records it in flight, in one step;
+    /// with `touch`, bumps the watched keys it writes (a purge of expired
+    /// keys does not: they were gone for every reader already).
+    fn queue(&self, entry: Entry, admission: Admission, touch: bool) -> Result<Tracked> {
+        if touch {
+            // Before the entry is in flight: a clear changes the keys that
+            // were there without it.
+            self.watches
+                .touch(entry.ops(), |key| self.entry(key).is_some());
+        }
         let release = self.in_flight.record(entry.ops());
-        self.watches.touch(entry.ops());
         let pending = self.store.submit_admitted(entry, admission)?;
         Ok(Tracked::new(pending, release))
     }
@@ -190,7 +197,24 @@ impl Db {
     /// no operations: nothing is logged.
     pub async fn change<R>(
         &self,
+        decide: impl FnMut(&Db) -> (Vec<Op>, R),
+    ) -> Result<(R, Option<Tracked>)> {
+        self.change_with(decide, true).await
+    }
+
+    /// Deletes expired keys as [`Db::change`] runs a command, without
+    /// touching the watched ones: for every reader they were gone already.
+    pub async fn purge<R>(
+        &self,
+        decide: impl FnMut(&Db) -> (Vec<Op>, R),
+    ) -> Result<(R, Option<Tracked>)> {
+        self.change_with(decide, false).await
+    }
+
+    async fn change_with<R>(
+        &self,
         mut decide: impl FnMut(&Db) -> (Vec<Op>, R),
+        touch: bool,
     ) -> Result<(R, Option<Tracked>)> {
         let mut room: Option<Admission> = None;
         loop {
@@ -201,7 +225,7 @@ impl Db {
             let entry = entry_of(ops);
             match room.take() {
                 Some(admission) if admission.bytes() >= self.store.admission_bytes(&entry) => {
-                    return Ok((reply, Some(self.queue(entry, admission)?)));
+                    return Ok((reply, Some(self.queue(entry, admission, touch)?)));
                 }
                 // First pass, or the values grew while it waited.
                 _ => room = Some(self.store.admit(&entry).await?),

@@ -15,11 +15,12 @@ use crate::server::db::Db;
 const PURGE_EVERY: Duration = Duration::from_millis(100);
 
 /// Expired keys looked at per record the purge logs.
-const PURGE_BATCH: usize = 256;
+const PURGE_BATCH: usize = 512;
 
 /// Records the purge logs per tick at most, so that a mass expiry is
 /// removed at a steady pace rather than in one long burst of writes.
-const PURGE_RECORDS_PER_TICK: usize = 8;
+/// With [`PURGE_BATCH`] and [`PURGE_EVERY`]: up to 80,000 keys a second.
+const PURGE_RECORDS_PER_TICK: usize = 16;
 
 /// Bytes counted per deletion besides its key (the log's own estimate).
 const DELETE_OVERHEAD_BYTES: u64 = 21;
@@ -72,7 +73,7 @@ async fn purge_once(db: &Db, max_bytes: u64) -> concordkv::Result<bool> {
         return Ok(false);
     }
     let (ops, pending) = db
-        .change(|db| {
+        .purge(|db| {
             let mut bytes = 0;
             let mut ops = Vec::new();
             for key in &candidates {

@@ -136,16 +136,28 @@ impl InFlight {
         }
     }
 
+    /// Forgets a write's keys. Writes are answered in whatever order their
+    /// clients poll them, not the log's: while a clear is in flight, a key
+    /// whose last write was answered keeps its entry, because the state may
+    /// not show it yet through the clear's eyes (the clear hides every key
+    /// it has no entry for); they all go once the last clear is answered.
     fn release(&self, touched: &[Bytes], clears: u32) {
-        *self.clears.borrow_mut() -= clears;
+        let clears_left = {
+            let mut in_flight = self.clears.borrow_mut();
+            *in_flight -= clears;
+            *in_flight
+        };
         let mut keys = self.keys.borrow_mut();
         for key in touched {
             if let Some(latest) = keys.get_mut(key) {
                 latest.writes -= 1;
-                if latest.writes == 0 {
+                if latest.writes == 0 && clears_left == 0 {
                     keys.remove(key);
                 }
             }
+        }
+        if clears > 0 && clears_left == 0 {
+            keys.retain(|_, latest| latest.writes > 0);
         }
     }
 
@@ -264,10 +276,18 @@ mod tests {
             in_flight.latest(b"c").flatten().and_then(|s| s.expires_at),
             Some(7)
         );
+        // A write after the clear answered first: its key must not read as
+        // cleared while the clear is still in flight.
+        drop(after);
+        assert_eq!(
+            in_flight.latest(b"c").flatten().and_then(|s| s.expires_at),
+            Some(7)
+        );
         drop(before);
+        assert_eq!(in_flight.latest(b"a"), Some(None));
         drop(clear);
         assert_eq!(in_flight.latest(b"elsewhere"), None);
-        drop(after);
+        assert_eq!(in_flight.latest(b"c"), None);
         assert!(in_flight.is_empty());
     }
 }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::server::auth;
 use crate::server::cmd::transaction::Transaction;
 use crate::server::cmd::{error, ok};
+use crate::server::db::View;
 use crate::server::frame::{Frame, Protocol};
 use crate::server::watch::{Watches, Watching};
 use concordkv::Secret;
@@ -93,7 +94,7 @@ impl Session {
 
     /// Runs `args` if it is a command about the connection; `None` if it
     /// is some other command.
-    pub fn run(&mut self, args: &[Bytes]) -> Option<Frame> {
+    pub fn run(&mut self, args: &[Bytes], view: &dyn View) -> Option<Frame> {
         let (name, rest) = args.split_first()?;
         let name = name.to_ascii_uppercase();
         if let Some(transaction) = &mut self.transaction {
@@ -129,7 +130,7 @@ impl Session {
                     .watching
                     .get_or_insert_with(|| Watching::new(Rc::clone(watches)));
                 for key in rest {
-                    watching.add(key);
+                    watching.add(key, view.entry(key).and_then(|e| e.expires_at));
                 }
                 ok()
             }
@@ -294,6 +295,16 @@ fn check_name(name: &[u8]) -> Result<(), Frame> {
 mod tests {
     use super::*;
     use crate::server::args;
+    use crate::server::in_flight::Stored;
+
+    /// A store with no keys, for the commands that read none.
+    struct Empty;
+
+    impl View for Empty {
+        fn entry(&self, _: &[u8]) -> Option<Stored> {
+            None
+        }
+    }
 
     fn session(password: &str) -> Session {
         let peer = "127.0.0.1:5000".parse().expect("address");
@@ -315,21 +326,27 @@ mod tests {
     fn hello_switches_protocol_names_the_client_and_answers_the_server_map() {
         let mut s = session("");
         let reply = s
-            .run(&args(&["HELLO", "3", "SETNAME", "worker-1"]))
+            .run(&args(&["HELLO", "3", "SETNAME", "worker-1"]), &Empty)
             .expect("ran");
         assert_eq!(field(&reply, "proto"), Frame::Integer(3));
         assert_eq!(field(&reply, "id"), Frame::Integer(7));
         assert_eq!(s.protocol(), Protocol::Resp3);
         assert_eq!(
-            s.run(&args(&["CLIENT", "GETNAME"])),
+            s.run(&args(&["CLIENT", "GETNAME"]), &Empty),
             Some(Frame::text("worker-1"))
         );
-        let reply = s.run(&args(&["hello"])).expect("ran");
+        let reply = s.run(&args(&["hello"]), &Empty).expect("ran");
         assert_eq!(field(&reply, "proto"), Frame::Integer(3));
-        assert_eq!(s.run(&args(&["RESET"])), Some(Frame::Simple("RESET")));
+        assert_eq!(
+            s.run(&args(&["RESET"]), &Empty),
+            Some(Frame::Simple("RESET"))
+        );
         assert_eq!(s.protocol(), Protocol::Resp2);
-        assert_eq!(s.run(&args(&["CLIENT", "GETNAME"])), Some(Frame::Null));
-        assert_eq!(s.run(&args(&["GET", "k"])), None);
+        assert_eq!(
+            s.run(&args(&["CLIENT", "GETNAME"]), &Empty),
+            Some(Frame::Null)
+        );
+        assert_eq!(s.run(&args(&["GET", "k"]), &Empty), None);
     }
 
     #[test]
@@ -345,7 +362,7 @@ mod tests {
             (&["HELLO", "3", "SETNAME", "a b"], "ERR Client names cannot"),
             (&["HELLO", "3", "AUTH", "alice", "x"], "WRONGPASS"),
         ] {
-            match s.run(&args(bad)) {
+            match s.run(&args(bad), &Empty) {
                 Some(Frame::Error(e)) => assert!(e.starts_with(code), "{bad:?}: {e}"),
                 other => panic!("{bad:?}: {other:?}"),
             }
@@ -357,34 +374,43 @@ mod tests {
     fn with_a_password_hello_authenticates_or_refuses() {
         let mut s = session("hunter2");
         assert!(!s.may_run(b"GET") && s.may_run(b"hello"));
-        match s.run(&args(&["HELLO", "3"])) {
+        match s.run(&args(&["HELLO", "3"]), &Empty) {
             Some(Frame::Error(e)) => assert!(e.starts_with("NOAUTH HELLO must be called")),
             other => panic!("{other:?}"),
         }
-        match s.run(&args(&["HELLO", "3", "AUTH", "default", "wrong"])) {
+        match s.run(&args(&["HELLO", "3", "AUTH", "default", "wrong"]), &Empty) {
             Some(Frame::Error(e)) => assert!(e.starts_with("WRONGPASS")),
             other => panic!("{other:?}"),
         }
         assert_eq!(s.protocol(), Protocol::Resp2);
         let reply = s
-            .run(&args(&["HELLO", "3", "AUTH", "default", "hunter2"]))
+            .run(&args(&["HELLO", "3", "AUTH", "default", "hunter2"]), &Empty)
             .expect("ran");
         assert_eq!(field(&reply, "proto"), Frame::Integer(3));
         assert!(s.may_run(b"GET"));
-        s.run(&args(&["RESET"]));
+        s.run(&args(&["RESET"]), &Empty);
         assert!(!s.may_run(b"GET"));
     }
 
     #[test]
     fn client_reports_and_names_the_connection() {
         let mut s = session("");
-        assert_eq!(s.run(&args(&["CLIENT", "ID"])), Some(Frame::Integer(7)));
         assert_eq!(
-            s.run(&args(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"])),
+            s.run(&args(&["CLIENT", "ID"]), &Empty),
+            Some(Frame::Integer(7))
+        );
+        assert_eq!(
+            s.run(
+                &args(&["CLIENT", "SETINFO", "LIB-NAME", "redis-py"]),
+                &Empty
+            ),
             Some(ok())
         );
-        assert_eq!(s.run(&args(&["CLIENT", "SETNAME", "w"])), Some(ok()));
-        let Some(Frame::Bulk(info)) = s.run(&args(&["CLIENT", "INFO"])) else {
+        assert_eq!(
+            s.run(&args(&["CLIENT", "SETNAME", "w"]), &Empty),
+            Some(ok())
+        );
+        let Some(Frame::Bulk(info)) = s.run(&args(&["CLIENT", "INFO"]), &Empty) else {
             panic!("no info")
         };
         let info = String::from_utf8_lossy(&info);
@@ -395,7 +421,7 @@ mod tests {
             "{info}"
         );
         assert!(matches!(
-            s.run(&args(&["CLIENT", "KILL", "x"])),
+            s.run(&args(&["CLIENT", "KILL", "x"]), &Empty),
             Some(Frame::Error(e)) if e.contains("Try CLIENT HELP")
         ));
     }

@@ -117,6 +117,37 @@ def watched_transaction(r):
     return [current, outcome, r.get("w")]
 
 
+def watched_key_expires(r):
+    """A watched key that expires before EXEC aborts it; one watched while
+    absent does not notice a FLUSHDB by another client."""
+    other = redis.Redis(host=r.connection_pool.connection_kwargs["host"],
+                        port=r.connection_pool.connection_kwargs["port"])
+    outcomes = []
+    r.set("wexp", "v", px=150)
+    with r.pipeline() as p:
+        p.watch("wexp", "wabsent")
+        time.sleep(0.3)
+        p.multi()
+        p.set("wdone", "1")
+        try:
+            p.execute()
+            outcomes.append("ran")
+        except redis.exceptions.WatchError:
+            outcomes.append("aborted")
+    with r.pipeline() as p:
+        p.watch("wabsent")
+        other.flushdb()
+        p.multi()
+        p.set("wdone", "2")
+        try:
+            p.execute()
+            outcomes.append("ran")
+        except redis.exceptions.WatchError:
+            outcomes.append("aborted")
+    other.close()
+    return outcomes + [r.get("wdone")]
+
+
 def transaction_function(r):
     """redis-py's optimistic-locking helper, retried on WatchError."""
     r.set("balance", 10)
@@ -324,6 +355,7 @@ STEPS = [
     ("GETEX EX 5 PERSIST", lambda r: r.execute_command("GETEX", "pxat", "EX", "5", "PERSIST")),
     ("GETEX EX 0", lambda r: r.execute_command("GETEX", "pxat", "EX", "0")),
     ("a key expires", expires_soon),
+    ("WATCH and expiry, WATCH and FLUSHDB", watched_key_expires),
     ("expiry in a transaction", expiry_in_a_transaction),
     ("DBSIZE before FLUSHDB", lambda r: r.dbsize()),
     ("FLUSHDB", lambda r: r.flushdb()),

@@ -127,7 +127,10 @@ pub fn expire(
     };
     // A key without a deadline counts as never expiring for GT and LT.
     let held_back = match expires_at {
-        Some(current) => nx || gt && at <= current as i64 || lt && at >= current as i64,
+        Some(current) => {
+            let current = i64::try_from(current).unwrap_or(i64::MAX);
+            nx || gt && at <= current || lt && at >= current
+        }
         None => xx || gt,
     };
     if held_back {
@@ -189,36 +192,46 @@ pub fn persist(view: &dyn View, key: &Bytes) -> Plan {
 /// `GETEX key [EX|PX|EXAT|PXAT n | PERSIST]`: the value (nil if missing),
 /// with its deadline changed as asked.
 pub fn getex(view: &dyn View, key: &Bytes, options: &[Bytes]) -> Plan {
-    let now = now_ms();
-    let mut change: Option<Option<i64>> = None;
+    /// What `GETEX` was asked to do to the deadline.
+    enum Change<'a> {
+        Keep,
+        Set(Unit, Base, &'a Bytes),
+        Persist,
+    }
+    // As Redis: the options' syntax first (one deadline; PERSIST may
+    // repeat but not join one), then the key, then the deadline's number.
+    let mut change = Change::Keep;
     let mut args = options.iter();
     while let Some(option) = args.next() {
-        let upper = option.to_ascii_uppercase();
-        let timed = match upper.as_slice() {
+        let timed = match option.to_ascii_uppercase().as_slice() {
             b"EX" => Some((Unit::Seconds, Base::Now)),
             b"PX" => Some((Unit::Millis, Base::Now)),
             b"EXAT" => Some((Unit::Seconds, Base::Epoch)),
             b"PXAT" => Some((Unit::Millis, Base::Epoch)),
-            _ => None,
-        };
-        match (timed, upper.as_slice(), change.is_some(), args.next()) {
-            (Some((unit, base)), _, false, Some(when)) => {
-                match option_deadline(when, unit, base, "getex", now) {
-                    Ok(at) => change = Some(Some(at)),
-                    Err(refusal) => return (Vec::new(), refusal),
-                }
+            b"PERSIST" if matches!(change, Change::Keep | Change::Persist) => {
+                change = Change::Persist;
+                continue;
             }
-            (None, b"PERSIST", false, None) => change = Some(None),
+            _ => return (Vec::new(), error("syntax error")),
+        };
+        match (timed, &change, args.next()) {
+            (Some((unit, base)), Change::Keep, Some(when)) => {
+                change = Change::Set(unit, base, when)
+            }
             _ => return (Vec::new(), error("syntax error")),
         }
     }
     let Some(Stored { value, expires_at }) = view.entry(key) else {
         return (Vec::new(), Frame::Null);
     };
+    let now = now_ms();
     let ops = match change {
-        Some(Some(at)) => vec![expiring_op(key, value.to_vec(), at, now)],
-        Some(None) if expires_at.is_some() => vec![put_op(key, value.to_vec(), None)],
-        _ => Vec::new(),
+        Change::Set(unit, base, when) => match option_deadline(when, unit, base, "getex", now) {
+            Ok(at) => vec![expiring_op(key, value.to_vec(), at, now)],
+            Err(refusal) => return (Vec::new(), refusal),
+        },
+        Change::Persist if expires_at.is_some() => vec![put_op(key, value.to_vec(), None)],
+        Change::Keep | Change::Persist => Vec::new(),
     };
     (ops, Frame::Bulk(value))
 }

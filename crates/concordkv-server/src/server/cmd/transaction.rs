@@ -296,7 +296,7 @@ pub async fn exec(db: &Db, transaction: Transaction, watching: Option<Watching>)
     let queued = transaction.queued;
     let outcome = db
         .change(|db| {
-            if watching.as_ref().is_some_and(Watching::changed) {
+            if watching.as_ref().is_some_and(|w| w.changed(now_ms())) {
                 return (Vec::new(), Frame::Null);
             }
             let (ops, replies, read_in_flight) = run(db, &queued, false);
