@@ -185,6 +185,26 @@ pub(crate) fn describe() {
         Unit::Bytes,
         "Bytes of every live file under data_dir."
     );
+    describe_gauge!(
+        "concordkv_wal_last_seq",
+        Unit::Count,
+        "The last sequence number appended."
+    );
+    describe_gauge!(
+        "concordkv_wal_durable_seq",
+        Unit::Count,
+        "The last sequence number known durable (fdatasync returned)."
+    );
+    describe_gauge!(
+        "concordkv_wal_durable_lag_records",
+        Unit::Count,
+        "Records appended and not yet known durable: what a power cut could take now."
+    );
+    describe_gauge!(
+        "concordkv_wal_writes_refused",
+        Unit::Count,
+        "1 while the log refuses every write after a failed write or sync (until it is reopened), else 0."
+    );
 }
 
 /// Latency figures of one kind of operation.
@@ -273,6 +293,14 @@ impl MetricsActor {
         ::metrics::gauge!("concordkv_disk_bytes").set(files.disk_bytes as f64);
         let pending = self.shared.counters.pending_bytes.load(Relaxed);
         ::metrics::gauge!("concordkv_wal_pending_bytes").set(pending as f64);
+        let last = self.shared.counters.last_seq.load(Relaxed);
+        let durable = self.shared.counters.durable_seq.load(Relaxed);
+        ::metrics::gauge!("concordkv_wal_last_seq").set(last as f64);
+        ::metrics::gauge!("concordkv_wal_durable_seq").set(durable as f64);
+        ::metrics::gauge!("concordkv_wal_durable_lag_records")
+            .set(last.saturating_sub(durable) as f64);
+        let refused = self.shared.inbox.refuses_after_failure();
+        ::metrics::gauge!("concordkv_wal_writes_refused").set(f64::from(u8::from(refused)));
     }
 }
 

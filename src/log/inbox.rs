@@ -226,6 +226,12 @@ impl Inbox {
     }
 
     /// Whether no request is waiting.
+    /// Whether a failed write or sync closed it: the log refuses every
+    /// write until it is reopened.
+    pub(crate) fn refuses_after_failure(&self) -> bool {
+        matches!(self.lock().closed, Some(Closed::Failed(_)))
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.lock().requests.is_empty()
     }

@@ -1,6 +1,7 @@
 //! The Grafana dashboard against a live Prometheus (Debian's, on loopback)
-//! scraping a live `concordkv serve`: every panel's query returns data, and
-//! every metric the dashboard uses is exported.
+//! scraping a live `concordkv serve`: every panel's query returns data,
+//! every metric the dashboard uses is exported, and every alerting rule of
+//! `grafana/alerts.yml` loads and evaluates without error.
 
 mod common;
 
@@ -77,9 +78,17 @@ fn every_dashboard_query_returns_data_from_a_live_prometheus() {
         .expect("panels")
         .iter()
         .flat_map(|p| p["targets"].as_array().expect("targets").iter())
-        .map(|t| t["expr"].as_str().expect("expr").to_string())
+        // The `$instance` variable as Grafana's "All" expands it.
+        .map(|t| t["expr"].as_str().expect("expr").replace("$instance", ".*"))
         .collect();
     assert!(exprs.len() >= 12, "the dashboard has its panels");
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        assert!(
+            panel["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "panel {} has a description",
+            panel["title"]
+        );
+    }
 
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics_port = free_port();
@@ -94,9 +103,14 @@ fn every_dashboard_query_returns_data_from_a_live_prometheus() {
     );
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
+        dir.path().join("alerts.yml"),
+        include_str!("../../../grafana/alerts.yml"),
+    )
+    .expect("write the alerting rules");
+    std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: concordkv\n    static_configs:\n      - targets: [\"{listen}\"]\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - alerts.yml\nscrape_configs:\n  - job_name: concordkv\n    static_configs:\n      - targets: [\"{listen}\"]\n"
         ),
     )
     .expect("write prometheus config");
@@ -147,6 +161,37 @@ fn every_dashboard_query_returns_data_from_a_live_prometheus() {
         std::thread::sleep(Duration::from_millis(500));
         missing.retain(|expr| series(prometheus_port, expr).is_none_or(|n| n == 0));
     }
+
+    // Every alerting rule evaluates against the live series without error.
+    let rules = loop {
+        let body = http_get(prometheus_port, "/api/v1/rules").unwrap_or_default();
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let rules: Vec<(String, String)> = answer["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or_default().to_string(),
+                    r["health"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        if !rules.is_empty() && rules.iter().all(|(_, health)| health == "ok") {
+            break rules;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alerting rules not all evaluated without error: {rules:?} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        rules.len(),
+        9,
+        "every rule of alerts.yml is loaded: {rules:?}"
+    );
 
     let scrape = http_get(metrics_port, "/metrics").expect("scrape");
     for expr in &exprs {

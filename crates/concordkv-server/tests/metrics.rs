@@ -119,6 +119,7 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
         "concordkv_wal_sync_errors_total 0",
         "concordkv_wal_write_errors_total 0",
         "concordkv_actor_restarts_total{actor=\"wal\"} 0",
+        "concordkv_wal_writes_refused 0",
     ] {
         assert!(
             body.lines().any(|l| l == zero),
@@ -136,6 +137,9 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
         "concordkv_wal_segments",
         "concordkv_disk_bytes",
         "concordkv_wal_pending_bytes",
+        "concordkv_wal_last_seq",
+        "concordkv_wal_durable_seq",
+        "concordkv_wal_durable_lag_records",
     ] {
         assert!(
             body.lines()
@@ -184,6 +188,34 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
         !info.contains("append_count:0\r"),
         "appends are counted: {info}"
     );
+}
+
+/// `grafana/alerts.yml` is valid, and each alert fires for a failing
+/// instance and not for a healthy one (`grafana/alerts.test.yml`).
+#[test]
+fn the_alerting_rules_pass_promtool_s_checks_and_unit_tests() {
+    if !promtool_available() {
+        eprintln!("promtool is not installed; skipped here (CI installs it)");
+        return;
+    }
+    let grafana = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../grafana");
+    for args in [
+        &["check", "rules", "alerts.yml"][..],
+        &["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&grafana)
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
