@@ -2,7 +2,8 @@
 //! redis-py calls (`tests/redis_py/everyday.py`, RESP3 as redis-py 8 speaks
 //! by default): every step must return the same thing from both. Redis is
 //! the specification, so any difference is either a bug here or a call the
-//! script must leave out.
+//! script must leave out. Also: both describe their commands' arguments
+//! alike (`COMMAND DOCS`, what `redis-cli` builds its hints from).
 //!
 //! Needs a Python with redis-py 8 (`CONCORDKV_TEST_PYTHON`, else
 //! `.venv-tests/bin/python` at the workspace root, which `.ci/run` makes,
@@ -240,5 +241,136 @@ fn redis_py_gets_the_same_results_from_concordkv_as_from_redis() {
         expected.len(),
         got.len(),
         "the runs made different numbers of calls"
+    );
+}
+
+/// A field of a `COMMAND DOCS` map (RESP3 maps, as redis-rs reads them).
+fn doc_field<'a>(map: &'a redis::Value, name: &str) -> Option<&'a redis::Value> {
+    let redis::Value::Map(pairs) = map else {
+        return None;
+    };
+    pairs.iter().find_map(|(k, v)| match k {
+        redis::Value::BulkString(b) if b == name.as_bytes() => Some(v),
+        redis::Value::SimpleString(s) if s == name => Some(v),
+        _ => None,
+    })
+}
+
+fn doc_text(map: &redis::Value, name: &str) -> Option<String> {
+    match doc_field(map, name)? {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) | redis::Value::VerbatimString { text: s, .. } => {
+            Some(s.clone())
+        }
+        _ => None,
+    }
+}
+
+/// An argument as redis-cli's hints show it: `[EX seconds|PX milliseconds]`.
+fn hint(arg: &redis::Value) -> String {
+    let parts = || -> Vec<String> {
+        match doc_field(arg, "arguments") {
+            Some(redis::Value::Array(parts)) => parts.iter().map(hint).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let kind = doc_text(arg, "type").unwrap_or_default();
+    let token = doc_text(arg, "token");
+    let mut shown = match kind.as_str() {
+        "pure-token" => token.clone().unwrap_or_default(),
+        "oneof" => parts().join("|"),
+        "block" => parts().join(" "),
+        _ => doc_text(arg, "name").unwrap_or_default(),
+    };
+    if let (Some(token), false) = (token, kind == "pure-token") {
+        shown = format!("{token} {shown}");
+    }
+    let flags: Vec<String> = match doc_field(arg, "flags") {
+        Some(redis::Value::Array(flags)) | Some(redis::Value::Set(flags)) => flags
+            .iter()
+            .filter_map(|f| match f {
+                redis::Value::SimpleString(s) => Some(s.clone()),
+                redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if flags.iter().any(|f| f == "multiple") {
+        shown = format!("{shown} [{shown} ...]");
+    }
+    if flags.iter().any(|f| f == "optional") {
+        shown = format!("[{shown}]");
+    }
+    shown
+}
+
+/// The hint of every command in a `COMMAND DOCS` reply.
+fn hints(port: u16, names: &[String]) -> Vec<(String, String)> {
+    let url = format!("redis://127.0.0.1:{port}/?protocol=resp3");
+    let mut c = redis::Client::open(url)
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    let docs: redis::Value = redis::cmd("COMMAND")
+        .arg("DOCS")
+        .arg(names)
+        .query(&mut c)
+        .expect("COMMAND DOCS");
+    names
+        .iter()
+        .map(|name| {
+            let doc = doc_field(&docs, name)
+                .unwrap_or_else(|| panic!("COMMAND DOCS {name} answers nothing on port {port}"));
+            let args = match doc_field(doc, "arguments") {
+                Some(redis::Value::Array(args)) => args.iter().map(hint).collect::<Vec<_>>(),
+                _ => Vec::new(),
+            };
+            (name.clone(), args.join(" "))
+        })
+        .collect()
+}
+
+/// `redis-cli` shows, while a command is typed, hints built from `COMMAND
+/// DOCS`: every command both servers know must give the same hints
+/// (`SAVE` and `BGSAVE` take `FULL|INCREMENTAL` here instead of Redis's
+/// `SCHEDULE`).
+#[test]
+fn command_docs_give_redis_cli_the_same_hints_as_redis() {
+    let Ok(redis_server) = find_redis_server() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must install redis-server (.ci/run does)"
+        );
+        let _ = writeln!(std::io::stderr(), "skipping: no redis-server on PATH");
+        return;
+    };
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let ours = Server::start(scratch.path(), &[]);
+    let redis_dir = scratch.path().join("redis");
+    std::fs::create_dir(&redis_dir).expect("mkdir");
+    let redis = RedisServer::start(&redis_server, &redis_dir);
+    let url = format!("redis://127.0.0.1:{}/", ours.port);
+    let mut c = redis::Client::open(url)
+        .expect("client")
+        .get_connection()
+        .expect("connect");
+    let names: Vec<String> = redis::cmd("COMMAND")
+        .arg("LIST")
+        .query(&mut c)
+        .expect("COMMAND LIST");
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| !matches!(n.as_str(), "save" | "bgsave"))
+        .collect();
+    assert!(names.len() > 50, "{names:?}");
+    let want = hints(redis.port, &names);
+    let have = hints(ours.port, &names);
+    for ((name, want), (_, have)) in want.iter().zip(&have) {
+        assert_eq!(have, want, "the hint of {name}");
+    }
+    assert_eq!(
+        hints(ours.port, &["set".to_string()])[0].1,
+        "key value [NX|XX] [GET] [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|KEEPTTL]"
     );
 }

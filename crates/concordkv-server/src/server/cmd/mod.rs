@@ -4,6 +4,7 @@
 //! talks about the connection.
 
 pub mod connection;
+pub mod docs;
 pub mod expire;
 pub mod info;
 pub mod keys;

@@ -59,11 +59,16 @@ impl Spec {
     }
 
     fn docs(&self) -> Frame {
-        Frame::Map(vec![
+        let mut fields = vec![
             (Frame::text("summary"), Frame::text(self.summary)),
             (Frame::text("since"), Frame::text("1.0.0")),
             (Frame::text("group"), Frame::text(self.group)),
-        ])
+        ];
+        let arguments = super::docs::arguments(self.name);
+        if !arguments.is_empty() {
+            fields.push((Frame::text("arguments"), Frame::Array(arguments)));
+        }
+        Frame::Map(fields)
     }
 }
 
