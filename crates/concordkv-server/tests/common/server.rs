@@ -78,14 +78,32 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut probe = server.client();
+        let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .ok()?;
+        let mut probe = Client {
+            stream,
+            buf: BytesMut::new(),
+        };
         let password = extra_env
             .iter()
             .find(|(k, _)| *k == "CONCORDKV__SERVER__REQUIREPASS");
         if let Some((_, password)) = password {
-            probe.call(&["AUTH", password]);
+            probe.try_call(&["AUTH", password])?;
         }
-        let BytesFrame::BulkString(info) = probe.call(&["INFO", "server"]) else {
+        // Another test's server may hold the port, and be killed or closing
+        // just now: no reply is "not ours", as a foreign reply is.
+        let Some(BytesFrame::BulkString(info)) = probe.try_call(&["INFO", "server"]) else {
+            if let Some(status) = server.child.try_wait().expect("wait") {
+                // Ours exited: because another server holds the port (it
+                // answered the probe, or not), or it died, which is a bug.
+                let stderr = std::fs::read_to_string(server.log.path()).unwrap_or_default();
+                assert!(
+                    stderr.contains("in use"),
+                    "concordkv serve exited ({status}) at its first request; its stderr:\n{stderr}"
+                );
+            }
             return None;
         };
         let ours =
@@ -191,9 +209,14 @@ impl Client {
     }
 
     pub fn call(&mut self, args: &[&str]) -> BytesFrame {
+        self.try_call(args).expect("a reply")
+    }
+
+    /// The reply, or `None` if the connection ended first.
+    pub fn try_call(&mut self, args: &[&str]) -> Option<BytesFrame> {
         let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.send_raw(&encode(&args));
-        self.read().expect("a reply")
+        self.stream.write_all(&encode(&args)).ok()?;
+        self.read()
     }
 }
 
