@@ -118,6 +118,10 @@ pub struct MetricsConfig {
     pub listen: String,
     /// Whether `concordkv serve` serves the endpoint at all.
     pub enabled: bool,
+    /// The `store` label on every metric of this store, which keeps two
+    /// stores in one process apart; empty: the data directory's name.
+    #[serde(default)]
+    pub store: String,
 }
 
 /// `[wal]`: durability and segment layout.

@@ -57,6 +57,7 @@ mod latency;
 mod lifecycle;
 mod log;
 mod memory;
+mod meters;
 mod rawlog;
 mod state;
 mod stats;

@@ -145,7 +145,8 @@ impl Tree {
     }
 
     /// Every key with its value and deadline, expired ones included, in
-    /// key order.
+    /// key order (for the tests' oracles).
+    #[cfg(feature = "testing")]
     pub(crate) fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<u64>)> {
         self.slots
             .iter()

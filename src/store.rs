@@ -35,7 +35,8 @@ use crate::log::inbox::{Inbox, Request};
 use crate::log::read::{acknowledged_upto, Cursor, LogRead};
 use crate::log::recovery::Recovery;
 use crate::log::subscription::Subscription;
-use crate::log::sync_worker::{AckBound, SyncWorker};
+use crate::log::sync_worker::{AckBound, Instruments, SyncWorker};
+use crate::meters::Meters;
 use crate::state::{self, State};
 use crate::stats::{PersistenceInfo, StoreStats, WalCounters};
 
@@ -132,9 +133,12 @@ impl Store {
         let (lock, manifest, recovery, tree, start) = opening
             .await
             .map_err(|e| Error::task_failed("opening the store", &e))??;
-        metrics::histogram!("concordkv_recovery_seconds").record(recovery.elapsed.as_secs_f64());
+        let meters = Arc::new(Meters::new(&config));
+        meters
+            .recovery_seconds
+            .record(recovery.elapsed.as_secs_f64());
         if let Some(tail) = &recovery.truncated {
-            metrics::counter!("concordkv_recovery_truncated_bytes_total").increment(tail.bytes);
+            meters.recovery_truncated_bytes.increment(tail.bytes);
         }
         let counters = Arc::new(WalCounters::default());
         let inbox = Arc::new(Inbox::new(
@@ -143,10 +147,14 @@ impl Store {
         ));
         let latencies = Arc::new(Latencies::default());
         let state = state::Shared::new(tree, recovery.last_seq, config.limits.max_pending_bytes);
+        let instruments = Instruments {
+            counters: Arc::clone(&counters),
+            latencies: Arc::clone(&latencies),
+            meters: Arc::clone(&meters),
+        };
         let worker = SyncWorker::start(
             Arc::clone(&inbox),
-            Arc::clone(&counters),
-            Arc::clone(&latencies),
+            instruments,
             AckBound::of(&config.wal),
             Arc::clone(&fs),
             config.data_dir.clone(),
@@ -164,6 +172,7 @@ impl Store {
             counters: Arc::clone(&counters),
             segment_wanted: std::sync::atomic::AtomicBool::new(false),
             state,
+            meters,
         });
         let (supervisor, snapshots, compactor, metrics) = StoreSupervisor::launch(
             Arc::clone(&wal_shared),

@@ -64,11 +64,14 @@ impl CompactorActor {
                 return Ok(None);
             };
             shared.counters.snapshot_taken();
-            metrics::histogram!("concordkv_compaction_seconds")
+            let meters = &shared.meters;
+            meters
+                .compaction_seconds
                 .record(started.elapsed().as_secs_f64());
             shared.latencies.compaction.record(started.elapsed());
-            metrics::counter!("concordkv_compactions_total").increment(1);
-            metrics::counter!("concordkv_compaction_reclaimed_bytes_total")
+            meters.compactions.increment(1);
+            meters
+                .compaction_reclaimed_bytes
                 .increment(report.bytes_before.saturating_sub(report.bytes_after));
             tracing::info!(?report, automatic, "compaction finished");
             Ok(Some(report))

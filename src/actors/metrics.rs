@@ -280,7 +280,7 @@ impl MetricsActor {
                 totals.since_tick = 0;
             }
             if *kind == OpKind::Append {
-                let histogram = ::metrics::histogram!("concordkv_wal_append_seconds");
+                let histogram = &self.shared.meters.append_seconds;
                 for value in batch.iter_recorded() {
                     let count = usize::try_from(value.count_at_value()).unwrap_or(usize::MAX);
                     histogram.record_many(value.value_iterated_to() as f64 / 1e9, count);
@@ -288,19 +288,21 @@ impl MetricsActor {
             }
             let _ = totals.histogram.add(&batch);
         }
+        let meters = &self.shared.meters;
         let files = PersistenceInfo::read(&self.shared);
-        ::metrics::gauge!("concordkv_wal_segments").set(files.segments as f64);
-        ::metrics::gauge!("concordkv_disk_bytes").set(files.disk_bytes as f64);
+        meters.segments.set(files.segments as f64);
+        meters.disk_bytes.set(files.disk_bytes as f64);
         let pending = self.shared.counters.pending_bytes.load(Relaxed);
-        ::metrics::gauge!("concordkv_wal_pending_bytes").set(pending as f64);
+        meters.pending_bytes.set(pending as f64);
         let last = self.shared.counters.last_seq.load(Relaxed);
         let durable = self.shared.counters.durable_seq.load(Relaxed);
-        ::metrics::gauge!("concordkv_wal_last_seq").set(last as f64);
-        ::metrics::gauge!("concordkv_wal_durable_seq").set(durable as f64);
-        ::metrics::gauge!("concordkv_wal_durable_lag_records")
+        meters.last_seq.set(last as f64);
+        meters.durable_seq.set(durable as f64);
+        meters
+            .durable_lag_records
             .set(last.saturating_sub(durable) as f64);
         let refused = self.shared.inbox.refuses_after_failure();
-        ::metrics::gauge!("concordkv_wal_writes_refused").set(f64::from(u8::from(refused)));
+        meters.writes_refused.set(f64::from(u8::from(refused)));
     }
 }
 
@@ -309,24 +311,6 @@ impl Actor for MetricsActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         describe();
-        // Counters that may stay at zero still appear in every scrape: an
-        // `increase()` alert on an error counter that first appears at 1
-        // never fires for that first error.
-        for name in [
-            "concordkv_wal_records_total",
-            "concordkv_wal_bytes_total",
-            "concordkv_wal_syncs_total",
-            "concordkv_wal_rotations_total",
-            "concordkv_compactions_total",
-            "concordkv_compaction_reclaimed_bytes_total",
-            "concordkv_recovery_truncated_bytes_total",
-            "concordkv_wal_sync_errors_total",
-            "concordkv_wal_write_errors_total",
-        ] {
-            ::metrics::counter!(name).increment(0);
-        }
-        // The WAL actor is the one the supervisor restarts.
-        ::metrics::counter!("concordkv_actor_restarts_total", "actor" => "wal").increment(0);
         self.publish(true);
         // The interval would keep the actor (and the store's files and state
         // it holds) alive forever; it ends once the store has shut down.

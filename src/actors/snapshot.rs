@@ -39,6 +39,7 @@ impl Handler<TakeSnapshot> for SnapshotActor {
         let shared = Arc::clone(&self.shared);
         let counters = Arc::clone(&self.shared.counters);
         let latencies = Arc::clone(&self.shared.latencies);
+        let meters = Arc::clone(&self.shared.meters);
         let kind = msg.kind;
         let started = Instant::now();
         let work = self.jobs.run("concordkv-snapshot", "a snapshot", move || {
@@ -62,8 +63,11 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                     Ok(Some(header)) => {
                         counters.snapshot_taken();
                         latencies.snapshot.record(started.elapsed());
-                        metrics::histogram!("concordkv_snapshot_seconds", "kind" => label)
-                            .record(started.elapsed().as_secs_f64());
+                        let histogram = match kind {
+                            SnapshotKind::Full => &meters.full_snapshot_seconds,
+                            SnapshotKind::Incremental => &meters.incremental_snapshot_seconds,
+                        };
+                        histogram.record(started.elapsed().as_secs_f64());
                         tracing::info!(
                             kind = label,
                             to_seq = header.to_seq,

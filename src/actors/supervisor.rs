@@ -151,11 +151,12 @@ impl Handler<WalDied> for StoreSupervisor {
             generation = msg.generation,
             "the WAL actor died; re-validating the log and restarting it"
         );
-        metrics::counter!("concordkv_actor_restarts_total", "actor" => "wal").increment(1);
+        self.shared.meters.wal_restarts.increment(1);
         self.wal = None;
         self.timer = None;
         self.shared.inbox.close_and_fail(Closed::Restarting);
         let shared = Arc::clone(&self.shared);
+        let meters = Arc::clone(&self.shared.meters);
         let me = ctx.address();
         self.restarting = Some(actix_rt::spawn(async move {
             let reopened = actix_rt::task::spawn_blocking(move || {
@@ -175,8 +176,7 @@ impl Handler<WalDied> for StoreSupervisor {
             .unwrap_or_else(|e| Err(Error::task_failed("re-validating the log", &e)));
             let start = reopened.map(|(recovery, start)| {
                 if let Some(tail) = &recovery.truncated {
-                    metrics::counter!("concordkv_recovery_truncated_bytes_total")
-                        .increment(tail.bytes);
+                    meters.recovery_truncated_bytes.increment(tail.bytes);
                 }
                 start
             });

@@ -37,6 +37,7 @@ use crate::log::inbox::{Closed, Inbox, Reply, Request};
 use crate::log::recovery::{recover, Recovery};
 use crate::log::segment::Segment;
 use crate::log::sync_worker::{SyncJob, SyncWorker, Waiter};
+use crate::meters::Meters;
 use crate::state::{self, Tree};
 use crate::stats::WalCounters;
 
@@ -59,6 +60,8 @@ pub(crate) struct WalShared {
     pub segment_wanted: AtomicBool,
     /// The key-value state acknowledged records are applied to.
     pub state: Arc<state::Shared>,
+    /// The store's Prometheus instruments.
+    pub meters: Arc<Meters>,
 }
 
 impl WalShared {
@@ -297,7 +300,7 @@ impl WalActor {
                     .file
                     .write_at(&self.buf, self.segment.offset)
                     .map_err(|e| {
-                        metrics::counter!("concordkv_wal_write_errors_total").increment(1);
+                        self.shared.meters.write_errors.increment(1);
                         let cause = Arc::new(Error::io("write segment", &self.segment.path, e));
                         (Error::clone(&cause), cause)
                     }),
@@ -323,8 +326,8 @@ impl WalActor {
             counters.records.fetch_add(acks.len() as u64, Relaxed);
             counters.bytes.fetch_add(written, Relaxed);
             counters.last_seq.store(self.next_seq - 1, Relaxed);
-            metrics::counter!("concordkv_wal_records_total").increment(acks.len() as u64);
-            metrics::counter!("concordkv_wal_bytes_total").increment(written);
+            self.shared.meters.records.increment(acks.len() as u64);
+            self.shared.meters.bytes.increment(written);
         }
         self.unsynced += acks.len() as u64;
         let upto = self.next_seq - 1;
@@ -470,7 +473,7 @@ impl WalActor {
             let _ = reply.send(Ok(self.next_seq - 1));
         }
         self.shared.counters.rotations.fetch_add(1, Relaxed);
-        metrics::counter!("concordkv_wal_rotations_total").increment(1);
+        self.shared.meters.rotations.increment(1);
         self.prepare_next(ctx);
         self.drain(ctx);
     }

@@ -36,6 +36,7 @@ use crate::latency::Latencies;
 use crate::log::admission::Admission;
 use crate::log::inbox::{Closed, Inbox, Reply};
 use crate::log::sync_failure;
+use crate::meters::Meters;
 use crate::state;
 use crate::stats::WalCounters;
 
@@ -166,6 +167,8 @@ struct Shared {
     latencies: Arc<Latencies>,
     /// The key-value state, where acknowledged records become visible.
     kv: Arc<state::Shared>,
+    /// The store's Prometheus instruments.
+    meters: Arc<Meters>,
 }
 
 impl Shared {
@@ -175,6 +178,13 @@ impl Shared {
 }
 
 /// Handle to the sync thread.
+/// What the sync thread counts and measures into.
+pub(crate) struct Instruments {
+    pub counters: Arc<WalCounters>,
+    pub latencies: Arc<Latencies>,
+    pub meters: Arc<Meters>,
+}
+
 pub(crate) struct SyncWorker {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -184,13 +194,17 @@ impl SyncWorker {
     /// Starts the thread.
     pub(crate) fn start(
         inbox: Arc<Inbox>,
-        counters: Arc<WalCounters>,
-        latencies: Arc<Latencies>,
+        instruments: Instruments,
         bound: AckBound,
         fs: Arc<dyn FileSystem>,
         dir: PathBuf,
         kv: Arc<state::Shared>,
     ) -> std::io::Result<SyncWorker> {
+        let Instruments {
+            counters,
+            latencies,
+            meters,
+        } = instruments;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 jobs: Vec::new(),
@@ -208,6 +222,7 @@ impl SyncWorker {
             counters,
             latencies,
             kv,
+            meters,
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -410,9 +425,9 @@ fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), Arc<Error>> {
             c.synced_records.fetch_add(records, Relaxed);
             c.sync_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
             shared.latencies.sync.record(elapsed);
-            metrics::histogram!("concordkv_wal_sync_seconds").record(elapsed.as_secs_f64());
-            metrics::histogram!("concordkv_wal_sync_batch_records").record(records as f64);
-            metrics::counter!("concordkv_wal_syncs_total").increment(1);
+            shared.meters.sync_seconds.record(elapsed.as_secs_f64());
+            shared.meters.sync_batch_records.record(records as f64);
+            shared.meters.syncs.increment(1);
             if let Some(last) = group.last() {
                 last.durable.fetch_max(end, Relaxed);
             }
@@ -427,7 +442,7 @@ fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), Arc<Error>> {
             };
             let cause = Arc::new(Error::io(op, path, e));
             tracing::error!(%cause, "the WAL stops accepting writes");
-            metrics::counter!("concordkv_wal_sync_errors_total").increment(1);
+            shared.meters.sync_errors.increment(1);
             let _gate = shared.gate.write().unwrap_or_else(PoisonError::into_inner);
             let deferred = {
                 let mut state = shared.lock();
@@ -537,10 +552,14 @@ mod tests {
     use crate::testing::sim_fs::SimFs;
 
     fn worker(bound: AckBound) -> SyncWorker {
+        let instruments = Instruments {
+            counters: Arc::new(WalCounters::default()),
+            latencies: Arc::new(Latencies::default()),
+            meters: Arc::new(Meters::new(&crate::Config::with_data_dir("/d"))),
+        };
         SyncWorker::start(
             Arc::new(Inbox::new(1 << 20, Arc::new(WalCounters::default()))),
-            Arc::new(WalCounters::default()),
-            Arc::new(Latencies::default()),
+            instruments,
             bound,
             Arc::new(SimFs::new(1)),
             PathBuf::from("/d"),

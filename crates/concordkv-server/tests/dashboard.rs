@@ -78,8 +78,15 @@ fn every_dashboard_query_returns_data_from_a_live_prometheus() {
         .expect("panels")
         .iter()
         .flat_map(|p| p["targets"].as_array().expect("targets").iter())
-        // The `$instance` variable as Grafana's "All" expands it.
-        .map(|t| t["expr"].as_str().expect("expr").replace("$instance", ".*"))
+        // The `$instance` and `$store` variables as Grafana's "All"
+        // expands them.
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$instance", ".*")
+                .replace("$store", ".*")
+        })
         .collect();
     assert!(exprs.len() >= 12, "the dashboard has its panels");
     for panel in dashboard["panels"].as_array().expect("panels") {

@@ -105,25 +105,31 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
             "{histogram} is a histogram"
         );
     }
-    assert!(
-        body.contains("concordkv_snapshot_seconds_bucket{kind=\"full\""),
-        "{body}"
-    );
-    assert!(
-        body.contains("concordkv_snapshot_seconds_bucket{kind=\"incremental\""),
-        "{body}"
-    );
+    for kind in ["full", "incremental"] {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with("concordkv_snapshot_seconds_bucket{")
+                    && l.contains(&format!("kind=\"{kind}\""))),
+            "{kind} snapshots are timed:\n{body}"
+        );
+    }
     // Error counters are exported at 0 before any error, so that an
     // `increase()` alert sees the first one.
+    // Every series carries the store's label: the data directory's name.
+    let store = format!(
+        "store=\"{}\"",
+        dir.path().file_name().expect("name").to_string_lossy()
+    );
     for zero in [
-        "concordkv_wal_sync_errors_total 0",
-        "concordkv_wal_write_errors_total 0",
-        "concordkv_actor_restarts_total{actor=\"wal\"} 0",
-        "concordkv_wal_writes_refused 0",
+        "concordkv_wal_sync_errors_total{",
+        "concordkv_wal_write_errors_total{",
+        "concordkv_actor_restarts_total{",
+        "concordkv_wal_writes_refused{",
     ] {
         assert!(
-            body.lines().any(|l| l == zero),
-            "{zero} is exported:\n{body}"
+            body.lines()
+                .any(|l| l.starts_with(zero) && l.contains(&store) && l.ends_with("} 0")),
+            "{zero}{store}}} 0 is exported:\n{body}"
         );
     }
     for series in [
@@ -223,6 +229,7 @@ fn a_bad_listen_address_is_a_config_error_and_a_taken_port_an_io_error() {
     let bad = concordkv::MetricsConfig {
         listen: "not an address".into(),
         enabled: true,
+        store: String::new(),
     };
     let err = concordkv::install_prometheus_exporter(&bad).expect_err("refused");
     assert!(
@@ -236,6 +243,7 @@ fn a_bad_listen_address_is_a_config_error_and_a_taken_port_an_io_error() {
     let busy = concordkv::MetricsConfig {
         listen: addr.to_string(),
         enabled: true,
+        store: String::new(),
     };
     let err = concordkv::install_prometheus_exporter(&busy).expect_err("refused");
     match &err {

@@ -127,7 +127,10 @@ fn healthz_and_metrics() {
     assert_eq!(status, 200);
     // Recorded at open, with the latency buckets set (not a summary).
     assert!(
-        page.contains("concordkv_recovery_seconds_bucket{le="),
+        page.lines()
+            .any(|l| l.starts_with("concordkv_recovery_seconds_bucket{")
+                && l.contains("store=")
+                && l.contains("le=")),
         "{page}"
     );
     assert!(page.contains("# TYPE concordkv_"), "{page}");
