@@ -64,6 +64,13 @@ impl Op {
     }
 }
 
+/// `time` in milliseconds since the Unix epoch, the unit of
+/// [`Op::SetExpiring`]'s `expires_at` (0 before the epoch).
+pub fn unix_millis(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// What one record holds: a single operation, or a batch applied atomically
 /// (recovered whole or not at all, because it is one checksummed record),
 /// or an opaque payload of a [`Log`](crate::Log).

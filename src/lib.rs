@@ -72,7 +72,7 @@ pub use config::{
     CompactionConfig, Config, LimitsConfig, MaintenanceConfig, MetricsConfig, RecoveryMode, Secret,
     ServerConfig, SnapshotConfig, SyncMode, WalConfig, DEFAULT_TOML,
 };
-pub use entry::{Entry, Op, Record, Seq};
+pub use entry::{unix_millis, Entry, Op, Record, Seq};
 pub use error::{ConfigError, Corruption, Error, Result};
 pub use format::snapshot::{SnapshotHeader, SnapshotKind};
 pub use inspect::{inspect, Inspection, SegmentReport, SnapshotReport};

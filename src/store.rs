@@ -347,13 +347,10 @@ impl Store {
         value: impl Into<Vec<u8>>,
         expires_at: std::time::SystemTime,
     ) -> Result<Seq> {
-        let expires_at = expires_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.append(Op::SetExpiring {
             key: key.into(),
             value: value.into(),
-            expires_at,
+            expires_at: crate::entry::unix_millis(expires_at),
         })
         .await
     }

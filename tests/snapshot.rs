@@ -210,7 +210,7 @@ type Model = HashMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
 /// The keys a read sees: the deadlines are long past or far ahead, so
 /// this does not depend on when it runs.
 fn visible(model: impl IntoIterator<Item = (Vec<u8>, (Vec<u8>, Option<u64>))>) -> Model {
-    let now = concordkv::testing::now_ms();
+    let now = concordkv::unix_millis(std::time::SystemTime::now());
     model
         .into_iter()
         .filter(|(_, (_, at))| at.is_none_or(|at| at > now))

@@ -6,13 +6,11 @@
 //! check per read.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Milliseconds since the Unix epoch: the clock deadlines are set in.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::entry::unix_millis(SystemTime::now())
 }
 
 /// The deadline of every key that has one.

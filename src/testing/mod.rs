@@ -50,11 +50,6 @@ pub fn visible(state: &Keyspace, now: u64) -> Keyspace {
         .collect()
 }
 
-/// Milliseconds since the Unix epoch, the clock deadlines are set in.
-pub fn now_ms() -> u64 {
-    crate::state::now_ms()
-}
-
 /// The file-system seam every file operation of the store goes through.
 pub mod fs {
     pub use crate::fs::{DirLock, FileSystem, RealFs, WritableFile};

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::fs::{FileSystem, RealFs};
 use crate::lifecycle::snapshot::load_base;
 use crate::log::recovery::Recovery;
-use crate::testing::{apply_to, now_ms, visible, Keyspace};
+use crate::testing::{apply_to, visible, Keyspace};
 use crate::{Config, Store};
 
 /// What recovery replayed, kept whole (which the store itself never does).
@@ -48,7 +48,7 @@ impl Recorded {
 
     /// The keys a read sees now, and their values.
     pub fn state(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        visible(&self.keyspace(), now_ms())
+        visible(&self.keyspace(), crate::state::now_ms())
             .into_iter()
             .map(|(key, (value, _))| (key, value))
             .collect()

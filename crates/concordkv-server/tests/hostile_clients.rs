@@ -477,3 +477,60 @@ fn replies_a_client_does_not_read_are_not_all_held_in_memory() {
     drop(greedy);
     pong(&mut c);
 }
+
+/// Deadlines at the edges of 64 bits, numbers that are not numbers, and an
+/// expiry command cut off mid-request: each is refused with Redis's error,
+/// the server stays up, and the key keeps its value and deadline, across a
+/// kill -9 too.
+#[test]
+fn hostile_deadlines_are_refused_and_leave_the_key_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert_eq!(c.call(&["SET", "k", "v", "EX", "1000"]), ok());
+    let max = i64::MAX.to_string();
+    let min = i64::MIN.to_string();
+    let refused: [&[&str]; 12] = [
+        &["EXPIRE", "k", &max],
+        &["EXPIRE", "k", &min],
+        &["EXPIRE", "k", "18446744073709551616"],
+        &["EXPIRE", "k", ""],
+        &["EXPIRE", "k", "1e3"],
+        &["PEXPIRE", "k", &max],
+        &["EXPIREAT", "k", &max],
+        &["SET", "x", "v", "EX", &max],
+        &["SET", "x", "v", "PX", &max],
+        &["SETEX", "x", &max, "v"],
+        &["GETEX", "k", "EXAT", &max],
+        &[
+            "EXPIRE", "k", "10", "NX", "XX", "GT", "LT", "NX", "XX", "GT", "LT",
+        ],
+    ];
+    for args in refused {
+        let reply = c.call(args);
+        assert!(
+            is_error(&reply, "invalid expire time")
+                || is_error(&reply, "not an integer")
+                || is_error(&reply, "not compatible"),
+            "{args:?}: {reply:?}"
+        );
+    }
+    // Half an EXPIRE, then the connection goes.
+    let mut half = raw_stream(&server, Duration::from_secs(5));
+    std::io::Write::write_all(&mut half, b"*3\r\n$6\r\nEXPIRE\r\n$1\r\nk\r\n$2\r\n1")
+        .expect("send");
+    drop(half);
+    pong(&mut c);
+    let ttl = |c: &mut Client| match c.call(&["TTL", "k"]) {
+        BytesFrame::Integer(ttl) => ttl,
+        other => panic!("TTL: {other:?}"),
+    };
+    assert!((990..=1000).contains(&ttl(&mut c)));
+    assert_eq!(c.call(&["EXISTS", "x"]), BytesFrame::Integer(0));
+    drop(c);
+    server.kill9();
+    let server = Server::start(dir.path(), &[]);
+    let mut c = server.client();
+    assert_eq!(c.call(&["GET", "k"]), BytesFrame::BulkString("v".into()));
+    assert!((990..=1000).contains(&ttl(&mut c)));
+}

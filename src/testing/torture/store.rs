@@ -446,7 +446,7 @@ fn apply(state: &mut Keyspace, entry: &Entry) {
 /// when the check runs, while a full snapshot may leave the expired keys
 /// out.
 fn visible(state: &Keyspace) -> Keyspace {
-    crate::testing::visible(state, crate::testing::now_ms())
+    crate::testing::visible(state, crate::state::now_ms())
 }
 /// the values and sizes that recovery must not misjudge.
 struct EntryMaker {

@@ -4,7 +4,7 @@
 //! it: the state hides a key from the moment its deadline passes.
 
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use concordkv::Op;
 
@@ -27,9 +27,7 @@ const DELETE_OVERHEAD_BYTES: u64 = 21;
 
 /// Milliseconds since the Unix epoch: the clock deadlines are set in.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    concordkv::unix_millis(SystemTime::now())
 }
 
 /// Deletes expired keys in the background until the server stops.

@@ -30,6 +30,35 @@ pub struct Stored {
     pub expires_at: Option<u64>,
 }
 
+/// What one operation does to the keys, as the server plans from it.
+pub enum Written<'a> {
+    /// `key` now holds this (`None`: deleted).
+    Key(&'a [u8], Option<Stored>),
+    /// Every key is gone.
+    Clear,
+}
+
+impl Written<'_> {
+    pub fn of(op: &Op) -> Written<'_> {
+        let stored = |value: &[u8], expires_at| {
+            Some(Stored {
+                value: Bytes::copy_from_slice(value),
+                expires_at,
+            })
+        };
+        match op {
+            Op::Set { key, value } => Written::Key(key, stored(value, None)),
+            Op::SetExpiring {
+                key,
+                value,
+                expires_at,
+            } => Written::Key(key, stored(value, Some(*expires_at))),
+            Op::Delete { key } => Written::Key(key, None),
+            Op::Clear => Written::Clear,
+        }
+    }
+}
+
 impl Stored {
     /// Whether a read at `now` still sees it.
     pub fn is_live(&self, now: u64) -> bool {
@@ -99,19 +128,9 @@ impl InFlight {
         let mut touched = Vec::with_capacity(ops.len());
         let mut clears = 0;
         for op in ops {
-            let stored = |value: &[u8], expires_at| Stored {
-                value: Bytes::copy_from_slice(value),
-                expires_at,
-            };
-            let (key, value) = match op {
-                Op::Set { key, value } => (key, Some(stored(value, None))),
-                Op::SetExpiring {
-                    key,
-                    value,
-                    expires_at,
-                } => (key, Some(stored(value, Some(*expires_at)))),
-                Op::Delete { key } => (key, None),
-                Op::Clear => {
+            let (key, value) = match Written::of(op) {
+                Written::Key(key, value) => (key, value),
+                Written::Clear => {
                     clears += 1;
                     for latest in keys.values_mut() {
                         latest.value = None;

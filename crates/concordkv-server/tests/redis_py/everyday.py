@@ -98,21 +98,32 @@ def transaction_with_a_queueing_error(r):
         return [failure(e), r.exists("txq")]
 
 
-def watched_transaction(r):
-    """WATCH, then another client's write: EXEC answers nil (WatchError)."""
-    other = redis.Redis(host=r.connection_pool.connection_kwargs["host"],
-                        port=r.connection_pool.connection_kwargs["port"])
+def another_client(r):
+    """A second connection to the same server."""
+    kwargs = r.connection_pool.connection_kwargs
+    return redis.Redis(host=kwargs["host"], port=kwargs["port"])
+
+
+def watched_exec(r, keys, meanwhile, key, value):
+    """WATCH `keys`, run `meanwhile()`, then MULTI, SET key value, EXEC:
+    "ran", or "aborted" when EXEC answered nil (WatchError)."""
     with r.pipeline() as p:
-        p.watch("w")
-        current = p.get("w")
-        other.set("w", "theirs")
+        p.watch(*keys)
+        meanwhile()
         p.multi()
-        p.set("w", "mine")
+        p.set(key, value)
         try:
             p.execute()
-            outcome = "ran"
+            return "ran"
         except redis.exceptions.WatchError:
-            outcome = "aborted"
+            return "aborted"
+
+
+def watched_transaction(r):
+    """WATCH, then another client's write: EXEC answers nil (WatchError)."""
+    other = another_client(r)
+    current = r.get("w")
+    outcome = watched_exec(r, ["w"], lambda: other.set("w", "theirs"), "w", "mine")
     other.close()
     return [current, outcome, r.get("w")]
 
@@ -120,30 +131,12 @@ def watched_transaction(r):
 def watched_key_expires(r):
     """A watched key that expires before EXEC aborts it; one watched while
     absent does not notice a FLUSHDB by another client."""
-    other = redis.Redis(host=r.connection_pool.connection_kwargs["host"],
-                        port=r.connection_pool.connection_kwargs["port"])
-    outcomes = []
+    other = another_client(r)
     r.set("wexp", "v", px=150)
-    with r.pipeline() as p:
-        p.watch("wexp", "wabsent")
-        time.sleep(0.3)
-        p.multi()
-        p.set("wdone", "1")
-        try:
-            p.execute()
-            outcomes.append("ran")
-        except redis.exceptions.WatchError:
-            outcomes.append("aborted")
-    with r.pipeline() as p:
-        p.watch("wabsent")
-        other.flushdb()
-        p.multi()
-        p.set("wdone", "2")
-        try:
-            p.execute()
-            outcomes.append("ran")
-        except redis.exceptions.WatchError:
-            outcomes.append("aborted")
+    outcomes = [
+        watched_exec(r, ["wexp", "wabsent"], lambda: time.sleep(0.3), "wdone", "1"),
+        watched_exec(r, ["wabsent"], other.flushdb, "wdone", "2"),
+    ]
     other.close()
     return outcomes + [r.get("wdone")]
 

@@ -20,7 +20,7 @@ use super::{error, ok, table, write_error, Reply};
 use crate::server::db::{Db, View};
 use crate::server::expiry::now_ms;
 use crate::server::frame::Frame;
-use crate::server::in_flight::Stored;
+use crate::server::in_flight::{Stored, Written};
 use crate::server::watch::Watching;
 use concordkv::Op;
 
@@ -138,25 +138,15 @@ struct TxView<'a> {
 impl TxView<'_> {
     fn record(&mut self, ops: &[Op]) {
         for op in ops {
-            let stored = |value: &[u8], expires_at| Stored {
-                value: Bytes::copy_from_slice(value),
-                expires_at,
-            };
-            let (key, value) = match op {
-                Op::Set { key, value } => (key, Some(stored(value, None))),
-                Op::SetExpiring {
-                    key,
-                    value,
-                    expires_at,
-                } => (key, Some(stored(value, Some(*expires_at)))),
-                Op::Delete { key } => (key, None),
-                Op::Clear => {
+            match Written::of(op) {
+                Written::Key(key, value) => {
+                    self.writes.insert(key.to_vec(), value);
+                }
+                Written::Clear => {
                     self.writes.clear();
                     self.cleared = true;
-                    continue;
                 }
-            };
-            self.writes.insert(key.clone(), value);
+            }
         }
     }
 }
