@@ -127,8 +127,9 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the operation and the path it concerned; a
     /// full disk or quota becomes [`Error::DiskFull`], anything else
-    /// [`Error::Io`].
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    /// [`Error::Io`]. Public so that crates built on the store report
+    /// their own files the same way.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         let source = Arc::new(source);
         if is_disk_full(&source) {

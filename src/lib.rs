@@ -78,6 +78,7 @@ pub use format::snapshot::{SnapshotHeader, SnapshotKind};
 pub use inspect::{inspect, Inspection, SegmentReport, SnapshotReport};
 pub use latency::OpKind;
 pub use lifecycle::compaction::CompactionReport;
+pub use lifecycle::snapshot::read_snapshot_file;
 pub use log::admission::Admission;
 pub use log::read::LogRead;
 pub use log::recovery::{Recovery, TruncatedTail};

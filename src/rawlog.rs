@@ -157,6 +157,21 @@ impl Log {
     /// one). A caller that needs all-or-nothing appends one payload that
     /// holds them all. An empty batch is refused.
     pub async fn append_batch(&self, payloads: Vec<Vec<u8>>) -> Result<Seq> {
+        let mut first = None;
+        for pending in self.submit_batch(payloads).await? {
+            let seq = pending.await?;
+            first.get_or_insert(seq);
+        }
+        first.ok_or_else(|| Error::InvalidRequest("an empty batch".into()))
+    }
+
+    /// Queues `payloads` as [`Log::append_batch`] does and returns one
+    /// acknowledgement per payload, in order, without waiting for them: a
+    /// caller that must know the order of its appends (a Raft log store)
+    /// returns once they are queued and awaits the acknowledgements
+    /// elsewhere, so that the batches of many calls share one sync. Waits
+    /// first while `limits.max_pending_bytes` of appends are in flight.
+    pub async fn submit_batch(&self, payloads: Vec<Vec<u8>>) -> Result<Vec<Pending>> {
         if payloads.is_empty() {
             return Err(Error::InvalidRequest("an empty batch".into()));
         }
@@ -179,13 +194,7 @@ impl Log {
                 (entry, room.split_off(share))
             })
             .collect();
-        let pendings = self.store.submit_all(admitted)?;
-        let mut first = None;
-        for pending in pendings {
-            let seq = pending.await?;
-            first.get_or_insert(seq);
-        }
-        first.ok_or_else(|| Error::InvalidRequest("an empty batch".into()))
+        self.store.submit_all(admitted)
     }
 
     /// Makes everything appended before this call durable, whatever the

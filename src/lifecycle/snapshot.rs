@@ -216,6 +216,25 @@ pub(crate) fn load_base(
     })
 }
 
+/// Reads a snapshot file that no manifest lists (one copied from another
+/// store, a Raft snapshot received from a leader, say): its own header says
+/// what it covers, and every entry is checked (checksum, sequence range,
+/// count) before the next is read. Streams the file; never holds it whole.
+pub fn read_snapshot_file(path: &Path, mut visit: impl FnMut(Seq, Op)) -> Result<SnapshotHeader> {
+    let fs = crate::fs::RealFs;
+    let mut buf = Vec::new();
+    let header = {
+        let mut reader = FrameReader::new(&fs, path, &mut buf, MAX_PAYLOAD_BYTES);
+        let bytes = reader
+            .peek(SNAPSHOT_HEADER_BYTES)
+            .map_err(|e| Error::io("read snapshot", path, e))?;
+        SnapshotHeader::decode(bytes)
+            .map_err(|(offset, reason)| corruption(path, offset, reason))?
+    };
+    read_snapshot(&fs, path, &header, &mut buf, &mut visit)?;
+    Ok(header)
+}
+
 /// Reads every entry of a snapshot into `visit`, checking it against the
 /// header the manifest lists for it; the file goes through `buf` a piece at
 /// a time.

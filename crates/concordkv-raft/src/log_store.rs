@@ -1,0 +1,491 @@
+//! openraft's log on a concordkv [`Log`]: one record per entry, the vote
+//! and the purge point in the log's metadata slot.
+//!
+//! Records hold consecutive sequence numbers; Raft indexes are consecutive
+//! too, but may restart higher (a log emptied by a purge past its end, when
+//! a snapshot arrives, goes on from the snapshot's index). An in-memory
+//! index of runs maps one to the other, so a read or a truncation goes
+//! straight to its records. It is never stored: at open the first and last
+//! records tell it (the log is one run unless their distances differ).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
+
+use concordkv::{Error, Log, Seq};
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, LogId, OptionalSend, RaftLogId, RaftTypeConfig, StorageError};
+use openraft::{StorageIOError, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::{decode, encode};
+
+/// The log's metadata slot: what must survive a restart besides the
+/// entries, written atomically in one manifest replacement.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+struct Meta<C: RaftTypeConfig> {
+    vote: Option<Vote<C::NodeId>>,
+    /// Everything up to it is purged (or covered by a snapshot): kept here
+    /// because its term is gone with the records.
+    last_purged: Option<LogId<C::NodeId>>,
+}
+
+/// Where the log's ends are, as openraft sees them.
+struct Ends<C: RaftTypeConfig> {
+    /// Runs of consecutive indexes: (first index, its sequence number),
+    /// in order. Entries of a run continue to the next run's sequence
+    /// number, or to `last`.
+    runs: Vec<(u64, Seq)>,
+    /// The sequence number the next appended entry gets.
+    next_seq: Seq,
+    /// The last entry the log holds, appended (not necessarily durable).
+    last: Option<LogId<C::NodeId>>,
+    meta: Meta<C>,
+}
+
+impl<C: RaftTypeConfig> Ends<C> {
+    /// The last index of run `r`.
+    fn run_end(&self, r: usize) -> u64 {
+        match (self.runs.get(r + 1), &self.last) {
+            (Some(&(_, next_seq)), _) => self.runs[r].0 + (next_seq - self.runs[r].1) - 1,
+            (None, Some(last)) => last.index,
+            (None, None) => self.runs[r].0.wrapping_sub(1),
+        }
+    }
+
+    /// The sequence number of the last entry at or below `index`.
+    fn seq_at_or_below(&self, index: u64) -> Option<Seq> {
+        let r = self
+            .runs
+            .partition_point(|&(i, _)| i <= index)
+            .checked_sub(1)?;
+        let (first, seq) = self.runs[r];
+        Some(seq + index.min(self.run_end(r)) - first)
+    }
+
+    /// The sequence number of the first entry at or above `index`.
+    fn seq_at_or_above(&self, index: u64) -> Option<Seq> {
+        let r = self.runs.partition_point(|&(i, _)| i <= index);
+        if let Some(c) = r.checked_sub(1) {
+            if index <= self.run_end(c) {
+                let (first, seq) = self.runs[c];
+                return Some(seq + index - first);
+            }
+        }
+        self.runs.get(r).map(|&(_, seq)| seq)
+    }
+
+    /// The first index the log holds.
+    fn first_index(&self) -> u64 {
+        self.meta.last_purged.as_ref().map_or(0, |p| p.index + 1)
+    }
+}
+
+struct Shared<C: RaftTypeConfig> {
+    log: Log,
+    engine: Arc<Engine>,
+    ends: Mutex<Ends<C>>,
+    /// (truncations so far, last sequence number acknowledged): a reader
+    /// waits here for entries openraft appended and the disk has not
+    /// acknowledged yet. The count keeps the acknowledgement of an append
+    /// that a truncation since dropped from raising it.
+    acked: watch::Sender<(u64, Seq)>,
+}
+
+/// openraft's [`RaftLogStorage`] on a concordkv [`Log`]. Cheap to clone.
+///
+/// `append` queues the entries and returns; openraft hears they are
+/// flushed once the log's `fdatasync` covers them, so the entries of many
+/// appends in flight share one sync (group commit).
+pub struct LogStore<C: RaftTypeConfig> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<C> LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    pub(crate) async fn open(engine: Arc<Engine>, log: Log) -> Result<Self, Error> {
+        let meta: Meta<C> = match log.metadata() {
+            Some(bytes) => decode(&bytes).map_err(|e| {
+                Error::Untrusted(format!("the log's metadata does not decode: {e}"))
+            })?,
+            None => Meta {
+                vote: None,
+                last_purged: None,
+            },
+        };
+        let last_seq = log.last_seq();
+        let mut ends = Ends {
+            runs: Vec::new(),
+            next_seq: last_seq + 1,
+            last: None,
+            meta,
+        };
+        if log.first_seq() <= last_seq {
+            let first = read_one::<C>(&log, log.first_seq())?;
+            let last = read_one::<C>(&log, last_seq)?;
+            if last.index - first.index == last_seq - log.first_seq() {
+                ends.runs.push((first.index, log.first_seq()));
+            } else {
+                ends.runs = scan_runs::<C>(&log)?;
+            }
+            ends.last = Some(last);
+        }
+        let (acked, _) = watch::channel((0, last_seq));
+        let store = LogStore {
+            shared: Arc::new(Shared {
+                log,
+                engine,
+                ends: Mutex::new(ends),
+                acked,
+            }),
+        };
+        // A purge whose mark was written but whose records were not yet
+        // retired when the process stopped: finish it.
+        let purged = store.ends().meta.last_purged.clone();
+        if let Some(purged) = purged {
+            store.retire_through(purged.index).await?;
+        }
+        Ok(store)
+    }
+
+    fn ends(&self) -> std::sync::MutexGuard<'_, Ends<C>> {
+        self.shared.ends.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The underlying log (its statistics, say).
+    pub fn log(&self) -> &Log {
+        &self.shared.log
+    }
+
+    /// Stops the log: every acknowledged entry is durable; later calls fail.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.shared
+            .engine
+            .shutdown_log(self.shared.log.clone())
+            .await
+    }
+
+    async fn write_meta(&self) -> Result<(), Error> {
+        let bytes = encode(&self.ends().meta);
+        self.shared.log.set_metadata(bytes).await
+    }
+
+    /// Retires the records at or below `index` from the files, and forgets
+    /// the last entry if none is left.
+    async fn retire_through(&self, index: u64) -> Result<(), Error> {
+        let (to, emptied) = {
+            let mut ends = self.ends();
+            match &ends.last {
+                Some(last) if last.index > index => {
+                    (ends.seq_at_or_below(index).map_or(0, |s| s + 1), false)
+                }
+                _ => {
+                    ends.last = None;
+                    ends.runs.clear();
+                    (ends.next_seq, true)
+                }
+            }
+        };
+        if emptied {
+            // Every queued append is written first, so the purge may end
+            // the log at its last record.
+            self.shared.log.sync().await?;
+        }
+        if to > self.shared.log.first_seq() {
+            self.shared.log.purge_before(to).await?;
+        }
+        Ok(())
+    }
+
+    /// Entries of `range` (indexes), read from the files off the runtime.
+    async fn read_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<C::Entry>, Error> {
+        let (from, to, truncations) = {
+            let ends = self.ends();
+            let Some(last) = ends.last.as_ref() else {
+                return Ok(Vec::new());
+            };
+            let start = match range.start_bound() {
+                Bound::Included(&i) => i,
+                Bound::Excluded(&i) => i.saturating_add(1),
+                Bound::Unbounded => 0,
+            }
+            .max(ends.first_index());
+            let end = match range.end_bound() {
+                Bound::Included(&i) => i,
+                Bound::Excluded(&0) => return Ok(Vec::new()),
+                Bound::Excluded(&i) => i - 1,
+                Bound::Unbounded => last.index,
+            }
+            .min(last.index);
+            match (ends.seq_at_or_above(start), ends.seq_at_or_below(end)) {
+                (Some(from), Some(to)) if start <= end && from <= to => {
+                    (from, to, self.shared.acked.borrow().0)
+                }
+                _ => return Ok(Vec::new()),
+            }
+        };
+        // Entries openraft appended may not be acknowledged yet (a leader
+        // sends them to its followers while its own sync runs).
+        let mut acked = self.shared.acked.subscribe();
+        acked
+            .wait_for(|&(t, seq)| t != truncations || seq >= to)
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        let log = self.shared.log.clone();
+        let records =
+            tokio::task::spawn_blocking(move || {
+                let mut entries = Vec::new();
+                for record in log.read(from..=to)? {
+                    let (_, payload) = record?;
+                    entries.push(decode::<C::Entry>(&payload).map_err(|e| {
+                        Error::Untrusted(format!("a log entry does not decode: {e}"))
+                    })?);
+                }
+                Ok::<_, Error>(entries)
+            })
+            .await
+            .map_err(|_| Error::ShutDown)?;
+        match records {
+            // Purged while read: openraft reads only what it has not purged,
+            // except in a race with its own purge; what is left is the answer.
+            Err(Error::Purged { .. }) => Box::pin(self.read_range(range)).await,
+            other => other,
+        }
+    }
+}
+
+/// The runs of a log whose indexes jump somewhere: read from every record.
+fn scan_runs<C>(log: &Log) -> Result<Vec<(u64, Seq)>, Error>
+where
+    C: RaftTypeConfig,
+    C::Entry: DeserializeOwned,
+{
+    let mut runs: Vec<(u64, Seq)> = Vec::new();
+    let mut prev: Option<u64> = None;
+    for record in log.read(..)? {
+        let (seq, payload) = record?;
+        let entry: C::Entry = decode(&payload)
+            .map_err(|e| Error::Untrusted(format!("log record {seq} does not decode: {e}")))?;
+        let index = entry.get_log_id().index;
+        if prev.is_none_or(|p| p + 1 != index) {
+            runs.push((index, seq));
+        }
+        prev = Some(index);
+    }
+    Ok(runs)
+}
+
+/// Reads the entry at `seq` and returns its log id.
+fn read_one<C>(log: &Log, seq: Seq) -> Result<LogId<C::NodeId>, Error>
+where
+    C: RaftTypeConfig,
+    C::Entry: DeserializeOwned,
+{
+    let (_, payload) = log
+        .read(seq..=seq)?
+        .next()
+        .ok_or_else(|| Error::Untrusted(format!("log record {seq} is missing")))??;
+    let entry: C::Entry = decode(&payload)
+        .map_err(|e| Error::Untrusted(format!("log record {seq} does not decode: {e}")))?;
+    Ok(entry.get_log_id().clone())
+}
+
+fn io<C: RaftTypeConfig>(
+    make: fn(AnyError) -> StorageIOError<C::NodeId>,
+) -> impl Fn(Error) -> StorageError<C::NodeId> {
+    move |e| make(AnyError::new(&e)).into()
+}
+
+impl<C> RaftLogReader<C> for LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        let range = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.read_range(range)
+            .await
+            .map_err(io::<C>(StorageIOError::read_logs))
+    }
+}
+
+impl<C> RaftLogStorage<C> for LogStore<C>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<C::NodeId>> {
+        let ends = self.ends();
+        let last_purged_log_id = ends.meta.last_purged.clone();
+        let last_log_id = ends.last.clone().or_else(|| last_purged_log_id.clone());
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        self.ends().meta.vote = Some(vote.clone());
+        self.write_meta()
+            .await
+            .map_err(io::<C>(StorageIOError::write_vote))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
+        Ok(self.ends().meta.vote.clone())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let write_err = io::<C>(StorageIOError::write_logs);
+        let entries: Vec<C::Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.get_log_id().clone()) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let payloads: Vec<Vec<u8>> = entries.iter().map(encode).collect();
+        let first = entries[0].get_log_id().index;
+        let truncations = {
+            let mut ends = self.ends();
+            match &ends.last {
+                Some(prev) if prev.index + 1 == first => {}
+                Some(prev) if first <= prev.index => {
+                    return Err(write_err(Error::InvalidRequest(format!(
+                        "entry {first} does not follow the last entry {} (truncate first)",
+                        prev.index
+                    ))));
+                }
+                // A log that starts, or goes on after a gap.
+                _ => {
+                    let seq = ends.next_seq;
+                    ends.runs.push((first, seq));
+                }
+            }
+            self.shared.acked.borrow().0
+        };
+        // Queued before returning, so appends keep openraft's order; their
+        // acknowledgements are awaited off this call.
+        let pendings = self
+            .shared
+            .log
+            .submit_batch(payloads)
+            .await
+            .map_err(&write_err)?;
+        {
+            let mut ends = self.ends();
+            ends.next_seq += pendings.len() as u64;
+            ends.last = Some(last);
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let mut outcome = Ok(());
+            let mut through = 0;
+            for pending in pendings {
+                match pending.await {
+                    Ok(seq) => through = seq,
+                    Err(e) => {
+                        outcome = Err(std::io::Error::other(e.to_string()));
+                        break;
+                    }
+                }
+            }
+            shared.acked.send_if_modified(|(t, seq)| {
+                let raise = *t == truncations && through > *seq;
+                if raise {
+                    *seq = through;
+                }
+                raise
+            });
+            callback.log_io_completed(outcome);
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let write_err = io::<C>(StorageIOError::write_logs);
+        let (after, new_last_seq) = {
+            let ends = self.ends();
+            match &ends.last {
+                Some(last) if log_id.index <= last.index => {}
+                _ => return Ok(()),
+            }
+            let keep = log_id
+                .index
+                .checked_sub(1)
+                .filter(|&k| k >= ends.first_index())
+                .and_then(|k| ends.seq_at_or_below(k))
+                .filter(|&seq| seq >= self.shared.log.first_seq());
+            let after = keep.unwrap_or(self.shared.log.first_seq() - 1);
+            (after, keep)
+        };
+        self.shared.acked.send_modify(|(t, seq)| {
+            *t += 1;
+            *seq = (*seq).min(after);
+        });
+        self.shared
+            .log
+            .truncate_after(after)
+            .await
+            .map_err(&write_err)?;
+        let last = match new_last_seq {
+            Some(seq) => Some(read_one::<C>(&self.shared.log, seq).map_err(&write_err)?),
+            None => None,
+        };
+        let mut ends = self.ends();
+        ends.next_seq = after + 1;
+        ends.runs.retain(|&(_, seq)| seq <= after);
+        ends.last = last;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
+        let write_err = io::<C>(StorageIOError::write_logs);
+        {
+            let mut ends = self.ends();
+            if ends
+                .meta
+                .last_purged
+                .as_ref()
+                .is_some_and(|p| p.index >= log_id.index)
+            {
+                return Ok(());
+            }
+            ends.meta.last_purged = Some(log_id.clone());
+        }
+        // The mark first: a crash before the records go leaves them
+        // unreadable anyway, and the next open retires them.
+        self.write_meta().await.map_err(&write_err)?;
+        self.retire_through(log_id.index).await.map_err(&write_err)
+    }
+}

@@ -1,0 +1,687 @@
+//! openraft's state machine on a concordkv [`Store`]: the applied entries'
+//! writes, with the last applied log id and membership under reserved keys
+//! in the same atomic batch; Raft snapshots are the store's own full
+//! snapshot files.
+//!
+//! Layout of the node's directory (beside `log/`):
+//! - `state/CURRENT` names the generation in use, `state/<generation>/` is
+//!   its store. Installing a snapshot builds the next generation beside it
+//!   and switches `CURRENT` (one atomic rename), so a crash leaves the old
+//!   state or the new one, never a mix.
+//! - `snapshots/<id>.snap` is the current snapshot (a hard link to the
+//!   store's snapshot file, or the file a leader sent) and `<id>.meta` its
+//!   metadata, written after it: a `.snap` without `.meta` is unfinished.
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+
+use concordkv::{Config, Error, Op, SnapshotKind, State, Store, SyncMode};
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, RaftTypeConfig, StorageError,
+    StorageIOError, StoredMembership,
+};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+
+use crate::engine::{replace_file, sync_dir, with_suffix, Engine};
+use crate::{decode, encode, Request, Response, RESERVED_PREFIX};
+
+const APPLIED_KEY: &[u8] = b"\xff\xffconcordkv-raft/applied";
+const MEMBERSHIP_KEY: &[u8] = b"\xff\xffconcordkv-raft/membership";
+
+/// What the state machine has applied, as openraft asks for it.
+type Applied<C> = (
+    Option<LogId<<C as RaftTypeConfig>::NodeId>>,
+    StoredMembership<<C as RaftTypeConfig>::NodeId, <C as RaftTypeConfig>::Node>,
+);
+
+/// A snapshot's metadata, as openraft describes it.
+type Meta<C> = SnapshotMeta<<C as RaftTypeConfig>::NodeId, <C as RaftTypeConfig>::Node>;
+
+struct Shared<C: RaftTypeConfig> {
+    engine: Arc<Engine>,
+    dir: PathBuf,
+    /// The node's configuration; each generation's store is opened from it.
+    base: Config,
+    store: RwLock<Store>,
+    generation: AtomicU64,
+    applied: Mutex<Applied<C>>,
+    current: Mutex<Option<Meta<C>>>,
+    /// One snapshot built or installed at a time: each changes the store
+    /// generation or the current snapshot the other reads.
+    snapshotting: tokio::sync::Mutex<()>,
+    receiving: AtomicU64,
+}
+
+/// openraft's [`RaftStateMachine`] on a concordkv [`Store`]. Cheap to
+/// clone: the application keeps a clone to read the keys (through
+/// [`StateMachine::state`]) while openraft owns another.
+pub struct StateMachine<C: RaftTypeConfig> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C: RaftTypeConfig> Clone for StateMachine<C> {
+    fn clone(&self) -> Self {
+        StateMachine {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Builds snapshots for openraft (a clone of the state machine).
+pub struct SnapshotBuilder<C: RaftTypeConfig> {
+    shared: Arc<Shared<C>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("state")
+}
+
+fn snapshots_dir(dir: &Path) -> PathBuf {
+    dir.join("snapshots")
+}
+
+/// The configuration of a generation's store: the node's, in its own
+/// directory, without syncs of its own (the Raft log is the durable copy
+/// of every applied write; a restart applies again what the store lost).
+fn generation_config(base: &Config, dir: &Path, generation: u64) -> Config {
+    let mut config = base.clone();
+    config.data_dir = state_dir(dir).join(generation.to_string());
+    config.wal.sync_mode = SyncMode::None;
+    config.metrics.store = format!("{}-state", base.metrics.store);
+    config
+}
+
+impl<C> StateMachine<C>
+where
+    C: RaftTypeConfig<D = Request, R = Response, Entry = Entry<C>, SnapshotData = tokio::fs::File>,
+{
+    pub(crate) async fn open(engine: Arc<Engine>, base: Config) -> Result<Self, Error> {
+        let dir = base.data_dir.clone();
+        let states = state_dir(&dir);
+        let snapshots = snapshots_dir(&dir);
+        for d in [&states, &snapshots] {
+            std::fs::create_dir_all(d).map_err(|e| Error::io("create directory", d, e))?;
+        }
+        let current_file = states.join("CURRENT");
+        let generation = match std::fs::read_to_string(&current_file) {
+            Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+                Error::Untrusted(format!(
+                    "{}: {text:?} is not a generation number",
+                    current_file.display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(Error::io("read", &current_file, e)),
+        };
+        // A generation an install was building when the process stopped.
+        remove_except(&states, &[&generation.to_string(), "CURRENT"])?;
+        let store = engine
+            .open_store(generation_config(&base, &dir, generation))
+            .await?;
+        if store.state().last_seq() == 0 {
+            // A new store holds the markers from the start, so that it
+            // always has a snapshot to give (an empty state is one too).
+            let (applied, membership) = applied_in::<C>(&store.state())?;
+            let mut ops = Vec::new();
+            push_markers::<C>(&mut ops, &applied, &membership, true);
+            store.append_batch(ops).await?;
+        }
+        let applied = applied_in::<C>(&store.state())?;
+        let current = load_current_snapshot::<C>(&snapshots)?;
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                engine,
+                dir,
+                base,
+                store: RwLock::new(store),
+                generation: AtomicU64::new(generation),
+                applied: Mutex::new(applied),
+                current: Mutex::new(current),
+                snapshotting: tokio::sync::Mutex::new(()),
+                receiving: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The store holding the applied state now (an install replaces it).
+    fn store(&self) -> Store {
+        self.shared
+            .store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The keys as applied so far: a snapshot-consistent, lock-free view
+    /// for reads (`get`, `range`, `prefix`). Take it again after a snapshot
+    /// install, which replaces it; the reserved keys (see [`Request`]) are
+    /// in it too.
+    pub fn state(&self) -> State {
+        self.store().state()
+    }
+
+    /// The value of `key` as applied so far.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store().state().get(key)
+    }
+
+    /// Stops the store: later calls fail.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.shared.engine.shutdown_store(self.store()).await
+    }
+}
+
+fn remove_except(dir: &Path, keep: &[&str]) -> Result<(), Error> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name();
+        if keep.iter().any(|k| name == **k) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io("remove", &path, e))?;
+    }
+    Ok(())
+}
+
+/// The applied log id and membership a state holds.
+fn applied_in<C: RaftTypeConfig>(state: &State) -> Result<Applied<C>, Error> {
+    let applied = match state.get(APPLIED_KEY) {
+        Some(bytes) => decode(&bytes)
+            .map_err(|e| Error::Untrusted(format!("the applied log id does not decode: {e}")))?,
+        None => None,
+    };
+    let membership = match state.get(MEMBERSHIP_KEY) {
+        Some(bytes) => decode(&bytes)
+            .map_err(|e| Error::Untrusted(format!("the membership does not decode: {e}")))?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+/// The newest finished snapshot in `dir`; every other file there goes.
+fn load_current_snapshot<C: RaftTypeConfig>(dir: &Path) -> Result<Option<Meta<C>>, Error> {
+    let mut best: Option<Meta<C>> = None;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io("list", dir, e))?.path();
+        if path.extension().is_none_or(|e| e != "meta") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        let meta: Meta<C> = decode(&bytes)
+            .map_err(|e| Error::Untrusted(format!("{}: does not decode: {e}", path.display())))?;
+        if !path.with_extension("snap").exists() {
+            return Err(Error::Untrusted(format!(
+                "{}: its snapshot file is missing",
+                path.display()
+            )));
+        }
+        if best
+            .as_ref()
+            .is_none_or(|b| b.last_log_id < meta.last_log_id)
+        {
+            best = Some(meta);
+        }
+    }
+    let keep = best.as_ref().map(|m| {
+        (
+            format!("{}.snap", m.snapshot_id),
+            format!("{}.meta", m.snapshot_id),
+        )
+    });
+    match &keep {
+        Some((snap, meta)) => remove_except(dir, &[snap, meta])?,
+        None => remove_except(dir, &[])?,
+    }
+    Ok(best)
+}
+
+fn sm_err<C: RaftTypeConfig>(
+    make: fn(AnyError) -> StorageIOError<C::NodeId>,
+) -> impl Fn(Error) -> StorageError<C::NodeId> {
+    move |e| make(AnyError::new(&e)).into()
+}
+
+fn snapshot_err<C: RaftTypeConfig>(e: Error) -> StorageError<C::NodeId> {
+    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
+    move |e| Error::io(what, path, e)
+}
+
+impl<C> Shared<C>
+where
+    C: RaftTypeConfig<D = Request, R = Response, Entry = Entry<C>, SnapshotData = tokio::fs::File>,
+{
+    fn store(&self) -> Store {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes `meta` (with its file already at `<id>.snap`) the current
+    /// snapshot, and removes the one before.
+    fn publish(&self, meta: &Meta<C>) -> Result<(), Error> {
+        let dir = snapshots_dir(&self.dir);
+        let meta_path = dir.join(format!("{}.meta", meta.snapshot_id));
+        replace_file(&meta_path, &encode(meta)).map_err(io_err("write", &meta_path))?;
+        let previous = lock(&self.current).replace(meta.clone());
+        if let Some(old) = previous.filter(|old| old.snapshot_id != meta.snapshot_id) {
+            for ext in ["meta", "snap"] {
+                let path = dir.join(format!("{}.{ext}", old.snapshot_id));
+                std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_snapshot(&self, meta: Meta<C>) -> Result<Snapshot<C>, Error> {
+        let path = snapshots_dir(&self.dir).join(format!("{}.snap", meta.snapshot_id));
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(io_err("open", &path))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+
+    async fn build(&self) -> Result<Snapshot<C>, Error> {
+        let _one = self.snapshotting.lock().await;
+        let store = self.store();
+        let header = match store.snapshot().await? {
+            Some(header) => header,
+            // Nothing was applied since the store's last snapshot.
+            None => store
+                .snapshots()
+                .into_iter()
+                .filter(|s| s.kind == SnapshotKind::Full)
+                .max_by_key(|s| s.to_seq)
+                .ok_or_else(|| Error::Untrusted("the store lists no full snapshot".into()))?,
+        };
+        let source = store.config().data_dir.join(header.file_name());
+        // The applied log id and membership as of the snapshot: read from
+        // the file, since entries may have been applied since it was cut.
+        let read = source.clone();
+        let (applied, membership) = tokio::task::spawn_blocking(move || {
+            let (mut applied, mut membership) = (None, None);
+            concordkv::read_snapshot_file(&read, |_, op| {
+                if let Op::Set { key, value } = op {
+                    if key == APPLIED_KEY {
+                        applied = Some(value);
+                    } else if key == MEMBERSHIP_KEY {
+                        membership = Some(value);
+                    }
+                }
+            })?;
+            let applied = match applied {
+                Some(bytes) => decode(&bytes).map_err(|e| {
+                    Error::Untrusted(format!("the applied log id does not decode: {e}"))
+                })?,
+                None => None,
+            };
+            let membership = match membership {
+                Some(bytes) => decode(&bytes).map_err(|e| {
+                    Error::Untrusted(format!("the membership does not decode: {e}"))
+                })?,
+                None => StoredMembership::default(),
+            };
+            Ok::<_, Error>((applied, membership))
+        })
+        .await
+        .map_err(|_| Error::ShutDown)??;
+        let last: Option<LogId<C::NodeId>> = applied;
+        let generation = self.generation.load(Relaxed);
+        let snapshot_id = match &last {
+            Some(id) => format!(
+                "{}-{}-{}-{generation}-{}",
+                id.leader_id.term, id.leader_id.node_id, id.index, header.to_seq
+            ),
+            None => format!("none-{generation}-{}", header.to_seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let dir = snapshots_dir(&self.dir);
+        let target = dir.join(format!("{}.snap", meta.snapshot_id));
+        if !target.exists() {
+            // A link, not a copy: the store may retire its file later.
+            let tmp = with_suffix(&target, ".tmp");
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::hard_link(&source, &tmp)
+                .or_else(|_| std::fs::copy(&source, &tmp).map(|_| ()))
+                .map_err(io_err("link", &source))?;
+            std::fs::rename(&tmp, &target).map_err(io_err("rename", &tmp))?;
+            sync_dir(&dir).map_err(io_err("sync", &dir))?;
+        }
+        self.publish(&meta)?;
+        self.open_snapshot(meta).await
+    }
+
+    async fn install(&self, meta: &Meta<C>, mut data: Box<tokio::fs::File>) -> Result<(), Error> {
+        let _one = self.snapshotting.lock().await;
+        let dir = snapshots_dir(&self.dir);
+        // The bytes first, whole and durable, under their final name.
+        let target = dir.join(format!("{}.snap", meta.snapshot_id));
+        let tmp = with_suffix(&target, ".tmp");
+        {
+            data.seek(SeekFrom::Start(0))
+                .await
+                .map_err(io_err("seek", &tmp))?;
+            let mut out = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(io_err("create", &tmp))?;
+            tokio::io::copy(&mut *data, &mut out)
+                .await
+                .map_err(io_err("write", &tmp))?;
+            out.flush().await.map_err(io_err("write", &tmp))?;
+            out.sync_all().await.map_err(io_err("sync", &tmp))?;
+        }
+        drop(data);
+        // The next generation, built from the file: each entry is checked
+        // before it is applied, and the file is streamed in chunks.
+        let generation = self.generation.load(Relaxed) + 1;
+        let config = generation_config(&self.base, &self.dir, generation);
+        let new_dir = config.data_dir.clone();
+        if new_dir.exists() {
+            std::fs::remove_dir_all(&new_dir).map_err(io_err("remove", &new_dir))?;
+        }
+        let store = self.engine.open_store(config).await?;
+        let filled = fill_from_snapshot(&store, &tmp).await;
+        let filled = match filled {
+            Ok(()) => {
+                let applied = (meta.last_log_id.clone(), meta.last_membership.clone());
+                store
+                    .append_batch(vec![
+                        Op::Set {
+                            key: APPLIED_KEY.to_vec(),
+                            value: encode(&applied.0),
+                        },
+                        Op::Set {
+                            key: MEMBERSHIP_KEY.to_vec(),
+                            value: encode(&applied.1),
+                        },
+                    ])
+                    .await
+                    .map(|_| applied)
+            }
+            Err(e) => Err(e),
+        };
+        let applied = match filled {
+            Ok(applied) => applied,
+            Err(e) => {
+                let _ = self.engine.shutdown_store(store).await;
+                let _ = std::fs::remove_dir_all(&new_dir);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        // Durable before it becomes the one the node opens.
+        store.sync().await?;
+        let states = state_dir(&self.dir);
+        let current_file = states.join("CURRENT");
+        replace_file(&current_file, generation.to_string().as_bytes())
+            .map_err(io_err("write", &current_file))?;
+        let old = std::mem::replace(
+            &mut *self.store.write().unwrap_or_else(|p| p.into_inner()),
+            store,
+        );
+        self.generation.store(generation, Relaxed);
+        *lock(&self.applied) = applied;
+        let old_dir = old.config().data_dir.clone();
+        self.engine.shutdown_store(old).await?;
+        std::fs::remove_dir_all(&old_dir).map_err(io_err("remove", &old_dir))?;
+        std::fs::rename(&tmp, &target).map_err(io_err("rename", &tmp))?;
+        sync_dir(&dir).map_err(io_err("sync", &dir))?;
+        self.publish(meta)?;
+        remove_receiving(&dir)
+    }
+}
+
+/// Removes the files [`RaftStateMachine::begin_receiving_snapshot`] made.
+fn remove_receiving(dir: &Path) -> Result<(), Error> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io("list", dir, e))?.path();
+        let receiving = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("receiving-"));
+        if receiving {
+            std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Operations per batch while a snapshot fills a new store.
+const FILL_BATCH_BYTES: usize = 1 << 20;
+
+/// Applies every entry of the snapshot file at `path` to `store`, read on a
+/// blocking thread and handed over in bounded chunks.
+async fn fill_from_snapshot(store: &Store, path: &Path) -> Result<(), Error> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Op>>(2);
+    let path = path.to_path_buf();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        let mut receiver_gone = false;
+        concordkv::read_snapshot_file(&path, |_, op| {
+            if receiver_gone {
+                return;
+            }
+            bytes += match &op {
+                Op::Set { key, value } => key.len() + value.len(),
+                Op::SetExpiring { key, value, .. } => key.len() + value.len(),
+                _ => 16,
+            };
+            chunk.push(op);
+            if bytes >= FILL_BATCH_BYTES {
+                bytes = 0;
+                receiver_gone = tx.blocking_send(std::mem::take(&mut chunk)).is_err();
+            }
+        })?;
+        if !chunk.is_empty() && !receiver_gone {
+            let _ = tx.blocking_send(chunk);
+        }
+        Ok::<_, Error>(())
+    });
+    let mut applied = Ok(());
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = store.append_batch(chunk).await {
+            applied = Err(e);
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader.await.map_err(|_| Error::ShutDown)?;
+    read.and(applied)
+}
+
+impl<C> RaftSnapshotBuilder<C> for SnapshotBuilder<C>
+where
+    C: RaftTypeConfig<D = Request, R = Response, Entry = Entry<C>, SnapshotData = tokio::fs::File>,
+{
+    async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<C::NodeId>> {
+        self.shared.build().await.map_err(snapshot_err::<C>)
+    }
+}
+
+impl<C> RaftStateMachine<C> for StateMachine<C>
+where
+    C: RaftTypeConfig<D = Request, R = Response, Entry = Entry<C>, SnapshotData = tokio::fs::File>,
+{
+    type SnapshotBuilder = SnapshotBuilder<C>;
+
+    async fn applied_state(&mut self) -> Result<Applied<C>, StorageError<C::NodeId>> {
+        Ok(lock(&self.shared.applied).clone())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let write_err = sm_err::<C>(StorageIOError::write_state_machine);
+        let store = self.shared.store();
+        let state = store.state();
+        let limits = store.config().limits.clone();
+        let budget = (limits.max_record_bytes / 2) as usize;
+        let (mut applied, mut membership) = lock(&self.shared.applied).clone();
+        let mut responses = Vec::new();
+        // Values as the batch being built leaves them.
+        let mut written: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+        let mut ops = Vec::new();
+        let mut bytes = 0;
+        let mut membership_changed = false;
+        let mut dirty = false;
+        for entry in entries {
+            applied = Some(entry.log_id.clone());
+            dirty = true;
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::default(),
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                    membership_changed = true;
+                    Response::default()
+                }
+                EntryPayload::Normal(request) => match request.check(&limits) {
+                    Err(reason) => Response::refused(reason),
+                    Ok(()) => {
+                        let key = request.key().to_vec();
+                        let previous = match written.get(&key) {
+                            Some(value) => value.clone(),
+                            None => state.get(&key),
+                        };
+                        let (op, now) = match request {
+                            Request::Set { key, value } => {
+                                bytes += key.len() + value.len();
+                                (
+                                    Op::Set {
+                                        key,
+                                        value: value.clone(),
+                                    },
+                                    Some(value),
+                                )
+                            }
+                            Request::Delete { key } => {
+                                bytes += key.len();
+                                (Op::Delete { key }, None)
+                            }
+                        };
+                        written.insert(key, now);
+                        ops.push(op);
+                        Response::done(previous)
+                    }
+                },
+            };
+            responses.push(response);
+            if bytes >= budget {
+                // The marker goes in every chunk: each is atomic with it.
+                push_markers::<C>(&mut ops, &applied, &membership, membership_changed);
+                store
+                    .append_batch(std::mem::take(&mut ops))
+                    .await
+                    .map_err(&write_err)?;
+                bytes = 0;
+                membership_changed = false;
+                dirty = false;
+            }
+        }
+        if dirty {
+            push_markers::<C>(&mut ops, &applied, &membership, membership_changed);
+            store.append_batch(ops).await.map_err(&write_err)?;
+        }
+        *lock(&self.shared.applied) = (applied, membership);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<tokio::fs::File>, StorageError<C::NodeId>> {
+        let n = self.shared.receiving.fetch_add(1, Relaxed);
+        let path = snapshots_dir(&self.shared.dir).join(format!("receiving-{n}"));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(io_err("create", &path))
+            .map_err(snapshot_err::<C>)?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta<C>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        self.shared
+            .install(meta, snapshot)
+            .await
+            .map_err(snapshot_err::<C>)
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<C>>, StorageError<C::NodeId>> {
+        let _one = self.shared.snapshotting.lock().await;
+        let current = lock(&self.shared.current).clone();
+        match current {
+            Some(meta) => self
+                .shared
+                .open_snapshot(meta)
+                .await
+                .map(Some)
+                .map_err(sm_err::<C>(StorageIOError::read_state_machine)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn push_markers<C: RaftTypeConfig>(
+    ops: &mut Vec<Op>,
+    applied: &Option<LogId<C::NodeId>>,
+    membership: &StoredMembership<C::NodeId, C::Node>,
+    membership_changed: bool,
+) {
+    ops.push(Op::Set {
+        key: APPLIED_KEY.to_vec(),
+        value: encode(applied),
+    });
+    if membership_changed {
+        ops.push(Op::Set {
+            key: MEMBERSHIP_KEY.to_vec(),
+            value: encode(membership),
+        });
+    }
+}
+
+/// Whether `key` is one of the state machine's own.
+pub(crate) fn is_reserved(key: &[u8]) -> bool {
+    key.starts_with(RESERVED_PREFIX)
+}

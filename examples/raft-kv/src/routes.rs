@@ -1,0 +1,298 @@
+//! The HTTP surface: openraft's RPCs between nodes (`/raft/…`), the
+//! key-value API for clients (`/kv/{key}`), and what an operator or a test
+//! looks at (`/cluster`, `/state`, `/dump`, `/metrics`).
+
+use std::collections::BTreeMap;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use concordkv::LimitsConfig;
+use concordkv_raft::{Request, StateMachine, TypeConfig, RESERVED_PREFIX};
+use metrics_exporter_prometheus::PrometheusHandle;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::Raft;
+use serde::{Deserialize, Serialize};
+
+use crate::network::{decode, encode, REFUSED};
+
+/// What every handler shares.
+pub struct Node {
+    pub id: u64,
+    pub raft: Raft<TypeConfig>,
+    pub state_machine: StateMachine<TypeConfig>,
+    pub limits: LimitsConfig,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/raft/append", web::post().to(append))
+        .route("/raft/vote", web::post().to(vote))
+        .route("/raft/snapshot", web::post().to(snapshot))
+        .route("/kv/{key}", web::get().to(get))
+        .route("/kv/{key}", web::put().to(set))
+        .route("/kv/{key}", web::delete().to(delete))
+        .route("/cluster", web::get().to(cluster))
+        .route("/state", web::get().to(state))
+        .route("/dump", web::get().to(dump))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// Refuses what a web page can send: a browser adds `Origin` to a
+/// cross-origin POST, PUT or DELETE (and to any fetch), while the nodes and
+/// command-line clients never do. Without this, a page open on the same
+/// host could post a forged vote (and unseat the leader) or write keys.
+pub async fn refuse_browsers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let from_a_page = req.headers().contains_key(header::ORIGIN)
+        || req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() != b"none");
+    if from_a_page {
+        return Err(actix_web::error::ErrorForbidden(
+            "requests from web pages are refused (Origin or Sec-Fetch-Site present)",
+        ));
+    }
+    next.call(req).await
+}
+
+/// An RPC's answer: bincode, or the peer's refusal as JSON (see `network`).
+fn rpc_answer<T: Serialize, E: Serialize>(result: Result<T, RaftError<u64, E>>) -> HttpResponse {
+    match result {
+        Ok(answer) => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(encode(&answer)),
+        Err(refusal) => HttpResponse::build(StatusCode::from_u16(REFUSED).expect("a valid status"))
+            .json(refusal),
+    }
+}
+
+/// The RPC bodies are bincode; anything else (a form a page posts, say)
+/// is refused before it is decoded.
+fn rpc_body<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<T, actix_web::Error> {
+    let octets = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/octet-stream");
+    if !octets {
+        return Err(actix_web::error::ErrorUnsupportedMediaType(
+            "Raft RPCs are application/octet-stream (bincode)",
+        ));
+    }
+    decode(body).map_err(|e| actix_web::error::ErrorBadRequest(format!("undecodable RPC: {e}")))
+}
+
+async fn append(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, actix_web::Error> {
+    let rpc: AppendEntriesRequest<TypeConfig> = rpc_body(&req, &body)?;
+    Ok(rpc_answer(node.raft.append_entries(rpc).await))
+}
+
+async fn vote(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, actix_web::Error> {
+    let rpc: VoteRequest<u64> = rpc_body(&req, &body)?;
+    Ok(rpc_answer(node.raft.vote(rpc).await))
+}
+
+async fn snapshot(
+    node: web::Data<Node>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, actix_web::Error> {
+    let rpc: InstallSnapshotRequest<TypeConfig> = rpc_body(&req, &body)?;
+    Ok(rpc_answer(node.raft.install_snapshot(rpc).await))
+}
+
+/// Where a client should go instead: the leader, if this node knows it.
+#[derive(Serialize)]
+struct NotLeader {
+    error: &'static str,
+    leader_id: Option<u64>,
+    leader: Option<String>,
+}
+
+fn not_leader(leader_id: Option<u64>, leader: Option<String>) -> HttpResponse {
+    HttpResponse::MisdirectedRequest().json(NotLeader {
+        error: "not the leader",
+        leader_id,
+        leader,
+    })
+}
+
+#[derive(Serialize)]
+struct Written {
+    /// The log index the write was committed at.
+    index: u64,
+    /// The key's value before (UTF-8, lossy), if it had one.
+    previous: Option<String>,
+}
+
+/// Proposes `request` and answers once it is committed (on a majority's
+/// disks) and applied here.
+async fn write(node: &Node, request: Request) -> HttpResponse {
+    if let Err(reason) = request.check(&node.limits) {
+        return HttpResponse::BadRequest().body(reason);
+    }
+    match node.raft.client_write(request).await {
+        Ok(written) => match written.data.refused {
+            Some(reason) => HttpResponse::BadRequest().body(reason),
+            None => HttpResponse::Ok().json(Written {
+                index: written.log_id.index,
+                previous: written
+                    .data
+                    .previous
+                    .map(|v| String::from_utf8_lossy(&v).into_owned()),
+            }),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+            not_leader(to.leader_id, to.leader_node.map(|n| n.addr))
+        }
+        Err(e) => HttpResponse::ServiceUnavailable().body(e.to_string()),
+    }
+}
+
+async fn set(node: web::Data<Node>, key: web::Path<String>, body: web::Bytes) -> HttpResponse {
+    let request = Request::Set {
+        key: key.into_inner().into_bytes(),
+        value: body.to_vec(),
+    };
+    write(&node, request).await
+}
+
+async fn delete(node: web::Data<Node>, key: web::Path<String>) -> HttpResponse {
+    let request = Request::Delete {
+        key: key.into_inner().into_bytes(),
+    };
+    write(&node, request).await
+}
+
+#[derive(Deserialize)]
+struct ReadOptions {
+    /// `linearizable` (the default: the leader confirms it still leads
+    /// and waits until it applied everything committed before the read)
+    /// or `local` (this node's state as applied, on any node).
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
+async fn get(
+    node: web::Data<Node>,
+    key: web::Path<String>,
+    options: web::Query<ReadOptions>,
+) -> HttpResponse {
+    let key = key.into_inner().into_bytes();
+    if key.starts_with(RESERVED_PREFIX) {
+        return HttpResponse::BadRequest().body("keys that start with 0xFF 0xFF are reserved");
+    }
+    match options.consistency.as_deref() {
+        None | Some("linearizable") => match node.raft.ensure_linearizable().await {
+            Ok(_) => {}
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(to))) => {
+                return not_leader(to.leader_id, to.leader_node.map(|n| n.addr));
+            }
+            Err(e) => return HttpResponse::ServiceUnavailable().body(e.to_string()),
+        },
+        Some("local") => {}
+        Some(other) => {
+            return HttpResponse::BadRequest().body(format!(
+                "consistency={other}: accepted linearizable or local"
+            ));
+        }
+    }
+    match node.state_machine.get(&key) {
+        Some(value) => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(value),
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+async fn cluster(node: web::Data<Node>) -> HttpResponse {
+    let metrics = node.raft.metrics().borrow().clone();
+    HttpResponse::Ok().json(metrics)
+}
+
+/// The user's keys as this node applied them, in order.
+fn user_pairs(node: &Node) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
+    node.state_machine
+        .state()
+        .iter()
+        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+}
+
+#[derive(Serialize)]
+struct Summary {
+    id: u64,
+    last_applied: Option<u64>,
+    keys: u64,
+    /// CRC-32 of every key and value in order, length-prefixed: equal
+    /// on two nodes that applied the same writes.
+    digest: String,
+}
+
+async fn state(node: web::Data<Node>) -> HttpResponse {
+    let last_applied = node.raft.metrics().borrow().last_applied.map(|id| id.index);
+    let mut digest = crc32fast::Hasher::new();
+    let mut keys = 0;
+    for (key, value) in user_pairs(&node) {
+        digest.update(&(key.len() as u64).to_le_bytes());
+        digest.update(&key);
+        digest.update(&(value.len() as u64).to_le_bytes());
+        digest.update(&value);
+        keys += 1;
+    }
+    HttpResponse::Ok().json(Summary {
+        id: node.id,
+        last_applied,
+        keys,
+        digest: format!("{:08x}", digest.finalize()),
+    })
+}
+
+/// Every key and value (UTF-8, lossy) as this node applied them.
+async fn dump(node: web::Data<Node>) -> HttpResponse {
+    let pairs: BTreeMap<String, String> = user_pairs(&node)
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect();
+    HttpResponse::Ok().json(pairs)
+}
+
+/// Prometheus text: the stores' metrics and the node's Raft state.
+async fn metrics(node: web::Data<Node>) -> HttpResponse {
+    {
+        let raft = node.raft.metrics().borrow().clone();
+        let labels = [("node", node.id.to_string())];
+        metrics::gauge!("raft_kv_term", &labels).set(raft.current_term as f64);
+        metrics::gauge!("raft_kv_last_log_index", &labels)
+            .set(raft.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("raft_kv_last_applied_index", &labels)
+            .set(raft.last_applied.map_or(0, |id| id.index) as f64);
+        metrics::gauge!("raft_kv_snapshot_index", &labels)
+            .set(raft.snapshot.map_or(0, |id| id.index) as f64);
+        metrics::gauge!("raft_kv_is_leader", &labels)
+            .set(f64::from(u8::from(raft.current_leader == Some(node.id))));
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(node.metrics.render())
+}
