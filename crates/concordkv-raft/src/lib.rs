@@ -43,7 +43,7 @@ use std::sync::Arc;
 use concordkv::{Config, ConfigError, Error, SyncMode};
 use openraft::{Entry, RaftTypeConfig};
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, MAX_READ_BYTES};
 pub use request::{Request, Response};
 pub use state_machine::{SnapshotBuilder, StateMachine};
 
@@ -87,9 +87,9 @@ where
     let mut log_config = config.clone();
     log_config.data_dir = config.data_dir.join("log");
     log_config.metrics.store = format!("{}-log", config.metrics.store);
+    let state_machine = StateMachine::open(Arc::clone(&engine), config).await?;
     let log = engine.open_log(log_config).await?;
-    let log_store = LogStore::open(Arc::clone(&engine), log).await?;
-    let state_machine = StateMachine::open(engine, config).await?;
+    let log_store = LogStore::open(engine, log, state_machine.coverage()).await?;
     Ok((log_store, state_machine))
 }
 

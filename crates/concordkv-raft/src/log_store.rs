@@ -8,8 +8,11 @@
 //! straight to its records. It is never stored: at open the first and last
 //! records tell it (the log is one run unless their distances differ).
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
+use std::future::Future;
 use std::ops::{Bound, RangeBounds};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use concordkv::{Error, Log, Seq};
@@ -45,6 +48,12 @@ struct Ends<C: RaftTypeConfig> {
     /// The last entry the log holds, appended (not necessarily durable).
     last: Option<LogId<C::NodeId>>,
     meta: Meta<C>,
+    /// The newest entries as appended, with their encoded sizes: a leader
+    /// sends them to its followers right after appending them, and reading
+    /// them back from the files for every follower cost more than the rest
+    /// of its work. Every entry from the front's index on is here.
+    tail: VecDeque<(C::Entry, usize)>,
+    tail_bytes: usize,
 }
 
 impl<C: RaftTypeConfig> Ends<C> {
@@ -79,15 +88,98 @@ impl<C: RaftTypeConfig> Ends<C> {
         self.runs.get(r).map(|&(_, seq)| seq)
     }
 
+    fn cache(&mut self, entry: C::Entry, bytes: usize) {
+        self.tail.push_back((entry, bytes));
+        self.tail_bytes += bytes;
+        while self.tail_bytes > TAIL_CACHE_BYTES && self.tail.len() > 1 {
+            if let Some((_, b)) = self.tail.pop_front() {
+                self.tail_bytes -= b;
+            }
+        }
+    }
+
+    /// Drops cached entries at or above `index` (truncated).
+    fn uncache_from(&mut self, index: u64) {
+        while self
+            .tail
+            .back()
+            .is_some_and(|(e, _)| e.get_log_id().index >= index)
+        {
+            if let Some((_, b)) = self.tail.pop_back() {
+                self.tail_bytes -= b;
+            }
+        }
+    }
+
+    /// Drops cached entries at or below `index` (purged).
+    fn uncache_through(&mut self, index: u64) {
+        while self
+            .tail
+            .front()
+            .is_some_and(|(e, _)| e.get_log_id().index <= index)
+        {
+            if let Some((_, b)) = self.tail.pop_front() {
+                self.tail_bytes -= b;
+            }
+        }
+    }
+
+    /// The cached entries of `start..=end`, if the cache holds them all.
+    fn cached(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<C::Entry>>
+    where
+        C::Entry: Clone,
+    {
+        let front = self.tail.front()?.0.get_log_id().index;
+        if start < front {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut entries = Vec::new();
+        for (entry, size) in &self.tail {
+            let index = entry.get_log_id().index;
+            if index < start {
+                continue;
+            }
+            if index > end || (!entries.is_empty() && bytes + size > max_bytes) {
+                break;
+            }
+            bytes += size;
+            entries.push(entry.clone());
+        }
+        Some(entries)
+    }
+
     /// The first index the log holds.
     fn first_index(&self) -> u64 {
         self.meta.last_purged.as_ref().map_or(0, |p| p.index + 1)
     }
 }
 
+/// Bytes of recent entries kept in memory for replication.
+const TAIL_CACHE_BYTES: usize = 32 << 20;
+/// Bytes of entries one replication request carries at most (at least
+/// one entry): the receiving node's request body limit must allow it.
+pub const MAX_READ_BYTES: usize = 8 << 20;
+/// Reads that race a purge or a truncation are tried again this often.
+const READ_RETRIES: usize = 8;
+
+/// What the log asks of the state machine before it purges: that what the
+/// purge drops be covered by durable state. openraft 0.9 purges the log
+/// for a snapshot received from the leader in the same step as it hands
+/// the snapshot to the state machine, without waiting for the install.
+pub(crate) trait Coverage: Send + Sync {
+    /// Resolves once the state up to `index` is durable, or no install
+    /// that would cover it is under way.
+    fn before_purge(
+        &self,
+        index: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>>;
+}
+
 struct Shared<C: RaftTypeConfig> {
     log: Log,
     engine: Arc<Engine>,
+    coverage: Arc<dyn Coverage>,
     ends: Mutex<Ends<C>>,
     /// (truncations so far, last sequence number acknowledged): a reader
     /// waits here for entries openraft appended and the disk has not
@@ -116,9 +208,13 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
 impl<C> LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Clone + Serialize + DeserializeOwned,
 {
-    pub(crate) async fn open(engine: Arc<Engine>, log: Log) -> Result<Self, Error> {
+    pub(crate) async fn open(
+        engine: Arc<Engine>,
+        log: Log,
+        coverage: Arc<dyn Coverage>,
+    ) -> Result<Self, Error> {
         let meta: Meta<C> = match log.metadata() {
             Some(bytes) => decode(&bytes).map_err(|e| {
                 Error::Untrusted(format!("the log's metadata does not decode: {e}"))
@@ -134,6 +230,8 @@ where
             next_seq: last_seq + 1,
             last: None,
             meta,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
         };
         if log.first_seq() <= last_seq {
             let first = read_one::<C>(&log, log.first_seq())?;
@@ -150,6 +248,7 @@ where
             shared: Arc::new(Shared {
                 log,
                 engine,
+                coverage,
                 ends: Mutex::new(ends),
                 acked,
             }),
@@ -190,7 +289,7 @@ where
     async fn retire_through(&self, index: u64) -> Result<(), Error> {
         let (to, emptied) = {
             let mut ends = self.ends();
-            match &ends.last {
+            let retire = match &ends.last {
                 Some(last) if last.index > index => {
                     (ends.seq_at_or_below(index).map_or(0, |s| s + 1), false)
                 }
@@ -199,7 +298,9 @@ where
                     ends.runs.clear();
                     (ends.next_seq, true)
                 }
-            }
+            };
+            ends.uncache_through(index);
+            retire
         };
         if emptied {
             // Every queued append is written first, so the purge may end
@@ -212,8 +313,34 @@ where
         Ok(())
     }
 
-    /// Entries of `range` (indexes), read from the files off the runtime.
-    async fn read_range(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<C::Entry>, Error> {
+    /// Entries of `range` (indexes), at most about `max_bytes` of them
+    /// (at least one): from the cache of recent entries, or read from the
+    /// files off the runtime.
+    async fn read_range(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+        max_bytes: usize,
+    ) -> Result<Vec<C::Entry>, Error> {
+        let mut tries = 0;
+        loop {
+            match self.read_once(range, max_bytes).await {
+                // Purged or truncated while read (openraft reads what it has
+                // not purged, but its replication may race its own purge, or
+                // a truncation when its leadership ended): what is left now
+                // is the answer.
+                Err(Error::Purged { .. } | Error::Truncated { .. }) if tries < READ_RETRIES => {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_once(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+        max_bytes: usize,
+    ) -> Result<Vec<C::Entry>, Error> {
         let (from, to, truncations) = {
             let ends = self.ends();
             let Some(last) = ends.last.as_ref() else {
@@ -232,40 +359,43 @@ where
                 Bound::Unbounded => last.index,
             }
             .min(last.index);
+            if start > end {
+                return Ok(Vec::new());
+            }
+            if let Some(entries) = ends.cached(start, end, max_bytes) {
+                return Ok(entries);
+            }
             match (ends.seq_at_or_above(start), ends.seq_at_or_below(end)) {
-                (Some(from), Some(to)) if start <= end && from <= to => {
-                    (from, to, self.shared.acked.borrow().0)
-                }
+                (Some(from), Some(to)) if from <= to => (from, to, self.shared.acked.borrow().0),
                 _ => return Ok(Vec::new()),
             }
         };
-        // Entries openraft appended may not be acknowledged yet (a leader
-        // sends them to its followers while its own sync runs).
+        // Entries openraft appended may not be acknowledged yet.
         let mut acked = self.shared.acked.subscribe();
         acked
             .wait_for(|&(t, seq)| t != truncations || seq >= to)
             .await
             .map_err(|_| Error::ShutDown)?;
         let log = self.shared.log.clone();
-        let records =
-            tokio::task::spawn_blocking(move || {
-                let mut entries = Vec::new();
-                for record in log.read(from..=to)? {
-                    let (_, payload) = record?;
-                    entries.push(decode::<C::Entry>(&payload).map_err(|e| {
-                        Error::Untrusted(format!("a log entry does not decode: {e}"))
-                    })?);
+        tokio::task::spawn_blocking(move || {
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            for record in log.read(from..=to)? {
+                let (_, payload) = record?;
+                if !entries.is_empty() && bytes + payload.len() > max_bytes {
+                    break;
                 }
-                Ok::<_, Error>(entries)
-            })
-            .await
-            .map_err(|_| Error::ShutDown)?;
-        match records {
-            // Purged while read: openraft reads only what it has not purged,
-            // except in a race with its own purge; what is left is the answer.
-            Err(Error::Purged { .. }) => Box::pin(self.read_range(range)).await,
-            other => other,
-        }
+                bytes += payload.len();
+                entries.push(
+                    decode::<C::Entry>(&payload).map_err(|e| {
+                        Error::Untrusted(format!("a log entry does not decode: {e}"))
+                    })?,
+                );
+            }
+            Ok::<_, Error>(entries)
+        })
+        .await
+        .map_err(|_| Error::ShutDown)?
     }
 }
 
@@ -314,14 +444,27 @@ fn io<C: RaftTypeConfig>(
 impl<C> RaftLogReader<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Clone + Serialize + DeserializeOwned,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.read_range(range)
+        self.read_range(range, usize::MAX)
+            .await
+            .map_err(io::<C>(StorageIOError::read_logs))
+    }
+
+    /// What replication reads: bounded in bytes, so that a request to a
+    /// follower never outgrows what it accepts.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
+        let range = (Bound::Included(start), Bound::Excluded(end));
+        self.read_range(range, MAX_READ_BYTES)
             .await
             .map_err(io::<C>(StorageIOError::read_logs))
     }
@@ -330,7 +473,7 @@ where
 impl<C> RaftLogStorage<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Clone + Serialize + DeserializeOwned,
 {
     type LogReader = Self;
 
@@ -375,6 +518,7 @@ where
             return Ok(());
         };
         let payloads: Vec<Vec<u8>> = entries.iter().map(encode).collect();
+        let sizes: Vec<usize> = payloads.iter().map(Vec::len).collect();
         let first = entries[0].get_log_id().index;
         let truncations = {
             let mut ends = self.ends();
@@ -406,6 +550,9 @@ where
             let mut ends = self.ends();
             ends.next_seq += pendings.len() as u64;
             ends.last = Some(last);
+            for (entry, size) in entries.into_iter().zip(sizes) {
+                ends.cache(entry, size);
+            }
         }
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
@@ -459,30 +606,40 @@ where
             .await
             .map_err(&write_err)?;
         let last = match new_last_seq {
-            Some(seq) => Some(read_one::<C>(&self.shared.log, seq).map_err(&write_err)?),
+            Some(seq) => {
+                let log = self.shared.log.clone();
+                let read = tokio::task::spawn_blocking(move || read_one::<C>(&log, seq))
+                    .await
+                    .map_err(|_| write_err(Error::ShutDown))?;
+                Some(read.map_err(&write_err)?)
+            }
             None => None,
         };
         let mut ends = self.ends();
         ends.next_seq = after + 1;
         ends.runs.retain(|&(_, seq)| seq <= after);
         ends.last = last;
+        ends.uncache_from(log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let write_err = io::<C>(StorageIOError::write_logs);
-        {
-            let mut ends = self.ends();
-            if ends
-                .meta
-                .last_purged
-                .as_ref()
-                .is_some_and(|p| p.index >= log_id.index)
-            {
-                return Ok(());
-            }
-            ends.meta.last_purged = Some(log_id.clone());
+        let done = self
+            .ends()
+            .meta
+            .last_purged
+            .as_ref()
+            .is_some_and(|p| p.index >= log_id.index);
+        if done {
+            return Ok(());
         }
+        self.shared
+            .coverage
+            .before_purge(log_id.index)
+            .await
+            .map_err(&write_err)?;
+        self.ends().meta.last_purged = Some(log_id.clone());
         // The mark first: a crash before the records go leaves them
         // unreadable anyway, and the next open retires them.
         self.write_meta().await.map_err(&write_err)?;

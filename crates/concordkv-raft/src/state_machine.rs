@@ -13,8 +13,10 @@
 //!   metadata, written after it: a `.snap` without `.meta` is unfinished.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -27,6 +29,7 @@ use openraft::{
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::engine::{replace_file, sync_dir, with_suffix, Engine};
+use crate::log_store::Coverage;
 use crate::{decode, encode, Request, Response, RESERVED_PREFIX};
 
 const APPLIED_KEY: &[u8] = b"\xff\xffconcordkv-raft/applied";
@@ -54,6 +57,7 @@ struct Shared<C: RaftTypeConfig> {
     /// generation or the current snapshot the other reads.
     snapshotting: tokio::sync::Mutex<()>,
     receiving: AtomicU64,
+    progress: tokio::sync::watch::Sender<Progress>,
 }
 
 /// openraft's [`RaftStateMachine`] on a concordkv [`Store`]. Cheap to
@@ -96,7 +100,42 @@ fn generation_config(base: &Config, dir: &Path, generation: u64) -> Config {
     config.data_dir = state_dir(dir).join(generation.to_string());
     config.wal.sync_mode = SyncMode::None;
     config.metrics.store = format!("{}-state", base.metrics.store);
+    // The largest the format allows: what the state machine stores must
+    // not depend on a node's own settings, or one node could refuse a
+    // write that the others applied. A service holds proposals to its
+    // limits before they enter the log.
+    config.limits.max_key_bytes = 1 << 24;
+    config.limits.max_value_bytes = 1 << 29;
+    config.limits.max_record_bytes = 1 << 30;
     config
+}
+
+/// Bytes of writes per store batch when applying entries or filling a
+/// store from a snapshot: each batch is one record, kept well below the
+/// largest record the format allows.
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// The estimated share of a store batch taken by `op`.
+fn op_bytes(op: &Op) -> usize {
+    16 + match op {
+        Op::Set { key, value } | Op::SetExpiring { key, value, .. } => key.len() + value.len(),
+        Op::Delete { key } => key.len(),
+        _ => 0,
+    }
+}
+
+/// Whether a snapshot id (which a leader sends) is safe as a file name.
+fn valid_snapshot_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// What a purge of the log waits for (see `log_store::Coverage`).
+#[derive(Clone, Copy, Default)]
+struct Progress {
+    /// A snapshot from the leader is being received or installed.
+    receiving: bool,
+    /// The last applied index (as applied, not necessarily durable).
+    applied: Option<u64>,
 }
 
 impl<C> StateMachine<C>
@@ -136,7 +175,11 @@ where
         }
         let applied = applied_in::<C>(&store.state())?;
         let current = load_current_snapshot::<C>(&snapshots)?;
-        Ok(StateMachine {
+        let applied_index = applied.0.as_ref().map(|id| id.index);
+        let current_ahead = current
+            .clone()
+            .filter(|meta| meta.last_log_id.as_ref().map(|id| id.index) > applied_index);
+        let sm = StateMachine {
             shared: Arc::new(Shared {
                 engine,
                 dir,
@@ -147,8 +190,25 @@ where
                 current: Mutex::new(current),
                 snapshotting: tokio::sync::Mutex::new(()),
                 receiving: AtomicU64::new(0),
+                progress: tokio::sync::watch::channel(Progress {
+                    receiving: false,
+                    applied: applied_index,
+                })
+                .0,
             }),
-        })
+        };
+        // An install that published its snapshot but stopped before its
+        // state became the current one: the snapshot is the newer state.
+        if let Some(meta) = current_ahead {
+            let path = snapshots.join(format!("{}.snap", meta.snapshot_id));
+            sm.shared.fill_generation(&meta, &path).await?;
+        }
+        Ok(sm)
+    }
+
+    /// What the log store waits on before it purges.
+    pub(crate) fn coverage(&self) -> Arc<dyn Coverage> {
+        Arc::clone(&self.shared) as Arc<dyn Coverage>
     }
 
     /// The store holding the applied state now (an install replaces it).
@@ -273,18 +333,26 @@ where
         self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Makes `meta` (with its file already at `<id>.snap`) the current
-    /// snapshot, and removes the one before.
-    fn publish(&self, meta: &Meta<C>) -> Result<(), Error> {
+    /// Makes `meta` (with its file already at `<id>.snap`, durable) the
+    /// current snapshot, and removes the one before.
+    async fn publish(&self, meta: &Meta<C>) -> Result<(), Error> {
         let dir = snapshots_dir(&self.dir);
         let meta_path = dir.join(format!("{}.meta", meta.snapshot_id));
-        replace_file(&meta_path, &encode(meta)).map_err(io_err("write", &meta_path))?;
+        let bytes = encode(meta);
+        blocking(move || replace_file(&meta_path, &bytes).map_err(io_err("write", &meta_path)))
+            .await?;
         let previous = lock(&self.current).replace(meta.clone());
         if let Some(old) = previous.filter(|old| old.snapshot_id != meta.snapshot_id) {
-            for ext in ["meta", "snap"] {
-                let path = dir.join(format!("{}.{ext}", old.snapshot_id));
-                std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
-            }
+            // A reader that opened it keeps reading it; one that has not
+            // yet finds the new one (see `get_current_snapshot`).
+            blocking(move || {
+                for ext in ["meta", "snap"] {
+                    let path = dir.join(format!("{}.{ext}", old.snapshot_id));
+                    std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                }
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
     }
@@ -360,24 +428,38 @@ where
         };
         let dir = snapshots_dir(&self.dir);
         let target = dir.join(format!("{}.snap", meta.snapshot_id));
-        if !target.exists() {
+        blocking(move || {
+            if target.exists() {
+                return Ok(());
+            }
             // A link, not a copy: the store may retire its file later.
             let tmp = with_suffix(&target, ".tmp");
             let _ = std::fs::remove_file(&tmp);
-            std::fs::hard_link(&source, &tmp)
-                .or_else(|_| std::fs::copy(&source, &tmp).map(|_| ()))
-                .map_err(io_err("link", &source))?;
+            if std::fs::hard_link(&source, &tmp).is_err() {
+                std::fs::copy(&source, &tmp).map_err(io_err("copy", &source))?;
+                std::fs::File::open(&tmp)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err("sync", &tmp))?;
+            }
             std::fs::rename(&tmp, &target).map_err(io_err("rename", &tmp))?;
-            sync_dir(&dir).map_err(io_err("sync", &dir))?;
-        }
-        self.publish(&meta)?;
+            sync_dir(&dir).map_err(io_err("sync", &dir))
+        })
+        .await?;
+        self.publish(&meta).await?;
         self.open_snapshot(meta).await
     }
 
     async fn install(&self, meta: &Meta<C>, mut data: Box<tokio::fs::File>) -> Result<(), Error> {
         let _one = self.snapshotting.lock().await;
+        if !valid_snapshot_id(&meta.snapshot_id) {
+            return Err(Error::InvalidRequest(format!(
+                "snapshot id {:?}: accepted 1 to 128 ASCII letters, digits and '-'",
+                meta.snapshot_id
+            )));
+        }
         let dir = snapshots_dir(&self.dir);
-        // The bytes first, whole and durable, under their final name.
+        // The bytes first, whole and durable, under their final name, with
+        // their metadata: from here on, a restart finishes the install.
         let target = dir.join(format!("{}.snap", meta.snapshot_id));
         let tmp = with_suffix(&target, ".tmp");
         {
@@ -394,63 +476,103 @@ where
             out.sync_all().await.map_err(io_err("sync", &tmp))?;
         }
         drop(data);
-        // The next generation, built from the file: each entry is checked
-        // before it is applied, and the file is streamed in chunks.
+        // Checked whole before it is published: a damaged file is refused
+        // here, and the state stays as it was.
+        let check = tmp.clone();
+        blocking(move || concordkv::read_snapshot_file(&check, |_, _| {}).map(|_| ())).await?;
+        let (from, to, synced) = (tmp.clone(), target.clone(), dir.clone());
+        blocking(move || {
+            std::fs::rename(&from, &to).map_err(io_err("rename", &from))?;
+            sync_dir(&synced).map_err(io_err("sync", &synced))
+        })
+        .await?;
+        self.publish(meta).await?;
+        self.fill_generation(meta, &target).await?;
+        blocking(move || remove_receiving(&dir)).await
+    }
+
+    /// Replaces the state with the snapshot at `path`: builds the next
+    /// store generation from it, makes it durable, then switches `CURRENT`
+    /// to it (one rename) and drops the old one.
+    async fn fill_generation(&self, meta: &Meta<C>, path: &Path) -> Result<(), Error> {
         let generation = self.generation.load(Relaxed) + 1;
         let config = generation_config(&self.base, &self.dir, generation);
         let new_dir = config.data_dir.clone();
         if new_dir.exists() {
-            std::fs::remove_dir_all(&new_dir).map_err(io_err("remove", &new_dir))?;
+            let stale = new_dir.clone();
+            blocking(move || std::fs::remove_dir_all(&stale).map_err(io_err("remove", &stale)))
+                .await?;
         }
         let store = self.engine.open_store(config).await?;
-        let filled = fill_from_snapshot(&store, &tmp).await;
-        let filled = match filled {
-            Ok(()) => {
-                let applied = (meta.last_log_id.clone(), meta.last_membership.clone());
-                store
-                    .append_batch(vec![
-                        Op::Set {
-                            key: APPLIED_KEY.to_vec(),
-                            value: encode(&applied.0),
-                        },
-                        Op::Set {
-                            key: MEMBERSHIP_KEY.to_vec(),
-                            value: encode(&applied.1),
-                        },
-                    ])
-                    .await
-                    .map(|_| applied)
-            }
-            Err(e) => Err(e),
-        };
-        let applied = match filled {
-            Ok(applied) => applied,
-            Err(e) => {
-                let _ = self.engine.shutdown_store(store).await;
-                let _ = std::fs::remove_dir_all(&new_dir);
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        // Durable before it becomes the one the node opens.
-        store.sync().await?;
-        let states = state_dir(&self.dir);
-        let current_file = states.join("CURRENT");
-        replace_file(&current_file, generation.to_string().as_bytes())
-            .map_err(io_err("write", &current_file))?;
+        let applied = (meta.last_log_id.clone(), meta.last_membership.clone());
+        let filled = async {
+            fill_from_snapshot(&store, path).await?;
+            let mut markers = Vec::new();
+            push_markers::<C>(&mut markers, &applied.0, &applied.1, true);
+            store.append_batch(markers).await?;
+            // Durable before it becomes the one the node opens.
+            store.sync().await
+        }
+        .await;
+        if let Err(e) = filled {
+            let _ = self.engine.shutdown_store(store).await;
+            let _ = blocking(move || {
+                std::fs::remove_dir_all(&new_dir).map_err(io_err("remove", &new_dir))
+            })
+            .await;
+            return Err(e);
+        }
+        let current_file = state_dir(&self.dir).join("CURRENT");
+        blocking(move || {
+            replace_file(&current_file, generation.to_string().as_bytes())
+                .map_err(io_err("write", &current_file))
+        })
+        .await?;
         let old = std::mem::replace(
             &mut *self.store.write().unwrap_or_else(|p| p.into_inner()),
             store,
         );
         self.generation.store(generation, Relaxed);
+        let index = applied.0.as_ref().map(|id| id.index);
         *lock(&self.applied) = applied;
+        self.progress.send_modify(|p| {
+            p.applied = index;
+            p.receiving = false;
+        });
         let old_dir = old.config().data_dir.clone();
         self.engine.shutdown_store(old).await?;
-        std::fs::remove_dir_all(&old_dir).map_err(io_err("remove", &old_dir))?;
-        std::fs::rename(&tmp, &target).map_err(io_err("rename", &tmp))?;
-        sync_dir(&dir).map_err(io_err("sync", &dir))?;
-        self.publish(meta)?;
-        remove_receiving(&dir)
+        blocking(move || std::fs::remove_dir_all(&old_dir).map_err(io_err("remove", &old_dir)))
+            .await
+    }
+}
+
+/// Runs file work off the async runtime (openraft's timers run there).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::ShutDown)?
+}
+
+impl<C> Coverage for Shared<C>
+where
+    C: RaftTypeConfig<D = Request, R = Response, Entry = Entry<C>, SnapshotData = tokio::fs::File>,
+{
+    fn before_purge(
+        &self,
+        index: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
+        Box::pin(async move {
+            let mut progress = self.progress.subscribe();
+            progress
+                .wait_for(|p| !p.receiving || p.applied.is_some_and(|a| a >= index))
+                .await
+                .map_err(|_| Error::ShutDown)?;
+            // What was applied so far survives a power loss before the
+            // entries behind it go.
+            self.store().sync().await.map(|_| ())
+        })
     }
 }
 
@@ -470,9 +592,6 @@ fn remove_receiving(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Operations per batch while a snapshot fills a new store.
-const FILL_BATCH_BYTES: usize = 1 << 20;
-
 /// Applies every entry of the snapshot file at `path` to `store`, read on a
 /// blocking thread and handed over in bounded chunks.
 async fn fill_from_snapshot(store: &Store, path: &Path) -> Result<(), Error> {
@@ -486,16 +605,13 @@ async fn fill_from_snapshot(store: &Store, path: &Path) -> Result<(), Error> {
             if receiver_gone {
                 return;
             }
-            bytes += match &op {
-                Op::Set { key, value } => key.len() + value.len(),
-                Op::SetExpiring { key, value, .. } => key.len() + value.len(),
-                _ => 16,
-            };
-            chunk.push(op);
-            if bytes >= FILL_BATCH_BYTES {
+            let size = op_bytes(&op);
+            if !chunk.is_empty() && bytes + size > CHUNK_BYTES {
                 bytes = 0;
                 receiver_gone = tx.blocking_send(std::mem::take(&mut chunk)).is_err();
             }
+            bytes += size;
+            chunk.push(op);
         })?;
         if !chunk.is_empty() && !receiver_gone {
             let _ = tx.blocking_send(chunk);
@@ -541,19 +657,15 @@ where
         let write_err = sm_err::<C>(StorageIOError::write_state_machine);
         let store = self.shared.store();
         let state = store.state();
-        let limits = store.config().limits.clone();
-        let budget = (limits.max_record_bytes / 2) as usize;
         let (mut applied, mut membership) = lock(&self.shared.applied).clone();
         let mut responses = Vec::new();
-        // Values as the batch being built leaves them.
-        let mut written: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-        let mut ops = Vec::new();
+        let mut overlay = Overlay::default();
+        // Whole entries waiting to be written, with the marker of the last.
+        let mut pending: Vec<Op> = Vec::new();
         let mut bytes = 0;
         let mut membership_changed = false;
-        let mut dirty = false;
         for entry in entries {
-            applied = Some(entry.log_id.clone());
-            dirty = true;
+            let mut ops = Vec::new();
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Membership(m) => {
@@ -561,54 +673,53 @@ where
                     membership_changed = true;
                     Response::default()
                 }
-                EntryPayload::Normal(request) => match request.check(&limits) {
-                    Err(reason) => Response::refused(reason),
-                    Ok(()) => {
-                        let key = request.key().to_vec();
-                        let previous = match written.get(&key) {
-                            Some(value) => value.clone(),
-                            None => state.get(&key),
-                        };
-                        let (op, now) = match request {
-                            Request::Set { key, value } => {
-                                bytes += key.len() + value.len();
-                                (
-                                    Op::Set {
-                                        key,
-                                        value: value.clone(),
-                                    },
-                                    Some(value),
-                                )
-                            }
-                            Request::Delete { key } => {
-                                bytes += key.len();
-                                (Op::Delete { key }, None)
-                            }
-                        };
-                        written.insert(key, now);
-                        ops.push(op);
-                        Response::done(previous)
-                    }
-                },
+                EntryPayload::Normal(request) => overlay.apply(request, &state, &mut ops),
             };
             responses.push(response);
-            if bytes >= budget {
-                // The marker goes in every chunk: each is atomic with it.
-                push_markers::<C>(&mut ops, &applied, &membership, membership_changed);
+            let entry_bytes: usize = ops.iter().map(op_bytes).sum();
+            if !pending.is_empty() && bytes + entry_bytes > CHUNK_BYTES {
+                // Written before this entry, with the marker of the one
+                // before it: each store batch holds whole entries and says
+                // which, unless one entry alone is larger than a batch.
+                push_markers::<C>(&mut pending, &applied, &membership, membership_changed);
                 store
-                    .append_batch(std::mem::take(&mut ops))
+                    .append_batch(std::mem::take(&mut pending))
                     .await
                     .map_err(&write_err)?;
                 bytes = 0;
                 membership_changed = false;
-                dirty = false;
             }
+            if entry_bytes > CHUNK_BYTES {
+                // Its writes in several batches, the marker with the last:
+                // a crash between them leaves the entry to apply again,
+                // which sets and deletes the same keys in the same order.
+                let mut chunk_bytes = 0;
+                for op in ops {
+                    let size = op_bytes(&op);
+                    if !pending.is_empty() && chunk_bytes + size > CHUNK_BYTES {
+                        store
+                            .append_batch(std::mem::take(&mut pending))
+                            .await
+                            .map_err(&write_err)?;
+                        chunk_bytes = 0;
+                    }
+                    chunk_bytes += size;
+                    pending.push(op);
+                }
+                bytes = chunk_bytes;
+            } else {
+                bytes += entry_bytes;
+                pending.extend(ops);
+            }
+            applied = Some(entry.log_id.clone());
         }
-        if dirty {
-            push_markers::<C>(&mut ops, &applied, &membership, membership_changed);
-            store.append_batch(ops).await.map_err(&write_err)?;
+        if applied != lock(&self.shared.applied).0 {
+            push_markers::<C>(&mut pending, &applied, &membership, membership_changed);
+            store.append_batch(pending).await.map_err(&write_err)?;
         }
+        let index = applied.as_ref().map(|id| id.index);
         *lock(&self.shared.applied) = (applied, membership);
+        self.shared.progress.send_modify(|p| p.applied = index);
         Ok(responses)
     }
 
@@ -621,6 +732,13 @@ where
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<tokio::fs::File>, StorageError<C::NodeId>> {
+        // A stream abandoned earlier (its leader stepped down) leaves its
+        // file: one at a time is kept.
+        let dir = snapshots_dir(&self.shared.dir);
+        blocking(move || remove_receiving(&dir))
+            .await
+            .map_err(snapshot_err::<C>)?;
+        self.shared.progress.send_modify(|p| p.receiving = true);
         let n = self.shared.receiving.fetch_add(1, Relaxed);
         let path = snapshots_dir(&self.shared.dir).join(format!("receiving-{n}"));
         let file = tokio::fs::OpenOptions::new()
@@ -640,26 +758,73 @@ where
         meta: &Meta<C>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<C::NodeId>> {
-        self.shared
-            .install(meta, snapshot)
-            .await
-            .map_err(snapshot_err::<C>)
+        let installed = self.shared.install(meta, snapshot).await;
+        self.shared.progress.send_modify(|p| p.receiving = false);
+        installed.map_err(snapshot_err::<C>)
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<C>>, StorageError<C::NodeId>> {
-        let _one = self.shared.snapshotting.lock().await;
-        let current = lock(&self.shared.current).clone();
-        match current {
-            Some(meta) => self
-                .shared
-                .open_snapshot(meta)
-                .await
-                .map(Some)
-                .map_err(sm_err::<C>(StorageIOError::read_state_machine)),
-            None => Ok(None),
+        // Not behind the build's lock: openraft asks from the state
+        // machine's worker, which must not wait for a build. A snapshot
+        // replaced between reading its metadata and opening its file is
+        // asked for again.
+        let mut tries = 0;
+        loop {
+            let Some(meta) = lock(&self.shared.current).clone() else {
+                return Ok(None);
+            };
+            match self.shared.open_snapshot(meta).await {
+                Ok(snapshot) => return Ok(Some(snapshot)),
+                Err(Error::Io { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && tries < 8 =>
+                {
+                    tries += 1;
+                }
+                Err(e) => return Err(sm_err::<C>(StorageIOError::read_state_machine)(e)),
+            }
         }
+    }
+}
+
+/// Values as the store batch being built leaves them, so that each write
+/// answers with the value the one before it left.
+#[derive(Default)]
+struct Overlay {
+    written: HashMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Overlay {
+    /// Adds `request`'s operations to `ops`, and answers it.
+    fn apply(&mut self, request: Request, state: &State, ops: &mut Vec<Op>) -> Response {
+        if let Err(reason) = request.check_shape() {
+            return Response::refused(reason);
+        }
+        let (key, op, now) = match request {
+            Request::Batch(requests) => {
+                let answers = requests
+                    .into_iter()
+                    .map(|r| self.apply(r, state, ops))
+                    .collect();
+                return Response::batch(answers);
+            }
+            Request::Set { key, value } => {
+                let op = Op::Set {
+                    key: key.clone(),
+                    value: value.clone(),
+                };
+                (key, op, Some(value))
+            }
+            Request::Delete { key } => (key.clone(), Op::Delete { key }, None),
+        };
+        let previous = match self.written.get(&key) {
+            Some(value) => value.clone(),
+            None => state.get(&key),
+        };
+        self.written.insert(key, now);
+        ops.push(op);
+        Response::done(previous)
     }
 }
 

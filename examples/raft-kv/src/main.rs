@@ -14,7 +14,9 @@
 //! raft-kv --id 3
 //! ```
 
+mod memory;
 mod network;
+mod proposer;
 mod routes;
 mod settings;
 
@@ -33,8 +35,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, Raft};
 
+use crate::memory::{MemoryLog, MemoryStateMachine};
 use crate::network::Network;
-use crate::routes::Node;
+use crate::proposer::Proposer;
+use crate::routes::{Keys, Node};
 use crate::settings::Settings;
 
 /// First port of the default addresses: node `n` listens on `21000 + n`.
@@ -46,8 +50,6 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-/// Largest request body: a snapshot chunk or a batch of entries, with room.
-const MAX_BODY_BYTES: usize = 64 << 20;
 
 /// A node of a replicated key-value service (openraft on concordkv).
 #[derive(Parser, Debug)]
@@ -73,6 +75,16 @@ struct Args {
     /// same command restarts it.
     #[arg(long, value_name = "ID=IP:PORT,...", value_parser = parse_members)]
     init: Option<BTreeMap<u64, BasicNode>>,
+    /// Where the log and the keys live: `concordkv` (on disk, durable) or
+    /// `memory` (nothing survives the process: the benchmark's baseline).
+    #[arg(long, value_enum, default_value = "concordkv")]
+    store: StoreKind,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreKind {
+    Concordkv,
+    Memory,
 }
 
 fn parse_members(text: &str) -> Result<BTreeMap<u64, BasicNode>, String> {
@@ -107,6 +119,7 @@ fn main() -> ExitCode {
 /// What a node runs with, from the arguments over the file.
 struct Plan {
     id: u64,
+    store: StoreKind,
     listen: SocketAddr,
     settings: Settings,
     init: Option<BTreeMap<u64, BasicNode>>,
@@ -114,11 +127,12 @@ struct Plan {
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let mut settings = Settings::load(args.config.as_deref())?;
-    let node = settings.node.clone().unwrap_or(settings::NodeSection {
-        id: None,
-        listen: None,
-        data_dir: None,
-    });
+    let mut node = settings.node.clone().unwrap_or_default();
+    // From the environment, to keep the secret out of the file.
+    if let Ok(token) = std::env::var("RAFT_KV_CLUSTER_TOKEN") {
+        node.cluster_token = Some(token);
+    }
+    settings.node = Some(node.clone());
     let id = args
         .id
         .or(node.id)
@@ -146,6 +160,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let metrics = install_metrics()?;
     let plan = Plan {
         id,
+        store: args.store,
         listen,
         settings,
         init: args.init,
@@ -163,24 +178,50 @@ fn install_metrics() -> Result<PrometheusHandle, Box<dyn Error>> {
 async fn serve(plan: Plan, metrics: PrometheusHandle) -> Result<(), Box<dyn Error>> {
     let Plan {
         id,
+        store,
         listen,
         settings,
         init,
     } = plan;
     let raft_config = Arc::new(settings.raft.to_openraft()?);
+    let chunk_bytes = settings.raft.snapshot_max_chunk_bytes;
+    let token = settings.node.as_ref().and_then(|n| n.cluster_token.clone());
     let limits = settings.store.limits.clone();
+    // Half the log's record limit: a batch's encoding adds a few bytes
+    // per write to their keys and values.
+    let proposal_bytes = usize::try_from(limits.max_record_bytes / 2).unwrap_or(usize::MAX);
     let data_dir = settings.store.data_dir.clone();
-    let (log_store, state_machine) = concordkv_raft::open::<TypeConfig>(settings.store)
-        .await
-        .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
-    let raft = Raft::new(
-        id,
-        raft_config,
-        Network::new()?,
-        log_store.clone(),
-        state_machine.clone(),
-    )
-    .await?;
+    let network = Network::new(token.clone())?;
+    let (raft, keys, durable) = match store {
+        StoreKind::Concordkv => {
+            let (log_store, state_machine) = concordkv_raft::open::<TypeConfig>(settings.store)
+                .await
+                .map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
+            let raft = Raft::new(
+                id,
+                raft_config,
+                network,
+                log_store.clone(),
+                state_machine.clone(),
+            )
+            .await?;
+            let keys = Keys::Durable(state_machine.clone());
+            (raft, keys, Some((log_store, state_machine)))
+        }
+        StoreKind::Memory => {
+            let state_machine =
+                MemoryStateMachine::new(data_dir.join("memory-snapshots"), limits.clone())?;
+            let raft = Raft::new(
+                id,
+                raft_config,
+                network,
+                MemoryLog::default(),
+                state_machine.clone(),
+            )
+            .await?;
+            (raft, Keys::Memory(state_machine), None)
+        }
+    };
 
     let upkeep = metrics.clone();
     actix_web::rt::spawn(async move {
@@ -191,17 +232,26 @@ async fn serve(plan: Plan, metrics: PrometheusHandle) -> Result<(), Box<dyn Erro
         }
     });
 
+    // Room for what a peer sends: replication reads stop after
+    // `MAX_READ_BYTES` but always carry one entry (up to a record), and a
+    // snapshot comes in chunks.
+    let max_body = concordkv_raft::MAX_READ_BYTES
+        + proposal_bytes.saturating_mul(2)
+        + usize::try_from(chunk_bytes).unwrap_or(usize::MAX)
+        + (1 << 20);
     let node = web::Data::new(Node {
         id,
+        token,
         raft: raft.clone(),
-        state_machine: state_machine.clone(),
+        proposer: Proposer::start(raft.clone(), proposal_bytes),
+        keys,
         limits,
         metrics,
     });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(node.clone())
-            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .app_data(web::PayloadConfig::new(max_body))
             .wrap(middleware::from_fn(routes::refuse_browsers))
             .configure(routes::configure)
     })
@@ -238,15 +288,18 @@ async fn serve(plan: Plan, metrics: PrometheusHandle) -> Result<(), Box<dyn Erro
     let served = server.await;
     let fatal = raft.metrics().borrow().running_state.clone().err();
     let stopped = raft.shutdown().await;
-    let log_closed = log_store.close().await;
-    let state_closed = state_machine.close().await;
+    let closed = match durable {
+        Some((log_store, state_machine)) => {
+            log_store.close().await.and(state_machine.close().await)
+        }
+        None => Ok(()),
+    };
     served?;
     if let Some(fatal) = fatal {
         return Err(format!("Raft stopped: {fatal}").into());
     }
     stopped.map_err(|e| format!("stopping Raft: {e}"))?;
-    log_closed?;
-    state_closed?;
+    closed?;
     println!("raft-kv: node {id} stopped");
     Ok(())
 }

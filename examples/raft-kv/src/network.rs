@@ -10,7 +10,8 @@ use std::error::Error as StdError;
 
 use concordkv_raft::TypeConfig;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -23,21 +24,26 @@ use serde::Serialize;
 
 /// Status of an answer that carries the peer's `RaftError` (as JSON).
 pub const REFUSED: u16 = 409;
+/// The header that carries the cluster's shared token, when it has one.
+pub const TOKEN_HEADER: &str = "x-raft-kv-token";
 
 /// Makes a [`Peer`] per target node; one HTTP client (and connection pool)
 /// for them all.
 #[derive(Clone)]
 pub struct Network {
     client: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Network {
-    pub fn new() -> Result<Network, reqwest::Error> {
+    /// A client that sends `token` (the cluster's shared secret) with each
+    /// RPC, if there is one.
+    pub fn new(token: Option<String>) -> Result<Network, reqwest::Error> {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .build()?;
-        Ok(Network { client })
+        Ok(Network { client, token })
     }
 }
 
@@ -47,6 +53,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
         Peer {
             client: self.client.clone(),
+            token: self.token.clone(),
             target,
             base: format!("http://{}/raft", node.addr),
         }
@@ -56,6 +63,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// One peer, as openraft's replication and elections talk to it.
 pub struct Peer {
     client: reqwest::Client,
+    token: Option<String>,
     target: u64,
     base: String,
 }
@@ -83,21 +91,21 @@ impl Peer {
     {
         let network =
             |e: &dyn StdError| RPCError::Network(NetworkError::new(&Described(e.to_string())));
-        let answer = self
+        let mut post = self
             .client
             .post(format!("{}/{path}", self.base))
             .timeout(option.hard_ttl())
-            .header("content-type", "application/octet-stream")
-            .body(encode(request))
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                } else {
-                    network(&e)
-                }
-            })?;
+            .header("content-type", "application/octet-stream");
+        if let Some(token) = &self.token {
+            post = post.header(TOKEN_HEADER, token);
+        }
+        let answer = post.body(encode(request)).send().await.map_err(|e| {
+            if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                network(&e)
+            }
+        })?;
         let status = answer.status();
         let body = answer.bytes().await.map_err(|e| network(&e))?;
         if status.as_u16() == REFUSED {
@@ -107,6 +115,12 @@ impl Peer {
                 self.target,
                 refusal,
             )));
+        }
+        if status.as_u16() == 413 {
+            // openraft sends fewer entries next time.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(1),
+            ));
         }
         if !status.is_success() {
             return Err(network(&Described(format!(

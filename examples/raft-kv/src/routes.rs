@@ -11,19 +11,54 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use concordkv::LimitsConfig;
 use concordkv_raft::{Request, StateMachine, TypeConfig, RESERVED_PREFIX};
+
+use crate::memory::MemoryStateMachine;
+use crate::proposer::{Proposer, WriteError};
 use metrics_exporter_prometheus::PrometheusHandle;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
 
-use crate::network::{decode, encode, REFUSED};
+use crate::network::{decode, encode, REFUSED, TOKEN_HEADER};
+
+/// The applied keys, as reads see them.
+pub enum Keys {
+    /// On concordkv (the service).
+    Durable(StateMachine<TypeConfig>),
+    /// In memory (the benchmark's baseline).
+    Memory(MemoryStateMachine),
+}
+
+impl Keys {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Keys::Durable(sm) => sm.get(key),
+            Keys::Memory(sm) => sm.get(key),
+        }
+    }
+
+    /// The user's keys as this node applied them, in order.
+    fn user_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let pairs = match self {
+            Keys::Durable(sm) => sm.state().iter().collect(),
+            Keys::Memory(sm) => sm.pairs(),
+        };
+        pairs
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
+            .collect()
+    }
+}
 
 /// What every handler shares.
 pub struct Node {
     pub id: u64,
+    /// The cluster's shared secret: `/raft/…` requests must carry it.
+    pub token: Option<String>,
     pub raft: Raft<TypeConfig>,
-    pub state_machine: StateMachine<TypeConfig>,
+    pub proposer: Proposer,
+    pub keys: Keys,
     pub limits: LimitsConfig,
     pub metrics: PrometheusHandle,
 }
@@ -45,6 +80,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// cross-origin POST, PUT or DELETE (and to any fetch), while the nodes and
 /// command-line clients never do. Without this, a page open on the same
 /// host could post a forged vote (and unseat the leader) or write keys.
+/// A page that rebinds its own host name to this address sends no
+/// `Origin` on its same-origin reads, but names its host in `Host`: only
+/// an IP address or `localhost` is accepted there.
 pub async fn refuse_browsers(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -59,7 +97,50 @@ pub async fn refuse_browsers(
             "requests from web pages are refused (Origin or Sec-Fetch-Site present)",
         ));
     }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !is_address(host) {
+        return Err(actix_web::error::ErrorForbidden(
+            "Host must be an IP address or localhost (with a port)",
+        ));
+    }
     next.call(req).await
+}
+
+/// Whether `host` (a `Host` header) names an address, not a domain.
+fn is_address(host: &str) -> bool {
+    if host.parse::<std::net::SocketAddr>().is_ok() || host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+        if port.parse::<u16>().is_ok() {
+            name
+        } else {
+            host
+        }
+    });
+    name.eq_ignore_ascii_case("localhost")
+}
+
+/// Checks the cluster token of an RPC, in constant time.
+fn authorized(node: &Node, req: &HttpRequest) -> Result<(), actix_web::Error> {
+    let Some(token) = &node.token else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(TOKEN_HEADER)
+        .map_or(&b""[..], |v| v.as_bytes());
+    if bool::from(subtle::ConstantTimeEq::ct_eq(given, token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(actix_web::error::ErrorUnauthorized(
+            "a Raft RPC without the cluster's token",
+        ))
+    }
 }
 
 /// An RPC's answer: bincode, or the peer's refusal as JSON (see `network`).
@@ -96,6 +177,7 @@ async fn append(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, actix_web::Error> {
+    authorized(&node, &req)?;
     let rpc: AppendEntriesRequest<TypeConfig> = rpc_body(&req, &body)?;
     Ok(rpc_answer(node.raft.append_entries(rpc).await))
 }
@@ -105,6 +187,7 @@ async fn vote(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, actix_web::Error> {
+    authorized(&node, &req)?;
     let rpc: VoteRequest<u64> = rpc_body(&req, &body)?;
     Ok(rpc_answer(node.raft.vote(rpc).await))
 }
@@ -114,6 +197,7 @@ async fn snapshot(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, actix_web::Error> {
+    authorized(&node, &req)?;
     let rpc: InstallSnapshotRequest<TypeConfig> = rpc_body(&req, &body)?;
     Ok(rpc_answer(node.raft.install_snapshot(rpc).await))
 }
@@ -142,27 +226,24 @@ struct Written {
     previous: Option<String>,
 }
 
-/// Proposes `request` and answers once it is committed (on a majority's
-/// disks) and applied here.
+/// Proposes `request` (batched with concurrent writes) and answers once it
+/// is committed (on a majority's disks) and applied here.
 async fn write(node: &Node, request: Request) -> HttpResponse {
     if let Err(reason) = request.check(&node.limits) {
         return HttpResponse::BadRequest().body(reason);
     }
-    match node.raft.client_write(request).await {
-        Ok(written) => match written.data.refused {
+    match node.proposer.write(request).await {
+        Ok((index, answer)) => match answer.refused {
             Some(reason) => HttpResponse::BadRequest().body(reason),
             None => HttpResponse::Ok().json(Written {
-                index: written.log_id.index,
-                previous: written
-                    .data
+                index,
+                previous: answer
                     .previous
                     .map(|v| String::from_utf8_lossy(&v).into_owned()),
             }),
         },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
-            not_leader(to.leader_id, to.leader_node.map(|n| n.addr))
-        }
-        Err(e) => HttpResponse::ServiceUnavailable().body(e.to_string()),
+        Err(WriteError::NotLeader { leader_id, leader }) => not_leader(leader_id, leader),
+        Err(WriteError::Unavailable(reason)) => HttpResponse::ServiceUnavailable().body(reason),
     }
 }
 
@@ -214,7 +295,7 @@ async fn get(
             ));
         }
     }
-    match node.state_machine.get(&key) {
+    match node.keys.get(&key) {
         Some(value) => HttpResponse::Ok()
             .content_type("application/octet-stream")
             .body(value),
@@ -225,14 +306,6 @@ async fn get(
 async fn cluster(node: web::Data<Node>) -> HttpResponse {
     let metrics = node.raft.metrics().borrow().clone();
     HttpResponse::Ok().json(metrics)
-}
-
-/// The user's keys as this node applied them, in order.
-fn user_pairs(node: &Node) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> {
-    node.state_machine
-        .state()
-        .iter()
-        .filter(|(k, _)| !k.starts_with(RESERVED_PREFIX))
 }
 
 #[derive(Serialize)]
@@ -249,7 +322,7 @@ async fn state(node: web::Data<Node>) -> HttpResponse {
     let last_applied = node.raft.metrics().borrow().last_applied.map(|id| id.index);
     let mut digest = crc32fast::Hasher::new();
     let mut keys = 0;
-    for (key, value) in user_pairs(&node) {
+    for (key, value) in node.keys.user_pairs() {
         digest.update(&(key.len() as u64).to_le_bytes());
         digest.update(&key);
         digest.update(&(value.len() as u64).to_le_bytes());
@@ -266,7 +339,10 @@ async fn state(node: web::Data<Node>) -> HttpResponse {
 
 /// Every key and value (UTF-8, lossy) as this node applied them.
 async fn dump(node: web::Data<Node>) -> HttpResponse {
-    let pairs: BTreeMap<String, String> = user_pairs(&node)
+    let pairs: BTreeMap<String, String> = node
+        .keys
+        .user_pairs()
+        .into_iter()
         .map(|(k, v)| {
             (
                 String::from_utf8_lossy(&k).into_owned(),

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// `[node]`: who this node is and where it listens.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// The node's Raft id (unique in the cluster).
@@ -32,6 +32,11 @@ pub struct NodeSection {
     pub listen: Option<SocketAddr>,
     /// Where the node keeps its log, state and snapshots.
     pub data_dir: Option<PathBuf>,
+    /// A secret every node of the cluster shares: nodes send it with each
+    /// Raft RPC and refuse an RPC without it. Without one, anything that
+    /// can reach the port can vote and append: set one whenever the nodes
+    /// listen on anything but loopback.
+    pub cluster_token: Option<String>,
 }
 
 /// `[raft]`: openraft's timings and snapshot policy.

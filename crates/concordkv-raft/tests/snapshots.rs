@@ -1,0 +1,109 @@
+//! Snapshots across nodes and crashes: an install interrupted after its
+//! snapshot was published finishes at the next open, and a damaged
+//! snapshot from a leader is refused with the state left as it was.
+
+use std::path::Path;
+
+use concordkv::Config;
+use concordkv_raft::{open, Request, StateMachine, TypeConfig};
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
+use tempfile::TempDir;
+
+fn set(index: u64, key: &str, value: &str) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Request::Set {
+            key: key.into(),
+            value: value.into(),
+        }),
+    }
+}
+
+async fn node(dir: &Path) -> StateMachine<TypeConfig> {
+    open::<TypeConfig>(Config::with_data_dir(dir))
+        .await
+        .expect("the node opens")
+        .1
+}
+
+/// A leader's state machine with 100 keys and a snapshot of them: its
+/// directory, and the snapshot's file and metadata file.
+async fn leader_with_snapshot() -> (TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let mut sm = node(dir.path()).await;
+    let entries: Vec<_> = (1..=100)
+        .map(|i| set(i, &format!("k{i:03}"), "v"))
+        .collect();
+    sm.apply(entries).await.unwrap();
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let id = snapshot.meta.snapshot_id.clone();
+    let snaps = dir.path().join("snapshots");
+    (
+        dir,
+        snaps.join(format!("{id}.snap")),
+        snaps.join(format!("{id}.meta")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_published_before_a_crash_finishes_at_open() {
+    let (_leader, snap, meta) = leader_with_snapshot().await;
+    let follower = TempDir::new().unwrap();
+    let mut sm = node(follower.path()).await;
+    sm.apply(vec![set(1, "old", "state")]).await.unwrap();
+    sm.close().await.unwrap();
+    drop(sm);
+    // As an install leaves it when the process dies after publishing the
+    // snapshot (file, then metadata) and before switching the state.
+    let snaps = follower.path().join("snapshots");
+    std::fs::copy(&snap, snaps.join(snap.file_name().unwrap())).unwrap();
+    std::fs::copy(&meta, snaps.join(meta.file_name().unwrap())).unwrap();
+
+    let mut sm = node(follower.path()).await;
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|id| id.index), Some(100));
+    assert_eq!(sm.get(b"k042").as_deref(), Some(&b"v"[..]));
+    assert_eq!(
+        sm.get(b"old"),
+        None,
+        "the snapshot's state replaced the old one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_from_the_leader_is_refused_and_the_state_kept() {
+    let (_leader, snap, meta_path) = leader_with_snapshot().await;
+    let meta = published_meta(&meta_path);
+    let follower = TempDir::new().unwrap();
+    let mut sm = node(follower.path()).await;
+    sm.apply(vec![set(1, "mine", "kept")]).await.unwrap();
+
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
+        .await
+        .unwrap();
+    let refused = sm.install_snapshot(&meta, receiving).await;
+    assert!(refused.is_err(), "a damaged snapshot is refused");
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|id| id.index), Some(1));
+    assert_eq!(sm.get(b"mine").as_deref(), Some(&b"kept"[..]));
+    assert_eq!(sm.get(b"k042"), None);
+    assert!(sm.get_current_snapshot().await.unwrap().is_none());
+}
+
+/// The metadata the leader published, as the follower receives it.
+fn published_meta(path: &Path) -> openraft::SnapshotMeta<u64, openraft::BasicNode> {
+    let bytes = std::fs::read(path).unwrap();
+    bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+        .unwrap()
+        .0
+}
