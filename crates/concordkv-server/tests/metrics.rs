@@ -197,7 +197,8 @@ fn the_endpoint_exports_every_contract_metric_and_promtool_accepts_it() {
 }
 
 /// `grafana/alerts.yml` is valid, and each alert fires for a failing
-/// instance and not for a healthy one (`grafana/alerts.test.yml`).
+/// instance and not for a healthy one (`grafana/alerts.test.yml`); both
+/// Prometheus configurations (one server, a raft-kv cluster) load.
 #[test]
 fn the_alerting_rules_pass_promtool_s_checks_and_unit_tests() {
     if !promtool_available() {
@@ -208,6 +209,8 @@ fn the_alerting_rules_pass_promtool_s_checks_and_unit_tests() {
     for args in [
         &["check", "rules", "alerts.yml"][..],
         &["test", "rules", "alerts.test.yml"],
+        &["check", "config", "prometheus.yml"],
+        &["check", "config", "prometheus-raft-kv.yml"],
     ] {
         let out = Command::new("promtool")
             .args(args)

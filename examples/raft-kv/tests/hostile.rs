@@ -82,4 +82,21 @@ fn forged_rpcs_and_web_pages_are_refused() {
     );
     let nodes = cluster.converged();
     assert!(nodes.iter().all(|n| !n.contains_key("planted")));
+
+    // What the dashboard reads: each store's series by its label, and the
+    // node's Raft state.
+    let mut scrape = cluster
+        .agent
+        .get(&cluster.url(1, "/metrics"))
+        .call()
+        .expect("GET");
+    let text = scrape.body_mut().read_to_string().expect("text");
+    for series in [
+        "concordkv_wal_syncs_total{store=\"node-2-log\"}",
+        "concordkv_wal_records_total{store=\"node-2-state\"}",
+        "raft_kv_last_applied_index{node=\"2\"}",
+        "raft_kv_is_leader{node=\"2\"}",
+    ] {
+        assert!(text.contains(series), "{series} missing from /metrics");
+    }
 }
