@@ -56,7 +56,7 @@ round() {
         sleep 0.1
     done
     target/release/raft-kv-bench --nodes "$urls" --clients "$CLIENTS" \
-        --seconds "$SECONDS_EACH" | tee /dev/stderr | grep '^RESULT'
+        --seconds "$SECONDS_EACH" | grep '^RESULT'
     stop_nodes
     rm -rf "$dir"
 }
@@ -73,16 +73,20 @@ for r in $(seq "$ROUNDS"); do
     memory+=("$(round memory)")
 done
 
+echo "every round:"
+printf 'concordkv %s\n' "${durable[@]}"
+printf 'memory    %s\n' "${memory[@]}"
 echo
 echo "raft-kv, 3 nodes on 127.0.0.1, $CLIENTS clients, ${SECONDS_EACH}s x $ROUNDS rounds, $(date -u +%F), $(nproc) cores"
-printf '%-10s %12s %10s %10s %16s\n' store "writes/s" "p50 us" "p99 us" "syncs/entry"
+printf '%-10s %12s %10s %10s %12s %12s\n' store "writes/s" "p50 us" "p99 us" "syncs/entry" "syncs/write"
 for store in concordkv memory; do
     if [ "$store" = concordkv ]; then results=("${durable[@]}"); else results=("${memory[@]}"); fi
     ops=$(printf '%s\n' "${results[@]}" | field ops_per_sec | median)
     p50=$(printf '%s\n' "${results[@]}" | field p50_us | median)
     p99=$(printf '%s\n' "${results[@]}" | field p99_us | median)
     syncs=$(printf '%s\n' "${results[@]}" | field syncs_per_entry | median)
-    printf '%-10s %12.0f %10.0f %10.0f %16s\n' "$store" "$ops" "$p50" "$p99" "$syncs"
+    per_write=$(printf '%s\n' "${results[@]}" | field syncs_per_write | median)
+    printf '%-10s %12.0f %10.0f %10.0f %12s %12s\n' "$store" "$ops" "$p50" "$p99" "$syncs" "$per_write"
     eval "ops_$store=$ops"
 done
 awk -v d="$ops_concordkv" -v m="$ops_memory" 'BEGIN {printf "concordkv / memory throughput: %.2f\n", d / m}'

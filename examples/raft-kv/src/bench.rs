@@ -100,6 +100,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .map(|(a, b)| a.saturating_sub(*b))
         .collect();
     let per_entry = syncs.iter().sum::<u64>() as f64 / entries.max(1) as f64;
+    let per_write = syncs.iter().sum::<u64>() as f64 / latencies.len().max(1) as f64;
     println!(
         "{} clients, {} s: {:.0} writes/s, p50 {} µs, p99 {} µs, p99.9 {} µs, {} failed",
         args.clients,
@@ -111,10 +112,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         failed
     );
     println!(
-        "{entries} entries committed; log fdatasyncs per node {syncs:?}: {per_entry:.3} per committed entry (all nodes)"
+        "{entries} entries committed; log fdatasyncs per node {syncs:?}: {per_entry:.3} per committed entry, {per_write:.3} per write (all nodes)"
     );
     println!(
-        "RESULT ops_per_sec={ops:.0} p50_us={} p99_us={} syncs_per_entry={per_entry:.3} failed={failed} leader={}",
+        "RESULT ops_per_sec={ops:.0} p50_us={} p99_us={} syncs_per_entry={per_entry:.3} syncs_per_write={per_write:.3} failed={failed} leader={}",
         latencies.value_at_quantile(0.5),
         latencies.value_at_quantile(0.99),
         leader + 1
