@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{middleware, web, App, HttpServer};
 use clap::Parser;
 use concordkv::{Config, Store};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -159,6 +159,7 @@ async fn serve(
             .app_data(store_data.clone())
             .app_data(state_data.clone())
             .app_data(metrics_data.clone())
+            .wrap(middleware::from_fn(routes::refuse_pages))
             .configure(routes::configure)
     })
     .shutdown_timeout(SHUTDOWN_GRACE_SECS)

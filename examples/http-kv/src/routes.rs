@@ -4,8 +4,11 @@
 //! acknowledged); writes go through the `Store` and are answered once the
 //! store acknowledged them.
 
-use actix_web::http::header::ContentType;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, ContentType};
 use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse, ResponseError};
 use concordkv::{State, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -33,6 +36,43 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(delete)),
         )
         .route("/log", web::get().to(log_stream::log));
+}
+
+/// Refuses what a web page can send. A page on another origin gets no
+/// answer to a `PUT` or `DELETE` past CORS, but a page that rebinds its own
+/// host name to this address is same-origin: it reads and writes freely,
+/// and names its host in `Host`. So `Host` must be an IP address or
+/// `localhost`, and a request carrying `Origin` or cross-site fetch
+/// metadata (which browsers add, and programs do not) is refused too.
+pub async fn refuse_pages(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let headers = req.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if !host.is_some_and(is_address) {
+        return Err(actix_web::error::ErrorForbidden(
+            "Host must be an IP address or localhost (with a port)",
+        ));
+    }
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() != b"none");
+    if headers.contains_key(header::ORIGIN) || cross_site {
+        return Err(actix_web::error::ErrorForbidden(
+            "requests from web pages are refused (Origin or Sec-Fetch-Site present)",
+        ));
+    }
+    next.call(req).await
+}
+
+/// Whether `host` (a `Host` header) names an address, not a domain.
+fn is_address(host: &str) -> bool {
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok());
+    let name = name.map_or(host, |(name, _)| name).trim_matches(['[', ']']);
+    name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost")
 }
 
 /// A failed request: what the client sees.

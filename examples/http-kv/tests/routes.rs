@@ -80,6 +80,56 @@ fn refused_requests_get_400_with_the_reason() {
 }
 
 #[test]
+fn requests_a_web_page_could_send_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start_with_limits(dir.path());
+    let http = client();
+    let url = server.url("/kv/planted");
+    let status = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| {
+        r.expect("a response").status().as_u16()
+    };
+
+    // A page that rebound its host name to this address: same-origin for
+    // the browser, so no CORS stops its reads or writes; its Host gives it
+    // away.
+    assert_eq!(
+        status(http.put(&url).header("host", "evil.example:8080").send("x")),
+        403
+    );
+    assert_eq!(
+        status(
+            http.get(&server.url("/kv"))
+                .header("host", "evil.example")
+                .call()
+        ),
+        403
+    );
+    // A cross-origin page, by its Origin or its fetch metadata.
+    assert_eq!(
+        status(
+            http.delete(&url)
+                .header("origin", "http://evil.example")
+                .call()
+        ),
+        403
+    );
+    assert_eq!(
+        status(
+            http.put(&url)
+                .header("sec-fetch-site", "cross-site")
+                .send("x")
+        ),
+        403
+    );
+    // Programs name the address (or localhost) and send neither header.
+    assert_eq!(
+        status(http.put(&url).header("host", "localhost").send("ok")),
+        201
+    );
+    assert_eq!(get(&http, &url), (200, "ok".to_string()));
+}
+
+#[test]
 fn listing_is_ordered_by_key_and_limited() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = start_with_limits(dir.path());

@@ -112,17 +112,11 @@ pub async fn refuse_browsers(
 
 /// Whether `host` (a `Host` header) names an address, not a domain.
 fn is_address(host: &str) -> bool {
-    if host.parse::<std::net::SocketAddr>().is_ok() || host.parse::<std::net::IpAddr>().is_ok() {
-        return true;
-    }
-    let name = host.rsplit_once(':').map_or(host, |(name, port)| {
-        if port.parse::<u16>().is_ok() {
-            name
-        } else {
-            host
-        }
-    });
-    name.eq_ignore_ascii_case("localhost")
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok());
+    let name = name.map_or(host, |(name, _)| name).trim_matches(['[', ']']);
+    name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost")
 }
 
 /// Checks the cluster token of an RPC, in constant time.
