@@ -33,6 +33,8 @@ use crate::log_store::Coverage;
 use crate::{decode, encode, Request, Response, RESERVED_PREFIX};
 
 const APPLIED_KEY: &[u8] = b"\xff\xffconcordkv-raft/applied";
+/// Names of state generations set aside as damaged (kept, never removed).
+const DAMAGED_PREFIX: &str = "damaged-";
 const MEMBERSHIP_KEY: &[u8] = b"\xff\xffconcordkv-raft/membership";
 
 /// What the state machine has applied, as openraft asks for it.
@@ -160,11 +162,42 @@ where
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(Error::io("read", &current_file, e)),
         };
-        // A generation an install was building when the process stopped.
+        // A generation an install was building when the process stopped
+        // (damaged generations set aside stay, for inspection).
         remove_except(&states, &[&generation.to_string(), "CURRENT"])?;
-        let store = engine
+        let current = load_current_snapshot::<C>(&snapshots)?;
+        let (store, generation) = match engine
             .open_store(generation_config(&base, &dir, generation))
-            .await?;
+            .await
+        {
+            Ok(store) => (store, generation),
+            Err(Error::Corruption(damage)) => {
+                // The state store makes no fsync of its own (the Raft log
+                // is the durable copy), so a power cut can leave a page of
+                // it missing anywhere. It is set aside and rebuilt from the
+                // current snapshot; openraft applies the log after it again.
+                tracing::error!(
+                    %damage,
+                    "the state store is damaged: setting it aside and rebuilding it from the snapshot and the log"
+                );
+                let damaged = states.join(generation.to_string());
+                let aside = states.join(format!(
+                    "{DAMAGED_PREFIX}{generation}-{}",
+                    concordkv::unix_millis(std::time::SystemTime::now())
+                ));
+                std::fs::rename(&damaged, &aside).map_err(|e| Error::io("rename", &damaged, e))?;
+                let snapshot = current
+                    .as_ref()
+                    .map(|meta| (meta, snapshots.join(format!("{}.snap", meta.snapshot_id))));
+                let from = snapshot
+                    .as_ref()
+                    .map(|(meta, path)| (*meta, path.as_path()));
+                let next = generation + 1;
+                let store = build_generation::<C>(&engine, &base, &dir, next, from).await?;
+                (store, next)
+            }
+            Err(e) => return Err(e),
+        };
         if store.state().last_seq() == 0 {
             // A new store holds the markers from the start, so that it
             // always has a snapshot to give (an empty state is one too).
@@ -174,7 +207,6 @@ where
             store.append_batch(ops).await?;
         }
         let applied = applied_in::<C>(&store.state())?;
-        let current = load_current_snapshot::<C>(&snapshots)?;
         let applied_index = applied.0.as_ref().map(|id| id.index);
         let current_ahead = current
             .clone()
@@ -244,7 +276,8 @@ fn remove_except(dir: &Path, keep: &[&str]) -> Result<(), Error> {
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
         let name = entry.file_name();
-        if keep.iter().any(|k| name == **k) {
+        let damaged = name.to_str().is_some_and(|n| n.starts_with(DAMAGED_PREFIX));
+        if damaged || keep.iter().any(|k| name == **k) {
             continue;
         }
         let path = entry.path();
@@ -496,38 +529,15 @@ where
     /// to it (one rename) and drops the old one.
     async fn fill_generation(&self, meta: &Meta<C>, path: &Path) -> Result<(), Error> {
         let generation = self.generation.load(Relaxed) + 1;
-        let config = generation_config(&self.base, &self.dir, generation);
-        let new_dir = config.data_dir.clone();
-        if new_dir.exists() {
-            let stale = new_dir.clone();
-            blocking(move || std::fs::remove_dir_all(&stale).map_err(io_err("remove", &stale)))
-                .await?;
-        }
-        let store = self.engine.open_store(config).await?;
-        let applied = (meta.last_log_id.clone(), meta.last_membership.clone());
-        let filled = async {
-            fill_from_snapshot(&store, path).await?;
-            let mut markers = Vec::new();
-            push_markers::<C>(&mut markers, &applied.0, &applied.1, true);
-            store.append_batch(markers).await?;
-            // Durable before it becomes the one the node opens.
-            store.sync().await
-        }
-        .await;
-        if let Err(e) = filled {
-            let _ = self.engine.shutdown_store(store).await;
-            let _ = blocking(move || {
-                std::fs::remove_dir_all(&new_dir).map_err(io_err("remove", &new_dir))
-            })
-            .await;
-            return Err(e);
-        }
-        let current_file = state_dir(&self.dir).join("CURRENT");
-        blocking(move || {
-            replace_file(&current_file, generation.to_string().as_bytes())
-                .map_err(io_err("write", &current_file))
-        })
+        let store = build_generation::<C>(
+            &self.engine,
+            &self.base,
+            &self.dir,
+            generation,
+            Some((meta, path)),
+        )
         .await?;
+        let applied = (meta.last_log_id.clone(), meta.last_membership.clone());
         let old = std::mem::replace(
             &mut *self.store.write().unwrap_or_else(|p| p.into_inner()),
             store,
@@ -544,6 +554,54 @@ where
         blocking(move || std::fs::remove_dir_all(&old_dir).map_err(io_err("remove", &old_dir)))
             .await
     }
+}
+
+/// Builds generation `generation` of the state, from the snapshot `from`
+/// (or empty), durable, and makes it the one the node opens (`CURRENT`,
+/// one rename).
+async fn build_generation<C: RaftTypeConfig>(
+    engine: &Engine,
+    base: &Config,
+    dir: &Path,
+    generation: u64,
+    from: Option<(&Meta<C>, &Path)>,
+) -> Result<Store, Error> {
+    let config = generation_config(base, dir, generation);
+    let new_dir = config.data_dir.clone();
+    if new_dir.exists() {
+        let stale = new_dir.clone();
+        blocking(move || std::fs::remove_dir_all(&stale).map_err(io_err("remove", &stale))).await?;
+    }
+    let store = engine.open_store(config).await?;
+    let filled = async {
+        let (applied, membership) = match from {
+            Some((meta, path)) => {
+                fill_from_snapshot(&store, path).await?;
+                (meta.last_log_id.clone(), meta.last_membership.clone())
+            }
+            None => (None, StoredMembership::default()),
+        };
+        let mut markers = Vec::new();
+        push_markers::<C>(&mut markers, &applied, &membership, true);
+        store.append_batch(markers).await?;
+        // Durable before it becomes the one the node opens.
+        store.sync().await
+    }
+    .await;
+    if let Err(e) = filled {
+        let _ = engine.shutdown_store(store).await;
+        let _ =
+            blocking(move || std::fs::remove_dir_all(&new_dir).map_err(io_err("remove", &new_dir)))
+                .await;
+        return Err(e);
+    }
+    let current_file = state_dir(dir).join("CURRENT");
+    blocking(move || {
+        replace_file(&current_file, generation.to_string().as_bytes())
+            .map_err(io_err("write", &current_file))
+    })
+    .await?;
+    Ok(store)
 }
 
 /// Runs file work off the async runtime (openraft's timers run there).
