@@ -51,6 +51,8 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     /// How fast background work may use the disk.
     pub maintenance: MaintenanceConfig,
+    /// How often actors may die and be restarted before the store fails.
+    pub supervision: SupervisionConfig,
     /// Sizes refused before anything is written.
     pub limits: LimitsConfig,
 }
@@ -164,6 +166,17 @@ pub struct CompactionConfig {
 pub struct SnapshotConfig {
     /// Full snapshots kept, the newest included.
     pub keep: u64,
+}
+
+/// `[supervision]`: how often the store's actors may die and be restarted
+/// before the supervisor gives up (Erlang/OTP's intensity and period).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionConfig {
+    /// Restarts allowed within `period_secs`; one more and the store fails.
+    pub max_restarts: u64,
+    /// The window the restarts are counted in, in seconds.
+    pub period_secs: u64,
 }
 
 /// `[maintenance]`: how fast snapshots and compactions may use the disk.
@@ -395,6 +408,20 @@ impl Config {
         check_rate(
             "maintenance.delete_bytes_per_sec",
             self.maintenance.delete_bytes_per_sec,
+        )?;
+        check_range(
+            "supervision.max_restarts",
+            self.supervision.max_restarts,
+            1,
+            1000,
+            "1 to 1000",
+        )?;
+        check_range(
+            "supervision.period_secs",
+            self.supervision.period_secs,
+            1,
+            86_400,
+            "1 to 86400",
         )?;
         check_range(
             "limits.max_key_bytes",

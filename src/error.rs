@@ -67,8 +67,21 @@ pub enum Error {
     /// may not have reached the log, and it was not acknowledged.
     ActorDied,
 
+    /// The store's actors died more than `supervision.max_restarts` times
+    /// within `supervision.period_secs`: the supervisor gave up, and the
+    /// store refuses every request until it is opened again.
+    RestartLimit {
+        /// The actor whose death was one too many (`"rotator"`, `"wal"`, ...).
+        actor: &'static str,
+        /// Restarts within the period, that one included.
+        restarts: u64,
+        /// `supervision.period_secs`.
+        period_secs: u64,
+    },
+
     /// A thread or task of the store panicked; its work was not done (and,
-    /// for the log's own threads, the log stopped).
+    /// for the log's own threads, the log stopped). An actor that panicked
+    /// was restarted by its supervisor: the next request reaches the new one.
     Panicked {
         /// The work or the thread that panicked (`"a snapshot"`,
         /// `"the sync thread"`, `"opening the store"`).
@@ -212,6 +225,15 @@ impl fmt::Display for Error {
             ),
             Error::ActorDied => f.write_str(
                 "the WAL actor stopped before acknowledging this request; it was restarted, retry the request",
+            ),
+            Error::RestartLimit {
+                actor,
+                restarts,
+                period_secs,
+            } => write!(
+                f,
+                "the store's actors died {restarts} times within {period_secs} s (the last: the {actor} actor), \
+                 more than supervision.max_restarts allows; the supervisor gave up: reopen the store"
             ),
             Error::Panicked { what } => write!(f, "{what} panicked"),
             Error::Untrusted(reason) => f.write_str(reason),

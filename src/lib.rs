@@ -68,9 +68,10 @@ pub mod testing;
 #[cfg(feature = "prometheus-exporter")]
 pub use actors::metrics::install_prometheus_exporter;
 pub use actors::metrics::{KindStats, StatsReport};
+pub use actors::supervised::ActorKind;
 pub use config::{
     CompactionConfig, Config, LimitsConfig, MaintenanceConfig, MetricsConfig, RecoveryMode, Secret,
-    ServerConfig, SnapshotConfig, SyncMode, WalConfig, DEFAULT_TOML,
+    ServerConfig, SnapshotConfig, SupervisionConfig, SyncMode, WalConfig, DEFAULT_TOML,
 };
 pub use entry::{unix_millis, Entry, Op, Record, Seq};
 pub use error::{ConfigError, Corruption, Error, Result};

@@ -6,6 +6,7 @@
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
+use crate::actors::supervised::ActorKind;
 use crate::config::Config;
 
 /// Every instrument one store records into.
@@ -26,7 +27,8 @@ pub(crate) struct Meters {
     pub compaction_reclaimed_bytes: Counter,
     pub recovery_seconds: Histogram,
     pub recovery_truncated_bytes: Counter,
-    pub wal_restarts: Counter,
+    /// `concordkv_actor_restarts_total`, by [`ActorKind::index`].
+    pub restarts: [Counter; 6],
     pub segments: Gauge,
     pub disk_bytes: Gauge,
     pub pending_bytes: Gauge,
@@ -59,9 +61,11 @@ impl Meters {
         let histogram = |name: &'static str| histogram!(name, "store" => store.clone());
         let gauge = |name: &'static str| gauge!(name, "store" => store.clone());
         let snapshot = |kind: &'static str| histogram!("concordkv_snapshot_seconds", "store" => store.clone(), "kind" => kind);
-        let wal_restarts =
-            counter!("concordkv_actor_restarts_total", "store" => store.clone(), "actor" => "wal");
-        wal_restarts.increment(0);
+        let restarts = ActorKind::ALL.map(|actor| {
+            let counter = counter!("concordkv_actor_restarts_total", "store" => store.clone(), "actor" => actor.name());
+            counter.increment(0);
+            counter
+        });
         Meters {
             append_seconds: histogram("concordkv_wal_append_seconds"),
             sync_seconds: histogram("concordkv_wal_sync_seconds"),
@@ -79,7 +83,7 @@ impl Meters {
             compaction_reclaimed_bytes: counter("concordkv_compaction_reclaimed_bytes_total"),
             recovery_seconds: histogram("concordkv_recovery_seconds"),
             recovery_truncated_bytes: counter("concordkv_recovery_truncated_bytes_total"),
-            wal_restarts,
+            restarts,
             segments: gauge("concordkv_wal_segments"),
             disk_bytes: gauge("concordkv_disk_bytes"),
             pending_bytes: gauge("concordkv_wal_pending_bytes"),

@@ -16,6 +16,9 @@ use crate::actors::compactor::CompactorActor;
 use crate::actors::messages::{Compact, GetStats, Shutdown, TakeSnapshot};
 use crate::actors::metrics::{MetricsActor, StatsReport};
 use crate::actors::snapshot::SnapshotActor;
+#[cfg(feature = "testing")]
+use crate::actors::supervised::ActorKind;
+use crate::actors::supervised::Slot;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::actors::wal::{open_log, WalShared};
 use crate::config::{Config, LimitsConfig};
@@ -52,9 +55,9 @@ pub struct Store {
 struct Shared {
     inbox: Arc<Inbox>,
     supervisor: Addr<StoreSupervisor>,
-    snapshots: Addr<SnapshotActor>,
-    compactor: Addr<CompactorActor>,
-    metrics: Addr<MetricsActor>,
+    snapshots: Slot<SnapshotActor>,
+    compactor: Slot<CompactorActor>,
+    metrics: Slot<MetricsActor>,
     wal: Arc<WalShared>,
     counters: Arc<WalCounters>,
     config: Config,
@@ -420,6 +423,7 @@ impl Store {
             store
                 .shared
                 .snapshots
+                .get()
                 .send(TakeSnapshot { kind, upto })
                 .await
                 .unwrap_or_else(|_| Err(store.closed_mailbox("the snapshot actor")))
@@ -462,6 +466,7 @@ impl Store {
             store
                 .shared
                 .compactor
+                .get()
                 .send(Compact)
                 .await
                 .unwrap_or_else(|_| Err(store.closed_mailbox("the compactor actor")))
@@ -540,6 +545,7 @@ impl Store {
     pub async fn stats_report(&self) -> Result<StatsReport> {
         self.shared
             .metrics
+            .get()
             .send(GetStats)
             .await
             .map_err(|_| self.closed_mailbox("the metrics actor"))
@@ -581,6 +587,8 @@ impl Store {
     /// The error for a request to an actor whose mailbox is closed: the
     /// store was shut down, or (before that) the actor panicked, which is
     /// the only way its mailbox closes while the store runs.
+    /// A request its actor dropped: the store stopped, or the actor died
+    /// (and its supervisor restarted it: the next request reaches the new one).
     fn closed_mailbox(&self, actor: &'static str) -> Error {
         if self.shared.shut_down.load(Relaxed) {
             Error::ShutDown
@@ -689,6 +697,17 @@ impl Future for Pending {
             wal.latencies.append.record(started.elapsed());
         }
         Poll::Ready(answer)
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Store {
+    /// Makes `actor` panic in a handler, as a bug would; its supervisor
+    /// restarts it.
+    pub fn crash_actor(&self, actor: ActorKind) {
+        self.shared
+            .supervisor
+            .do_send(crate::actors::messages::CrashActor(actor));
     }
 }
 

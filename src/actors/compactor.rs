@@ -12,6 +12,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::actors::messages::{Compact, SegmentSealed};
+use crate::actors::supervised::Watch;
 use crate::actors::wal::WalShared;
 use crate::error::{Error, Result};
 use crate::format::manifest::DirKind;
@@ -25,15 +26,17 @@ pub struct CompactorActor {
     /// Records sealed since the last automatic check.
     sealed_since_check: u64,
     running: bool,
+    _watch: Watch,
 }
 
 impl CompactorActor {
-    pub(crate) fn new(shared: Arc<WalShared>, jobs: Arc<Jobs>) -> CompactorActor {
+    pub(crate) fn new(shared: Arc<WalShared>, jobs: Arc<Jobs>, watch: Watch) -> CompactorActor {
         CompactorActor {
             shared,
             jobs,
             sealed_since_check: 0,
             running: false,
+            _watch: watch,
         }
     }
 
@@ -130,5 +133,14 @@ impl Handler<Compact> for CompactorActor {
 
     fn handle(&mut self, _msg: Compact, _ctx: &mut Context<Self>) -> Self::Result {
         Box::pin(self.run(false))
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::actors::messages::Crash> for CompactorActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: crate::actors::messages::Crash, _ctx: &mut Context<Self>) {
+        panic!("a crash injected into CompactorActor");
     }
 }

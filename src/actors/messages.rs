@@ -77,6 +77,27 @@ pub struct WalDied {
     pub generation: u64,
 }
 
+/// To `StoreSupervisor`: the actor `actor` of `generation` is gone (after
+/// a panic, or at shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct ActorDied {
+    pub actor: crate::actors::supervised::ActorKind,
+    pub generation: u64,
+}
+
+/// To any actor, in tests: panic in the handler, as a bug would.
+#[cfg(feature = "testing")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Crash;
+
+/// To `StoreSupervisor`, in tests: make `0` panic.
+#[cfg(feature = "testing")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CrashActor(pub crate::actors::supervised::ActorKind);
+
 /// To `StoreSupervisor`: re-validation after a death finished; start this WAL.
 #[derive(Message)]
 #[rtype(result = "()")]

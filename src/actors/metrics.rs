@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::actors::messages::GetStats;
+use crate::actors::supervised::Watch;
 use crate::actors::wal::WalShared;
 use crate::latency::{nanos_histogram, OpKind};
 use crate::stats::PersistenceInfo;
@@ -241,10 +242,11 @@ pub struct MetricsActor {
     shared: Arc<WalShared>,
     totals: Vec<(OpKind, Totals)>,
     last_publish: Instant,
+    _watch: Watch,
 }
 
 impl MetricsActor {
-    pub(crate) fn new(shared: Arc<WalShared>) -> MetricsActor {
+    pub(crate) fn new(shared: Arc<WalShared>, watch: Watch) -> MetricsActor {
         let totals = OpKind::ALL
             .iter()
             .map(|kind| {
@@ -262,6 +264,7 @@ impl MetricsActor {
             shared,
             totals,
             last_publish: Instant::now(),
+            _watch: watch,
         }
     }
 
@@ -341,5 +344,14 @@ impl Handler<GetStats> for MetricsActor {
             })
             .collect();
         MessageResult(StatsReport { kinds })
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::actors::messages::Crash> for MetricsActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: crate::actors::messages::Crash, _ctx: &mut Context<Self>) {
+        panic!("a crash injected into MetricsActor");
     }
 }

@@ -11,9 +11,11 @@
 //! - [`snapshot::SnapshotActor`] takes full and incremental snapshots and
 //!   retires what they make obsolete.
 //! - [`sync_timer::SyncTimerActor`] is the clock of `batch` and `interval` syncs.
-//! - [`supervisor::StoreSupervisor`] starts them, notices a dead WAL actor
-//!   (also after a panic), re-validates the files and starts a fresh one, and
-//!   drains everything on shutdown.
+//! - [`supervisor::StoreSupervisor`] starts them, notices any of them dying
+//!   (also after a panic: each carries a [`supervised::Watch`]), restarts it
+//!   (the WAL after re-validating the files), gives up after too many
+//!   restarts in a while, and drains everything on shutdown. Whoever talks
+//!   to an actor reads its current address in a [`supervised::Slot`].
 //!
 //! Every message they exchange is in [`messages`].
 
@@ -22,6 +24,7 @@ pub mod messages;
 pub mod metrics;
 pub mod rotator;
 pub mod snapshot;
+pub mod supervised;
 pub mod supervisor;
 pub mod sync_timer;
 pub mod wal;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::actors::messages::PrepareSegment;
+use crate::actors::supervised::Watch;
 use crate::actors::wal::WalShared;
 use crate::error::{Error, Result};
 use crate::log::segment::Segment;
@@ -18,11 +19,15 @@ use crate::log::segment::Segment;
 /// Creates and lists segments for the WAL actor.
 pub struct RotatorActor {
     shared: Arc<WalShared>,
+    _watch: Watch,
 }
 
 impl RotatorActor {
-    pub(crate) fn new(shared: Arc<WalShared>) -> RotatorActor {
-        RotatorActor { shared }
+    pub(crate) fn new(shared: Arc<WalShared>, watch: Watch) -> RotatorActor {
+        RotatorActor {
+            shared,
+            _watch: watch,
+        }
     }
 }
 
@@ -46,5 +51,14 @@ impl Handler<PrepareSegment> for RotatorActor {
             .await
             .unwrap_or_else(|e| Err(Error::task_failed("creating the next segment", &e)))
         })
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::actors::messages::Crash> for RotatorActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: crate::actors::messages::Crash, _ctx: &mut Context<Self>) {
+        panic!("a crash injected into RotatorActor");
     }
 }

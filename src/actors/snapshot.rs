@@ -10,6 +10,7 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::actors::messages::TakeSnapshot;
+use crate::actors::supervised::Watch;
 use crate::actors::wal::WalShared;
 use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
@@ -20,11 +21,16 @@ use crate::lifecycle::snapshot::take_snapshot;
 pub struct SnapshotActor {
     shared: Arc<WalShared>,
     jobs: Arc<Jobs>,
+    _watch: Watch,
 }
 
 impl SnapshotActor {
-    pub(crate) fn new(shared: Arc<WalShared>, jobs: Arc<Jobs>) -> SnapshotActor {
-        SnapshotActor { shared, jobs }
+    pub(crate) fn new(shared: Arc<WalShared>, jobs: Arc<Jobs>, watch: Watch) -> SnapshotActor {
+        SnapshotActor {
+            shared,
+            jobs,
+            _watch: watch,
+        }
     }
 }
 
@@ -84,5 +90,14 @@ impl Handler<TakeSnapshot> for SnapshotActor {
             }
             .into_actor(self),
         ))
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::actors::messages::Crash> for SnapshotActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: crate::actors::messages::Crash, _ctx: &mut Context<Self>) {
+        panic!("a crash injected into SnapshotActor");
     }
 }

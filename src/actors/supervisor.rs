@@ -1,26 +1,36 @@
-//! `StoreSupervisor`: starts the WAL actor (on the opening arbiter, or on one
-//! of its own with `wal.dedicated_writer_thread`) and its sync timer,
-//! restarts the WAL actor when it dies, and drains everything on shutdown.
+//! `StoreSupervisor`: starts the store's actors (the WAL actor and its sync
+//! timer on the opening arbiter, or on one of its own with
+//! `wal.dedicated_writer_thread`), restarts any of them that dies, and
+//! drains everything on shutdown.
 //!
 //! actix's `Supervisor` only restarts an actor that *stops*; a panic in a
 //! handler kills the task and closes the mailbox without `restarting()`
-//! ever running. So the WAL actor carries a [`DeathNotice`] that reports its
-//! drop. On a death the supervisor fails every queued request (never leaving
-//! an appender hanging, never acknowledging what it cannot vouch for),
-//! re-runs recovery over the files on a blocking thread, and starts a fresh
-//! actor on a new segment after the recovered log.
+//! ever running. So every actor carries a notice of its drop (the WAL a
+//! [`DeathNotice`], the others a [`Watch`]). On the WAL's death the
+//! supervisor fails every queued request (never leaving an appender
+//! hanging, never acknowledging what it cannot vouch for), re-runs recovery
+//! over the files on a blocking thread, and starts a fresh actor on a new
+//! segment after the recovered log. Another actor is started afresh at
+//! once and put in its [`Slot`]: it holds no state the files do not, and
+//! requests that were in its mailbox fail with [`Error::Panicked`]. As
+//! Erlang/OTP's supervisors, it gives up after `supervision.max_restarts`
+//! restarts within `supervision.period_secs`: the store then refuses every
+//! request with [`Error::RestartLimit`].
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::oneshot;
 
 use crate::actors::compactor::CompactorActor;
-use crate::actors::messages::{Shutdown, StopWal, WalDied, WalRecovered};
+use crate::actors::messages::{ActorDied, Shutdown, StopWal, WalDied, WalRecovered};
 use crate::actors::metrics::MetricsActor;
 use crate::actors::rotator::RotatorActor;
 use crate::actors::snapshot::SnapshotActor;
+use crate::actors::supervised::{ActorKind, Slot, Watch};
 use crate::actors::sync_timer::SyncTimerActor;
 use crate::actors::wal::{open_log, DeathNotice, WalActor, WalShared, WalStart};
 use crate::error::{Error, Result};
@@ -36,17 +46,21 @@ pub struct StoreSupervisor {
     /// The WAL's own arbiter thread, with `wal.dedicated_writer_thread`.
     own_arbiter: Option<Arbiter>,
     shutting_down: bool,
-    rotator: Addr<RotatorActor>,
-    compactor: Addr<CompactorActor>,
+    rotator: Slot<RotatorActor>,
+    compactor: Slot<CompactorActor>,
+    snapshots: Slot<SnapshotActor>,
+    metrics: Slot<MetricsActor>,
+    /// The incarnation of each actor, by [`ActorKind::index`]: a late
+    /// notice of an earlier one's death is ignored.
+    generations: [u64; 6],
+    /// When the restarts of the last `supervision.period_secs` happened.
+    restarts: VecDeque<Instant>,
     wal: Option<Addr<WalActor>>,
     timer: Option<Addr<SyncTimerActor>>,
     /// The re-validation after a death, while it runs; shutdown waits for it.
     restarting: Option<actix_rt::task::JoinHandle<()>>,
     /// Why the last restart failed, if it did; shutdown reports it.
     restart_failed: Option<Arc<Error>>,
-    /// Incremented at every (re)start, so a late death notice of an old
-    /// incarnation is not mistaken for the current one's.
-    generation: u64,
     /// Released only once every writer is gone.
     lock: Arc<Mutex<Option<DirLock>>>,
     /// Snapshot and compaction threads; shutdown waits for them.
@@ -54,8 +68,8 @@ pub struct StoreSupervisor {
 }
 
 impl StoreSupervisor {
-    /// Starts the supervisor and, through it, the WAL actor at `start`, the
-    /// rotator and the snapshot actor.
+    /// Starts the supervisor and, through it, every actor, the WAL actor
+    /// at `start`; returns the slots the store reaches the others through.
     pub(crate) fn launch(
         shared: Arc<WalShared>,
         start: WalStart,
@@ -63,9 +77,9 @@ impl StoreSupervisor {
         jobs: Arc<Jobs>,
     ) -> (
         Addr<StoreSupervisor>,
-        Addr<SnapshotActor>,
-        Addr<CompactorActor>,
-        Addr<MetricsActor>,
+        Slot<SnapshotActor>,
+        Slot<CompactorActor>,
+        Slot<MetricsActor>,
     ) {
         let mut started = None;
         let supervisor = StoreSupervisor::create(|ctx| {
@@ -73,29 +87,35 @@ impl StoreSupervisor {
             let arbiter = own_arbiter
                 .as_ref()
                 .map_or_else(Arbiter::current, Arbiter::handle);
-            let rotator_shared = Arc::clone(&shared);
-            let rotator = RotatorActor::start_in_arbiter(&arbiter, move |_| {
-                RotatorActor::new(rotator_shared)
-            });
-            let snapshot_shared = Arc::clone(&shared);
-            let snapshot_jobs = Arc::clone(&jobs);
-            let snapshots = SnapshotActor::start_in_arbiter(&arbiter, move |_| {
-                SnapshotActor::new(snapshot_shared, snapshot_jobs)
-            });
-            let compactor_shared = Arc::clone(&shared);
-            let compactor_jobs = Arc::clone(&jobs);
-            let compactor = CompactorActor::start_in_arbiter(&arbiter, move |_| {
-                CompactorActor::new(compactor_shared, compactor_jobs)
-            });
-            let metrics_shared = Arc::clone(&shared);
-            let metrics = MetricsActor::start_in_arbiter(&arbiter, move |_| {
-                MetricsActor::new(metrics_shared)
-            });
-            started = Some((snapshots, compactor.clone(), metrics));
+            let me = ctx.address();
+            let watch = |actor| Watch {
+                supervisor: me.clone(),
+                actor,
+                generation: 1,
+            };
+            let rotator = Slot::new(start_rotator(&arbiter, &shared, watch(ActorKind::Rotator)));
+            let snapshots = Slot::new(start_snapshot(
+                &arbiter,
+                &shared,
+                &jobs,
+                watch(ActorKind::Snapshot),
+            ));
+            let compactor = Slot::new(start_compactor(
+                &arbiter,
+                &shared,
+                &jobs,
+                watch(ActorKind::Compactor),
+            ));
+            let metrics = Slot::new(start_metrics(&arbiter, &shared, watch(ActorKind::Metrics)));
+            started = Some((snapshots.clone(), compactor.clone(), metrics.clone()));
             let mut supervisor = StoreSupervisor {
                 arbiter,
                 rotator,
                 compactor,
+                snapshots,
+                metrics,
+                generations: [1; 6],
+                restarts: VecDeque::new(),
                 own_arbiter,
                 shutting_down: false,
                 restarting: None,
@@ -103,10 +123,12 @@ impl StoreSupervisor {
                 shared,
                 wal: None,
                 timer: None,
-                generation: 0,
                 lock: Arc::new(Mutex::new(Some(lock))),
                 jobs,
             };
+            // `start_wal` counts the WAL's and the timer's first incarnations.
+            supervisor.generations[ActorKind::Wal.index()] = 0;
+            supervisor.generations[ActorKind::SyncTimer.index()] = 0;
             supervisor.start_wal(ctx, start);
             supervisor
         });
@@ -115,24 +137,79 @@ impl StoreSupervisor {
         (supervisor, snapshots, compactor, metrics)
     }
 
+    /// A watch for the next incarnation of `actor`.
+    fn watch(&mut self, ctx: &Context<Self>, actor: ActorKind) -> Watch {
+        self.generations[actor.index()] += 1;
+        Watch {
+            supervisor: ctx.address(),
+            actor,
+            generation: self.generations[actor.index()],
+        }
+    }
+
+    /// Counts a restart; `false` once there were more than
+    /// `supervision.max_restarts` within `supervision.period_secs`, after
+    /// failing the store with [`Error::RestartLimit`].
+    fn may_restart(&mut self, actor: ActorKind) -> bool {
+        self.shared.meters.restarts[actor.index()].increment(1);
+        let limits = &self.shared.config.supervision;
+        let period = Duration::from_secs(limits.period_secs);
+        let now = Instant::now();
+        while self
+            .restarts
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > period)
+        {
+            self.restarts.pop_front();
+        }
+        self.restarts.push_back(now);
+        if self.restarts.len() as u64 <= limits.max_restarts {
+            return true;
+        }
+        let cause = Arc::new(Error::RestartLimit {
+            actor: actor.name(),
+            restarts: self.restarts.len() as u64,
+            period_secs: limits.period_secs,
+        });
+        tracing::error!(%cause, "giving up on restarting the store's actors");
+        self.shared
+            .inbox
+            .close_and_fail(Closed::Failed(Arc::clone(&cause)));
+        self.restart_failed = Some(cause);
+        false
+    }
+
     fn start_wal(&mut self, ctx: &mut Context<Self>, start: WalStart) {
         if self.shutting_down {
             return;
         }
-        self.generation += 1;
+        self.generations[ActorKind::Wal.index()] += 1;
         let death = DeathNotice {
             supervisor: ctx.address(),
-            generation: self.generation,
+            generation: self.generations[ActorKind::Wal.index()],
         };
         let shared = Arc::clone(&self.shared);
         let (rotator, compactor) = (self.rotator.clone(), self.compactor.clone());
         let wal = WalActor::start_in_arbiter(&self.arbiter, move |_| {
             WalActor::new(shared, rotator, compactor, start, death)
         });
-        self.timer = SyncTimerActor::for_mode(&self.shared.config.wal, wal.clone())
-            .map(|timer| SyncTimerActor::start_in_arbiter(&self.arbiter, move |_| timer));
         self.shared.inbox.open(wal.clone());
         self.wal = Some(wal);
+        self.start_timer(ctx);
+    }
+
+    /// Starts the sync timer the sync mode needs, if any, for the WAL now running.
+    fn start_timer(&mut self, ctx: &Context<Self>) {
+        let Some(wal) = self.wal.clone() else {
+            return;
+        };
+        let Some(period) = SyncTimerActor::period(&self.shared.config.wal) else {
+            return;
+        };
+        let watch = self.watch(ctx, ActorKind::SyncTimer);
+        self.timer = Some(SyncTimerActor::start_in_arbiter(&self.arbiter, move |_| {
+            SyncTimerActor::new(wal, period, watch)
+        }));
     }
 }
 
@@ -144,16 +221,24 @@ impl Handler<WalDied> for StoreSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: WalDied, ctx: &mut Context<Self>) {
-        if msg.generation != self.generation || self.shutting_down {
+        if msg.generation != self.generations[ActorKind::Wal.index()]
+            || self.shutting_down
+            || self.restart_failed.is_some()
+        {
             return;
         }
         tracing::error!(
             generation = msg.generation,
             "the WAL actor died; re-validating the log and restarting it"
         );
-        self.shared.meters.wal_restarts.increment(1);
         self.wal = None;
+        // The timer stops by itself once its WAL is gone: that is no
+        // death to restart it for (the new WAL gets a timer of its own).
         self.timer = None;
+        self.generations[ActorKind::SyncTimer.index()] += 1;
+        if !self.may_restart(ActorKind::Wal) {
+            return;
+        }
         self.shared.inbox.close_and_fail(Closed::Restarting);
         let shared = Arc::clone(&self.shared);
         let meters = Arc::clone(&self.shared.meters);
@@ -182,6 +267,109 @@ impl Handler<WalDied> for StoreSupervisor {
             });
             me.do_send(WalRecovered(start));
         }));
+    }
+}
+
+impl Handler<ActorDied> for StoreSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ActorDied, ctx: &mut Context<Self>) {
+        let current = self.generations[msg.actor.index()];
+        if msg.generation != current || self.shutting_down || self.restart_failed.is_some() {
+            return;
+        }
+        tracing::error!(
+            actor = msg.actor.name(),
+            generation = msg.generation,
+            "an actor died; restarting it"
+        );
+        if msg.actor == ActorKind::SyncTimer {
+            self.timer = None;
+        }
+        if !self.may_restart(msg.actor) {
+            return;
+        }
+        if msg.actor == ActorKind::SyncTimer {
+            self.start_timer(ctx);
+            return;
+        }
+        let watch = self.watch(ctx, msg.actor);
+        let (arbiter, shared, jobs) = (&self.arbiter, &self.shared, &self.jobs);
+        match msg.actor {
+            ActorKind::Rotator => self.rotator.set(start_rotator(arbiter, shared, watch)),
+            ActorKind::Compactor => self
+                .compactor
+                .set(start_compactor(arbiter, shared, jobs, watch)),
+            ActorKind::Snapshot => self
+                .snapshots
+                .set(start_snapshot(arbiter, shared, jobs, watch)),
+            ActorKind::Metrics => self.metrics.set(start_metrics(arbiter, shared, watch)),
+            // The WAL reports its death with `WalDied`; the timer is above.
+            ActorKind::Wal | ActorKind::SyncTimer => {}
+        }
+    }
+}
+
+fn start_rotator(
+    arbiter: &ArbiterHandle,
+    shared: &Arc<WalShared>,
+    watch: Watch,
+) -> Addr<RotatorActor> {
+    let shared = Arc::clone(shared);
+    RotatorActor::start_in_arbiter(arbiter, move |_| RotatorActor::new(shared, watch))
+}
+
+fn start_snapshot(
+    arbiter: &ArbiterHandle,
+    shared: &Arc<WalShared>,
+    jobs: &Arc<Jobs>,
+    watch: Watch,
+) -> Addr<SnapshotActor> {
+    let (shared, jobs) = (Arc::clone(shared), Arc::clone(jobs));
+    SnapshotActor::start_in_arbiter(arbiter, move |_| SnapshotActor::new(shared, jobs, watch))
+}
+
+fn start_compactor(
+    arbiter: &ArbiterHandle,
+    shared: &Arc<WalShared>,
+    jobs: &Arc<Jobs>,
+    watch: Watch,
+) -> Addr<CompactorActor> {
+    let (shared, jobs) = (Arc::clone(shared), Arc::clone(jobs));
+    CompactorActor::start_in_arbiter(arbiter, move |_| CompactorActor::new(shared, jobs, watch))
+}
+
+fn start_metrics(
+    arbiter: &ArbiterHandle,
+    shared: &Arc<WalShared>,
+    watch: Watch,
+) -> Addr<MetricsActor> {
+    let shared = Arc::clone(shared);
+    MetricsActor::start_in_arbiter(arbiter, move |_| MetricsActor::new(shared, watch))
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::actors::messages::CrashActor> for StoreSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: crate::actors::messages::CrashActor, _ctx: &mut Context<Self>) {
+        use crate::actors::messages::Crash;
+        match msg.0 {
+            ActorKind::Wal => {
+                if let Some(wal) = &self.wal {
+                    wal.do_send(Crash);
+                }
+            }
+            ActorKind::Rotator => self.rotator.get().do_send(Crash),
+            ActorKind::Compactor => self.compactor.get().do_send(Crash),
+            ActorKind::Snapshot => self.snapshots.get().do_send(Crash),
+            ActorKind::SyncTimer => {
+                if let Some(timer) = &self.timer {
+                    timer.do_send(Crash);
+                }
+            }
+            ActorKind::Metrics => self.metrics.get().do_send(Crash),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::messages::SyncTick;
+use crate::actors::supervised::Watch;
 use crate::actors::wal::WalActor;
 use crate::config::{SyncMode, WalConfig};
 
@@ -13,21 +14,29 @@ use crate::config::{SyncMode, WalConfig};
 pub struct SyncTimerActor {
     wal: Addr<WalActor>,
     period: Duration,
+    _watch: Watch,
 }
 
 impl SyncTimerActor {
-    /// The timer the sync mode needs, if any: `batch` bounds a record's wait
-    /// by `batch_max_delay_ms`, `interval` syncs every `sync_interval_ms`.
-    pub fn for_mode(config: &WalConfig, wal: Addr<WalActor>) -> Option<SyncTimerActor> {
+    /// The period of the timer the sync mode needs, if any: `batch` bounds
+    /// a record's wait by `batch_max_delay_ms`, `interval` syncs every
+    /// `sync_interval_ms`.
+    pub(crate) fn period(config: &WalConfig) -> Option<Duration> {
         let period_ms = match config.sync_mode {
             SyncMode::Batch => config.batch_max_delay_ms,
             SyncMode::Interval => config.sync_interval_ms,
             SyncMode::Always | SyncMode::None => return None,
         };
-        Some(SyncTimerActor {
+        Some(Duration::from_millis(period_ms))
+    }
+
+    /// A timer ticking `wal` every `period` (see [`SyncTimerActor::period`]).
+    pub(crate) fn new(wal: Addr<WalActor>, period: Duration, watch: Watch) -> SyncTimerActor {
+        SyncTimerActor {
             wal,
-            period: Duration::from_millis(period_ms),
-        })
+            period,
+            _watch: watch,
+        }
     }
 }
 
@@ -40,5 +49,14 @@ impl Actor for SyncTimerActor {
                 ctx.stop();
             }
         });
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::actors::messages::Crash> for SyncTimerActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: crate::actors::messages::Crash, _ctx: &mut Context<Self>) {
+        panic!("a crash injected into SyncTimerActor");
     }
 }

@@ -23,6 +23,7 @@ use crate::actors::messages::{
     Drain, HeaderSynced, PrepareSegment, SealDone, SegmentSealed, StopWal, SyncTick, WalDied,
 };
 use crate::actors::rotator::RotatorActor;
+use crate::actors::supervised::Slot;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::config::{Config, SyncMode};
 use crate::crash::crash_point;
@@ -40,6 +41,10 @@ use crate::log::sync_worker::{SyncJob, SyncWorker, Waiter};
 use crate::meters::Meters;
 use crate::state::{self, Tree};
 use crate::stats::WalCounters;
+
+/// How long the WAL waits before asking a restarted rotator again for the
+/// segment the dead one was preparing.
+const ROTATOR_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What every incarnation of the WAL actor shares with the supervisor.
 pub(crate) struct WalShared {
@@ -130,8 +135,8 @@ impl Drop for DeathNotice {
 /// The writer of the log.
 pub struct WalActor {
     shared: Arc<WalShared>,
-    rotator: Addr<RotatorActor>,
-    compactor: Addr<CompactorActor>,
+    rotator: Slot<RotatorActor>,
+    compactor: Slot<CompactorActor>,
     segment: Segment,
     next_seq: Seq,
     /// The next segment, created ahead of time by the rotator.
@@ -161,8 +166,8 @@ pub struct WalActor {
 impl WalActor {
     pub(crate) fn new(
         shared: Arc<WalShared>,
-        rotator: Addr<RotatorActor>,
-        compactor: Addr<CompactorActor>,
+        rotator: Slot<RotatorActor>,
+        compactor: Slot<CompactorActor>,
         start: WalStart,
         death: DeathNotice,
     ) -> WalActor {
@@ -404,6 +409,7 @@ impl WalActor {
         self.preparing = true;
         ctx.spawn(
             self.rotator
+                .get()
                 .send(PrepareSegment)
                 .into_actor(self)
                 .map(|outcome, act, ctx| {
@@ -412,10 +418,12 @@ impl WalActor {
                     match outcome {
                         Ok(Ok(segment)) => act.prepared = Some(segment),
                         Ok(Err(e)) => act.fail(Arc::new(e)),
-                        // Its mailbox closes only when a handler panicked.
-                        Err(_) => act.fail(Arc::new(Error::Panicked {
-                            what: "the rotator actor",
-                        })),
+                        // The rotator died (its mailbox closes only when a
+                        // handler panicked): the supervisor restarts it, and
+                        // the segment is asked of the new one a moment later.
+                        Err(_) => {
+                            ctx.run_later(ROTATOR_RETRY, |act, ctx| act.prepare_next(ctx));
+                        }
                     }
                     act.finish_rotation(ctx);
                     act.finish_stop_if_drained(ctx);
@@ -440,7 +448,7 @@ impl WalActor {
             return;
         }
         let sealed = std::mem::replace(&mut self.segment, next);
-        self.compactor.do_send(SegmentSealed {
+        self.compactor.get().do_send(SegmentSealed {
             records: sealed.records,
         });
         // The header is made durable before any record follows it. Synced
@@ -693,5 +701,14 @@ impl Handler<StopWal> for WalActor {
         self.shared.inbox.close(Closed::ShutDown);
         self.stopping = Some(msg.reply);
         self.drain(ctx);
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::actors::messages::Crash> for WalActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: crate::actors::messages::Crash, _ctx: &mut Context<Self>) {
+        panic!("a crash injected into WalActor");
     }
 }

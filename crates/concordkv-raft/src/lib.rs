@@ -45,7 +45,7 @@ use openraft::{Entry, RaftTypeConfig};
 
 pub use log_store::{LogStore, MAX_READ_BYTES};
 pub use request::{Request, Response};
-pub use state_machine::{SnapshotBuilder, StateMachine};
+pub use state_machine::{is_valid_snapshot_id, SnapshotBuilder, StateMachine};
 
 /// Keys that start with these bytes belong to the state machine itself
 /// (its applied log id and membership): requests on them are refused.
@@ -86,6 +86,11 @@ where
     );
     let mut log_config = config.clone();
     log_config.data_dir = config.data_dir.join("log");
+    // Any entry a leader accepted must fit here, whatever this node's own
+    // limits: a follower that refused one would stop for good.
+    log_config.limits.max_key_bytes = 1 << 24;
+    log_config.limits.max_value_bytes = 1 << 29;
+    log_config.limits.max_record_bytes = 1 << 30;
     log_config.metrics.store = format!("{}-log", config.metrics.store);
     let state_machine = StateMachine::open(Arc::clone(&engine), config).await?;
     let log = engine.open_log(log_config).await?;

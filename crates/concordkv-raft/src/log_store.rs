@@ -316,21 +316,24 @@ where
     /// Entries of `range` (indexes), at most about `max_bytes` of them
     /// (at least one): from the cache of recent entries, or read from the
     /// files off the runtime.
+    /// `exact`: the range must start where asked (replication, which sends
+    /// the entries after a known one): a start already purged is an error,
+    /// never a later start. Otherwise the start moves up to the first entry
+    /// held, as openraft's reads of "everything from" expect.
     async fn read_range(
         &self,
         range: (Bound<u64>, Bound<u64>),
         max_bytes: usize,
+        exact: bool,
     ) -> Result<Vec<C::Entry>, Error> {
         let mut tries = 0;
         loop {
-            match self.read_once(range, max_bytes).await {
-                // Purged or truncated while read (openraft reads what it has
-                // not purged, but its replication may race its own purge, or
-                // a truncation when its leadership ended): what is left now
-                // is the answer.
-                Err(Error::Purged { .. } | Error::Truncated { .. }) if tries < READ_RETRIES => {
-                    tries += 1;
-                }
+            match self.read_once(range, max_bytes, exact).await {
+                // Truncated while read (a leadership ended), or purged while
+                // read by a read that may start later: what is left now is
+                // the answer.
+                Err(Error::Truncated { .. }) if tries < READ_RETRIES => tries += 1,
+                Err(Error::Purged { .. }) if !exact && tries < READ_RETRIES => tries += 1,
                 other => return other,
             }
         }
@@ -340,18 +343,24 @@ where
         &self,
         range: (Bound<u64>, Bound<u64>),
         max_bytes: usize,
+        exact: bool,
     ) -> Result<Vec<C::Entry>, Error> {
         let (from, to, truncations) = {
             let ends = self.ends();
             let Some(last) = ends.last.as_ref() else {
                 return Ok(Vec::new());
             };
-            let start = match range.start_bound() {
+            let asked = match range.start_bound() {
                 Bound::Included(&i) => i,
                 Bound::Excluded(&i) => i.saturating_add(1),
                 Bound::Unbounded => 0,
+            };
+            if exact && asked < ends.first_index() {
+                return Err(Error::Purged {
+                    upto: ends.first_index() - 1,
+                });
             }
-            .max(ends.first_index());
+            let start = asked.max(ends.first_index());
             let end = match range.end_bound() {
                 Bound::Included(&i) => i,
                 Bound::Excluded(&0) => return Ok(Vec::new()),
@@ -451,7 +460,7 @@ where
         range: RB,
     ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
         let range = (range.start_bound().cloned(), range.end_bound().cloned());
-        self.read_range(range, usize::MAX)
+        self.read_range(range, usize::MAX, false)
             .await
             .map_err(io::<C>(StorageIOError::read_logs))
     }
@@ -464,7 +473,7 @@ where
         end: u64,
     ) -> Result<Vec<C::Entry>, StorageError<C::NodeId>> {
         let range = (Bound::Included(start), Bound::Excluded(end));
-        self.read_range(range, MAX_READ_BYTES)
+        self.read_range(range, MAX_READ_BYTES, true)
             .await
             .map_err(io::<C>(StorageIOError::read_logs))
     }

@@ -67,7 +67,7 @@ impl Request {
     /// What the state machine checks when it applies a write: only what
     /// depends on the write itself, never on a node's settings, so that
     /// every node decides the same.
-    pub(crate) fn check_shape(&self) -> Result<(), String> {
+    pub fn check_shape(&self) -> Result<(), String> {
         let key = match self {
             Request::Set { key, .. } | Request::Delete { key } => key,
             Request::Batch(requests) => {

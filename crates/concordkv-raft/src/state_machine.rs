@@ -126,16 +126,28 @@ fn op_bytes(op: &Op) -> usize {
     }
 }
 
-/// Whether a snapshot id (which a leader sends) is safe as a file name.
-fn valid_snapshot_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+/// Whether a snapshot id (which a leader sends) is safe as a file name: 1
+/// to 128 ASCII letters, digits and `-`, and not the name of a file being
+/// received.
+pub fn is_valid_snapshot_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !id.starts_with(RECEIVING_PREFIX)
 }
+
+/// Names of the files snapshots are received into.
+const RECEIVING_PREFIX: &str = "receiving-";
 
 /// What a purge of the log waits for (see `log_store::Coverage`).
 #[derive(Clone, Copy, Default)]
 struct Progress {
     /// A snapshot from the leader is being received or installed.
     receiving: bool,
+    /// The last install failed: a purge that waited for it must not go on
+    /// (it would drop entries the state does not hold). Cleared when the
+    /// next snapshot begins to arrive.
+    install_failed: bool,
     /// The last applied index (as applied, not necessarily durable).
     applied: Option<u64>,
 }
@@ -224,6 +236,7 @@ where
                 receiving: AtomicU64::new(0),
                 progress: tokio::sync::watch::channel(Progress {
                     receiving: false,
+                    install_failed: false,
                     applied: applied_index,
                 })
                 .0,
@@ -484,9 +497,9 @@ where
 
     async fn install(&self, meta: &Meta<C>, mut data: Box<tokio::fs::File>) -> Result<(), Error> {
         let _one = self.snapshotting.lock().await;
-        if !valid_snapshot_id(&meta.snapshot_id) {
+        if !is_valid_snapshot_id(&meta.snapshot_id) {
             return Err(Error::InvalidRequest(format!(
-                "snapshot id {:?}: accepted 1 to 128 ASCII letters, digits and '-'",
+                "snapshot id {:?}: accepted 1 to 128 ASCII letters, digits and '-', not starting `receiving-`",
                 meta.snapshot_id
             )));
         }
@@ -623,10 +636,17 @@ where
     ) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
         Box::pin(async move {
             let mut progress = self.progress.subscribe();
-            progress
-                .wait_for(|p| !p.receiving || p.applied.is_some_and(|a| a >= index))
+            let covered = |p: &Progress| p.applied.is_some_and(|a| a >= index);
+            let settled = *progress
+                .wait_for(|p| !p.receiving || covered(p))
                 .await
                 .map_err(|_| Error::ShutDown)?;
+            if settled.install_failed && !covered(&settled) {
+                return Err(Error::InvalidRequest(format!(
+                    "a purge up to {index} waits for a snapshot install that failed; \
+                     the entries stay"
+                )));
+            }
             // What was applied so far survives a power loss before the
             // entries behind it go.
             self.store().sync().await.map(|_| ())
@@ -642,7 +662,7 @@ fn remove_receiving(dir: &Path) -> Result<(), Error> {
         let receiving = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("receiving-"));
+            .is_some_and(|n| n.starts_with(RECEIVING_PREFIX));
         if receiving {
             std::fs::remove_file(&path).map_err(io_err("remove", &path))?;
         }
@@ -724,11 +744,11 @@ where
         let mut membership_changed = false;
         for entry in entries {
             let mut ops = Vec::new();
+            let mut joins = None;
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Membership(m) => {
-                    membership = StoredMembership::new(Some(entry.log_id.clone()), m);
-                    membership_changed = true;
+                    joins = Some(StoredMembership::new(Some(entry.log_id.clone()), m));
                     Response::default()
                 }
                 EntryPayload::Normal(request) => overlay.apply(request, &state, &mut ops),
@@ -736,9 +756,10 @@ where
             responses.push(response);
             let entry_bytes: usize = ops.iter().map(op_bytes).sum();
             if !pending.is_empty() && bytes + entry_bytes > CHUNK_BYTES {
-                // Written before this entry, with the marker of the one
-                // before it: each store batch holds whole entries and says
-                // which, unless one entry alone is larger than a batch.
+                // Written before this entry, with the marker (and the
+                // membership) of the one before it: each store batch holds
+                // whole entries and says which, unless one entry alone is
+                // larger than a batch.
                 push_markers::<C>(&mut pending, &applied, &membership, membership_changed);
                 store
                     .append_batch(std::mem::take(&mut pending))
@@ -746,6 +767,10 @@ where
                     .map_err(&write_err)?;
                 bytes = 0;
                 membership_changed = false;
+            }
+            if let Some(joins) = joins {
+                membership = joins;
+                membership_changed = true;
             }
             if entry_bytes > CHUNK_BYTES {
                 // Its writes in several batches, the marker with the last:
@@ -796,9 +821,12 @@ where
         blocking(move || remove_receiving(&dir))
             .await
             .map_err(snapshot_err::<C>)?;
-        self.shared.progress.send_modify(|p| p.receiving = true);
+        self.shared.progress.send_modify(|p| {
+            p.receiving = true;
+            p.install_failed = false;
+        });
         let n = self.shared.receiving.fetch_add(1, Relaxed);
-        let path = snapshots_dir(&self.shared.dir).join(format!("receiving-{n}"));
+        let path = snapshots_dir(&self.shared.dir).join(format!("{RECEIVING_PREFIX}{n}"));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -817,7 +845,10 @@ where
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<C::NodeId>> {
         let installed = self.shared.install(meta, snapshot).await;
-        self.shared.progress.send_modify(|p| p.receiving = false);
+        self.shared.progress.send_modify(|p| {
+            p.receiving = false;
+            p.install_failed = installed.is_err();
+        });
         installed.map_err(snapshot_err::<C>)
     }
 

@@ -101,6 +101,49 @@ async fn a_damaged_snapshot_from_the_leader_is_refused_and_the_state_kept() {
     assert!(sm.get_current_snapshot().await.unwrap().is_none());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_for_a_failed_install_is_refused_and_the_entries_stay() {
+    let (_leader, snap, meta_path) = leader_with_snapshot().await;
+    let meta = published_meta(&meta_path);
+    let follower = TempDir::new().unwrap();
+    let (mut log, mut sm) = open::<TypeConfig>(Config::with_data_dir(follower.path()))
+        .await
+        .expect("the node opens");
+    openraft::storage::RaftLogStorageExt::blocking_append(
+        &mut log,
+        (1..=5).map(|i| set(i, "k", "v")),
+    )
+    .await
+    .unwrap();
+    sm.apply((1..=5).map(|i| set(i, "k", "v"))).await.unwrap();
+
+    // The leader's snapshot (up to 100) arrives damaged; openraft purges
+    // the log up to it in the same step as it hands it over.
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
+        .await
+        .unwrap();
+    let purge_log = log.clone();
+    let purge = tokio::spawn(async move {
+        let mut log = purge_log;
+        openraft::storage::RaftLogStorage::purge(&mut log, meta.last_log_id.unwrap()).await
+    });
+    assert!(sm.install_snapshot(&meta, receiving).await.is_err());
+    let purged = purge.await.unwrap();
+    assert!(
+        purged.is_err(),
+        "the purge waited for the install, and refused"
+    );
+    let state = openraft::storage::RaftLogStorage::get_log_state(&mut log)
+        .await
+        .unwrap();
+    assert_eq!(state.last_purged_log_id, None);
+    assert_eq!(state.last_log_id.map(|id| id.index), Some(5));
+}
+
 /// The metadata the leader published, as the follower receives it.
 fn published_meta(path: &Path) -> openraft::SnapshotMeta<u64, openraft::BasicNode> {
     let bytes = std::fs::read(path).unwrap();

@@ -132,6 +132,9 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     if let Ok(token) = std::env::var("RAFT_KV_CLUSTER_TOKEN") {
         node.cluster_token = Some(token);
     }
+    if node.cluster_token.as_deref() == Some("") {
+        return Err("an empty cluster token would let anyone in: set one, or none".into());
+    }
     settings.node = Some(node.clone());
     let id = args
         .id
@@ -209,8 +212,7 @@ async fn serve(plan: Plan, metrics: PrometheusHandle) -> Result<(), Box<dyn Erro
             (raft, keys, Some((log_store, state_machine)))
         }
         StoreKind::Memory => {
-            let state_machine =
-                MemoryStateMachine::new(data_dir.join("memory-snapshots"), limits.clone())?;
+            let state_machine = MemoryStateMachine::new(data_dir.join("memory-snapshots"))?;
             let raft = Raft::new(
                 id,
                 raft_config,
@@ -239,6 +241,7 @@ async fn serve(plan: Plan, metrics: PrometheusHandle) -> Result<(), Box<dyn Erro
         + proposal_bytes.saturating_mul(2)
         + usize::try_from(chunk_bytes).unwrap_or(usize::MAX)
         + (1 << 20);
+    let max_value = usize::try_from(limits.max_value_bytes).unwrap_or(usize::MAX);
     let node = web::Data::new(Node {
         id,
         token,
@@ -253,7 +256,7 @@ async fn serve(plan: Plan, metrics: PrometheusHandle) -> Result<(), Box<dyn Erro
             .app_data(node.clone())
             .app_data(web::PayloadConfig::new(max_body))
             .wrap(middleware::from_fn(routes::refuse_browsers))
-            .configure(routes::configure)
+            .configure(routes::configure(max_value))
     })
     .bind(listen)
     .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -10,8 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use concordkv::LimitsConfig;
-use concordkv_raft::{Request, Response, TypeConfig};
+use concordkv_raft::{is_valid_snapshot_id, Request, Response, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
@@ -124,7 +123,6 @@ struct SmInner {
 #[derive(Clone)]
 pub struct MemoryStateMachine {
     inner: Arc<Mutex<SmInner>>,
-    limits: Arc<LimitsConfig>,
     dir: Arc<PathBuf>,
     files: Arc<AtomicU64>,
 }
@@ -135,14 +133,13 @@ fn io(e: std::io::Error) -> StorageError<u64> {
 
 impl MemoryStateMachine {
     /// Snapshot files go to `dir` (a scratch directory).
-    pub fn new(dir: PathBuf, limits: LimitsConfig) -> std::io::Result<MemoryStateMachine> {
+    pub fn new(dir: PathBuf) -> std::io::Result<MemoryStateMachine> {
         std::fs::create_dir_all(&dir)?;
         Ok(MemoryStateMachine {
             inner: Arc::new(Mutex::new(SmInner {
                 applied: Applied::default(),
                 current: None,
             })),
-            limits: Arc::new(limits),
             dir: Arc::new(dir),
             files: Arc::new(AtomicU64::new(0)),
         })
@@ -163,6 +160,14 @@ impl MemoryStateMachine {
 
     fn snapshot_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.snap"))
+    }
+
+    /// Removes the file of a snapshot no longer current (and any received
+    /// file, once an install is done with it).
+    async fn forget(&self, previous: Option<SnapshotMeta<u64, openraft::BasicNode>>) {
+        if let Some(previous) = previous {
+            let _ = tokio::fs::remove_file(self.snapshot_path(&previous.snapshot_id)).await;
+        }
     }
 
     async fn open(
@@ -191,7 +196,8 @@ impl RaftSnapshotBuilder<TypeConfig> for MemoryStateMachine {
         tokio::fs::write(self.snapshot_path(&meta.snapshot_id), encode(&applied))
             .await
             .map_err(io)?;
-        lock(&self.inner).current = Some(meta.clone());
+        let previous = lock(&self.inner).current.replace(meta.clone());
+        self.forget(previous).await;
         self.open(meta).await
     }
 }
@@ -228,7 +234,7 @@ impl RaftStateMachine<TypeConfig> for MemoryStateMachine {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::default()
                 }
-                EntryPayload::Normal(request) => apply(&mut applied.data, request, &self.limits),
+                EntryPayload::Normal(request) => apply(&mut applied.data, request),
             });
         }
         Ok(responses)
@@ -258,6 +264,10 @@ impl RaftStateMachine<TypeConfig> for MemoryStateMachine {
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
+        if !is_valid_snapshot_id(&meta.snapshot_id) {
+            let refused = std::io::Error::other(format!("snapshot id {:?}", meta.snapshot_id));
+            return Err(io(refused));
+        }
         let mut bytes = Vec::new();
         snapshot
             .seek(std::io::SeekFrom::Start(0))
@@ -271,9 +281,12 @@ impl RaftStateMachine<TypeConfig> for MemoryStateMachine {
             .await
             .map_err(io)?;
         file.write_all(&bytes).await.map_err(io)?;
-        let mut inner = lock(&self.inner);
-        inner.applied = applied;
-        inner.current = Some(meta.clone());
+        let previous = {
+            let mut inner = lock(&self.inner);
+            inner.applied = applied;
+            inner.current.replace(meta.clone())
+        };
+        self.forget(previous).await;
         Ok(())
     }
 
@@ -288,14 +301,10 @@ impl RaftStateMachine<TypeConfig> for MemoryStateMachine {
     }
 }
 
-/// Applies `request` as the durable state machine does (same checks, same
-/// answers).
-fn apply(
-    data: &mut BTreeMap<Vec<u8>, Vec<u8>>,
-    request: Request,
-    limits: &LimitsConfig,
-) -> Response {
-    if let Err(reason) = request.check(limits) {
+/// Applies `request` as the durable state machine does (the same shape
+/// check, the same answers).
+fn apply(data: &mut BTreeMap<Vec<u8>, Vec<u8>>, request: Request) -> Response {
+    if let Err(reason) = request.check_shape() {
         return Response {
             refused: Some(reason),
             ..Response::default()
@@ -305,10 +314,7 @@ fn apply(
         Request::Set { key, value } => data.insert(key, value),
         Request::Delete { key } => data.remove(&key),
         Request::Batch(requests) => {
-            let batch = requests
-                .into_iter()
-                .map(|r| apply(data, r, limits))
-                .collect();
+            let batch = requests.into_iter().map(|r| apply(data, r)).collect();
             return Response {
                 batch,
                 ..Response::default()

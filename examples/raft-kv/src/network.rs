@@ -78,10 +78,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::error::De
 }
 
 impl Peer {
+    /// `entries`: how many log entries `request` carries, for a peer that
+    /// finds it too large.
     async fn call<Req, Resp, E>(
         &self,
         path: &str,
         request: &Req,
+        entries: usize,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
     where
@@ -116,10 +119,13 @@ impl Peer {
                 refusal,
             )));
         }
-        if status.as_u16() == 413 {
-            // openraft sends fewer entries next time.
+        if status.as_u16() == 413 && entries > 1 {
+            // openraft sends fewer entries next time. (One entry, or a
+            // snapshot chunk, too large for the peer is a network error:
+            // it is retried after a pause, not at once.)
+            let fewer = (entries / 2) as u64;
             return Err(RPCError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(1),
+                PayloadTooLarge::new_entries_hint(fewer),
             ));
         }
         if !status.is_success() {
@@ -150,7 +156,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call("append", &rpc, &option).await
+        let entries = rpc.entries.len();
+        self.call("append", &rpc, entries, &option).await
     }
 
     async fn install_snapshot(
@@ -161,7 +168,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.call("snapshot", &rpc, &option).await
+        self.call("snapshot", &rpc, 0, &option).await
     }
 
     async fn vote(
@@ -169,6 +176,6 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call("vote", &rpc, &option).await
+        self.call("vote", &rpc, 0, &option).await
     }
 }

@@ -63,13 +63,23 @@ pub struct Node {
     pub metrics: PrometheusHandle,
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Mounts every route; a write's body may hold at most `max_value` bytes
+/// (refused with 413 before it is read whole).
+pub fn configure(max_value: usize) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| mount(cfg, max_value)
+}
+
+fn mount(cfg: &mut web::ServiceConfig, max_value: usize) {
     cfg.route("/raft/append", web::post().to(append))
         .route("/raft/vote", web::post().to(vote))
         .route("/raft/snapshot", web::post().to(snapshot))
-        .route("/kv/{key}", web::get().to(get))
-        .route("/kv/{key}", web::put().to(set))
-        .route("/kv/{key}", web::delete().to(delete))
+        .service(
+            web::resource("/kv/{key}")
+                .app_data(web::PayloadConfig::new(max_value))
+                .route(web::get().to(get))
+                .route(web::put().to(set))
+                .route(web::delete().to(delete)),
+        )
         .route("/cluster", web::get().to(cluster))
         .route("/state", web::get().to(state))
         .route("/dump", web::get().to(dump))
@@ -107,6 +117,12 @@ pub async fn refuse_browsers(
             "Host must be an IP address or localhost (with a port)",
         ));
     }
+    // The token before the body is read: an RPC can be tens of megabytes.
+    if req.path().starts_with("/raft/") {
+        if let Some(node) = req.app_data::<web::Data<Node>>() {
+            authorized(node, req.headers())?;
+        }
+    }
     next.call(req).await
 }
 
@@ -120,14 +136,11 @@ fn is_address(host: &str) -> bool {
 }
 
 /// Checks the cluster token of an RPC, in constant time.
-fn authorized(node: &Node, req: &HttpRequest) -> Result<(), actix_web::Error> {
+fn authorized(node: &Node, headers: &header::HeaderMap) -> Result<(), actix_web::Error> {
     let Some(token) = &node.token else {
         return Ok(());
     };
-    let given = req
-        .headers()
-        .get(TOKEN_HEADER)
-        .map_or(&b""[..], |v| v.as_bytes());
+    let given = headers.get(TOKEN_HEADER).map_or(&b""[..], |v| v.as_bytes());
     if bool::from(subtle::ConstantTimeEq::ct_eq(given, token.as_bytes())) {
         Ok(())
     } else {
@@ -171,7 +184,6 @@ async fn append(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, actix_web::Error> {
-    authorized(&node, &req)?;
     let rpc: AppendEntriesRequest<TypeConfig> = rpc_body(&req, &body)?;
     Ok(rpc_answer(node.raft.append_entries(rpc).await))
 }
@@ -181,7 +193,6 @@ async fn vote(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, actix_web::Error> {
-    authorized(&node, &req)?;
     let rpc: VoteRequest<u64> = rpc_body(&req, &body)?;
     Ok(rpc_answer(node.raft.vote(rpc).await))
 }
@@ -191,7 +202,6 @@ async fn snapshot(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, actix_web::Error> {
-    authorized(&node, &req)?;
     let rpc: InstallSnapshotRequest<TypeConfig> = rpc_body(&req, &body)?;
     Ok(rpc_answer(node.raft.install_snapshot(rpc).await))
 }

@@ -1,0 +1,164 @@
+//! Every actor of the store, made to panic in turn while writers append: it
+//! is restarted, appends go on, nothing acknowledged is lost, the restart
+//! is counted; and a supervisor that sees too many deaths gives up with an
+//! error that says so.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::config;
+use concordkv::{ActorKind, Error, Store, SyncMode};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+fn restarts(
+    snapshot: &[(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )],
+    actor: &str,
+) -> Option<u64> {
+    snapshot.iter().find_map(|(key, _, _, value)| {
+        let key = key.key();
+        let labelled = key
+            .labels()
+            .any(|l| l.key() == "actor" && l.value() == actor);
+        match value {
+            DebugValue::Counter(n)
+                if key.name() == "concordkv_actor_restarts_total" && labelled =>
+            {
+                Some(*n)
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Waits until `count` grew by `more` since `from`, or panics.
+async fn appends_go_on(count: &AtomicUsize, from: usize, more: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count.load(Ordering::Relaxed) < from + more {
+        assert!(
+            Instant::now() < deadline,
+            "appends stopped after {what} died"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn each_actor_that_panics_under_load_is_restarted_and_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this test process");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `batch` has a sync timer; small segments make the rotator work.
+    let mut cfg = config(dir.path(), SyncMode::Batch);
+    cfg.wal.max_segment_bytes = 16 * 1024;
+    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+
+    // The last value acknowledged for each key, and how many were.
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, acked, stop) = (store.clone(), Arc::clone(&acked), Arc::clone(&stop));
+            let count = Arc::clone(&count);
+            actix_rt::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (key, value) = (format!("w{w}-{}", n % 500), format!("v{n}"));
+                    match store.set(key.clone(), value.clone()).await {
+                        Ok(_) => {
+                            acked.lock().unwrap().insert(key, value);
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // The WAL's own death fails what it held: not acknowledged.
+                        Err(Error::ActorDied | Error::Panicked { .. }) => {}
+                        Err(other) => panic!("unexpected error under restarts: {other}"),
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+
+    for actor in ActorKind::ALL {
+        let before = count.load(Ordering::Relaxed);
+        store.crash_actor(actor);
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        appends_go_on(&count, before, 200, actor.name()).await;
+        // The restarted actors answer: a snapshot, a compaction, the stats.
+        store
+            .snapshot()
+            .await
+            .expect("a snapshot after the restart");
+        store
+            .compact()
+            .await
+            .expect("a compaction after the restart");
+        store
+            .stats_report()
+            .await
+            .expect("the stats after the restart");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let counted = snapshotter.snapshot().into_vec();
+    for actor in ActorKind::ALL {
+        assert_eq!(
+            restarts(&counted, actor.name()),
+            Some(1),
+            "the restart of {} is counted",
+            actor.name()
+        );
+    }
+    store.shutdown().await.expect("shutdown");
+
+    let (store, _) = Store::open(cfg).await.expect("reopen");
+    let state = store.state();
+    for (key, value) in acked.lock().unwrap().iter() {
+        assert_eq!(
+            state.get(key.as_bytes()).as_deref(),
+            Some(value.as_bytes()),
+            "acknowledged {key} survived"
+        );
+    }
+    store.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn the_supervisor_gives_up_after_too_many_restarts_in_the_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.supervision.max_restarts = 2;
+    cfg.supervision.period_secs = 3600;
+    let (store, _) = Store::open(cfg).await.expect("open");
+    store.set("before", "ok").await.expect("set");
+    for _ in 0..3 {
+        store.crash_actor(ActorKind::Snapshot);
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    match store.set("after", "refused").await {
+        Err(Error::WalFailed { cause }) => match &*cause {
+            Error::RestartLimit {
+                actor,
+                restarts,
+                period_secs,
+            } => assert_eq!((*actor, *restarts, *period_secs), ("snapshot", 3, 3600)),
+            other => panic!("expected RestartLimit as the cause, got {other:?}"),
+        },
+        other => panic!("expected a refusal for the restart limit, got {other:?}"),
+    }
+    let _ = store.shutdown().await;
+}
