@@ -29,7 +29,7 @@ pub enum ActorKind {
 }
 
 impl ActorKind {
-    /// Every kind, in the order of [`ActorKind::index`].
+    /// Every kind, in the order their restart counters are kept.
     pub const ALL: [ActorKind; 6] = [
         ActorKind::Wal,
         ActorKind::Rotator,
