@@ -21,13 +21,17 @@ fn restarts(
         Option<metrics::SharedString>,
         DebugValue,
     )],
+    store: &str,
     actor: &str,
 ) -> Option<u64> {
     snapshot.iter().find_map(|(key, _, _, value)| {
         let key = key.key();
         let labelled = key
             .labels()
-            .any(|l| l.key() == "actor" && l.value() == actor);
+            .any(|l| l.key() == "actor" && l.value() == actor)
+            && key
+                .labels()
+                .any(|l| l.key() == "store" && l.value() == store);
         match value {
             DebugValue::Counter(n)
                 if key.name() == "concordkv_actor_restarts_total" && labelled =>
@@ -114,10 +118,17 @@ async fn each_actor_that_panics_under_load_is_restarted_and_counted() {
     for writer in writers {
         writer.await.expect("writer");
     }
+    // The other test of this file runs a store of its own at the same time.
+    let label = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let counted = snapshotter.snapshot().into_vec();
     for actor in ActorKind::ALL {
         assert_eq!(
-            restarts(&counted, actor.name()),
+            restarts(&counted, &label, actor.name()),
             Some(1),
             "the restart of {} is counted",
             actor.name()
