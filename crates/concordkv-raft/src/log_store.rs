@@ -217,7 +217,11 @@ where
     ) -> Result<Self, Error> {
         let meta: Meta<C> = match log.metadata() {
             Some(bytes) => decode(&bytes).map_err(|e| {
-                Error::Untrusted(format!("the log's metadata does not decode: {e}"))
+                let manifest = log.config().data_dir.join("MANIFEST");
+                Error::Untrusted(format!(
+                    "{}: the log's metadata (vote, purge point) does not decode: {e}",
+                    manifest.display()
+                ))
             })?,
             None => Meta {
                 vote: None,
@@ -390,16 +394,12 @@ where
             let mut entries = Vec::new();
             let mut bytes = 0;
             for record in log.read(from..=to)? {
-                let (_, payload) = record?;
+                let (seq, payload) = record?;
                 if !entries.is_empty() && bytes + payload.len() > max_bytes {
                     break;
                 }
                 bytes += payload.len();
-                entries.push(
-                    decode::<C::Entry>(&payload).map_err(|e| {
-                        Error::Untrusted(format!("a log entry does not decode: {e}"))
-                    })?,
-                );
+                entries.push(decode::<C::Entry>(&payload).map_err(|e| undecodable(&log, seq, &e))?);
             }
             Ok::<_, Error>(entries)
         })
@@ -418,8 +418,7 @@ where
     let mut prev: Option<u64> = None;
     for record in log.read(..)? {
         let (seq, payload) = record?;
-        let entry: C::Entry = decode(&payload)
-            .map_err(|e| Error::Untrusted(format!("log record {seq} does not decode: {e}")))?;
+        let entry: C::Entry = decode(&payload).map_err(|e| undecodable(log, seq, &e))?;
         let index = entry.get_log_id().index;
         if prev.is_none_or(|p| p + 1 != index) {
             runs.push((index, seq));
@@ -429,18 +428,29 @@ where
     Ok(runs)
 }
 
+/// A record whose checksum held but whose payload is no entry (written by
+/// another program, or another type configuration): named by directory
+/// and sequence number (`concordkv inspect` finds its file and offset).
+fn undecodable(log: &Log, seq: Seq, e: &bincode::error::DecodeError) -> Error {
+    Error::Untrusted(format!(
+        "{}: log record {seq} is no Raft entry of this type configuration: {e}",
+        log.config().data_dir.display()
+    ))
+}
+
 /// Reads the entry at `seq` and returns its log id.
 fn read_one<C>(log: &Log, seq: Seq) -> Result<LogId<C::NodeId>, Error>
 where
     C: RaftTypeConfig,
     C::Entry: DeserializeOwned,
 {
-    let (_, payload) = log
-        .read(seq..=seq)?
-        .next()
-        .ok_or_else(|| Error::Untrusted(format!("log record {seq} is missing")))??;
-    let entry: C::Entry = decode(&payload)
-        .map_err(|e| Error::Untrusted(format!("log record {seq} does not decode: {e}")))?;
+    let (_, payload) = log.read(seq..=seq)?.next().ok_or_else(|| {
+        Error::Untrusted(format!(
+            "{}: log record {seq} is missing",
+            log.config().data_dir.display()
+        ))
+    })??;
+    let entry: C::Entry = decode(&payload).map_err(|e| undecodable(log, seq, &e))?;
     Ok(entry.get_log_id().clone())
 }
 

@@ -85,13 +85,7 @@ async fn a_damaged_snapshot_from_the_leader_is_refused_and_the_state_kept() {
     let mut sm = node(follower.path()).await;
     sm.apply(vec![set(1, "mine", "kept")]).await.unwrap();
 
-    let mut bytes = std::fs::read(&snap).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x10;
-    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
-        .await
-        .unwrap();
+    let receiving = receive_damaged(&mut sm, &snap).await;
     let refused = sm.install_snapshot(&meta, receiving).await;
     assert!(refused.is_err(), "a damaged snapshot is refused");
     let (applied, _) = sm.applied_state().await.unwrap();
@@ -119,13 +113,7 @@ async fn a_purge_for_a_failed_install_is_refused_and_the_entries_stay() {
 
     // The leader's snapshot (up to 100) arrives damaged; openraft purges
     // the log up to it in the same step as it hands it over.
-    let mut bytes = std::fs::read(&snap).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x10;
-    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
-        .await
-        .unwrap();
+    let receiving = receive_damaged(&mut sm, &snap).await;
     let purge_log = log.clone();
     let purge = tokio::spawn(async move {
         let mut log = purge_log;
@@ -142,6 +130,18 @@ async fn a_purge_for_a_failed_install_is_refused_and_the_entries_stay() {
         .unwrap();
     assert_eq!(state.last_purged_log_id, None);
     assert_eq!(state.last_log_id.map(|id| id.index), Some(5));
+}
+
+/// Receives the snapshot file at `snap` with a byte flipped in its middle.
+async fn receive_damaged(sm: &mut StateMachine<TypeConfig>, snap: &Path) -> Box<tokio::fs::File> {
+    let mut bytes = std::fs::read(snap).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *receiving, &bytes)
+        .await
+        .unwrap();
+    receiving
 }
 
 /// The metadata the leader published, as the follower receives it.
