@@ -1,11 +1,14 @@
 //! Latency samples gathered where operations complete, and drained by the
-//! `MetricsActor` once a second: an append pays one uncontended lock and a
-//! histogram increment, never a message.
+//! `MetricsActor` once a second, which alone publishes them to Prometheus
+//! and answers the `Stats` query from them: an append pays one uncontended
+//! lock and a histogram increment, never a message.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+
+use crate::format::snapshot::SnapshotKind;
 
 /// The kinds of operation whose latency is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,17 +19,20 @@ pub enum OpKind {
     Sync,
     /// One compaction run.
     Compaction,
-    /// One snapshot.
+    /// One snapshot, full or incremental.
     Snapshot,
+    /// Open-time recovery.
+    Recovery,
 }
 
 impl OpKind {
     /// Every kind, in report order.
-    pub const ALL: [OpKind; 4] = [
+    pub const ALL: [OpKind; 5] = [
         OpKind::Append,
         OpKind::Sync,
         OpKind::Compaction,
         OpKind::Snapshot,
+        OpKind::Recovery,
     ];
 
     /// The kind's name in reports.
@@ -36,6 +42,7 @@ impl OpKind {
             OpKind::Sync => "sync",
             OpKind::Compaction => "compaction",
             OpKind::Snapshot => "snapshot",
+            OpKind::Recovery => "recovery",
         }
     }
 }
@@ -71,29 +78,36 @@ impl LatencyBatch {
         self.lock().saturating_record(nanos);
     }
 
+    /// Adds one sample that is a count, not a duration.
+    pub fn record_count(&self, count: u64) {
+        self.lock().saturating_record(count);
+    }
+
     /// Takes every sample gathered since the last call.
     pub fn take(&self) -> Histogram<u64> {
         std::mem::replace(&mut *self.lock(), nanos_histogram())
     }
 }
 
-/// One batch per kind, shared by everything that completes operations.
+/// One batch per histogram, shared by everything that completes operations.
 #[derive(Default)]
 pub(crate) struct Latencies {
     pub append: LatencyBatch,
     pub sync: LatencyBatch,
+    /// Records made durable by each sync (a count, not a duration).
+    pub sync_batch: LatencyBatch,
     pub compaction: LatencyBatch,
-    pub snapshot: LatencyBatch,
+    pub full_snapshot: LatencyBatch,
+    pub incremental_snapshot: LatencyBatch,
+    pub recovery: LatencyBatch,
 }
 
 impl Latencies {
-    /// The batch of `kind`.
-    pub fn of(&self, kind: OpKind) -> &LatencyBatch {
+    /// The batch of snapshots of `kind`.
+    pub fn snapshot(&self, kind: SnapshotKind) -> &LatencyBatch {
         match kind {
-            OpKind::Append => &self.append,
-            OpKind::Sync => &self.sync,
-            OpKind::Compaction => &self.compaction,
-            OpKind::Snapshot => &self.snapshot,
+            SnapshotKind::Full => &self.full_snapshot,
+            SnapshotKind::Incremental => &self.incremental_snapshot,
         }
     }
 }

@@ -67,7 +67,7 @@ pub mod testing;
 
 #[cfg(feature = "prometheus-exporter")]
 pub use actors::metrics::install_prometheus_exporter;
-pub use actors::metrics::{KindStats, StatsReport};
+pub use actors::metrics::{KindStats, StatsReport, LATENCY_BUCKETS, SYNC_BATCH_BUCKETS};
 pub use actors::supervised::ActorKind;
 pub use config::{
     CompactionConfig, Config, LimitsConfig, MaintenanceConfig, MetricsConfig, RecoveryMode, Secret,

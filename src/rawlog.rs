@@ -17,6 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::actors::messages::{PurgeLog, SetMetadata};
+use crate::actors::rotator;
 use crate::actors::wal::WalShared;
 use crate::config::Config;
 use crate::entry::{Entry, Record, Seq};
@@ -233,12 +235,9 @@ impl Log {
                 "purge_before({seq}) is past the log's end (last sequence number {last})"
             )));
         }
+        let retired = rotator::ask(self.store.rotator(), || PurgeLog { before: seq }).await?;
         let wal = Arc::clone(self.store.wal());
         actix_rt::task::spawn_blocking(move || {
-            // Readers that may be reading a segment about to go hold this
-            // too (as for a snapshot retiring segments).
-            let _maintenance = wal.maintenance();
-            let retired = wal.manifest.purge_before(seq)?;
             remove_retired(
                 wal.fs.as_ref(),
                 &retired,
@@ -297,10 +296,7 @@ impl Log {
                 bytes.len()
             )));
         }
-        let wal = Arc::clone(self.store.wal());
-        actix_rt::task::spawn_blocking(move || wal.manifest.set_metadata(bytes))
-            .await
-            .map_err(|e| Error::task_failed("writing the metadata", &e))?
+        rotator::ask(self.store.rotator(), || SetMetadata(bytes.clone())).await
     }
 
     /// The records of `range` (`1..=100`, `50..`, `..`) as `(seq, payload)`,
@@ -504,6 +500,15 @@ impl LogSubscription {
         }
         let record = self.inner.next().await?;
         self.guard.check(record)
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Log {
+    /// Makes `actor` panic in a handler, as a bug would; its supervisor
+    /// restarts it.
+    pub fn crash_actor(&self, actor: crate::ActorKind) {
+        self.store.crash_actor(actor);
     }
 }
 

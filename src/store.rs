@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::actors::compactor::CompactorActor;
 use crate::actors::messages::{Compact, GetStats, Shutdown, TakeSnapshot};
 use crate::actors::metrics::{MetricsActor, StatsReport};
+use crate::actors::rotator::{RotatorActor, RotatorState};
 use crate::actors::snapshot::SnapshotActor;
 #[cfg(feature = "testing")]
 use crate::actors::supervised::ActorKind;
@@ -36,7 +37,7 @@ use crate::lifecycle::single_flight::SingleFlight;
 use crate::log::admission::{estimated_bytes, op_bytes, Admission, RECORD_OVERHEAD_BYTES};
 use crate::log::inbox::{Inbox, Request};
 use crate::log::read::{acknowledged_upto, Cursor, LogRead};
-use crate::log::recovery::Recovery;
+use crate::log::recovery::{Debris, Recovery};
 use crate::log::subscription::Subscription;
 use crate::log::sync_worker::{AckBound, Instruments, SyncWorker};
 use crate::meters::Meters;
@@ -55,6 +56,7 @@ pub struct Store {
 struct Shared {
     inbox: Arc<Inbox>,
     supervisor: Addr<StoreSupervisor>,
+    rotator: Slot<RotatorActor>,
     snapshots: Slot<SnapshotActor>,
     compactor: Slot<CompactorActor>,
     metrics: Slot<MetricsActor>,
@@ -127,8 +129,13 @@ impl Store {
                     .lock_dir(dir)
                     .map_err(|e| Error::io("lock data directory", dir, e))?;
                 let manifest = ManifestStore::open(Arc::clone(&fs), dir, kind)?;
-                let (recovery, tree, start) =
-                    open_log(fs.as_ref(), &manifest, &config, &mut on_record)?;
+                let (recovery, tree, start) = open_log(
+                    fs.as_ref(),
+                    &manifest,
+                    &config,
+                    Debris::Remove,
+                    &mut on_record,
+                )?;
                 crate::memory::release_freed();
                 Ok::<_, Error>((lock, manifest, recovery, tree, start))
             })
@@ -137,9 +144,8 @@ impl Store {
             .await
             .map_err(|e| Error::task_failed("opening the store", &e))??;
         let meters = Arc::new(Meters::new(&config));
-        meters
-            .recovery_seconds
-            .record(recovery.elapsed.as_secs_f64());
+        let latencies = Arc::new(Latencies::default());
+        latencies.recovery.record(recovery.elapsed);
         if let Some(tail) = &recovery.truncated {
             meters.recovery_truncated_bytes.increment(tail.bytes);
         }
@@ -148,7 +154,6 @@ impl Store {
             config.limits.max_pending_bytes,
             Arc::clone(&counters),
         ));
-        let latencies = Arc::new(Latencies::default());
         let state = state::Shared::new(tree, recovery.last_seq, config.limits.max_pending_bytes);
         let instruments = Instruments {
             counters: Arc::clone(&counters),
@@ -168,28 +173,29 @@ impl Store {
             config: config.clone(),
             fs,
             manifest,
-            maintenance: std::sync::Mutex::new(()),
             latencies,
             inbox: Arc::clone(&inbox),
             worker,
             counters: Arc::clone(&counters),
-            segment_wanted: std::sync::atomic::AtomicBool::new(false),
             state,
             meters,
         });
-        let (supervisor, snapshots, compactor, metrics) = StoreSupervisor::launch(
+        let rotator_state = RotatorState::start(&config.data_dir)?;
+        let (supervisor, slots) = StoreSupervisor::launch(
             Arc::clone(&wal_shared),
             start,
             lock,
             Arc::new(Jobs::new(&config.data_dir)),
+            rotator_state,
         );
         let store = Store {
             shared: Arc::new(Shared {
                 inbox,
                 supervisor,
-                snapshots,
-                compactor,
-                metrics,
+                rotator: slots.rotator,
+                snapshots: slots.snapshots,
+                compactor: slots.compactor,
+                metrics: slots.metrics,
                 wal: wal_shared,
                 counters,
                 config,
@@ -329,6 +335,11 @@ impl Store {
     /// The WAL's shared internals.
     pub(crate) fn wal(&self) -> &Arc<WalShared> {
         &self.shared.wal
+    }
+
+    /// The owner of the manifest's changes.
+    pub(crate) fn rotator(&self) -> &Slot<RotatorActor> {
+        &self.shared.rotator
     }
 
     /// Sets `key` to `value`; resolves with the record's sequence number
@@ -703,11 +714,20 @@ impl Future for Pending {
 #[cfg(feature = "testing")]
 impl Store {
     /// Makes `actor` panic in a handler, as a bug would; its supervisor
-    /// restarts it.
+    /// restarts it. An actor the store asks things of directly gets the
+    /// panic ahead of the next request it is sent, which then finds its
+    /// mailbox closed.
     pub fn crash_actor(&self, actor: ActorKind) {
-        self.shared
-            .supervisor
-            .do_send(crate::actors::messages::CrashActor(actor));
+        use crate::actors::messages::{Crash, CrashActor};
+        match actor {
+            ActorKind::Rotator => self.shared.rotator.get().do_send(Crash),
+            ActorKind::Snapshot => self.shared.snapshots.get().do_send(Crash),
+            ActorKind::Compactor => self.shared.compactor.get().do_send(Crash),
+            ActorKind::Metrics => self.shared.metrics.get().do_send(Crash),
+            ActorKind::Wal | ActorKind::SyncTimer => {
+                self.shared.supervisor.do_send(CrashActor(actor));
+            }
+        }
     }
 }
 

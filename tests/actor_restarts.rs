@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::config;
-use concordkv::{ActorKind, Error, Store, SyncMode};
+use concordkv::{ActorKind, Error, Log, Store, SyncMode};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 fn restarts(
@@ -172,4 +172,54 @@ async fn the_supervisor_gives_up_after_too_many_restarts_in_the_period() {
         other => panic!("expected a refusal for the restart limit, got {other:?}"),
     }
     let _ = store.shutdown().await;
+}
+
+/// The rotator makes every change of the manifest: a log's truncation,
+/// purge and metadata asked for just as it dies reach its successor, and
+/// each is made once and durably.
+#[actix_rt::test]
+async fn a_log_whose_rotator_dies_truncates_purges_and_keeps_metadata() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::Always);
+    cfg.wal.max_segment_bytes = 8 * 1024;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for batch in 0..20 {
+        let payloads = (0..100)
+            .map(|i| format!("record {}", batch * 100 + i + 1).into_bytes())
+            .collect();
+        log.append_batch(payloads).await.expect("append");
+    }
+    assert_eq!(log.last_seq(), 2000);
+
+    log.crash_actor(ActorKind::Rotator);
+    log.truncate_after(1500)
+        .await
+        .expect("a truncation asked as the rotator dies");
+    assert_eq!(log.last_seq(), 1500);
+    log.crash_actor(ActorKind::Rotator);
+    log.purge_before(1000)
+        .await
+        .expect("a purge asked as the rotator dies");
+    log.crash_actor(ActorKind::Rotator);
+    log.set_metadata(b"term 7".to_vec())
+        .await
+        .expect("metadata written as the rotator dies");
+    assert_eq!(log.append(b"after".to_vec()).await.expect("append"), 1501);
+    log.shutdown().await.expect("shutdown");
+
+    let (log, _) = Log::open(cfg).await.expect("reopen");
+    assert_eq!(log.last_seq(), 1501);
+    assert!(
+        log.first_seq() <= 1000 && log.first_seq() > 1,
+        "{}",
+        log.first_seq()
+    );
+    assert_eq!(log.metadata().as_deref(), Some(&b"term 7"[..]));
+    let mut records = log.read(1500..).expect("read");
+    let (seq, payload) = records.next().expect("record 1500").expect("ok");
+    assert_eq!((seq, payload.as_slice()), (1500, &b"record 1500"[..]));
+    let (seq, payload) = records.next().expect("record 1501").expect("ok");
+    assert_eq!((seq, payload.as_slice()), (1501, &b"after"[..]));
+    assert!(records.next().is_none(), "nothing after 1501");
+    log.shutdown().await.expect("shutdown");
 }

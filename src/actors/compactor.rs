@@ -1,9 +1,8 @@
-//! `CompactorActor`: decides when to compact and runs it in the background.
-//! It counts the records of every segment the WAL seals; once they reach
-//! `compaction.threshold` it builds the compacted state on a maintenance
-//! thread and, if the redundant fraction reaches `compaction.ratio`, writes
-//! it out (see `crate::lifecycle::compaction`). Appends never wait for any of it; the
-//! maintenance lock keeps it from racing a snapshot on the manifest.
+//! `CompactorActor`: decides when to compact. It counts the records of every
+//! segment the WAL seals; once they reach `compaction.threshold` it asks
+//! `SnapshotActor`, the one writer of snapshots, to compact, which writes
+//! the output only if the redundant fraction reaches `compaction.ratio`
+//! (see `crate::lifecycle::compaction`). Appends never wait for any of it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,18 +10,18 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::actors::messages::{Compact, SegmentSealed};
-use crate::actors::supervised::Watch;
+use crate::actors::messages::{Compact, RunCompaction, SegmentSealed};
+use crate::actors::snapshot::SnapshotActor;
+use crate::actors::supervised::{Slot, Watch};
 use crate::actors::wal::WalShared;
 use crate::error::{Error, Result};
 use crate::format::manifest::DirKind;
-use crate::lifecycle::background::Jobs;
-use crate::lifecycle::compaction::{compact, CompactionReport};
+use crate::lifecycle::compaction::CompactionReport;
 
 /// Starts compactions, by itself and on request.
 pub struct CompactorActor {
     shared: Arc<WalShared>,
-    jobs: Arc<Jobs>,
+    snapshots: Slot<SnapshotActor>,
     /// Records sealed since the last automatic check.
     sealed_since_check: u64,
     running: bool,
@@ -30,10 +29,14 @@ pub struct CompactorActor {
 }
 
 impl CompactorActor {
-    pub(crate) fn new(shared: Arc<WalShared>, jobs: Arc<Jobs>, watch: Watch) -> CompactorActor {
+    pub(crate) fn new(
+        shared: Arc<WalShared>,
+        snapshots: Slot<SnapshotActor>,
+        watch: Watch,
+    ) -> CompactorActor {
         CompactorActor {
             shared,
-            jobs,
+            snapshots,
             sealed_since_check: 0,
             running: false,
             _watch: watch,
@@ -46,32 +49,25 @@ impl CompactorActor {
         automatic: bool,
     ) -> impl Future<Output = Result<Option<CompactionReport>>> + 'static {
         let shared = Arc::clone(&self.shared);
-        let jobs = Arc::clone(&self.jobs);
+        let asked = self.snapshots.get().send(RunCompaction { automatic });
         async move {
             let _running = Running::mark(&shared.counters.compacting);
             let started = Instant::now();
-            let outcome = {
-                let shared = Arc::clone(&shared);
-                jobs.run("concordkv-compact", "a compaction", move || {
-                    let _maintenance = shared.maintenance();
-                    compact(
-                        shared.fs.as_ref(),
-                        &shared.manifest,
-                        &shared.config,
-                        automatic,
-                    )
+            let outcome = asked.await.unwrap_or_else(|_| {
+                Err(if shared.manifest.is_closed() {
+                    Error::ShutDown
+                } else {
+                    Error::Panicked {
+                        what: "the snapshot actor",
+                    }
                 })
-                .await?
-            };
+            })?;
             let Some(report) = outcome else {
                 return Ok(None);
             };
             shared.counters.snapshot_taken();
-            let meters = &shared.meters;
-            meters
-                .compaction_seconds
-                .record(started.elapsed().as_secs_f64());
             shared.latencies.compaction.record(started.elapsed());
+            let meters = &shared.meters;
             meters.compactions.increment(1);
             meters
                 .compaction_reclaimed_bytes

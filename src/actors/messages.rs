@@ -1,5 +1,7 @@
 //! Every message the actors exchange, in one place.
 
+use std::path::PathBuf;
+
 use actix::Message;
 use tokio::sync::oneshot;
 
@@ -44,6 +46,56 @@ pub struct StopWal {
 #[rtype(result = "Result<Segment>")]
 pub(crate) struct PrepareSegment;
 
+/// To `RotatorActor`, from `WalActor`: a rotation waits for the segment
+/// being prepared; fill it at full speed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Hurry;
+
+/// To `RotatorActor`, from `SnapshotActor`: list the snapshot `header`
+/// (written and synced) and, in the same manifest write, unlist the
+/// `segments` and `obsolete` snapshots it covers; answers their files, for
+/// the caller to remove at its pace.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<PathBuf>>")]
+pub(crate) struct ListSnapshot {
+    pub header: SnapshotHeader,
+    pub segments: Vec<u64>,
+    pub obsolete: Vec<SnapshotHeader>,
+}
+
+/// To `RotatorActor`, from a `Log`: record that the records before
+/// `before` are purged and unlist the segments holding only those;
+/// answers their files, for the caller to remove.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<PathBuf>>")]
+pub(crate) struct PurgeLog {
+    pub before: Seq,
+}
+
+/// To `RotatorActor`, from a `Log`: replace the metadata slot, durably.
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub(crate) struct SetMetadata(pub Vec<u8>);
+
+/// To `RotatorActor`, from `WalActor`, once the active segment is sealed:
+/// mark the records after `after` in the segments up to `through` as
+/// dropped (see `ManifestStore::truncate_after`); answers the files of the
+/// segments unlisted for holding only dropped records.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<PathBuf>>")]
+pub(crate) struct MarkTruncation {
+    pub after: Seq,
+    pub through: u64,
+}
+
+/// To `RotatorActor`, from `StoreSupervisor` after the WAL died:
+/// re-validate the files, bring the state in line with them, and start a
+/// segment after the recovered log for the new WAL actor.
+#[derive(Message)]
+#[rtype(result = "Result<WalStart>")]
+pub(crate) struct Revalidate;
+
 /// To `SnapshotActor`: take a snapshot covering the log up to `upto`, which
 /// must be durable; `None` if the snapshots already cover it.
 #[derive(Message)]
@@ -64,6 +116,15 @@ pub struct SegmentSealed {
 #[derive(Message)]
 #[rtype(result = "Result<Option<CompactionReport>>")]
 pub struct Compact;
+
+/// To `SnapshotActor`, from `CompactorActor`: rewrite the sealed segments
+/// into a full snapshot, if they are due (`automatic`) or whenever there
+/// is something to compact; `None` if there was not.
+#[derive(Message)]
+#[rtype(result = "Result<Option<CompactionReport>>")]
+pub(crate) struct RunCompaction {
+    pub automatic: bool,
+}
 
 /// To `MetricsActor`: the in-process statistics.
 #[derive(Message)]
@@ -92,13 +153,14 @@ pub(crate) struct ActorDied {
 #[rtype(result = "()")]
 pub struct Crash;
 
-/// To `StoreSupervisor`, in tests: make `0` panic.
+/// To `StoreSupervisor`, in tests: make `0` panic (the store sends the
+/// WAL's and the timer's this way: it holds no address of theirs).
 #[cfg(feature = "testing")]
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CrashActor(pub crate::actors::supervised::ActorKind);
 
-/// To `StoreSupervisor`: re-validation after a death finished; start this WAL.
+/// To `StoreSupervisor`: re-validation after the WAL's death finished; start this WAL.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WalRecovered(pub Result<WalStart>);

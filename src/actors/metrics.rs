@@ -4,8 +4,10 @@
 //! operation, count, throughput, mean and p99 latency.
 //!
 //! Samples are gathered where operations complete (see `crate::latency`);
-//! once a second this actor drains them, forwards them to the histograms
-//! with `record_many`, and refreshes the gauges (files, pending bytes).
+//! once a second this actor drains them, forwards them to the Prometheus
+//! histograms with `record_many` (a batch per histogram and second, never a
+//! message per operation), adds them to the totals `Stats` answers from,
+//! and refreshes the gauges (files, pending bytes, durable lag).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -18,23 +20,28 @@ use serde::Serialize;
 use crate::actors::messages::GetStats;
 use crate::actors::supervised::Watch;
 use crate::actors::wal::WalShared;
-use crate::latency::{nanos_histogram, OpKind};
+use crate::latency::{nanos_histogram, LatencyBatch, OpKind};
 use crate::stats::PersistenceInfo;
 
 /// How often samples are drained and gauges refreshed.
 const PUBLISH_PERIOD: Duration = Duration::from_secs(1);
 
-/// Bucket bounds of the latency histograms, in seconds: this store's
-/// operations range from tens of microseconds (a write to the page cache)
-/// through milliseconds (an fdatasync) to seconds (a large compaction).
-#[cfg(feature = "prometheus-exporter")]
-const LATENCY_BUCKETS: &[f64] = &[
+/// Bucket bounds of the store's latency histograms (every metric ending in
+/// `_seconds`), in seconds: its operations range from tens of microseconds
+/// (a write to the page cache) through milliseconds (an fdatasync) to
+/// seconds (a large compaction). A recorder has no say in a library's
+/// buckets: an application that installs its own Prometheus recorder gives
+/// it these, `PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), concordkv::LATENCY_BUCKETS)`,
+/// or its histograms render as summaries.
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-/// Bucket bounds of the group-commit size (records made durable by one sync).
-#[cfg(feature = "prometheus-exporter")]
-const BATCH_BUCKETS: &[f64] = &[
+
+/// Bucket bounds of `concordkv_wal_sync_batch_records`, the group-commit
+/// size (records made durable by one sync); see [`LATENCY_BUCKETS`] for
+/// giving them to a recorder of the application's own.
+pub const SYNC_BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
 ];
 
@@ -83,7 +90,7 @@ pub fn install_prometheus_exporter(
         .map_err(failed)?
         .set_buckets_for_metric(
             Matcher::Full("concordkv_wal_sync_batch_records".into()),
-            BATCH_BUCKETS,
+            SYNC_BATCH_BUCKETS,
         )
         .map_err(failed)?
         .install()
@@ -275,23 +282,51 @@ impl MetricsActor {
         if period {
             self.last_publish = Instant::now();
         }
+        let latencies = &self.shared.latencies;
+        let meters = &self.shared.meters;
+        let seconds = |batch: &LatencyBatch, histogram: &::metrics::Histogram| {
+            let batch = batch.take();
+            forward(&batch, histogram, 1e-9);
+            batch
+        };
+        let full = seconds(&latencies.full_snapshot, &meters.full_snapshot_seconds);
+        let mut snapshots = seconds(
+            &latencies.incremental_snapshot,
+            &meters.incremental_snapshot_seconds,
+        );
+        let _ = snapshots.add(&full);
+        forward(
+            &latencies.sync_batch.take(),
+            &meters.sync_batch_records,
+            1.0,
+        );
+        let mut drained = [
+            (
+                OpKind::Append,
+                seconds(&latencies.append, &meters.append_seconds),
+            ),
+            (OpKind::Sync, seconds(&latencies.sync, &meters.sync_seconds)),
+            (
+                OpKind::Compaction,
+                seconds(&latencies.compaction, &meters.compaction_seconds),
+            ),
+            (OpKind::Snapshot, snapshots),
+            (
+                OpKind::Recovery,
+                seconds(&latencies.recovery, &meters.recovery_seconds),
+            ),
+        ];
         for (kind, totals) in &mut self.totals {
-            let batch = self.shared.latencies.of(*kind).take();
+            let Some((_, batch)) = drained.iter_mut().find(|(k, _)| k == kind) else {
+                continue;
+            };
             totals.since_tick += batch.len();
             if period {
                 totals.per_sec = totals.since_tick as f64 / elapsed;
                 totals.since_tick = 0;
             }
-            if *kind == OpKind::Append {
-                let histogram = &self.shared.meters.append_seconds;
-                for value in batch.iter_recorded() {
-                    let count = usize::try_from(value.count_at_value()).unwrap_or(usize::MAX);
-                    histogram.record_many(value.value_iterated_to() as f64 / 1e9, count);
-                }
-            }
-            let _ = totals.histogram.add(&batch);
+            let _ = totals.histogram.add(&*batch);
         }
-        let meters = &self.shared.meters;
         let files = PersistenceInfo::read(&self.shared);
         meters.segments.set(files.segments as f64);
         meters.disk_bytes.set(files.disk_bytes as f64);
@@ -306,6 +341,15 @@ impl MetricsActor {
             .set(last.saturating_sub(durable) as f64);
         let refused = self.shared.inbox.refuses_after_failure();
         meters.writes_refused.set(f64::from(u8::from(refused)));
+    }
+}
+
+/// Records every sample of `batch` into `histogram`, scaled by `scale`
+/// (nanoseconds to seconds, or 1 for counts).
+fn forward(batch: &Histogram<u64>, histogram: &::metrics::Histogram, scale: f64) {
+    for value in batch.iter_recorded() {
+        let count = usize::try_from(value.count_at_value()).unwrap_or(usize::MAX);
+        histogram.record_many(value.value_iterated_to() as f64 * scale, count);
     }
 }
 

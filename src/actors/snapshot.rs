@@ -1,36 +1,87 @@
-//! `SnapshotActor`: takes full and incremental snapshots in the background.
-//! Each one reads the log up to a durable sequence number on a low-priority
-//! maintenance thread while writers go on appending; one runs at a time (the handler
-//! holds the mailbox until it finishes), so two never race on the manifest
-//! or retire each other's inputs.
+//! `SnapshotActor`: the one writer of snapshots, full and incremental, and
+//! of compaction output (a full snapshot that replaces the sealed log). Each
+//! reads the log up to a durable sequence number on a low-priority
+//! maintenance thread while writers go on appending, and writes its file;
+//! the rotator lists it and unlists what it covers; the files retired are
+//! then removed, paced. One runs at a time (the handlers hold the mailbox
+//! until they finish), so no build reads a chain another is replacing.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::actors::messages::TakeSnapshot;
-use crate::actors::supervised::Watch;
+use crate::actors::messages::{ListSnapshot, RunCompaction, TakeSnapshot};
+use crate::actors::rotator::{self, RotatorActor};
+use crate::actors::supervised::{Slot, Watch};
 use crate::actors::wal::WalShared;
 use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::lifecycle::background::Jobs;
-use crate::lifecycle::snapshot::take_snapshot;
+use crate::lifecycle::compaction::{compact, CompactionReport};
+use crate::lifecycle::snapshot::{remove_obsolete, take_snapshot, Written};
 
-/// Takes snapshots for the store.
+/// Writes snapshots and compaction output for the store.
 pub struct SnapshotActor {
     shared: Arc<WalShared>,
     jobs: Arc<Jobs>,
+    publisher: Publisher,
     _watch: Watch,
 }
 
 impl SnapshotActor {
-    pub(crate) fn new(shared: Arc<WalShared>, jobs: Arc<Jobs>, watch: Watch) -> SnapshotActor {
+    pub(crate) fn new(
+        shared: Arc<WalShared>,
+        jobs: Arc<Jobs>,
+        rotator: Slot<RotatorActor>,
+        watch: Watch,
+    ) -> SnapshotActor {
+        let publisher = Publisher {
+            shared: Arc::clone(&shared),
+            jobs: Arc::clone(&jobs),
+            rotator,
+        };
         SnapshotActor {
             shared,
             jobs,
+            publisher,
             _watch: watch,
         }
+    }
+}
+
+/// Lists what a build wrote, through the rotator, and removes what that
+/// retired.
+#[derive(Clone)]
+struct Publisher {
+    shared: Arc<WalShared>,
+    jobs: Arc<Jobs>,
+    rotator: Slot<RotatorActor>,
+}
+
+impl Publisher {
+    async fn publish(self, written: Written) -> Result<SnapshotHeader> {
+        let Written {
+            header,
+            segments,
+            obsolete,
+        } = written;
+        let retired = rotator::ask(&self.rotator, || ListSnapshot {
+            header,
+            segments: segments.clone(),
+            obsolete: obsolete.clone(),
+        })
+        .await?;
+        let shared = self.shared;
+        let removal = self
+            .jobs
+            .run("concordkv-retire", "removing retired files", move || {
+                remove_obsolete(shared.fs.as_ref(), &shared.config, &retired);
+                Ok(())
+            });
+        // Refused only at shutdown: the next open removes them.
+        let _ = removal.await;
+        Ok(header)
     }
 }
 
@@ -43,13 +94,9 @@ impl Handler<TakeSnapshot> for SnapshotActor {
 
     fn handle(&mut self, msg: TakeSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
         let shared = Arc::clone(&self.shared);
-        let counters = Arc::clone(&self.shared.counters);
-        let latencies = Arc::clone(&self.shared.latencies);
-        let meters = Arc::clone(&self.shared.meters);
         let kind = msg.kind;
         let started = Instant::now();
-        let work = self.jobs.run("concordkv-snapshot", "a snapshot", move || {
-            let _maintenance = shared.maintenance();
+        let written = self.jobs.run("concordkv-snapshot", "a snapshot", move || {
             take_snapshot(
                 shared.fs.as_ref(),
                 &shared.manifest,
@@ -58,9 +105,16 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                 msg.upto,
             )
         });
+        let publisher = self.publisher.clone();
+        let latencies = Arc::clone(&self.shared.latencies);
+        let counters = Arc::clone(&self.shared.counters);
         AtomicResponse::new(Box::pin(
             async move {
-                let outcome = work.await;
+                let outcome = match written.await {
+                    Ok(Some(written)) => publisher.publish(written).await.map(Some),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                };
                 let label = match kind {
                     SnapshotKind::Full => "full",
                     SnapshotKind::Incremental => "incremental",
@@ -68,12 +122,7 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                 match &outcome {
                     Ok(Some(header)) => {
                         counters.snapshot_taken();
-                        latencies.snapshot.record(started.elapsed());
-                        let histogram = match kind {
-                            SnapshotKind::Full => &meters.full_snapshot_seconds,
-                            SnapshotKind::Incremental => &meters.incremental_snapshot_seconds,
-                        };
-                        histogram.record(started.elapsed().as_secs_f64());
+                        latencies.snapshot(kind).record(started.elapsed());
                         tracing::info!(
                             kind = label,
                             to_seq = header.to_seq,
@@ -87,6 +136,33 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                     }
                 }
                 outcome
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<RunCompaction> for SnapshotActor {
+    type Result = AtomicResponse<Self, Result<Option<CompactionReport>>>;
+
+    fn handle(&mut self, msg: RunCompaction, _ctx: &mut Context<Self>) -> Self::Result {
+        let shared = Arc::clone(&self.shared);
+        let written = self.jobs.run("concordkv-compact", "a compaction", move || {
+            compact(
+                shared.fs.as_ref(),
+                &shared.manifest,
+                &shared.config,
+                msg.automatic,
+            )
+        });
+        let publisher = self.publisher.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let Some((written, report)) = written.await? else {
+                    return Ok(None);
+                };
+                publisher.publish(written).await?;
+                Ok(Some(report))
             }
             .into_actor(self),
         ))

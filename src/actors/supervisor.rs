@@ -10,7 +10,8 @@
 //! supervisor fails every queued request (never leaving an appender
 //! hanging, never acknowledging what it cannot vouch for), re-runs recovery
 //! over the files on a blocking thread, and starts a fresh actor on a new
-//! segment after the recovered log. Another actor is started afresh at
+//! segment after the recovered log (the re-validation is a change of the
+//! manifest, so the rotator makes it). Another actor is started afresh at
 //! once and put in its [`Slot`]: it holds no state the files do not, and
 //! requests that were in its mailbox fail with [`Error::Panicked`]. As
 //! Erlang/OTP's supervisors, it gives up after `supervision.max_restarts`
@@ -26,13 +27,13 @@ use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::oneshot;
 
 use crate::actors::compactor::CompactorActor;
-use crate::actors::messages::{ActorDied, Shutdown, StopWal, WalDied, WalRecovered};
+use crate::actors::messages::{ActorDied, Revalidate, Shutdown, StopWal, WalDied, WalRecovered};
 use crate::actors::metrics::MetricsActor;
-use crate::actors::rotator::RotatorActor;
+use crate::actors::rotator::{self, RotatorActor, RotatorState};
 use crate::actors::snapshot::SnapshotActor;
 use crate::actors::supervised::{ActorKind, Slot, Watch};
 use crate::actors::sync_timer::SyncTimerActor;
-use crate::actors::wal::{open_log, DeathNotice, WalActor, WalShared, WalStart};
+use crate::actors::wal::{DeathNotice, WalActor, WalShared, WalStart};
 use crate::error::{Error, Result};
 use crate::fs::DirLock;
 use crate::lifecycle::background::Jobs;
@@ -47,6 +48,8 @@ pub struct StoreSupervisor {
     own_arbiter: Option<Arbiter>,
     shutting_down: bool,
     rotator: Slot<RotatorActor>,
+    /// The rotator's manifest thread, handed to each incarnation.
+    rotator_state: Arc<RotatorState>,
     compactor: Slot<CompactorActor>,
     snapshots: Slot<SnapshotActor>,
     metrics: Slot<MetricsActor>,
@@ -75,12 +78,8 @@ impl StoreSupervisor {
         start: WalStart,
         lock: DirLock,
         jobs: Arc<Jobs>,
-    ) -> (
-        Addr<StoreSupervisor>,
-        Slot<SnapshotActor>,
-        Slot<CompactorActor>,
-        Slot<MetricsActor>,
-    ) {
+        rotator_state: Arc<RotatorState>,
+    ) -> (Addr<StoreSupervisor>, Slots) {
         let mut started = None;
         let supervisor = StoreSupervisor::create(|ctx| {
             let own_arbiter = shared.config.wal.dedicated_writer_thread.then(Arbiter::new);
@@ -93,24 +92,36 @@ impl StoreSupervisor {
                 actor,
                 generation: 1,
             };
-            let rotator = Slot::new(start_rotator(&arbiter, &shared, watch(ActorKind::Rotator)));
+            let rotator = Slot::new(start_rotator(
+                &arbiter,
+                &shared,
+                &rotator_state,
+                watch(ActorKind::Rotator),
+            ));
             let snapshots = Slot::new(start_snapshot(
                 &arbiter,
                 &shared,
                 &jobs,
+                &rotator,
                 watch(ActorKind::Snapshot),
             ));
             let compactor = Slot::new(start_compactor(
                 &arbiter,
                 &shared,
-                &jobs,
+                &snapshots,
                 watch(ActorKind::Compactor),
             ));
             let metrics = Slot::new(start_metrics(&arbiter, &shared, watch(ActorKind::Metrics)));
-            started = Some((snapshots.clone(), compactor.clone(), metrics.clone()));
+            started = Some(Slots {
+                rotator: rotator.clone(),
+                snapshots: snapshots.clone(),
+                compactor: compactor.clone(),
+                metrics: metrics.clone(),
+            });
             let mut supervisor = StoreSupervisor {
                 arbiter,
                 rotator,
+                rotator_state,
                 compactor,
                 snapshots,
                 metrics,
@@ -132,9 +143,9 @@ impl StoreSupervisor {
             supervisor.start_wal(ctx, start);
             supervisor
         });
-        let (snapshots, compactor, metrics) =
+        let slots =
             started.unwrap_or_else(|| unreachable!("create runs its closure before returning"));
-        (supervisor, snapshots, compactor, metrics)
+        (supervisor, slots)
     }
 
     /// A watch for the next incarnation of `actor`.
@@ -240,31 +251,10 @@ impl Handler<WalDied> for StoreSupervisor {
             return;
         }
         self.shared.inbox.close_and_fail(Closed::Restarting);
-        let shared = Arc::clone(&self.shared);
-        let meters = Arc::clone(&self.shared.meters);
+        let rotator = self.rotator.clone();
         let me = ctx.address();
         self.restarting = Some(actix_rt::spawn(async move {
-            let reopened = actix_rt::task::spawn_blocking(move || {
-                let _maintenance = shared.maintenance();
-                let (recovery, tree, start) = open_log(
-                    shared.fs.as_ref(),
-                    &shared.manifest,
-                    &shared.config,
-                    &mut |_| {},
-                )?;
-                // The files are the truth now: they may hold records the dead
-                // actor wrote but never acknowledged.
-                shared.state.replace(tree, recovery.last_seq);
-                Ok((recovery, start))
-            })
-            .await
-            .unwrap_or_else(|e| Err(Error::task_failed("re-validating the log", &e)));
-            let start = reopened.map(|(recovery, start)| {
-                if let Some(tail) = &recovery.truncated {
-                    meters.recovery_truncated_bytes.increment(tail.bytes);
-                }
-                start
-            });
+            let start = rotator::ask(&rotator, || Revalidate).await;
             me.do_send(WalRecovered(start));
         }));
     }
@@ -296,13 +286,18 @@ impl Handler<ActorDied> for StoreSupervisor {
         let watch = self.watch(ctx, msg.actor);
         let (arbiter, shared, jobs) = (&self.arbiter, &self.shared, &self.jobs);
         match msg.actor {
-            ActorKind::Rotator => self.rotator.set(start_rotator(arbiter, shared, watch)),
-            ActorKind::Compactor => self
-                .compactor
-                .set(start_compactor(arbiter, shared, jobs, watch)),
-            ActorKind::Snapshot => self
-                .snapshots
-                .set(start_snapshot(arbiter, shared, jobs, watch)),
+            ActorKind::Rotator => {
+                let rotator = start_rotator(arbiter, shared, &self.rotator_state, watch);
+                self.rotator.set(rotator);
+            }
+            ActorKind::Compactor => {
+                let compactor = start_compactor(arbiter, shared, &self.snapshots, watch);
+                self.compactor.set(compactor);
+            }
+            ActorKind::Snapshot => {
+                let snapshots = start_snapshot(arbiter, shared, jobs, &self.rotator, watch);
+                self.snapshots.set(snapshots);
+            }
             ActorKind::Metrics => self.metrics.set(start_metrics(arbiter, shared, watch)),
             // The WAL reports its death with `WalDied`; the timer is above.
             ActorKind::Wal | ActorKind::SyncTimer => {}
@@ -310,33 +305,47 @@ impl Handler<ActorDied> for StoreSupervisor {
     }
 }
 
+/// The slots the store reaches the actors it asks things of through.
+pub(crate) struct Slots {
+    pub rotator: Slot<RotatorActor>,
+    pub snapshots: Slot<SnapshotActor>,
+    pub compactor: Slot<CompactorActor>,
+    pub metrics: Slot<MetricsActor>,
+}
+
 fn start_rotator(
     arbiter: &ArbiterHandle,
     shared: &Arc<WalShared>,
+    state: &Arc<RotatorState>,
     watch: Watch,
 ) -> Addr<RotatorActor> {
-    let shared = Arc::clone(shared);
-    RotatorActor::start_in_arbiter(arbiter, move |_| RotatorActor::new(shared, watch))
+    let (shared, state) = (Arc::clone(shared), Arc::clone(state));
+    RotatorActor::start_in_arbiter(arbiter, move |_| RotatorActor::new(shared, state, watch))
 }
 
 fn start_snapshot(
     arbiter: &ArbiterHandle,
     shared: &Arc<WalShared>,
     jobs: &Arc<Jobs>,
+    rotator: &Slot<RotatorActor>,
     watch: Watch,
 ) -> Addr<SnapshotActor> {
-    let (shared, jobs) = (Arc::clone(shared), Arc::clone(jobs));
-    SnapshotActor::start_in_arbiter(arbiter, move |_| SnapshotActor::new(shared, jobs, watch))
+    let (shared, jobs, rotator) = (Arc::clone(shared), Arc::clone(jobs), rotator.clone());
+    SnapshotActor::start_in_arbiter(arbiter, move |_| {
+        SnapshotActor::new(shared, jobs, rotator, watch)
+    })
 }
 
 fn start_compactor(
     arbiter: &ArbiterHandle,
     shared: &Arc<WalShared>,
-    jobs: &Arc<Jobs>,
+    snapshots: &Slot<SnapshotActor>,
     watch: Watch,
 ) -> Addr<CompactorActor> {
-    let (shared, jobs) = (Arc::clone(shared), Arc::clone(jobs));
-    CompactorActor::start_in_arbiter(arbiter, move |_| CompactorActor::new(shared, jobs, watch))
+    let (shared, snapshots) = (Arc::clone(shared), snapshots.clone());
+    CompactorActor::start_in_arbiter(arbiter, move |_| {
+        CompactorActor::new(shared, snapshots, watch)
+    })
 }
 
 fn start_metrics(
@@ -360,14 +369,14 @@ impl Handler<crate::actors::messages::CrashActor> for StoreSupervisor {
                     wal.do_send(Crash);
                 }
             }
-            ActorKind::Rotator => self.rotator.get().do_send(Crash),
-            ActorKind::Compactor => self.compactor.get().do_send(Crash),
-            ActorKind::Snapshot => self.snapshots.get().do_send(Crash),
             ActorKind::SyncTimer => {
                 if let Some(timer) = &self.timer {
                     timer.do_send(Crash);
                 }
             }
+            ActorKind::Rotator => self.rotator.get().do_send(Crash),
+            ActorKind::Compactor => self.compactor.get().do_send(Crash),
+            ActorKind::Snapshot => self.snapshots.get().do_send(Crash),
             ActorKind::Metrics => self.metrics.get().do_send(Crash),
         }
     }
@@ -414,6 +423,7 @@ impl Handler<Shutdown> for StoreSupervisor {
         let shared = Arc::clone(&self.shared);
         let lock = Arc::clone(&self.lock);
         let jobs = Arc::clone(&self.jobs);
+        let rotator_state = Arc::clone(&self.rotator_state);
         let restarting = self.restarting.take();
         Box::pin(
             async move {
@@ -431,6 +441,8 @@ impl Handler<Shutdown> for StoreSupervisor {
                     // directory ends before anything it uses is closed and
                     // before another process can take the directory.
                     jobs.close_and_wait();
+                    // The changes asked for so far are made; none after.
+                    rotator_state.stop();
                     shared.worker.stop();
                     // Every answer is sent: whoever waits for more writes
                     // to become visible waits in vain.

@@ -13,16 +13,17 @@
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::actors::compactor::CompactorActor;
 use crate::actors::messages::{
-    Drain, HeaderSynced, PrepareSegment, SealDone, SegmentSealed, StopWal, SyncTick, WalDied,
+    Drain, HeaderSynced, Hurry, MarkTruncation, PrepareSegment, SealDone, SegmentSealed, StopWal,
+    SyncTick, WalDied,
 };
-use crate::actors::rotator::RotatorActor;
+use crate::actors::rotator::{self, RotatorActor};
 use crate::actors::supervised::Slot;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::config::{Config, SyncMode};
@@ -35,7 +36,7 @@ use crate::fs::FileSystem;
 use crate::latency::Latencies;
 use crate::lifecycle::manifest::{remove_retired, ManifestStore};
 use crate::log::inbox::{Closed, Inbox, Reply, Request};
-use crate::log::recovery::{recover, Recovery};
+use crate::log::recovery::{recover, Debris, Recovery};
 use crate::log::segment::Segment;
 use crate::log::sync_worker::{SyncJob, SyncWorker, Waiter};
 use crate::meters::Meters;
@@ -50,32 +51,17 @@ const ROTATOR_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 pub(crate) struct WalShared {
     pub config: Config,
     pub fs: Arc<dyn FileSystem>,
+    /// Read by anyone; changed only by `RotatorActor` (see its module).
     pub manifest: ManifestStore,
-    /// Held by whatever reads segments it may retire, or retires them:
-    /// snapshots, compactions, and
-    /// re-validation after a restart. Appends never take it.
-    pub maintenance: Mutex<()>,
     /// Latency samples for the `MetricsActor` to drain.
     pub latencies: Arc<Latencies>,
     pub inbox: Arc<Inbox>,
     pub worker: SyncWorker,
     pub counters: Arc<WalCounters>,
-    /// Set while a rotation waits for the segment the rotator is preparing,
-    /// which then stops pacing its fill.
-    pub segment_wanted: AtomicBool,
     /// The key-value state acknowledged records are applied to.
     pub state: Arc<state::Shared>,
     /// The store's Prometheus instruments.
     pub meters: Arc<Meters>,
-}
-
-impl WalShared {
-    /// Takes the maintenance lock (see the field).
-    pub fn maintenance(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.maintenance
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
 }
 
 /// Where a WAL actor starts: a fresh segment after the recovered log.
@@ -86,14 +72,16 @@ pub struct WalStart {
 
 /// Recovers the log the manifest lists (the state it holds, and each record
 /// after the snapshots handed to `on_record`), retires segments that hold
-/// nothing, and starts a new segment after the log.
+/// nothing, and starts a new segment after the log: at open, and on the
+/// rotator's manifest thread after the WAL died.
 pub(crate) fn open_log(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
+    debris: Debris,
     on_record: &mut dyn FnMut(&Record),
 ) -> Result<(Recovery, Tree, WalStart)> {
-    let recovered = recover(fs, manifest, config, on_record)?;
+    let recovered = recover(fs, manifest, config, debris, on_record)?;
     manifest.finish_recovery(&recovered.retire, recovered.sealed_through)?;
     let next_seq = recovered.recovery.last_seq + 1;
     // Unpaced: appends wait for this one.
@@ -414,7 +402,6 @@ impl WalActor {
                 .into_actor(self)
                 .map(|outcome, act, ctx| {
                     act.preparing = false;
-                    act.shared.segment_wanted.store(false, Relaxed);
                     match outcome {
                         Ok(Ok(segment)) => act.prepared = Some(segment),
                         Ok(Err(e)) => act.fail(Arc::new(e)),
@@ -437,7 +424,7 @@ impl WalActor {
             return;
         }
         let Some(mut next) = self.prepared.take() else {
-            self.shared.segment_wanted.store(true, Relaxed);
+            self.rotator.get().do_send(Hurry);
             self.prepare_next(ctx);
             return;
         };
@@ -488,8 +475,8 @@ impl WalActor {
 
     /// A log's truncation, once the active segment is sealed and every
     /// record written before the request is answered: one manifest write
-    /// (on a blocking thread; nothing is written meanwhile, as in any
-    /// rotation) marks the records after `after` in the sealed segments
+    /// (by the rotator, which owns the manifest; nothing is written
+    /// meanwhile, as in any rotation) marks the records after `after` in the sealed segments
     /// as dropped, and moves the readers' end back to `after` before any
     /// reader can see the mark; then the counters move back too and the
     /// rotation goes on, starting the next segment at `after + 1`.
@@ -501,17 +488,11 @@ impl WalActor {
     /// either number could contradict it.
     fn truncate(&mut self, after: Seq, reply: Reply, ctx: &mut Context<Self>) {
         crash_point("truncate.after_seal");
-        let shared = Arc::clone(&self.shared);
+        let rotator = self.rotator.clone();
         let through = self.segment.id;
-        let marking = actix_rt::task::spawn_blocking(move || {
-            // Readers must never see the truncation with the old end.
-            let state = Arc::clone(&shared.state);
-            shared
-                .manifest
-                .truncate_after(after, through, move || state.truncate(after))
-        });
+        let marking =
+            async move { rotator::ask(&rotator, || MarkTruncation { after, through }).await };
         ctx.spawn(marking.into_actor(self).map(move |outcome, act, ctx| {
-            let outcome = outcome.unwrap_or_else(|e| Err(Error::task_failed("a truncation", &e)));
             match outcome {
                 Ok(_) if act.failed.is_some() => {
                     // The log failed while the mark was written (the

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::format::snapshot::SnapshotKind;
 use crate::fs::FileSystem;
 use crate::lifecycle::manifest::ManifestStore;
-use crate::lifecycle::snapshot::{build_snapshot, publish_snapshot, snapshot_path, Built};
+use crate::lifecycle::snapshot::{build_snapshot, snapshot_path, write_built, Built, Written};
 use crate::log::segment::started_segments;
 
 /// The sealed part of the log, as compaction sees it.
@@ -69,14 +69,15 @@ fn sealed_upto(fs: &dyn FileSystem, manifest: &ManifestStore, config: &Config) -
         .map_or(0, |(_, _, active_first)| active_first.saturating_sub(1)))
 }
 
-/// Compacts the sealed log; an automatic compaction only writes its output if
-/// the sealed log is due. `None`: nothing was written.
+/// Writes the sealed log compacted into a full snapshot, for the rotator to
+/// list; an automatic compaction only writes its output if the sealed log is
+/// due. `None`: nothing was written.
 pub(crate) fn compact(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
     automatic: bool,
-) -> Result<Option<CompactionReport>> {
+) -> Result<Option<(Written, CompactionReport)>> {
     let upto = sealed_upto(fs, manifest, config)?;
     let Some(built) = build_snapshot(fs, manifest, config, SnapshotKind::Full, upto)? else {
         return Ok(None);
@@ -91,18 +92,19 @@ pub(crate) fn compact(
     crash_point("compaction.after_build");
     let bytes_before = built.log.bytes + chain_bytes(fs, config, &built)?;
     let entries_before = sealed.ops + built.chain.iter().map(|s| s.entries).sum::<u64>();
-    let header = publish_snapshot(fs, manifest, config, built)?;
-    let output = snapshot_path(&config.data_dir, &header);
+    let written = write_built(fs, config, built)?;
+    let output = snapshot_path(&config.data_dir, &written.header);
     let bytes_after = fs
         .file_len(&output)
         .map_err(|e| Error::io("stat compaction output", &output, e))?;
-    Ok(Some(CompactionReport {
-        upto: header.to_seq,
+    let report = CompactionReport {
+        upto: written.header.to_seq,
         entries_before,
-        entries_after: header.entries,
+        entries_after: written.header.entries,
         bytes_before,
         bytes_after,
-    }))
+    };
+    Ok(Some((written, report)))
 }
 
 /// Bytes of the snapshots a compaction's output replaces.

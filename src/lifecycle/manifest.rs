@@ -5,8 +5,14 @@
 //! the manifest lists it, and unlisted before its file is removed, so a crash
 //! at any step leaves at worst an unlisted file, which the next open deletes
 //! and never replays. The manifest itself is replaced atomically (temporary
-//! file, fsync, rename, directory fsync). One mutex orders every change, so
-//! the rotator and a restarting WAL never hand out the same segment id.
+//! file, fsync, rename, directory fsync).
+//!
+//! Changes have one owner. At open, before any actor runs, the opening
+//! thread makes them; from then on only `RotatorActor` does, on its manifest
+//! thread, one at a time in the order they were asked for (see
+//! `crate::actors::rotator`). The mutex inside publishes each new manifest
+//! to its readers (log readers, snapshot builds, `INFO`); it orders no
+//! change against another.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -45,6 +51,12 @@ pub(crate) struct ManifestStore {
     /// without the lock: a log reader checks it before each record it
     /// hands out.
     epoch: std::sync::atomic::AtomicU64,
+}
+
+/// A segment file prepared under a temporary name, not yet listed.
+pub(crate) struct PreparedSegment {
+    temp: PathBuf,
+    file: Arc<dyn crate::fs::WritableFile>,
 }
 
 /// Ends the temporary name a segment is prepared under.
@@ -427,27 +439,52 @@ impl ManifestStore {
     }
 
     /// Creates the next segment (preallocated to `size`, filled at
-    /// `fill_bytes_per_sec` until `hurry` is set) and lists it. The file is prepared under a
-    /// temporary name without the lock, so a paced fill holds up no one; the
-    /// id is taken, and the file renamed to it and listed, under the lock.
+    /// `fill_bytes_per_sec` until `hurry` is set) and lists it: at open,
+    /// before any actor runs (see [`ManifestStore::prepare_segment`] and
+    /// [`ManifestStore::list_segment`] for the rotator's two steps).
     pub fn create_segment(
         &self,
         size: u64,
         fill_bytes_per_sec: u64,
         hurry: &AtomicBool,
     ) -> Result<Segment> {
+        let prepared = self.prepare_segment(size, fill_bytes_per_sec, hurry)?;
+        self.list_segment(prepared)
+    }
+
+    /// Prepares a segment file (preallocated to `size`, filled at
+    /// `fill_bytes_per_sec` until `hurry` is set) under a temporary name
+    /// no other preparation uses. It changes nothing the manifest lists,
+    /// so a paced fill holds up no change of the manifest.
+    pub fn prepare_segment(
+        &self,
+        size: u64,
+        fill_bytes_per_sec: u64,
+        hurry: &AtomicBool,
+    ) -> Result<PreparedSegment> {
         let temp = self.dir.join(format!(
             "{}{PREPARED_SEGMENT_SUFFIX}",
             self.prepared
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        let installed = prepare_file(self.fs.as_ref(), &temp, size, fill_bytes_per_sec, hurry)
-            .and_then(|file| {
-                let live = self.lock_open()?;
-                let id = live.manifest.next_segment_id;
-                let segment = Segment::install(self.fs.as_ref(), &self.dir, id, &temp, file)?;
-                Ok((live, id, segment))
-            });
+        match prepare_file(self.fs.as_ref(), &temp, size, fill_bytes_per_sec, hurry) {
+            Ok(file) => Ok(PreparedSegment { temp, file }),
+            Err(e) => {
+                let _ = self.fs.remove(&temp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives a prepared segment the next id, renames it to that id and
+    /// lists it.
+    pub fn list_segment(&self, prepared: PreparedSegment) -> Result<Segment> {
+        let PreparedSegment { temp, file } = prepared;
+        let installed = self.lock_open().and_then(|live| {
+            let id = live.manifest.next_segment_id;
+            let segment = Segment::install(self.fs.as_ref(), &self.dir, id, &temp, file)?;
+            Ok((live, id, segment))
+        });
         let (mut live, id, segment) = match installed {
             Ok(installed) => installed,
             Err(e) => {

@@ -542,14 +542,18 @@ pub(crate) fn build_snapshot(
     }))
 }
 
-/// Writes a built snapshot, lists it, and retires the segments and
-/// snapshots it makes obsolete.
-pub(crate) fn publish_snapshot(
-    fs: &dyn FileSystem,
-    manifest: &ManifestStore,
-    config: &Config,
-    built: Built,
-) -> Result<SnapshotHeader> {
+/// A snapshot written and synced under its own name, not yet listed: the
+/// segments and snapshots listing it retires.
+pub(crate) struct Written {
+    pub header: SnapshotHeader,
+    pub segments: Vec<u64>,
+    pub obsolete: Vec<SnapshotHeader>,
+}
+
+/// Writes a built snapshot and says what listing it retires. Listing it is
+/// the rotator's (see `crate::actors::rotator`); until then the file is
+/// unread, and the next open removes it if it is never listed.
+pub(crate) fn write_built(fs: &dyn FileSystem, config: &Config, built: Built) -> Result<Written> {
     let Built {
         header,
         state,
@@ -560,28 +564,35 @@ pub(crate) fn publish_snapshot(
     } = built;
     write_snapshot(fs, config, &header, cleared, state)?;
     let obsolete = obsolete_snapshots(&listed, header.kind, config.snapshot.keep);
-    let covered_segments = covered_segments(fs, &config.data_dir, &segments, header.to_seq)?;
-    let retired = manifest.add_snapshot(header, &covered_segments, &obsolete)?;
-    // The snapshot is in place whatever happens now: a file left behind is
-    // debris the next open removes, not a failed snapshot.
-    if let Err(e) = remove_retired(fs, &retired, config.maintenance.delete_bytes_per_sec) {
-        tracing::warn!(%e, "an obsolete file was not removed; the next open removes it");
-    }
-    Ok(header)
+    let segments = covered_segments(fs, &config.data_dir, &segments, header.to_seq)?;
+    Ok(Written {
+        header,
+        segments,
+        obsolete,
+    })
 }
 
-/// Takes a snapshot covering the log up to `upto` (which must be durable),
-/// lists it, and retires the segments and snapshots it makes obsolete.
-/// Returns `None` when the chain already covers `upto`.
+/// Removes the files a listed snapshot retired. The snapshot is in place
+/// whatever happens here: a file left behind is debris the next open
+/// removes, not a failed snapshot.
+pub(crate) fn remove_obsolete(fs: &dyn FileSystem, config: &Config, retired: &[PathBuf]) {
+    if let Err(e) = remove_retired(fs, retired, config.maintenance.delete_bytes_per_sec) {
+        tracing::warn!(%e, "an obsolete file was not removed; the next open removes it");
+    }
+}
+
+/// Builds and writes a snapshot covering the log up to `upto` (which must
+/// be durable), for the rotator to list. Returns `None` when the chain
+/// already covers `upto`.
 pub(crate) fn take_snapshot(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
     kind: SnapshotKind,
     upto: Seq,
-) -> Result<Option<SnapshotHeader>> {
+) -> Result<Option<Written>> {
     build_snapshot(fs, manifest, config, kind, upto)?
-        .map(|built| publish_snapshot(fs, manifest, config, built))
+        .map(|built| write_built(fs, config, built))
         .transpose()
 }
 

@@ -4,6 +4,12 @@
 //! instead appenders push into this shared queue and only the push that finds
 //! it idle wakes the actor, which then takes everything queued at once. That
 //! batch is what one `write` and one `fdatasync` serve (group commit).
+//! Measured on the 2-core machine the benchmarks run on: 64 tasks sending
+//! an actix message with a reply per 100-byte append to an actor that does
+//! nothing with it peak at 2.6M messages/s, about 380 ns of the actor's
+//! thread each, before any encoding, writing or acknowledging; `none` mode
+//! appends at about 1M/s in all. This queue costs the actor one swap per
+//! batch, whatever the batch's size. The shared memory stays here for that.
 //! What may enter is bounded by the [`Gate`] it holds (see `admission`).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

