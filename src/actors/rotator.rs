@@ -140,7 +140,9 @@ where
             Err(_) => actix_rt::time::sleep(RETRY).await,
         }
     }
-    Err(Error::ActorDied)
+    Err(Error::Panicked {
+        what: "the rotator actor",
+    })
 }
 
 /// Owns the manifest's changes.

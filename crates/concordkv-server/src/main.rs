@@ -157,7 +157,8 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         ops_per_cycle: usize,
         /// A kind of fault not to inject, to tell which one a failure needs
-        /// (repeatable): io-errors | reordering | slow-syncs | media-damage | limit-changes.
+        /// (repeatable): io-errors | reordering | slow-syncs | media-damage | limit-changes |
+        /// actor-panics.
         #[arg(long)]
         without: Vec<torture::FaultKind>,
         /// Print one JSON object instead of the summary.

@@ -21,8 +21,10 @@
 //! between a cut and the next open with the rules its outcome must obey.
 //!
 //! The disk reorders and tears writeback by sector at a cut, syncs are
-//! sometimes slow (writes go on meanwhile), and some opens see a copy of
-//! the disk with a flipped bit or a zeroed sector in a file recovery reads.
+//! sometimes slow (writes go on meanwhile), some opens see a copy of the
+//! disk with a flipped bit or a zeroed sector in a file recovery reads, and
+//! actors other than the WAL panic now and then during a workload (the
+//! supervisor restarts them; nothing the models check may change).
 //!
 //! Every random choice comes from the seed, so a failure names its seed and
 //! cycle. Threads (the sync thread, maintenance threads) interleave as the
@@ -43,6 +45,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::actors::supervised::ActorKind;
 use crate::config::{Config, LimitsConfig, SyncMode};
 use crate::entry::Seq;
 use crate::testing::sim_fs::{Call, Fault, SimFs};
@@ -70,6 +73,9 @@ pub enum FaultKind {
     MediaDamage,
     /// Reopening with lower `limits` than the records on disk were written under.
     LimitChanges,
+    /// Panics in the rotator, compactor, snapshot, sync-timer and metrics
+    /// actors during a workload.
+    ActorPanics,
 }
 
 impl std::str::FromStr for FaultKind {
@@ -82,8 +88,9 @@ impl std::str::FromStr for FaultKind {
             "slow-syncs" => Ok(FaultKind::SlowSyncs),
             "media-damage" => Ok(FaultKind::MediaDamage),
             "limit-changes" => Ok(FaultKind::LimitChanges),
+            "actor-panics" => Ok(FaultKind::ActorPanics),
             other => Err(format!(
-                "unknown fault kind `{other}`: accepted io-errors | reordering | slow-syncs | media-damage | limit-changes"
+                "unknown fault kind `{other}`: accepted io-errors | reordering | slow-syncs | media-damage | limit-changes | actor-panics"
             )),
         }
     }
@@ -179,6 +186,8 @@ pub struct DiskReport {
     pub media_damage_outcomes: BTreeMap<String, u64>,
     /// Injected faults that fired, by "call errno".
     pub faults: BTreeMap<String, u64>,
+    /// Panics injected into actors, by actor.
+    pub actor_panics: BTreeMap<String, u64>,
 }
 
 impl DiskReport {
@@ -193,6 +202,9 @@ impl DiskReport {
         }
         for (fault, n) in &self.faults {
             out += &format!("  injected {fault}: {n}\n");
+        }
+        for (actor, n) in &self.actor_panics {
+            out += &format!("  injected panic in {actor}: {n}\n");
         }
         out
     }
@@ -231,6 +243,9 @@ async fn run_cycles(
 ) -> Result<(), TortureFailure> {
     let mut fs = SimFs::new(cycle_seed(opts.seed, u64::MAX));
     fs.reorder_writeback(opts.injects(FaultKind::Reordering));
+    if opts.injects(FaultKind::ActorPanics) {
+        quiet_injected_panics();
+    }
     for n in 0..opts.cycles {
         let mut rng = StdRng::seed_from_u64(cycle_seed(opts.seed, n));
         fs = cycle(fs, &mut rng, n)
@@ -505,4 +520,59 @@ fn check_loss_bound(
         }
         SyncMode::Batch | SyncMode::None => Ok(count),
     }
+}
+
+/// The actors a workload makes panic. Not the WAL: its death fails the
+/// appends it held, some of them written, which the models would take for
+/// a power cut that never happened (`tests/actor_restarts.rs` covers it).
+const PANICKING_ACTORS: [ActorKind; 5] = [
+    ActorKind::Rotator,
+    ActorKind::Compactor,
+    ActorKind::Snapshot,
+    ActorKind::SyncTimer,
+    ActorKind::Metrics,
+];
+
+/// A task that makes up to three actors panic at random moments of the
+/// workload's first few milliseconds, in some cycles (none without
+/// [`FaultKind::ActorPanics`]); counted in `disk`.
+fn panic_actors(
+    rng: &mut StdRng,
+    opts: &TortureOptions,
+    disk: &mut DiskReport,
+    crash: impl Fn(ActorKind) + 'static,
+) -> actix_rt::task::JoinHandle<Result<(), String>> {
+    let mut schedule = Vec::new();
+    if opts.injects(FaultKind::ActorPanics) && rng.random_bool(0.3) {
+        for _ in 0..rng.random_range(1..=3) {
+            let actor = PANICKING_ACTORS[rng.random_range(0..PANICKING_ACTORS.len())];
+            *disk.actor_panics.entry(actor.name().into()).or_default() += 1;
+            schedule.push((Duration::from_micros(rng.random_range(0..5000)), actor));
+        }
+    }
+    actix_rt::spawn(async move {
+        for (wait, actor) in schedule {
+            actix_rt::time::sleep(wait).await;
+            crash(actor);
+        }
+        Ok(())
+    })
+}
+
+/// Keeps the panics the torture injects (thousands in a run) out of the
+/// output; any other panic is reported as before.
+fn quiet_injected_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let injected = info
+                .payload()
+                .downcast_ref::<&str>()
+                .is_some_and(|message| message.starts_with("a crash injected into"));
+            if !injected {
+                report(info);
+            }
+        }));
+    });
 }

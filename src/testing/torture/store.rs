@@ -25,7 +25,7 @@
 //!   region as skipped (`skip_corrupt`), or, in the newest segment only,
 //!   cuts a torn tail; what it returns then still passes the rules above.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -38,9 +38,11 @@ use serde::Serialize;
 
 use super::damage::damage_a_copy;
 use super::{
-    arm, check_loss_bound, next_limits, random_config, reboot, run_cycles, DiskReport, FaultKind,
-    LostRecord, Promise, Subject, TortureFailure, TortureOptions, ANSWER_LIMIT, SHUTDOWN_LIMIT,
+    arm, check_loss_bound, next_limits, panic_actors, random_config, reboot, run_cycles,
+    DiskReport, FaultKind, LostRecord, Promise, Subject, TortureFailure, TortureOptions,
+    ANSWER_LIMIT, SHUTDOWN_LIMIT,
 };
+use crate::actors::supervised::ActorKind;
 use crate::config::{Config, LimitsConfig};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::Error;
@@ -735,8 +737,13 @@ async fn run_cycle(
             Ok(())
         }));
     }
+    // Set once a panic is injected into an actor that runs snapshots or
+    // compactions: the one in flight may then fail.
+    let builders_panicked = Rc::new(Cell::new(false));
     let maintenance = {
         let store = store.clone();
+        let fs = fs.clone();
+        let builders_panicked = Rc::clone(&builders_panicked);
         let mut mrng = StdRng::seed_from_u64(rng.random());
         let rounds = rng.random_range(0..=4);
         actix_rt::spawn(async move {
@@ -746,23 +753,48 @@ async fn run_cycle(
                 let (what, answered) = match mrng.random_range(0..4) {
                     0 => (
                         "a snapshot",
-                        timeout(limit, store.snapshot()).await.map(drop),
+                        timeout(limit, store.snapshot()).await.map(|r| r.map(drop)),
                     ),
                     1 => (
                         "an incremental snapshot",
-                        timeout(limit, store.snapshot_incremental()).await.map(drop),
+                        timeout(limit, store.snapshot_incremental())
+                            .await
+                            .map(|r| r.map(drop)),
                     ),
                     2 => (
                         "a compaction",
-                        timeout(limit, store.compact()).await.map(drop),
+                        timeout(limit, store.compact()).await.map(|r| r.map(drop)),
                     ),
-                    _ => ("a sync", timeout(limit, store.sync()).await.map(drop)),
+                    _ => (
+                        "a sync",
+                        timeout(limit, store.sync()).await.map(|r| r.map(drop)),
+                    ),
                 };
-                if answered.is_err() {
+                let Ok(answer) = answered else {
                     return Err(format!("{what} went unanswered for {limit:?}"));
+                };
+                let troubled = fs.is_dead() || !fs.stats().faults.is_empty();
+                match answer {
+                    Ok(()) => {}
+                    Err(Error::Panicked { .. }) if builders_panicked.get() => {}
+                    Err(_) if troubled => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "{what} failed with no fault fired and the power on: {e}"
+                        ))
+                    }
                 }
             }
             Ok(())
+        })
+    };
+    let panics = {
+        let store = store.clone();
+        panic_actors(rng, opts, &mut report.disk, move |actor| {
+            if matches!(actor, ActorKind::Snapshot | ActorKind::Compactor) {
+                builders_panicked.set(true);
+            }
+            store.crash_actor(actor);
         })
     };
     let context = |e: String| {
@@ -783,6 +815,10 @@ async fn run_cycle(
     maintenance
         .await
         .map_err(|e| format!("the maintenance task failed: {e}"))?
+        .map_err(context)?;
+    panics
+        .await
+        .map_err(|e| format!("the actor panics failed: {e}"))?
         .map_err(context)?;
     armed.disarm();
     model.submitted = submitted.take();

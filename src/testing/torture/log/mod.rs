@@ -84,8 +84,8 @@ use serde::Serialize;
 
 use super::damage::damage_a_copy;
 use super::{
-    arm, next_limits, random_config, reboot, run_cycles, DiskReport, FaultKind, Promise, Subject,
-    TortureFailure, TortureOptions, SHUTDOWN_LIMIT,
+    arm, next_limits, panic_actors, random_config, reboot, run_cycles, DiskReport, FaultKind,
+    Promise, Subject, TortureFailure, TortureOptions, SHUTDOWN_LIMIT,
 };
 use crate::config::Config;
 use crate::error::Error;
@@ -303,6 +303,13 @@ async fn run_cycle(
     tasks.push((
         "the reader",
         actix_rt::spawn(read(ctx.clone(), seeded(rng), rounds)),
+    ));
+    let panicking = ctx.log.clone();
+    tasks.push((
+        "the actor panics",
+        panic_actors(rng, opts, &mut report.disk, move |actor| {
+            panicking.crash_actor(actor);
+        }),
     ));
     let subscriber = rng.random_bool(0.6).then(|| {
         // From just below `first_seq` (purged: refused) to past the end.

@@ -420,6 +420,13 @@ pub(super) async fn call<
     let outcome = match answer {
         Ok(()) => Outcome::Acked,
         Err(Error::InvalidRequest(_)) => Outcome::Refused,
+        // An actor's panic is no excuse: the one that took the call answers
+        // it, and one that died before taking it hands it to its successor.
+        Err(e) if !ctx.troubled() => {
+            return Err(format!(
+                "a call with {arg:?} failed with no fault fired and the power on: {e}"
+            ));
+        }
         Err(_) => {
             journal.failed();
             Outcome::Failed
