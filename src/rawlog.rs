@@ -235,7 +235,10 @@ impl Log {
                 "purge_before({seq}) is past the log's end (last sequence number {last})"
             )));
         }
-        let retired = rotator::ask(self.store.rotator(), || PurgeLog { before: seq }).await?;
+        let retired = rotator::ask(self.store.wal(), self.store.rotator(), || PurgeLog {
+            before: seq,
+        })
+        .await?;
         let wal = Arc::clone(self.store.wal());
         actix_rt::task::spawn_blocking(move || {
             remove_retired(
@@ -296,7 +299,10 @@ impl Log {
                 bytes.len()
             )));
         }
-        rotator::ask(self.store.rotator(), || SetMetadata(bytes.clone())).await
+        rotator::ask(self.store.wal(), self.store.rotator(), || {
+            SetMetadata(bytes.clone())
+        })
+        .await
     }
 
     /// The records of `range` (`1..=100`, `50..`, `..`) as `(seq, payload)`,

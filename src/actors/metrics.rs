@@ -218,7 +218,7 @@ pub(crate) fn describe() {
 /// Latency figures of one kind of operation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct KindStats {
-    /// `append`, `sync`, `compaction` or `snapshot`.
+    /// `append`, `sync`, `compaction`, `snapshot` or `recovery`.
     pub kind: &'static str,
     /// Operations since the store was opened.
     pub count: u64,
@@ -363,6 +363,8 @@ impl Actor for MetricsActor {
         // it holds) alive forever; it ends once the store has shut down.
         ctx.run_interval(PUBLISH_PERIOD, |actor, ctx| {
             if actor.shared.manifest.is_closed() {
+                // What completed since the last tick still counts.
+                actor.publish(false);
                 ctx.stop();
             } else {
                 actor.publish(true);

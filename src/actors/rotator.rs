@@ -123,12 +123,18 @@ impl RotatorState {
     }
 }
 
-/// Sends `message()` to the rotator and waits for the answer. A rotator
-/// that died before taking the message (its mailbox closes only when a
-/// handler panicked; one that took it answers from the manifest thread
-/// whatever happens to it) is asked again, once the supervisor has put its
-/// successor in the slot.
-pub(crate) async fn ask<M, T>(rotator: &Slot<RotatorActor>, message: impl Fn() -> M) -> Result<T>
+/// Sends `message()` to the rotator and waits for the answer. A closed
+/// mailbox means the message was never taken: one that was is answered
+/// from the manifest thread whatever becomes of the actor (actix sends a
+/// `ResponseFuture`'s answer from a task of its own). Unless the store is
+/// closing or gave up restarting its actors, the rotator died of a panic,
+/// and its successor, once the supervisor put it in the slot, is asked
+/// again.
+pub(crate) async fn ask<M, T>(
+    shared: &WalShared,
+    rotator: &Slot<RotatorActor>,
+    message: impl Fn() -> M,
+) -> Result<T>
 where
     M: Message<Result = Result<T>> + Send + 'static,
     T: Send + 'static,
@@ -137,7 +143,13 @@ where
     for _ in 0..TRIES {
         match rotator.get().send(message()).await {
             Ok(outcome) => return outcome,
-            Err(_) => actix_rt::time::sleep(RETRY).await,
+            Err(_) if shared.manifest.is_closed() => return Err(Error::ShutDown),
+            Err(_) => {
+                if let Some(cause) = shared.inbox.failure() {
+                    return Err(Error::refused(&cause));
+                }
+                actix_rt::time::sleep(RETRY).await;
+            }
         }
     }
     Err(Error::Panicked {
@@ -182,17 +194,23 @@ impl Handler<PrepareSegment> for RotatorActor {
             let hurry = Arc::clone(&state.hurry);
             let filling = Arc::clone(&shared);
             let prepared = actix_rt::task::spawn_blocking(move || {
-                let prepared = filling.manifest.prepare_segment(size, fill, &hurry);
-                hurry.store(false, Relaxed);
-                prepared
+                filling.manifest.prepare_segment(size, fill, &hurry)
             })
             .await
-            .unwrap_or_else(|e| Err(Error::task_failed("creating the next segment", &e)))?;
-            state
-                .submit("listing the next segment", move || {
-                    shared.manifest.list_segment(prepared)
-                })
-                .await
+            .unwrap_or_else(|e| Err(Error::task_failed("creating the next segment", &e)));
+            let listed = match prepared {
+                Ok(prepared) => {
+                    state
+                        .submit("listing the next segment", move || {
+                            shared.manifest.list_segment(prepared)
+                        })
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            // Whoever hurried this segment has it now (or its failure).
+            state.hurry.store(false, Relaxed);
+            listed
         })
     }
 }

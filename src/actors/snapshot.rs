@@ -66,7 +66,7 @@ impl Publisher {
             segments,
             obsolete,
         } = written;
-        let retired = rotator::ask(&self.rotator, || ListSnapshot {
+        let retired = rotator::ask(&self.shared, &self.rotator, || ListSnapshot {
             header,
             segments: segments.clone(),
             obsolete: obsolete.clone(),
@@ -96,6 +96,9 @@ impl Handler<TakeSnapshot> for SnapshotActor {
         let shared = Arc::clone(&self.shared);
         let kind = msg.kind;
         let started = Instant::now();
+        // Shutdown waits for the snapshot until it is listed, not only for
+        // the job that writes it.
+        let held = self.jobs.hold();
         let written = self.jobs.run("concordkv-snapshot", "a snapshot", move || {
             take_snapshot(
                 shared.fs.as_ref(),
@@ -110,10 +113,13 @@ impl Handler<TakeSnapshot> for SnapshotActor {
         let counters = Arc::clone(&self.shared.counters);
         AtomicResponse::new(Box::pin(
             async move {
-                let outcome = match written.await {
-                    Ok(Some(written)) => publisher.publish(written).await.map(Some),
-                    Ok(None) => Ok(None),
+                let outcome = match held {
                     Err(e) => Err(e),
+                    Ok(_held) => match written.await {
+                        Ok(Some(written)) => publisher.publish(written).await.map(Some),
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(e),
+                    },
                 };
                 let label = match kind {
                     SnapshotKind::Full => "full",
@@ -147,6 +153,7 @@ impl Handler<RunCompaction> for SnapshotActor {
 
     fn handle(&mut self, msg: RunCompaction, _ctx: &mut Context<Self>) -> Self::Result {
         let shared = Arc::clone(&self.shared);
+        let held = self.jobs.hold();
         let written = self.jobs.run("concordkv-compact", "a compaction", move || {
             compact(
                 shared.fs.as_ref(),
@@ -158,6 +165,7 @@ impl Handler<RunCompaction> for SnapshotActor {
         let publisher = self.publisher.clone();
         AtomicResponse::new(Box::pin(
             async move {
+                let _held = held?;
                 let Some((written, report)) = written.await? else {
                     return Ok(None);
                 };

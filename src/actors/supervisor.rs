@@ -8,10 +8,10 @@
 //! ever running. So every actor carries a notice of its drop (the WAL a
 //! [`DeathNotice`], the others a [`Watch`]). On the WAL's death the
 //! supervisor fails every queued request (never leaving an appender
-//! hanging, never acknowledging what it cannot vouch for), re-runs recovery
-//! over the files on a blocking thread, and starts a fresh actor on a new
-//! segment after the recovered log (the re-validation is a change of the
-//! manifest, so the rotator makes it). Another actor is started afresh at
+//! hanging, never acknowledging what it cannot vouch for), has the rotator
+//! re-run recovery over the files on its manifest thread (the
+//! re-validation changes the manifest), and starts a fresh actor on a new
+//! segment after the recovered log. Another actor is started afresh at
 //! once and put in its [`Slot`]: it holds no state the files do not, and
 //! requests that were in its mailbox fail with [`Error::Panicked`]. As
 //! Erlang/OTP's supervisors, it gives up after `supervision.max_restarts`
@@ -251,10 +251,10 @@ impl Handler<WalDied> for StoreSupervisor {
             return;
         }
         self.shared.inbox.close_and_fail(Closed::Restarting);
-        let rotator = self.rotator.clone();
+        let (shared, rotator) = (Arc::clone(&self.shared), self.rotator.clone());
         let me = ctx.address();
         self.restarting = Some(actix_rt::spawn(async move {
-            let start = rotator::ask(&rotator, || Revalidate).await;
+            let start = rotator::ask(&shared, &rotator, || Revalidate).await;
             me.do_send(WalRecovered(start));
         }));
     }

@@ -418,13 +418,30 @@ impl WalActor {
         );
     }
 
+    /// Tells the rotator that a rotation waits for the segment it is
+    /// preparing. A dead rotator's successor is told once it is in place:
+    /// the flag the fill watches outlives both.
+    fn hurry(&self, ctx: &mut Context<Self>) {
+        match self.rotator.get().try_send(Hurry) {
+            Ok(()) => {}
+            Err(SendError::Full(hurry)) => self.rotator.get().do_send(hurry),
+            Err(SendError::Closed(_)) => {
+                ctx.run_later(ROTATOR_RETRY, |act, ctx| {
+                    if act.rotating == Some(true) && act.prepared.is_none() {
+                        act.hurry(ctx);
+                    }
+                });
+            }
+        }
+    }
+
     /// Swaps in the prepared segment once the full one is sealed.
     fn finish_rotation(&mut self, ctx: &mut Context<Self>) {
         if self.rotating != Some(true) {
             return;
         }
         let Some(mut next) = self.prepared.take() else {
-            self.rotator.get().do_send(Hurry);
+            self.hurry(ctx);
             self.prepare_next(ctx);
             return;
         };
@@ -488,10 +505,11 @@ impl WalActor {
     /// either number could contradict it.
     fn truncate(&mut self, after: Seq, reply: Reply, ctx: &mut Context<Self>) {
         crash_point("truncate.after_seal");
-        let rotator = self.rotator.clone();
+        let (shared, rotator) = (Arc::clone(&self.shared), self.rotator.clone());
         let through = self.segment.id;
-        let marking =
-            async move { rotator::ask(&rotator, || MarkTruncation { after, through }).await };
+        let marking = async move {
+            rotator::ask(&shared, &rotator, || MarkTruncation { after, through }).await
+        };
         ctx.spawn(marking.into_actor(self).map(move |outcome, act, ctx| {
             match outcome {
                 Ok(_) if act.failed.is_some() => {

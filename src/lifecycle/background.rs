@@ -101,6 +101,19 @@ impl Jobs {
         }
     }
 
+    /// Counts work that runs partly elsewhere (a snapshot, listed by the
+    /// rotator between two jobs) as a running job while the returned guard
+    /// lives, so that shutdown waits for all of it; [`Error::ShutDown`]
+    /// once closed.
+    pub(crate) fn hold(self: &std::sync::Arc<Self>) -> Result<Held> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Error::ShutDown);
+        }
+        state.running += 1;
+        Ok(Held(std::sync::Arc::clone(self)))
+    }
+
     /// Refuses new jobs and blocks until every running one has ended.
     pub(crate) fn close_and_wait(&self) {
         let mut state = self.lock();
@@ -111,6 +124,16 @@ impl Jobs {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+}
+
+/// Work counted as a running job until dropped (see [`Jobs::hold`]).
+pub(crate) struct Held(std::sync::Arc<Jobs>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.lock().running -= 1;
+        self.0.ended.notify_all();
     }
 }
 

@@ -235,7 +235,15 @@ impl Inbox {
     /// Whether a failed write or sync closed it: the log refuses every
     /// write until it is reopened.
     pub(crate) fn refuses_after_failure(&self) -> bool {
-        matches!(self.lock().closed, Some(Closed::Failed(_)))
+        self.failure().is_some()
+    }
+
+    /// The failure the log refuses every request for, if it does.
+    pub(crate) fn failure(&self) -> Option<Arc<Error>> {
+        match &self.lock().closed {
+            Some(Closed::Failed(cause)) => Some(Arc::clone(cause)),
+            _ => None,
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {

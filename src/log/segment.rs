@@ -121,7 +121,8 @@ impl Segment {
 
 /// The started segments among `ids` (in their order), with where each
 /// starts: what rotation left behind, read from the headers alone.
-/// Prepared segments that never started are left out.
+/// Prepared segments that never started are left out, and so are files no
+/// longer there.
 pub(crate) fn started_segments(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -130,9 +131,16 @@ pub(crate) fn started_segments(
     let mut started = Vec::with_capacity(ids.len());
     for &id in ids {
         let path = segment_path(dir, id);
-        let head = fs
-            .read_prefix(&path, SEGMENT_HEADER_BYTES)
-            .map_err(|e| Error::io("read segment header", &path, e))?;
+        let head = match fs.read_prefix(&path, SEGMENT_HEADER_BYTES) {
+            Ok(head) => head,
+            // Unlisted and removed since `ids` was read: only a segment
+            // that never started goes while a snapshot or compaction is
+            // built (the re-validation after the WAL died retires them).
+            // One listed and missing fails recovery, and the build's own
+            // read of every segment it needs.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read segment header", &path, e)),
+        };
         if let Ok(header) = SegmentHeader::decode(&head) {
             started.push((id, path, header.first_seq));
         }

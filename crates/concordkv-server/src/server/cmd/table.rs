@@ -26,7 +26,7 @@ impl Spec {
     pub fn arity_fits(&self, args: usize) -> bool {
         // MSET takes pairs: a key without its value is an arity error in
         // Redis, alone or queued in a transaction.
-        if self.name == "mset" && args % 2 != 0 {
+        if self.name == "mset" && !args.is_multiple_of(2) {
             return false;
         }
         let given = args as i64 + 1;
