@@ -19,6 +19,7 @@
 //! request with [`Error::RestartLimit`].
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,10 @@ pub struct StoreSupervisor {
     rotator: Slot<RotatorActor>,
     /// The rotator's manifest thread, handed to each incarnation.
     rotator_state: Arc<RotatorState>,
+    /// Set until shutdown stops the manifest thread: the draining WAL and
+    /// the snapshot being finished may still need a rotator, so one that
+    /// dies meanwhile is restarted even while shutting down.
+    rotator_needed: Arc<AtomicBool>,
     compactor: Slot<CompactorActor>,
     snapshots: Slot<SnapshotActor>,
     metrics: Slot<MetricsActor>,
@@ -122,6 +127,7 @@ impl StoreSupervisor {
                 arbiter,
                 rotator,
                 rotator_state,
+                rotator_needed: Arc::new(AtomicBool::new(true)),
                 compactor,
                 snapshots,
                 metrics,
@@ -265,7 +271,11 @@ impl Handler<ActorDied> for StoreSupervisor {
 
     fn handle(&mut self, msg: ActorDied, ctx: &mut Context<Self>) {
         let current = self.generations[msg.actor.index()];
-        if msg.generation != current || self.shutting_down || self.restart_failed.is_some() {
+        let needed = msg.actor == ActorKind::Rotator && self.rotator_needed.load(Ordering::Acquire);
+        if msg.generation != current
+            || (self.shutting_down && !needed)
+            || self.restart_failed.is_some()
+        {
             return;
         }
         tracing::error!(
@@ -424,6 +434,7 @@ impl Handler<Shutdown> for StoreSupervisor {
         let lock = Arc::clone(&self.lock);
         let jobs = Arc::clone(&self.jobs);
         let rotator_state = Arc::clone(&self.rotator_state);
+        let rotator_needed = Arc::clone(&self.rotator_needed);
         let restarting = self.restarting.take();
         Box::pin(
             async move {
@@ -442,6 +453,7 @@ impl Handler<Shutdown> for StoreSupervisor {
                     // before another process can take the directory.
                     jobs.close_and_wait();
                     // The changes asked for so far are made; none after.
+                    rotator_needed.store(false, Ordering::Release);
                     rotator_state.stop();
                     shared.worker.stop();
                     // Every answer is sent: whoever waits for more writes

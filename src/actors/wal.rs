@@ -130,6 +130,8 @@ pub struct WalActor {
     /// The next segment, created ahead of time by the rotator.
     prepared: Option<Segment>,
     preparing: bool,
+    /// A `Hurry` for a dead rotator's successor is scheduled.
+    hurry_retry: bool,
     /// Set while a full segment is being sealed; `true` once it is.
     rotating: Option<bool>,
     /// Requests taken from the inbox and not yet written.
@@ -172,6 +174,7 @@ impl WalActor {
             next_seq: start.next_seq,
             prepared: None,
             preparing: false,
+            hurry_retry: false,
             rotating: None,
             backlog: VecDeque::new(),
             taken: Vec::new(),
@@ -419,15 +422,21 @@ impl WalActor {
     }
 
     /// Tells the rotator that a rotation waits for the segment it is
-    /// preparing. A dead rotator's successor is told once it is in place:
-    /// the flag the fill watches outlives both.
-    fn hurry(&self, ctx: &mut Context<Self>) {
+    /// preparing. A dead rotator's successor is told once it is in place
+    /// (the flag the fill watches outlives both), by one retry at a time.
+    fn hurry(&mut self, ctx: &mut Context<Self>) {
+        if self.hurry_retry {
+            return;
+        }
         match self.rotator.get().try_send(Hurry) {
             Ok(()) => {}
             Err(SendError::Full(hurry)) => self.rotator.get().do_send(hurry),
             Err(SendError::Closed(_)) => {
+                self.hurry_retry = true;
                 ctx.run_later(ROTATOR_RETRY, |act, ctx| {
-                    if act.rotating == Some(true) && act.prepared.is_none() {
+                    act.hurry_retry = false;
+                    let waiting = act.rotating == Some(true) && act.prepared.is_none();
+                    if waiting && act.failed.is_none() {
                         act.hurry(ctx);
                     }
                 });
