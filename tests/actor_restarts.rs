@@ -223,3 +223,42 @@ async fn a_log_whose_rotator_dies_truncates_purges_and_keeps_metadata() {
     assert!(records.next().is_none(), "nothing after 1501");
     log.shutdown().await.expect("shutdown");
 }
+
+/// A store shutting down while its rotator dies still drains every write
+/// it took: the WAL waits for the rotator's successor to give it the
+/// segments the backlog needs, and the shutdown ends.
+#[actix_rt::test]
+async fn a_shutdown_as_the_rotator_dies_drains_and_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::None);
+    cfg.wal.max_segment_bytes = 8 * 1024;
+    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let writes: Vec<_> = (0..3000)
+        .map(|i| {
+            let store = store.clone();
+            actix_rt::spawn(async move { store.set(format!("k{i}"), "v").await })
+        })
+        .collect();
+    actix_rt::task::yield_now().await;
+    store.crash_actor(ActorKind::Rotator);
+    actix_rt::time::timeout(Duration::from_secs(30), store.shutdown())
+        .await
+        .expect("the shutdown ends")
+        .expect("shutdown");
+    let mut acknowledged = Vec::new();
+    for (i, write) in writes.into_iter().enumerate() {
+        match write.await.expect("task") {
+            Ok(_) => acknowledged.push(i),
+            Err(Error::ShutDown) => {}
+            Err(e) => panic!("write {i}: {e}"),
+        }
+    }
+    let (store, _) = Store::open(cfg).await.expect("reopen");
+    for i in acknowledged {
+        assert!(
+            store.state().contains(format!("k{i}").as_bytes()),
+            "acknowledged write k{i} lost"
+        );
+    }
+    store.shutdown().await.expect("shutdown");
+}

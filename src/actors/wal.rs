@@ -404,17 +404,30 @@ impl WalActor {
                 .send(PrepareSegment)
                 .into_actor(self)
                 .map(|outcome, act, ctx| {
-                    act.preparing = false;
                     match outcome {
                         Ok(Ok(segment)) => act.prepared = Some(segment),
                         Ok(Err(e)) => act.fail(Arc::new(e)),
                         // The rotator died (its mailbox closes only when a
                         // handler panicked): the supervisor restarts it, and
-                        // the segment is asked of the new one a moment later.
-                        Err(_) => {
-                            ctx.run_later(ROTATOR_RETRY, |act, ctx| act.prepare_next(ctx));
-                        }
+                        // the segment is asked of the new one a moment later
+                        // — unless the supervisor gave up. Still preparing
+                        // meanwhile: a send to the closed mailbox fails at
+                        // once, and asking again right away would spin this
+                        // thread, starving the supervisor that brings the
+                        // successor.
+                        Err(_) => match act.shared.inbox.failure() {
+                            Some(cause) => act.fail(cause),
+                            None => {
+                                ctx.run_later(ROTATOR_RETRY, |act, ctx| {
+                                    act.preparing = false;
+                                    act.prepare_next(ctx);
+                                    act.finish_stop_if_drained(ctx);
+                                });
+                                return;
+                            }
+                        },
                     }
+                    act.preparing = false;
                     act.finish_rotation(ctx);
                     act.finish_stop_if_drained(ctx);
                 }),

@@ -246,7 +246,9 @@ async fn run_cycles(
     if opts.injects(FaultKind::ActorPanics) {
         quiet_injected_panics();
     }
+    let watchdog = Watchdog::start(subject, opts.seed);
     for n in 0..opts.cycles {
+        watchdog.cycle(n);
         let mut rng = StdRng::seed_from_u64(cycle_seed(opts.seed, n));
         fs = cycle(fs, &mut rng, n)
             .await
@@ -258,6 +260,57 @@ async fn run_cycles(
             })?;
     }
     Ok(())
+}
+
+/// How long one cycle may run before the run counts as stuck. The limits
+/// above catch a call that goes unanswered; only a thread of its own sees
+/// an event loop that stopped turning (a task that spins or blocks starves
+/// every timeout on it).
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Ends the process with the seed and cycle when a cycle outlasts
+/// [`STALL_LIMIT`]: a stuck run reports itself instead of hanging.
+struct Watchdog {
+    cycles: std::sync::mpsc::Sender<u64>,
+}
+
+impl Watchdog {
+    fn start(subject: Subject, seed: u64) -> Watchdog {
+        let (cycles, started) = std::sync::mpsc::channel::<u64>();
+        let watch = move || {
+            use std::sync::mpsc::RecvTimeoutError;
+            let mut current = None;
+            loop {
+                match started.recv_timeout(STALL_LIMIT) {
+                    Ok(cycle) => current = Some(cycle),
+                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Timeout) => {
+                        let failure = TortureFailure {
+                            subject,
+                            seed,
+                            cycle: current.unwrap_or(0),
+                            message: format!(
+                                "the cycle made no progress for {STALL_LIMIT:?}: its event loop is stuck"
+                            ),
+                        };
+                        eprintln!("{failure}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("torture-watchdog".into())
+            .spawn(watch)
+        {
+            tracing::warn!(%e, "the torture runs without a watchdog");
+        }
+        Watchdog { cycles }
+    }
+
+    fn cycle(&self, n: u64) {
+        let _ = self.cycles.send(n);
+    }
 }
 
 /// A seed per cycle, so each cycle's choices do not depend on how many
@@ -525,10 +578,8 @@ fn check_loss_bound(
 /// The actors a workload makes panic. Not the WAL: its death fails the
 /// appends it held, some of them written, which the models would take for
 /// a power cut that never happened (`tests/actor_restarts.rs` covers it).
-/// Not the rotator either: one that dies as the store shuts down can leave
-/// a draining WAL waiting for a segment without end (`tests/actor_restarts.rs`
-/// covers its deaths under load and during a log's changes).
-const PANICKING_ACTORS: [ActorKind; 4] = [
+const PANICKING_ACTORS: [ActorKind; 5] = [
+    ActorKind::Rotator,
     ActorKind::Compactor,
     ActorKind::Snapshot,
     ActorKind::SyncTimer,
