@@ -8,14 +8,21 @@
 # keys) at 50 clients; SET with a deadline (`SET key value EX 3600`, the
 # `setex` row: compare it with the `set -c 50` row for what expiry costs);
 # and MULTI/EXEC of 10 SETs from a pipeline at 50 clients (transactions/s,
-# the `multi_exec_load` example: redis-benchmark has no transactions). Prints requests/s and the ratio concordkv / Redis.
+# the `multi_exec_load` example: redis-benchmark has no transactions).
+#
+# ROUNDS rounds of every row, the two servers taking turns at going first;
+# prints the median requests/s of each side, the median of the rounds'
+# ratios concordkv / Redis, and the median CPU share (100% = one core) of
+# the client and of the server on each side: a client near 100% is the
+# bottleneck, and a ratio near 1.0 there says little about the servers.
 # A benchmark, not a test: run it by hand.
 #
-#   bash benches/redis_compare.sh            # REQUESTS=200000 by default
+#   bash benches/redis_compare.sh            # REQUESTS=200000 ROUNDS=3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REQUESTS=${REQUESTS:-200000}
+ROUNDS=${ROUNDS:-3}
 REDIS_PORT=${REDIS_PORT:-6391}
 CONCORDKV_PORT=${CONCORDKV_PORT:-6392}
 
@@ -106,7 +113,31 @@ start_concordkv() {
     wait_ready "$CONCORDKV_PORT"
 }
 
-printf '%-38s %-7s %-12s %14s %14s %8s\n' "policy" "test" "load" "redis rps" "concordkv rps" "ratio"
+# CPU ticks (user + system) a process has used so far.
+ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+hz=$(getconf CLK_TCK)
+
+# One run against the server on PORT: prints "rps client% server%".
+measure() { # PORT REQUESTS TEST LOAD...
+    local port=$1 before start end client rps
+    before=$(ticks "$server_pid")
+    start=$(date +%s.%N)
+    TIMEFORMAT=%P
+    { time rps "$@" >"$work/rps"; } 2>"$work/client-cpu"
+    end=$(date +%s.%N)
+    rps=$(cat "$work/rps")
+    client=$(tail -1 "$work/client-cpu")
+    awk -v r="$rps" -v c="$client" -v b="$before" -v a="$(ticks "$server_pid")" \
+        -v s="$start" -v e="$end" -v hz="$hz" \
+        'BEGIN { printf "%s %.0f %.0f\n", r, c, (a - b) / hz / (e - s) * 100 }'
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+column() { awk -v k="$1" '{ print $k }'; }
+
+printf '%-30s %-6s %-16s %11s %11s %6s %13s %13s\n' "policy" "test" "load" "redis rps" "ckv rps" "ratio" "redis cli/srv" "ckv cli/srv"
 for pair in "always always" "everysec interval"; do
     set -- $pair
     redis_policy=$1 concordkv_mode=$2
@@ -117,15 +148,32 @@ for pair in "always always" "everysec interval"; do
         load="$*"
         requests=$REQUESTS
         [ "$load" = "-c 1" ] && requests=$((REQUESTS / 10))
-        start_redis "$redis_policy"
-        # shellcheck disable=SC2086
-        redis=$(rps "$REDIS_PORT" "$requests" "$test" $load)
-        stop_server
-        start_concordkv "$concordkv_mode"
-        # shellcheck disable=SC2086
-        concordkv=$(rps "$CONCORDKV_PORT" "$requests" "$test" $load)
-        stop_server
-        ratio=$(awk -v a="$concordkv" -v b="$redis" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-        printf '%-38s %-7s %-12s %14s %14s %8s\n' "appendfsync $redis_policy / $concordkv_mode" "$test" "$load" "$redis" "$concordkv" "$ratio"
+        redis_runs="" concordkv_runs="" ratios=""
+        for round in $(seq "$ROUNDS"); do
+            order="redis concordkv"
+            [ $((round % 2)) -eq 0 ] && order="concordkv redis"
+            for side in $order; do
+                if [ "$side" = redis ]; then
+                    start_redis "$redis_policy"
+                    # shellcheck disable=SC2086
+                    run=$(measure "$REDIS_PORT" "$requests" "$test" $load)
+                    redis_runs+="$run"$'\n'
+                    redis_rps=${run%% *}
+                else
+                    start_concordkv "$concordkv_mode"
+                    # shellcheck disable=SC2086
+                    run=$(measure "$CONCORDKV_PORT" "$requests" "$test" $load)
+                    concordkv_runs+="$run"$'\n'
+                    concordkv_rps=${run%% *}
+                fi
+                stop_server
+            done
+            ratios+="$(awk -v a="$concordkv_rps" -v b="$redis_rps" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"$'\n'
+        done
+        med() { printf '%s' "$1" | column "$2" | median; }
+        printf '%-30s %-6s %-16s %11.0f %11.0f %6.2f %13s %13s\n' \
+            "appendfsync $redis_policy / $concordkv_mode" "$test" "$load" \
+            "$(med "$redis_runs" 1)" "$(med "$concordkv_runs" 1)" "$(printf '%s' "$ratios" | median)" \
+            "$(med "$redis_runs" 2)%/$(med "$redis_runs" 3)%" "$(med "$concordkv_runs" 2)%/$(med "$concordkv_runs" 3)%"
     done
 done
