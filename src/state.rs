@@ -103,7 +103,7 @@ impl Tree {
                 self.deadlines.set(key, *expires_at);
             }
             Op::Delete { key } => {
-                self.slots.remove(&Slot::probe(key));
+                self.slots.remove(slot::Probe::new(key).as_keyed());
                 self.deadlines.remove(key);
             }
             Op::Clear => {
@@ -121,14 +121,14 @@ impl Tree {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) {
-        if !slot::overwrite(&mut self.slots, &Slot::probe(key), value) {
+        if !slot::overwrite(&mut self.slots, key, value) {
             self.slots.insert(Slot::new(key, value));
         }
     }
 
     /// The slot of `key` and its deadline, unless it has expired by `now`.
     fn live(&self, key: &[u8], now: &mut Clock) -> Option<(&Slot, Option<u64>)> {
-        let slot = self.slots.get(&Slot::probe(key))?;
+        let slot = self.slots.get(slot::Probe::new(key).as_keyed())?;
         let at = self.deadlines.get(key);
         match at {
             Some(at) if at <= now.get() => None,

@@ -14,6 +14,7 @@
 //! [`overwrite`]): no search for where to insert, no allocation when the
 //! value keeps its length, nothing for another thread to free.
 
+use std::borrow::Borrow;
 use std::cell::UnsafeCell;
 use std::cmp::Ordering;
 
@@ -75,8 +76,8 @@ impl Slot {
 
 /// Sets `key`'s value to `value` in place if `key` is in `tree`; `false`
 /// (and nothing changed) if it is not.
-pub(crate) fn overwrite(tree: &mut Slots, key: &Slot, value: &[u8]) -> bool {
-    let Some(slot) = tree.get(key) else {
+pub(crate) fn overwrite(tree: &mut Slots, key: &[u8], value: &[u8]) -> bool {
+    let Some(slot) = tree.get(Probe::new(key).as_keyed()) else {
         return false;
     };
     // SAFETY: `tree` is borrowed exclusively, so `slot` is the only
@@ -93,6 +94,82 @@ pub(crate) fn overwrite(tree: &mut Slots, key: &Slot, value: &[u8]) -> bool {
     }
     true
 }
+
+/// A key and its head as a lookup compares them, ordered as slots are.
+/// Lookups borrow the key through it instead of copying it into a
+/// [`Slot`]: one allocation and one free less for every write applied.
+pub(crate) trait Keyed {
+    fn head(&self) -> u128;
+    fn key_bytes(&self) -> &[u8];
+}
+
+/// A borrowed key to look a slot up by.
+pub(crate) struct Probe<'a> {
+    head: u128,
+    key: &'a [u8],
+}
+
+impl<'a> Probe<'a> {
+    pub(crate) fn new(key: &'a [u8]) -> Probe<'a> {
+        Probe {
+            head: head(key),
+            key,
+        }
+    }
+
+    /// What the tree's lookups take.
+    pub(crate) fn as_keyed(&self) -> &(dyn Keyed + 'a) {
+        self
+    }
+}
+
+impl Keyed for Probe<'_> {
+    fn head(&self) -> u128 {
+        self.head
+    }
+
+    fn key_bytes(&self) -> &[u8] {
+        self.key
+    }
+}
+
+impl Keyed for Slot {
+    fn head(&self) -> u128 {
+        self.head
+    }
+
+    fn key_bytes(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl<'a> Borrow<dyn Keyed + 'a> for Slot {
+    fn borrow(&self) -> &(dyn Keyed + 'a) {
+        self
+    }
+}
+
+impl Ord for dyn Keyed + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.head()
+            .cmp(&other.head())
+            .then_with(|| self.key_bytes().cmp(other.key_bytes()))
+    }
+}
+
+impl PartialOrd for dyn Keyed + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for dyn Keyed + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for dyn Keyed + '_ {}
 
 /// Makes `data`, which starts with a key of `key_len` bytes, that key,
 /// `value` and the key's length.
@@ -182,11 +259,11 @@ mod tests {
             .into_iter()
             .collect();
         for value in [&b"new"[..], b"", b"a much longer value than before", b"xyz"] {
-            assert!(overwrite(&mut tree, &Slot::probe(b"key"), value));
+            assert!(overwrite(&mut tree, b"key", value));
             let slot = tree.get(&Slot::probe(b"key")).expect("still there");
             assert_eq!((slot.key(), slot.value()), (&b"key"[..], value));
         }
-        assert!(!overwrite(&mut tree, &Slot::probe(b"absent"), b"v"));
+        assert!(!overwrite(&mut tree, b"absent", b"v"));
         assert_eq!(tree.len(), 2);
         let a = tree.get(&Slot::probe(b"a")).expect("untouched");
         assert_eq!(a.value(), b"1");
