@@ -69,6 +69,10 @@ pub struct BenchReport {
     pub fsync_p99_us: f64,
     pub syncs: u64,
     pub records_per_sync: f64,
+    /// The store's own `fdatasync`s during the load (its `Stats`): beside
+    /// the floor, whether the disk or the path to it bounds a sync mode.
+    pub sync_mean_us: f64,
+    pub sync_p99_us: f64,
     pub dir: String,
 }
 
@@ -158,6 +162,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         fsync_p99_us: us(&floor, 0.99),
         syncs: load.syncs,
         records_per_sync: load.records_per_sync,
+        sync_mean_us: load.sync.map_or(0.0, |s| s.mean_us),
+        sync_p99_us: load.sync.map_or(0.0, |s| s.p99_us),
         dir: dir.display().to_string(),
     })
 }
@@ -168,6 +174,14 @@ struct Load {
     latency: Histogram<u64>,
     syncs: u64,
     records_per_sync: f64,
+    /// The store's syncs under the load, if it measured any.
+    sync: Option<SyncLatency>,
+}
+
+#[derive(Clone, Copy)]
+struct SyncLatency {
+    mean_us: f64,
+    p99_us: f64,
 }
 
 async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
@@ -245,6 +259,16 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let stats = store.stats();
+    let sync = store
+        .stats_report()
+        .await?
+        .kinds
+        .into_iter()
+        .find(|k| k.kind == "sync" && k.count > 0)
+        .map(|k| SyncLatency {
+            mean_us: k.mean_us,
+            p99_us: k.p99_us,
+        });
     store.shutdown().await?;
     if let Some(e) = failure.take() {
         return Err(e.into());
@@ -256,6 +280,7 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
         latency,
         syncs: stats.syncs,
         records_per_sync: stats.records_per_sync(),
+        sync,
     })
 }
 
@@ -294,6 +319,8 @@ impl BenchReport {
              {:<28}{:>14.1}\n\
              {:<28}{:>14}\n\
              {:<28}{:>14.1}\n\
+             {:<28}{:>14.1}   ({:.2}x fdatasync p50)\n\
+             {:<28}{:>14.1}\n\
              \n\
              {:<28}{:>14.1}\n\
              {:<28}{:>14.1}\n",
@@ -323,6 +350,11 @@ impl BenchReport {
             self.syncs,
             "records per sync",
             self.records_per_sync,
+            "store sync mean (us)",
+            self.sync_mean_us,
+            ratio(self.sync_mean_us),
+            "store sync p99 (us)",
+            self.sync_p99_us,
             "raw fdatasync p50 (us)",
             self.fsync_p50_us,
             "raw fdatasync p99 (us)",
