@@ -516,6 +516,11 @@ impl Log {
     pub fn crash_actor(&self, actor: crate::ActorKind) {
         self.store.crash_actor(actor);
     }
+
+    /// As [`crate::Store::crash_rotator_while_preparing`].
+    pub fn crash_rotator_while_preparing(&self) {
+        self.store.crash_rotator_while_preparing();
+    }
 }
 
 /// As [`Log::open_replaying`], through another file-system implementation

@@ -729,6 +729,16 @@ impl Store {
             }
         }
     }
+
+    /// Makes the rotator panic when the WAL next asks it for a segment: the
+    /// WAL learns of the death from its request, perhaps while a full
+    /// segment waits for the new one.
+    pub fn crash_rotator_while_preparing(&self) {
+        self.shared
+            .rotator
+            .get()
+            .do_send(crate::actors::messages::CrashWhilePreparing);
+    }
 }
 
 #[cfg(test)]

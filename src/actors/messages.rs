@@ -153,6 +153,14 @@ pub(crate) struct ActorDied {
 #[rtype(result = "()")]
 pub struct Crash;
 
+/// To `RotatorActor`, in tests: panic on the next `PrepareSegment`, so the
+/// WAL hears of the death as the answer to its request for a segment —
+/// while a full segment may be waiting for it.
+#[cfg(feature = "testing")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CrashWhilePreparing;
+
 /// To `StoreSupervisor`, in tests: make `0` panic (the store sends the
 /// WAL's and the timer's this way: it holds no address of theirs).
 #[cfg(feature = "testing")]

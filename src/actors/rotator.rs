@@ -161,6 +161,9 @@ where
 pub struct RotatorActor {
     shared: Arc<WalShared>,
     state: Arc<RotatorState>,
+    /// Panic on the next `PrepareSegment` (tests).
+    #[cfg(feature = "testing")]
+    crash_while_preparing: bool,
     _watch: Watch,
 }
 
@@ -173,6 +176,8 @@ impl RotatorActor {
         RotatorActor {
             shared,
             state,
+            #[cfg(feature = "testing")]
+            crash_while_preparing: false,
             _watch: watch,
         }
     }
@@ -186,6 +191,10 @@ impl Handler<PrepareSegment> for RotatorActor {
     type Result = ResponseFuture<Result<Segment>>;
 
     fn handle(&mut self, _msg: PrepareSegment, _ctx: &mut Context<Self>) -> Self::Result {
+        #[cfg(feature = "testing")]
+        if self.crash_while_preparing {
+            panic!("a crash injected into RotatorActor while it prepares a segment");
+        }
         let shared = Arc::clone(&self.shared);
         let state = Arc::clone(&self.state);
         Box::pin(async move {
@@ -306,5 +315,18 @@ impl Handler<crate::actors::messages::Crash> for RotatorActor {
 
     fn handle(&mut self, _msg: crate::actors::messages::Crash, _ctx: &mut Context<Self>) {
         panic!("a crash injected into RotatorActor");
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Handler<crate::actors::messages::CrashWhilePreparing> for RotatorActor {
+    type Result = ();
+
+    fn handle(
+        &mut self,
+        _msg: crate::actors::messages::CrashWhilePreparing,
+        _ctx: &mut Context<Self>,
+    ) {
+        self.crash_while_preparing = true;
     }
 }

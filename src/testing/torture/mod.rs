@@ -586,6 +586,26 @@ const PANICKING_ACTORS: [ActorKind; 5] = [
     ActorKind::Metrics,
 ];
 
+/// A panic the workload injects.
+#[derive(Debug, Clone, Copy)]
+enum Panic {
+    /// In the actor's next handler.
+    Actor(ActorKind),
+    /// In the rotator, as the WAL next asks it for a segment: the WAL
+    /// hears of the death as its answer, perhaps with a full segment
+    /// waiting for the new one.
+    RotatorPreparing,
+}
+
+impl Panic {
+    fn name(self) -> &'static str {
+        match self {
+            Panic::Actor(actor) => actor.name(),
+            Panic::RotatorPreparing => "rotator (preparing a segment)",
+        }
+    }
+}
+
 /// A task that makes up to three actors panic at random moments of the
 /// workload's first few milliseconds, in some cycles (none without
 /// [`FaultKind::ActorPanics`]); counted in `disk`.
@@ -593,20 +613,24 @@ fn panic_actors(
     rng: &mut StdRng,
     opts: &TortureOptions,
     disk: &mut DiskReport,
-    crash: impl Fn(ActorKind) + 'static,
+    crash: impl Fn(Panic) + 'static,
 ) -> actix_rt::task::JoinHandle<Result<(), String>> {
     let mut schedule = Vec::new();
     if opts.injects(FaultKind::ActorPanics) && rng.random_bool(0.3) {
         for _ in 0..rng.random_range(1..=3) {
             let actor = PANICKING_ACTORS[rng.random_range(0..PANICKING_ACTORS.len())];
-            *disk.actor_panics.entry(actor.name().into()).or_default() += 1;
-            schedule.push((Duration::from_micros(rng.random_range(0..5000)), actor));
+            let panic = match actor {
+                ActorKind::Rotator if rng.random_bool(0.5) => Panic::RotatorPreparing,
+                _ => Panic::Actor(actor),
+            };
+            *disk.actor_panics.entry(panic.name().into()).or_default() += 1;
+            schedule.push((Duration::from_micros(rng.random_range(0..5000)), panic));
         }
     }
     actix_rt::spawn(async move {
-        for (wait, actor) in schedule {
+        for (wait, panic) in schedule {
             actix_rt::time::sleep(wait).await;
-            crash(actor);
+            crash(panic);
         }
         Ok(())
     })

@@ -39,7 +39,7 @@ use serde::Serialize;
 use super::damage::damage_a_copy;
 use super::{
     arm, check_loss_bound, next_limits, panic_actors, random_config, reboot, run_cycles,
-    DiskReport, FaultKind, LostRecord, Promise, Subject, TortureFailure, TortureOptions,
+    DiskReport, FaultKind, LostRecord, Panic, Promise, Subject, TortureFailure, TortureOptions,
     ANSWER_LIMIT, SHUTDOWN_LIMIT,
 };
 use crate::actors::supervised::ActorKind;
@@ -790,11 +790,14 @@ async fn run_cycle(
     };
     let panics = {
         let store = store.clone();
-        panic_actors(rng, opts, &mut report.disk, move |actor| {
-            if matches!(actor, ActorKind::Snapshot | ActorKind::Compactor) {
-                builders_panicked.set(true);
+        panic_actors(rng, opts, &mut report.disk, move |panic| match panic {
+            Panic::Actor(actor) => {
+                if matches!(actor, ActorKind::Snapshot | ActorKind::Compactor) {
+                    builders_panicked.set(true);
+                }
+                store.crash_actor(actor);
             }
-            store.crash_actor(actor);
+            Panic::RotatorPreparing => store.crash_rotator_while_preparing(),
         })
     };
     let context = |e: String| {

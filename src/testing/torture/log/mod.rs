@@ -85,7 +85,7 @@ use serde::Serialize;
 use super::damage::damage_a_copy;
 use super::{
     arm, next_limits, panic_actors, random_config, reboot, run_cycles, DiskReport, FaultKind,
-    Promise, Subject, TortureFailure, TortureOptions, SHUTDOWN_LIMIT,
+    Panic, Promise, Subject, TortureFailure, TortureOptions, SHUTDOWN_LIMIT,
 };
 use crate::config::Config;
 use crate::error::Error;
@@ -307,8 +307,9 @@ async fn run_cycle(
     let panicking = ctx.log.clone();
     tasks.push((
         "the actor panics",
-        panic_actors(rng, opts, &mut report.disk, move |actor| {
-            panicking.crash_actor(actor);
+        panic_actors(rng, opts, &mut report.disk, move |panic| match panic {
+            Panic::Actor(actor) => panicking.crash_actor(actor),
+            Panic::RotatorPreparing => panicking.crash_rotator_while_preparing(),
         }),
     ));
     let subscriber = rng.random_bool(0.6).then(|| {
