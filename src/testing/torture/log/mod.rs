@@ -1,13 +1,14 @@
-//! The torture of a [`Log`] (`concordkv torture --log`, and the
+//! The torture of a [`Log`](crate::Log) (`concordkv torture --log`, and the
 //! `log_power_loss` test; the parent module describes what both tortures
 //! share: the faults, the cuts, media damage, the loss bounds).
 //!
 //! Each cycle opens the log on the simulated disk and checks what recovery
 //! returned against the model, then runs a random concurrent workload in a
 //! random sync mode with tiny segments: appenders (single payloads through
-//! [`Log::submit`] and [`Log::append`], batches through
-//! [`Log::append_batch`], payloads with long zero runs and sizes at and
-//! around `limits.max_record_bytes`); a task that truncates (below
+//! [`Log::submit`](crate::Log::submit) and
+//! [`Log::append`](crate::Log::append), batches through
+//! [`Log::append_batch`](crate::Log::append_batch), payloads with long zero
+//! runs and sizes at and around `limits.max_record_bytes`); a task that truncates (below
 //! `first_seq`, at it, inside a batch, at and past the end), purges (below
 //! `first_seq`, inside a batch, to the end, past it) and syncs; a task that
 //! sets the metadata (empty, small, at and over its limit); a reader of
