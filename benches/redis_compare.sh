@@ -135,7 +135,8 @@ measure() { # PORT REQUESTS TEST LOAD...
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-column() { awk -v k="$1" '{ print $k }'; }
+# The median of field K of the runs' lines: RUNS K.
+med() { printf '%s' "$1" | awk -v k="$2" '{ print $k }' | median; }
 
 printf '%-30s %-6s %-16s %11s %11s %6s %13s %13s\n' "policy" "test" "load" "redis rps" "ckv rps" "ratio" "redis cli/srv" "ckv cli/srv"
 for pair in "always always" "everysec interval"; do
@@ -170,7 +171,6 @@ for pair in "always always" "everysec interval"; do
             done
             ratios+="$(awk -v a="$concordkv_rps" -v b="$redis_rps" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')"$'\n'
         done
-        med() { printf '%s' "$1" | column "$2" | median; }
         printf '%-30s %-6s %-16s %11.0f %11.0f %6.2f %13s %13s\n' \
             "appendfsync $redis_policy / $concordkv_mode" "$test" "$load" \
             "$(med "$redis_runs" 1)" "$(med "$concordkv_runs" 1)" "$(printf '%s' "$ratios" | median)" \

@@ -259,12 +259,18 @@ async fn run_load(config: Config, opts: &BenchOptions) -> Result<Load> {
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let stats = store.stats();
+    // A figure the report can go without: a failed query does not throw
+    // the load's own figures away.
     let sync = store
         .stats_report()
-        .await?
-        .kinds
-        .into_iter()
-        .find(|k| k.kind == "sync" && k.count > 0)
+        .await
+        .ok()
+        .and_then(|report| {
+            report
+                .kinds
+                .into_iter()
+                .find(|k| k.kind == "sync" && k.count > 0)
+        })
         .map(|k| SyncLatency {
             mean_us: k.mean_us,
             p99_us: k.p99_us,

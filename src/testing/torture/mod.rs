@@ -23,8 +23,9 @@
 //! The disk reorders and tears writeback by sector at a cut, syncs are
 //! sometimes slow (writes go on meanwhile), some opens see a copy of the
 //! disk with a flipped bit or a zeroed sector in a file recovery reads, and
-//! actors other than the WAL and the rotator panic now and then during a workload (the
-//! supervisor restarts them; nothing the models check may change).
+//! actors other than the WAL panic now and then during a workload (the
+//! supervisor restarts them; nothing the models check may change). A
+//! watchdog thread ends a run whose cycle stops making progress.
 //!
 //! Every random choice comes from the seed, so a failure names its seed and
 //! cycle. Threads (the sync thread, maintenance threads) interleave as the
@@ -73,8 +74,8 @@ pub enum FaultKind {
     MediaDamage,
     /// Reopening with lower `limits` than the records on disk were written under.
     LimitChanges,
-    /// Panics in the compactor, snapshot, sync-timer and metrics
-    /// actors during a workload.
+    /// Panics in the rotator (also just as the WAL asks it for a segment),
+    /// compactor, snapshot, sync-timer and metrics actors during a workload.
     ActorPanics,
 }
 
