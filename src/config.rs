@@ -55,6 +55,8 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     /// Sizes refused before anything is written.
     pub limits: LimitsConfig,
+    /// The continuous archive to object storage (off unless `url` is set).
+    pub archive: ArchiveConfig,
 }
 
 /// `[server]`: the RESP listener.
@@ -205,6 +207,39 @@ pub struct LimitsConfig {
     /// faster than the disk then waits for room instead of growing the
     /// queue's memory without bound.
     pub max_pending_bytes: u64,
+}
+
+/// `[archive]`: where sealed segments, the synced part of the active one,
+/// snapshots and manifests are copied as they appear (see `README.md`,
+/// "Archive and restore").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// `s3://bucket/prefix`; empty: no archive.
+    pub url: String,
+    /// The S3 endpoint (`http://127.0.0.1:9000` for a local server);
+    /// empty: AWS's own for `region`.
+    pub endpoint: String,
+    /// The bucket's region.
+    pub region: String,
+    /// Whether an `http://` endpoint is accepted (credentials then cross
+    /// the network in the clear).
+    pub allow_http: bool,
+    /// Longest a synced record waits before the archive holds it, in ms:
+    /// the recovery point a lost machine leaves.
+    pub max_lag_ms: u64,
+    /// Retries of one request before the pass gives up (the next pass
+    /// tries again).
+    pub max_retries: u64,
+    /// Longest one request is retried for, in ms.
+    pub retry_timeout_ms: u64,
+}
+
+impl ArchiveConfig {
+    /// Whether an archive is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
 }
 
 /// When an append is acknowledged (see the guarantees table in the README).
@@ -451,7 +486,7 @@ impl Config {
             MAX_PENDING_BYTES,
             "4096 to 4294967296",
         )?;
-        Ok(())
+        self.archive.validate()
     }
 
     /// A configuration for `dir` with everything else at its default: the
@@ -461,6 +496,61 @@ impl Config {
             data_dir: dir.into(),
             ..Config::default()
         }
+    }
+}
+
+impl ArchiveConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if crate::archive::url::ArchiveUrl::parse(&self.url).is_err() {
+            return Err(out_of_range(
+                "archive.url",
+                format!("{:?}", self.url),
+                "\"\" (no archive) or s3://bucket[/prefix], the bucket named as S3 allows \
+                 (3 to 63 of a-z, 0-9, '.', '-')",
+            ));
+        }
+        let endpoint = self.endpoint.as_str();
+        if !endpoint.is_empty() && !endpoint.starts_with("https://") {
+            if !endpoint.starts_with("http://") {
+                return Err(out_of_range(
+                    "archive.endpoint",
+                    format!("{endpoint:?}"),
+                    "\"\" (AWS) or an http:// or https:// URL",
+                ));
+            }
+            if !self.allow_http {
+                return Err(out_of_range(
+                    "archive.endpoint",
+                    format!("{endpoint:?}"),
+                    "an https:// URL, or http:// with archive.allow_http = true",
+                ));
+            }
+        }
+        if self.region.is_empty() {
+            return Err(out_of_range(
+                "archive.region",
+                "\"\"",
+                "a region name, e.g. \"us-east-1\"",
+            ));
+        }
+        check_range(
+            "archive.max_lag_ms",
+            self.max_lag_ms,
+            10,
+            MAX_TIMEOUT_MS,
+            "10 to 604800000",
+        )?;
+        check_range("archive.max_retries", self.max_retries, 0, 100, "0 to 100")?;
+        check_range(
+            "archive.retry_timeout_ms",
+            self.retry_timeout_ms,
+            100,
+            MAX_TIMEOUT_MS,
+            "100 to 604800000",
+        )
     }
 }
 

@@ -129,6 +129,18 @@ pub enum Error {
         upto: Seq,
     },
 
+    /// The archive (`[archive]`) refused or failed a request, or holds
+    /// something a restore cannot use; `object` names the bucket, prefix
+    /// and object.
+    Archive {
+        /// What was being done (`"upload"`, `"list"`, `"check"`, ...).
+        op: &'static str,
+        /// `s3://bucket/prefix/object`.
+        object: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The store is shutting down or was shut down.
     ShutDown,
 
@@ -255,6 +267,9 @@ impl fmt::Display for Error {
                  or a log's purge_before); resume from {} or load the snapshot",
                 upto + 1
             ),
+            Error::Archive { op, object, reason } => {
+                write!(f, "archive: {op} {object}: {reason}")
+            }
             Error::ShutDown => f.write_str("the store is shut down"),
             Error::NoActixSystem => {
                 f.write_str("Store::open must be called inside a running actix System")

@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod actors;
+pub mod archive;
 mod config;
 mod crash;
 mod entry;
@@ -70,8 +71,9 @@ pub use actors::metrics::install_prometheus_exporter;
 pub use actors::metrics::{KindStats, StatsReport, LATENCY_BUCKETS, SYNC_BATCH_BUCKETS};
 pub use actors::supervised::ActorKind;
 pub use config::{
-    CompactionConfig, Config, LimitsConfig, MaintenanceConfig, MetricsConfig, RecoveryMode, Secret,
-    ServerConfig, SnapshotConfig, SupervisionConfig, SyncMode, WalConfig, DEFAULT_TOML,
+    ArchiveConfig, CompactionConfig, Config, LimitsConfig, MaintenanceConfig, MetricsConfig,
+    RecoveryMode, Secret, ServerConfig, SnapshotConfig, SupervisionConfig, SyncMode, WalConfig,
+    DEFAULT_TOML,
 };
 pub use entry::{unix_millis, Entry, Op, Record, Seq};
 pub use error::{ConfigError, Corruption, Error, Result};

@@ -28,7 +28,7 @@ pub(crate) struct Meters {
     pub recovery_seconds: Histogram,
     pub recovery_truncated_bytes: Counter,
     /// `concordkv_actor_restarts_total`, by [`ActorKind::index`].
-    pub restarts: [Counter; 6],
+    pub restarts: [Counter; 7],
     pub segments: Gauge,
     pub disk_bytes: Gauge,
     pub pending_bytes: Gauge,
@@ -36,6 +36,14 @@ pub(crate) struct Meters {
     pub durable_seq: Gauge,
     pub durable_lag_records: Gauge,
     pub writes_refused: Gauge,
+    #[cfg(feature = "archive")]
+    pub archive_uploaded_bytes: Counter,
+    #[cfg(feature = "archive")]
+    pub archive_upload_errors: Counter,
+    #[cfg(feature = "archive")]
+    pub archive_pending_bytes: Gauge,
+    #[cfg(feature = "archive")]
+    pub archive_lag_seconds: Gauge,
 }
 
 /// The `store` label of `config`'s store.
@@ -91,6 +99,14 @@ impl Meters {
             durable_seq: gauge("concordkv_wal_durable_seq"),
             durable_lag_records: gauge("concordkv_wal_durable_lag_records"),
             writes_refused: gauge("concordkv_wal_writes_refused"),
+            #[cfg(feature = "archive")]
+            archive_uploaded_bytes: counter("concordkv_archive_uploaded_bytes_total"),
+            #[cfg(feature = "archive")]
+            archive_upload_errors: counter("concordkv_archive_errors_total"),
+            #[cfg(feature = "archive")]
+            archive_pending_bytes: gauge("concordkv_archive_pending_bytes"),
+            #[cfg(feature = "archive")]
+            archive_lag_seconds: gauge("concordkv_archive_lag_seconds"),
         }
     }
 }

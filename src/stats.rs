@@ -21,6 +21,10 @@ pub(crate) struct WalCounters {
     pub last_snapshot_unix: AtomicU64,
     /// Bytes of appends admitted and not yet answered (see `admission`).
     pub pending_bytes: AtomicU64,
+    /// The last sequence number the archive holds, with every one before it.
+    pub archived_seq: AtomicU64,
+    /// Bytes of retired files waiting for the archive.
+    pub archive_pending_bytes: AtomicU64,
 }
 
 impl WalCounters {
@@ -76,6 +80,12 @@ pub struct StoreStats {
     /// `limits.max_pending_bytes` (a record larger than that counts as
     /// exactly that).
     pub pending_bytes: u64,
+    /// With an `[archive]`: the last sequence number the archive holds
+    /// (with every one before it, since the archiver started); 0 without.
+    pub archived_seq: u64,
+    /// With an `[archive]`: bytes of retired files kept until the archive
+    /// holds them.
+    pub archive_pending_bytes: u64,
 }
 
 impl StoreStats {
@@ -101,6 +111,8 @@ impl WalCounters {
             last_seq: self.last_seq.load(Relaxed),
             durable_seq: self.durable_seq.load(Relaxed),
             pending_bytes: self.pending_bytes.load(Relaxed),
+            archived_seq: self.archived_seq.load(Relaxed),
+            archive_pending_bytes: self.archive_pending_bytes.load(Relaxed),
         }
     }
 }

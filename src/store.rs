@@ -116,6 +116,9 @@ impl Store {
         if actix::System::try_current().is_none() {
             return Err(Error::NoActixSystem);
         }
+        if config.archive.enabled() {
+            check_archive(&config, kind).await?;
+        }
         // A store of this directory dropped without `shutdown` releases it soon.
         closing::wait(&config.data_dir).await;
         let opening = {
@@ -676,6 +679,29 @@ fn check_entry(entry: &Entry, limits: &LimitsConfig) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an `[archive]` this build or this kind of directory cannot
+/// keep, and one whose bucket refuses the credentials or does not exist;
+/// an archive merely unreachable is no reason to refuse writes (retired
+/// files wait for it).
+async fn check_archive(config: &Config, kind: DirKind) -> Result<()> {
+    let refuse = |reason: &str| {
+        Err(Error::Archive {
+            op: "start archiving to",
+            object: config.archive.url.clone(),
+            reason: reason.to_string(),
+        })
+    };
+    if kind != DirKind::Kv {
+        return refuse("an archive is kept for a key-value Store, not for a Log");
+    }
+    #[cfg(not(feature = "archive"))]
+    return refuse("this build has no archive support (the `archive` feature of concordkv)");
+    #[cfg(feature = "archive")]
+    crate::archive::bucket::Bucket::connect(&config.archive)?
+        .check()
+        .await
+}
+
 /// As [`Store::open_replaying`], through another file-system implementation
 /// (the simulated disk of the tests, or a wrapper that injects faults).
 #[cfg(feature = "testing")]
@@ -724,7 +750,7 @@ impl Store {
             ActorKind::Snapshot => self.shared.snapshots.get().do_send(Crash),
             ActorKind::Compactor => self.shared.compactor.get().do_send(Crash),
             ActorKind::Metrics => self.shared.metrics.get().do_send(Crash),
-            ActorKind::Wal | ActorKind::SyncTimer => {
+            ActorKind::Wal | ActorKind::SyncTimer | ActorKind::Archiver => {
                 self.shared.supervisor.do_send(CrashActor(actor));
             }
         }

@@ -95,7 +95,12 @@ async fn each_actor_that_panics_under_load_is_restarted_and_counted() {
         })
         .collect();
 
-    for actor in ActorKind::ALL {
+    // The archiver runs only with an `[archive]` (and the `archive`
+    // feature): this store has none.
+    let running = ActorKind::ALL
+        .into_iter()
+        .filter(|a| *a != ActorKind::Archiver);
+    for actor in running.clone() {
         let before = count.load(Ordering::Relaxed);
         store.crash_actor(actor);
         actix_rt::time::sleep(Duration::from_millis(100)).await;
@@ -126,7 +131,7 @@ async fn each_actor_that_panics_under_load_is_restarted_and_counted() {
         .to_string_lossy()
         .into_owned();
     let counted = snapshotter.snapshot().into_vec();
-    for actor in ActorKind::ALL {
+    for actor in running {
         assert_eq!(
             restarts(&counted, &label, actor.name()),
             Some(1),

@@ -213,6 +213,26 @@ pub(crate) fn describe() {
         Unit::Count,
         "1 while the log refuses every write after a failed write or sync (until it is reopened), else 0."
     );
+    describe_counter!(
+        "concordkv_archive_uploaded_bytes_total",
+        Unit::Bytes,
+        "Bytes uploaded to the archive and verified there."
+    );
+    describe_counter!(
+        "concordkv_archive_errors_total",
+        Unit::Count,
+        "Archiving passes that failed (the next one goes on where it stopped)."
+    );
+    describe_gauge!(
+        "concordkv_archive_pending_bytes",
+        Unit::Bytes,
+        "Bytes of retired segments and snapshots kept until the archive holds them."
+    );
+    describe_gauge!(
+        "concordkv_archive_lag_seconds",
+        Unit::Seconds,
+        "Seconds since the archive last held every durable record."
+    );
 }
 
 /// Latency figures of one kind of operation.

@@ -11,6 +11,8 @@
 //! - [`snapshot::SnapshotActor`] takes full and incremental snapshots and
 //!   retires what they make obsolete.
 //! - [`sync_timer::SyncTimerActor`] is the clock of `batch` and `interval` syncs.
+//! - `archiver::ArchiverActor` (with the `archive` feature and an
+//!   `[archive]` configured) copies the files to object storage.
 //! - [`supervisor::StoreSupervisor`] starts them, notices any of them dying
 //!   (also after a panic: each carries a [`supervised::Watch`]), restarts it
 //!   (the WAL after re-validating the files), gives up after too many
@@ -19,6 +21,8 @@
 //!
 //! Every message they exchange is in [`messages`].
 
+#[cfg(feature = "archive")]
+pub mod archiver;
 pub mod compactor;
 pub mod messages;
 pub mod metrics;

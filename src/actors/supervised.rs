@@ -26,17 +26,20 @@ pub enum ActorKind {
     SyncTimer,
     /// `MetricsActor`.
     Metrics,
+    /// `ArchiverActor` (only with an `[archive]` configured).
+    Archiver,
 }
 
 impl ActorKind {
     /// Every kind, in the order their restart counters are kept.
-    pub const ALL: [ActorKind; 6] = [
+    pub const ALL: [ActorKind; 7] = [
         ActorKind::Wal,
         ActorKind::Rotator,
         ActorKind::Compactor,
         ActorKind::Snapshot,
         ActorKind::SyncTimer,
         ActorKind::Metrics,
+        ActorKind::Archiver,
     ];
 
     /// The `actor` label of `concordkv_actor_restarts_total`.
@@ -48,6 +51,7 @@ impl ActorKind {
             ActorKind::Snapshot => "snapshot",
             ActorKind::SyncTimer => "sync_timer",
             ActorKind::Metrics => "metrics",
+            ActorKind::Archiver => "archiver",
         }
     }
 

@@ -58,9 +58,12 @@ pub struct StoreSupervisor {
     compactor: Slot<CompactorActor>,
     snapshots: Slot<SnapshotActor>,
     metrics: Slot<MetricsActor>,
+    /// The archiver and the arbiter thread it runs on, with an `[archive]`.
+    #[cfg(feature = "archive")]
+    archiver: Option<(Arbiter, Addr<crate::actors::archiver::ArchiverActor>)>,
     /// The incarnation of each actor, by [`ActorKind::index`]: a late
     /// notice of an earlier one's death is ignored.
-    generations: [u64; 6],
+    generations: [u64; 7],
     /// When the restarts of the last `supervision.period_secs` happened.
     restarts: VecDeque<Instant>,
     wal: Option<Addr<WalActor>>,
@@ -117,6 +120,12 @@ impl StoreSupervisor {
                 watch(ActorKind::Compactor),
             ));
             let metrics = Slot::new(start_metrics(&arbiter, &shared, watch(ActorKind::Metrics)));
+            #[cfg(feature = "archive")]
+            let archiver = shared.config.archive.enabled().then(|| {
+                let own = Arbiter::new();
+                let archiver = start_archiver(&own.handle(), &shared, watch(ActorKind::Archiver));
+                (own, archiver)
+            });
             started = Some(Slots {
                 rotator: rotator.clone(),
                 snapshots: snapshots.clone(),
@@ -131,7 +140,9 @@ impl StoreSupervisor {
                 compactor,
                 snapshots,
                 metrics,
-                generations: [1; 6],
+                #[cfg(feature = "archive")]
+                archiver,
+                generations: [1; 7],
                 restarts: VecDeque::new(),
                 own_arbiter,
                 shutting_down: false,
@@ -309,6 +320,14 @@ impl Handler<ActorDied> for StoreSupervisor {
                 self.snapshots.set(snapshots);
             }
             ActorKind::Metrics => self.metrics.set(start_metrics(arbiter, shared, watch)),
+            #[cfg(feature = "archive")]
+            ActorKind::Archiver => {
+                if let Some((own, addr)) = &mut self.archiver {
+                    *addr = start_archiver(&own.handle(), shared, watch);
+                }
+            }
+            #[cfg(not(feature = "archive"))]
+            ActorKind::Archiver => {}
             // The WAL reports its death with `WalDied`; the timer is above.
             ActorKind::Wal | ActorKind::SyncTimer => {}
         }
@@ -358,6 +377,18 @@ fn start_compactor(
     })
 }
 
+#[cfg(feature = "archive")]
+fn start_archiver(
+    arbiter: &ArbiterHandle,
+    shared: &Arc<WalShared>,
+    watch: Watch,
+) -> Addr<crate::actors::archiver::ArchiverActor> {
+    let shared = Arc::clone(shared);
+    crate::actors::archiver::ArchiverActor::start_in_arbiter(arbiter, move |_| {
+        crate::actors::archiver::ArchiverActor::new(shared, watch)
+    })
+}
+
 fn start_metrics(
     arbiter: &ArbiterHandle,
     shared: &Arc<WalShared>,
@@ -388,6 +419,14 @@ impl Handler<crate::actors::messages::CrashActor> for StoreSupervisor {
             ActorKind::Compactor => self.compactor.get().do_send(Crash),
             ActorKind::Snapshot => self.snapshots.get().do_send(Crash),
             ActorKind::Metrics => self.metrics.get().do_send(Crash),
+            #[cfg(feature = "archive")]
+            ActorKind::Archiver => {
+                if let Some((_, archiver)) = &self.archiver {
+                    archiver.do_send(Crash);
+                }
+            }
+            #[cfg(not(feature = "archive"))]
+            ActorKind::Archiver => {}
         }
     }
 }
@@ -430,6 +469,10 @@ impl Handler<Shutdown> for StoreSupervisor {
         self.wal = None;
         self.timer = None;
         let arbiter = self.own_arbiter.take();
+        #[cfg(feature = "archive")]
+        let archiver = self.archiver.take().map(|(own, _)| own);
+        #[cfg(not(feature = "archive"))]
+        let archiver: Option<Arbiter> = None;
         let shared = Arc::clone(&self.shared);
         let lock = Arc::clone(&self.lock);
         let jobs = Arc::clone(&self.jobs);
@@ -448,6 +491,14 @@ impl Handler<Shutdown> for StoreSupervisor {
                 // raced in before it, then stop the threads and release the directory.
                 shared.inbox.close_and_fail(Closed::ShutDown);
                 let finished = actix_rt::task::spawn_blocking(move || {
+                    // The archiver stops first: a pass cut short is taken
+                    // up by the next open's archiver, from a listing.
+                    if let Some(archiver) = archiver {
+                        archiver.stop();
+                        if archiver.join().is_err() {
+                            tracing::error!("the archiver's thread panicked");
+                        }
+                    }
                     // A snapshot or compaction still writing into the
                     // directory ends before anything it uses is closed and
                     // before another process can take the directory.

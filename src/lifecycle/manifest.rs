@@ -192,6 +192,12 @@ impl ManifestStore {
         self.lock().closed
     }
 
+    /// The live manifest, whole.
+    #[cfg(feature = "archive")]
+    pub fn current(&self) -> Manifest {
+        self.lock().manifest.clone()
+    }
+
     /// The live segment ids, ascending.
     pub fn segments(&self) -> Vec<u64> {
         self.lock().manifest.segments.clone()
@@ -396,8 +402,12 @@ impl ManifestStore {
     }
 
     /// Removes segment files the manifest does not list, and a leftover
-    /// temporary manifest: debris of a crash between two steps.
-    pub fn remove_unlisted(&self) -> Result<()> {
+    /// temporary manifest: debris of a crash between two steps. With
+    /// `hold` (an archive is configured), unlisted segments and snapshots
+    /// are moved into the archive's pending directory instead: a crash
+    /// after a manifest write retired them must not delete what the
+    /// archive may not hold yet.
+    pub fn remove_unlisted(&self, hold: bool) -> Result<()> {
         let live = self.lock_open()?;
         let manifest = &live.manifest;
         let listed_snapshots: Vec<String> = manifest
@@ -424,7 +434,11 @@ impl ManifestStore {
                             && !listed_snapshots.iter().any(|l| l == name))
                 }
             };
-            if unlisted {
+            let complete = parse_segment_file_name(name).is_some() || is_snapshot_file_name(name);
+            if unlisted && hold && complete {
+                tracing::warn!(file = %path.display(), "holding a file the manifest does not list for the archive");
+                crate::archive::pending::hold(self.fs.as_ref(), &self.dir, &[path])?;
+            } else if unlisted {
                 tracing::warn!(file = %path.display(), "removing a file the manifest does not list");
                 remove_if_present(self.fs.as_ref(), &path)?;
                 removed = true;
@@ -639,7 +653,7 @@ fn cut_down(fs: &dyn FileSystem, path: &Path, pacer: &mut Pacer) -> Result<()> {
 }
 
 /// Replaces the manifest atomically: temporary file, fsync, rename, directory fsync.
-fn write(fs: &dyn FileSystem, dir: &Path, manifest: &Manifest) -> Result<()> {
+pub(crate) fn write(fs: &dyn FileSystem, dir: &Path, manifest: &Manifest) -> Result<()> {
     let temp = dir.join(MANIFEST_TEMP_FILE);
     let path = dir.join(MANIFEST_FILE);
     match fs.remove(&temp) {

@@ -572,11 +572,17 @@ pub(crate) fn write_built(fs: &dyn FileSystem, config: &Config, built: Built) ->
     })
 }
 
-/// Removes the files a listed snapshot retired. The snapshot is in place
-/// whatever happens here: a file left behind is debris the next open
-/// removes, not a failed snapshot.
+/// Removes the files a listed snapshot retired, or, with an archive
+/// configured, moves them aside until the archive holds them. The snapshot
+/// is in place whatever happens here: a file left behind is debris the next
+/// open removes (or holds), not a failed snapshot.
 pub(crate) fn remove_obsolete(fs: &dyn FileSystem, config: &Config, retired: &[PathBuf]) {
-    if let Err(e) = remove_retired(fs, retired, config.maintenance.delete_bytes_per_sec) {
+    let removed = if config.archive.enabled() {
+        crate::archive::pending::hold(fs, &config.data_dir, retired)
+    } else {
+        remove_retired(fs, retired, config.maintenance.delete_bytes_per_sec)
+    };
+    if let Err(e) = removed {
         tracing::warn!(%e, "an obsolete file was not removed; the next open removes it");
     }
 }

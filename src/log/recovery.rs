@@ -121,7 +121,7 @@ pub(crate) fn recover(
     let mode = config.wal.recovery_mode;
     sync_failure::check(fs, dir)?;
     if debris == Debris::Remove {
-        manifest.remove_unlisted()?;
+        manifest.remove_unlisted(config.archive.enabled())?;
     }
     let base = load_base(fs, config, &manifest.snapshots())?;
     let mut buf = Vec::new();

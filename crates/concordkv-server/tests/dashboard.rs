@@ -196,7 +196,7 @@ fn every_dashboard_query_returns_data_from_a_live_prometheus() {
     };
     assert_eq!(
         rules.len(),
-        9,
+        10,
         "every rule of alerts.yml is loaded: {rules:?}"
     );
 

@@ -67,6 +67,18 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
             u8::from(files.compacting),
             files.recovery_truncated_bytes,
         );
+        if config.archive.enabled() {
+            // Before the blank line that ends the section.
+            out.truncate(out.len() - 2);
+            let _ = write!(
+                out,
+                "archive_url:{}\r\narchive_seq:{}\r\narchive_lag_records:{}\r\narchive_pending_bytes:{}\r\n\r\n",
+                config.archive.url,
+                stats.archived_seq,
+                stats.durable_seq.saturating_sub(stats.archived_seq),
+                stats.archive_pending_bytes,
+            );
+        }
     }
     if show("keyspace") && !db.is_empty() {
         let _ = write!(out, "# Keyspace\r\ndb0:keys={}\r\n\r\n", db.len());

@@ -1,0 +1,419 @@
+//! The archive against a real S3 server on loopback: moto's server mode,
+//! from `.venv-tests/bin/moto_server` (made by `.ci/run`), started and
+//! stopped by each test. Without it the tests are skipped with a note,
+//! except in CI (`CI=true`), where they fail.
+//!
+//! A server archives while it takes writes, compacts and retires segments;
+//! restores to the latest record and to earlier sequence numbers must equal
+//! the writes up to there, pass `verify` and serve; an archive that is not
+//! there keeps every retired file until it is; damage in the bucket and a
+//! gap are refused by name.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::server::{free_port, Client, Server};
+use object_store::ObjectStoreExt;
+use redis_protocol::resp2::types::BytesFrame;
+
+const BUCKET: &str = "concordkv-archive";
+
+/// A moto S3 server of this test's own; killed when dropped.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+fn moto_binary() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-tests/bin/moto_server");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "CI must install moto[server] (.ci/run does): no {}",
+            venv.display()
+        );
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipping: no {} (bash .ci/run installs it)",
+        venv.display()
+    );
+    None
+}
+
+impl Moto {
+    fn start(binary: &Path, port: u16) -> Moto {
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn create_bucket(&self) {
+        ureq::put(&format!("{}/{BUCKET}", self.endpoint()))
+            .send_empty()
+            .expect("create the bucket");
+    }
+
+    /// Every key under `prefix`, through a path-style listing.
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        let body = ureq::get(&format!(
+            "{}/{BUCKET}?list-type=2&prefix={prefix}",
+            self.endpoint()
+        ))
+        .call()
+        .expect("list")
+        .body_mut()
+        .read_to_string()
+        .expect("listing body");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split_once("</Key>").map(|(key, _)| key.to_string()))
+            .collect()
+    }
+}
+
+impl Moto {
+    /// A signed client of the bucket (moto refuses anonymous object reads).
+    fn client(&self) -> (tokio::runtime::Runtime, object_store::aws::AmazonS3) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let s3 = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .build()
+            .expect("S3 client");
+        (runtime, s3)
+    }
+
+    fn get(&self, key: &str) -> Vec<u8> {
+        let (runtime, s3) = self.client();
+        runtime.block_on(async {
+            s3.get(&key.into())
+                .await
+                .expect("download")
+                .bytes()
+                .await
+                .expect("body")
+                .to_vec()
+        })
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) {
+        let (runtime, s3) = self.client();
+        runtime
+            .block_on(s3.put(&key.into(), bytes.into()))
+            .expect("upload");
+    }
+
+    fn delete(&self, key: &str) {
+        let (runtime, s3) = self.client();
+        runtime.block_on(s3.delete(&key.into())).expect("delete");
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The environment of a process archiving to `prefix` on `endpoint`.
+fn archive_env(endpoint: &str, prefix: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("CONCORDKV__ARCHIVE__URL", format!("s3://{BUCKET}/{prefix}")),
+        ("CONCORDKV__ARCHIVE__ENDPOINT", endpoint.into()),
+        ("CONCORDKV__ARCHIVE__ALLOW_HTTP", "true".into()),
+        ("CONCORDKV__ARCHIVE__MAX_LAG_MS", "50".into()),
+        ("CONCORDKV__ARCHIVE__MAX_RETRIES", "1".into()),
+        ("CONCORDKV__ARCHIVE__RETRY_TIMEOUT_MS", "2000".into()),
+        // Small segments and eager compaction: many sealed and retired.
+        ("CONCORDKV__WAL__MAX_SEGMENT_BYTES", "65536".into()),
+        ("CONCORDKV__COMPACTION__THRESHOLD", "400".into()),
+        ("CONCORDKV__COMPACTION__RATIO", "0.2".into()),
+    ]
+}
+
+fn start_server(dir: &Path, env: &[(&'static str, String)]) -> Server {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start(dir, &env)
+}
+
+fn info_field(client: &mut Client, field: &str) -> u64 {
+    let BytesFrame::BulkString(info) = client.call(&["INFO", "persistence"]) else {
+        panic!("INFO answered no bulk string");
+    };
+    let info = String::from_utf8_lossy(&info).into_owned();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO:\n{info}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Waits until the archive holds every record written.
+fn wait_archived(client: &mut Client, last_seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while info_field(client, "archive_seq") < last_seq {
+        assert!(
+            Instant::now() < deadline,
+            "the archive holds up to {} of {last_seq} after 60 s",
+            info_field(client, "archive_seq")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `count` sets over 300 keys after `model`'s, recording the model
+/// after each sequence number in `marks`.
+fn write_sets(
+    client: &mut Client,
+    model: &mut BTreeMap<String, String>,
+    from: u64,
+    count: u64,
+    marks: &[u64],
+    states: &mut BTreeMap<u64, BTreeMap<String, String>>,
+) {
+    for seq in from..from + count {
+        let (key, value) = (format!("k{:03}", seq * 7 % 300), format!("value-{seq}"));
+        assert_eq!(client.call(&["SET", &key, &value]), common::server::ok());
+        model.insert(key, value);
+        if marks.contains(&seq) {
+            states.insert(seq, model.clone());
+        }
+    }
+}
+
+fn restore(env: &[(&'static str, String)], to: &Path, seq: Option<u64>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_concordkv"));
+    command.arg("restore").arg("--to").arg(to);
+    if let Some(seq) = seq {
+        command.args(["--seq", &seq.to_string()]);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run concordkv restore")
+}
+
+/// Restores `seq`, checks it with `verify`, serves it and reads it whole.
+fn restored_state(
+    env: &[(&'static str, String)],
+    scratch: &Path,
+    seq: Option<u64>,
+) -> BTreeMap<String, String> {
+    let to = scratch.join(format!(
+        "restored-{}",
+        seq.map_or("latest".into(), |s| s.to_string())
+    ));
+    let out = restore(env, &to, seq);
+    assert!(
+        out.status.success(),
+        "restore {seq:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = Command::new(env!("CARGO_BIN_EXE_concordkv"))
+        .arg("verify")
+        .arg(&to)
+        .output()
+        .expect("run verify");
+    assert!(
+        verify.status.success(),
+        "verify of the restore {seq:?}: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let server = Server::start(&to, &[]);
+    let mut client = server.client();
+    let mut state = BTreeMap::new();
+    for i in 0..300 {
+        let key = format!("k{i:03}");
+        if let BytesFrame::BulkString(value) = client.call(&["GET", &key]) {
+            state.insert(key, String::from_utf8_lossy(&value).into_owned());
+        }
+    }
+    server.terminate();
+    state
+}
+
+#[test]
+fn restores_equal_the_writes_up_to_the_latest_and_earlier_sequence_numbers() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let moto = Moto::start(&moto_server, free_port());
+    moto.create_bucket();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let env = archive_env(&moto.endpoint(), "restore");
+    let server = start_server(&scratch.path().join("data"), &env);
+    let mut client = server.client();
+    let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
+    let marks = [700, 1900, 3100];
+    write_sets(&mut client, &mut model, 1, 4000, &marks, &mut states);
+    wait_archived(&mut client, 4000);
+    // Compactions retired segments: they went to the archive, then away.
+    assert!(
+        moto.keys("restore/snap/").len() >= 2,
+        "compactions wrote snapshots"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_field(&mut client, "archive_pending_bytes") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "retired files were never released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.terminate().success());
+
+    assert_eq!(restored_state(&env, scratch.path(), None), model, "latest");
+    for seq in marks {
+        assert_eq!(
+            restored_state(&env, scratch.path(), Some(seq)),
+            states[&seq],
+            "as of {seq}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_archive_keeps_retired_files_until_it_is_back() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let data = scratch.path().join("data");
+    let env = archive_env(&endpoint, "outage");
+    let server = start_server(&data, &env);
+    let mut client = server.client();
+    let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
+    write_sets(&mut client, &mut model, 1, 3000, &[], &mut states);
+    // Compactions ran, but nothing they retired may vanish.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_field(&mut client, "archive_pending_bytes") == 0 {
+        assert!(Instant::now() < deadline, "no compaction retired a segment");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(info_field(&mut client, "archive_seq"), 0);
+    let pending = std::fs::read_dir(data.join("archive-pending"))
+        .expect("archive-pending")
+        .count();
+    assert!(pending > 0);
+
+    // The archive comes (back): everything is uploaded, then released.
+    let moto = Moto::start(&moto_server, port);
+    moto.create_bucket();
+    write_sets(&mut client, &mut model, 3001, 200, &[], &mut states);
+    wait_archived(&mut client, 3200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_field(&mut client, "archive_pending_bytes") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "retired files were never released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.terminate().success());
+    assert_eq!(restored_state(&env, scratch.path(), None), model);
+}
+
+#[test]
+fn restore_names_a_damaged_object_and_a_missing_range() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let moto = Moto::start(&moto_server, free_port());
+    moto.create_bucket();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let env = archive_env(&moto.endpoint(), "damage");
+    let server = start_server(&scratch.path().join("data"), &env);
+    let mut client = server.client();
+    let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
+    write_sets(&mut client, &mut model, 1, 1500, &[], &mut states);
+    wait_archived(&mut client, 1500);
+    assert!(server.terminate().success());
+
+    let chunks = moto.keys("damage/wal/");
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    // A flipped byte: same size, another CRC.
+    let victim = chunks[chunks.len() / 2].clone();
+    let mut bytes = moto.get(&victim);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    moto.put(&victim, bytes);
+    let out = restore(&env, &scratch.path().join("r1"), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(victim.as_str()) && stderr.contains("damaged"),
+        "{stderr}"
+    );
+
+    // A missing chunk: the gap is named.
+    moto.delete(&victim);
+    let out = restore(&env, &scratch.path().join("r2"), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("missing from the archive"), "{stderr}");
+}
+
+#[test]
+fn a_bucket_that_does_not_exist_stops_the_server_at_start() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let moto = Moto::start(&moto_server, free_port());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_concordkv"))
+        .arg("serve")
+        .env("CONCORDKV__DATA_DIR", scratch.path().join("data"))
+        .env(
+            "CONCORDKV__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("CONCORDKV__METRICS__ENABLED", "false")
+        .envs(archive_env(&moto.endpoint(), "nobucket"))
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("NoSuchBucket") && stderr.contains(&format!("s3://{BUCKET}/nobucket")),
+        "{stderr}"
+    );
+}

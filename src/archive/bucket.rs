@@ -1,0 +1,210 @@
+//! The archive's bucket, through the `object_store` crate: listing, and
+//! uploads that count only once read back intact.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+use crate::archive::names::{crc, ObjectName};
+use crate::archive::url::ArchiveUrl;
+use crate::config::ArchiveConfig;
+use crate::error::{Error, Result};
+
+/// How long the check at open waits for the archive to answer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// S3's error codes for requests that no retry will let through: wrong
+/// or missing credentials, a bucket that does not exist or is not ours.
+const REFUSALS: [&str; 6] = [
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "NoSuchBucket",
+    "AllAccessDisabled",
+    "InvalidBucketName",
+];
+
+/// Whether `e` is a refusal (see [`REFUSALS`]); `object_store` passes S3's
+/// error body on in its message.
+fn refused(e: &object_store::Error) -> bool {
+    let text = e.to_string();
+    REFUSALS.iter().any(|code| text.contains(code))
+        || matches!(
+            e,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        )
+}
+
+/// One archive: a bucket and the prefix its objects are named under.
+#[derive(Clone)]
+pub(crate) struct Bucket {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    /// `archive.url`, for errors.
+    url: String,
+}
+
+/// An object found by a listing.
+#[derive(Debug, Clone)]
+pub(crate) struct Listed {
+    /// The name under the prefix.
+    pub name: String,
+    pub size: u64,
+}
+
+impl Bucket {
+    /// A client for `config` (credentials from the environment, as the AWS
+    /// SDKs read them). Nothing is sent yet.
+    pub fn connect(config: &ArchiveConfig) -> Result<Bucket> {
+        let url = ArchiveUrl::parse(&config.url).map_err(|reason| Error::Archive {
+            op: "parse archive.url",
+            object: config.url.clone(),
+            reason,
+        })?;
+        let retry = RetryConfig {
+            max_retries: config.max_retries as usize,
+            retry_timeout: Duration::from_millis(config.retry_timeout_ms),
+            ..RetryConfig::default()
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&url.bucket)
+            .with_region(&config.region)
+            .with_allow_http(config.allow_http)
+            .with_retry(retry);
+        if !config.endpoint.is_empty() {
+            builder = builder.with_endpoint(&config.endpoint);
+        }
+        let store = builder.build().map_err(|e| Error::Archive {
+            op: "configure the archive's S3 client",
+            object: config.url.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Bucket {
+            store: Arc::new(store),
+            prefix: url.prefix,
+            url: config.url.clone(),
+        })
+    }
+
+    fn path(&self, name: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}{name}", self.prefix))
+    }
+
+    fn error(&self, op: &'static str, name: &str, e: impl std::fmt::Display) -> Error {
+        Error::Archive {
+            op,
+            object: format!(
+                "{}{}{name}",
+                self.url.trim_end_matches('/'),
+                if name.is_empty() { "" } else { "/" }
+            ),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Lists the prefix once, without retries: an answer that the
+    /// credentials are refused or the bucket does not exist is an error;
+    /// no answer in time only a warning (the archiver keeps trying).
+    pub async fn check(&self) -> Result<()> {
+        let mut listing = self.store.list(Some(&self.path("manifest/")));
+        match tokio::time::timeout(CHECK_TIMEOUT, listing.try_next()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if refused(&e) => Err(self.error("list", "", e)),
+            Ok(Err(e)) => {
+                tracing::warn!(%e, url = %self.url, "the archive did not answer; archiving will retry");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(url = %self.url, "the archive did not answer in time; archiving will retry");
+                Ok(())
+            }
+        }
+    }
+
+    /// Every object under the prefix, in name order.
+    pub async fn list(&self) -> Result<Vec<Listed>> {
+        let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
+        let metas: Vec<_> = self
+            .store
+            .list(prefix.as_ref())
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list", "", e))?;
+        let mut listed: Vec<Listed> = metas
+            .into_iter()
+            .filter_map(|meta| {
+                let full = meta.location.to_string();
+                let name = full.strip_prefix(&self.prefix)?.to_string();
+                Some(Listed {
+                    name,
+                    size: meta.size,
+                })
+            })
+            .collect();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listed)
+    }
+
+    /// The bytes of object `name`.
+    pub async fn get(&self, name: &str) -> Result<Vec<u8>> {
+        let got = self
+            .store
+            .get(&self.path(name))
+            .await
+            .map_err(|e| self.error("download", name, e))?;
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| self.error("download", name, e))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Downloads `name` and checks its bytes against the CRC its name
+    /// carries: a damaged object is an error that names it.
+    pub async fn get_checked(&self, name: &str, expected_crc: u32) -> Result<Vec<u8>> {
+        let bytes = self.get(name).await?;
+        let found = crc(&bytes);
+        if found != expected_crc {
+            return Err(self.error(
+                "check",
+                name,
+                format!(
+                    "the object's CRC is {found:08x}, its name says {expected_crc:08x}: \
+                     it was damaged in the archive"
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Uploads `bytes` as `object`, then reads the object back and checks
+    /// its size and CRC: only then does it count as archived.
+    pub async fn put_verified(&self, object: &ObjectName, bytes: Vec<u8>) -> Result<()> {
+        let name = object.render();
+        let expected = (bytes.len(), crc(&bytes));
+        self.store
+            .put(&self.path(&name), PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.error("upload", &name, e))?;
+        let back = self.get(&name).await?;
+        if (back.len(), crc(&back)) != expected {
+            return Err(self.error(
+                "verify upload",
+                &name,
+                format!(
+                    "read back {} bytes with CRC {:08x}, uploaded {} with CRC {:08x}",
+                    back.len(),
+                    crc(&back),
+                    expected.0,
+                    expected.1
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! One archiving pass: what the archiver does each `archive.max_lag_ms / 2`.
+//! It uploads, in the log's order, every segment's records past what the
+//! archive holds (a listed segment's up to the durable sequence number, a
+//! retired one's to its end), the snapshots the archive lacks, and the
+//! manifest if its generation changed; then deletes the retired files the
+//! archive now holds. Any failure ends the pass where it is (the next one
+//! goes on from there), so the archive never holds a later record without
+//! the earlier ones.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::actors::wal::WalShared;
+use crate::archive::bucket::{Bucket, Listed};
+use crate::archive::chunks::{next_chunk, Held, Next};
+use crate::archive::names::{crc, furthest_run, ChunkName, ObjectName};
+use crate::archive::pending::pending_dir;
+use crate::entry::Seq;
+use crate::error::{Error, Result};
+use crate::format::segment::{parse_segment_file_name, segment_path};
+use crate::format::snapshot::is_snapshot_file_name;
+use crate::lifecycle::manifest::remove_retired;
+
+/// What the archive holds, as far as this archiver knows: learnt from a
+/// listing when it starts, then kept up to date by its own uploads.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    segments: BTreeMap<u64, Held>,
+    snapshots: HashSet<String>,
+    manifest_generation: Option<u64>,
+}
+
+impl Progress {
+    /// What `listed` holds. A segment counts from its first byte through
+    /// the chunks that follow on without a gap (see [`furthest_run`]);
+    /// unknown names are left alone (a restore refuses them).
+    pub fn from_listing(listed: &[Listed]) -> Progress {
+        let mut progress = Progress::default();
+        let mut chunks: Vec<ChunkName> = Vec::new();
+        for object in listed {
+            match ObjectName::parse(&object.name) {
+                Some(ObjectName::Chunk(chunk)) => chunks.push(chunk),
+                Some(ObjectName::Snapshot { file_name, .. }) => {
+                    progress.snapshots.insert(file_name);
+                }
+                Some(ObjectName::Manifest { generation, .. }) => {
+                    progress.manifest_generation =
+                        progress.manifest_generation.max(Some(generation));
+                }
+                None => {
+                    tracing::warn!(object = %object.name, "an object the archive did not name is under its prefix");
+                }
+            }
+        }
+        let mut by_segment: BTreeMap<u64, Vec<ChunkName>> = BTreeMap::new();
+        for chunk in chunks {
+            by_segment.entry(chunk.segment).or_default().push(chunk);
+        }
+        for (id, chunks) in by_segment {
+            // After a gap the archiver uploads again from the gap's start.
+            if let Some(last) = furthest_run(&chunks).0.last() {
+                progress.segments.insert(
+                    id,
+                    Held {
+                        end: last.end,
+                        last_seq: last.last_seq,
+                    },
+                );
+            }
+        }
+        progress
+    }
+}
+
+/// The archiver's state between passes.
+pub(crate) struct Uploader {
+    shared: Arc<WalShared>,
+    bucket: Bucket,
+    progress: Option<Progress>,
+    /// When the archive last held every durable record.
+    caught_up_at: Instant,
+}
+
+impl Uploader {
+    pub fn new(shared: Arc<WalShared>, bucket: Bucket) -> Uploader {
+        Uploader {
+            shared,
+            bucket,
+            progress: None,
+            caught_up_at: Instant::now(),
+        }
+    }
+
+    /// One pass; then the gauges say how far behind the archive is.
+    pub async fn pass(&mut self) -> Result<()> {
+        let result = self.upload().await;
+        let meters = &self.shared.meters;
+        if result.is_err() {
+            meters.archive_upload_errors.increment(1);
+        }
+        let counters = &self.shared.counters;
+        let durable = counters.durable_seq.load(Relaxed);
+        if counters.archived_seq.load(Relaxed) >= durable {
+            self.caught_up_at = Instant::now();
+        }
+        meters
+            .archive_lag_seconds
+            .set(self.caught_up_at.elapsed().as_secs_f64());
+        let pending = pending_files(&self.shared)
+            .iter()
+            .filter_map(|path| self.shared.fs.file_len(path).ok())
+            .sum::<u64>();
+        counters.archive_pending_bytes.store(pending, Relaxed);
+        meters.archive_pending_bytes.set(pending as f64);
+        result
+    }
+
+    async fn upload(&mut self) -> Result<()> {
+        if self.progress.is_none() {
+            let listed = self.bucket.list().await?;
+            self.progress = Some(Progress::from_listing(&listed));
+        }
+        let shared = Arc::clone(&self.shared);
+        let manifest = shared.manifest.current();
+        let pending = pending_files(&shared);
+        let dir = &shared.config.data_dir;
+
+        // Segments in id order, listed ones up to what is durable.
+        let mut segments: BTreeMap<u64, (PathBuf, Seq)> = BTreeMap::new();
+        for path in &pending {
+            if let Some(id) = file_name(path).and_then(parse_segment_file_name) {
+                segments.insert(id, (path.clone(), Seq::MAX));
+            }
+        }
+        let durable = shared.counters.durable_seq.load(Relaxed);
+        for &id in &manifest.segments {
+            segments.insert(id, (segment_path(dir, id), durable));
+        }
+        for (id, (path, upto)) in segments {
+            let retired = upto == Seq::MAX;
+            loop {
+                let held = self.progress().segments.get(&id).copied();
+                let next = match next_chunk(shared.fs.as_ref(), &path, id, held, upto) {
+                    Ok(next) => next,
+                    // Retired under the pass: the next pass finds it pending.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) => return Err(Error::io("read segment for the archive", &path, e)),
+                };
+                match next {
+                    Next::Chunk(chunk, bytes) => {
+                        let size = bytes.len() as u64;
+                        self.bucket
+                            .put_verified(&ObjectName::Chunk(chunk), bytes)
+                            .await?;
+                        shared.meters.archive_uploaded_bytes.increment(size);
+                        self.progress().segments.insert(
+                            id,
+                            Held {
+                                end: chunk.end,
+                                last_seq: chunk.last_seq,
+                            },
+                        );
+                        shared
+                            .counters
+                            .archived_seq
+                            .fetch_max(chunk.last_seq, Relaxed);
+                    }
+                    Next::Nothing { clean, damage } => {
+                        if retired {
+                            if let Some((offset, reason)) = damage {
+                                // Never deleted: damage is not cut away.
+                                return Err(Error::Corruption(crate::error::Corruption {
+                                    file: path,
+                                    offset,
+                                    reason: format!(
+                                        "{reason}; the file is kept in archive-pending, \
+                                         archived up to there"
+                                    ),
+                                }));
+                            }
+                            if clean {
+                                self.release(&path)?;
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+
+        // Snapshots: listed ones and retired ones not archived yet.
+        let mut snapshots: Vec<(PathBuf, bool)> = manifest
+            .snapshots
+            .iter()
+            .map(|s| (crate::lifecycle::snapshot::snapshot_path(dir, s), false))
+            .collect();
+        snapshots.extend(
+            pending
+                .iter()
+                .filter(|p| file_name(p).is_some_and(is_snapshot_file_name))
+                .map(|p| (p.clone(), true)),
+        );
+        for (path, retired) in snapshots {
+            let Some(name) = file_name(&path).map(str::to_string) else {
+                continue;
+            };
+            if !self.progress().snapshots.contains(&name) {
+                let bytes = match shared.fs.read(&path) {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("read snapshot for the archive", &path, e)),
+                };
+                let object = ObjectName::Snapshot {
+                    file_name: name.clone(),
+                    crc: crc(&bytes),
+                };
+                let size = bytes.len() as u64;
+                self.bucket.put_verified(&object, bytes).await?;
+                shared.meters.archive_uploaded_bytes.increment(size);
+                self.progress().snapshots.insert(name);
+            }
+            if retired {
+                self.release(&path)?;
+            }
+        }
+
+        // The manifest last: every file it lists is archived before it.
+        if self.progress().manifest_generation != Some(manifest.generation) {
+            let bytes = manifest.encode();
+            let object = ObjectName::Manifest {
+                generation: manifest.generation,
+                crc: crc(&bytes),
+            };
+            self.bucket.put_verified(&object, bytes).await?;
+            self.progress().manifest_generation = Some(manifest.generation);
+        }
+        Ok(())
+    }
+
+    fn progress(&mut self) -> &mut Progress {
+        self.progress.get_or_insert_with(Progress::default)
+    }
+
+    /// Deletes a retired file the archive now holds whole.
+    fn release(&self, path: &Path) -> Result<()> {
+        let pace = self.shared.config.maintenance.delete_bytes_per_sec;
+        remove_retired(self.shared.fs.as_ref(), &[path.to_path_buf()], pace)
+    }
+}
+
+fn file_name(path: &Path) -> Option<&str> {
+    path.file_name().and_then(|n| n.to_str())
+}
+
+/// The files waiting in the pending directory, sorted.
+fn pending_files(shared: &WalShared) -> Vec<PathBuf> {
+    let mut files = shared
+        .fs
+        .list_dir(&pending_dir(&shared.config.data_dir))
+        .unwrap_or_default();
+    files.sort();
+    files
+}
