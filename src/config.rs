@@ -233,6 +233,9 @@ pub struct ArchiveConfig {
     pub max_retries: u64,
     /// Longest one request is retried for, in ms.
     pub retry_timeout_ms: u64,
+    /// Full snapshots the archive keeps, with everything after the oldest
+    /// of them; older objects are deleted (0: keep everything).
+    pub keep_snapshots: u64,
 }
 
 impl ArchiveConfig {
@@ -550,6 +553,13 @@ impl ArchiveConfig {
             100,
             MAX_TIMEOUT_MS,
             "100 to 604800000",
+        )?;
+        check_range(
+            "archive.keep_snapshots",
+            self.keep_snapshots,
+            0,
+            10_000,
+            "0 (keep everything) to 10000",
         )
     }
 }

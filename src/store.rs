@@ -598,9 +598,12 @@ impl Store {
             }))
     }
 
-    /// The error for a request to an actor whose mailbox is closed: the
-    /// store was shut down, or (before that) the actor panicked, which is
-    /// the only way its mailbox closes while the store runs.
+    /// Whether `shutdown` was called.
+    #[cfg(feature = "archive")]
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shared.shut_down.load(Relaxed)
+    }
+
     /// A request its actor dropped: the store stopped, or the actor died
     /// (and its supervisor restarted it: the next request reaches the new one).
     fn closed_mailbox(&self, actor: &'static str) -> Error {

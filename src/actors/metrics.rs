@@ -229,6 +229,16 @@ pub(crate) fn describe() {
         "Bytes of retired segments and snapshots kept until the archive holds them."
     );
     describe_gauge!(
+        "concordkv_follow_lag_records",
+        Unit::Count,
+        "A follower's records behind the archive it follows, at its last poll."
+    );
+    describe_counter!(
+        "concordkv_follow_errors_total",
+        Unit::Count,
+        "A follower's polls of the archive that failed."
+    );
+    describe_gauge!(
         "concordkv_archive_lag_seconds",
         Unit::Seconds,
         "Seconds since the archive last held every durable record."

@@ -55,6 +55,8 @@ pub(crate) struct Listed {
     /// The name under the prefix.
     pub name: String,
     pub size: u64,
+    /// When it was written, in Unix ms (S3 keeps whole seconds).
+    pub modified_ms: u64,
 }
 
 impl Bucket {
@@ -128,10 +130,21 @@ impl Bucket {
 
     /// Every object under the prefix, in name order.
     pub async fn list(&self) -> Result<Vec<Listed>> {
+        self.list_after(None).await
+    }
+
+    /// The objects under the prefix whose names sort after `after` (a
+    /// name under the prefix), in name order: how a follower asks only for
+    /// what is new.
+    pub async fn list_after(&self, after: Option<&str>) -> Result<Vec<Listed>> {
         let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
-        let metas: Vec<_> = self
-            .store
-            .list(prefix.as_ref())
+        let listing = match after {
+            Some(after) => self
+                .store
+                .list_with_offset(prefix.as_ref(), &self.path(after)),
+            None => self.store.list(prefix.as_ref()),
+        };
+        let metas: Vec<_> = listing
             .try_collect()
             .await
             .map_err(|e| self.error("list", "", e))?;
@@ -143,6 +156,7 @@ impl Bucket {
                 Some(Listed {
                     name,
                     size: meta.size,
+                    modified_ms: u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0),
                 })
             })
             .collect();
@@ -180,6 +194,14 @@ impl Bucket {
             ));
         }
         Ok(bytes)
+    }
+
+    /// Deletes object `name` (gone already is fine).
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        match self.store.delete(&self.path(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("delete", name, e)),
+        }
     }
 
     /// Uploads `bytes` as `object`, then reads the object back and checks

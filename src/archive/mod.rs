@@ -10,6 +10,8 @@
 //! listing alone plans a restore, and every byte is checked against the CRC its
 //! name carries.
 //!
+//! `follow` keeps a read-only copy current from the archive.
+//!
 //! While an archive is configured nothing is deleted before the archive
 //! holds it: retired files wait in [`PENDING_DIR`] until the archiver has
 //! copied them.
@@ -24,11 +26,15 @@ pub(crate) mod bucket;
 #[cfg(feature = "archive")]
 pub(crate) mod chunks;
 #[cfg(feature = "archive")]
+mod follow;
+#[cfg(feature = "archive")]
 mod restore;
 #[cfg(feature = "archive")]
 pub(crate) mod uploader;
 
 #[cfg(feature = "archive")]
-pub use restore::{restore, RestoreReport};
+pub use follow::{follow, FollowStatus};
+#[cfg(feature = "archive")]
+pub use restore::{restore, RestoreReport, RestoreTarget};
 
 pub use pending::PENDING_DIR;

@@ -40,6 +40,20 @@ pub struct RestoreReport {
     pub bytes: u64,
 }
 
+/// How far a restore goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// The latest record the archive holds.
+    Latest,
+    /// Exactly this sequence number.
+    Seq(Seq),
+    /// The latest record the archive held at this time: objects uploaded
+    /// after it are left out (S3 times objects to the second, and the
+    /// archive holds a record at most `archive.max_lag_ms` after it was
+    /// synced).
+    Time(std::time::SystemTime),
+}
+
 /// A snapshot the archive holds.
 struct ArchivedSnapshot {
     object: String,
@@ -50,11 +64,11 @@ struct ArchivedSnapshot {
 }
 
 /// Rebuilds the archive `config` names into `to`, which must not exist or
-/// be empty, as of `upto` (`None`: the latest record the archive holds).
+/// be empty, as of `target`.
 pub async fn restore(
     config: &ArchiveConfig,
     to: &Path,
-    upto: Option<Seq>,
+    target: RestoreTarget,
 ) -> Result<RestoreReport> {
     let bucket = Bucket::connect(config)?;
     let refuse = |object: &str, reason: String| Error::Archive {
@@ -77,7 +91,16 @@ pub async fn restore(
     }
 
     // Plan from one listing.
-    let listed = bucket.list().await?;
+    let mut listed = bucket.list().await?;
+    let upto = match target {
+        RestoreTarget::Latest => None,
+        RestoreTarget::Seq(seq) => Some(seq),
+        RestoreTarget::Time(time) => {
+            let ms = crate::entry::unix_millis(time);
+            listed.retain(|object| object.modified_ms <= ms);
+            None
+        }
+    };
     let mut chunks: BTreeMap<u64, Vec<(ChunkName, String)>> = BTreeMap::new();
     let mut snapshots = Vec::new();
     let mut manifests = Vec::new();

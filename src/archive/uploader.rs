@@ -82,6 +82,9 @@ pub(crate) struct Uploader {
     progress: Option<Progress>,
     /// When the archive last held every durable record.
     caught_up_at: Instant,
+    /// Snapshots uploaded since retention last ran: it runs after a pass
+    /// that uploaded one (and after the first pass).
+    snapshots_since_retention: u64,
 }
 
 impl Uploader {
@@ -91,6 +94,7 @@ impl Uploader {
             bucket,
             progress: None,
             caught_up_at: Instant::now(),
+            snapshots_since_retention: 1,
         }
     }
 
@@ -221,6 +225,7 @@ impl Uploader {
                 self.bucket.put_verified(&object, bytes).await?;
                 shared.meters.archive_uploaded_bytes.increment(size);
                 self.progress().snapshots.insert(name);
+                self.snapshots_since_retention += 1;
             }
             if retired {
                 self.release(&path)?;
@@ -237,6 +242,66 @@ impl Uploader {
             self.bucket.put_verified(&object, bytes).await?;
             self.progress().manifest_generation = Some(manifest.generation);
         }
+        if self.snapshots_since_retention > 0 && shared.config.archive.keep_snapshots > 0 {
+            self.apply_retention().await?;
+            self.snapshots_since_retention = 0;
+        }
+        Ok(())
+    }
+
+    /// Deletes what the archive keeps no longer (`archive.keep_snapshots`):
+    /// snapshots older than the oldest full one kept, and whole segments
+    /// whose every record it covers (a segment is kept or deleted whole: its
+    /// first chunk holds the header the rest needs), and manifests older
+    /// than the newest few.
+    async fn apply_retention(&mut self) -> Result<()> {
+        let keep = self.shared.config.archive.keep_snapshots as usize;
+        let listed = self.bucket.list().await?;
+        let mut fulls: Vec<Seq> = Vec::new();
+        let mut segment_last: BTreeMap<u64, Seq> = BTreeMap::new();
+        let mut manifests = Vec::new();
+        for object in &listed {
+            match ObjectName::parse(&object.name) {
+                Some(ObjectName::Snapshot { file_name, .. })
+                    if file_name.ends_with(".full.snap") =>
+                {
+                    fulls.push(snapshot_to_seq(&file_name));
+                }
+                Some(ObjectName::Chunk(chunk)) => {
+                    let last = segment_last.entry(chunk.segment).or_default();
+                    *last = (*last).max(chunk.last_seq);
+                }
+                Some(ObjectName::Manifest { generation, .. }) => manifests.push(generation),
+                _ => {}
+            }
+        }
+        fulls.sort_unstable();
+        if fulls.len() <= keep {
+            return Ok(());
+        }
+        let cutoff = fulls[fulls.len() - keep];
+        manifests.sort_unstable();
+        let newest_manifests: HashSet<u64> = manifests
+            .iter()
+            .rev()
+            .take(MANIFESTS_KEPT)
+            .copied()
+            .collect();
+        for object in &listed {
+            let old = match ObjectName::parse(&object.name) {
+                Some(ObjectName::Snapshot { file_name, .. }) => {
+                    snapshot_to_seq(&file_name) < cutoff
+                }
+                Some(ObjectName::Chunk(chunk)) => segment_last[&chunk.segment] <= cutoff,
+                Some(ObjectName::Manifest { generation, .. }) => {
+                    !newest_manifests.contains(&generation)
+                }
+                None => false,
+            };
+            if old {
+                self.bucket.delete(&object.name).await?;
+            }
+        }
         Ok(())
     }
 
@@ -249,6 +314,20 @@ impl Uploader {
         let pace = self.shared.config.maintenance.delete_bytes_per_sec;
         remove_retired(self.shared.fs.as_ref(), &[path.to_path_buf()], pace)
     }
+}
+
+/// Manifests the archive keeps under retention: the newest few, which
+/// only tell a restore what kind of store it holds.
+const MANIFESTS_KEPT: usize = 16;
+
+/// The sequence number a snapshot file name says it covers up to.
+fn snapshot_to_seq(file_name: &str) -> Seq {
+    let stem = file_name
+        .strip_suffix(".full.snap")
+        .or_else(|| file_name.strip_suffix(".incr.snap"))
+        .unwrap_or(file_name);
+    let to = stem.rsplit('-').next().unwrap_or(stem);
+    to.parse().unwrap_or(0)
 }
 
 fn file_name(path: &Path) -> Option<&str> {

@@ -28,6 +28,12 @@ enum Command {
         /// A TOML configuration file; every key is optional (see config/default.toml).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Serve a read-only copy of this archive (s3://bucket/prefix),
+        /// restored into data_dir if it holds no store yet and kept current
+        /// every archive.max_lag_ms; writes are answered READONLY. The
+        /// [archive] settings (endpoint, region, ...) say how to reach it.
+        #[arg(long, value_name = "S3_URL")]
+        follow: Option<String>,
     },
     /// Load a fresh directory in-process and report throughput and latency
     /// next to the raw fdatasync floor of the same directory.
@@ -143,6 +149,7 @@ enum Command {
     /// is refused with the missing range. Credentials come from the
     /// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). Exit 0:
     /// restored (`verify` and `serve` take the directory as it is); 2: not.
+    /// With --time, what the archive held then.
     Restore {
         /// s3://bucket/prefix (default: archive.url of the configuration).
         #[arg(long)]
@@ -151,8 +158,12 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
         /// Restore up to this sequence number (default: the latest archived).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "time")]
         seq: Option<u64>,
+        /// Restore what the archive held at this time (RFC 3339, e.g.
+        /// 2026-12-03T10:00:00Z; to the second, as S3 times objects).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        time: Option<std::time::SystemTime>,
         /// A TOML configuration file for the [archive] settings (endpoint,
         /// region, allow_http, retries).
         #[arg(long, short)]
@@ -222,6 +233,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             from,
             to,
             seq,
+            time,
             config,
         } => {
             let mut archive = Config::load(config.as_deref())?.archive;
@@ -236,7 +248,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let report = runtime.block_on(concordkv::archive::restore(&archive, &to, seq))?;
+            let target = match (seq, time) {
+                (Some(seq), _) => concordkv::archive::RestoreTarget::Seq(seq),
+                (None, Some(time)) => concordkv::archive::RestoreTarget::Time(time),
+                (None, None) => concordkv::archive::RestoreTarget::Latest,
+            };
+            let report = runtime.block_on(concordkv::archive::restore(&archive, &to, target))?;
             println!(
                 "restored {} up to sequence number {}: {} snapshot(s), {} segment(s), {} objects, {} bytes",
                 to.display(),
@@ -295,13 +312,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(exit_for(&found))
         }
-        Command::Serve { config } => {
+        Command::Serve { config, follow } => {
             let config = Config::load(config.as_deref())?;
+            let follow = follow.map(|url| concordkv::ArchiveConfig {
+                url,
+                ..config.archive.clone()
+            });
+            if let Some(source) = &follow {
+                let mut check = config.clone();
+                check.archive = source.clone();
+                check.validate()?;
+            }
             // Before the System: the exporter then has a thread of its own.
             if config.metrics.enabled {
                 concordkv::install_prometheus_exporter(&config.metrics)?;
             }
-            actix_rt::System::new().block_on(concordkv_server::server::serve(config))?;
+            actix_rt::System::new().block_on(concordkv_server::server::serve(config, follow))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -7,7 +7,8 @@
 //! restores to the latest record and to earlier sequence numbers must equal
 //! the writes up to there, pass `verify` and serve; an archive that is not
 //! there keeps every retired file until it is; damage in the bucket and a
-//! gap are refused by name.
+//! gap are refused by name; a follower converges on the store it follows
+//! and refuses writes.
 
 mod common;
 
@@ -51,8 +52,13 @@ fn moto_binary() -> Option<PathBuf> {
 
 impl Moto {
     fn start(binary: &Path, port: u16) -> Moto {
+        Moto::start_with_env(binary, port, &[])
+    }
+
+    fn start_with_env(binary: &Path, port: u16, env: &[(&str, &str)]) -> Moto {
         let child = Command::new(binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -281,8 +287,15 @@ fn restores_equal_the_writes_up_to_the_latest_and_earlier_sequence_numbers() {
     let server = start_server(&scratch.path().join("data"), &env);
     let mut client = server.client();
     let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
-    let marks = [700, 1900, 3100];
-    write_sets(&mut client, &mut model, 1, 4000, &marks, &mut states);
+    let marks = [700, 1500, 1900, 3100];
+    write_sets(&mut client, &mut model, 1, 1500, &marks, &mut states);
+    // A moment when the archive held exactly 1..=1500 (S3 times objects
+    // to the second: a second of quiet on either side).
+    wait_archived(&mut client, 1500);
+    std::thread::sleep(Duration::from_millis(1100));
+    let moment = std::time::SystemTime::now();
+    std::thread::sleep(Duration::from_millis(1100));
+    write_sets(&mut client, &mut model, 1501, 2500, &marks, &mut states);
     wait_archived(&mut client, 4000);
     // Compactions retired segments: they went to the archive, then away.
     assert!(
@@ -300,7 +313,28 @@ fn restores_equal_the_writes_up_to_the_latest_and_earlier_sequence_numbers() {
     assert!(server.terminate().success());
 
     assert_eq!(restored_state(&env, scratch.path(), None), model, "latest");
-    for seq in marks {
+    let at = humantime::format_rfc3339_millis(moment).to_string();
+    let to = scratch.path().join("restored-at-time");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_concordkv"));
+    command
+        .args(["restore", "--time", &at])
+        .arg("--to")
+        .arg(&to);
+    let out = command
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("restore --time");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("up to sequence number 1500"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for seq in [700, 1900, 3100] {
         assert_eq!(
             restored_state(&env, scratch.path(), Some(seq)),
             states[&seq],
@@ -392,6 +426,43 @@ fn restore_names_a_damaged_object_and_a_missing_range() {
     assert!(stderr.contains("missing from the archive"), "{stderr}");
 }
 
+/// What `concordkv serve` says when it cannot start archiving.
+fn refused_at_start(moto: &Moto, prefix: &str, credentials: &str) -> String {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_concordkv"))
+        .arg("serve")
+        .env("CONCORDKV__DATA_DIR", scratch.path().join("data"))
+        .env(
+            "CONCORDKV__SERVER__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("CONCORDKV__METRICS__ENABLED", "false")
+        .envs(archive_env(&moto.endpoint(), prefix))
+        .env("AWS_ACCESS_KEY_ID", credentials)
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn wrong_credentials_stop_the_server_at_start() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    // Every request must then be signed with a key moto's IAM knows.
+    let moto = Moto::start_with_env(
+        &moto_server,
+        free_port(),
+        &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")],
+    );
+    let stderr = refused_at_start(&moto, "creds", "AKIANOBODYKNOWS");
+    assert!(
+        stderr.contains("InvalidAccessKeyId") && stderr.contains(&format!("s3://{BUCKET}/creds")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_bucket_that_does_not_exist_stops_the_server_at_start() {
     let Some(moto_server) = moto_binary() else {
@@ -416,4 +487,165 @@ fn a_bucket_that_does_not_exist_stops_the_server_at_start() {
         stderr.contains("NoSuchBucket") && stderr.contains(&format!("s3://{BUCKET}/nobucket")),
         "{stderr}"
     );
+}
+
+fn all_keys(client: &mut Client) -> BTreeMap<String, String> {
+    let mut state = BTreeMap::new();
+    for i in 0..300 {
+        let key = format!("k{i:03}");
+        if let BytesFrame::BulkString(value) = client.call(&["GET", &key]) {
+            state.insert(key, String::from_utf8_lossy(&value).into_owned());
+        }
+    }
+    state
+}
+
+fn replication_field(client: &mut Client, field: &str) -> String {
+    let BytesFrame::BulkString(info) = client.call(&["INFO", "replication"]) else {
+        panic!("INFO answered no bulk string");
+    };
+    let info = String::from_utf8_lossy(&info).into_owned();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO:\n{info}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_follower_converges_within_the_lag_bound_and_refuses_writes() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let moto = Moto::start(&moto_server, free_port());
+    moto.create_bucket();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let env = archive_env(&moto.endpoint(), "follow");
+    let primary = start_server(&scratch.path().join("primary"), &env);
+    let mut writer = primary.client();
+    let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
+    write_sets(&mut writer, &mut model, 1, 1200, &[], &mut states);
+    wait_archived(&mut writer, 1200);
+
+    // The follower restores what is archived, then tails the rest.
+    let follower_env: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| *k != "CONCORDKV__ARCHIVE__URL")
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let url = format!("s3://{BUCKET}/follow");
+    let follower = Server::start_with_args(
+        &scratch.path().join("follower"),
+        &follower_env,
+        &["--follow", &url],
+    );
+    let mut reader = follower.client();
+    assert_eq!(replication_field(&mut reader, "role"), "slave");
+    write_sets(&mut writer, &mut model, 1201, 800, &[], &mut states);
+    // Writes stop: the follower holds all of them within max_lag_ms (50)
+    // plus one poll (50), and some slack for a loaded machine.
+    let stopped = Instant::now();
+    while replication_field(&mut reader, "slave_repl_offset") != "2000" {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "the follower is at {} of 2000",
+            replication_field(&mut reader, "slave_repl_offset")
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let converged = stopped.elapsed();
+    assert_eq!(all_keys(&mut reader), model);
+    assert_eq!(replication_field(&mut reader, "master_link_status"), "up");
+    assert_eq!(replication_field(&mut reader, "follow_lag_records"), "0");
+
+    // Writes are refused as a Redis replica refuses them, MULTI too.
+    let refused = reader.call(&["SET", "k001", "mine"]);
+    assert!(
+        common::server::is_error(&refused, "READONLY"),
+        "{refused:?}"
+    );
+    assert!(common::server::is_error(
+        &reader.call(&["DEL", "k001"]),
+        "READONLY"
+    ));
+    assert_eq!(reader.call(&["MULTI"]), common::server::ok());
+    assert!(common::server::is_error(
+        &reader.call(&["SET", "a", "b"]),
+        "READONLY"
+    ));
+    assert!(common::server::is_error(
+        &reader.call(&["EXEC"]),
+        "EXECABORT"
+    ));
+    assert_eq!(all_keys(&mut reader), model);
+
+    // Restarted, it goes on from its own copy.
+    assert!(follower.terminate().success());
+    write_sets(&mut writer, &mut model, 2001, 100, &[], &mut states);
+    let follower = Server::start_with_args(
+        &scratch.path().join("follower"),
+        &follower_env,
+        &["--follow", &url],
+    );
+    let mut reader = follower.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replication_field(&mut reader, "slave_repl_offset") != "2100" {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted follower did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(all_keys(&mut reader), model);
+    let _ = writeln!(
+        std::io::stderr(),
+        "the follower converged {converged:?} after the writes stopped"
+    );
+    assert!(follower.terminate().success());
+    assert!(primary.terminate().success());
+}
+
+#[test]
+fn retention_keeps_the_newest_full_snapshots_and_what_follows_them() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let moto = Moto::start(&moto_server, free_port());
+    moto.create_bucket();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut env = archive_env(&moto.endpoint(), "retention");
+    env.push(("CONCORDKV__ARCHIVE__KEEP_SNAPSHOTS", "1".into()));
+    let server = start_server(&scratch.path().join("data"), &env);
+    let mut client = server.client();
+    let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
+    write_sets(&mut client, &mut model, 1, 4000, &[], &mut states);
+    wait_archived(&mut client, 4000);
+    let fulls = || {
+        moto.keys("retention/snap/")
+            .into_iter()
+            .filter(|k| k.contains(".full.snap"))
+            .count()
+    };
+    // The oldest segments go with the snapshots that covered them.
+    let first_segment = || {
+        moto.keys("retention/wal/")
+            .iter()
+            .any(|k| k.starts_with("retention/wal/00000000000000000001/"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fulls() != 1 || first_segment() {
+        assert!(
+            Instant::now() < deadline,
+            "{} full snapshots kept; segment 1 kept: {}",
+            fulls(),
+            first_segment()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.terminate().success());
+    assert_eq!(restored_state(&env, scratch.path(), None), model);
+    let out = restore(&env, &scratch.path().join("too-early"), Some(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("missing from the archive"), "{stderr}");
 }

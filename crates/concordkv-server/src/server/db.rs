@@ -9,6 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::ops::Bound;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -30,6 +31,12 @@ pub trait View {
     fn latest(&self, key: &[u8]) -> Option<Bytes> {
         self.entry(key).map(|stored| stored.value)
     }
+
+    /// Whether writes are refused: a follower's copy changes only as the
+    /// store it follows does.
+    fn read_only(&self) -> bool {
+        false
+    }
 }
 
 /// The store, a handle on its state, the writes in flight and the watched
@@ -43,9 +50,22 @@ pub struct Db {
     /// Expired keys whose deletion the log acknowledged (`INFO`'s
     /// `expired_keys`).
     expired: Cell<u64>,
+    /// With `serve --follow`: the archive followed, and how it goes.
+    following: Option<Following>,
+}
+
+/// What a follower serves from.
+pub struct Following {
+    /// The archive's `s3://` URL.
+    pub url: String,
+    pub status: Arc<concordkv::archive::FollowStatus>,
 }
 
 impl View for Db {
+    fn read_only(&self) -> bool {
+        self.following.is_some()
+    }
+
     fn entry(&self, key: &[u8]) -> Option<Stored> {
         match self.in_flight(key) {
             Some(latest) => latest.filter(|stored| stored.is_live(now_ms())),
@@ -66,7 +86,22 @@ impl Db {
             watches: Rc::default(),
             cursors: RefCell::default(),
             expired: Cell::new(0),
+            following: None,
         }
+    }
+
+    /// Serves `store` read-only, as a follower of an archive: every write
+    /// is answered `READONLY`, and only the follower changes the store.
+    pub fn follower(store: Store, following: Following) -> Db {
+        Db {
+            following: Some(following),
+            ..Db::new(store)
+        }
+    }
+
+    /// The archive this server follows, if it does.
+    pub fn following(&self) -> Option<&Following> {
+        self.following.as_ref()
     }
 
     /// The versions `WATCH` checks.

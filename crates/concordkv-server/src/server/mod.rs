@@ -44,10 +44,10 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use accept_backoff::AcceptBackoff;
 use clients::Clients;
-use concordkv::Config;
 use concordkv::Store;
+use concordkv::{ArchiveConfig, Config};
 use connection::ConnectionSettings;
-use db::Db;
+use db::{Db, Following};
 
 /// Why the server could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -70,15 +70,25 @@ pub enum ServeError {
 }
 
 /// Opens the store, serves until SIGINT or SIGTERM, then shuts down cleanly.
-/// Must run inside an actix System.
-pub async fn serve(config: Config) -> Result<(), ServeError> {
+/// With `follow`, serves a read-only copy of that archive instead (see
+/// [`open_follower`]). Must run inside an actix System.
+pub async fn serve(config: Config, follow: Option<ArchiveConfig>) -> Result<(), ServeError> {
     let addr: SocketAddr = config
         .server
         .listen
         .parse()
         .map_err(|_| ServeError::BadListen(config.server.listen.clone()))?;
     let listener = listen(addr).map_err(|source| ServeError::Listen { addr, source })?;
-    let (store, recovery) = Store::open(config.clone()).await?;
+    let (store, recovery, following) = match follow {
+        Some(source) => {
+            let (store, recovery, following) = open_follower(&config, source).await?;
+            (store, recovery, Some(following))
+        }
+        None => {
+            let (store, recovery) = Store::open(config.clone()).await?;
+            (store, recovery, None)
+        }
+    };
     tracing::info!(
         records = recovery.replayed,
         keys = recovery.keys,
@@ -87,8 +97,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         elapsed_ms = recovery.elapsed.as_millis() as u64,
         "recovered the log"
     );
-    let db = Rc::new(Db::new(store.clone()));
-    let purge = actix_rt::spawn(expiry::purge_expired(Rc::clone(&db)));
+    let (db, background) = match following {
+        // A follower deletes nothing itself: the deletions of expired keys
+        // come from the store it follows.
+        Some((following, follower)) => (Rc::new(Db::follower(store.clone(), following)), follower),
+        None => {
+            let db = Rc::new(Db::new(store.clone()));
+            let purge = actix_rt::spawn(expiry::purge_expired(Rc::clone(&db)));
+            (db, purge)
+        }
+    };
     tracing::info!(%addr, data_dir = %config.data_dir.display(), sync_mode = %config.wal.sync_mode, "serving RESP");
 
     protected_mode::warn_if_exposed(&config.server, addr);
@@ -152,10 +170,59 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     }
     tracing::info!("shutting down: draining and syncing acknowledged writes");
     drop(listener);
-    purge.abort();
+    background.abort();
     store.shutdown().await?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Opens the local copy of the archive `source` for `serve --follow`:
+/// restored from the archive first if `data_dir` holds no store yet, then
+/// kept current by [`concordkv::archive::follow`] on a task of its own.
+async fn open_follower(
+    config: &Config,
+    source: ArchiveConfig,
+) -> Result<
+    (
+        Store,
+        concordkv::Recovery,
+        (Following, actix_rt::task::JoinHandle<()>),
+    ),
+    ServeError,
+> {
+    let mut local = config.clone();
+    // The copy archives nothing: it is the archive's.
+    local.archive.url.clear();
+    if !local.data_dir.join("MANIFEST").exists() {
+        tracing::info!(url = %source.url, data_dir = %local.data_dir.display(), "restoring the archive before following it");
+        let report = concordkv::archive::restore(
+            &source,
+            &local.data_dir,
+            concordkv::archive::RestoreTarget::Latest,
+        )
+        .await?;
+        tracing::info!(
+            last_seq = report.last_seq,
+            objects = report.objects,
+            bytes = report.bytes,
+            "restored"
+        );
+    }
+    let (store, recovery) = Store::open(local).await?;
+    let status = Arc::new(concordkv::archive::FollowStatus::default());
+    let following = Following {
+        url: source.url.clone(),
+        status: Arc::clone(&status),
+    };
+    let follower = actix_rt::spawn({
+        let store = store.clone();
+        async move {
+            if let Err(e) = concordkv::archive::follow(store, source, status).await {
+                tracing::error!(%e, "stopped following the archive; reads go on from the copy as it is");
+            }
+        }
+    });
+    Ok((store, recovery, (following, follower)))
 }
 
 /// Connections the kernel may hold for `accept` (capped by

@@ -103,6 +103,14 @@ impl Session {
                 name.as_slice(),
                 b"EXEC" | b"DISCARD" | b"MULTI" | b"WATCH" | b"QUIT" | b"RESET"
             ) {
+                let spec = super::cmd::table::lookup(&name);
+                if let Some(refusal) =
+                    spec.and_then(|spec| super::cmd::read_only_refusal(view, spec))
+                {
+                    // Redis dooms the transaction on a refused command.
+                    transaction.doom();
+                    return Some(refusal);
+                }
                 return Some(transaction.queue(args.to_vec()));
             }
         }

@@ -46,19 +46,30 @@ impl Server {
     /// port found free can be taken by another test's server before ours
     /// binds it: retry on a new port until the server answering is ours.
     pub fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+        Server::start_with_args(dir, extra_env, &[])
+    }
+
+    /// As [`Server::start`], with more arguments after `serve`.
+    pub fn start_with_args(dir: &Path, extra_env: &[(&str, &str)], args: &[&str]) -> Server {
         for _ in 0..20 {
             let port = free_port();
-            if let Some(server) = Server::try_start(dir, port, extra_env) {
+            if let Some(server) = Server::try_start(dir, port, extra_env, args) {
                 return server;
             }
         }
         panic!("could not start a server on a free port");
     }
 
-    fn try_start(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Option<Server> {
+    fn try_start(
+        dir: &Path,
+        port: u16,
+        extra_env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Option<Server> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_concordkv"));
         command
             .arg("serve")
+            .args(args)
             .env("CONCORDKV__DATA_DIR", dir)
             .env("CONCORDKV__SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .env("CONCORDKV__METRICS__ENABLED", "false")

@@ -80,6 +80,31 @@ pub fn info(db: &Db, section: Option<&Bytes>) -> Reply {
             );
         }
     }
+    if show("replication") {
+        match db.following() {
+            Some(following) => {
+                let status = &following.status;
+                let contact = status.since_contact_ms();
+                let _ = write!(
+                    out,
+                    "# Replication\r\nrole:slave\r\nmaster_url:{}\r\nmaster_link_status:{}\r\nmaster_last_io_seconds_ago:{}\r\nslave_read_only:1\r\nslave_repl_offset:{}\r\nfollow_archive_seq:{}\r\nfollow_lag_records:{}\r\nfollow_error:{}\r\n\r\n",
+                    following.url,
+                    if status.error().is_none() && contact.is_some() { "up" } else { "down" },
+                    contact.map_or(-1, |ms| (ms / 1000) as i64),
+                    status.applied_seq(),
+                    status.archive_seq(),
+                    status.archive_seq().saturating_sub(status.applied_seq()),
+                    status.error().unwrap_or_default().replace(['\r', '\n'], " "),
+                );
+            }
+            None => {
+                let _ = write!(
+                    out,
+                    "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n"
+                );
+            }
+        }
+    }
     if show("keyspace") && !db.is_empty() {
         let _ = write!(out, "# Keyspace\r\ndb0:keys={}\r\n\r\n", db.len());
     }

@@ -57,6 +57,15 @@ pub fn write_error(e: &Error) -> Frame {
     }
 }
 
+/// A replica's answer to a write, in Redis's words, so that clients that
+/// know replicas (and route writes to the primary) recognise it.
+pub const READONLY: &str = "READONLY You can't write against a read only replica.";
+
+/// `READONLY` for a write `spec` on a read-only `view`.
+pub fn read_only_refusal(view: &dyn crate::server::db::View, spec: &table::Spec) -> Option<Frame> {
+    (view.read_only() && spec.flags.contains(&"write")).then(|| Frame::Error(READONLY.into()))
+}
+
 /// The `+OK` reply.
 pub fn ok() -> Frame {
     Frame::Simple("OK")
@@ -92,6 +101,9 @@ pub async fn execute(args: Vec<Bytes>, db: &Db) -> Reply {
     };
     if !spec.arity_fits(rest.len()) {
         return wrong_arity(spec.name);
+    }
+    if let Some(refusal) = read_only_refusal(db, spec) {
+        return Reply::Now(refusal);
     }
     match spec.name {
         "ping" => connection::ping(rest),

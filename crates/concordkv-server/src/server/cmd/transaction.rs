@@ -85,6 +85,11 @@ impl Transaction {
         }
     }
 
+    /// Makes `EXEC` fail with `EXECABORT`: a command was refused.
+    pub fn doom(&mut self) {
+        self.refused = true;
+    }
+
     /// Queues `args`, or refuses it (and dooms the transaction).
     pub fn queue(&mut self, args: Vec<Bytes>) -> Frame {
         let Some(name) = args.first() else {
