@@ -1,6 +1,7 @@
 //! The archive's bucket, through the `object_store` crate: listing, and
 //! uploads that count only once read back intact.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +14,14 @@ use crate::archive::names::{crc, ObjectName};
 use crate::archive::url::ArchiveUrl;
 use crate::config::ArchiveConfig;
 use crate::error::{Error, Result};
+use crate::fs::FileSystem;
 
 /// How long the check at open waits for the archive to answer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Files larger than this go up in parts of this size, one part in memory
+/// at a time (S3 wants parts of at least 5 MiB, but the last).
+pub(crate) const PART_BYTES: u64 = 8 << 20;
 
 /// S3's error codes for requests that no retry will let through: wrong
 /// or missing credentials, a bucket that does not exist or is not ours.
@@ -228,5 +234,150 @@ impl Bucket {
             ));
         }
         Ok(())
+    }
+
+    /// Uploads file `path` as `object` without holding it in memory: in
+    /// parts of [`PART_BYTES`] when it is larger, then reads the object back
+    /// as a stream and checks its size and CRC, as [`Bucket::put_verified`]
+    /// does. A failed part aborts the upload, leaving no object.
+    pub async fn put_file_verified(
+        &self,
+        fs: &dyn FileSystem,
+        path: &Path,
+        object: &ObjectName,
+        expected: (u64, u32),
+    ) -> Result<()> {
+        let name = object.render();
+        let read = |offset: u64| -> Result<Vec<u8>> {
+            let len = PART_BYTES.min(expected.0 - offset) as usize;
+            let mut buf = vec![0u8; len];
+            let mut filled = 0;
+            while filled < len {
+                match fs.read_at(path, offset + filled as u64, &mut buf[filled..]) {
+                    Ok(0) => {
+                        return Err(Error::io(
+                            "read file for the archive",
+                            path,
+                            std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                format!("shorter than the {} bytes it had", expected.0),
+                            ),
+                        ))
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) => return Err(Error::io("read file for the archive", path, e)),
+                }
+            }
+            Ok(buf)
+        };
+        if expected.0 <= PART_BYTES {
+            return self.put_verified(object, read(0)?).await;
+        }
+        let location = self.path(&name);
+        let mut upload = self
+            .store
+            .put_multipart(&location)
+            .await
+            .map_err(|e| self.error("start upload", &name, e))?;
+        let mut offset = 0;
+        while offset < expected.0 {
+            let part = match read(offset) {
+                Ok(part) => part,
+                Err(e) => {
+                    let _ = upload.abort().await;
+                    return Err(e);
+                }
+            };
+            offset += part.len() as u64;
+            if let Err(e) = upload.put_part(PutPayload::from(part)).await {
+                let _ = upload.abort().await;
+                return Err(self.error("upload part", &name, e));
+            }
+        }
+        if let Err(e) = upload.complete().await {
+            let _ = upload.abort().await;
+            return Err(self.error("upload", &name, e));
+        }
+        let back = self.stream_checked(&name, |_| Ok(())).await?;
+        if back != expected {
+            return Err(self.error(
+                "verify upload",
+                &name,
+                format!(
+                    "read back {} bytes with CRC {:08x}, uploaded {} with CRC {:08x}",
+                    back.0, back.1, expected.0, expected.1
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Streams object `name` to `sink` a piece at a time; its size and CRC.
+    async fn stream_checked(
+        &self,
+        name: &str,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<(u64, u32)> {
+        let mut stream = self
+            .store
+            .get(&self.path(name))
+            .await
+            .map_err(|e| self.error("download", name, e))?
+            .into_stream();
+        let (mut len, mut hasher) = (0u64, crc32fast::Hasher::new());
+        while let Some(piece) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.error("download", name, e))?
+        {
+            hasher.update(&piece);
+            len += piece.len() as u64;
+            sink(&piece)?;
+        }
+        Ok((len, hasher.finalize()))
+    }
+
+    /// Downloads object `name` into a new file at `path`, synced, without
+    /// holding it in memory; a CRC other than `expected_crc` is an error
+    /// that names the object, and the file is removed.
+    pub async fn download_checked(
+        &self,
+        fs: &dyn FileSystem,
+        name: &str,
+        expected_crc: u32,
+        path: &Path,
+    ) -> Result<u64> {
+        let file = fs
+            .create(path, 0)
+            .map_err(|e| Error::io("create restored file", path, e))?;
+        let mut at = 0u64;
+        let result = self
+            .stream_checked(name, |piece| {
+                file.write_at(piece, at)
+                    .map_err(|e| Error::io("write restored file", path, e))?;
+                at += piece.len() as u64;
+                Ok(())
+            })
+            .await;
+        let checked = match result {
+            Ok((len, found)) if found == expected_crc => file
+                .sync_all()
+                .map(|()| len)
+                .map_err(|e| Error::io("sync restored file", path, e)),
+            Ok((_, found)) => Err(self.error(
+                "check",
+                name,
+                format!(
+                    "the object's CRC is {found:08x}, its name says {expected_crc:08x}: \
+                     it was damaged in the archive"
+                ),
+            )),
+            Err(e) => Err(e),
+        };
+        if checked.is_err() {
+            drop(file);
+            let _ = fs.remove(path);
+        }
+        checked
     }
 }

@@ -22,6 +22,7 @@ use crate::entry::Seq;
 use crate::error::{Error, Result};
 use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::is_snapshot_file_name;
+use crate::fs::FileSystem;
 use crate::lifecycle::manifest::remove_retired;
 
 /// What the archive holds, as far as this archiver knows: learnt from a
@@ -212,17 +213,20 @@ impl Uploader {
                 continue;
             };
             if !self.progress().snapshots.contains(&name) {
-                let bytes = match shared.fs.read(&path) {
-                    Ok(bytes) => bytes,
+                // Read twice rather than held: a snapshot is as large as
+                // the state.
+                let (size, crc) = match file_crc(shared.fs.as_ref(), &path) {
+                    Ok(found) => found,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(Error::io("read snapshot for the archive", &path, e)),
                 };
                 let object = ObjectName::Snapshot {
                     file_name: name.clone(),
-                    crc: crc(&bytes),
+                    crc,
                 };
-                let size = bytes.len() as u64;
-                self.bucket.put_verified(&object, bytes).await?;
+                self.bucket
+                    .put_file_verified(shared.fs.as_ref(), &path, &object, (size, crc))
+                    .await?;
                 shared.meters.archive_uploaded_bytes.increment(size);
                 self.progress().snapshots.insert(name);
                 self.snapshots_since_retention += 1;
@@ -328,6 +332,21 @@ fn snapshot_to_seq(file_name: &str) -> Seq {
         .unwrap_or(file_name);
     let to = stem.rsplit('-').next().unwrap_or(stem);
     to.parse().unwrap_or(0)
+}
+
+/// The size and CRC of file `path`, read a piece at a time.
+fn file_crc(fs: &dyn FileSystem, path: &Path) -> std::io::Result<(u64, u32)> {
+    let (mut len, mut hasher) = (0u64, crc32fast::Hasher::new());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match fs.read_at(path, len, &mut buf)? {
+            0 => return Ok((len, hasher.finalize())),
+            n => {
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+        }
+    }
 }
 
 fn file_name(path: &Path) -> Option<&str> {

@@ -649,3 +649,209 @@ fn retention_keeps_the_newest_full_snapshots_and_what_follows_them() {
     assert!(!out.status.success());
     assert!(stderr.contains("missing from the archive"), "{stderr}");
 }
+
+/// A loopback TCP proxy to moto that, while `flaky`, cuts each new
+/// connection after a few bytes one way or the other: in a request's
+/// headers, in the middle of an uploaded body, or after moto took a whole
+/// upload but before its answer arrived (the upload happened; the
+/// archiver cannot know).
+struct CuttingProxy {
+    port: u16,
+    flaky: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CuttingProxy {
+    /// Bytes let through (to moto, to the archiver) before a cut, by the
+    /// connection's number.
+    const BUDGETS: [(u64, u64); 5] = [
+        (100, u64::MAX),
+        (1_500, u64::MAX),
+        (9_000, u64::MAX),
+        (30_000, u64::MAX),
+        (u64::MAX, 12),
+    ];
+
+    fn start(upstream: u16) -> CuttingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let flaky = Arc::new(AtomicBool::new(true));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let (accept_flaky, accept_cuts) = (flaky.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (up, down) = if accept_flaky.load(Ordering::SeqCst) {
+                    Self::BUDGETS[n % Self::BUDGETS.len()]
+                } else {
+                    (u64::MAX, u64::MAX)
+                };
+                let pipe = |from: &TcpStream, to: &TcpStream, budget: u64| {
+                    let (mut from, mut to) = (
+                        from.try_clone().expect("clone a socket"),
+                        to.try_clone().expect("clone a socket"),
+                    );
+                    let (ends, cuts) = ([from.try_clone(), to.try_clone()], accept_cuts.clone());
+                    std::thread::spawn(move || {
+                        use std::io::Read;
+                        let (mut left, mut buf) = (budget, [0u8; 4096]);
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let pass = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                            if to.write_all(&buf[..pass]).is_err() {
+                                break;
+                            }
+                            left -= pass as u64;
+                            if pass < n || left == 0 {
+                                cuts.fetch_add(1, Ordering::SeqCst);
+                                break;
+                            }
+                        }
+                        for end in ends.into_iter().flatten() {
+                            let _ = end.shutdown(std::net::Shutdown::Both);
+                        }
+                    });
+                };
+                pipe(&client, &server, up);
+                pipe(&server, &client, down);
+            }
+        });
+        CuttingProxy { port, flaky, cuts }
+    }
+
+    fn heal(&self) {
+        self.flaky.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn cuts(&self) -> u64 {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_link_cut_in_the_middle_of_uploads_loses_and_damages_nothing() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let moto = Moto::start(&moto_server, free_port());
+    moto.create_bucket();
+    let proxy = CuttingProxy::start(moto.port);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let data = scratch.path().join("data");
+    let env = archive_env(&format!("http://127.0.0.1:{}", proxy.port), "cut");
+    let server = start_server(&data, &env);
+    let mut client = server.client();
+    let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
+    // Uploads are cut while writes, compactions and retirements go on.
+    write_sets(&mut client, &mut model, 1, 3000, &[], &mut states);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.cuts() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} connections were cut",
+            proxy.cuts()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write_sets(&mut client, &mut model, 3001, 1000, &[], &mut states);
+
+    // The link heals: everything arrives whole and the held files go.
+    proxy.heal();
+    write_sets(&mut client, &mut model, 4001, 200, &[], &mut states);
+    wait_archived(&mut client, 4200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_field(&mut client, "archive_pending_bytes") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "retired files were never released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.terminate().success());
+    // The restore reads from moto itself, past the proxy.
+    let direct = archive_env(&moto.endpoint(), "cut");
+    assert_eq!(restored_state(&direct, scratch.path(), None), model);
+}
+
+#[test]
+fn a_snapshot_larger_than_a_part_goes_up_in_parts_and_restores_whole() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let moto = Moto::start(&moto_server, free_port());
+    moto.create_bucket();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut env = archive_env(&moto.endpoint(), "large");
+    env.push(("CONCORDKV__WAL__MAX_SEGMENT_BYTES", "4194304".into()));
+    let server = start_server(&scratch.path().join("data"), &env);
+    let mut client = server.client();
+    // 20 MiB of state: a full snapshot of it is two parts and a half.
+    let mut model = BTreeMap::new();
+    for i in 0..200u32 {
+        let key = format!("k{i:03}");
+        let value: String = (0..100 * 1024)
+            .map(|j| char::from(b'a' + ((i as usize * 31 + j * 7) % 26) as u8))
+            .collect();
+        assert_eq!(client.call(&["SET", &key, &value]), common::server::ok());
+        model.insert(key, value);
+    }
+    assert_eq!(client.call(&["SAVE"]), common::server::ok());
+    assert_eq!(client.call(&["SET", "k250", "after"]), common::server::ok());
+    model.insert("k250".into(), "after".into());
+    wait_archived(&mut client, 201);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !moto
+        .keys("large/snap/")
+        .iter()
+        .any(|k| k.contains(".full.snap"))
+    {
+        assert!(Instant::now() < deadline, "no full snapshot was archived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // S3 marks an object put together from N parts with an ETag ending
+    // in -N.
+    let listing = ureq::get(&format!(
+        "{}/{BUCKET}?list-type=2&prefix=large/snap/",
+        moto.endpoint()
+    ))
+    .call()
+    .expect("list")
+    .body_mut()
+    .read_to_string()
+    .expect("listing body");
+    let full = listing
+        .split("<Contents>")
+        .find(|entry| entry.contains(".full.snap"))
+        .expect("the full snapshot's entry");
+    assert!(
+        full.contains("-3&quot;</ETag>") || full.contains("-3\"</ETag>"),
+        "not uploaded in 3 parts: {full}"
+    );
+    assert!(server.terminate().success());
+    assert_eq!(restored_state(&env, scratch.path(), None), model);
+
+    // A flipped byte in the middle part is found as the stream arrives.
+    let name = moto
+        .keys("large/snap/")
+        .into_iter()
+        .find(|k| k.contains(".full.snap"))
+        .expect("the full snapshot");
+    let mut bytes = moto.get(&name);
+    bytes[12 << 20] ^= 0x01;
+    moto.put(&name, bytes);
+    let out = restore(&env, &scratch.path().join("damaged"), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&name) && stderr.contains("damaged in the archive"),
+        "{stderr}"
+    );
+}
