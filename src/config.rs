@@ -233,6 +233,10 @@ pub struct ArchiveConfig {
     pub max_retries: u64,
     /// Longest one request is retried for, in ms.
     pub retry_timeout_ms: u64,
+    /// Uploads in flight at once (chunks, or a snapshot's parts), each
+    /// holding up to 8 MiB: a link's latency, not its bandwidth, bounds
+    /// one at a time.
+    pub concurrency: u64,
     /// Full snapshots the archive keeps, with everything after the oldest
     /// of them; older objects are deleted (0: keep everything).
     pub keep_snapshots: u64,
@@ -554,6 +558,7 @@ impl ArchiveConfig {
             MAX_TIMEOUT_MS,
             "100 to 604800000",
         )?;
+        check_range("archive.concurrency", self.concurrency, 1, 64, "1 to 64")?;
         check_range(
             "archive.keep_snapshots",
             self.keep_snapshots,

@@ -27,6 +27,8 @@ use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::oneshot;
 
+#[cfg(feature = "archive")]
+use crate::actors::archiver::FinalPass;
 use crate::actors::compactor::CompactorActor;
 use crate::actors::messages::{ActorDied, Revalidate, Shutdown, StopWal, WalDied, WalRecovered};
 use crate::actors::metrics::MetricsActor;
@@ -39,6 +41,11 @@ use crate::error::{Error, Result};
 use crate::fs::DirLock;
 use crate::lifecycle::background::Jobs;
 use crate::log::inbox::Closed;
+
+/// How long a shutdown waits for the archive's last pass: a store whose
+/// archive does not answer still stops.
+#[cfg(feature = "archive")]
+const FINAL_PASS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Supervises one store's actors.
 pub struct StoreSupervisor {
@@ -470,9 +477,9 @@ impl Handler<Shutdown> for StoreSupervisor {
         self.timer = None;
         let arbiter = self.own_arbiter.take();
         #[cfg(feature = "archive")]
-        let archiver = self.archiver.take().map(|(own, _)| own);
+        let archiver = self.archiver.take();
         #[cfg(not(feature = "archive"))]
-        let archiver: Option<Arbiter> = None;
+        let archiver: Option<(Arbiter, ())> = None;
         let shared = Arc::clone(&self.shared);
         let lock = Arc::clone(&self.lock);
         let jobs = Arc::clone(&self.jobs);
@@ -490,10 +497,23 @@ impl Handler<Shutdown> for StoreSupervisor {
                 // Every request after the close was refused; fail any that
                 // raced in before it, then stop the threads and release the directory.
                 shared.inbox.close_and_fail(Closed::ShutDown);
+                // Every record is synced now: one last pass archives the
+                // rest, unless the archive does not answer in time.
+                #[cfg(feature = "archive")]
+                if let Some((_, addr)) = &archiver {
+                    let last =
+                        actix_rt::time::timeout(FINAL_PASS_TIMEOUT, addr.send(FinalPass)).await;
+                    if last.is_err() {
+                        tracing::warn!(
+                            "the archive's last pass did not end within {FINAL_PASS_TIMEOUT:?}; \
+                             the next open's archiver takes it up"
+                        );
+                    }
+                }
                 let finished = actix_rt::task::spawn_blocking(move || {
                     // The archiver stops first: a pass cut short is taken
                     // up by the next open's archiver, from a listing.
-                    if let Some(archiver) = archiver {
+                    if let Some((archiver, _)) = archiver {
                         archiver.stop();
                         if archiver.join().is_err() {
                             tracing::error!("the archiver's thread panicked");

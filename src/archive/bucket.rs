@@ -19,8 +19,9 @@ use crate::fs::FileSystem;
 /// How long the check at open waits for the archive to answer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Files larger than this go up in parts of this size, one part in memory
-/// at a time (S3 wants parts of at least 5 MiB, but the last).
+/// Files larger than this go up in parts of this size, `archive.concurrency`
+/// parts in memory at a time (S3 wants parts of at least 5 MiB, but the
+/// last).
 pub(crate) const PART_BYTES: u64 = 8 << 20;
 
 /// S3's error codes for requests that no retry will let through: wrong
@@ -53,6 +54,8 @@ pub(crate) struct Bucket {
     prefix: String,
     /// `archive.url`, for errors.
     url: String,
+    /// Parts of one upload in flight at once (`archive.concurrency`).
+    concurrency: usize,
 }
 
 /// An object found by a listing.
@@ -96,6 +99,7 @@ impl Bucket {
             store: Arc::new(store),
             prefix: url.prefix,
             url: config.url.clone(),
+            concurrency: config.concurrency.max(1) as usize,
         })
     }
 
@@ -237,7 +241,8 @@ impl Bucket {
     }
 
     /// Uploads file `path` as `object` without holding it in memory: in
-    /// parts of [`PART_BYTES`] when it is larger, then reads the object back
+    /// parts of [`PART_BYTES`] when it is larger (`archive.concurrency` of
+    /// them in flight), then reads the object back
     /// as a stream and checks its size and CRC, as [`Bucket::put_verified`]
     /// does. A failed part aborts the upload, leaving no object.
     pub async fn put_file_verified(
@@ -281,15 +286,19 @@ impl Bucket {
             .map_err(|e| self.error("start upload", &name, e))?;
         let mut offset = 0;
         while offset < expected.0 {
-            let part = match read(offset) {
-                Ok(part) => part,
-                Err(e) => {
-                    let _ = upload.abort().await;
-                    return Err(e);
-                }
-            };
-            offset += part.len() as u64;
-            if let Err(e) = upload.put_part(PutPayload::from(part)).await {
+            let mut parts = Vec::with_capacity(self.concurrency);
+            while offset < expected.0 && parts.len() < self.concurrency {
+                let part = match read(offset) {
+                    Ok(part) => part,
+                    Err(e) => {
+                        let _ = upload.abort().await;
+                        return Err(e);
+                    }
+                };
+                offset += part.len() as u64;
+                parts.push(upload.put_part(PutPayload::from(part)));
+            }
+            if let Err(e) = futures_util::future::try_join_all(parts).await {
                 let _ = upload.abort().await;
                 return Err(self.error("upload part", &name, e));
             }

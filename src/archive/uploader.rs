@@ -144,10 +144,23 @@ impl Uploader {
         for &id in &manifest.segments {
             segments.insert(id, (segment_path(dir, id), durable));
         }
+        // Chunks go up `archive.concurrency` at a time; a retired file's
+        // before it is released.
+        let window = shared.config.archive.concurrency.max(1) as usize;
+        let mut batch: Vec<(ChunkName, Vec<u8>)> = Vec::new();
         for (id, (path, upto)) in segments {
             let retired = upto == Seq::MAX;
             loop {
-                let held = self.progress().segments.get(&id).copied();
+                // What the archive will hold once the batch is up.
+                let held = batch
+                    .iter()
+                    .rev()
+                    .find(|(chunk, _)| chunk.segment == id)
+                    .map(|(chunk, _)| Held {
+                        end: chunk.end,
+                        last_seq: chunk.last_seq,
+                    })
+                    .or_else(|| self.progress().segments.get(&id).copied());
                 let next = match next_chunk(shared.fs.as_ref(), &path, id, held, upto) {
                     Ok(next) => next,
                     // Retired under the pass: the next pass finds it pending.
@@ -156,25 +169,14 @@ impl Uploader {
                 };
                 match next {
                     Next::Chunk(chunk, bytes) => {
-                        let size = bytes.len() as u64;
-                        self.bucket
-                            .put_verified(&ObjectName::Chunk(chunk), bytes)
-                            .await?;
-                        shared.meters.archive_uploaded_bytes.increment(size);
-                        self.progress().segments.insert(
-                            id,
-                            Held {
-                                end: chunk.end,
-                                last_seq: chunk.last_seq,
-                            },
-                        );
-                        shared
-                            .counters
-                            .archived_seq
-                            .fetch_max(chunk.last_seq, Relaxed);
+                        batch.push((chunk, bytes));
+                        if batch.len() >= window {
+                            self.upload_chunks(&mut batch).await?;
+                        }
                     }
                     Next::Nothing { clean, damage } => {
                         if retired {
+                            self.upload_chunks(&mut batch).await?;
                             if let Some((offset, reason)) = damage {
                                 // Never deleted: damage is not cut away.
                                 return Err(Error::Corruption(crate::error::Corruption {
@@ -195,6 +197,7 @@ impl Uploader {
                 }
             }
         }
+        self.upload_chunks(&mut batch).await?;
 
         // Snapshots: listed ones and retired ones not archived yet.
         let mut snapshots: Vec<(PathBuf, bool)> = manifest
@@ -305,6 +308,39 @@ impl Uploader {
             if old {
                 self.bucket.delete(&object.name).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Uploads `batch` (drained) at once, then counts what arrived in log
+    /// order up to the first failure: the archive is never said to hold a
+    /// record after one it lacks (an object uploaded after a failed one is
+    /// uploaded again by the next pass).
+    async fn upload_chunks(&mut self, batch: &mut Vec<(ChunkName, Vec<u8>)>) -> Result<()> {
+        let bucket = &self.bucket;
+        let uploads = batch.drain(..).map(|(chunk, bytes)| async move {
+            let size = bytes.len() as u64;
+            bucket
+                .put_verified(&ObjectName::Chunk(chunk), bytes)
+                .await
+                .map(|()| (chunk, size))
+        });
+        let results = futures_util::future::join_all(uploads).await;
+        let shared = Arc::clone(&self.shared);
+        for result in results {
+            let (chunk, size) = result?;
+            shared.meters.archive_uploaded_bytes.increment(size);
+            self.progress().segments.insert(
+                chunk.segment,
+                Held {
+                    end: chunk.end,
+                    last_seq: chunk.last_seq,
+                },
+            );
+            shared
+                .counters
+                .archived_seq
+                .fetch_max(chunk.last_seq, Relaxed);
         }
         Ok(())
     }
