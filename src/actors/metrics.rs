@@ -241,7 +241,7 @@ pub(crate) fn describe() {
     describe_gauge!(
         "concordkv_archive_lag_seconds",
         Unit::Seconds,
-        "Seconds since the archive last held every durable record."
+        "How far back the archive is complete: every record durable this many seconds ago is archived."
     );
 }
 

@@ -81,7 +81,8 @@ pub(crate) struct Uploader {
     shared: Arc<WalShared>,
     bucket: Bucket,
     progress: Option<Progress>,
-    /// When the archive last held every durable record.
+    /// A time at which every record then durable is now archived: the
+    /// start of the last pass that uploaded all it set out to.
     caught_up_at: Instant,
     /// Snapshots uploaded since retention last ran: it runs after a pass
     /// that uploaded one (and after the first pass).
@@ -101,14 +102,31 @@ impl Uploader {
 
     /// One pass; then the gauges say how far behind the archive is.
     pub async fn pass(&mut self) -> Result<()> {
-        let result = self.upload().await;
-        let meters = &self.shared.meters;
-        if result.is_err() {
-            meters.archive_upload_errors.increment(1);
-        }
+        let started = Instant::now();
         let counters = &self.shared.counters;
         let durable = counters.durable_seq.load(Relaxed);
-        if counters.archived_seq.load(Relaxed) >= durable {
+        let result = self.upload(durable).await;
+        let meters = &self.shared.meters;
+        let counters = &self.shared.counters;
+        match &result {
+            // Everything durable at the start is archived: the lag is
+            // counted from then, whatever was synced since.
+            Ok(true) => {
+                counters.archived_seq.fetch_max(durable, Relaxed);
+                self.caught_up_at = started;
+            }
+            // A file retired under the pass: the next one takes it.
+            Ok(false) => {}
+            Err(e) => {
+                meters.archive_upload_errors.increment(1);
+                // The bucket may have changed while it failed (emptied,
+                // objects deleted by hand): the next pass lists it again.
+                if matches!(e, Error::Archive { .. }) {
+                    self.progress = None;
+                }
+            }
+        }
+        if counters.archived_seq.load(Relaxed) >= counters.durable_seq.load(Relaxed) {
             self.caught_up_at = Instant::now();
         }
         meters
@@ -120,14 +138,18 @@ impl Uploader {
             .sum::<u64>();
         counters.archive_pending_bytes.store(pending, Relaxed);
         meters.archive_pending_bytes.set(pending as f64);
-        result
+        result.map(|_| ())
     }
 
-    async fn upload(&mut self) -> Result<()> {
+    /// Uploads what the archive lacks of the records up to `durable`, the
+    /// snapshots and the manifest; whether it got all of it (not when a
+    /// file was retired under the pass).
+    async fn upload(&mut self, durable: Seq) -> Result<bool> {
         if self.progress.is_none() {
             let listed = self.bucket.list().await?;
             self.progress = Some(Progress::from_listing(&listed));
         }
+        let mut complete = true;
         let shared = Arc::clone(&self.shared);
         let manifest = shared.manifest.current();
         let pending = pending_files(&shared);
@@ -140,7 +162,6 @@ impl Uploader {
                 segments.insert(id, (path.clone(), Seq::MAX));
             }
         }
-        let durable = shared.counters.durable_seq.load(Relaxed);
         for &id in &manifest.segments {
             segments.insert(id, (segment_path(dir, id), durable));
         }
@@ -164,7 +185,10 @@ impl Uploader {
                 let next = match next_chunk(shared.fs.as_ref(), &path, id, held, upto) {
                     Ok(next) => next,
                     // Retired under the pass: the next pass finds it pending.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        complete = false;
+                        break;
+                    }
                     Err(e) => return Err(Error::io("read segment for the archive", &path, e)),
                 };
                 match next {
@@ -220,7 +244,10 @@ impl Uploader {
                 // the state.
                 let (size, crc) = match file_crc(shared.fs.as_ref(), &path) {
                     Ok(found) => found,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        complete = false;
+                        continue;
+                    }
                     Err(e) => return Err(Error::io("read snapshot for the archive", &path, e)),
                 };
                 let object = ObjectName::Snapshot {
@@ -253,7 +280,7 @@ impl Uploader {
             self.apply_retention().await?;
             self.snapshots_since_retention = 0;
         }
-        Ok(())
+        Ok(complete)
     }
 
     /// Deletes what the archive keeps no longer (`archive.keep_snapshots`):

@@ -969,3 +969,94 @@ fn a_clean_shutdown_leaves_the_archive_holding_every_record() {
     assert!(server.terminate().success());
     assert_eq!(restored_state(&env, scratch.path(), None), model);
 }
+
+/// The value of gauge `name` (one series: this server's store) on the
+/// metrics endpoint at `listen`.
+fn gauge(listen: &str, name: &str) -> f64 {
+    let body = ureq::get(&format!("http://{listen}/metrics"))
+        .call()
+        .expect("scrape")
+        .body_mut()
+        .read_to_string()
+        .expect("metrics body");
+    body.lines()
+        .find(|line| line.starts_with(&format!("{name}{{")))
+        .and_then(|line| line.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn the_lag_stays_bounded_under_steady_writes_and_is_zero_after_a_restart() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let moto = Moto::start(&moto_server, free_port());
+    moto.create_bucket();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let data = scratch.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut env = archive_env(&moto.endpoint(), "lag");
+    env.push(("CONCORDKV__METRICS__ENABLED", "true".into()));
+    env.push(("CONCORDKV__METRICS__LISTEN", listen.clone()));
+    let server = start_server(&data, &env);
+    let mut client = server.client();
+    // Every write is synced: the durable point never stands still, yet the
+    // archive is never more than a pass or two behind it.
+    let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
+    let (started, mut seq, mut worst) = (Instant::now(), 1, 0f64);
+    while started.elapsed() < Duration::from_secs(3) {
+        write_sets(&mut client, &mut model, seq, 50, &[], &mut states);
+        seq += 50;
+        worst = worst.max(gauge(&listen, "concordkv_archive_lag_seconds"));
+    }
+    assert!(
+        worst < 1.0,
+        "the archive lag reached {worst} s under writes"
+    );
+    assert!(server.terminate().success());
+
+    // Reopened with nothing new to upload, it knows the archive holds all.
+    let server = start_server(&data, &env);
+    let mut client = server.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while info_field(&mut client, "archive_seq") < seq - 1 {
+        assert!(
+            Instant::now() < deadline,
+            "after a restart the archive is said to hold {} of {}",
+            info_field(&mut client, "archive_seq"),
+            seq - 1
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gauge(&listen, "concordkv_archive_lag_seconds") < 1.0);
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn an_s3_server_restarted_empty_gets_the_archive_again_from_the_local_files() {
+    let Some(moto_server) = moto_binary() else {
+        return;
+    };
+    let port = free_port();
+    let moto = Moto::start(&moto_server, port);
+    moto.create_bucket();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let env = archive_env(&moto.endpoint(), "again");
+    let server = start_server(&scratch.path().join("data"), &env);
+    let mut client = server.client();
+    let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
+    write_sets(&mut client, &mut model, 1, 1500, &[], &mut states);
+    wait_archived(&mut client, 1500);
+    // moto keeps its objects in memory: killed, it loses them all, as a
+    // bucket emptied by hand would.
+    drop(moto);
+    write_sets(&mut client, &mut model, 1501, 500, &[], &mut states);
+    let moto = Moto::start(&moto_server, port);
+    moto.create_bucket();
+    write_sets(&mut client, &mut model, 2001, 100, &[], &mut states);
+    wait_archived(&mut client, 2100);
+    assert!(server.terminate().success());
+    assert_eq!(restored_state(&env, scratch.path(), None), model);
+}
