@@ -7,21 +7,23 @@
 #    against `concordkv serve` without and with an [archive]
 #    (max_lag_ms = 1000), ROUNDS rounds each, taking turns at going
 #    first; prints the median requests/s and p99 of each, and the ratio.
-# 2. Archive throughput: a server writes RECORDS records (100-byte values)
-#    (sync_mode interval) while its archive is down, then moto starts: the
-#    time until the archive holds them all, in MB/s of segment bytes (each
-#    upload is also read back to verify it).
-# 3. Restore: `concordkv restore` of that archive, in records/s and MB/s.
+# 2. Archive throughput, for each archive.concurrency in CONCURRENCIES: a
+#    server writes RECORDS records (100-byte values, sync_mode interval)
+#    while its archive is down, then moto starts: the time until the
+#    archive holds them all, in MB/s of segment bytes (each upload is also
+#    read back to verify it).
+# 3. Restore: `concordkv restore` of the last archive, in records/s and MB/s.
 #
 # A benchmark, not a test: run it by hand.
 #
-#   bash benches/archive_compare.sh          # RECORDS=2000000 REQUESTS=200000 ROUNDS=3
+#   bash benches/archive_compare.sh   # RECORDS=2000000 REQUESTS=200000 ROUNDS=3 CONCURRENCIES="1 4"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RECORDS=${RECORDS:-2000000}
 REQUESTS=${REQUESTS:-200000}
 ROUNDS=${ROUNDS:-3}
+CONCURRENCIES=${CONCURRENCIES:-"1 4"}
 PORT=${PORT:-6393}
 MOTO_PORT=${MOTO_PORT:-5093}
 MOTO=.venv-tests/bin/moto_server
@@ -105,30 +107,33 @@ done
 awk 'NR == FNR { q[FNR] = $2; next } { print $2 / q[FNR] }' "$work/quiet" "$work/archiving" | median |
     xargs printf 'p99 archiving / quiet (median of the rounds): %s\n'
 
-echo "== archive throughput: $RECORDS records written while the archive is down, then moto starts"
-kill "$moto_pid"; wait "$moto_pid" 2>/dev/null || true
-rm -rf "$work/data"
-# interval: synced every second (the archive takes only durable records;
-# in `none` the active segment's are durable only once it is sealed).
-start_server "$work/data" "${archive_env[@]}" CONCORDKV__WAL__SYNC_MODE=interval
-redis-benchmark -p "$PORT" -t set -n "$RECORDS" -c 50 -P 32 -d 100 -r 1000000000 -q >/dev/null 2>&1
-last=$(info wal_last_seq)
-bytes=$(info wal_bytes)
-start_moto
-started=$(date +%s.%N)
-while [ "$(info archive_seq)" -lt "$last" ]; do
-    if [ "$(echo "$(date +%s.%N) - $started > 600" | bc)" = 1 ]; then
-        echo "the archive holds $(info archive_seq) of $last after 600 s; the server's log:" >&2
-        tail -5 "$work/server.log" >&2
-        exit 1
-    fi
-    sleep 0.1
+for concurrency in $CONCURRENCIES; do
+    echo "== archive throughput, archive.concurrency = $concurrency: $RECORDS records written while the archive is down, then moto starts"
+    kill "$moto_pid"; wait "$moto_pid" 2>/dev/null || true
+    rm -rf "$work/data"
+    # interval: synced every second (the archive takes only durable records;
+    # in `none` the active segment's are durable only once it is sealed).
+    start_server "$work/data" "${archive_env[@]}" CONCORDKV__WAL__SYNC_MODE=interval \
+        CONCORDKV__ARCHIVE__CONCURRENCY="$concurrency"
+    redis-benchmark -p "$PORT" -t set -n "$RECORDS" -c 50 -P 32 -d 100 -r 1000000000 -q >/dev/null 2>&1
+    last=$(info wal_last_seq)
+    bytes=$(info wal_bytes)
+    start_moto
+    started=$(date +%s.%N)
+    while [ "$(info archive_seq)" -lt "$last" ]; do
+        if [ "$(echo "$(date +%s.%N) - $started > 600" | bc)" = 1 ]; then
+            echo "the archive holds $(info archive_seq) of $last after 600 s; the server's log:" >&2
+            tail -5 "$work/server.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    elapsed=$(echo "$(date +%s.%N) - $started" | bc)
+    echo "archived $last records ($bytes bytes of segments) in ${elapsed} s: $(echo "$bytes / $elapsed / 1000000" | bc -l | cut -c1-6) MB/s"
+    stop_server
 done
-elapsed=$(echo "$(date +%s.%N) - $started" | bc)
-echo "archived $last records ($bytes bytes of segments) in ${elapsed} s: $(echo "$bytes / $elapsed / 1000000" | bc -l | cut -c1-6) MB/s"
-stop_server
 
-echo "== restore of that archive"
+echo "== restore of the last archive"
 started=$(date +%s.%N)
 CONCORDKV__ARCHIVE__URL=s3://concordkv-bench/run CONCORDKV__ARCHIVE__ENDPOINT=http://127.0.0.1:$MOTO_PORT \
     CONCORDKV__ARCHIVE__ALLOW_HTTP=true "$BIN" restore --to "$work/restored"
