@@ -240,11 +240,12 @@ impl Bucket {
         Ok(())
     }
 
-    /// Uploads file `path` as `object` without holding it in memory: in
-    /// parts of [`PART_BYTES`] when it is larger (`archive.concurrency` of
-    /// them in flight), then reads the object back
-    /// as a stream and checks its size and CRC, as [`Bucket::put_verified`]
-    /// does. A failed part aborts the upload, leaving no object.
+    /// Uploads file `path` (of the size and CRC `expected`) as `object`
+    /// without holding it in memory: in parts of [`PART_BYTES`] when it is
+    /// larger (`archive.concurrency` of them in flight), then reads the
+    /// object back as a stream and checks its size and CRC, as
+    /// [`Bucket::put_verified`] does. A failed part aborts the upload,
+    /// leaving no object.
     pub async fn put_file_verified(
         &self,
         fs: &dyn FileSystem,
