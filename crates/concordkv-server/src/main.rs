@@ -144,12 +144,12 @@ enum Command {
         json: bool,
     },
     /// Rebuild a data directory from the archive ([archive] in the
-    /// configuration, or --from), as of its latest record or of --seq:
-    /// every object is checked against the CRC its name carries, and a gap
-    /// is refused with the missing range. Credentials come from the
-    /// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). Exit 0:
-    /// restored (`verify` and `serve` take the directory as it is); 2: not.
-    /// With --time, what the archive held then.
+    /// configuration, or --from), as of its latest record, of --seq, or of
+    /// what it held at --time: every object is checked against the CRC its
+    /// name carries, and a gap is refused with the missing range.
+    /// Credentials come from the environment (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY). Exit 0: restored (`verify` and `serve` take
+    /// the directory as it is); 2: not.
     Restore {
         /// s3://bucket/prefix (default: archive.url of the configuration).
         #[arg(long)]
