@@ -20,6 +20,35 @@ const DIR_MODE: u32 = 0o700;
 /// The boot id where the system names none: every boot looks the same.
 const UNKNOWN_BOOT: &str = "unknown";
 
+/// `len` bytes of `path` from `offset`, however many reads that takes; a
+/// file that ends first is an `UnexpectedEof` error saying where.
+#[cfg(feature = "archive")]
+pub(crate) fn read_exact_at(
+    fs: &dyn FileSystem,
+    path: &Path,
+    offset: u64,
+    len: usize,
+) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; len];
+    let mut read = 0;
+    while read < len {
+        match fs.read_at(path, offset + read as u64, &mut bytes[read..])? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} ends at byte {}, before the {len} bytes from {offset}",
+                        path.display(),
+                        offset + read as u64
+                    ),
+                ))
+            }
+            n => read += n,
+        }
+    }
+    Ok(bytes)
+}
+
 /// The file operations the store needs, and nothing else.
 pub trait FileSystem: Send + Sync + 'static {
     /// Creates `path` and missing parents with mode 0700.

@@ -14,7 +14,7 @@ use crate::archive::names::{crc, ObjectName};
 use crate::archive::url::ArchiveUrl;
 use crate::config::ArchiveConfig;
 use crate::error::{Error, Result};
-use crate::fs::FileSystem;
+use crate::fs::{read_exact_at, FileSystem};
 
 /// How long the check at open waits for the archive to answer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -254,27 +254,10 @@ impl Bucket {
         expected: (u64, u32),
     ) -> Result<()> {
         let name = object.render();
-        let read = |offset: u64| -> Result<Vec<u8>> {
+        let read = |offset: u64| {
             let len = PART_BYTES.min(expected.0 - offset) as usize;
-            let mut buf = vec![0u8; len];
-            let mut filled = 0;
-            while filled < len {
-                match fs.read_at(path, offset + filled as u64, &mut buf[filled..]) {
-                    Ok(0) => {
-                        return Err(Error::io(
-                            "read file for the archive",
-                            path,
-                            std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                format!("shorter than the {} bytes it had", expected.0),
-                            ),
-                        ))
-                    }
-                    Ok(n) => filled += n,
-                    Err(e) => return Err(Error::io("read file for the archive", path, e)),
-                }
-            }
-            Ok(buf)
+            read_exact_at(fs, path, offset, len)
+                .map_err(|e| Error::io("read file for the archive", path, e))
         };
         if expected.0 <= PART_BYTES {
             return self.put_verified(object, read(0)?).await;

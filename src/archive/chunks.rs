@@ -10,7 +10,7 @@ use crate::archive::names::{crc, ChunkName};
 use crate::entry::Seq;
 use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{HeaderError, SegmentHeader, SEGMENT_HEADER_BYTES};
-use crate::fs::FileSystem;
+use crate::fs::{read_exact_at, FileSystem};
 use crate::log::reader::FrameReader;
 use crate::log::scan::{rest_is_zero, walk_frames, Stop};
 
@@ -84,18 +84,7 @@ pub(crate) fn next_chunk(
     })?;
     if walk.next_seq > expected {
         let end = walk.offset;
-        let mut bytes = vec![0u8; (end - start) as usize];
-        let mut read = 0;
-        while read < bytes.len() {
-            let n = fs.read_at(path, start + read as u64, &mut bytes[read..])?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} ended while its records were read", path.display()),
-                ));
-            }
-            read += n;
-        }
+        let bytes = read_exact_at(fs, path, start, (end - start) as usize)?;
         let name = ChunkName {
             segment: id,
             start,

@@ -103,11 +103,10 @@ impl Uploader {
     /// One pass; then the gauges say how far behind the archive is.
     pub async fn pass(&mut self) -> Result<()> {
         let started = Instant::now();
-        let counters = &self.shared.counters;
+        let shared = Arc::clone(&self.shared);
+        let (meters, counters) = (&shared.meters, &shared.counters);
         let durable = counters.durable_seq.load(Relaxed);
         let result = self.upload(durable).await;
-        let meters = &self.shared.meters;
-        let counters = &self.shared.counters;
         match &result {
             // Everything durable at the start is archived: the lag is
             // counted from then, whatever was synced since.
@@ -132,9 +131,9 @@ impl Uploader {
         meters
             .archive_lag_seconds
             .set(self.caught_up_at.elapsed().as_secs_f64());
-        let pending = pending_files(&self.shared)
+        let pending = pending_files(&shared)
             .iter()
-            .filter_map(|path| self.shared.fs.file_len(path).ok())
+            .filter_map(|path| shared.fs.file_len(path).ok())
             .sum::<u64>();
         counters.archive_pending_bytes.store(pending, Relaxed);
         meters.archive_pending_bytes.set(pending as f64);

@@ -8,7 +8,8 @@
 //! the writes up to there, pass `verify` and serve; an archive that is not
 //! there keeps every retired file until it is; damage in the bucket and a
 //! gap are refused by name; a follower converges on the store it follows
-//! and refuses writes.
+//! and refuses writes, and an HTTP request or a half-sent one to it runs
+//! nothing.
 
 mod common;
 
@@ -72,6 +73,15 @@ fn moto_binary() -> Option<MotoBinary> {
     None
 }
 
+/// This test's turn, a moto of its own with the bucket made, and a scratch
+/// directory.
+fn moto_with_bucket() -> Option<(MotoBinary, Moto, tempfile::TempDir)> {
+    let binary = moto_binary()?;
+    let moto = Moto::start(&binary, free_port());
+    moto.create_bucket();
+    Some((binary, moto, tempfile::tempdir().expect("tempdir")))
+}
+
 impl Moto {
     fn start(binary: &Path, port: u16) -> Moto {
         Moto::start_with_env(binary, port, &[])
@@ -107,9 +117,9 @@ impl Moto {
             .expect("create the bucket");
     }
 
-    /// Every key under `prefix`, through a path-style listing.
-    fn keys(&self, prefix: &str) -> Vec<String> {
-        let body = ureq::get(&format!(
+    /// The XML of a path-style listing of `prefix`.
+    fn listing(&self, prefix: &str) -> String {
+        ureq::get(&format!(
             "{}/{BUCKET}?list-type=2&prefix={prefix}",
             self.endpoint()
         ))
@@ -117,8 +127,13 @@ impl Moto {
         .expect("list")
         .body_mut()
         .read_to_string()
-        .expect("listing body");
-        body.split("<Key>")
+        .expect("listing body")
+    }
+
+    /// Every key under `prefix`.
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        self.listing(prefix)
+            .split("<Key>")
             .skip(1)
             .filter_map(|part| part.split_once("</Key>").map(|(key, _)| key.to_string()))
             .collect()
@@ -299,12 +314,9 @@ fn restored_state(
 
 #[test]
 fn restores_equal_the_writes_up_to_the_latest_and_earlier_sequence_numbers() {
-    let Some(moto_server) = moto_binary() else {
+    let Some((_turn, moto, scratch)) = moto_with_bucket() else {
         return;
     };
-    let moto = Moto::start(&moto_server, free_port());
-    moto.create_bucket();
-    let scratch = tempfile::tempdir().expect("tempdir");
     let env = archive_env(&moto.endpoint(), "restore");
     let server = start_server(&scratch.path().join("data"), &env);
     let mut client = server.client();
@@ -410,12 +422,9 @@ fn an_unreachable_archive_keeps_retired_files_until_it_is_back() {
 
 #[test]
 fn restore_names_a_damaged_object_and_a_missing_range() {
-    let Some(moto_server) = moto_binary() else {
+    let Some((_turn, moto, scratch)) = moto_with_bucket() else {
         return;
     };
-    let moto = Moto::start(&moto_server, free_port());
-    moto.create_bucket();
-    let scratch = tempfile::tempdir().expect("tempdir");
     let env = archive_env(&moto.endpoint(), "damage");
     let server = start_server(&scratch.path().join("data"), &env);
     let mut client = server.client();
@@ -536,12 +545,9 @@ fn replication_field(client: &mut Client, field: &str) -> String {
 
 #[test]
 fn a_follower_converges_within_the_lag_bound_and_refuses_writes() {
-    let Some(moto_server) = moto_binary() else {
+    let Some((_turn, moto, scratch)) = moto_with_bucket() else {
         return;
     };
-    let moto = Moto::start(&moto_server, free_port());
-    moto.create_bucket();
-    let scratch = tempfile::tempdir().expect("tempdir");
     let env = archive_env(&moto.endpoint(), "follow");
     let primary = start_server(&scratch.path().join("primary"), &env);
     let mut writer = primary.client();
@@ -601,6 +607,29 @@ fn a_follower_converges_within_the_lag_bound_and_refuses_writes() {
     ));
     assert_eq!(all_keys(&mut reader), model);
 
+    // What a web page's fetch() sends, and a request cut off mid-value:
+    // nothing runs, the page gets no answer, and the follower goes on.
+    let body = "FLUSHALL\r\nSET pwned yes\r\n";
+    let mut page = TcpStream::connect(("127.0.0.1", follower.port)).expect("connect");
+    page.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    write!(
+        page,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut page, &mut answer);
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    let mut half = TcpStream::connect(("127.0.0.1", follower.port)).expect("connect");
+    half.write_all(b"*3\r\n$3\r\nSET\r\n$5\r\npwned\r\n$3\r\nye")
+        .expect("send");
+    assert_eq!(reader.call(&["EXISTS", "pwned"]), BytesFrame::Integer(0));
+    assert_eq!(all_keys(&mut reader), model);
+    drop(half);
+
     // Restarted, it goes on from its own copy.
     assert!(follower.terminate().success());
     write_sets(&mut writer, &mut model, 2001, 100, &[], &mut states);
@@ -629,12 +658,9 @@ fn a_follower_converges_within_the_lag_bound_and_refuses_writes() {
 
 #[test]
 fn retention_keeps_the_newest_full_snapshots_and_what_follows_them() {
-    let Some(moto_server) = moto_binary() else {
+    let Some((_turn, moto, scratch)) = moto_with_bucket() else {
         return;
     };
-    let moto = Moto::start(&moto_server, free_port());
-    moto.create_bucket();
-    let scratch = tempfile::tempdir().expect("tempdir");
     let mut env = archive_env(&moto.endpoint(), "retention");
     env.push(("CONCORDKV__ARCHIVE__KEEP_SNAPSHOTS", "1".into()));
     let server = start_server(&scratch.path().join("data"), &env);
@@ -898,12 +924,9 @@ fn chunks_in_flight_together_count_only_up_to_the_first_that_failed() {
 
 #[test]
 fn a_snapshot_larger_than_a_part_goes_up_in_parts_and_restores_whole() {
-    let Some(moto_server) = moto_binary() else {
+    let Some((_turn, moto, scratch)) = moto_with_bucket() else {
         return;
     };
-    let moto = Moto::start(&moto_server, free_port());
-    moto.create_bucket();
-    let scratch = tempfile::tempdir().expect("tempdir");
     let mut env = archive_env(&moto.endpoint(), "large");
     env.push(("CONCORDKV__WAL__MAX_SEGMENT_BYTES", "4194304".into()));
     let server = start_server(&scratch.path().join("data"), &env);
@@ -933,15 +956,7 @@ fn a_snapshot_larger_than_a_part_goes_up_in_parts_and_restores_whole() {
     }
     // S3 marks an object put together from N parts with an ETag ending
     // in -N.
-    let listing = ureq::get(&format!(
-        "{}/{BUCKET}?list-type=2&prefix=large/snap/",
-        moto.endpoint()
-    ))
-    .call()
-    .expect("list")
-    .body_mut()
-    .read_to_string()
-    .expect("listing body");
+    let listing = moto.listing("large/snap/");
     let full = listing
         .split("<Contents>")
         .find(|entry| entry.contains(".full.snap"))
@@ -973,12 +988,9 @@ fn a_snapshot_larger_than_a_part_goes_up_in_parts_and_restores_whole() {
 
 #[test]
 fn a_clean_shutdown_leaves_the_archive_holding_every_record() {
-    let Some(moto_server) = moto_binary() else {
+    let Some((_turn, moto, scratch)) = moto_with_bucket() else {
         return;
     };
-    let moto = Moto::start(&moto_server, free_port());
-    moto.create_bucket();
-    let scratch = tempfile::tempdir().expect("tempdir");
     let mut env = archive_env(&moto.endpoint(), "last-pass");
     // No pass falls due after the first: only the shutdown's archives.
     env.push(("CONCORDKV__ARCHIVE__MAX_LAG_MS", "600000".into()));
@@ -1011,12 +1023,9 @@ fn gauge(listen: &str, name: &str) -> f64 {
 
 #[test]
 fn the_lag_stays_bounded_under_steady_writes_and_is_zero_after_a_restart() {
-    let Some(moto_server) = moto_binary() else {
+    let Some((_turn, moto, scratch)) = moto_with_bucket() else {
         return;
     };
-    let moto = Moto::start(&moto_server, free_port());
-    moto.create_bucket();
-    let scratch = tempfile::tempdir().expect("tempdir");
     let data = scratch.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
     let mut env = archive_env(&moto.endpoint(), "lag");
