@@ -17,6 +17,7 @@
 //! acknowledging thread never waits for the applier.
 
 mod deadlines;
+mod index;
 mod slot;
 
 use std::collections::BTreeSet;
@@ -36,6 +37,7 @@ use crate::log::admission::Admission;
 
 pub(crate) use deadlines::now_ms;
 use deadlines::Deadlines;
+use index::Index;
 pub(crate) use slot::Slot;
 
 /// Keys and values as the state holds them: each pair in one allocation,
@@ -48,12 +50,20 @@ pub(crate) type Slots = BTreeSet<Slot>;
 /// replay at any later time builds the same one.
 #[derive(Default)]
 pub(crate) struct Tree {
+    /// The pairs in key order; each slot owns its pair.
     slots: Slots,
+    /// The same pairs by key, for lookups; changed with `slots`, by the
+    /// methods below only, so that it never points to a freed pair.
+    index: Index,
     deadlines: Deadlines,
     /// What clears removed, to be freed once the lock is released:
     /// freeing a million keys under it would hold every reader back.
-    discarded: Vec<(Slots, Deadlines)>,
+    discarded: Vec<Discarded>,
 }
+
+/// A whole state a clear removed, freed outside the lock. The index goes
+/// first: it only points into the slots.
+pub(crate) type Discarded = (Index, Slots, Deadlines);
 
 impl Tree {
     pub(crate) fn new() -> Tree {
@@ -63,8 +73,19 @@ impl Tree {
     /// A tree of `slots` (in key order, as a snapshot holds them: collected
     /// without a search per key) and the deadlines of those that expire.
     pub(crate) fn build(slots: Vec<Slot>, deadlines: Vec<(Vec<u8>, u64)>) -> Tree {
+        let slots: Slots = slots.into_iter().collect();
+        // Indexed from the tree, not the run: a key the run held twice is in
+        // the tree once, and the index must not keep the dropped copy.
+        let mut index = Index::with_capacity(slots.len());
+        for slot in &slots {
+            let hash = index.hash(slot.key());
+            // SAFETY: every pair indexed is owned by `slots`, which the
+            // tree keeps with the index.
+            unsafe { index.insert(hash, slot.pair()) };
+        }
         let mut tree = Tree {
-            slots: slots.into_iter().collect(),
+            slots,
+            index,
             ..Tree::default()
         };
         for (key, at) in deadlines {
@@ -73,9 +94,9 @@ impl Tree {
         tree
     }
 
-    /// Adds a pair that is not in the tree yet (loading a snapshot).
+    /// Sets a pair (loading a snapshot).
     pub(crate) fn insert(&mut self, key: &[u8], value: &[u8], expires_at: Option<u64>) {
-        self.slots.insert(Slot::new(key, value));
+        self.put(key, value);
         if let Some(at) = expires_at {
             self.deadlines.set(key, at);
         }
@@ -103,36 +124,67 @@ impl Tree {
                 self.deadlines.set(key, *expires_at);
             }
             Op::Delete { key } => {
-                self.slots.remove(slot::Probe::new(key).as_keyed());
+                let hash = self.index.hash(key);
+                // SAFETY: the index points into `self.slots`, borrowed
+                // exclusively here; the pair leaves the index before its
+                // slot is dropped.
+                if unsafe { self.index.remove(hash, key) }.is_some() {
+                    self.slots.remove(slot::Probe::new(key).as_keyed());
+                }
                 self.deadlines.remove(key);
             }
             Op::Clear => {
+                let index = std::mem::take(&mut self.index);
                 let slots = std::mem::take(&mut self.slots);
                 let deadlines = std::mem::take(&mut self.deadlines);
-                self.discarded.push((slots, deadlines));
+                self.discarded.push((index, slots, deadlines));
             }
         }
     }
 
     /// What clears removed since the last call, for the caller to free
     /// outside any lock.
-    pub(crate) fn take_discarded(&mut self) -> Vec<(Slots, Deadlines)> {
+    pub(crate) fn take_discarded(&mut self) -> Vec<Discarded> {
         std::mem::take(&mut self.discarded)
     }
 
+    /// Sets `key` to `value`: in place if the key is held with a value of
+    /// the same length (no search of the tree, no allocation, nothing for
+    /// another thread to free), else through the tree.
     fn put(&mut self, key: &[u8], value: &[u8]) {
-        if !slot::overwrite(&mut self.slots, key, value) {
-            self.slots.insert(Slot::new(key, value));
+        let hash = self.index.hash(key);
+        // SAFETY (all three blocks): the index points into `self.slots`,
+        // borrowed exclusively here, so no reader holds any pair; each
+        // change to a slot's pair is made in the index too.
+        match unsafe { self.index.find(hash, key) } {
+            Some(pair) if unsafe { pair.value_len() } == value.len() => unsafe {
+                pair.set_value(value);
+            },
+            Some(old) => {
+                let Some(slot) = self.slots.get(slot::Probe::new(key).as_keyed()) else {
+                    unreachable!("the index holds a key the tree does not")
+                };
+                let moved = unsafe { slot.replace_value(value) };
+                self.index.replace(hash, old, moved);
+            }
+            None => {
+                let slot = Slot::new(key, value);
+                let pair = slot.pair();
+                self.slots.insert(slot);
+                unsafe { self.index.insert(hash, pair) };
+            }
         }
     }
 
-    /// The slot of `key` and its deadline, unless it has expired by `now`.
-    fn live(&self, key: &[u8], now: &mut Clock) -> Option<(&Slot, Option<u64>)> {
-        let slot = self.slots.get(slot::Probe::new(key).as_keyed())?;
+    /// The value of `key` and its deadline, unless it has expired by `now`.
+    fn live(&self, key: &[u8], now: &mut Clock) -> Option<(&[u8], Option<u64>)> {
+        // SAFETY: the index points into `self.slots`, which `&self` keeps
+        // alive and unchanged as long as the value returned is borrowed.
+        let value = unsafe { self.index.find(self.index.hash(key), key)?.value() };
         let at = self.deadlines.get(key);
         match at {
             Some(at) if at <= now.get() => None,
-            _ => Some((slot, at)),
+            _ => Some((value, at)),
         }
     }
 
@@ -503,7 +555,7 @@ impl State {
         self.inner
             .read()
             .live(key, &mut Clock::new())
-            .map(|(slot, at)| f(slot.value(), at))
+            .map(|(value, at)| f(value, at))
     }
 
     /// The deadline of `key` in milliseconds since the Unix epoch: `None`
@@ -779,6 +831,94 @@ mod tests {
         shared.apply([(3, &mut clear, &mut None)]);
         assert_eq!(keys(s.iter()), ["new"]);
         assert_eq!(s.expires_at(b"new"), Some(Some(far)));
+    }
+
+    /// The tree and its index against a map, through every kind of
+    /// change: values that keep or change their length (in place, or moved
+    /// to a new allocation the index must follow), deletions of held and
+    /// absent keys, clears, and a rebuild from a run holding a key twice.
+    #[test]
+    fn the_index_follows_every_change_to_the_tree() {
+        use std::collections::BTreeMap;
+        let mut tree = Tree::new();
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for step in 0..40_000u64 {
+            // Keys from 1 to 20 bytes over a small space, so that most
+            // writes hit a held key and some keys share their 16-byte head.
+            let id = next(500);
+            let key = format!("k{id:0>width$}", width = (id % 20) as usize).into_bytes();
+            let op = match next(100) {
+                0 if step % 5000 == 0 => Op::Clear,
+                0..=19 => Op::Delete { key: key.clone() },
+                _ => Op::Set {
+                    key: key.clone(),
+                    value: vec![b'a' + (step % 26) as u8; next(3) as usize * 7],
+                },
+            };
+            match &op {
+                Op::Set { key, value } => {
+                    model.insert(key.clone(), value.clone());
+                }
+                Op::Delete { key } => {
+                    model.remove(key);
+                }
+                _ => model.clear(),
+            }
+            tree.apply_entry(&Entry::Op(op));
+            drop(tree.take_discarded());
+            let probe = format!("k{:0>width$}", next(500), width = next(20) as usize);
+            let seen = tree.live(probe.as_bytes(), &mut Clock::new());
+            assert_eq!(
+                seen.map(|(v, _)| v),
+                model.get(probe.as_bytes()).map(Vec::as_slice)
+            );
+        }
+        assert_eq!(tree.index.len(), tree.slots.len());
+        let pairs: Vec<_> = tree
+            .slots
+            .iter()
+            .map(|s| (s.key().to_vec(), s.value().to_vec()))
+            .collect();
+        assert_eq!(pairs, model.clone().into_iter().collect::<Vec<_>>());
+        for (key, value) in &model {
+            assert_eq!(
+                tree.live(key, &mut Clock::new()).map(|(v, _)| v),
+                Some(&value[..])
+            );
+        }
+        // A run holding a key twice (a damaged or hand-made snapshot) builds
+        // a tree that holds it once, and an index that points to that copy.
+        let run = vec![
+            Slot::new(b"a", b"1"),
+            Slot::new(b"b", b"2"),
+            Slot::new(b"b", b"3"),
+        ];
+        let mut built = Tree::build(run, Vec::new());
+        assert_eq!((built.index.len(), built.slots.len()), (2, 2));
+        let held = built
+            .slots
+            .iter()
+            .map(|s| s.value().to_vec())
+            .collect::<Vec<_>>();
+        assert_eq!(
+            built.live(b"b", &mut Clock::new()).map(|(v, _)| v.to_vec()),
+            Some(held[1].clone())
+        );
+        built.apply_entry(&Entry::Op(Op::Set {
+            key: b"b".to_vec(),
+            value: b"long".to_vec(),
+        }));
+        assert_eq!(
+            built.live(b"b", &mut Clock::new()).map(|(v, _)| v),
+            Some(&b"long"[..])
+        );
     }
 
     #[test]

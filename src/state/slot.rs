@@ -1,5 +1,5 @@
-//! One key and its value as the state's tree holds them: in one allocation,
-//! with the key's first 16 bytes inline in the tree's node.
+//! One key and its value as the state holds them: in one allocation, with
+//! the key's first 16 bytes inline in the tree's node.
 //!
 //! A tree of a million keys whose nodes held only pointers followed one to
 //! a random place in memory for every comparison: inserts spent most of
@@ -10,102 +10,236 @@
 //! took 4.5 us a record, nearly all of it spent on those misses), and
 //! one allocation per pair instead of two saves an allocator header.
 //!
-//! A key already in the tree gets its new value in place (see
-//! [`overwrite`]): no search for where to insert, no allocation when the
-//! value keeps its length, nothing for another thread to free.
+//! The allocation starts with the key's and the value's lengths, so that a
+//! bare pointer to it (a [`Pair`], what the state's hash index holds) is
+//! enough to read the pair: the slot is 24 bytes, not the 32 a boxed slice
+//! and a 16-byte-aligned head would take.
 
-use std::borrow::Borrow;
-use std::cell::UnsafeCell;
+use std::alloc::{self, Layout};
+use std::cell::Cell;
 use std::cmp::Ordering;
+use std::ptr::NonNull;
 
-use super::Slots;
-
-/// A key-value pair; ordered by key, bytewise.
+/// A key-value pair in the tree; ordered by key, bytewise. It owns its
+/// allocation; the index only points into it.
 pub(crate) struct Slot {
     /// The key's first 16 bytes, big-endian, zero-padded: ordered as the
     /// key's bytes are wherever two heads differ.
-    head: u128,
-    /// The key, the value, then the key's length (4 bytes, little-endian).
-    /// Changed only by [`overwrite`], which holds the tree exclusively; the
-    /// key part, which orders the slot, never changes.
-    data: UnsafeCell<Box<[u8]>>,
+    head: Head,
+    /// Changed only by [`replace_value`](Slot::replace_value), whose caller
+    /// holds the tree exclusively.
+    pair: Cell<Pair>,
 }
 
-// SAFETY: `data` is written only through `overwrite`, which takes the tree
-// by `&mut`: no other reference to any slot of it exists meanwhile (readers
-// reach slots only through the state's read lock, which `&mut Tree` excludes).
+// SAFETY: `pair` changes only through `replace_value`, whose caller holds
+// the tree by `&mut`: no other reference to any of its slots exists then
+// (readers reach slots only under the state's read lock).
 unsafe impl Sync for Slot {}
 
-const LEN_BYTES: usize = 4;
+/// A key's first 16 bytes as two big-endian words (not a `u128`, whose
+/// 16-byte alignment would pad every slot to 32 bytes).
+type Head = [u64; 2];
+
+/// A pointer to one pair's allocation: the key's length and the value's
+/// (4 bytes each, little-endian), the key, then the value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pair(NonNull<u8>);
+
+// SAFETY: a `Pair` is an address; every read or write through it is an
+// `unsafe` call whose caller answers for the slot that owns it (shared
+// reads under the state's read lock, writes only through `&mut Tree`).
+unsafe impl Send for Pair {}
+unsafe impl Sync for Pair {}
+
+const LENS: usize = 8;
+
+impl Pair {
+    /// A new allocation holding `key` and `value`.
+    fn new(key: &[u8], value: &[u8]) -> Pair {
+        let layout = layout(key.len(), value.len());
+        // SAFETY: the layout is at least `LENS` bytes, never zero-sized.
+        let raw = unsafe { alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        // SAFETY: `ptr` is a fresh allocation of `LENS + key + value`
+        // bytes, which the three copies fill exactly.
+        unsafe {
+            let base = ptr.as_ptr();
+            base.copy_from_nonoverlapping(len_bytes(key.len()).as_ptr(), 4);
+            base.add(4)
+                .copy_from_nonoverlapping(len_bytes(value.len()).as_ptr(), 4);
+            base.add(LENS)
+                .copy_from_nonoverlapping(key.as_ptr(), key.len());
+            base.add(LENS + key.len())
+                .copy_from_nonoverlapping(value.as_ptr(), value.len());
+        }
+        Pair(ptr)
+    }
+
+    /// # Safety
+    /// The slot that owns this pair lives, and nothing writes to it.
+    unsafe fn lens(self) -> (usize, usize) {
+        // SAFETY: every `Pair` starts with its two lengths (see `new`).
+        let bytes = unsafe { &*self.0.as_ptr().cast::<[u8; LENS]>() };
+        let [k0, k1, k2, k3, v0, v1, v2, v3] = *bytes;
+        (
+            u32::from_le_bytes([k0, k1, k2, k3]) as usize,
+            u32::from_le_bytes([v0, v1, v2, v3]) as usize,
+        )
+    }
+
+    /// The key.
+    ///
+    /// # Safety
+    /// The caller picks the lifetime: the slot that owns this pair must
+    /// outlive it, unchanged.
+    pub(crate) unsafe fn key<'a>(self) -> &'a [u8] {
+        // SAFETY: `key` bytes follow the lengths (see `new`); the caller
+        // answers for the rest.
+        unsafe {
+            let (key, _) = self.lens();
+            std::slice::from_raw_parts(self.0.as_ptr().add(LENS), key)
+        }
+    }
+
+    /// The value.
+    ///
+    /// # Safety
+    /// As for [`key`](Pair::key).
+    pub(crate) unsafe fn value<'a>(self) -> &'a [u8] {
+        // SAFETY: `value` bytes follow the key (see `new`); the caller
+        // answers for the rest.
+        unsafe {
+            let (key, value) = self.lens();
+            std::slice::from_raw_parts(self.0.as_ptr().add(LENS + key), value)
+        }
+    }
+
+    /// Overwrites the value with one of the same length, in place.
+    ///
+    /// # Safety
+    /// No other reference to this pair's bytes may exist: the caller holds
+    /// the tree that owns it exclusively.
+    pub(crate) unsafe fn set_value(self, value: &[u8]) {
+        // SAFETY: the value's `len` bytes lie within the allocation, and the
+        // caller guarantees nothing else reads or writes them meanwhile.
+        unsafe {
+            let (key, len) = self.lens();
+            assert_eq!(len, value.len(), "an in-place value keeps its length");
+            self.0
+                .as_ptr()
+                .add(LENS + key)
+                .copy_from_nonoverlapping(value.as_ptr(), len);
+        }
+    }
+
+    /// The length of the value stored.
+    ///
+    /// # Safety
+    /// As for [`key`](Pair::key).
+    pub(crate) unsafe fn value_len(self) -> usize {
+        // SAFETY: the caller answers for the pair.
+        unsafe { self.lens().1 }
+    }
+
+    /// Frees the allocation.
+    ///
+    /// # Safety
+    /// Called once, by the slot that owns the pair, when nothing points to
+    /// it any more.
+    unsafe fn free(self) {
+        // SAFETY: allocated in `new` with this very layout.
+        unsafe {
+            let (key, value) = self.lens();
+            alloc::dealloc(self.0.as_ptr(), layout(key, value));
+        }
+    }
+}
+
+fn layout(key: usize, value: usize) -> Layout {
+    // Keys and values are bounded by `limits` far below `isize::MAX`.
+    Layout::array::<u8>(LENS + key + value)
+        .unwrap_or_else(|e| unreachable!("a pair of {key} + {value} bytes: {e}"))
+}
+
+fn len_bytes(len: usize) -> [u8; 4] {
+    // `limits.max_key_bytes` and `max_value_bytes` are far below 4 GiB, and
+    // no frame is longer.
+    u32::try_from(len)
+        .unwrap_or_else(|_| unreachable!("a key or value of {len} bytes"))
+        .to_le_bytes()
+}
 
 impl Slot {
     /// Copies `key` and `value` into one allocation.
     pub(crate) fn new(key: &[u8], value: &[u8]) -> Slot {
-        let mut data = Vec::with_capacity(key.len() + value.len() + LEN_BYTES);
-        data.extend_from_slice(key);
-        fill(&mut data, key.len(), value);
         Slot {
             head: head(key),
-            data: UnsafeCell::new(data.into_boxed_slice()),
+            pair: Cell::new(Pair::new(key, value)),
         }
     }
 
-    fn data(&self) -> &[u8] {
-        // SAFETY: see `impl Sync for Slot`: while `&self` lives, no
-        // `overwrite` runs on this slot's tree.
-        unsafe { &*self.data.get() }
-    }
-
-    /// A slot to look `key` up by (its value empty): comparing against it
-    /// uses the heads, where looking a bare key up would follow every
+    /// A slot to bound a range by (its value empty): comparing against it
+    /// uses the heads, where comparing with a bare key would follow every
     /// slot's pointer it passes.
     pub(crate) fn probe(key: &[u8]) -> Slot {
         Slot::new(key, &[])
     }
 
+    /// Where the pair lives, for the index.
+    pub(crate) fn pair(&self) -> Pair {
+        self.pair.get()
+    }
+
     pub(crate) fn key(&self) -> &[u8] {
-        let data = self.data();
-        &data[..key_len(data)]
+        // SAFETY: the slot lives as long as `&self`, and changes only
+        // through `replace_value`, which no `&self` may outlive.
+        unsafe { self.pair().key() }
     }
 
     pub(crate) fn value(&self) -> &[u8] {
-        let data = self.data();
-        &data[key_len(data)..data.len() - LEN_BYTES]
+        // SAFETY: as for `key`.
+        unsafe { self.pair().value() }
+    }
+
+    /// Gives the slot a new value of another length, in a new allocation;
+    /// returns where it now lives.
+    ///
+    /// # Safety
+    /// No other reference to this slot's bytes may exist: the caller holds
+    /// the tree exclusively (the tree's `&` is all a lookup in it gives).
+    pub(crate) unsafe fn replace_value(&self, value: &[u8]) -> Pair {
+        let new = Pair::new(self.key(), value);
+        let old = self.pair.replace(new);
+        // SAFETY: the caller holds the tree exclusively, so nothing reads
+        // the old pair any more; the key, which orders the slot, is the
+        // same. The index points to the new pair once the caller updates it
+        // with the one returned.
+        unsafe { old.free() };
+        new
     }
 }
 
-/// Sets `key`'s value to `value` in place if `key` is in `tree`; `false`
-/// (and nothing changed) if it is not.
-pub(crate) fn overwrite(tree: &mut Slots, key: &[u8], value: &[u8]) -> bool {
-    let Some(slot) = tree.get(Probe::new(key).as_keyed()) else {
-        return false;
-    };
-    // SAFETY: `tree` is borrowed exclusively, so `slot` is the only
-    // reference to this slot's data; the key bytes, which order the slot,
-    // are kept as they are.
-    let data = unsafe { &mut *slot.data.get() };
-    let key_len = key_len(data);
-    if data.len() == key_len + value.len() + LEN_BYTES {
-        data[key_len..key_len + value.len()].copy_from_slice(value);
-    } else {
-        let mut resized = std::mem::take(data).into_vec();
-        fill(&mut resized, key_len, value);
-        *data = resized.into_boxed_slice();
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // SAFETY: the slot owns its pair; the index drops its pointer to it
+        // before or with the slot.
+        unsafe { self.pair.get().free() }
     }
-    true
 }
 
 /// A key and its head as a lookup compares them, ordered as slots are.
 /// Lookups borrow the key through it instead of copying it into a
-/// [`Slot`]: one allocation and one free less for every write applied.
+/// [`Slot`]: one allocation and one free less for every lookup.
 pub(crate) trait Keyed {
-    fn head(&self) -> u128;
+    fn head(&self) -> Head;
     fn key_bytes(&self) -> &[u8];
 }
 
 /// A borrowed key to look a slot up by.
 pub(crate) struct Probe<'a> {
-    head: u128,
+    head: Head,
     key: &'a [u8],
 }
 
@@ -124,7 +258,7 @@ impl<'a> Probe<'a> {
 }
 
 impl Keyed for Probe<'_> {
-    fn head(&self) -> u128 {
+    fn head(&self) -> Head {
         self.head
     }
 
@@ -134,7 +268,7 @@ impl Keyed for Probe<'_> {
 }
 
 impl Keyed for Slot {
-    fn head(&self) -> u128 {
+    fn head(&self) -> Head {
         self.head
     }
 
@@ -143,7 +277,7 @@ impl Keyed for Slot {
     }
 }
 
-impl<'a> Borrow<dyn Keyed + 'a> for Slot {
+impl<'a> std::borrow::Borrow<dyn Keyed + 'a> for Slot {
     fn borrow(&self) -> &(dyn Keyed + 'a) {
         self
     }
@@ -171,29 +305,17 @@ impl PartialEq for dyn Keyed + '_ {
 
 impl Eq for dyn Keyed + '_ {}
 
-/// Makes `data`, which starts with a key of `key_len` bytes, that key,
-/// `value` and the key's length.
-fn fill(data: &mut Vec<u8>, key_len: usize, value: &[u8]) {
-    data.truncate(key_len);
-    data.reserve_exact(value.len() + LEN_BYTES);
-    data.extend_from_slice(value);
-    // Keys are at most `limits.max_key_bytes`, far below 4 GiB.
-    let len = u32::try_from(key_len).unwrap_or(u32::MAX);
-    data.extend_from_slice(&len.to_le_bytes());
-}
-
-fn key_len(data: &[u8]) -> usize {
-    let at = data.len() - LEN_BYTES;
-    let mut len = [0u8; LEN_BYTES];
-    len.copy_from_slice(&data[at..]);
-    u32::from_le_bytes(len) as usize
-}
-
-fn head(key: &[u8]) -> u128 {
+fn head(key: &[u8]) -> Head {
     let mut bytes = [0u8; 16];
     let n = key.len().min(16);
     bytes[..n].copy_from_slice(&key[..n]);
-    u128::from_be_bytes(bytes)
+    let (hi, lo) = bytes.split_at(8);
+    let word = |half: &[u8]| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(half);
+        u64::from_be_bytes(word)
+    };
+    [word(hi), word(lo)]
 }
 
 impl Ord for Slot {
@@ -245,27 +367,36 @@ mod tests {
                 let (sa, sb) = (Slot::new(a, b"x"), Slot::new(b, b"yz"));
                 assert_eq!(sa.cmp(&sb), a.cmp(b), "{a:?} against {b:?}");
                 assert_eq!(Slot::probe(a).cmp(&sb), a.cmp(b));
+                let probe = Probe::new(a);
+                assert_eq!(probe.as_keyed().cmp(sb.borrow_keyed()), a.cmp(b));
             }
         }
         let slot = Slot::new(b"key", b"value");
         assert_eq!((slot.key(), slot.value()), (&b"key"[..], &b"value"[..]));
         let empty = Slot::new(b"k", b"");
         assert_eq!((empty.key(), empty.value()), (&b"k"[..], &b""[..]));
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+    }
+
+    impl Slot {
+        fn borrow_keyed(&self) -> &dyn Keyed {
+            self
+        }
     }
 
     #[test]
-    fn overwrites_keep_the_key_whatever_the_new_value_length() {
-        let mut tree: Slots = [Slot::new(b"a", b"1"), Slot::new(b"key", b"old")]
-            .into_iter()
-            .collect();
-        for value in [&b"new"[..], b"", b"a much longer value than before", b"xyz"] {
-            assert!(overwrite(&mut tree, b"key", value));
-            let slot = tree.get(&Slot::probe(b"key")).expect("still there");
+    fn a_value_changes_in_place_or_moves_and_the_key_stays() {
+        let slot = Slot::new(b"key", b"old");
+        // SAFETY: the test holds the only reference to the slot.
+        unsafe { slot.pair().set_value(b"new") };
+        assert_eq!((slot.key(), slot.value()), (&b"key"[..], &b"new"[..]));
+        for value in [&b""[..], b"a much longer value than before", b"xyz"] {
+            // SAFETY: as above.
+            let moved = unsafe { slot.replace_value(value) };
+            assert!(moved == slot.pair());
             assert_eq!((slot.key(), slot.value()), (&b"key"[..], value));
+            // SAFETY: as above.
+            assert_eq!(unsafe { moved.value_len() }, value.len());
         }
-        assert!(!overwrite(&mut tree, b"absent", b"v"));
-        assert_eq!(tree.len(), 2);
-        let a = tree.get(&Slot::probe(b"a")).expect("untouched");
-        assert_eq!(a.value(), b"1");
     }
 }
