@@ -174,25 +174,43 @@ impl Bucket {
         Ok(listed)
     }
 
-    /// The bytes of object `name`.
-    pub async fn get(&self, name: &str) -> Result<Vec<u8>> {
-        let got = self
-            .store
-            .get(&self.path(name))
-            .await
-            .map_err(|e| self.error("download", name, e))?;
-        let bytes = got
-            .bytes()
-            .await
-            .map_err(|e| self.error("download", name, e))?;
-        Ok(bytes.to_vec())
+    /// The bytes of object `name`, which must be `len` bytes, and their
+    /// CRC: a larger object is refused as soon as more arrives, so that what
+    /// a hostile or mistaken bucket serves never takes more memory than its
+    /// name (or our own upload) says.
+    async fn get(&self, name: &str, len: u64) -> Result<(Vec<u8>, u32)> {
+        let mut bytes = Vec::with_capacity(usize::try_from(len.min(PART_BYTES)).unwrap_or(0));
+        let too_long = || {
+            self.error(
+                "download",
+                name,
+                format!("the object holds more than the {len} bytes expected of it"),
+            )
+        };
+        let (got, crc) = self
+            .stream_checked(name, |piece| {
+                if bytes.len() as u64 + piece.len() as u64 > len {
+                    return Err(too_long());
+                }
+                bytes.extend_from_slice(piece);
+                Ok(())
+            })
+            .await?;
+        if got != len {
+            return Err(self.error(
+                "download",
+                name,
+                format!("the object holds {got} bytes, {len} were expected of it"),
+            ));
+        }
+        Ok((bytes, crc))
     }
 
-    /// Downloads `name` and checks its bytes against the CRC its name
-    /// carries: a damaged object is an error that names it.
-    pub async fn get_checked(&self, name: &str, expected_crc: u32) -> Result<Vec<u8>> {
-        let bytes = self.get(name).await?;
-        let found = crc(&bytes);
+    /// Downloads `name`, which must be `len` bytes, and checks its bytes
+    /// against the CRC its name carries: a damaged object is an error that
+    /// names it.
+    pub async fn get_checked(&self, name: &str, expected_crc: u32, len: u64) -> Result<Vec<u8>> {
+        let (bytes, found) = self.get(name, len).await?;
         if found != expected_crc {
             return Err(self.error(
                 "check",
@@ -223,17 +241,14 @@ impl Bucket {
             .put(&self.path(&name), PutPayload::from(bytes))
             .await
             .map_err(|e| self.error("upload", &name, e))?;
-        let back = self.get(&name).await?;
-        if (back.len(), crc(&back)) != expected {
+        let (_, back) = self.get(&name, expected.0 as u64).await?;
+        if back != expected.1 {
             return Err(self.error(
                 "verify upload",
                 &name,
                 format!(
-                    "read back {} bytes with CRC {:08x}, uploaded {} with CRC {:08x}",
-                    back.len(),
-                    crc(&back),
-                    expected.0,
-                    expected.1
+                    "read back CRC {back:08x}, uploaded {} bytes with CRC {:08x}",
+                    expected.0, expected.1
                 ),
             ));
         }

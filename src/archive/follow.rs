@@ -155,7 +155,10 @@ impl Follower {
                     ),
                 });
             }
-            let bytes = self.bucket.get_checked(&name, chunk.crc).await?;
+            let bytes = self
+                .bucket
+                .get_checked(&name, chunk.crc, chunk.len())
+                .await?;
             self.apply(&chunk, &name, &bytes, applied).await?;
             self.after = Some(name);
         }
@@ -192,7 +195,10 @@ impl Follower {
                         object: prefix.clone(),
                         reason: format!("the first chunk of segment {id} is missing"),
                     })?;
-                fetched = self.bucket.get_checked(&object.1, object.0.crc).await?;
+                fetched = self
+                    .bucket
+                    .get_checked(&object.1, object.0.crc, object.0.len())
+                    .await?;
                 &fetched
             }
         };

@@ -12,8 +12,17 @@
 //! `<crc>` is the CRC-32 (IEEE, as `crc32fast` computes it) of the object's
 //! bytes, in 8 hex digits.
 
+use crate::archive::chunks::CHUNK_BYTES;
 use crate::entry::Seq;
+use crate::format::record::{MAX_PAYLOAD_BYTES, SEGMENT_FRAME_HEADER_BYTES};
 use crate::format::snapshot::is_snapshot_file_name;
+
+/// The longest chunk the archiver makes: a chunk ends at the first record
+/// boundary at or past [`CHUNK_BYTES`], so it holds less than that and one
+/// whole frame of the largest payload the format allows. A name that says
+/// more is not one of ours, and a download never holds more in memory.
+pub(crate) const MAX_CHUNK_BYTES: u64 =
+    CHUNK_BYTES + (SEGMENT_FRAME_HEADER_BYTES + MAX_PAYLOAD_BYTES) as u64;
 
 /// A chunk of a segment's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,6 +33,13 @@ pub(crate) struct ChunkName {
     pub first_seq: Seq,
     pub last_seq: Seq,
     pub crc: u32,
+}
+
+impl ChunkName {
+    /// The chunk's size in bytes, as its name says.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
 }
 
 /// What an archived object is, by its name.
@@ -71,7 +87,9 @@ impl ObjectName {
                     last_seq: number(last, 20)?,
                     crc: hex(crc)?,
                 };
-                (chunk.start < chunk.end && chunk.first_seq <= chunk.last_seq)
+                (chunk.start < chunk.end
+                    && chunk.len() <= MAX_CHUNK_BYTES
+                    && chunk.first_seq <= chunk.last_seq)
                     .then_some(ObjectName::Chunk(chunk))
             }
             "snap" => {
@@ -216,6 +234,8 @@ mod tests {
         for name in [
             "wal/1/0-10_1-2_00000000",
             "wal/00000000000000000001/000000000010-000000000000_00000000000000000001-00000000000000000001_00000000",
+            // Longer than any chunk the archiver makes (a terabyte).
+            "wal/00000000000000000001/000000000000-999999999999_00000000000000000001-00000000000000000001_00000000",
             "snap/x.full.snap_00000000",
             "manifest/00000000000000000001_0000000g",
             "other/thing",

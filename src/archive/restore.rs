@@ -24,6 +24,12 @@ use crate::lifecycle::snapshot::read_snapshot_file;
 use crate::log::reader::FrameReader;
 use crate::log::scan::walk_frames;
 
+/// The largest manifest object a restore downloads: far beyond any real
+/// one (a manifest lists a store's segments and snapshots, a few dozen
+/// bytes each), so that an object put there by someone else cannot make a
+/// restore hold gigabytes.
+const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
 /// What a restore rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -133,7 +139,16 @@ pub async fn restore(
                 });
             }
             Some(ObjectName::Manifest { generation, crc }) => {
-                manifests.push((generation, crc, object.name.clone()))
+                if object.size > MAX_MANIFEST_BYTES {
+                    return Err(refuse(
+                        &object.name,
+                        format!(
+                            "the object holds {} bytes, more than any manifest ({MAX_MANIFEST_BYTES})",
+                            object.size
+                        ),
+                    ));
+                }
+                manifests.push((generation, crc, object.size, object.name.clone()))
             }
             None => {
                 return Err(refuse(
@@ -145,13 +160,13 @@ pub async fn restore(
             }
         }
     }
-    let Some((_, crc, name)) = manifests.iter().max() else {
+    let Some((_, crc, size, name)) = manifests.iter().max() else {
         return Err(refuse(
             "manifest/",
             "no manifest: nothing was archived under this prefix".into(),
         ));
     };
-    let newest = bucket.get_checked(name, *crc).await?;
+    let newest = bucket.get_checked(name, *crc, *size).await?;
     let manifest = Manifest::decode(&newest).map_err(|e| refuse(name, e.reason))?;
     if manifest.kind != DirKind::Kv {
         return Err(refuse(
@@ -267,7 +282,7 @@ pub async fn restore(
             if chunk.first_seq > target {
                 break;
             }
-            let bytes = bucket.get_checked(name, chunk.crc).await?;
+            let bytes = bucket.get_checked(name, chunk.crc, chunk.len()).await?;
             report.objects += 1;
             report.bytes += bytes.len() as u64;
             parts.push((chunk.start, bytes));

@@ -648,12 +648,42 @@ fn a_follower_converges_within_the_lag_bound_and_refuses_writes() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(all_keys(&mut reader), model);
+
+    // A chunk someone else put after the last one, far larger than its
+    // name says: the follower stops reading it once more than that has
+    // arrived, names it, and applies nothing.
+    assert!(primary.terminate().success());
+    let last = moto.keys("follow/wal/").into_iter().max().expect("chunks");
+    let (dir, name) = last.rsplit_once('/').expect("a chunk name");
+    let fields: Vec<&str> = name.split(['-', '_']).collect();
+    let (end, last_seq): (u64, u64) = (
+        fields[1].parse().expect("end"),
+        fields[3].parse().expect("last seq"),
+    );
+    let hostile = format!(
+        "{dir}/{end:012}-{:012}_{:020}-{:020}_00000000",
+        end + 16,
+        last_seq + 1,
+        last_seq + 1
+    );
+    moto.put(&hostile, vec![0x5a; 4 << 20]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let error = replication_field(&mut reader, "follow_error");
+        if error.contains(&hostile["follow/".len()..]) {
+            assert!(error.contains("more than the 16 bytes"), "{error}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refusal: {error:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(replication_field(&mut reader, "slave_repl_offset"), "2100");
+    assert_eq!(all_keys(&mut reader), model);
     let _ = writeln!(
         std::io::stderr(),
         "the follower converged {converged:?} after the writes stopped"
     );
     assert!(follower.terminate().success());
-    assert!(primary.terminate().success());
 }
 
 #[test]
