@@ -29,7 +29,7 @@ use crate::format::manifest::DirKind;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
 use crate::latency::Latencies;
-use crate::lifecycle::background::Jobs;
+use crate::lifecycle::background::{Jobs, Priority};
 use crate::lifecycle::closing;
 use crate::lifecycle::compaction::CompactionReport;
 use crate::lifecycle::manifest::ManifestStore;
@@ -429,6 +429,26 @@ impl Store {
         &self,
         kind: SnapshotKind,
     ) -> Result<impl Future<Output = Result<Option<SnapshotHeader>>> + 'static> {
+        self.begin_snapshot_as(kind, Priority::Background)
+    }
+
+    /// As [`Store::begin_snapshot`], for a caller that waits for the
+    /// snapshot (Redis's `SAVE`): it is written at normal CPU priority, not
+    /// in the idle class maintenance runs in, so that other busy processes
+    /// on the machine cannot hold it back for as long as they stay busy.
+    /// Appends share the CPU with it while it runs.
+    pub fn begin_snapshot_waited(
+        &self,
+        kind: SnapshotKind,
+    ) -> Result<impl Future<Output = Result<Option<SnapshotHeader>>> + 'static> {
+        self.begin_snapshot_as(kind, Priority::Waited)
+    }
+
+    fn begin_snapshot_as(
+        &self,
+        kind: SnapshotKind,
+        priority: Priority,
+    ) -> Result<impl Future<Output = Result<Option<SnapshotHeader>>> + 'static> {
         let flight = self.shared.snapshot.claim()?;
         let store = self.clone();
         Ok(async move {
@@ -438,7 +458,11 @@ impl Store {
                 .shared
                 .snapshots
                 .get()
-                .send(TakeSnapshot { kind, upto })
+                .send(TakeSnapshot {
+                    kind,
+                    upto,
+                    priority,
+                })
                 .await
                 .unwrap_or_else(|_| Err(store.closed_mailbox("the snapshot actor")))
         })

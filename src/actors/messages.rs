@@ -9,6 +9,7 @@ use crate::actors::wal::WalStart;
 use crate::entry::Seq;
 use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
+use crate::lifecycle::background::Priority;
 use crate::lifecycle::compaction::CompactionReport;
 use crate::log::segment::Segment;
 
@@ -103,6 +104,8 @@ pub(crate) struct Revalidate;
 pub struct TakeSnapshot {
     pub kind: SnapshotKind,
     pub upto: Seq,
+    /// Whether someone waits for it (`Store::begin_snapshot_waited`).
+    pub priority: Priority,
 }
 
 /// To `CompactorActor`, from `WalActor`: a segment of `records` records was sealed.

@@ -17,7 +17,7 @@ use crate::actors::supervised::{Slot, Watch};
 use crate::actors::wal::WalShared;
 use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
-use crate::lifecycle::background::Jobs;
+use crate::lifecycle::background::{Jobs, Priority};
 use crate::lifecycle::compaction::{compact, CompactionReport};
 use crate::lifecycle::snapshot::{remove_obsolete, take_snapshot, Written};
 
@@ -73,12 +73,15 @@ impl Publisher {
         })
         .await?;
         let shared = self.shared;
-        let removal = self
-            .jobs
-            .run("concordkv-retire", "removing retired files", move || {
+        let removal = self.jobs.run(
+            "concordkv-retire",
+            "removing retired files",
+            Priority::Background,
+            move || {
                 remove_obsolete(shared.fs.as_ref(), &shared.config, &retired);
                 Ok(())
-            });
+            },
+        );
         // Refused only at shutdown: the next open removes them.
         let _ = removal.await;
         Ok(header)
@@ -99,15 +102,20 @@ impl Handler<TakeSnapshot> for SnapshotActor {
         // Shutdown waits for the snapshot until it is listed, not only for
         // the job that writes it.
         let held = self.jobs.hold();
-        let written = self.jobs.run("concordkv-snapshot", "a snapshot", move || {
-            take_snapshot(
-                shared.fs.as_ref(),
-                &shared.manifest,
-                &shared.config,
-                kind,
-                msg.upto,
-            )
-        });
+        let written = self.jobs.run(
+            "concordkv-snapshot",
+            "a snapshot",
+            msg.priority,
+            move || {
+                take_snapshot(
+                    shared.fs.as_ref(),
+                    &shared.manifest,
+                    &shared.config,
+                    kind,
+                    msg.upto,
+                )
+            },
+        );
         let publisher = self.publisher.clone();
         let latencies = Arc::clone(&self.shared.latencies);
         let counters = Arc::clone(&self.shared.counters);
@@ -154,14 +162,19 @@ impl Handler<RunCompaction> for SnapshotActor {
     fn handle(&mut self, msg: RunCompaction, _ctx: &mut Context<Self>) -> Self::Result {
         let shared = Arc::clone(&self.shared);
         let held = self.jobs.hold();
-        let written = self.jobs.run("concordkv-compact", "a compaction", move || {
-            compact(
-                shared.fs.as_ref(),
-                &shared.manifest,
-                &shared.config,
-                msg.automatic,
-            )
-        });
+        let written = self.jobs.run(
+            "concordkv-compact",
+            "a compaction",
+            Priority::Background,
+            move || {
+                compact(
+                    shared.fs.as_ref(),
+                    &shared.manifest,
+                    &shared.config,
+                    msg.automatic,
+                )
+            },
+        );
         let publisher = self.publisher.clone();
         AtomicResponse::new(Box::pin(
             async move {

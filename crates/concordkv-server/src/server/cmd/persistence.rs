@@ -40,7 +40,8 @@ pub fn save(db: &Db, arg: Option<&Bytes>) -> Reply {
     let Some(kind) = kind(arg) else {
         return Reply::Now(error("syntax error: SAVE [FULL|INCREMENTAL]"));
     };
-    let work = match db.store().begin_snapshot(kind) {
+    // The client waits: the snapshot must not wait for an idle CPU.
+    let work = match db.store().begin_snapshot_waited(kind) {
         Ok(work) => work,
         Err(e) => return refused(e, SAVE_IN_PROGRESS),
     };
