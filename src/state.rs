@@ -855,7 +855,7 @@ mod tests {
             let id = next(500);
             let key = format!("k{id:0>width$}", width = (id % 20) as usize).into_bytes();
             let op = match next(100) {
-                0 if step % 5000 == 0 => Op::Clear,
+                _ if step % 5000 == 4999 => Op::Clear,
                 0..=19 => Op::Delete { key: key.clone() },
                 _ => Op::Set {
                     key: key.clone(),
