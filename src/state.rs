@@ -37,7 +37,7 @@ use crate::log::admission::Admission;
 
 pub(crate) use deadlines::now_ms;
 use deadlines::Deadlines;
-use index::Index;
+use index::{Hash, Index};
 pub(crate) use slot::Slot;
 
 /// Keys and values as the state holds them: each pair in one allocation,
@@ -96,7 +96,7 @@ impl Tree {
 
     /// Sets a pair (loading a snapshot).
     pub(crate) fn insert(&mut self, key: &[u8], value: &[u8], expires_at: Option<u64>) {
-        self.put(key, value);
+        self.put(key, value, self.index.hash(key));
         if let Some(at) = expires_at {
             self.deadlines.set(key, at);
         }
@@ -104,15 +104,51 @@ impl Tree {
 
     /// Applies one record's operations.
     pub(crate) fn apply_entry(&mut self, entry: &Entry) {
-        for op in entry.ops() {
-            self.apply_op(op);
+        self.apply_entries(std::slice::from_ref(entry));
+    }
+
+    /// Applies records in order, with the index's lines for each key asked
+    /// for a few operations ahead (see [`index`]): the misses of one
+    /// lookup overlap those of the next ones instead of following them.
+    pub(crate) fn apply_entries(&mut self, entries: &[Entry]) {
+        let mut ahead = entries.iter().flat_map(Entry::ops);
+        // The hashes of the next `SLOTS_AHEAD` operations, by position mod
+        // `SLOTS_AHEAD`; a clear keeps the hasher, so they stay right.
+        let mut hashes = [None; SLOTS_AHEAD];
+        let mut hashed = 0;
+        for hash in &mut hashes {
+            let Some(op) = ahead.next() else { break };
+            *hash = self.prefetch_slots(op);
+            hashed += 1;
+        }
+        for (n, op) in entries.iter().flat_map(Entry::ops).enumerate() {
+            if n + PAIRS_AHEAD < hashed {
+                if let Some(hash) = hashes[(n + PAIRS_AHEAD) % SLOTS_AHEAD] {
+                    self.index.prefetch_pair(hash);
+                }
+            }
+            let hash = hashes[n % SLOTS_AHEAD];
+            self.apply_op(op, hash);
+            hashes[n % SLOTS_AHEAD] = ahead.next().and_then(|op| {
+                hashed += 1;
+                self.prefetch_slots(op)
+            });
         }
     }
 
-    fn apply_op(&mut self, op: &Op) {
+    /// The hash of `op`'s key, with the index's slots for it asked for.
+    fn prefetch_slots(&self, op: &Op) -> Option<Hash> {
+        let hash = self.index.hash(op.key()?);
+        self.index.prefetch_slots(hash);
+        Some(hash)
+    }
+
+    /// Applies one operation; `hash` is its key's, when computed already.
+    fn apply_op(&mut self, op: &Op, hash: Option<Hash>) {
+        let hash = |index: &Index, key: &[u8]| hash.unwrap_or_else(|| index.hash(key));
         match op {
             Op::Set { key, value } => {
-                self.put(key, value);
+                self.put(key, value, hash(&self.index, key));
                 self.deadlines.remove(key);
             }
             Op::SetExpiring {
@@ -120,11 +156,11 @@ impl Tree {
                 value,
                 expires_at,
             } => {
-                self.put(key, value);
+                self.put(key, value, hash(&self.index, key));
                 self.deadlines.set(key, *expires_at);
             }
             Op::Delete { key } => {
-                let hash = self.index.hash(key);
+                let hash = hash(&self.index, key);
                 // SAFETY: the index points into `self.slots`, borrowed
                 // exclusively here; the pair leaves the index before its
                 // slot is dropped.
@@ -134,7 +170,8 @@ impl Tree {
                 self.deadlines.remove(key);
             }
             Op::Clear => {
-                let index = std::mem::take(&mut self.index);
+                let emptied = self.index.emptied();
+                let index = std::mem::replace(&mut self.index, emptied);
                 let slots = std::mem::take(&mut self.slots);
                 let deadlines = std::mem::take(&mut self.deadlines);
                 self.discarded.push((index, slots, deadlines));
@@ -151,8 +188,7 @@ impl Tree {
     /// Sets `key` to `value`: in place if the key is held with a value of
     /// the same length (no search of the tree, no allocation, nothing for
     /// another thread to free), else through the tree.
-    fn put(&mut self, key: &[u8], value: &[u8]) {
-        let hash = self.index.hash(key);
+    fn put(&mut self, key: &[u8], value: &[u8], hash: Hash) {
         // SAFETY (all three blocks): the index points into `self.slots`,
         // borrowed exclusively here, so no reader holds any pair; each
         // change to a slot's pair is made in the index too.
@@ -224,6 +260,12 @@ impl Clock {
 /// lock's cost vanish, few enough that a scan never holds the applier back
 /// for long.
 const SCAN_CHUNK: usize = 256;
+
+/// Operations ahead of the one applied whose index slots are asked for,
+/// and, nearer, whose pairs are: about the misses a core keeps in flight,
+/// and far enough apart that a pair's pointer has arrived when it is read.
+const SLOTS_AHEAD: usize = 16;
+const PAIRS_AHEAD: usize = 8;
 
 /// Queued records that wake the applier: enough to apply in one go, few
 /// enough that a reader rarely finds much to apply first.
@@ -361,9 +403,8 @@ impl Shared {
             )
         };
         let applied = records.len();
-        for entry in records.drain(..) {
-            tree.apply_entry(&entry);
-        }
+        tree.apply_entries(&records);
+        records.clear();
         let discarded = tree.take_discarded();
         // The room goes back before the lock does: a read that waited for
         // this flush finds it free (a read that finds nothing queued takes
@@ -849,13 +890,18 @@ mod tests {
             rng ^= rng << 17;
             rng % n
         };
+        // Applied in runs of 1 to 64 records, as the applier does: the
+        // lines it asks for ahead go stale as earlier records of the run
+        // move, add and remove pairs, and a clear swaps the index midway.
+        let mut run = Vec::new();
+        let mut run_len = 1;
         for step in 0..40_000u64 {
             // Keys from 1 to 20 bytes over a small space, so that most
             // writes hit a held key and some keys share their 16-byte head.
             let id = next(500);
             let key = format!("k{id:0>width$}", width = (id % 20) as usize).into_bytes();
             let op = match next(100) {
-                _ if step % 5000 == 4999 => Op::Clear,
+                _ if step % 5000 == 2499 => Op::Clear,
                 0..=19 => Op::Delete { key: key.clone() },
                 _ => Op::Set {
                     key: key.clone(),
@@ -871,7 +917,13 @@ mod tests {
                 }
                 _ => model.clear(),
             }
-            tree.apply_entry(&Entry::Op(op));
+            run.push(Entry::Op(op));
+            if run.len() < run_len {
+                continue;
+            }
+            tree.apply_entries(&run);
+            run.clear();
+            run_len = next(64) as usize + 1;
             drop(tree.take_discarded());
             let probe = format!("k{:0>width$}", next(500), width = next(20) as usize);
             let seen = tree.live(probe.as_bytes(), &mut Clock::new());
@@ -880,6 +932,7 @@ mod tests {
                 model.get(probe.as_bytes()).map(Vec::as_slice)
             );
         }
+        tree.apply_entries(&run);
         assert_eq!(tree.index.len(), tree.slots.len());
         let pairs: Vec<_> = tree
             .slots

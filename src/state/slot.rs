@@ -134,6 +134,11 @@ impl Pair {
         }
     }
 
+    /// Where the allocation starts: to prefetch, never to read through.
+    pub(crate) fn addr(self) -> *const u8 {
+        self.0.as_ptr()
+    }
+
     /// The length of the value stored.
     ///
     /// # Safety
