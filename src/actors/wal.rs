@@ -138,6 +138,9 @@ pub struct WalActor {
     backlog: VecDeque<Request>,
     taken: Vec<Request>,
     buf: Vec<u8>,
+    /// The appends of the last write, emptied: gathered into again rather
+    /// than allocated per write (see the sync worker's `ready`).
+    acks: Vec<Waiter>,
     /// Records written since the last sync was requested.
     unsynced: u64,
     /// `Rotate` requests waiting for the rotation in progress.
@@ -179,6 +182,7 @@ impl WalActor {
             backlog: VecDeque::new(),
             taken: Vec::new(),
             buf: Vec::new(),
+            acks: Vec::new(),
             unsynced: 0,
             rotation_replies: Vec::new(),
             truncation: None,
@@ -216,7 +220,7 @@ impl WalActor {
     /// Encodes and writes the backlog; returns whether the segment is full.
     fn write_backlog(&mut self) -> bool {
         self.buf.clear();
-        let mut acks: Vec<Waiter> = Vec::with_capacity(self.backlog.len());
+        let mut acks = std::mem::take(&mut self.acks);
         let mut sync_replies: Vec<Reply> = Vec::new();
         let mut full = false;
         let max = self.shared.config.wal.max_segment_bytes;
@@ -303,7 +307,7 @@ impl WalActor {
                 Err(cause) => Err((Error::refused(&cause), cause)),
             };
             if let Err((answer, cause)) = written {
-                for waiter in acks {
+                for waiter in acks.drain(..) {
                     waiter.answer(Err(answer.clone()));
                 }
                 for reply in sync_replies {
@@ -345,10 +349,11 @@ impl WalActor {
             // whole batch is unsynced), or the timer's.
             SyncMode::Batch | SyncMode::Interval | SyncMode::None => {
                 if !acks.is_empty() {
-                    self.shared.worker.acknowledge(acks);
+                    self.shared.worker.acknowledge(&mut acks);
                 }
             }
         }
+        self.acks = acks;
         let batch_due = self.sync_mode() == SyncMode::Batch
             && self.unsynced >= self.shared.config.wal.batch_size;
         let always_due = self.sync_mode() == SyncMode::Always && self.unsynced > 0;
