@@ -37,6 +37,44 @@ const REFUSALS: [&str; 6] = [
 
 /// Whether `e` is a refusal (see [`REFUSALS`]); `object_store` passes S3's
 /// error body on in its message.
+/// The size a download must come to: it stops as soon as more arrives,
+/// so that what a hostile or replaced object holds never takes more memory
+/// or disk than its name or listing says.
+struct Expected {
+    len: u64,
+    got: u64,
+}
+
+impl Expected {
+    fn new(len: u64) -> Expected {
+        Expected { len, got: 0 }
+    }
+
+    /// Counts `piece` in; why to stop if it takes the object past its size.
+    fn take(&mut self, piece: &[u8]) -> std::result::Result<(), String> {
+        let got = self.got + piece.len() as u64;
+        if got > self.len {
+            return Err(format!(
+                "the object holds more than the {} bytes expected of it",
+                self.len
+            ));
+        }
+        self.got = got;
+        Ok(())
+    }
+
+    /// Why to refuse the whole object, if it came short.
+    fn finish(&self) -> std::result::Result<(), String> {
+        if self.got == self.len {
+            return Ok(());
+        }
+        Err(format!(
+            "the object holds {} bytes, {} were expected of it",
+            self.got, self.len
+        ))
+    }
+}
+
 fn refused(e: &object_store::Error) -> bool {
     let text = e.to_string();
     REFUSALS.iter().any(|code| text.contains(code))
@@ -180,29 +218,16 @@ impl Bucket {
     /// name (or our own upload) says.
     async fn get(&self, name: &str, len: u64) -> Result<(Vec<u8>, u32)> {
         let mut bytes = Vec::with_capacity(usize::try_from(len.min(PART_BYTES)).unwrap_or(0));
-        let too_long = || {
-            self.error(
-                "download",
-                name,
-                format!("the object holds more than the {len} bytes expected of it"),
-            )
-        };
-        let (got, crc) = self
+        let mut size = Expected::new(len);
+        let (_, crc) = self
             .stream_checked(name, |piece| {
-                if bytes.len() as u64 + piece.len() as u64 > len {
-                    return Err(too_long());
-                }
+                size.take(piece)
+                    .map_err(|e| self.error("download", name, e))?;
                 bytes.extend_from_slice(piece);
                 Ok(())
             })
             .await?;
-        if got != len {
-            return Err(self.error(
-                "download",
-                name,
-                format!("the object holds {got} bytes, {len} were expected of it"),
-            ));
-        }
+        size.finish().map_err(|e| self.error("download", name, e))?;
         Ok((bytes, crc))
     }
 
@@ -345,28 +370,36 @@ impl Bucket {
         Ok((len, hasher.finalize()))
     }
 
-    /// Downloads object `name` into a new file at `path`, synced, without
-    /// holding it in memory; a CRC other than `expected_crc` is an error
-    /// that names the object, and the file is removed.
+    /// Downloads object `name`, which must be `expected.0` bytes with CRC
+    /// `expected.1`, into a new file at `path`, synced, without holding it
+    /// in memory. Anything else is an error that names the object, and the
+    /// file is removed: a larger object as soon as more arrives, so that
+    /// what a hostile or replaced object holds never fills the disk.
     pub async fn download_checked(
         &self,
         fs: &dyn FileSystem,
         name: &str,
-        expected_crc: u32,
+        expected: (u64, u32),
         path: &Path,
     ) -> Result<u64> {
+        let (expected_len, expected_crc) = expected;
         let file = fs
             .create(path, 0)
             .map_err(|e| Error::io("create restored file", path, e))?;
-        let mut at = 0u64;
+        let mut size = Expected::new(expected_len);
         let result = self
             .stream_checked(name, |piece| {
+                let at = size.got;
+                size.take(piece)
+                    .map_err(|e| self.error("download", name, e))?;
                 file.write_at(piece, at)
-                    .map_err(|e| Error::io("write restored file", path, e))?;
-                at += piece.len() as u64;
-                Ok(())
+                    .map_err(|e| Error::io("write restored file", path, e))
             })
-            .await;
+            .await
+            .and_then(|sum| {
+                size.finish().map_err(|e| self.error("download", name, e))?;
+                Ok(sum)
+            });
         let checked = match result {
             Ok((len, found)) if found == expected_crc => file
                 .sync_all()
@@ -387,5 +420,27 @@ impl Bucket {
             let _ = fs.remove(path);
         }
         checked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_stops_at_the_first_byte_past_its_size_and_refuses_a_short_one() {
+        let mut size = Expected::new(10);
+        assert!(size.take(&[0; 4]).is_ok());
+        assert!(size.take(&[0; 6]).is_ok());
+        assert!(size.finish().is_ok());
+        let error = size.take(&[0; 1]).expect_err("one byte too many");
+        assert!(error.contains("more than the 10 bytes"), "{error}");
+        assert_eq!(size.got, 10, "the refused piece is not counted");
+
+        let mut short = Expected::new(10);
+        assert!(short.take(&[0; 9]).is_ok());
+        let error = short.finish().expect_err("a byte short");
+        assert!(error.contains("holds 9 bytes, 10 were expected"), "{error}");
+        assert!(Expected::new(0).finish().is_ok());
     }
 }

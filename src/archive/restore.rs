@@ -64,6 +64,8 @@ pub enum RestoreTarget {
 struct ArchivedSnapshot {
     object: String,
     crc: u32,
+    /// Bytes, as listed: the download stops with an error past them.
+    size: u64,
     kind: SnapshotKind,
     from_seq: Seq,
     to_seq: Seq,
@@ -133,6 +135,7 @@ pub async fn restore(
                 snapshots.push(ArchivedSnapshot {
                     object: object.name.clone(),
                     crc,
+                    size: object.size,
                     kind,
                     from_seq,
                     to_seq,
@@ -269,7 +272,7 @@ pub async fn restore(
         let path = to.join(file_name);
         // Streamed to the file: a snapshot is as large as the state.
         report.bytes += bucket
-            .download_checked(&fs, &snapshot.object, snapshot.crc, &path)
+            .download_checked(&fs, &snapshot.object, (snapshot.size, snapshot.crc), &path)
             .await?;
         report.objects += 1;
         let header = read_snapshot_file(&path, |_, _| {})?;
