@@ -1,5 +1,8 @@
 //! The `concordkv` command: `serve` (the main job), `bench`,
 //! `bench-lifecycle`, `bench-read`, `inspect`, `verify` and `torture`.
+// The options' doc comments are their `--help` text, where `[archive]`
+// names the TOML table, not an item.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! One client connection: read whatever arrived, run every complete request
 //! in it, then answer them all in order with one write (or one per
-//! [`FLUSH_BYTES`] of replies, so a client that does not read its replies
+//! `FLUSH_BYTES` of replies, so a client that does not read its replies
 //! holds little of the server's memory).
 //!
 //! Writes in a pipeline are all submitted before the first is awaited, so a

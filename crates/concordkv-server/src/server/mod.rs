@@ -71,7 +71,7 @@ pub enum ServeError {
 
 /// Opens the store, serves until SIGINT or SIGTERM, then shuts down cleanly.
 /// With `follow`, serves a read-only copy of that archive instead (see
-/// [`open_follower`]). Must run inside an actix System.
+/// `open_follower`). Must run inside an actix System.
 pub async fn serve(config: Config, follow: Option<ArchiveConfig>) -> Result<(), ServeError> {
     let addr: SocketAddr = config
         .server

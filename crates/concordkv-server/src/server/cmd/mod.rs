@@ -1,6 +1,6 @@
-//! Commands: parsing arguments into a [`Command`] and running it against the
-//! [`Db`]. Each family lives in its own file: [`keys`] reads, [`write`]
-//! changes, [`persistence`] snapshots, [`info`] reports, [`connection`]
+//! Commands: [`execute`] looks a request's name up in the command [`table`]
+//! and runs it against the [`Db`]. Each family lives in its own file:
+//! [`keys`] reads, [`write`](mod@write) changes, [`persistence`] snapshots, [`info`] reports, [`connection`]
 //! talks about the connection.
 
 pub mod connection;
