@@ -18,6 +18,7 @@
 
 mod deadlines;
 mod index;
+mod queued;
 mod slot;
 
 use std::collections::BTreeSet;
@@ -32,12 +33,13 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::entry::{Entry, Op, Seq};
+use crate::entry::{Entry, Seq};
 use crate::log::admission::Admission;
 
 pub(crate) use deadlines::now_ms;
 use deadlines::Deadlines;
 use index::{Hash, Index};
+use queued::{OpRef, Queued};
 pub(crate) use slot::Slot;
 
 /// Keys and values as the state holds them: each pair in one allocation,
@@ -104,14 +106,14 @@ impl Tree {
 
     /// Applies one record's operations.
     pub(crate) fn apply_entry(&mut self, entry: &Entry) {
-        self.apply_entries(std::slice::from_ref(entry));
+        self.apply_ops(entry.ops().iter().map(OpRef::from));
     }
 
-    /// Applies records in order, with the index's lines for each key asked
-    /// for a few operations ahead (see [`index`]): the misses of one
+    /// Applies operations in order, with the index's lines for each key
+    /// asked for a few operations ahead (see [`index`]): the misses of one
     /// lookup overlap those of the next ones instead of following them.
-    pub(crate) fn apply_entries(&mut self, entries: &[Entry]) {
-        let mut ahead = entries.iter().flat_map(Entry::ops);
+    pub(crate) fn apply_ops<'a>(&mut self, ops: impl Iterator<Item = OpRef<'a>> + Clone) {
+        let mut ahead = ops.clone();
         // The hashes of the next `SLOTS_AHEAD` operations, by position mod
         // `SLOTS_AHEAD`; a clear keeps the hasher, so they stay right.
         let mut hashes = [None; SLOTS_AHEAD];
@@ -121,7 +123,7 @@ impl Tree {
             *hash = self.prefetch_slots(op);
             hashed += 1;
         }
-        for (n, op) in entries.iter().flat_map(Entry::ops).enumerate() {
+        for (n, op) in ops.enumerate() {
             if n + PAIRS_AHEAD < hashed {
                 if let Some(hash) = hashes[(n + PAIRS_AHEAD) % SLOTS_AHEAD] {
                     self.index.prefetch_pair(hash);
@@ -137,29 +139,29 @@ impl Tree {
     }
 
     /// The hash of `op`'s key, with the index's slots for it asked for.
-    fn prefetch_slots(&self, op: &Op) -> Option<Hash> {
+    fn prefetch_slots(&self, op: OpRef<'_>) -> Option<Hash> {
         let hash = self.index.hash(op.key()?);
         self.index.prefetch_slots(hash);
         Some(hash)
     }
 
     /// Applies one operation; `hash` is its key's, when computed already.
-    fn apply_op(&mut self, op: &Op, hash: Option<Hash>) {
+    fn apply_op(&mut self, op: OpRef<'_>, hash: Option<Hash>) {
         let hash = |index: &Index, key: &[u8]| hash.unwrap_or_else(|| index.hash(key));
         match op {
-            Op::Set { key, value } => {
+            OpRef::Set { key, value } => {
                 self.put(key, value, hash(&self.index, key));
                 self.deadlines.remove(key);
             }
-            Op::SetExpiring {
+            OpRef::SetExpiring {
                 key,
                 value,
                 expires_at,
             } => {
                 self.put(key, value, hash(&self.index, key));
-                self.deadlines.set(key, *expires_at);
+                self.deadlines.set(key, expires_at);
             }
-            Op::Delete { key } => {
+            OpRef::Delete { key } => {
                 let hash = hash(&self.index, key);
                 // SAFETY: the index points into `self.slots`, borrowed
                 // exclusively here; the pair leaves the index before its
@@ -169,7 +171,7 @@ impl Tree {
                 }
                 self.deadlines.remove(key);
             }
-            Op::Clear => {
+            OpRef::Clear => {
                 let emptied = self.index.emptied();
                 let index = std::mem::replace(&mut self.index, emptied);
                 let slots = std::mem::take(&mut self.slots);
@@ -322,10 +324,10 @@ struct Queue {
 
 #[derive(Default)]
 struct Pending {
-    records: Vec<Entry>,
-    /// The vector the last flush emptied, to queue into next: acknowledging
+    records: Queued,
+    /// The queue the last flush emptied, to queue into next: acknowledging
     /// threads then rarely grow one while holding the lock.
-    spare: Vec<Entry>,
+    spare: Queued,
     /// The queued records' room under `limits.max_pending_bytes`, given
     /// back once they are applied.
     room: Option<Admission>,
@@ -334,7 +336,7 @@ struct Pending {
 
 impl Pending {
     fn wakes_applier(&self, wake_bytes: u64) -> bool {
-        self.records.len() >= WAKE_AT
+        self.records.records() >= WAKE_AT
             || self.room.as_ref().map_or(0, Admission::bytes) >= wake_bytes
     }
 }
@@ -402,8 +404,8 @@ impl Shared {
                 queue.room.take(),
             )
         };
-        let applied = records.len();
-        tree.apply_entries(&records);
+        let applied = records.records();
+        tree.apply_ops(records.ops());
         records.clear();
         let discarded = tree.take_discarded();
         // The room goes back before the lock does: a read that waited for
@@ -418,13 +420,13 @@ impl Shared {
 
     /// Makes acknowledged records visible, in sequence order; called just
     /// before their appenders are answered. Each record's room (its
-    /// admission) moves with it into the queue. Records at or below what
+    /// admission) moves with its copy into the queue. Records at or below what
     /// the state already holds are skipped: after the WAL actor is restarted
     /// the state is rebuilt from the files, and an acknowledgement of a
     /// record written before that may still arrive.
     pub(crate) fn apply<'a>(
         &self,
-        records: impl IntoIterator<Item = (Seq, &'a mut Option<Entry>, &'a mut Option<Admission>)>,
+        records: impl IntoIterator<Item = (Seq, &'a Entry, &'a mut Option<Admission>)>,
     ) {
         let mut records = records.into_iter().peekable();
         if records.peek().is_none() {
@@ -433,7 +435,6 @@ impl Shared {
         let mut queue = self.queue.lock();
         let mut last = self.last_seq.load(Relaxed);
         for (seq, entry, room) in records {
-            let Some(entry) = entry.take() else { continue };
             if seq <= last {
                 continue;
             }
@@ -443,6 +444,8 @@ impl Shared {
                 // room goes back now.
                 continue;
             }
+            // Copied, not moved: the record's memory is freed by its
+            // appender's thread (see `queued`).
             queue.records.push(entry);
             if let Some(room) = room.take() {
                 match &mut queue.room {
@@ -452,7 +455,7 @@ impl Shared {
             }
         }
         let wake = queue.wakes_applier(self.queue.wake_bytes);
-        self.queued.store(queue.records.len(), Release);
+        self.queued.store(queue.records.records(), Release);
         self.last_seq.store(last, Release);
         drop(queue);
         if !self.applier.load(Acquire) {
@@ -785,6 +788,7 @@ fn is_empty_range(from: &Bound<Slot>, to: &Bound<Slot>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entry::Op;
 
     fn state(keys: &[&str]) -> State {
         let mut tree = Tree::new();
@@ -841,15 +845,15 @@ mod tests {
             expires_at: at,
         };
         let far = now_ms() + 3_600_000;
-        let mut first = Some(Entry::Batch(vec![
+        let first = Entry::Batch(vec![
             expiring("gone", 1),
             expiring("kept", far),
             Op::Set {
                 key: "plain".into(),
                 value: b"v".to_vec(),
             },
-        ]));
-        shared.apply([(1, &mut first, &mut None)]);
+        ]);
+        shared.apply([(1, &first, &mut None)]);
         assert_eq!(s.get(b"gone"), None);
         assert!(!s.contains(b"gone"));
         assert_eq!(s.expires_at(b"kept"), Some(Some(far)));
@@ -858,18 +862,18 @@ mod tests {
         assert_eq!(keys(s.iter()), ["kept", "plain"]);
         assert_eq!(s.expired_keys(10), [b"gone".to_vec()]);
         // A plain set drops the deadline; a deletion removes the held key.
-        let mut second = Some(Entry::Batch(vec![
+        let second = Entry::Batch(vec![
             Op::Set {
                 key: "kept".into(),
                 value: b"w".to_vec(),
             },
             Op::Delete { key: "gone".into() },
-        ]));
-        shared.apply([(2, &mut second, &mut None)]);
+        ]);
+        shared.apply([(2, &second, &mut None)]);
         assert_eq!(s.expires_at(b"kept"), Some(None));
         assert!(s.expired_keys(10).is_empty());
-        let mut clear = Some(Entry::Batch(vec![Op::Clear, expiring("new", far)]));
-        shared.apply([(3, &mut clear, &mut None)]);
+        let clear = Entry::Batch(vec![Op::Clear, expiring("new", far)]);
+        shared.apply([(3, &clear, &mut None)]);
         assert_eq!(keys(s.iter()), ["new"]);
         assert_eq!(s.expires_at(b"new"), Some(Some(far)));
     }
@@ -890,10 +894,11 @@ mod tests {
             rng ^= rng << 17;
             rng % n
         };
-        // Applied in runs of 1 to 64 records, as the applier does: the
-        // lines it asks for ahead go stale as earlier records of the run
-        // move, add and remove pairs, and a clear swaps the index midway.
-        let mut run = Vec::new();
+        // Queued and applied in runs of 1 to 64 records, as the applier
+        // does: the lines it asks for ahead go stale as earlier records of
+        // the run move, add and remove pairs, and a clear swaps the index
+        // midway.
+        let mut run = Queued::default();
         let mut run_len = 1;
         for step in 0..40_000u64 {
             // Keys from 1 to 20 bytes over a small space, so that most
@@ -917,11 +922,11 @@ mod tests {
                 }
                 _ => model.clear(),
             }
-            run.push(Entry::Op(op));
-            if run.len() < run_len {
+            run.push(&Entry::Op(op));
+            if run.records() < run_len {
                 continue;
             }
-            tree.apply_entries(&run);
+            tree.apply_ops(run.ops());
             run.clear();
             run_len = next(64) as usize + 1;
             drop(tree.take_discarded());
@@ -932,7 +937,7 @@ mod tests {
                 model.get(probe.as_bytes()).map(Vec::as_slice)
             );
         }
-        tree.apply_entries(&run);
+        tree.apply_ops(run.ops());
         assert_eq!(tree.index.len(), tree.slots.len());
         let pairs: Vec<_> = tree
             .slots
@@ -982,15 +987,15 @@ mod tests {
             key: k.into(),
             value: v.into(),
         };
-        let mut first = Some(Entry::Batch(vec![set("a", "1"), set("b", "1")]));
-        let mut second = Some(Entry::Op(Op::Delete { key: "a".into() }));
-        shared.apply([(1, &mut first, &mut None), (2, &mut second, &mut None)]);
+        let first = Entry::Batch(vec![set("a", "1"), set("b", "1")]);
+        let second = Entry::Op(Op::Delete { key: "a".into() });
+        shared.apply([(1, &first, &mut None), (2, &second, &mut None)]);
         assert_eq!(s.get(b"a"), None);
         assert_eq!(s.get(b"b").as_deref(), Some(&b"1"[..]));
         assert_eq!(s.last_seq(), 2);
         // A late acknowledgement of a record the state already holds.
-        let mut late = Some(Entry::Op(set("a", "stale")));
-        shared.apply([(2, &mut late, &mut None)]);
+        let late = Entry::Op(set("a", "stale"));
+        shared.apply([(2, &late, &mut None)]);
         assert_eq!(s.get(b"a"), None);
     }
 }

@@ -531,8 +531,7 @@ fn answer(kv: &state::Shared, waiters: &mut Vec<Waiter>) {
     kv.apply(
         waiters
             .iter_mut()
-            .filter(|waiter| waiter.entry.is_some())
-            .map(|waiter| (waiter.seq, &mut waiter.entry, &mut waiter.permit)),
+            .filter_map(|waiter| Some((waiter.seq, waiter.entry.as_ref()?, &mut waiter.permit))),
     );
     for waiter in waiters.drain(..) {
         let seq = waiter.seq;

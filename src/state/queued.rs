@@ -1,0 +1,236 @@
+//! Acknowledged operations waiting for the applier, copied into one buffer.
+//!
+//! The queue held the records themselves until the applier was done with
+//! them, so every key and value was allocated on the appending thread and
+//! freed on the applier's: glibc then spent more time moving those chunks
+//! between the threads' caches and arenas than the applier spent applying.
+//! Copied here as the records are acknowledged, they are freed on the
+//! thread that allocated them, where the next append reuses their memory,
+//! and the applier frees nothing per operation.
+
+use crate::entry::{Entry, Op};
+
+/// One operation as the state applies it, borrowed from a record or from
+/// the queue.
+#[derive(Clone, Copy)]
+pub(crate) enum OpRef<'a> {
+    Set {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    SetExpiring {
+        key: &'a [u8],
+        value: &'a [u8],
+        expires_at: u64,
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Clear,
+}
+
+impl<'a> OpRef<'a> {
+    pub(crate) fn key(self) -> Option<&'a [u8]> {
+        match self {
+            OpRef::Set { key, .. } | OpRef::SetExpiring { key, .. } | OpRef::Delete { key } => {
+                Some(key)
+            }
+            OpRef::Clear => None,
+        }
+    }
+}
+
+impl<'a> From<&'a Op> for OpRef<'a> {
+    fn from(op: &'a Op) -> OpRef<'a> {
+        match op {
+            Op::Set { key, value } => OpRef::Set { key, value },
+            Op::SetExpiring {
+                key,
+                value,
+                expires_at,
+            } => OpRef::SetExpiring {
+                key,
+                value,
+                expires_at: *expires_at,
+            },
+            Op::Delete { key } => OpRef::Delete { key },
+            Op::Clear => OpRef::Clear,
+        }
+    }
+}
+
+const SET: u8 = 0;
+const SET_EXPIRING: u8 = 1;
+const DELETE: u8 = 2;
+const CLEAR: u8 = 3;
+
+/// Queued operations, in order: per operation a tag byte, then the key
+/// and the value each after its length (4 bytes, native order), then a
+/// deadline's 8 bytes. Only [`Queued::push`] writes it and only
+/// [`Ops`] reads it, in the same process.
+#[derive(Default)]
+pub(crate) struct Queued {
+    bytes: Vec<u8>,
+    records: usize,
+}
+
+impl Queued {
+    /// Copies the operations of `entry` in.
+    pub(crate) fn push(&mut self, entry: &Entry) {
+        for op in entry.ops() {
+            match op {
+                Op::Set { key, value } => {
+                    self.bytes.push(SET);
+                    self.slice(key);
+                    self.slice(value);
+                }
+                Op::SetExpiring {
+                    key,
+                    value,
+                    expires_at,
+                } => {
+                    self.bytes.push(SET_EXPIRING);
+                    self.slice(key);
+                    self.slice(value);
+                    self.bytes.extend_from_slice(&expires_at.to_ne_bytes());
+                }
+                Op::Delete { key } => {
+                    self.bytes.push(DELETE);
+                    self.slice(key);
+                }
+                Op::Clear => self.bytes.push(CLEAR),
+            }
+        }
+        self.records += 1;
+    }
+
+    fn slice(&mut self, bytes: &[u8]) {
+        // Keys and values are bounded by `limits` far below 4 GiB.
+        let len = u32::try_from(bytes.len())
+            .unwrap_or_else(|_| unreachable!("a key or value of {} bytes", bytes.len()));
+        self.bytes.extend_from_slice(&len.to_ne_bytes());
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// Records pushed since the last clear.
+    pub(crate) fn records(&self) -> usize {
+        self.records
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Empties the queue, keeping its buffer for the next records.
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.records = 0;
+    }
+
+    /// The queued operations, in the order pushed.
+    pub(crate) fn ops(&self) -> Ops<'_> {
+        Ops { rest: &self.bytes }
+    }
+}
+
+/// An iterator over queued operations; cloned to read ahead.
+#[derive(Clone)]
+pub(crate) struct Ops<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Ops<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (taken, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        taken
+    }
+
+    fn slice(&mut self) -> &'a [u8] {
+        let len = u32::from_ne_bytes(self.array());
+        self.take(len as usize)
+    }
+
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut array = [0; N];
+        array.copy_from_slice(self.take(N));
+        array
+    }
+}
+
+impl<'a> Iterator for Ops<'a> {
+    type Item = OpRef<'a>;
+
+    fn next(&mut self) -> Option<OpRef<'a>> {
+        let [tag] = *self.rest.first_chunk::<1>()?;
+        self.take(1);
+        Some(match tag {
+            SET => OpRef::Set {
+                key: self.slice(),
+                value: self.slice(),
+            },
+            SET_EXPIRING => OpRef::SetExpiring {
+                key: self.slice(),
+                value: self.slice(),
+                expires_at: u64::from_ne_bytes(self.array()),
+            },
+            DELETE => OpRef::Delete { key: self.slice() },
+            CLEAR => OpRef::Clear,
+            _ => unreachable!("the queue holds only what `push` wrote"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_come_out_as_they_went_in() {
+        let entries = [
+            Entry::Op(Op::Set {
+                key: b"k".to_vec(),
+                value: b"value".to_vec(),
+            }),
+            Entry::Batch(vec![
+                Op::SetExpiring {
+                    key: b"e".to_vec(),
+                    value: Vec::new(),
+                    expires_at: u64::MAX - 1,
+                },
+                Op::Delete { key: Vec::new() },
+                Op::Clear,
+            ]),
+            Entry::Op(Op::Delete {
+                key: b"gone".to_vec(),
+            }),
+        ];
+        let mut queued = Queued::default();
+        for entry in &entries {
+            queued.push(entry);
+        }
+        assert_eq!(queued.records(), 3);
+        let expected: Vec<String> = entries
+            .iter()
+            .flat_map(Entry::ops)
+            .map(|op| describe(OpRef::from(op)))
+            .collect();
+        let found: Vec<String> = queued.ops().map(describe).collect();
+        assert_eq!(found, expected);
+        queued.clear();
+        assert!(queued.is_empty() && queued.ops().next().is_none());
+    }
+
+    fn describe(op: OpRef<'_>) -> String {
+        match op {
+            OpRef::Set { key, value } => format!("set {key:?} {value:?}"),
+            OpRef::SetExpiring {
+                key,
+                value,
+                expires_at,
+            } => format!("setex {key:?} {value:?} {expires_at}"),
+            OpRef::Delete { key } => format!("del {key:?}"),
+            OpRef::Clear => "clear".into(),
+        }
+    }
+}
