@@ -14,7 +14,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::entry::{Entry, Op};
 use crate::stats::WalCounters;
@@ -54,18 +54,30 @@ pub(crate) fn estimated_bytes(entry: &Entry) -> u64 {
 
 /// The bound on the appends in flight.
 pub(crate) struct Gate {
-    /// Fair (FIFO): a large record waiting at the front is not overtaken
-    /// by a stream of small ones, so it is never starved.
-    semaphore: Arc<Semaphore>,
-    /// The semaphore's permits: the most one admission takes, so a record
-    /// larger than the bound waits for an empty queue instead of forever.
+    shared: Arc<GateShared>,
+}
+
+/// What the gate and every admission it gave share.
+struct GateShared {
+    semaphore: Semaphore,
+    /// The bound, in permits (one per byte).
     capacity: u32,
     counters: Arc<WalCounters>,
 }
 
+impl GateShared {
+    /// Gives `permits` back, and takes them off the pending gauge.
+    fn release(&self, permits: u32) {
+        if permits > 0 {
+            self.counters
+                .pending_bytes
+                .fetch_sub(u64::from(permits), Relaxed);
+            self.semaphore.add_permits(permits as usize);
+        }
+    }
+}
+
 impl Gate {
-    /// A gate letting `max_pending_bytes` in (at most `u32::MAX`, what one
-    /// acquisition can take; the configuration allows 4 GiB, one byte more).
     pub(crate) fn new(max_pending_bytes: u64, counters: Arc<WalCounters>) -> Gate {
         let capacity = max_pending_bytes
             .min(u64::from(u32::MAX))
@@ -73,43 +85,55 @@ impl Gate {
             .max(1);
         let capacity = u32::try_from(capacity).unwrap_or(u32::MAX);
         Gate {
-            semaphore: Arc::new(Semaphore::new(capacity as usize)),
-            capacity,
-            counters,
+            shared: Arc::new(GateShared {
+                semaphore: Semaphore::new(capacity as usize),
+                capacity,
+                counters,
+            }),
         }
     }
 
     /// The permits `bytes` takes: all of them at most.
     pub(crate) fn permits_for(&self, bytes: u64) -> u32 {
-        u32::try_from(bytes.min(u64::from(self.capacity))).unwrap_or(self.capacity)
+        let capacity = self.shared.capacity;
+        u32::try_from(bytes.min(u64::from(capacity))).unwrap_or(capacity)
     }
 
     /// Waits (in turn) until `bytes` fit under the bound; `None` once the
-    /// gate is closed.
+    /// gate is closed. Room free at once is taken without a wait's
+    /// bookkeeping: while anyone waits, the semaphore hands every freed
+    /// permit to the first in line, so none is free to jump the queue.
+    /// Either way the admission counts against the task's budget, as a
+    /// wait would: an appender whose appends are refused at once (the WAL
+    /// restarting) and who retries in a loop still yields to the runtime,
+    /// where the restart runs.
     pub(crate) async fn admit(&self, bytes: u64) -> Option<Admission> {
+        tokio::task::consume_budget().await;
         let permits = self.permits_for(bytes);
-        let permit = Arc::clone(&self.semaphore)
-            .acquire_many_owned(permits)
-            .await
-            .ok()?;
-        self.counters
+        let semaphore = &self.shared.semaphore;
+        match semaphore.try_acquire_many(permits) {
+            Ok(permit) => permit.forget(),
+            Err(_) => semaphore.acquire_many(permits).await.ok()?.forget(),
+        }
+        self.shared
+            .counters
             .pending_bytes
             .fetch_add(u64::from(permits), Relaxed);
         Some(Admission {
-            permit,
-            counters: Arc::clone(&self.counters),
+            permits,
+            gate: Arc::clone(&self.shared),
         })
     }
 
     /// Wakes every waiting appender with a refusal, and every later one:
     /// the store accepts nothing more.
     pub(crate) fn close(&self) {
-        self.semaphore.close();
+        self.shared.semaphore.close();
     }
 
     /// Whether `admission` was given by this gate.
     pub(crate) fn gave(&self, admission: &Admission) -> bool {
-        Arc::ptr_eq(admission.permit.semaphore(), &self.semaphore)
+        Arc::ptr_eq(&admission.gate, &self.shared)
     }
 }
 
@@ -118,34 +142,34 @@ impl Gate {
 /// back once the append is in the state (or answered with a failure), or
 /// when it is dropped unused.
 ///
+/// The room is a count of permits taken from the gate's semaphore and
+/// given back by hand: a permit object per append cost an atomic count of
+/// the semaphore's references at every step (take, merge, drop), on a line
+/// the applier's thread writes too.
+///
 /// [`Store::admit`]: crate::Store::admit
 /// [`Store::submit_admitted`]: crate::Store::submit_admitted
 #[must_use = "an admission holds room in the queue until it is used or dropped"]
 pub struct Admission {
-    permit: OwnedSemaphorePermit,
-    counters: Arc<WalCounters>,
+    permits: u32,
+    gate: Arc<GateShared>,
 }
 
 impl Admission {
     /// The bytes of room it holds.
     pub fn bytes(&self) -> u64 {
-        self.permit.num_permits() as u64
+        u64::from(self.permits)
     }
 
     /// Splits `bytes` of room (all it has, at most) off into an admission
     /// of its own: a batch admitted whole, then queued as several appends,
     /// each giving its part back when it is answered.
     pub(crate) fn split_off(&mut self, bytes: u64) -> Admission {
-        let take = usize::try_from(bytes)
-            .unwrap_or(usize::MAX)
-            .min(self.permit.num_permits());
-        match self.permit.split(take) {
-            Some(permit) => Admission {
-                permit,
-                counters: Arc::clone(&self.counters),
-            },
-            // `take` never exceeds what the permit holds.
-            None => unreachable!("split {take} of {} permits", self.permit.num_permits()),
+        let take = u32::try_from(bytes.min(self.bytes())).unwrap_or(self.permits);
+        self.permits -= take;
+        Admission {
+            permits: take,
+            gate: Arc::clone(&self.gate),
         }
     }
 
@@ -153,36 +177,25 @@ impl Admission {
     /// release instead of one per append). Both come from the same gate.
     /// (An admission from another gate is given back at once instead.)
     pub(crate) fn absorb(&mut self, mut other: Admission) {
-        if !Arc::ptr_eq(self.permit.semaphore(), other.permit.semaphore()) {
+        if !Arc::ptr_eq(&self.gate, &other.gate) {
             return;
         }
-        let all = other.permit.num_permits();
-        if let Some(permit) = other.permit.split(all) {
-            self.permit.merge(permit);
-        }
+        // Both are permits of one semaphore, whose total fits in a `u32`.
+        self.permits += std::mem::take(&mut other.permits);
     }
 
-    /// Gives back everything above `permits` at once, rather than when the
+    /// Gives back everything above `bytes` at once, rather than when the
     /// append is answered.
     pub(crate) fn shrink_to(&mut self, bytes: u64) {
-        let keep = usize::try_from(bytes).unwrap_or(usize::MAX);
-        let excess = self.permit.num_permits().saturating_sub(keep);
-        if let Some(extra) = self.permit.split(excess) {
-            self.counters
-                .pending_bytes
-                .fetch_sub(excess as u64, Relaxed);
-            drop(extra);
-        }
+        let keep = u32::try_from(bytes.min(self.bytes())).unwrap_or(self.permits);
+        self.gate.release(self.permits - keep);
+        self.permits = keep;
     }
 }
 
 impl Drop for Admission {
-    /// Counted out before the permits return, so `pending_bytes` never
-    /// reads above what the semaphore holds.
     fn drop(&mut self) {
-        self.counters
-            .pending_bytes
-            .fetch_sub(self.permit.num_permits() as u64, Relaxed);
+        self.gate.release(self.permits);
     }
 }
 
