@@ -116,25 +116,18 @@ impl Tree {
         let mut ahead = ops.clone();
         // The hashes of the next `SLOTS_AHEAD` operations, by position mod
         // `SLOTS_AHEAD`; a clear keeps the hasher, so they stay right.
+        // `None` past the last operation, and for a clear.
         let mut hashes = [None; SLOTS_AHEAD];
-        let mut hashed = 0;
         for hash in &mut hashes {
-            let Some(op) = ahead.next() else { break };
-            *hash = self.prefetch_slots(op);
-            hashed += 1;
+            *hash = ahead.next().and_then(|op| self.prefetch_slots(op));
         }
         for (n, op) in ops.enumerate() {
-            if n + PAIRS_AHEAD < hashed {
-                if let Some(hash) = hashes[(n + PAIRS_AHEAD) % SLOTS_AHEAD] {
-                    self.index.prefetch_pair(hash);
-                }
+            if let Some(hash) = hashes[(n + PAIRS_AHEAD) % SLOTS_AHEAD] {
+                self.index.prefetch_pair(hash);
             }
             let hash = hashes[n % SLOTS_AHEAD];
             self.apply_op(op, hash);
-            hashes[n % SLOTS_AHEAD] = ahead.next().and_then(|op| {
-                hashed += 1;
-                self.prefetch_slots(op)
-            });
+            hashes[n % SLOTS_AHEAD] = ahead.next().and_then(|op| self.prefetch_slots(op));
         }
     }
 

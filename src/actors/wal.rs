@@ -353,6 +353,7 @@ impl WalActor {
                 }
             }
         }
+        acks.shrink_to(crate::log::sync_worker::KEPT_WAITERS);
         self.acks = acks;
         let batch_due = self.sync_mode() == SyncMode::Batch
             && self.unsynced >= self.shared.config.wal.batch_size;

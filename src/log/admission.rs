@@ -54,19 +54,24 @@ pub(crate) fn estimated_bytes(entry: &Entry) -> u64 {
 
 /// The bound on the appends in flight.
 pub(crate) struct Gate {
+    /// Fair (FIFO): a large record waiting at the front is not overtaken
+    /// by a stream of small ones, so it is never starved.
     shared: Arc<GateShared>,
 }
 
 /// What the gate and every admission it gave share.
 struct GateShared {
     semaphore: Semaphore,
-    /// The bound, in permits (one per byte).
+    /// The semaphore's permits (one per byte): the most one admission
+    /// takes, so a record larger than the bound waits for an empty queue
+    /// instead of forever.
     capacity: u32,
     counters: Arc<WalCounters>,
 }
 
 impl GateShared {
-    /// Gives `permits` back, and takes them off the pending gauge.
+    /// Gives `permits` back. Counted out before the permits return, so
+    /// `pending_bytes` never reads above what the semaphore holds.
     fn release(&self, permits: u32) {
         if permits > 0 {
             self.counters
@@ -78,6 +83,8 @@ impl GateShared {
 }
 
 impl Gate {
+    /// A gate letting `max_pending_bytes` in (at most `u32::MAX`, what one
+    /// acquisition can take; the configuration allows 4 GiB, one byte more).
     pub(crate) fn new(max_pending_bytes: u64, counters: Arc<WalCounters>) -> Gate {
         let capacity = max_pending_bytes
             .min(u64::from(u32::MAX))

@@ -62,6 +62,10 @@ impl Waiter {
     }
 }
 
+/// The most waiters an emptied vector keeps room for: a group at steady
+/// load fits; what a burst grew it to goes back.
+pub(crate) const KEPT_WAITERS: usize = 4096;
+
 /// Called with the outcome once a job's sync finished: the error its
 /// waiters were answered with, shared rather than flattened.
 pub(crate) type OnDone = Box<dyn FnOnce(Result<(), Arc<Error>>) + Send>;
@@ -290,6 +294,7 @@ impl SyncWorker {
         // Still under the lock: a release on the sync thread must not
         // answer (and apply) later records before these.
         answer(&self.shared.kv, &mut ready);
+        ready.shrink_to(KEPT_WAITERS);
         state.ready = ready;
     }
 
@@ -521,6 +526,7 @@ fn release_deferred(shared: &Shared, upto: Seq) {
         ready.extend(state.deferred.pop_front());
     }
     answer(&shared.kv, &mut ready);
+    ready.shrink_to(KEPT_WAITERS);
     state.ready = ready;
 }
 

@@ -59,6 +59,10 @@ impl<'a> From<&'a Op> for OpRef<'a> {
     }
 }
 
+/// The most of an emptied buffer kept for reuse: a steady load's queue
+/// between two flushes fits many times over.
+const KEPT_BYTES: usize = 1 << 20;
+
 const SET: u8 = 0;
 const SET_EXPIRING: u8 = 1;
 const DELETE: u8 = 2;
@@ -121,9 +125,12 @@ impl Queued {
         self.records == 0
     }
 
-    /// Empties the queue, keeping its buffer for the next records.
+    /// Empties the queue, keeping up to [`KEPT_BYTES`] of its buffer for
+    /// the next records: a burst may have queued up to
+    /// `limits.max_pending_bytes`, which must not stay allocated after it.
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
+        self.bytes.shrink_to(KEPT_BYTES);
         self.records = 0;
     }
 
