@@ -28,13 +28,14 @@ use crate::actors::supervised::Slot;
 use crate::actors::supervisor::StoreSupervisor;
 use crate::config::{Config, SyncMode};
 use crate::crash::crash_point;
-use crate::entry::{Record, Seq};
+use crate::entry::{Entry, Record, Seq};
 use crate::error::{Error, Result};
 use crate::format::record::encode_segment_record;
 use crate::format::segment::SEGMENT_HEADER_BYTES;
 use crate::fs::FileSystem;
 use crate::latency::Latencies;
 use crate::lifecycle::manifest::{remove_retired, ManifestStore};
+use crate::log::admission::Admission;
 use crate::log::inbox::{Closed, Inbox, Reply, Request};
 use crate::log::recovery::{recover, Debris, Recovery};
 use crate::log::segment::Segment;
@@ -141,6 +142,9 @@ pub struct WalActor {
     /// The appends of the last write, emptied: gathered into again rather
     /// than allocated per write (see the sync worker's `ready`).
     acks: Vec<Waiter>,
+    /// The records of the last write, emptied: staged in the state once
+    /// written, then freed here, on the thread that allocated them.
+    written: Vec<(Seq, Entry)>,
     /// Records written since the last sync was requested.
     unsynced: u64,
     /// `Rotate` requests waiting for the rotation in progress.
@@ -183,6 +187,7 @@ impl WalActor {
             taken: Vec::new(),
             buf: Vec::new(),
             acks: Vec::new(),
+            written: Vec::new(),
             unsynced: 0,
             rotation_replies: Vec::new(),
             truncation: None,
@@ -221,6 +226,10 @@ impl WalActor {
     fn write_backlog(&mut self) -> bool {
         self.buf.clear();
         let mut acks = std::mem::take(&mut self.acks);
+        let mut written = std::mem::take(&mut self.written);
+        // The room of every append written, merged: given back at once
+        // once their records are applied.
+        let mut room: Option<Admission> = None;
         let mut sync_replies: Vec<Reply> = Vec::new();
         let mut full = false;
         let max = self.shared.config.wal.max_segment_bytes;
@@ -262,9 +271,12 @@ impl WalActor {
                     acks.push(Waiter {
                         seq: self.next_seq,
                         reply,
-                        entry: Some(entry),
-                        permit: Some(permit),
                     });
+                    written.push((self.next_seq, entry));
+                    match &mut room {
+                        Some(room) => room.absorb(permit),
+                        None => room = Some(permit),
+                    }
                     self.next_seq += 1;
                 }
                 Request::Sync { reply } => sync_replies.push(reply),
@@ -294,7 +306,7 @@ impl WalActor {
         if !self.buf.is_empty() {
             // The requests of a write that fails get its error; after an
             // earlier failure they are refused with that one as the cause.
-            let written = match self.shared.worker.admit_write() {
+            let outcome = match self.shared.worker.admit_write() {
                 Ok(_gate) => self
                     .segment
                     .file
@@ -306,16 +318,28 @@ impl WalActor {
                     }),
                 Err(cause) => Err((Error::refused(&cause), cause)),
             };
-            if let Err((answer, cause)) = written {
+            if let Err((answer, cause)) = outcome {
+                // The room goes back before the answers, so that an
+                // appender that has its answer finds it free.
+                drop(room);
+                written.clear();
                 for waiter in acks.drain(..) {
                     waiter.answer(Err(answer.clone()));
                 }
                 for reply in sync_replies {
                     let _ = reply.send(Err(answer.clone()));
                 }
+                self.acks = acks;
+                self.written = written;
                 self.fail(cause);
                 return false;
             }
+            // Queued for the state before anyone can acknowledge them.
+            self.shared
+                .state
+                .stage(written.iter().map(|(seq, entry)| (*seq, entry)), room);
+            written.clear();
+            written.shrink_to(crate::log::sync_worker::KEPT_WAITERS);
             let written = self.buf.len() as u64;
             self.shared
                 .worker
@@ -333,12 +357,7 @@ impl WalActor {
         let upto = self.next_seq - 1;
         let mut waiters: Vec<Waiter> = sync_replies
             .into_iter()
-            .map(|reply| Waiter {
-                seq: upto,
-                reply,
-                entry: None,
-                permit: None,
-            })
+            .map(|reply| Waiter { seq: upto, reply })
             .collect();
         match self.sync_mode() {
             SyncMode::Always => waiters.append(&mut acks),
@@ -355,6 +374,7 @@ impl WalActor {
         }
         acks.shrink_to(crate::log::sync_worker::KEPT_WAITERS);
         self.acks = acks;
+        self.written = written;
         let batch_due = self.sync_mode() == SyncMode::Batch
             && self.unsynced >= self.shared.config.wal.batch_size;
         let always_due = self.sync_mode() == SyncMode::Always && self.unsynced > 0;

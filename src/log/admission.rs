@@ -5,11 +5,12 @@
 //! once), so without this a producer that submits faster than the disk
 //! syncs would grow it without limit. Each append first takes permits for
 //! its estimated size from a FIFO semaphore, waiting while the bound is
-//! reached; the permits travel with the request, then with its waiter, then
-//! with its record into the state's queue, and go back once the state's
-//! applier has applied it (so an applier slower than the disk slows the
-//! appenders too), or the moment a failed append is answered, or when the
-//! request is dropped unanswered (a dead actor, a refused push).
+//! reached; the permits travel with the request, then, merged with those
+//! of the rest of its write, with its record into the state's queue, and go
+//! back once the state's applier has applied it (so an applier slower than
+//! the disk slows the appenders too), or just before a failed append is
+//! answered, or when the request is dropped unanswered (a dead actor, a
+//! refused push).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

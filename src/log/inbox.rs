@@ -30,7 +30,8 @@ pub(crate) type Reply = oneshot::Sender<Result<Seq>>;
 /// One queued request, answered through its `reply`.
 pub(crate) enum Request {
     /// Write `entry` as the next record; `permit` is its room in the
-    /// queue, given back when it is answered (or dropped).
+    /// queue, given back once the record is applied (or the append fails,
+    /// or the request is dropped).
     Append {
         entry: Entry,
         reply: Reply,

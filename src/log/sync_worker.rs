@@ -29,34 +29,27 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{SyncMode, WalConfig};
-use crate::entry::{Entry, Seq};
+use crate::entry::Seq;
 use crate::error::Error;
 use crate::fs::{FileSystem, WritableFile};
 use crate::latency::Latencies;
-use crate::log::admission::Admission;
 use crate::log::inbox::{Closed, Inbox, Reply};
 use crate::log::sync_failure;
 use crate::meters::Meters;
 use crate::state;
 use crate::stats::WalCounters;
 
-/// An appender waiting for `seq` to become durable.
+/// An appender waiting for `seq` to become durable. An append's record
+/// and its room wait in the state's queue (see `state::Shared::stage`),
+/// so that neither is freed on this thread.
 pub(crate) struct Waiter {
     pub seq: Seq,
     pub reply: Reply,
-    /// An append's record, applied to the state just before the appender
-    /// is answered (`None` for a sync request).
-    pub entry: Option<Entry>,
-    /// An append's room in the queue (none for a sync request), given back
-    /// once its record is in the state, or when a failure is answered.
-    pub permit: Option<Admission>,
 }
 
 impl Waiter {
-    /// Answers the appender, giving back the room it still holds first, so
-    /// that one that has its answer finds the room free.
+    /// Answers the appender.
     pub(crate) fn answer(self, answer: crate::error::Result<Seq>) {
-        drop(self.permit);
         // The appender may have given up waiting; nothing to do then.
         let _ = self.reply.send(answer);
     }
@@ -276,7 +269,7 @@ impl SyncWorker {
         let mut state = self.shared.lock();
         if let Some(cause) = state.failed.clone() {
             drop(state);
-            fail_waiters(waiters.drain(..), &Error::refused(&cause));
+            fail_waiters(&self.shared.kv, waiters.drain(..), &Error::refused(&cause));
             return;
         }
         let durable_seq = self.shared.counters.durable_seq.load(Relaxed);
@@ -302,7 +295,7 @@ impl SyncWorker {
     /// stopped, and the syncs that would have answered them will not come.
     pub(crate) fn fail_deferred(&self, error: &Error) {
         let deferred = std::mem::take(&mut self.shared.lock().deferred);
-        fail_waiters(deferred, error);
+        fail_waiters(&self.shared.kv, deferred, error);
     }
 
     /// Why syncing stopped, if it did.
@@ -379,7 +372,7 @@ fn run(shared: &Shared) {
                     std::mem::take(&mut state.deferred),
                 )
             };
-            fail_waiters(deferred, &cause);
+            fail_waiters(&shared.kv, deferred, &cause);
             shared
                 .inbox
                 .close_and_fail(Closed::Failed(Arc::clone(&cause)));
@@ -469,8 +462,8 @@ fn sync_group(shared: &Shared, group: &[SyncJob]) -> Result<(), Arc<Error>> {
             // failure; those written after it are refused.
             let (hit, after): (Vec<_>, Vec<_>) =
                 deferred.into_iter().partition(|waiter| waiter.seq <= upto);
-            fail_waiters(hit, &cause);
-            fail_waiters(after, &Error::refused(&cause));
+            fail_waiters(&shared.kv, hit, &cause);
+            fail_waiters(&shared.kv, after, &Error::refused(&cause));
             // What a successful sync made durable, the header's included
             // (a new segment's header may have been synced outside this
             // thread, at open): cutting below it would unstart the segment
@@ -530,23 +523,28 @@ fn release_deferred(shared: &Shared, upto: Seq) {
     state.ready = ready;
 }
 
-/// Applies the waiters' records to the state, then answers them: a write
-/// is visible before its appender hears, and never before the sync mode
-/// acknowledges it. Empties `waiters`, keeping its room.
+/// Makes the waiters' records visible in the state, then answers them: a
+/// write is visible before its appender hears, and never before the sync
+/// mode acknowledges it. Waiters come in sequence order, and every record
+/// before them was answered, so one mark covers them all. Empties
+/// `waiters`, keeping its room.
 fn answer(kv: &state::Shared, waiters: &mut Vec<Waiter>) {
-    kv.apply(
-        waiters
-            .iter_mut()
-            .filter_map(|waiter| Some((waiter.seq, waiter.entry.as_ref()?, &mut waiter.permit))),
-    );
+    if let Some(last) = waiters.iter().map(|waiter| waiter.seq).max() {
+        kv.acknowledge(last);
+    }
     for waiter in waiters.drain(..) {
         let seq = waiter.seq;
         waiter.answer(Ok(seq));
     }
 }
 
-/// Answers every waiter with `error`.
-fn fail_waiters(waiters: impl IntoIterator<Item = Waiter>, error: &Error) {
+/// Answers every waiter with `error`, first dropping their records from
+/// the state's queue: nothing after the first of them will be acknowledged.
+fn fail_waiters(kv: &state::Shared, waiters: impl IntoIterator<Item = Waiter>, error: &Error) {
+    let waiters: Vec<Waiter> = waiters.into_iter().collect();
+    if let Some(first) = waiters.iter().map(|waiter| waiter.seq).min() {
+        kv.discard_from(first);
+    }
     for waiter in waiters {
         waiter.answer(Err(error.clone()));
     }
@@ -556,7 +554,7 @@ fn fail_waiters(waiters: impl IntoIterator<Item = Waiter>, error: &Error) {
 fn complete(shared: &Shared, job: SyncJob, result: Result<(), Arc<Error>>) {
     match &result {
         Ok(()) => answer(&shared.kv, &mut { job.waiters }),
-        Err(error) => fail_waiters(job.waiters, error),
+        Err(error) => fail_waiters(&shared.kv, job.waiters, error),
     }
     if let Some(on_done) = job.on_done {
         on_done(result);
@@ -592,15 +590,7 @@ mod tests {
         tokio::sync::oneshot::Receiver<crate::error::Result<Seq>>,
     ) {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        (
-            Waiter {
-                seq,
-                reply,
-                entry: None,
-                permit: None,
-            },
-            answer,
-        )
+        (Waiter { seq, reply }, answer)
     }
 
     #[test]

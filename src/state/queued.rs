@@ -7,8 +7,14 @@
 //! Copied here as the records are acknowledged, they are freed on the
 //! thread that allocated them, where the next append reuses their memory,
 //! and the applier frees nothing per operation.
+//!
+//! Records are queued as soon as they are written, before they are
+//! acknowledged, each with its sequence number: the appending thread copies
+//! them while it still holds them, and the thread that acknowledges them
+//! (after an `fdatasync`, in `always`) only moves a mark. Only the records
+//! up to that mark are applied.
 
-use crate::entry::{Entry, Op};
+use crate::entry::{Entry, Op, Seq};
 
 /// One operation as the state applies it, borrowed from a record or from
 /// the queue.
@@ -75,12 +81,19 @@ const CLEAR: u8 = 3;
 #[derive(Default)]
 pub(crate) struct Queued {
     bytes: Vec<u8>,
-    records: usize,
+    /// Each record's sequence number and where its operations start in
+    /// `bytes`, in sequence order.
+    starts: Vec<(Seq, usize)>,
+    /// Records before this one were taken (see [`Queued::take_front`]).
+    head: usize,
 }
 
 impl Queued {
-    /// Copies the operations of `entry` in.
-    pub(crate) fn push(&mut self, entry: &Entry) {
+    /// Copies the operations of record `seq`, holding `entry`, in; `seq`
+    /// follows every record queued.
+    pub(crate) fn push(&mut self, seq: Seq, entry: &Entry) {
+        debug_assert!(self.starts.last().is_none_or(|(last, _)| *last < seq));
+        self.starts.push((seq, self.bytes.len()));
         for op in entry.ops() {
             match op {
                 Op::Set { key, value } => {
@@ -105,7 +118,6 @@ impl Queued {
                 Op::Clear => self.bytes.push(CLEAR),
             }
         }
-        self.records += 1;
     }
 
     fn slice(&mut self, bytes: &[u8]) {
@@ -116,13 +128,65 @@ impl Queued {
         self.bytes.extend_from_slice(bytes);
     }
 
-    /// Records pushed since the last clear.
+    /// Records queued.
     pub(crate) fn records(&self) -> usize {
-        self.records
+        self.starts.len() - self.head
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.records == 0
+    /// The sequence number of the first record queued.
+    pub(crate) fn first_seq(&self) -> Option<Seq> {
+        self.starts.get(self.head).map(|(seq, _)| *seq)
+    }
+
+    /// How many records queued are numbered `seq` or less.
+    pub(crate) fn records_through(&self, seq: Seq) -> usize {
+        self.starts[self.head..].partition_point(|(queued, _)| *queued <= seq)
+    }
+
+    /// Moves the first `n` records (all there are, at most) to the end of
+    /// `into`: a copy of them alone, however many stay behind.
+    pub(crate) fn take_front(&mut self, n: usize, into: &mut Queued) {
+        let end = (self.head + n).min(self.starts.len());
+        if end == self.head {
+            return;
+        }
+        let from = self.starts[self.head].1;
+        let to = self.starts.get(end).map_or(self.bytes.len(), |(_, at)| *at);
+        let base = into.bytes.len();
+        into.bytes.extend_from_slice(&self.bytes[from..to]);
+        into.starts.extend(
+            self.starts[self.head..end]
+                .iter()
+                .map(|(seq, start)| (*seq, start - from + base)),
+        );
+        self.head = end;
+        if self.head == self.starts.len() {
+            self.bytes.clear();
+            self.starts.clear();
+            self.head = 0;
+        } else if self.head * 2 > self.starts.len() {
+            // Taken records go once they are most of the buffer: each
+            // byte moves at most once more on average.
+            self.bytes.drain(..to);
+            self.starts.drain(..self.head);
+            for (_, start) in &mut self.starts {
+                *start -= to;
+            }
+            self.head = 0;
+        }
+    }
+
+    /// Drops every record numbered `seq` or more.
+    pub(crate) fn drop_from(&mut self, seq: Seq) {
+        let kept =
+            self.head + self.starts[self.head..].partition_point(|(queued, _)| *queued < seq);
+        if let Some(&(_, from)) = self.starts.get(kept) {
+            self.bytes.truncate(from);
+            self.starts.truncate(kept);
+            if kept == self.head {
+                self.clear();
+            }
+        }
     }
 
     /// Empties the queue, keeping up to [`KEPT_BYTES`] of its buffer for
@@ -131,12 +195,20 @@ impl Queued {
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
         self.bytes.shrink_to(KEPT_BYTES);
-        self.records = 0;
+        self.starts.clear();
+        self.starts.shrink_to(KEPT_BYTES / 64);
+        self.head = 0;
     }
 
     /// The queued operations, in the order pushed.
     pub(crate) fn ops(&self) -> Ops<'_> {
-        Ops { rest: &self.bytes }
+        let from = self
+            .starts
+            .get(self.head)
+            .map_or(self.bytes.len(), |(_, at)| *at);
+        Ops {
+            rest: &self.bytes[from..],
+        }
     }
 }
 
@@ -213,19 +285,53 @@ mod tests {
             }),
         ];
         let mut queued = Queued::default();
-        for entry in &entries {
-            queued.push(entry);
+        for (seq, entry) in (10..).zip(&entries) {
+            queued.push(seq, entry);
         }
         assert_eq!(queued.records(), 3);
-        let expected: Vec<String> = entries
-            .iter()
-            .flat_map(Entry::ops)
-            .map(|op| describe(OpRef::from(op)))
-            .collect();
+        let described = |entries: &[Entry]| -> Vec<String> {
+            entries
+                .iter()
+                .flat_map(Entry::ops)
+                .map(|op| describe(OpRef::from(op)))
+                .collect()
+        };
         let found: Vec<String> = queued.ops().map(describe).collect();
-        assert_eq!(found, expected);
-        queued.clear();
-        assert!(queued.is_empty() && queued.ops().next().is_none());
+        assert_eq!(found, described(&entries));
+
+        // Split after the first record: the rest lands after what the
+        // other queue holds, with its sequence numbers.
+        assert_eq!(queued.records_through(10), 1);
+        assert_eq!(queued.records_through(9), 0);
+        assert_eq!(queued.records_through(u64::MAX), 3);
+        // Take the first record: it lands after what the other queue
+        // holds, with its sequence number, and the rest stay.
+        let mut taken = Queued::default();
+        taken.push(5, &entries[2]);
+        queued.take_front(1, &mut taken);
+        assert_eq!(
+            taken.ops().map(describe).collect::<Vec<_>>(),
+            described(&[entries[2].clone(), entries[0].clone()])
+        );
+        assert_eq!((taken.first_seq(), taken.records_through(10)), (Some(5), 2));
+        assert_eq!(
+            queued.ops().map(describe).collect::<Vec<_>>(),
+            described(&entries[1..])
+        );
+        assert_eq!((queued.first_seq(), queued.records()), (Some(11), 2));
+        assert_eq!(queued.records_through(11), 1);
+        // Past the rest, a taken record and the ones after it are dropped.
+        queued.drop_from(12);
+        assert_eq!(
+            queued.ops().map(describe).collect::<Vec<_>>(),
+            described(&entries[1..2])
+        );
+        queued.push(12, &entries[0]);
+        queued.take_front(5, &mut taken);
+        assert_eq!((queued.records(), queued.ops().next().is_none()), (0, true));
+        assert_eq!(taken.records(), 4);
+        taken.drop_from(0);
+        assert!(taken.first_seq().is_none() && taken.ops().next().is_none());
     }
 
     fn describe(op: OpRef<'_>) -> String {
