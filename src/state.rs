@@ -478,9 +478,11 @@ impl Shared {
     fn flush_all(&self) -> usize {
         let mut applied = 0;
         loop {
-            match self.flush(APPLY_CHUNK) {
-                0 => return applied,
-                n => applied += n,
+            applied += self.flush(APPLY_CHUNK);
+            // Checked before taking the lock again: a write lock taken for
+            // nothing still holds every reader back.
+            if self.queued.load(Acquire) == 0 {
+                return applied;
             }
         }
     }
