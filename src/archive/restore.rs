@@ -179,17 +179,20 @@ pub async fn restore(
     }
 
     // The segments as contiguous runs of chunks from byte 0; the records
-    // each holds.
+    // each holds. A segment with a gap is refused below if any of its
+    // records is needed: retention may have deleted the chunks of a
+    // segment the newest snapshot covers while later ones were still on
+    // their way up.
     let mut segments: Vec<(u64, Vec<(ChunkName, String)>)> = Vec::new();
+    let mut gaps: Vec<(u64, (u64, u64), Seq)> = Vec::new();
     for (id, run) in chunks {
         let names: BTreeMap<ChunkName, String> = run.into_iter().collect();
         let all: Vec<ChunkName> = names.keys().copied().collect();
         let (picked, gap) = furthest_run(&all);
-        if let Some((from, to)) = gap {
-            return Err(refuse(
-                &format!("wal/{id:020}/"),
-                format!("bytes {from}..{to} of segment {id} are missing from the archive"),
-            ));
+        if let Some(gap) = gap {
+            let last = all.iter().map(|chunk| chunk.last_seq).max().unwrap_or(0);
+            gaps.push((id, gap, last));
+            continue;
         }
         let picked = picked
             .into_iter()
@@ -227,6 +230,12 @@ pub async fn restore(
         }
     }
     let base = chain.last().map_or(0, |s| s.to_seq);
+    if let Some((id, (from, to), _)) = gaps.iter().find(|(_, _, last)| *last > base) {
+        return Err(refuse(
+            &format!("wal/{id:020}/"),
+            format!("bytes {from}..{to} of segment {id} are missing from the archive"),
+        ));
+    }
 
     // The segments from `base + 1` to the target, without a gap.
     let needed: Vec<&(u64, Vec<(ChunkName, String)>)> = segments
