@@ -395,10 +395,7 @@ impl Pending {
                 break;
             };
             self.room_bytes -= admission.bytes();
-            match &mut done {
-                Some(done) => done.absorb(admission),
-                None => done = Some(admission),
-            }
+            Admission::gather(&mut done, admission);
         }
         done
     }

@@ -273,10 +273,7 @@ impl WalActor {
                         reply,
                     });
                     written.push((self.next_seq, entry));
-                    match &mut room {
-                        Some(room) => room.absorb(permit),
-                        None => room = Some(permit),
-                    }
+                    Admission::gather(&mut room, permit);
                     self.next_seq += 1;
                 }
                 Request::Sync { reply } => sync_replies.push(reply),

@@ -181,15 +181,19 @@ impl Admission {
         }
     }
 
-    /// Takes `other`'s room into this one, to be given back together (one
-    /// release instead of one per append). Both come from the same gate.
-    /// (An admission from another gate is given back at once instead.)
-    pub(crate) fn absorb(&mut self, mut other: Admission) {
-        if !Arc::ptr_eq(&self.gate, &other.gate) {
-            return;
+    /// Takes `other`'s room into `into`'s, to be given back together (one
+    /// release instead of one per append); `other` itself if `into` holds
+    /// none. Both come from the same gate. (An admission from another gate
+    /// is given back at once instead.)
+    pub(crate) fn gather(into: &mut Option<Admission>, mut other: Admission) {
+        match into {
+            None => *into = Some(other),
+            Some(held) if Arc::ptr_eq(&held.gate, &other.gate) => {
+                // Both are permits of one semaphore, whose total fits in a `u32`.
+                held.permits += std::mem::take(&mut other.permits);
+            }
+            Some(_) => {}
         }
-        // Both are permits of one semaphore, whose total fits in a `u32`.
-        self.permits += std::mem::take(&mut other.permits);
     }
 
     /// Gives back everything above `bytes` at once, rather than when the
