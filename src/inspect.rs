@@ -18,6 +18,7 @@ use crate::format::record::MAX_PAYLOAD_BYTES;
 use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
 use crate::fs::{FileSystem, RealFs};
+use crate::lifecycle::background::Cancel;
 use crate::lifecycle::manifest::truncation_cap;
 use crate::lifecycle::snapshot::{read_snapshot, select_chain, snapshot_path};
 use crate::log::reader::FrameReader;
@@ -191,7 +192,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection> {
     let mut buf = Vec::new();
     for header in &listed_snapshots {
         let path = snapshot_path(dir, header);
-        match read_snapshot(&fs, &path, header, &mut buf, |_, _| {}) {
+        match read_snapshot(&fs, &path, header, &mut buf, &Cancel::default(), |_, _| {}) {
             Ok(_) => found.snapshots.push(SnapshotReport {
                 header: *header,
                 bytes: fs.file_len(&path).unwrap_or(0),

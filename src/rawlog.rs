@@ -25,6 +25,7 @@ use crate::entry::{Entry, Record, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::manifest::{DirKind, MAX_METADATA_BYTES};
 use crate::fs::{FileSystem, RealFs};
+use crate::lifecycle::background::Cancel;
 use crate::lifecycle::manifest::remove_retired;
 use crate::log::admission::{estimated_bytes, Admission};
 use crate::log::read::LogRead;
@@ -245,6 +246,7 @@ impl Log {
                 wal.fs.as_ref(),
                 &retired,
                 wal.config.maintenance.delete_bytes_per_sec,
+                &Cancel::default(),
             )
         })
         .await

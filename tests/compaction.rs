@@ -243,3 +243,72 @@ async fn a_compaction_asked_for_while_one_runs_is_refused_without_rotating() {
     );
     store.shutdown().await.expect("shutdown");
 }
+
+#[actix_rt::test]
+async fn shutdown_cancels_a_running_compaction_instead_of_waiting_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), SyncMode::None);
+    let (store, _) = concordkv::testing::open_recording(cfg.clone())
+        .await
+        .expect("open");
+    let value = |k: u32| format!("{k:01024}");
+    for k in 0..8000u32 {
+        store.set(format!("k{k}"), value(k)).await.expect("set");
+    }
+    store.shutdown().await.expect("shutdown");
+    // Reopened with the slowest write rate: the 8 MB snapshot takes about
+    // 8 s to write, so a shutdown that waited for it would too.
+    let mut slow = cfg.clone();
+    slow.maintenance.write_bytes_per_sec = 1 << 20;
+    let (store, _) = concordkv::testing::open_recording(slow)
+        .await
+        .expect("reopen");
+    let compaction = actix_rt::spawn({
+        let store = store.clone();
+        async move { store.compact().await }
+    });
+    let writing = || {
+        std::fs::read_dir(dir.path()).expect("read dir").any(|e| {
+            e.expect("entry")
+                .path()
+                .to_string_lossy()
+                .ends_with(".snap.tmp")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !writing() {
+        assert!(Instant::now() < deadline, "the compaction never wrote");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = Instant::now();
+    store.shutdown().await.expect("shutdown");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "shutdown waited {took:?} for a compaction it should have cancelled"
+    );
+    assert!(
+        matches!(
+            compaction.await.expect("task"),
+            Err(concordkv::Error::ShutDown)
+        ),
+        "the cancelled compaction says why it ended"
+    );
+    assert!(
+        !writing(),
+        "the cancelled snapshot's temporary file is gone"
+    );
+    let (store, recovery) = concordkv::testing::open_recording(cfg)
+        .await
+        .expect("reopen");
+    let state = recovery.state();
+    assert_eq!(state.len(), 8000);
+    assert!(
+        (0..8000u32).all(|k| state.get(format!("k{k}").as_bytes()) == Some(&value(k).into_bytes()))
+    );
+    assert!(
+        store.compact().await.expect("compact").is_some(),
+        "the next open compacts what the cancelled one did not"
+    );
+    store.shutdown().await.expect("shutdown");
+}

@@ -77,8 +77,8 @@ impl Publisher {
             "concordkv-retire",
             "removing retired files",
             Priority::Background,
-            move || {
-                remove_obsolete(shared.fs.as_ref(), &shared.config, &retired);
+            move |cancel| {
+                remove_obsolete(shared.fs.as_ref(), &shared.config, &retired, cancel);
                 Ok(())
             },
         );
@@ -106,13 +106,13 @@ impl Handler<TakeSnapshot> for SnapshotActor {
             "concordkv-snapshot",
             "a snapshot",
             msg.priority,
-            move || {
+            move |cancel| {
                 take_snapshot(
                     shared.fs.as_ref(),
                     &shared.manifest,
                     &shared.config,
-                    kind,
-                    msg.upto,
+                    (kind, msg.upto),
+                    cancel,
                 )
             },
         );
@@ -166,12 +166,13 @@ impl Handler<RunCompaction> for SnapshotActor {
             "concordkv-compact",
             "a compaction",
             Priority::Background,
-            move || {
+            move |cancel| {
                 compact(
                     shared.fs.as_ref(),
                     &shared.manifest,
                     &shared.config,
                     msg.automatic,
+                    cancel,
                 )
             },
         );

@@ -466,6 +466,9 @@ impl Handler<Shutdown> for StoreSupervisor {
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
         self.shutting_down = true;
         self.shared.inbox.close(Closed::ShutDown);
+        // Snapshots and compactions stop now, not once the WAL has drained:
+        // the next open redoes whatever they had left.
+        self.jobs.close();
         let (reply, drained) = oneshot::channel();
         match &self.wal {
             Some(wal) => wal.do_send(StopWal { reply }),

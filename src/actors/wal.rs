@@ -34,6 +34,7 @@ use crate::format::record::encode_segment_record;
 use crate::format::segment::SEGMENT_HEADER_BYTES;
 use crate::fs::FileSystem;
 use crate::latency::Latencies;
+use crate::lifecycle::background::Cancel;
 use crate::lifecycle::manifest::{remove_retired, ManifestStore};
 use crate::log::admission::Admission;
 use crate::log::inbox::{Closed, Inbox, Reply, Request};
@@ -607,7 +608,7 @@ impl WalActor {
         let shared = Arc::clone(&self.shared);
         actix_rt::task::spawn_blocking(move || {
             let pace = shared.config.maintenance.delete_bytes_per_sec;
-            if let Err(e) = remove_retired(shared.fs.as_ref(), &files, pace) {
+            if let Err(e) = remove_retired(shared.fs.as_ref(), &files, pace, &Cancel::default()) {
                 tracing::warn!(%e, "removing segments a truncation dropped failed; the next open removes them");
             }
         });
@@ -744,6 +745,12 @@ impl Handler<StopWal> for WalActor {
     fn handle(&mut self, msg: StopWal, ctx: &mut Context<Self>) {
         self.shared.inbox.close(Closed::ShutDown);
         self.stopping = Some(msg.reply);
+        // Stopping waits for a segment being prepared (its file must be
+        // finished before the directory is released): at full speed, not
+        // at the pace that spares appends, now that none will come.
+        if self.preparing {
+            self.hurry(ctx);
+        }
         self.drain(ctx);
     }
 }

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::format::segment::{parse_segment_file_name, segment_path};
 use crate::format::snapshot::is_snapshot_file_name;
 use crate::fs::FileSystem;
+use crate::lifecycle::background::Cancel;
 use crate::lifecycle::manifest::remove_retired;
 
 /// What the archive holds, as far as this archiver knows: learnt from a
@@ -378,7 +379,12 @@ impl Uploader {
     /// Deletes a retired file the archive now holds whole.
     fn release(&self, path: &Path) -> Result<()> {
         let pace = self.shared.config.maintenance.delete_bytes_per_sec;
-        remove_retired(self.shared.fs.as_ref(), &[path.to_path_buf()], pace)
+        remove_retired(
+            self.shared.fs.as_ref(),
+            &[path.to_path_buf()],
+            pace,
+            &Cancel::default(),
+        )
     }
 }
 

@@ -23,6 +23,7 @@ use crate::entry::Seq;
 use crate::error::{Error, Result};
 use crate::format::snapshot::SnapshotKind;
 use crate::fs::FileSystem;
+use crate::lifecycle::background::Cancel;
 use crate::lifecycle::manifest::ManifestStore;
 use crate::lifecycle::snapshot::{build_snapshot, snapshot_path, write_built, Built, Written};
 use crate::log::segment::started_segments;
@@ -77,9 +78,11 @@ pub(crate) fn compact(
     manifest: &ManifestStore,
     config: &Config,
     automatic: bool,
+    cancel: &Cancel,
 ) -> Result<Option<(Written, CompactionReport)>> {
     let upto = sealed_upto(fs, manifest, config)?;
-    let Some(built) = build_snapshot(fs, manifest, config, SnapshotKind::Full, upto)? else {
+    let Some(built) = build_snapshot(fs, manifest, config, (SnapshotKind::Full, upto), cancel)?
+    else {
         return Ok(None);
     };
     let sealed = SealedLog {
@@ -92,7 +95,7 @@ pub(crate) fn compact(
     crash_point("compaction.after_build");
     let bytes_before = built.log.bytes + chain_bytes(fs, config, &built)?;
     let entries_before = sealed.ops + built.chain.iter().map(|s| s.entries).sum::<u64>();
-    let written = write_built(fs, config, built)?;
+    let written = write_built(fs, config, built, cancel)?;
     let output = snapshot_path(&config.data_dir, &written.header);
     let bytes_after = fs
         .file_len(&output)

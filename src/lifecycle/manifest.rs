@@ -28,6 +28,7 @@ use crate::format::segment::{
 };
 use crate::format::snapshot::{is_snapshot_file_name, SnapshotHeader};
 use crate::fs::FileSystem;
+use crate::lifecycle::background::Cancel;
 use crate::lifecycle::pacing::Pacer;
 use crate::lifecycle::snapshot::snapshot_path;
 use crate::log::segment::{prepare_file, Segment};
@@ -616,16 +617,18 @@ fn remove_if_present(fs: &dyn FileSystem, path: &Path) -> Result<()> {
 /// behind that (a compaction unlinking 140 MB of segments held appends at a
 /// p99 of 13 ms for the 35 ms it took). The directory is not synced: a
 /// removal a crash undoes leaves an unlisted file, which the next open
-/// deletes.
+/// deletes; so does a removal `cancel` stops ([`Error::ShutDown`]).
 pub(crate) fn remove_retired(
     fs: &dyn FileSystem,
     files: &[PathBuf],
     bytes_per_sec: u64,
+    cancel: &Cancel,
 ) -> Result<()> {
     let mut pacer = Pacer::new(bytes_per_sec);
     for path in files {
+        cancel.check()?;
         if bytes_per_sec > 0 {
-            cut_down(fs, path, &mut pacer)?;
+            cut_down(fs, path, &mut pacer, cancel)?;
         }
         remove_if_present(fs, path)?;
     }
@@ -633,7 +636,7 @@ pub(crate) fn remove_retired(
 }
 
 /// Truncates `path` to nothing a step at a time, paced; a file already gone is fine.
-fn cut_down(fs: &dyn FileSystem, path: &Path, pacer: &mut Pacer) -> Result<()> {
+fn cut_down(fs: &dyn FileSystem, path: &Path, pacer: &mut Pacer, cancel: &Cancel) -> Result<()> {
     let error = |e: std::io::Error| Error::io("shrink obsolete file", path, e);
     let (file, mut len) = match fs
         .open_writable(path)
@@ -644,6 +647,7 @@ fn cut_down(fs: &dyn FileSystem, path: &Path, pacer: &mut Pacer) -> Result<()> {
         Err(e) => return Err(error(e)),
     };
     while len > 0 {
+        cancel.check()?;
         let next = len.saturating_sub(RETIRE_STEP_BYTES);
         file.set_len(next).map_err(error)?;
         pacer.pace(len - next);

@@ -21,7 +21,8 @@ use crate::format::manifest::DirKind;
 use crate::format::record::{encode_record, Frame, MAX_PAYLOAD_BYTES};
 use crate::format::segment::{segment_path, SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind, SNAPSHOT_HEADER_BYTES};
-use crate::fs::FileSystem;
+use crate::fs::{FileSystem, WritableFile};
+use crate::lifecycle::background::Cancel;
 use crate::lifecycle::manifest::{remove_retired, ManifestStore};
 use crate::lifecycle::pacing::Pacer;
 use crate::log::reader::FrameReader;
@@ -123,6 +124,7 @@ pub(crate) fn load_chain(
     fs: &dyn FileSystem,
     config: &Config,
     listed: &[SnapshotHeader],
+    cancel: &Cancel,
 ) -> Result<ChainState> {
     let mut loaded = ChainState::default();
     let mut buf = Vec::new();
@@ -133,7 +135,7 @@ pub(crate) fn load_chain(
         loaded
             .state
             .reserve(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
-        read_snapshot(fs, &path, &header, &mut buf, |seq, op| {
+        let read = read_snapshot(fs, &path, &header, &mut buf, cancel, |seq, op| {
             let (key, value, expires_at) = match op {
                 Op::Set { key, value } => (key, Some(value), None),
                 Op::SetExpiring {
@@ -152,7 +154,10 @@ pub(crate) fn load_chain(
                     expires_at,
                 },
             );
-        })?;
+        });
+        if let Err(e) = read {
+            return Err(cancel.fail(e, loaded));
+        }
         loaded.covered = header.to_seq;
         loaded.chain.push(header);
     }
@@ -180,7 +185,7 @@ pub(crate) fn load_base(
 ) -> Result<Base> {
     let chain = select_chain(listed);
     let [header] = chain.as_slice() else {
-        let loaded = load_chain(fs, config, listed)?;
+        let loaded = load_chain(fs, config, listed, &Cancel::default())?;
         let mut state = Tree::new();
         for (key, net) in loaded.state {
             if let Some(value) = net.value {
@@ -196,19 +201,27 @@ pub(crate) fn load_base(
     let path = snapshot_path(&config.data_dir, header);
     let mut slots = Vec::with_capacity(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
     let mut deadlines = Vec::new();
-    read_snapshot(fs, &path, header, &mut Vec::new(), |_, op| match op {
-        Op::Set { key, value } => slots.push(Slot::new(&key, &value)),
-        Op::SetExpiring {
-            key,
-            value,
-            expires_at,
-        } => {
-            slots.push(Slot::new(&key, &value));
-            deadlines.push((key, expires_at));
-        }
-        // A full snapshot holds neither (`read_snapshot` refuses them).
-        Op::Delete { .. } | Op::Clear => {}
-    })?;
+    let never = Cancel::default();
+    read_snapshot(
+        fs,
+        &path,
+        header,
+        &mut Vec::new(),
+        &never,
+        |_, op| match op {
+            Op::Set { key, value } => slots.push(Slot::new(&key, &value)),
+            Op::SetExpiring {
+                key,
+                value,
+                expires_at,
+            } => {
+                slots.push(Slot::new(&key, &value));
+                deadlines.push((key, expires_at));
+            }
+            // A full snapshot holds neither (`read_snapshot` refuses them).
+            Op::Delete { .. } | Op::Clear => {}
+        },
+    )?;
     Ok(Base {
         state: Tree::build(slots, deadlines),
         covered: header.to_seq,
@@ -231,18 +244,19 @@ pub fn read_snapshot_file(path: &Path, mut visit: impl FnMut(Seq, Op)) -> Result
         SnapshotHeader::decode(bytes)
             .map_err(|(offset, reason)| corruption(path, offset, reason))?
     };
-    read_snapshot(&fs, path, &header, &mut buf, &mut visit)?;
+    read_snapshot(&fs, path, &header, &mut buf, &Cancel::default(), &mut visit)?;
     Ok(header)
 }
 
 /// Reads every entry of a snapshot into `visit`, checking it against the
 /// header the manifest lists for it; the file goes through `buf` a piece at
-/// a time.
+/// a time. Stops with [`Error::ShutDown`] once `cancel` is set.
 pub(crate) fn read_snapshot(
     fs: &dyn FileSystem,
     path: &Path,
     listed: &SnapshotHeader,
     buf: &mut Vec<u8>,
+    cancel: &Cancel,
     mut visit: impl FnMut(Seq, Op),
 ) -> Result<()> {
     let io_error = |e: std::io::Error| {
@@ -266,6 +280,7 @@ pub(crate) fn read_snapshot(
     let mut entries = 0u64;
     let full = header.kind == SnapshotKind::Full;
     while !reader.at_end().map_err(io_error)? {
+        cancel.check()?;
         let offset = reader.offset();
         let (seq, op, size) = match reader.frame().map_err(io_error)? {
             Frame::Record {
@@ -379,9 +394,9 @@ fn apply_log(
     fs: &dyn FileSystem,
     config: &Config,
     segments: &[u64],
-    after: Seq,
-    upto: Seq,
+    (after, upto): (Seq, Seq),
     state: &mut Building,
+    cancel: &Cancel,
 ) -> Result<LogRead> {
     let mut read = LogRead::default();
     let mut expected = after + 1;
@@ -409,6 +424,10 @@ fn apply_log(
         let mut failed = None;
         let walk = walk_frames(&mut reader, header.first_seq, |seq, payload, offset| {
             if seq > upto {
+                return Ok(ControlFlow::Break(()));
+            }
+            if let Err(cancelled) = cancel.check() {
+                failed = Some(cancelled);
                 return Ok(ControlFlow::Break(()));
             }
             if seq >= expected {
@@ -488,8 +507,8 @@ pub(crate) fn build_snapshot(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
-    kind: SnapshotKind,
-    upto: Seq,
+    (kind, upto): (SnapshotKind, Seq),
+    cancel: &Cancel,
 ) -> Result<Option<Built>> {
     if manifest.kind() == DirKind::Log {
         // A snapshot keeps only the net effect on keys: of a log's
@@ -506,7 +525,7 @@ pub(crate) fn build_snapshot(
     let segments = manifest.segments();
     let (from_seq, state, chain) = match kind {
         SnapshotKind::Full => {
-            let loaded = load_chain(fs, config, &listed)?;
+            let loaded = load_chain(fs, config, &listed, cancel)?;
             (0, loaded.state, loaded.chain)
         }
         SnapshotKind::Incremental => (covered, NetState::default(), Vec::new()),
@@ -515,7 +534,17 @@ pub(crate) fn build_snapshot(
         state,
         cleared: None,
     };
-    let log = apply_log(fs, config, &segments, covered, upto, &mut building)?;
+    let log = match apply_log(
+        fs,
+        config,
+        &segments,
+        (covered, upto),
+        &mut building,
+        cancel,
+    ) {
+        Ok(log) => log,
+        Err(e) => return Err(cancel.fail(e, building)),
+    };
     let Building { mut state, cleared } = building;
     let cleared = match kind {
         SnapshotKind::Full => {
@@ -553,7 +582,12 @@ pub(crate) struct Written {
 /// Writes a built snapshot and says what listing it retires. Listing it is
 /// the rotator's (see `crate::actors::rotator`); until then the file is
 /// unread, and the next open removes it if it is never listed.
-pub(crate) fn write_built(fs: &dyn FileSystem, config: &Config, built: Built) -> Result<Written> {
+pub(crate) fn write_built(
+    fs: &dyn FileSystem,
+    config: &Config,
+    built: Built,
+    cancel: &Cancel,
+) -> Result<Written> {
     let Built {
         header,
         state,
@@ -562,7 +596,7 @@ pub(crate) fn write_built(fs: &dyn FileSystem, config: &Config, built: Built) ->
         segments,
         ..
     } = built;
-    write_snapshot(fs, config, &header, cleared, state)?;
+    write_snapshot(fs, config, (&header, cleared), state, cancel)?;
     let obsolete = obsolete_snapshots(&listed, header.kind, config.snapshot.keep);
     let segments = covered_segments(fs, &config.data_dir, &segments, header.to_seq)?;
     Ok(Written {
@@ -576,11 +610,16 @@ pub(crate) fn write_built(fs: &dyn FileSystem, config: &Config, built: Built) ->
 /// configured, moves them aside until the archive holds them. The snapshot
 /// is in place whatever happens here: a file left behind is debris the next
 /// open removes (or holds), not a failed snapshot.
-pub(crate) fn remove_obsolete(fs: &dyn FileSystem, config: &Config, retired: &[PathBuf]) {
+pub(crate) fn remove_obsolete(
+    fs: &dyn FileSystem,
+    config: &Config,
+    retired: &[PathBuf],
+    cancel: &Cancel,
+) {
     let removed = if config.archive.enabled() {
         crate::archive::pending::hold(fs, &config.data_dir, retired)
     } else {
-        remove_retired(fs, retired, config.maintenance.delete_bytes_per_sec)
+        remove_retired(fs, retired, config.maintenance.delete_bytes_per_sec, cancel)
     };
     if let Err(e) = removed {
         tracing::warn!(%e, "an obsolete file was not removed; the next open removes it");
@@ -594,11 +633,11 @@ pub(crate) fn take_snapshot(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
-    kind: SnapshotKind,
-    upto: Seq,
+    (kind, upto): (SnapshotKind, Seq),
+    cancel: &Cancel,
 ) -> Result<Option<Written>> {
-    build_snapshot(fs, manifest, config, kind, upto)?
-        .map(|built| write_built(fs, config, built))
+    build_snapshot(fs, manifest, config, (kind, upto), cancel)?
+        .map(|built| write_built(fs, config, built, cancel))
         .transpose()
 }
 
@@ -645,13 +684,14 @@ fn covered_segments(
 }
 
 /// Writes a snapshot crash-safely: temporary file, fsync, rename, directory
-/// fsync; at `maintenance.write_bytes_per_sec`.
+/// fsync; at `maintenance.write_bytes_per_sec`. Cancelled, it removes the
+/// temporary file and fails with [`Error::ShutDown`].
 fn write_snapshot(
     fs: &dyn FileSystem,
     config: &Config,
-    header: &SnapshotHeader,
-    cleared: Option<Seq>,
+    (header, cleared): (&SnapshotHeader, Option<Seq>),
     state: NetState,
+    cancel: &Cancel,
 ) -> Result<()> {
     let dir = config.data_dir.as_path();
     let path = snapshot_path(dir, header);
@@ -666,6 +706,45 @@ fn write_snapshot(
     let file = fs
         .create(&temp, 0)
         .map_err(|e| Error::io("create snapshot", &temp, e))?;
+    let written = write_entries(
+        file.as_ref(),
+        &temp,
+        header,
+        cleared,
+        entries,
+        config,
+        cancel,
+    );
+    if let Err(e) = written {
+        drop(file);
+        if matches!(e, Error::ShutDown) {
+            // The next open would remove it too; no need to leave it.
+            if let Err(removal) = fs.remove(&temp) {
+                tracing::warn!(file = %temp.display(), %removal, "a cancelled snapshot's temporary file was not removed; the next open removes it");
+            }
+        }
+        return Err(e);
+    }
+    crash_point("snapshot.after_temp_sync");
+    fs.rename(&temp, &path)
+        .map_err(|e| Error::io("rename snapshot", &path, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| Error::io("sync directory", dir, e))?;
+    crash_point("snapshot.after_rename");
+    Ok(())
+}
+
+/// Encodes and writes a snapshot's entries into its temporary file, and
+/// syncs it.
+fn write_entries(
+    file: &dyn WritableFile,
+    temp: &Path,
+    header: &SnapshotHeader,
+    cleared: Option<Seq>,
+    entries: Vec<(Vec<u8>, Net)>,
+    config: &Config,
+    cancel: &Cancel,
+) -> Result<()> {
     // Encoded and written a chunk at a time through one buffer (never the
     // whole file in fresh memory), starting each chunk's writeback and
     // waiting for the previous one's, at the configured rate: the disk sees
@@ -681,6 +760,9 @@ fn write_snapshot(
     let mut previous: Option<(u64, u64)> = None;
     let mut entries = entries.into_iter().peekable();
     while entries.peek().is_some() || !chunk.is_empty() {
+        if let Err(e) = cancel.check() {
+            return Err(cancel.fail(e, entries));
+        }
         while chunk.len() < WRITEBACK_CHUNK_BYTES {
             let Some((key, net)) = entries.next() else {
                 break;
@@ -689,7 +771,7 @@ fn write_snapshot(
             encode_record(seq, &Entry::Op(net.into_op(key)), &mut chunk);
         }
         file.write_at(&chunk, offset)
-            .map_err(|e| Error::io("write snapshot", &temp, e))?;
+            .map_err(|e| Error::io("write snapshot", temp, e))?;
         file.start_writeback(offset, chunk.len() as u64);
         if let Some((at, len)) = previous {
             file.wait_writeback(at, len);
@@ -700,12 +782,5 @@ fn write_snapshot(
         chunk.clear();
     }
     file.sync_all()
-        .map_err(|e| Error::io("sync snapshot", &temp, e))?;
-    crash_point("snapshot.after_temp_sync");
-    fs.rename(&temp, &path)
-        .map_err(|e| Error::io("rename snapshot", &path, e))?;
-    fs.sync_dir(dir)
-        .map_err(|e| Error::io("sync directory", dir, e))?;
-    crash_point("snapshot.after_rename");
-    Ok(())
+        .map_err(|e| Error::io("sync snapshot", temp, e))
 }
