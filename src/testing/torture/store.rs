@@ -43,7 +43,7 @@ use super::{
     ANSWER_LIMIT, SHUTDOWN_LIMIT,
 };
 use crate::actors::supervised::ActorKind;
-use crate::config::{Config, LimitsConfig};
+use crate::config::{Config, LimitsConfig, SyncMode};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::Error;
 use crate::store::Store;
@@ -86,6 +86,10 @@ pub struct TortureReport {
     pub records_recovered: u64,
     /// Snapshots recovery loaded, over all opens.
     pub snapshots_recovered: u64,
+    /// Cycles shut down while their snapshots and compactions still ran.
+    pub early_shutdowns: u64,
+    /// Snapshots and compactions those shutdowns cancelled.
+    pub maintenance_cancelled: u64,
     /// What the run did to the disk and the limits.
     #[serde(flatten)]
     pub disk: DiskReport,
@@ -619,7 +623,17 @@ async fn run_cycle(
 ) -> Result<SimFs, String> {
     let limits = next_limits(rng, model.limits.as_ref(), opts, &mut report.disk);
     model.limits = Some(limits.clone());
-    let config = random_config(rng, limits);
+    let mut config = random_config(rng, limits);
+    // Some cycles shut down once the writers are done, without waiting for
+    // the snapshots and compactions: shutdown cancels the one under way,
+    // and the next open must find everything as a clean shutdown left it.
+    // Their maintenance writes at the slowest rate allowed, so that the
+    // shutdown finds a job part way through.
+    let close_early = rng.random_bool(0.2);
+    if close_early {
+        config.maintenance.write_bytes_per_sec = 1 << 20;
+        config.maintenance.delete_bytes_per_sec = 1 << 20;
+    }
     if opts.injects(FaultKind::MediaDamage) && rng.random_bool(0.15) {
         let mut drng = StdRng::seed_from_u64(rng.random());
         damaged_open(&fs, model, &mut drng, &config, report).await?;
@@ -740,10 +754,12 @@ async fn run_cycle(
     // Set once a panic is injected into an actor that runs snapshots or
     // compactions: the one in flight may then fail.
     let builders_panicked = Rc::new(Cell::new(false));
+    let closing = Rc::new(Cell::new(false));
     let maintenance = {
         let store = store.clone();
         let fs = fs.clone();
         let builders_panicked = Rc::clone(&builders_panicked);
+        let closing = Rc::clone(&closing);
         let mut mrng = StdRng::seed_from_u64(rng.random());
         let rounds = rng.random_range(0..=4);
         actix_rt::spawn(async move {
@@ -776,6 +792,9 @@ async fn run_cycle(
                 let troubled = fs.is_dead() || !fs.stats().faults.is_empty();
                 match answer {
                     Ok(()) => {}
+                    Err(Error::ShutDown) if closing.get() => {
+                        return Ok(u64::from(what != "a sync"));
+                    }
                     Err(Error::Panicked { .. }) if builders_panicked.get() => {}
                     Err(_) if troubled => {}
                     Err(e) => {
@@ -785,7 +804,7 @@ async fn run_cycle(
                     }
                 }
             }
-            Ok(())
+            Ok(0)
         })
     };
     let panics = {
@@ -815,17 +834,44 @@ async fn run_cycle(
             .map_err(|e| format!("a writer task failed: {e}"))?
             .map_err(context)?;
     }
-    maintenance
-        .await
-        .map_err(|e| format!("the maintenance task failed: {e}"))?
-        .map_err(context)?;
-    panics
-        .await
-        .map_err(|e| format!("the actor panics failed: {e}"))?
-        .map_err(context)?;
-    armed.disarm();
-    model.submitted = submitted.take();
-    check_live_state(&store, model).map_err(context)?;
+    if close_early {
+        panics
+            .await
+            .map_err(|e| format!("the actor panics failed: {e}"))?
+            .map_err(context)?;
+        closing.set(true);
+        let Ok(closed) = actix_rt::time::timeout(SHUTDOWN_LIMIT, store.shutdown()).await else {
+            return Err(context(
+                "shutting down with maintenance under way hung".into(),
+            ));
+        };
+        // A clean shutdown made every acknowledged record durable, in any
+        // sync mode: the cut that follows may take none of them.
+        if closed.is_ok() && !fs.is_dead() && fs.stats().faults.is_empty() {
+            if let Some(promise) = &mut model.promise {
+                promise.mode = SyncMode::Always;
+            }
+        }
+        report.early_shutdowns += 1;
+        report.maintenance_cancelled += maintenance
+            .await
+            .map_err(|e| format!("the maintenance task failed: {e}"))?
+            .map_err(context)?;
+        armed.disarm();
+        model.submitted = submitted.take();
+    } else {
+        maintenance
+            .await
+            .map_err(|e| format!("the maintenance task failed: {e}"))?
+            .map_err(context)?;
+        panics
+            .await
+            .map_err(|e| format!("the actor panics failed: {e}"))?
+            .map_err(context)?;
+        armed.disarm();
+        model.submitted = submitted.take();
+        check_live_state(&store, model).map_err(context)?;
+    }
     report.ops_refused += refused.take();
     report.ops_submitted += model.submitted.len() as u64;
     report.ops_acknowledged += model.submitted.iter().filter(|s| s.acked.is_some()).count() as u64;
@@ -879,10 +925,12 @@ impl TortureReport {
             out += &format!("  cycles in {mode:<9} {n}\n");
         }
         out += &format!(
-            "  power cuts during open {}\n  records recovered {}, snapshots loaded {}\n  unsynced changes lost {}, kept {}, torn writes {}, directory changes lost {}\n",
+            "  power cuts during open {}\n  records recovered {}, snapshots loaded {}\n  shutdowns with maintenance under way {}, snapshots and compactions they cancelled {}\n  unsynced changes lost {}, kept {}, torn writes {}, directory changes lost {}\n",
             self.cuts_during_open,
             self.records_recovered,
             self.snapshots_recovered,
+            self.early_shutdowns,
+            self.maintenance_cancelled,
             self.disk.changes_lost,
             self.disk.changes_kept,
             self.disk.torn_writes,
