@@ -606,7 +606,9 @@ impl Store {
 
     /// Refuses new requests, writes and syncs every queued one, stops the
     /// actors and threads, and releases the directory. Appends that were
-    /// accepted before the call are durable when it returns `Ok`.
+    /// accepted before the call are durable when it returns `Ok`. A
+    /// snapshot or compaction under way is cancelled (its caller gets
+    /// [`Error::ShutDown`]); the next open redoes it.
     pub async fn shutdown(&self) -> Result<()> {
         let again = self.shared.shut_down.swap(true, Relaxed);
         self.shared
