@@ -26,6 +26,8 @@ pub(crate) struct Segment {
     pub file: Arc<dyn WritableFile>,
     /// Where the next record goes.
     pub offset: u64,
+    /// Up to where writeback was started ahead of a sync.
+    pub written_back: u64,
     /// Records written to it.
     pub records: u64,
     /// The offset up to which a sync is known to have made the file
@@ -102,6 +104,7 @@ impl Segment {
             path,
             file,
             offset: 0,
+            written_back: 0,
             records: 0,
             durable: Arc::new(AtomicU64::new(0)),
         })
