@@ -621,8 +621,17 @@ pub(crate) fn remove_obsolete(
     } else {
         remove_retired(fs, retired, config.maintenance.delete_bytes_per_sec, cancel)
     };
-    if let Err(e) = removed {
-        tracing::warn!(%e, "an obsolete file was not removed; the next open removes it");
+    match removed {
+        Ok(()) => {}
+        // Nothing went wrong: shutdown stopped the removal.
+        Err(Error::ShutDown) => {
+            tracing::debug!(
+                "removal of obsolete files stopped by shutdown; the next open removes them"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(%e, "an obsolete file was not removed; the next open removes it");
+        }
     }
 }
 
