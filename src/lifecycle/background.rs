@@ -9,10 +9,11 @@
 //! The threads are counted in [`Jobs`] so that shutdown waits for them
 //! before it releases the directory lock: a job still writing into the
 //! directory must not overlap the next process that opens it. Shutdown
-//! also cancels them ([`Cancel`]): a job gives up at its next check and
-//! leaves a temporary file the next open removes, rather than holding the
-//! shutdown for as long as it would take (paced to a byte rate, or in the
-//! idle class beside busy processes, minutes).
+//! also cancels them ([`Cancel`]) as it starts: a job gives up at its next
+//! check, and whatever it leaves (retired files not yet removed, a
+//! snapshot not yet listed) the next open removes, rather than holding
+//! the shutdown for as long as the job would take (paced to a byte rate,
+//! or in the idle class beside busy processes, minutes).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -108,7 +109,7 @@ impl Cancel {
 pub(crate) struct Jobs {
     state: Mutex<JobsState>,
     ended: Condvar,
-    /// Given to every job; set by [`Jobs::close_and_wait`].
+    /// Given to every job; set by [`Jobs::close`].
     cancel: Cancel,
     /// The data directory, named when a thread cannot be started.
     dir: PathBuf,
