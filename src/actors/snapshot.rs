@@ -111,7 +111,8 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                     shared.fs.as_ref(),
                     &shared.manifest,
                     &shared.config,
-                    (kind, msg.upto),
+                    kind,
+                    msg.upto,
                     cancel,
                 )
             },

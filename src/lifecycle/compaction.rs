@@ -81,7 +81,7 @@ pub(crate) fn compact(
     cancel: &Cancel,
 ) -> Result<Option<(Written, CompactionReport)>> {
     let upto = sealed_upto(fs, manifest, config)?;
-    let Some(built) = build_snapshot(fs, manifest, config, (SnapshotKind::Full, upto), cancel)?
+    let Some(built) = build_snapshot(fs, manifest, config, SnapshotKind::Full, upto, cancel)?
     else {
         return Ok(None);
     };

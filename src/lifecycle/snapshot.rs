@@ -394,7 +394,8 @@ fn apply_log(
     fs: &dyn FileSystem,
     config: &Config,
     segments: &[u64],
-    (after, upto): (Seq, Seq),
+    after: Seq,
+    upto: Seq,
     state: &mut Building,
     cancel: &Cancel,
 ) -> Result<LogRead> {
@@ -507,7 +508,8 @@ pub(crate) fn build_snapshot(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
-    (kind, upto): (SnapshotKind, Seq),
+    kind: SnapshotKind,
+    upto: Seq,
     cancel: &Cancel,
 ) -> Result<Option<Built>> {
     if manifest.kind() == DirKind::Log {
@@ -534,14 +536,7 @@ pub(crate) fn build_snapshot(
         state,
         cleared: None,
     };
-    let log = match apply_log(
-        fs,
-        config,
-        &segments,
-        (covered, upto),
-        &mut building,
-        cancel,
-    ) {
+    let log = match apply_log(fs, config, &segments, covered, upto, &mut building, cancel) {
         Ok(log) => log,
         Err(e) => return Err(cancel.fail(e, building)),
     };
@@ -642,10 +637,11 @@ pub(crate) fn take_snapshot(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
-    (kind, upto): (SnapshotKind, Seq),
+    kind: SnapshotKind,
+    upto: Seq,
     cancel: &Cancel,
 ) -> Result<Option<Written>> {
-    build_snapshot(fs, manifest, config, (kind, upto), cancel)?
+    build_snapshot(fs, manifest, config, kind, upto, cancel)?
         .map(|built| write_built(fs, config, built, cancel))
         .transpose()
 }
