@@ -25,7 +25,7 @@ use crate::entry::{Entry, Record, Seq};
 use crate::error::{Corruption, Error, Result};
 use crate::format::manifest::{DirKind, MAX_METADATA_BYTES};
 use crate::fs::{FileSystem, RealFs};
-use crate::lifecycle::background::Cancel;
+use crate::lifecycle::background::Priority;
 use crate::lifecycle::manifest::remove_retired;
 use crate::log::admission::{estimated_bytes, Admission};
 use crate::log::read::LogRead;
@@ -241,16 +241,21 @@ impl Log {
         })
         .await?;
         let wal = Arc::clone(self.store.wal());
-        actix_rt::task::spawn_blocking(move || {
-            remove_retired(
-                wal.fs.as_ref(),
-                &retired,
-                wal.config.maintenance.delete_bytes_per_sec,
-                &Cancel::default(),
-            )
-        })
-        .await
-        .map_err(|e| Error::task_failed("purging the log", &e))?
+        let removing = self.store.wal().jobs.run(
+            "concordkv-purge",
+            "removing the segments a purge dropped",
+            Priority::Waited,
+            move |cancel| {
+                let pace = wal.config.maintenance.delete_bytes_per_sec;
+                remove_retired(wal.fs.as_ref(), &retired, pace, cancel)
+            },
+        );
+        match removing.await {
+            // The purge is durable once listed: files that shutdown left
+            // are unlisted, and the next open removes them.
+            Err(Error::ShutDown) => Ok(()),
+            removed => removed,
+        }
     }
 
     /// Drops every record after `seq`, durably, for example where a Raft

@@ -182,15 +182,11 @@ impl Store {
             counters: Arc::clone(&counters),
             state,
             meters,
+            jobs: Arc::new(Jobs::new(&config.data_dir)),
         });
         let rotator_state = RotatorState::start(&config.data_dir)?;
-        let (supervisor, slots) = StoreSupervisor::launch(
-            Arc::clone(&wal_shared),
-            start,
-            lock,
-            Arc::new(Jobs::new(&config.data_dir)),
-            rotator_state,
-        );
+        let (supervisor, slots) =
+            StoreSupervisor::launch(Arc::clone(&wal_shared), start, lock, rotator_state);
         let store = Store {
             shared: Arc::new(Shared {
                 inbox,

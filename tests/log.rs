@@ -5,6 +5,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::{config, segments};
 use concordkv::testing::format::manifest::{DirKind, Manifest, MANIFEST_FILE};
@@ -213,7 +214,7 @@ async fn a_log_never_compacts_or_snapshots_its_payloads_away() {
             .expect("append");
         if i % 100 == 0 {
             // Time for a background compaction to run, if one started.
-            actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
         }
     }
     log.shutdown().await.expect("shutdown");
@@ -353,6 +354,109 @@ async fn purge_keeps_a_segment_whose_last_record_is_the_purge_point() {
 
 fn second(i: u64) -> Vec<u8> {
     format!("second-{i}").into_bytes()
+}
+
+/// A log of 2 MiB segments, six of them full, whose removals are paced at
+/// the slowest rate allowed (1 MiB/s: 2 s a segment).
+async fn slow_to_remove(dir: &Path) -> (Config, Log) {
+    let mut cfg = config(dir, SyncMode::None);
+    cfg.wal.max_segment_bytes = 2 << 20;
+    cfg.maintenance.delete_bytes_per_sec = 1 << 20;
+    let (log, _) = Log::open(cfg.clone()).await.expect("open");
+    for _ in 0..12 * 16 {
+        log.append(vec![7u8; 64 << 10]).await.expect("append");
+    }
+    assert!(segments(dir).len() >= 6, "the log rotated");
+    (cfg, log)
+}
+
+/// Segment file sizes, to see whether anything still shrinks them.
+fn sizes(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    segments(dir)
+        .into_iter()
+        .filter_map(|p| Some((p.clone(), std::fs::metadata(&p).ok()?.len())))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn shutdown_stops_a_purge_s_removal_and_the_next_open_finishes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, log) = slow_to_remove(dir.path()).await;
+    let last = log.last_seq();
+    let purging = actix_rt::spawn({
+        let log = log.clone();
+        async move { log.purge_before(last).await }
+    });
+    // Listed at once; the removal then takes about 2 s a file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while manifest(dir.path()).purged_through < last - 1 {
+        assert!(Instant::now() < deadline, "the purge was never listed");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = Instant::now();
+    log.shutdown().await.expect("shutdown");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "shutdown waited {took:?} for a removal it should have stopped"
+    );
+    purging
+        .await
+        .expect("task")
+        .expect("a purge is done once listed, whatever shutdown left to remove");
+    let left = sizes(dir.path());
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sizes(dir.path()),
+        left,
+        "nothing removes files after shutdown"
+    );
+    assert!(
+        left.len() > manifest(dir.path()).segments.len(),
+        "shutdown stopped the removal before its end"
+    );
+
+    let (log, recovery, seen) = reopen(&cfg).await;
+    assert_eq!((recovery.first_seq, recovery.last_seq), (last, last));
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        segments(dir.path()).len(),
+        manifest(dir.path()).segments.len(),
+        "the reopen removed what the purge left"
+    );
+    log.shutdown().await.expect("shutdown");
+}
+
+#[actix_rt::test]
+async fn shutdown_stops_a_truncation_s_removal_and_the_next_open_finishes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, log) = slow_to_remove(dir.path()).await;
+    log.truncate_after(1).await.expect("truncate");
+    let asked = Instant::now();
+    log.shutdown().await.expect("shutdown");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "shutdown waited {took:?} for a removal it should have stopped"
+    );
+    // The removal's thread is not left running past the directory lock.
+    let left = sizes(dir.path());
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sizes(dir.path()),
+        left,
+        "nothing removes files after shutdown"
+    );
+
+    let (log, recovery, seen) = reopen(&cfg).await;
+    assert_eq!((recovery.first_seq, recovery.last_seq), (1, 1));
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        segments(dir.path()).len(),
+        manifest(dir.path()).segments.len(),
+        "the reopen removed what the truncation left"
+    );
+    log.shutdown().await.expect("shutdown");
 }
 
 #[actix_rt::test]

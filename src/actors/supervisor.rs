@@ -81,7 +81,8 @@ pub struct StoreSupervisor {
     restart_failed: Option<Arc<Error>>,
     /// Released only once every writer is gone.
     lock: Arc<Mutex<Option<DirLock>>>,
-    /// Snapshot and compaction threads; shutdown waits for them.
+    /// The maintenance threads (`WalShared::jobs`); shutdown cancels them
+    /// and waits for them.
     jobs: Arc<Jobs>,
 }
 
@@ -92,7 +93,6 @@ impl StoreSupervisor {
         shared: Arc<WalShared>,
         start: WalStart,
         lock: DirLock,
-        jobs: Arc<Jobs>,
         rotator_state: Arc<RotatorState>,
     ) -> (Addr<StoreSupervisor>, Slots) {
         let mut started = None;
@@ -102,6 +102,7 @@ impl StoreSupervisor {
                 .as_ref()
                 .map_or_else(Arbiter::current, Arbiter::handle);
             let me = ctx.address();
+            let jobs = Arc::clone(&shared.jobs);
             let watch = |actor| Watch {
                 supervisor: me.clone(),
                 actor,

@@ -34,7 +34,7 @@ use crate::format::record::encode_segment_record;
 use crate::format::segment::SEGMENT_HEADER_BYTES;
 use crate::fs::FileSystem;
 use crate::latency::Latencies;
-use crate::lifecycle::background::Cancel;
+use crate::lifecycle::background::{Jobs, Priority};
 use crate::lifecycle::manifest::{remove_retired, ManifestStore};
 use crate::log::admission::Admission;
 use crate::log::inbox::{Closed, Inbox, Reply, Request};
@@ -72,6 +72,9 @@ pub(crate) struct WalShared {
     pub state: Arc<state::Shared>,
     /// The store's Prometheus instruments.
     pub meters: Arc<Meters>,
+    /// Maintenance threads (snapshots, compactions, removals of retired
+    /// files): shutdown cancels them and waits for them.
+    pub jobs: Arc<Jobs>,
 }
 
 /// Where a WAL actor starts: a fresh segment after the recovered log.
@@ -647,18 +650,32 @@ impl WalActor {
         }));
     }
 
-    /// Removes segment files a truncation unlisted, paced, off the actor.
-    /// A crash before they are gone leaves unlisted files, which the next
-    /// open removes.
+    /// Removes segment files a truncation unlisted, paced, on a maintenance
+    /// thread that shutdown cancels. Whatever is not removed then, or at a
+    /// crash, is unlisted, and the next open removes it.
     fn remove_in_background(&self, files: Vec<std::path::PathBuf>) {
         if files.is_empty() {
             return;
         }
         let shared = Arc::clone(&self.shared);
-        actix_rt::task::spawn_blocking(move || {
-            let pace = shared.config.maintenance.delete_bytes_per_sec;
-            if let Err(e) = remove_retired(shared.fs.as_ref(), &files, pace, &Cancel::default()) {
-                tracing::warn!(%e, "removing segments a truncation dropped failed; the next open removes them");
+        let removing = self.shared.jobs.run(
+            "concordkv-remove",
+            "removing the segments a truncation dropped",
+            Priority::Background,
+            move |cancel| {
+                let pace = shared.config.maintenance.delete_bytes_per_sec;
+                remove_retired(shared.fs.as_ref(), &files, pace, cancel)
+            },
+        );
+        actix_rt::spawn(async move {
+            match removing.await {
+                Ok(()) => {}
+                Err(Error::ShutDown) => {
+                    tracing::debug!("shutdown stopped the removal of truncated segments; the next open removes them");
+                }
+                Err(e) => {
+                    tracing::warn!(%e, "removing segments a truncation dropped failed; the next open removes them");
+                }
             }
         });
     }

@@ -1,5 +1,6 @@
 //! Background maintenance threads: snapshots and compaction read and write
-//! whole files, and must not take CPU or disk time from appends. Each job
+//! whole files, removals of retired segments cut them down step by step,
+//! and none may take CPU or disk time from appends. Each job
 //! runs on a thread of its own in the `SCHED_IDLE` class, which runs only
 //! when no normal thread wants the CPU, and at the lowest best-effort I/O
 //! priority. A niced thread is not enough: measured on 2 cores with 64
