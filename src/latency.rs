@@ -78,6 +78,15 @@ impl LatencyBatch {
         self.lock().saturating_record(nanos);
     }
 
+    /// Adds a sample for each of `took`, under one lock.
+    pub fn record_all(&self, took: impl IntoIterator<Item = Duration>) {
+        let mut samples = self.lock();
+        for took in took {
+            let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+            samples.saturating_record(nanos);
+        }
+    }
+
     /// Adds one sample that is a count, not a duration.
     pub fn record_count(&self, count: u64) {
         self.lock().saturating_record(count);

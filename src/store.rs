@@ -281,11 +281,9 @@ impl Store {
             entry,
             reply,
             permit,
+            queued: Instant::now(),
         })?;
-        Ok(Pending {
-            answer,
-            timed: Some((Instant::now(), Arc::clone(&self.shared.wal))),
-        })
+        Ok(Pending { answer })
     }
 
     /// Takes room for `bytes` of appends under `limits.max_pending_bytes`
@@ -309,11 +307,9 @@ impl Store {
                 entry,
                 reply,
                 permit,
+                queued: submitted,
             });
-            pendings.push(Pending {
-                answer,
-                timed: Some((submitted, Arc::clone(&self.shared.wal))),
-            });
+            pendings.push(Pending { answer });
         }
         self.shared.inbox.push_all(requests)?;
         Ok(pendings)
@@ -324,11 +320,7 @@ impl Store {
     pub(crate) async fn truncate_after(&self, after: Seq) -> Result<Seq> {
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Truncate { after, reply })?;
-        Pending {
-            answer,
-            timed: None,
-        }
-        .await
+        Pending { answer }.await
     }
 
     /// The WAL's shared internals.
@@ -393,11 +385,7 @@ impl Store {
     pub async fn sync(&self) -> Result<Seq> {
         let (reply, answer) = oneshot::channel();
         self.shared.inbox.push(Request::Sync { reply })?;
-        Pending {
-            answer,
-            timed: None,
-        }
-        .await
+        Pending { answer }.await
     }
 
     /// Takes a full snapshot of everything acknowledged before the call
@@ -492,11 +480,7 @@ impl Store {
             let _flight = flight;
             let (reply, answer) = oneshot::channel();
             store.shared.inbox.push(Request::Rotate { reply })?;
-            Pending {
-                answer,
-                timed: None,
-            }
-            .await?;
+            Pending { answer }.await?;
             store
                 .shared
                 .compactor
@@ -743,8 +727,6 @@ pub async fn open_with_fs(
 #[must_use = "an append is only acknowledged once its Pending resolves"]
 pub struct Pending {
     answer: oneshot::Receiver<Result<Seq>>,
-    /// For appends: when it was submitted, and where its latency is recorded.
-    timed: Option<(Instant, Arc<WalShared>)>,
 }
 
 impl Future for Pending {
@@ -755,9 +737,6 @@ impl Future for Pending {
         // A dropped sender means the WAL actor died holding the request.
         let answer =
             std::task::ready!(Pin::new(&mut this.answer).poll(cx)).unwrap_or(Err(Error::ActorDied));
-        if let (Ok(_), Some((started, wal))) = (&answer, this.timed.take()) {
-            wal.latencies.append.record(started.elapsed());
-        }
         Poll::Ready(answer)
     }
 }

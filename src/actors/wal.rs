@@ -262,6 +262,7 @@ impl WalActor {
                     entry,
                     reply,
                     permit,
+                    queued,
                 } => {
                     let start = self.buf.len();
                     encode_segment_record(
@@ -281,6 +282,7 @@ impl WalActor {
                             entry,
                             reply,
                             permit,
+                            queued,
                         });
                         full = true;
                         break;
@@ -288,6 +290,7 @@ impl WalActor {
                     acks.push(Waiter {
                         seq: self.next_seq,
                         reply,
+                        queued: Some(queued),
                     });
                     written.push((self.next_seq, entry));
                     Admission::gather(&mut room, permit);
@@ -374,7 +377,11 @@ impl WalActor {
         let upto = self.next_seq - 1;
         let mut waiters: Vec<Waiter> = sync_replies
             .into_iter()
-            .map(|reply| Waiter { seq: upto, reply })
+            .map(|reply| Waiter {
+                seq: upto,
+                reply,
+                queued: None,
+            })
             .collect();
         match self.sync_mode() {
             SyncMode::Always => waiters.append(&mut acks),

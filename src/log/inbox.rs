@@ -13,6 +13,7 @@
 //! What may enter is bounded by the [`Gate`] it holds (see `admission`).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use actix::Addr;
 use tokio::sync::oneshot;
@@ -36,6 +37,9 @@ pub(crate) enum Request {
         entry: Entry,
         reply: Reply,
         permit: Admission,
+        /// When it was queued: its latency is recorded where it is
+        /// acknowledged, with one clock reading for a whole group.
+        queued: Instant,
     },
     /// Make everything queued before this durable; answered with the last
     /// sequence number written.

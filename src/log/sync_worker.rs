@@ -45,6 +45,8 @@ use crate::stats::WalCounters;
 pub(crate) struct Waiter {
     pub seq: Seq,
     pub reply: Reply,
+    /// An append's queueing time, for its latency; `None` for a sync.
+    pub queued: Option<Instant>,
 }
 
 impl Waiter {
@@ -286,7 +288,7 @@ impl SyncWorker {
         }
         // Still under the lock: a release on the sync thread must not
         // answer (and apply) later records before these.
-        answer(&self.shared.kv, &mut ready);
+        answer(&self.shared, &mut ready, now);
         ready.shrink_to(KEPT_WAITERS);
         state.ready = ready;
     }
@@ -518,7 +520,7 @@ fn release_deferred(shared: &Shared, upto: Seq) {
         }
         ready.extend(state.deferred.pop_front());
     }
-    answer(&shared.kv, &mut ready);
+    answer(shared, &mut ready, now);
     ready.shrink_to(KEPT_WAITERS);
     state.ready = ready;
 }
@@ -528,10 +530,20 @@ fn release_deferred(shared: &Shared, upto: Seq) {
 /// mode acknowledges it. Waiters come in sequence order, and every record
 /// before them was answered, so one mark covers them all. Empties
 /// `waiters`, keeping its room.
-fn answer(kv: &state::Shared, waiters: &mut Vec<Waiter>) {
+///
+/// Each append's latency, queued to `now`, is recorded here for the whole
+/// group: one clock reading and one lock, not one of each per append on
+/// the appenders' thread (two clock readings an append were 7% of that
+/// thread's time with 64 `none` writers).
+fn answer(shared: &Shared, waiters: &mut Vec<Waiter>, now: Instant) {
     if let Some(last) = waiters.iter().map(|waiter| waiter.seq).max() {
-        kv.acknowledge(last);
+        shared.kv.acknowledge(last);
     }
+    shared.latencies.append.record_all(
+        waiters
+            .iter()
+            .filter_map(|waiter| Some(now.saturating_duration_since(waiter.queued?))),
+    );
     for waiter in waiters.drain(..) {
         let seq = waiter.seq;
         waiter.answer(Ok(seq));
@@ -553,7 +565,7 @@ fn fail_waiters(kv: &state::Shared, waiters: impl IntoIterator<Item = Waiter>, e
 /// Answers a job's waiters with its outcome, then runs its `on_done`.
 fn complete(shared: &Shared, job: SyncJob, result: Result<(), Arc<Error>>) {
     match &result {
-        Ok(()) => answer(&shared.kv, &mut { job.waiters }),
+        Ok(()) => answer(shared, &mut { job.waiters }, Instant::now()),
         Err(error) => fail_waiters(&shared.kv, job.waiters, error),
     }
     if let Some(on_done) = job.on_done {
@@ -590,7 +602,8 @@ mod tests {
         tokio::sync::oneshot::Receiver<crate::error::Result<Seq>>,
     ) {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        (Waiter { seq, reply }, answer)
+        let queued = Some(Instant::now());
+        (Waiter { seq, reply, queued }, answer)
     }
 
     #[test]
