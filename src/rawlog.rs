@@ -227,7 +227,9 @@ impl Log {
     /// segment with later ones stay on the disk until that segment goes,
     /// but are never returned. A `seq` at or below `first_seq` changes
     /// nothing; one past the last acknowledged record plus one is refused
-    /// (there would be a hole between the log and its next record).
+    /// (there would be a hole between the log and its next record). A
+    /// shutdown stops the removal and the purge still succeeds: the files
+    /// left are unlisted, and the next open removes them.
     pub async fn purge_before(&self, seq: Seq) -> Result<()> {
         let _ends = self.ends.lock().await;
         let last = self.last_seq();
