@@ -883,6 +883,7 @@ fn a_link_cut_in_the_middle_of_uploads_loses_and_damages_nothing() {
     let (mut model, mut states) = (BTreeMap::new(), BTreeMap::new());
     // Uploads are cut while writes, compactions and retirements go on.
     write_sets(&mut client, &mut model, 1, 3000, &[], &mut states);
+    let mut written = 3000;
     let deadline = Instant::now() + Duration::from_secs(30);
     while proxy.cuts() < 20 {
         assert!(
@@ -890,14 +891,25 @@ fn a_link_cut_in_the_middle_of_uploads_loses_and_damages_nothing() {
             "only {} connections were cut",
             proxy.cuts()
         );
+        // Writes go on until then: an archive that caught up opens no
+        // more connections, and the one it keeps alive is cut only after
+        // 12 MiB, so the writes carry bytes.
+        for pad in 0..16 {
+            let (key, value) = (format!("k{pad:03}"), format!("{written:0>32768}"));
+            assert_eq!(client.call(&["SET", &key, &value]), common::server::ok());
+            model.insert(key, value);
+            written += 1;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    write_sets(&mut client, &mut model, 3001, 1000, &[], &mut states);
+    write_sets(&mut client, &mut model, written + 1, 1000, &[], &mut states);
+    written += 1000;
 
     // The link heals: everything arrives whole and the held files go.
     proxy.set(CuttingProxy::HEALED);
-    write_sets(&mut client, &mut model, 4001, 200, &[], &mut states);
-    wait_archived(&mut client, 4200);
+    write_sets(&mut client, &mut model, written + 1, 200, &[], &mut states);
+    written += 200;
+    wait_archived(&mut client, written);
     let deadline = Instant::now() + Duration::from_secs(30);
     while info_field(&mut client, "archive_pending_bytes") > 0 {
         assert!(
