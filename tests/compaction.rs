@@ -312,3 +312,52 @@ async fn shutdown_cancels_a_running_compaction_instead_of_waiting_for_it() {
     );
     store.shutdown().await.expect("shutdown");
 }
+
+#[actix_rt::test]
+async fn segments_sealed_during_an_automatic_compaction_are_compacted_when_it_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = compacting(dir.path(), SyncMode::None);
+    cfg.wal.max_segment_bytes = 1 << 20;
+    cfg.compaction.threshold = 100;
+    // The slowest rate: a compaction of 300 values of 16 KiB writes for
+    // about 5 s, longer than the writes below take.
+    cfg.maintenance.write_bytes_per_sec = 1 << 20;
+    let (store, _) = concordkv::testing::open_recording(cfg).await.expect("open");
+    let value = |round: u32| format!("{round:016384}");
+    let quiet = || async {
+        while store.persistence_info().compacting {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    for k in 0..300u32 {
+        store.set(format!("k{k}"), value(0)).await.expect("set");
+    }
+    quiet().await;
+    for round in 1..=3u32 {
+        for k in 0..300u32 {
+            store.set(format!("k{k}"), value(round)).await.expect("set");
+        }
+    }
+    assert!(
+        store.persistence_info().compacting,
+        "a compaction runs as the writes end (else this tests nothing)"
+    );
+    let last = store.stats().last_seq;
+    // No write after this: only the end of that compaction can start the
+    // next. The segment still active (64 records of 1 MiB) is never
+    // compacted, nor the one sealed last if it holds fewer records than
+    // the threshold.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let covered = store.persistence_info().last_snapshot_seq;
+        if covered + 2 * 64 >= last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "compactions stopped at {covered} of {last} records, though the sealed rest is redundant"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.shutdown().await.expect("shutdown");
+}

@@ -107,18 +107,29 @@ impl Handler<SegmentSealed> for CompactorActor {
             return;
         }
         self.sealed_since_check += msg.records;
+        self.check(ctx);
+    }
+}
+
+impl CompactorActor {
+    /// Starts an automatic compaction if enough was sealed since the last
+    /// one started, and none is running. Records sealed while one runs are
+    /// checked when it ends: left for the next seal, a load that stopped
+    /// during a compaction kept its whole log (2M records replayed at the
+    /// next open instead of 136K, 2.2 s instead of 0.7 s).
+    fn check(&mut self, ctx: &mut Context<Self>) {
         if self.running || self.sealed_since_check < self.shared.config.compaction.threshold {
             return;
         }
         self.sealed_since_check = 0;
         self.running = true;
-        ctx.spawn(self.run(true).into_actor(self).map(|outcome, act, _| {
+        ctx.spawn(self.run(true).into_actor(self).map(|outcome, act, ctx| {
             act.running = false;
             match outcome {
                 // Shutdown refuses new maintenance jobs: nothing failed.
                 Err(Error::ShutDown) => tracing::debug!("automatic compaction skipped: shutting down"),
                 Err(e) => tracing::error!(%e, "automatic compaction failed; the sealed segments stay in use"),
-                Ok(_) => {}
+                Ok(_) => act.check(ctx),
             }
         }));
     }
