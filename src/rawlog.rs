@@ -26,7 +26,6 @@ use crate::error::{Corruption, Error, Result};
 use crate::format::manifest::{DirKind, MAX_METADATA_BYTES};
 use crate::fs::{FileSystem, RealFs};
 use crate::lifecycle::background::Priority;
-use crate::lifecycle::manifest::remove_retired;
 use crate::log::admission::{estimated_bytes, Admission};
 use crate::log::read::LogRead;
 use crate::log::recovery::{Recovery, TruncatedTail};
@@ -242,15 +241,10 @@ impl Log {
             before: seq,
         })
         .await?;
-        let wal = Arc::clone(self.store.wal());
-        let removing = self.store.wal().jobs.run(
-            "concordkv-purge",
+        let removing = self.store.wal().remove_unlisted_files(
             "removing the segments a purge dropped",
             Priority::Waited,
-            move |cancel| {
-                let pace = wal.config.maintenance.delete_bytes_per_sec;
-                remove_retired(wal.fs.as_ref(), &retired, pace, cancel)
-            },
+            retired,
         );
         match removing.await {
             // The purge is durable once listed: files that shutdown left

@@ -378,6 +378,26 @@ fn sizes(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
         .collect()
 }
 
+/// Shuts `log` down while a paced removal runs: shutdown must stop it, not
+/// wait for it, and nothing may shrink a file once the directory lock is
+/// released. Returns the segment files left.
+async fn shut_down_before_the_removal_ends(
+    log: &Log,
+    dir: &Path,
+) -> Vec<(std::path::PathBuf, u64)> {
+    let asked = Instant::now();
+    log.shutdown().await.expect("shutdown");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "shutdown waited {took:?} for a removal it should have stopped"
+    );
+    let left = sizes(dir);
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sizes(dir), left, "nothing removes files after shutdown");
+    left
+}
+
 #[actix_rt::test]
 async fn shutdown_stops_a_purge_s_removal_and_the_next_open_finishes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -393,24 +413,11 @@ async fn shutdown_stops_a_purge_s_removal_and_the_next_open_finishes_it() {
         assert!(Instant::now() < deadline, "the purge was never listed");
         actix_rt::time::sleep(Duration::from_millis(5)).await;
     }
-    let asked = Instant::now();
-    log.shutdown().await.expect("shutdown");
-    let took = asked.elapsed();
-    assert!(
-        took < Duration::from_secs(4),
-        "shutdown waited {took:?} for a removal it should have stopped"
-    );
+    let left = shut_down_before_the_removal_ends(&log, dir.path()).await;
     purging
         .await
         .expect("task")
         .expect("a purge is done once listed, whatever shutdown left to remove");
-    let left = sizes(dir.path());
-    actix_rt::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        sizes(dir.path()),
-        left,
-        "nothing removes files after shutdown"
-    );
     assert!(
         left.len() > manifest(dir.path()).segments.len(),
         "shutdown stopped the removal before its end"
@@ -432,21 +439,7 @@ async fn shutdown_stops_a_truncation_s_removal_and_the_next_open_finishes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cfg, log) = slow_to_remove(dir.path()).await;
     log.truncate_after(1).await.expect("truncate");
-    let asked = Instant::now();
-    log.shutdown().await.expect("shutdown");
-    let took = asked.elapsed();
-    assert!(
-        took < Duration::from_secs(4),
-        "shutdown waited {took:?} for a removal it should have stopped"
-    );
-    // The removal's thread is not left running past the directory lock.
-    let left = sizes(dir.path());
-    actix_rt::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        sizes(dir.path()),
-        left,
-        "nothing removes files after shutdown"
-    );
+    shut_down_before_the_removal_ends(&log, dir.path()).await;
 
     let (log, recovery, seen) = reopen(&cfg).await;
     assert_eq!((recovery.first_seq, recovery.last_seq), (1, 1));

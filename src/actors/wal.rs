@@ -77,6 +77,25 @@ pub(crate) struct WalShared {
     pub jobs: Arc<Jobs>,
 }
 
+impl WalShared {
+    /// Removes `files`, which a manifest write unlisted, paced at
+    /// `maintenance.delete_bytes_per_sec`, as a maintenance job: shutdown
+    /// stops it, and the next open removes whatever it left.
+    pub(crate) fn remove_unlisted_files(
+        self: &Arc<Self>,
+        what: &'static str,
+        priority: Priority,
+        files: Vec<std::path::PathBuf>,
+    ) -> impl std::future::Future<Output = Result<()>> {
+        let shared = Arc::clone(self);
+        self.jobs
+            .run("concordkv-remove", what, priority, move |cancel| {
+                let pace = shared.config.maintenance.delete_bytes_per_sec;
+                remove_retired(shared.fs.as_ref(), &files, pace, cancel)
+            })
+    }
+}
+
 /// Where a WAL actor starts: a fresh segment after the recovered log.
 pub struct WalStart {
     segment: Segment,
@@ -664,15 +683,10 @@ impl WalActor {
         if files.is_empty() {
             return;
         }
-        let shared = Arc::clone(&self.shared);
-        let removing = self.shared.jobs.run(
-            "concordkv-remove",
+        let removing = self.shared.remove_unlisted_files(
             "removing the segments a truncation dropped",
             Priority::Background,
-            move |cancel| {
-                let pace = shared.config.maintenance.delete_bytes_per_sec;
-                remove_retired(shared.fs.as_ref(), &files, pace, cancel)
-            },
+            files,
         );
         actix_rt::spawn(async move {
             match removing.await {
