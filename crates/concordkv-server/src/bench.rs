@@ -62,6 +62,10 @@ pub struct BenchReport {
     pub seconds: f64,
     pub ops_per_sec: f64,
     pub p50_us: f64,
+    /// p90 and p95 beside p99: whether a higher p99 is a shifted
+    /// distribution or a heavier tail.
+    pub p90_us: f64,
+    pub p95_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
@@ -155,6 +159,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         seconds: load.elapsed.as_secs_f64(),
         ops_per_sec: load.ops as f64 / load.elapsed.as_secs_f64(),
         p50_us: us(&load.latency, 0.5),
+        p90_us: us(&load.latency, 0.9),
+        p95_us: us(&load.latency, 0.95),
         p99_us: us(&load.latency, 0.99),
         p999_us: us(&load.latency, 0.999),
         max_us: load.latency.max() as f64 / 1000.0,
@@ -326,6 +332,8 @@ impl BenchReport {
              {:<28}{:>14.1}   ({:.2}x fdatasync p50)\n\
              {:<28}{:>14.1}   ({:.2}x fdatasync p50)\n\
              {:<28}{:>14.1}   ({:.2}x fdatasync p50)\n\
+             {:<28}{:>14.1}   ({:.2}x fdatasync p50)\n\
+             {:<28}{:>14.1}   ({:.2}x fdatasync p50)\n\
              {:<28}{:>14.1}\n\
              {:<28}{:>14}\n\
              {:<28}{:>14.1}\n\
@@ -348,6 +356,12 @@ impl BenchReport {
             "append p50 (us)",
             self.p50_us,
             ratio(self.p50_us),
+            "append p90 (us)",
+            self.p90_us,
+            ratio(self.p90_us),
+            "append p95 (us)",
+            self.p95_us,
+            ratio(self.p95_us),
             "append p99 (us)",
             self.p99_us,
             ratio(self.p99_us),

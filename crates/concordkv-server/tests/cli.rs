@@ -55,6 +55,8 @@ fn bench_json_reports_the_contract_fields() {
         "seconds",
         "ops_per_sec",
         "p50_us",
+        "p90_us",
+        "p95_us",
         "p99_us",
         "p999_us",
         "fsync_p50_us",
@@ -66,6 +68,14 @@ fn bench_json_reports_the_contract_fields() {
     assert_eq!(report["writers"], 4);
     assert!(report["ops"].as_u64().expect("ops") > 0);
     assert!(report["fsync_p50_us"].as_f64().expect("floor") > 0.0);
+    let quantiles: Vec<f64> = ["p50_us", "p90_us", "p95_us", "p99_us", "p999_us", "max_us"]
+        .iter()
+        .map(|field| report[field].as_f64().expect("a latency"))
+        .collect();
+    assert!(
+        quantiles.windows(2).all(|pair| pair[0] <= pair[1]),
+        "latency quantiles out of order: {quantiles:?}"
+    );
     assert!(data.read_dir().expect("data kept").any(|e| e
         .expect("entry")
         .path()
