@@ -144,6 +144,10 @@ pub enum Error {
     /// The store is shutting down or was shut down.
     ShutDown,
 
+    /// A compaction stopped to let a snapshot someone waits for (`SAVE`)
+    /// run first; the compactor runs it again after that one.
+    GaveWay,
+
     /// [`Store::open`](crate::Store::open) was called outside a running
     /// actix `System`, which the store's actors need.
     NoActixSystem,
@@ -172,6 +176,12 @@ impl Error {
         } else {
             Error::ShutDown
         }
+    }
+
+    /// Whether a maintenance job stopped because it was cancelled (see
+    /// `lifecycle::background::Cancel`) rather than because it failed.
+    pub(crate) fn is_cancellation(&self) -> bool {
+        matches!(self, Error::ShutDown | Error::GaveWay)
     }
 
     /// The refusal of a request after the log stopped because of `cause`.
@@ -271,6 +281,9 @@ impl fmt::Display for Error {
                 write!(f, "archive: {op} {object}: {reason}")
             }
             Error::ShutDown => f.write_str("the store is shut down"),
+            Error::GaveWay => f.write_str(
+                "the compaction gave way to a snapshot a client waits for, and runs again after it",
+            ),
             Error::NoActixSystem => {
                 f.write_str("Store::open must be called inside a running actix System")
             }

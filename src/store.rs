@@ -420,7 +420,8 @@ impl Store {
     /// snapshot (Redis's `SAVE`): it is written at normal CPU priority, not
     /// in the idle class maintenance runs in, so that other busy processes
     /// on the machine cannot hold it back for as long as they stay busy.
-    /// Appends share the CPU with it while it runs.
+    /// For the same reason a compaction under way stops for it and runs
+    /// again after it. Appends share the CPU with it while it runs.
     pub fn begin_snapshot_waited(
         &self,
         kind: SnapshotKind,
@@ -438,6 +439,7 @@ impl Store {
         Ok(async move {
             let _flight = flight;
             let upto = store.sync().await?;
+            let waiting = (priority == Priority::Waited).then(|| store.shared.wal.jobs.waited());
             store
                 .shared
                 .snapshots
@@ -446,6 +448,7 @@ impl Store {
                     kind,
                     upto,
                     priority,
+                    waiting,
                 })
                 .await
                 .unwrap_or_else(|_| Err(store.closed_mailbox("the snapshot actor")))

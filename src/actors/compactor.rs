@@ -49,19 +49,32 @@ impl CompactorActor {
         automatic: bool,
     ) -> impl Future<Output = Result<Option<CompactionReport>>> + 'static {
         let shared = Arc::clone(&self.shared);
-        let asked = self.snapshots.get().send(RunCompaction { automatic });
+        let snapshots = self.snapshots.clone();
+        let mut asked = snapshots.get().send(RunCompaction { automatic });
         async move {
             let _running = Running::mark(&shared.counters.compacting);
-            let started = Instant::now();
-            let outcome = asked.await.unwrap_or_else(|_| {
-                Err(if shared.manifest.is_closed() {
-                    Error::ShutDown
-                } else {
-                    Error::Panicked {
-                        what: "the snapshot actor",
-                    }
-                })
-            })?;
+            let mut started = Instant::now();
+            let outcome = loop {
+                let outcome = asked.await.unwrap_or_else(|_| {
+                    Err(if shared.manifest.is_closed() {
+                        Error::ShutDown
+                    } else {
+                        Error::Panicked {
+                            what: "the snapshot actor",
+                        }
+                    })
+                });
+                if !matches!(outcome, Err(Error::GaveWay)) {
+                    break outcome?;
+                }
+                // Queued behind the snapshot it gave way to.
+                tracing::debug!(
+                    automatic,
+                    "compaction gave way to a waited snapshot; asked again"
+                );
+                asked = snapshots.get().send(RunCompaction { automatic });
+                started = Instant::now();
+            };
             let Some(report) = outcome else {
                 return Ok(None);
             };

@@ -9,7 +9,7 @@ use crate::actors::wal::WalStart;
 use crate::entry::Seq;
 use crate::error::Result;
 use crate::format::snapshot::{SnapshotHeader, SnapshotKind};
-use crate::lifecycle::background::Priority;
+use crate::lifecycle::background::{Priority, Waiting};
 use crate::lifecycle::compaction::CompactionReport;
 use crate::log::segment::Segment;
 
@@ -106,6 +106,9 @@ pub struct TakeSnapshot {
     pub upto: Seq,
     /// Whether someone waits for it (`Store::begin_snapshot_waited`).
     pub priority: Priority,
+    /// For a waited snapshot, until its job starts: a compaction running
+    /// ahead of it gives way.
+    pub waiting: Option<Waiting>,
 }
 
 /// To `CompactorActor`, from `WalActor`: a segment of `records` records was sealed.

@@ -60,7 +60,9 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn publish(self, written: Written) -> Result<SnapshotHeader> {
+    /// Removes what the build retired at `priority`: a waited snapshot is
+    /// answered only once that is done.
+    async fn publish(self, written: Written, priority: Priority) -> Result<SnapshotHeader> {
         let Written {
             header,
             segments,
@@ -76,7 +78,7 @@ impl Publisher {
         let removal = self.jobs.run(
             "concordkv-retire",
             "removing retired files",
-            Priority::Background,
+            priority,
             move |cancel| {
                 remove_obsolete(shared.fs.as_ref(), &shared.config, &retired, cancel);
                 Ok(())
@@ -96,8 +98,11 @@ impl Handler<TakeSnapshot> for SnapshotActor {
     type Result = AtomicResponse<Self, Result<Option<SnapshotHeader>>>;
 
     fn handle(&mut self, msg: TakeSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        // Its turn has come: nothing needs to give way to it any more.
+        drop(msg.waiting);
         let shared = Arc::clone(&self.shared);
         let kind = msg.kind;
+        let priority = msg.priority;
         let started = Instant::now();
         // Shutdown waits for the snapshot until it is listed, not only for
         // the job that writes it.
@@ -125,7 +130,9 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                 let outcome = match held {
                     Err(e) => Err(e),
                     Ok(_held) => match written.await {
-                        Ok(Some(written)) => publisher.publish(written).await.map(Some),
+                        Ok(Some(written)) => {
+                            publisher.publish(written, priority).await.map(Some)
+                        }
                         Ok(None) => Ok(None),
                         Err(e) => Err(e),
                     },
@@ -162,7 +169,11 @@ impl Handler<RunCompaction> for SnapshotActor {
 
     fn handle(&mut self, msg: RunCompaction, _ctx: &mut Context<Self>) -> Self::Result {
         let shared = Arc::clone(&self.shared);
+        let jobs = Arc::clone(&self.jobs);
         let held = self.jobs.hold();
+        // In the idle class, a compaction holds back a `SAVE` queued behind
+        // it for as long as other processes keep the CPU busy: it stops
+        // instead, and the compactor asks again.
         let written = self.jobs.run(
             "concordkv-compact",
             "a compaction",
@@ -173,7 +184,7 @@ impl Handler<RunCompaction> for SnapshotActor {
                     &shared.manifest,
                     &shared.config,
                     msg.automatic,
-                    cancel,
+                    &cancel.giving_way(&jobs),
                 )
             },
         );
@@ -184,7 +195,7 @@ impl Handler<RunCompaction> for SnapshotActor {
                 let Some((written, report)) = written.await? else {
                     return Ok(None);
                 };
-                publisher.publish(written).await?;
+                publisher.publish(written, Priority::Background).await?;
                 Ok(Some(report))
             }
             .into_actor(self),

@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::oneshot;
@@ -46,9 +46,15 @@ pub(crate) enum Priority {
 }
 
 /// Set once the store closes; a job checks it between pieces of its work.
-/// A default one is never set (for the same work done at open).
+/// A default one is never set (for the same work done at open). A job that
+/// gives way ([`Cancel::giving_way`]) is also cancelled while a waited job
+/// is queued behind it.
 #[derive(Clone, Default)]
-pub(crate) struct Cancel(Arc<Cancelling>);
+pub(crate) struct Cancel {
+    closing: Arc<Cancelling>,
+    /// Waited jobs queued, which this job gives way to.
+    gives_way_to: Option<Arc<AtomicUsize>>,
+}
 
 #[derive(Default)]
 struct Cancelling {
@@ -59,27 +65,47 @@ struct Cancelling {
 
 impl std::fmt::Debug for Cancel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Cancel").field(&self.0.set).finish()
+        f.debug_struct("Cancel")
+            .field("set", &self.closing.set)
+            .field("gives_way_to", &self.gives_way_to)
+            .finish()
     }
 }
 
 impl Cancel {
-    /// [`Error::ShutDown`] once cancelled.
+    /// [`Error::ShutDown`] once cancelled; [`Error::GaveWay`] while a waited
+    /// job waits for this one, if it gives way.
     pub(crate) fn check(&self) -> Result<()> {
-        if self.0.set.load(Ordering::Relaxed) {
+        if self.closing.set.load(Ordering::Relaxed) {
             Err(Error::ShutDown)
+        } else if self
+            .gives_way_to
+            .as_ref()
+            .is_some_and(|waited| waited.load(Ordering::Relaxed) > 0)
+        {
+            Err(Error::GaveWay)
         } else {
             Ok(())
         }
     }
 
+    /// This one, also cancelled while a waited job is queued (see
+    /// [`Jobs::waited`]).
+    pub(crate) fn giving_way(&self, jobs: &Jobs) -> Cancel {
+        Cancel {
+            closing: Arc::clone(&self.closing),
+            gives_way_to: Some(Arc::clone(&jobs.waited)),
+        }
+    }
+
     /// Fails a job with `error`, freeing what it built; if the job was
-    /// cancelled, that is left to the thread that closes the jobs. A map of
-    /// a million keys freed on the job's own thread, in the idle class
-    /// beside busy processes, held shutdown for tens of seconds.
+    /// cancelled, that is left to the next waited job's thread or to the
+    /// one that closes the jobs. A map of a million keys freed on the job's own
+    /// thread, in the idle class beside busy processes, held shutdown (or
+    /// the waited job given way to) for tens of seconds.
     pub(crate) fn fail(&self, error: Error, built: impl Send + 'static) -> Error {
-        if matches!(error, Error::ShutDown) {
-            self.0
+        if error.is_cancellation() {
+            self.closing
                 .leftovers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -89,14 +115,14 @@ impl Cancel {
     }
 
     fn set(&self) {
-        self.0.set.store(true, Ordering::Relaxed);
+        self.closing.set.store(true, Ordering::Relaxed);
     }
 
     /// Frees what cancelled jobs left.
     fn free_leftovers(&self) {
         let leftovers = std::mem::take(
             &mut *self
-                .0
+                .closing
                 .leftovers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
@@ -112,8 +138,20 @@ pub(crate) struct Jobs {
     ended: Condvar,
     /// Given to every job; set by [`Jobs::close`].
     cancel: Cancel,
+    /// Waited jobs queued behind others (see [`Jobs::waited`]).
+    waited: Arc<AtomicUsize>,
     /// The data directory, named when a thread cannot be started.
     dir: PathBuf,
+}
+
+/// A waited job on its way: jobs that give way to it stop while it lives.
+#[derive(Debug)]
+pub(crate) struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -129,8 +167,18 @@ impl Jobs {
             state: Mutex::default(),
             ended: Condvar::new(),
             cancel: Cancel::default(),
+            waited: Arc::default(),
             dir: dir.into(),
         }
+    }
+
+    /// Marks a waited job as queued until the returned guard is dropped
+    /// (when the job starts): a job in the idle class ahead of it cannot be
+    /// raised back to normal priority by an unprivileged process, so one
+    /// that gives way stops instead, to be run again after it.
+    pub(crate) fn waited(&self) -> Waiting {
+        self.waited.fetch_add(1, Ordering::Relaxed);
+        Waiting(Arc::clone(&self.waited))
     }
 
     fn lock(&self) -> MutexGuard<'_, JobsState> {
@@ -169,6 +217,13 @@ impl Jobs {
                         if jobs.lock().closed {
                             let _ = tx.send(Err(Error::ShutDown));
                             return;
+                        }
+                        // What a job that gave way built is freed by the
+                        // waited job it gave way to, at that one's priority:
+                        // in the idle class, beside busy processes, freeing
+                        // a million keys took 80 s.
+                        if priority == Priority::Waited {
+                            jobs.cancel.free_leftovers();
                         }
                         crate::crash::pause_point("maintenance.before_job");
                         let result = job(&jobs.cancel);

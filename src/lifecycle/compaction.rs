@@ -80,6 +80,7 @@ pub(crate) fn compact(
     automatic: bool,
     cancel: &Cancel,
 ) -> Result<Option<(Written, CompactionReport)>> {
+    cancel.check()?;
     let upto = sealed_upto(fs, manifest, config)?;
     let Some(built) = build_snapshot(fs, manifest, config, SnapshotKind::Full, upto, cancel)?
     else {

@@ -690,7 +690,7 @@ fn covered_segments(
 
 /// Writes a snapshot crash-safely: temporary file, fsync, rename, directory
 /// fsync; at `maintenance.write_bytes_per_sec`. Cancelled, it removes the
-/// temporary file and fails with [`Error::ShutDown`].
+/// temporary file and fails with the cancellation's error.
 fn write_snapshot(
     fs: &dyn FileSystem,
     config: &Config,
@@ -722,7 +722,7 @@ fn write_snapshot(
     );
     if let Err(e) = written {
         drop(file);
-        if matches!(e, Error::ShutDown) {
+        if e.is_cancellation() {
             // The next open would remove it too; no need to leave it.
             if let Err(removal) = fs.remove(&temp) {
                 tracing::warn!(file = %temp.display(), %removal, "a cancelled snapshot's temporary file was not removed; the next open removes it");

@@ -46,6 +46,7 @@ use crate::actors::supervised::ActorKind;
 use crate::config::{Config, LimitsConfig, SyncMode};
 use crate::entry::{Entry, Op, Seq};
 use crate::error::Error;
+use crate::format::snapshot::SnapshotKind;
 use crate::store::Store;
 use crate::testing::recording::{open_recording_with_fs, Recorded as Recovery};
 use crate::testing::sim_fs::SimFs;
@@ -766,7 +767,7 @@ async fn run_cycle(
             for _ in 0..rounds {
                 actix_rt::time::sleep(Duration::from_micros(mrng.random_range(0..3000))).await;
                 let limit = ANSWER_LIMIT;
-                let (what, answered) = match mrng.random_range(0..4) {
+                let (what, answered) = match mrng.random_range(0..5) {
                     0 => (
                         "a snapshot",
                         timeout(limit, store.snapshot()).await.map(|r| r.map(drop)),
@@ -781,6 +782,13 @@ async fn run_cycle(
                         "a compaction",
                         timeout(limit, store.compact()).await.map(|r| r.map(drop)),
                     ),
+                    3 => {
+                        let behind = Duration::from_micros(mrng.random_range(0..1000));
+                        (
+                            "a compaction with a waited snapshot behind it",
+                            timeout(limit, compaction_and_save(&store, behind)).await,
+                        )
+                    }
                     _ => (
                         "a sync",
                         timeout(limit, store.sync()).await.map(|r| r.map(drop)),
@@ -886,6 +894,19 @@ async fn run_cycle(
 
 /// Opens a copy of the disk with one file damaged (see `damage`), and
 /// checks what the open did against the model.
+/// A compaction and, `behind` after it was asked for, a snapshot a client
+/// waits for (`SAVE`): a compaction under way gives way to the snapshot
+/// and runs again after it, and both must end as if they had run in turn.
+async fn compaction_and_save(store: &Store, behind: Duration) -> crate::error::Result<()> {
+    let save = async {
+        actix_rt::time::sleep(behind).await;
+        store.begin_snapshot_waited(SnapshotKind::Full)?.await
+    };
+    let (compacted, saved) = tokio::join!(store.compact(), save);
+    compacted?;
+    saved.map(drop)
+}
+
 async fn damaged_open(
     fs: &SimFs,
     model: &Model,
