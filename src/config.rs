@@ -185,7 +185,8 @@ pub struct SupervisionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceConfig {
-    /// Bytes per second a snapshot or compaction output is written at (0: no limit).
+    /// Bytes per second a snapshot or compaction output is written at (0: no
+    /// limit); not a snapshot a client waits for (`SAVE`).
     pub write_bytes_per_sec: u64,
     /// Bytes per second of retired files given back to the file system (0: no limit).
     pub delete_bytes_per_sec: u64,

@@ -421,7 +421,10 @@ impl Store {
     /// in the idle class maintenance runs in, so that other busy processes
     /// on the machine cannot hold it back for as long as they stay busy.
     /// For the same reason a compaction under way stops for it and runs
-    /// again after it. Appends share the CPU with it while it runs.
+    /// again after it. It is written at the disk's speed, not at
+    /// `maintenance.write_bytes_per_sec`, and resolves once listed: the
+    /// files it retires are removed afterwards in the background, paced.
+    /// Appends share the CPU and the disk with it while it runs.
     pub fn begin_snapshot_waited(
         &self,
         kind: SnapshotKind,

@@ -7,8 +7,9 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use common::{config, started_segments};
+use common::{config, segments, started_segments};
 use concordkv::testing::format::snapshot::SnapshotKind;
 use concordkv::{Config, Error, Op, Store, SyncMode};
 use proptest::prelude::*;
@@ -86,6 +87,70 @@ async fn a_full_snapshot_recovers_the_same_state_and_retires_covered_segments() 
         store.set("next", "x").await.expect("set"),
         403,
         "sequence numbers continue"
+    );
+    store.shutdown().await.expect("shutdown");
+}
+
+/// `SAVE`: its client waits for all of it, so the snapshot is written at
+/// the disk's speed, not at `maintenance.write_bytes_per_sec`, and answered
+/// once listed, while what it retired is still being removed, paced; a
+/// shutdown meanwhile stops that removal, and the next open finishes it.
+#[actix_rt::test]
+async fn a_waited_snapshot_is_written_unpaced_and_answered_before_its_retired_files_go() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), SyncMode::None);
+    cfg.wal.max_segment_bytes = 1 << 20;
+    cfg.compaction.threshold = u64::MAX;
+    // The slowest rates accepted: paced, the 8 MiB snapshot would take 8 s
+    // to write and its retired segments as long again to remove.
+    cfg.maintenance.write_bytes_per_sec = 1 << 20;
+    cfg.maintenance.delete_bytes_per_sec = 1 << 20;
+    let (store, _) = Store::open(cfg.clone()).await.expect("open");
+    let value = |k: u32| vec![k as u8; 64 << 10];
+    for k in 0..128u32 {
+        store.set(format!("k{k}"), value(k)).await.expect("set");
+    }
+    let before = segments(dir.path()).len();
+    assert!(before >= 8, "only {before} segments were written");
+
+    let asked = Instant::now();
+    let header = store
+        .begin_snapshot_waited(SnapshotKind::Full)
+        .expect("no snapshot under way")
+        .await
+        .expect("save")
+        .expect("a snapshot");
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "the waited snapshot took {took:?}: written or answered at the maintenance pace"
+    );
+    assert_eq!(header.entries, 128);
+    let left = segments(dir.path()).len();
+    assert!(
+        left > before / 2,
+        "{left} of {before} segments left: the answer waited for the paced removal"
+    );
+
+    let stopping = Instant::now();
+    store.shutdown().await.expect("shutdown");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "shutdown waited {:?} for the paced removal instead of stopping it",
+        stopping.elapsed()
+    );
+    let (store, recovery) = Store::open(cfg).await.expect("reopen");
+    assert_eq!(recovery.keys, 128);
+    for k in [0u32, 77, 127] {
+        assert_eq!(
+            store.state().get(format!("k{k}").as_bytes()),
+            Some(value(k))
+        );
+    }
+    let after = segments(dir.path()).len();
+    assert!(
+        after <= 3,
+        "{after} segments after the reopen: the retired ones were not removed"
     );
     store.shutdown().await.expect("shutdown");
 }

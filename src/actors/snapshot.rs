@@ -60,8 +60,12 @@ struct Publisher {
 }
 
 impl Publisher {
-    /// Removes what the build retired at `priority`: a waited snapshot is
-    /// answered only once that is done.
+    /// Lists the snapshot, then removes what it retired as background work,
+    /// paced. A background snapshot's answer waits for the removal, so that
+    /// one removal runs at a time; a waited one (`SAVE`) is answered as
+    /// soon as it is listed: its client waits for the snapshot, not for the
+    /// disk space (waiting for the removal and writing at the maintenance
+    /// rate made a `SAVE` of a million keys take 4.5 s instead of 1.7–2.1 s).
     async fn publish(self, written: Written, priority: Priority) -> Result<SnapshotHeader> {
         let Written {
             header,
@@ -75,17 +79,21 @@ impl Publisher {
         })
         .await?;
         let shared = self.shared;
+        // Its thread runs whether or not it is awaited, counted among the
+        // jobs that shutdown cancels and waits for; refused only at
+        // shutdown. Either way the next open removes what it left.
         let removal = self.jobs.run(
             "concordkv-retire",
             "removing retired files",
-            priority,
+            Priority::Background,
             move |cancel| {
                 remove_obsolete(shared.fs.as_ref(), &shared.config, &retired, cancel);
                 Ok(())
             },
         );
-        // Refused only at shutdown: the next open removes them.
-        let _ = removal.await;
+        if priority == Priority::Background {
+            let _ = removal.await;
+        }
         Ok(header)
     }
 }
@@ -116,8 +124,8 @@ impl Handler<TakeSnapshot> for SnapshotActor {
                     shared.fs.as_ref(),
                     &shared.manifest,
                     &shared.config,
-                    kind,
-                    msg.upto,
+                    (kind, msg.upto),
+                    priority.pace(shared.config.maintenance.write_bytes_per_sec),
                     cancel,
                 )
             },

@@ -91,12 +91,19 @@ pub(crate) fn compact(
         redundant: built.log.ops - built.live_from_log().min(built.log.ops),
     };
     if sealed.ops == 0 || (automatic && !sealed.due(config)) {
+        built.discard(cancel);
         return Ok(None);
     }
     crash_point("compaction.after_build");
     let bytes_before = built.log.bytes + chain_bytes(fs, config, &built)?;
     let entries_before = sealed.ops + built.chain.iter().map(|s| s.entries).sum::<u64>();
-    let written = write_built(fs, config, built, cancel)?;
+    let written = write_built(
+        fs,
+        config,
+        built,
+        config.maintenance.write_bytes_per_sec,
+        cancel,
+    )?;
     let output = snapshot_path(&config.data_dir, &written.header);
     let bytes_after = fs
         .file_len(&output)

@@ -488,6 +488,12 @@ pub(crate) struct Built {
 }
 
 impl Built {
+    /// Frees what was built, yielding to a waited job (see
+    /// [`Cancel::free_map`]).
+    pub(crate) fn discard(self, cancel: &Cancel) {
+        cancel.free_map(self.state);
+    }
+
     /// Keys whose last operation in the log read is a set: what the log
     /// contributes to a full snapshot.
     pub fn live_from_log(&self) -> u64 {
@@ -574,13 +580,15 @@ pub(crate) struct Written {
     pub obsolete: Vec<SnapshotHeader>,
 }
 
-/// Writes a built snapshot and says what listing it retires. Listing it is
-/// the rotator's (see `crate::actors::rotator`); until then the file is
-/// unread, and the next open removes it if it is never listed.
+/// Writes a built snapshot at `write_bytes_per_sec` (0: no limit) and says
+/// what listing it retires. Listing it is the rotator's (see
+/// `crate::actors::rotator`); until then the file is unread, and the next
+/// open removes it if it is never listed.
 pub(crate) fn write_built(
     fs: &dyn FileSystem,
     config: &Config,
     built: Built,
+    write_bytes_per_sec: u64,
     cancel: &Cancel,
 ) -> Result<Written> {
     let Built {
@@ -591,7 +599,14 @@ pub(crate) fn write_built(
         segments,
         ..
     } = built;
-    write_snapshot(fs, config, (&header, cleared), state, cancel)?;
+    write_snapshot(
+        fs,
+        config,
+        (&header, cleared),
+        state,
+        write_bytes_per_sec,
+        cancel,
+    )?;
     let obsolete = obsolete_snapshots(&listed, header.kind, config.snapshot.keep);
     let segments = covered_segments(fs, &config.data_dir, &segments, header.to_seq)?;
     Ok(Written {
@@ -630,19 +645,19 @@ pub(crate) fn remove_obsolete(
     }
 }
 
-/// Builds and writes a snapshot covering the log up to `upto` (which must
-/// be durable), for the rotator to list. Returns `None` when the chain
-/// already covers `upto`.
+/// Builds and writes (at `write_bytes_per_sec`, 0: no limit) a snapshot
+/// covering the log up to `upto` (which must be durable), for the rotator
+/// to list. Returns `None` when the chain already covers `upto`.
 pub(crate) fn take_snapshot(
     fs: &dyn FileSystem,
     manifest: &ManifestStore,
     config: &Config,
-    kind: SnapshotKind,
-    upto: Seq,
+    (kind, upto): (SnapshotKind, Seq),
+    write_bytes_per_sec: u64,
     cancel: &Cancel,
 ) -> Result<Option<Written>> {
     build_snapshot(fs, manifest, config, kind, upto, cancel)?
-        .map(|built| write_built(fs, config, built, cancel))
+        .map(|built| write_built(fs, config, built, write_bytes_per_sec, cancel))
         .transpose()
 }
 
@@ -689,13 +704,14 @@ fn covered_segments(
 }
 
 /// Writes a snapshot crash-safely: temporary file, fsync, rename, directory
-/// fsync; at `maintenance.write_bytes_per_sec`. Cancelled, it removes the
+/// fsync; at `write_bytes_per_sec` (0: no limit). Cancelled, it removes the
 /// temporary file and fails with the cancellation's error.
 fn write_snapshot(
     fs: &dyn FileSystem,
     config: &Config,
     (header, cleared): (&SnapshotHeader, Option<Seq>),
     state: NetState,
+    write_bytes_per_sec: u64,
     cancel: &Cancel,
 ) -> Result<()> {
     let dir = config.data_dir.as_path();
@@ -717,7 +733,7 @@ fn write_snapshot(
         header,
         cleared,
         entries,
-        config,
+        write_bytes_per_sec,
         cancel,
     );
     if let Err(e) = written {
@@ -747,15 +763,15 @@ fn write_entries(
     header: &SnapshotHeader,
     cleared: Option<Seq>,
     entries: Vec<(Vec<u8>, Net)>,
-    config: &Config,
+    write_bytes_per_sec: u64,
     cancel: &Cancel,
 ) -> Result<()> {
     // Encoded and written a chunk at a time through one buffer (never the
     // whole file in fresh memory), starting each chunk's writeback and
-    // waiting for the previous one's, at the configured rate: the disk sees
+    // waiting for the previous one's, at the given rate: the disk sees
     // a steady trickle, never a large dirty set that the WAL's fdatasync
     // would queue behind (RocksDB's bytes_per_sync and rate limiter).
-    let mut pacer = Pacer::new(config.maintenance.write_bytes_per_sec);
+    let mut pacer = Pacer::new(write_bytes_per_sec);
     let mut chunk = Vec::with_capacity(WRITEBACK_CHUNK_BYTES * 2);
     chunk.extend_from_slice(&header.encode());
     if let Some(seq) = cleared {

@@ -1,5 +1,6 @@
 //! Snapshots and compaction on request: `SAVE [FULL|INCREMENTAL]` waits for
-//! the snapshot, `BGSAVE [FULL|INCREMENTAL]` starts it and answers at once,
+//! the snapshot (written unpaced, see `Store::begin_snapshot_waited`),
+//! `BGSAVE [FULL|INCREMENTAL]` starts it and answers at once,
 //! `BGREWRITEAOF` starts a compaction of everything written so far. One
 //! snapshot and one compaction run at a time (the store's single flight):
 //! asked for again meanwhile, they answer Redis's "already in progress"
